@@ -1,0 +1,28 @@
+# The two commands for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo soak bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+soak: $(STAMP)
+	$(BIN)/python -m pytest -q -m soak -p no:cacheprovider -o addopts=''
+
+demo: $(STAMP)
+	$(BIN)/agentflow demo
+
+bench: $(STAMP)
+	$(BIN)/python bench/transport.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

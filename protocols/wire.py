@@ -1,0 +1,250 @@
+"""The wire format: message records, the envelope, and the one msgpack codec.
+
+Rules of this module:
+
+* It is pure: no sockets, no threads, no clocks. The transport in ``runtime/`` calls it.
+* A *record* is a small frozen dataclass registered under a stable tag with ``@record("tag")``.
+  On the wire a record is a msgpack ext value holding ``[tag, field values...]``, so records
+  nest inside lists, maps and other records at the cost of one tag string.
+* Any other msgpack-native value (None, bool, int, float, str, bytes, list, dict) travels as is.
+* A *frame* is one msgpack map ``{"v": VERSION, "n": source node id, "e": source endpoint,
+  "m": [envelope, ...]}``: several messages per frame is how the transport batches.
+* An *envelope* is ``[kind, source actor, destination actor, correlation id, body]``; the
+  source node is the frame's, the destination node is whoever the frame was sent to.
+* Decoding untrusted bytes raises only ``DecodeError`` (with a short ``reason`` used as a
+  counter name) and never builds a record whose simple-typed fields have the wrong type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import msgpack
+
+VERSION = 1
+DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
+
+_RECORD_EXT = 1
+
+# Envelope kinds.
+TELL = 0
+ASK = 1
+REPLY = 2
+ERROR = 3
+KINDS = (TELL, ASK, REPLY, ERROR)
+
+Address = tuple[str, str]
+"""(node_id, actor_name): names an actor anywhere."""
+
+
+class DecodeError(Exception):
+    """Bytes from the network that are not a valid frame; ``reason`` is a counter name."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class EncodeError(Exception):
+    """A value that cannot be put on the wire (not msgpack-native and not a record)."""
+
+
+# --------------------------------------------------------------------------- records
+
+_tag_to_class: dict[str, type] = {}
+_class_to_tag: dict[type, str] = {}
+_checkers: dict[type, tuple[Callable[[Any], bool], ...]] = {}
+
+
+def _checker_for(annotation: Any) -> Callable[[Any], bool]:
+    """A cheap isinstance check for simple annotations; anything else is accepted as is."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        parts = [_checker_for(arg) for arg in typing.get_args(annotation)]
+        return lambda value: any(check(value) for check in parts)
+    if annotation is type(None) or annotation is None:
+        return lambda value: value is None
+    if annotation is float:
+        return lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return lambda value: isinstance(value, int) and not isinstance(value, bool)
+    if annotation in (str, bytes, bool):
+        return lambda value: isinstance(value, annotation)
+    if annotation in (list, tuple) or origin in (list, tuple):
+        return lambda value: isinstance(value, (list, tuple))
+    if annotation is dict or origin is dict:
+        return lambda value: isinstance(value, dict)
+    if isinstance(annotation, type) and annotation in _class_to_tag:
+        return lambda value: isinstance(value, annotation)
+    return lambda value: True
+
+
+def record(tag: str) -> Callable[[type], type]:
+    """Register a frozen dataclass as a wire record under ``tag`` (stable across versions)."""
+
+    def register(cls: type) -> type:
+        if not dataclasses.is_dataclass(cls):
+            cls = dataclass(frozen=True, slots=True)(cls)
+        if tag in _tag_to_class and _tag_to_class[tag] is not cls:
+            raise ValueError(f"record tag {tag!r} already registered by {_tag_to_class[tag]!r}")
+        _tag_to_class[tag] = cls
+        _class_to_tag[cls] = tag
+        return cls
+
+    return register
+
+
+def _field_checkers(cls: type) -> tuple[Callable[[Any], bool], ...]:
+    checkers = _checkers.get(cls)
+    if checkers is None:
+        hints = typing.get_type_hints(cls)
+        checkers = tuple(_checker_for(hints[f.name]) for f in dataclasses.fields(cls))
+        _checkers[cls] = checkers
+    return checkers
+
+
+def tag_of(cls: type) -> str:
+    return _class_to_tag[cls]
+
+
+def is_record(value: Any) -> bool:
+    return type(value) in _class_to_tag
+
+
+# --------------------------------------------------------------------------- codec
+
+
+def _default(value: Any) -> Any:
+    tag = _class_to_tag.get(type(value))
+    if tag is None:
+        if isinstance(value, (set, frozenset)):
+            return sorted(value)
+        raise EncodeError(f"cannot encode {type(value).__name__}: register it with @record")
+    fields = [getattr(value, f.name) for f in dataclasses.fields(value)]
+    return msgpack.ExtType(_RECORD_EXT, msgpack.packb([tag, *fields], default=_default))
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code != _RECORD_EXT:
+        raise DecodeError("bad_shape", f"unknown ext code {code}")
+    items = msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+    if not isinstance(items, list) or not items or not isinstance(items[0], str):
+        raise DecodeError("bad_shape", "record without a tag")
+    cls = _tag_to_class.get(items[0])
+    if cls is None:
+        raise DecodeError("unknown_record", items[0])
+    values = items[1:]
+    checkers = _field_checkers(cls)
+    if len(values) != len(checkers):
+        raise DecodeError("bad_shape", f"{items[0]}: {len(values)} fields, want {len(checkers)}")
+    for check, value in zip(checkers, values):
+        if not check(value):
+            raise DecodeError("bad_shape", f"{items[0]}: field of wrong type")
+    return cls(*values)
+
+
+def encode(value: Any) -> bytes:
+    """Encode any msgpack-native value or record (records may nest)."""
+    try:
+        return msgpack.packb(value, default=_default)
+    except EncodeError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise EncodeError(str(exc)) from exc
+
+
+def decode(data: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Any:
+    """Decode bytes from anywhere; raises only DecodeError."""
+    if len(data) > max_bytes:
+        raise DecodeError("oversize", f"{len(data)} bytes > {max_bytes}")
+    try:
+        return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+    except DecodeError:
+        raise
+    except Exception as exc:  # msgpack raises several types; none may escape
+        raise DecodeError("bad_msgpack", type(exc).__name__) from None
+
+
+# --------------------------------------------------------------------------- frames
+
+
+@dataclass(slots=True)
+class Envelope:
+    """One message inside a frame. ``body`` is a decoded record or plain value."""
+
+    kind: int
+    source: str
+    destination: str
+    correlation_id: int
+    body: Any
+
+
+@dataclass(slots=True)
+class Frame:
+    node_id: str
+    endpoint: str
+    envelopes: list[Envelope]
+
+
+def encode_frame(node_id: str, endpoint: str, envelopes: list[tuple]) -> bytes:
+    """``envelopes`` are ``(kind, source_actor, destination_actor, correlation_id, body)``."""
+    return encode({"v": VERSION, "n": node_id, "e": endpoint, "m": envelopes})
+
+
+def decode_frame(data: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Frame:
+    """Decode and shape-check a frame; raises only DecodeError."""
+    value = decode(data, max_bytes)
+    if not isinstance(value, dict):
+        raise DecodeError("bad_shape", "frame is not a map")
+    if value.get("v") != VERSION:
+        raise DecodeError("bad_version", repr(value.get("v"))[:40])
+    node_id, endpoint, items = value.get("n"), value.get("e"), value.get("m")
+    if not isinstance(node_id, str) or not isinstance(endpoint, str) or not isinstance(items, list):
+        raise DecodeError("bad_shape", "frame header")
+    envelopes = []
+    for item in items:
+        if (
+            not isinstance(item, list)
+            or len(item) != 5
+            or item[0] not in KINDS
+            or not isinstance(item[1], str)
+            or not isinstance(item[2], str)
+            or not isinstance(item[3], int)
+        ):
+            raise DecodeError("bad_shape", "envelope")
+        envelopes.append(Envelope(*item))
+    return Frame(node_id, endpoint, envelopes)
+
+
+# --------------------------------------------------------------------------- common records
+
+
+@record("error")
+class ErrorRecord:
+    """The answer to a message that could not be handled: ``kind`` is a counter-like name."""
+
+    kind: str
+    message: str
+
+
+@record("tick")
+class Tick:
+    """Told to an actor by the timer service."""
+
+    name: str
+    now_ms: int
+
+
+@record("event")
+class Event:
+    """A PUB/SUB message as delivered to a subscriber; ``gap`` counts messages missed before it."""
+
+    topic: str
+    publisher: str
+    seq: int
+    body: Any
+    gap: int
