@@ -1,0 +1,136 @@
+"""The actor base class and the messages the runtime hands to actors.
+
+An actor is a pykka ``ThreadingActor`` (or, when spawned ``pinned=True``, an object whose
+messages the transport thread handles itself: no thread hand-off, for latency-critical actors).
+Subclasses implement ``receive(message)``; its return value answers an ``ask``, like pykka's
+``on_receive``. To answer later (after a Raft commit, say), call ``self.defer()`` and return the
+handle it gives; ``handle.resolve(value)`` sends the answer then.
+
+The runtime never tells an actor one message at a time from the network: it tells one
+``InboundBatch`` per wake-up, and the base class walks it. An exception in ``receive`` becomes an
+error record for the asker and a counter; it never stops the actor.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+import pykka
+
+from protocols.wire import ASK, ErrorRecord
+from runtime.log import get_logger
+
+if TYPE_CHECKING:
+    from runtime.future import Future
+    from runtime.node import Node
+
+log = get_logger("actor")
+
+_current = threading.local()
+_spawning = threading.local()  # node and name of the actor being built by Node.spawn
+
+
+def current_actor_name() -> str:
+    """The name of the actor whose handler runs on this thread, or "" outside handlers."""
+    return getattr(_current, "name", "")
+
+
+class InboundMessage:
+    """One message for an actor, with where its answer goes (a wire route or a local future)."""
+
+    __slots__ = ("kind", "sender", "correlation_id", "body", "route", "future")
+
+    def __init__(self, kind, sender, correlation_id, body, route=None, future=None):
+        self.kind = kind
+        self.sender = sender  # (node_id, actor_name) or None when unknown/anonymous
+        self.correlation_id = correlation_id
+        self.body = body
+        self.route = route  # ROUTER routing id of the connection the ask came in on
+        self.future: Future | None = future
+
+
+class InboundBatch:
+    __slots__ = ("messages",)
+
+    def __init__(self, messages: list[InboundMessage]) -> None:
+        self.messages = messages
+
+
+class Deferred:
+    """An answer promised by a handler; resolve or fail it exactly once, from any thread."""
+
+    __slots__ = ("_node", "_message", "_done")
+
+    def __init__(self, node: Node, message: InboundMessage | None) -> None:
+        self._node, self._message, self._done = node, message, False
+
+    def resolve(self, value: Any) -> None:
+        if not self._done and self._message is not None:
+            self._done = True
+            self._node._answer(self._message, value, None)
+
+    def fail(self, kind: str, message: str) -> None:
+        if not self._done and self._message is not None:
+            self._done = True
+            self._node._answer(self._message, None, ErrorRecord(kind, message))
+
+
+class Actor(pykka.ThreadingActor):
+    """Base class of every AgentFlow actor. Set by the node at spawn: ``node``, ``name``."""
+
+    _inbound: InboundMessage | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Node.spawn builds the actor on its own thread; pykka runs on_start only afterwards.
+        self.node: Node = getattr(_spawning, "node", None)
+        self.name: str = getattr(_spawning, "name", None) or type(self).__name__
+        _spawning.built = self
+
+    @property
+    def address(self) -> tuple[str, str]:
+        return (self.node.node_id, self.name)
+
+    @property
+    def sender(self) -> tuple[str, str] | None:
+        """Who sent the message being handled (None for anonymous or local senders)."""
+        return self._inbound.sender if self._inbound is not None else None
+
+    def receive(self, message: Any) -> Any:
+        """Handle one message; the return value answers an ask. Override this."""
+        raise NotImplementedError(f"{type(self).__name__} handles no {type(message).__name__}")
+
+    def defer(self) -> Deferred:
+        """Promise an answer to the ask being handled; return the handle from ``receive``."""
+        return Deferred(self.node, self._inbound)
+
+    def on_receive(self, message: Any) -> Any:
+        if type(message) is InboundBatch:
+            self.handle_batch(message.messages)
+            return None
+        # A plain pykka tell/ask from inside this process.
+        _current.name = self.name
+        try:
+            return self.receive(message)
+        finally:
+            _current.name = ""
+
+    def handle_batch(self, messages: list[InboundMessage]) -> None:
+        _current.name = self.name
+        try:
+            for inbound in messages:
+                self._inbound = inbound
+                try:
+                    result = self.receive(inbound.body)
+                except Exception as exc:  # a bad message must not stop the actor
+                    self.node.count("handler_errors")
+                    log.debug("%s failed on %s: %r", self.name, type(inbound.body).__name__, exc)
+                    if inbound.kind == ASK:
+                        self.node._answer(inbound, None, ErrorRecord("handler_error", repr(exc)))
+                    continue
+                if inbound.kind == ASK and not isinstance(result, Deferred):
+                    self.node._answer(inbound, result, None)
+        finally:
+            self._inbound = None
+            _current.name = ""

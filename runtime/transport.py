@@ -1,0 +1,447 @@
+"""The transport: the one thread that owns every ZeroMQ socket of a node.
+
+Rules of this module (DESIGN.md §2 and §5.7):
+
+* ZeroMQ sockets are not thread-safe, so this thread alone creates, uses and closes them: a
+  ROUTER bound for inbound messages, one DEALER per peer endpoint for outbound ones, a PUB for
+  events and a SUB for subscriptions. Every socket has LINGER 0.
+* Other threads hand work to it through ``submit``: a lock-free queue plus a wake-up byte on a
+  pipe, written only when the queue turns from empty to non-empty (one wake-up per burst).
+* It drains sockets and the outbound queue without blocking, packs up to ``MAX_BATCH``
+  envelopes per frame, and hands each local actor one batch per wake-up.
+* Bytes from the network never raise out of it: bad frames are counted by reason, logged once
+  per peer per minute, answered with an error record when a reply route is known, and dropped.
+* It also runs the node's timers and fails asks whose deadline has passed, so nothing else
+  sleeps in a loop.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+import zmq
+
+from protocols.wire import (
+    ASK,
+    ERROR,
+    REPLY,
+    TELL,
+    DecodeError,
+    EncodeError,
+    ErrorRecord,
+    Event,
+    Tick,
+    decode,
+    decode_frame,
+    encode,
+    encode_frame,
+)
+from runtime.actor import InboundMessage
+from runtime.future import AskTimeout, RemoteError
+from runtime.log import get_logger
+
+if TYPE_CHECKING:
+    from runtime.future import Future
+    from runtime.node import Node
+
+log = get_logger("transport")
+
+MAX_BATCH = 256  # envelopes per frame; bounds a frame's size and one actor hand-off's work
+DRAIN_LIMIT = 4096  # frames read from one socket per wake-up, so one busy peer cannot starve the rest
+LOG_EVERY_S = 60.0
+
+# Outbound work items (first element says what to do).
+_TO_PEER = 0  # (_TO_PEER, endpoint, envelope)
+_TO_ROUTE = 1  # (_TO_ROUTE, routing_id, envelope)
+_PUBLISH = 2  # (_PUBLISH, topic, body)
+_CALL = 3  # (_CALL, fn): run fn on the transport thread
+_ASK = 4  # (_ASK, endpoint, envelope, correlation_id, future)
+
+
+class Transport(threading.Thread):
+    def __init__(self, node: Node, host: str, port: int, pub_port: int | None, max_frame_bytes: int):
+        super().__init__(name=f"agentflow-transport-{node.node_id}", daemon=True)
+        self.node = node
+        self.max_frame_bytes = max_frame_bytes
+        self._context = zmq.Context()
+        self._outbox: collections.deque = collections.deque()
+        self._wake_pending = False
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        self._running = True
+        self._dealers: dict[str, zmq.Socket] = {}
+        self._dealer_by_socket: dict[zmq.Socket, str] = {}
+        self._asks: dict[int, Future] = {}
+        self._ask_deadlines: list[tuple[float, int]] = []
+        self._timers: list[tuple[float, int, Any]] = []
+        self._timer_ids = itertools.count(1)
+        self._cancelled_timers: set[int] = set()
+        self._pub_seq: dict[str, int] = {}
+        self._sub_last_seq: dict[tuple[str, str], int] = {}
+        self._subscribers: list[tuple[str, Any]] = []  # (topic prefix, deliver target)
+        self._last_logged: dict[tuple[str, str], float] = {}
+        self._poller = zmq.Poller()
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+
+        self._router = self._socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # libzmq drops (and disconnects) frames far over the cap before they are buffered whole;
+        # frames between the cap and this hard limit are read and counted as "oversize".
+        self._router.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes * 2 + 1024)
+        if port:
+            self._router.bind(f"tcp://{host}:{port}")
+        else:
+            port = self._router.bind_to_random_port(f"tcp://{host}")
+        self.endpoint = f"tcp://{host}:{port}"
+        self._pub = self._socket(zmq.PUB)
+        pub_port = pub_port if pub_port is not None else (port + 100 if node.fixed_port else 0)
+        if pub_port:
+            self._pub.bind(f"tcp://{host}:{pub_port}")
+        else:
+            pub_port = self._pub.bind_to_random_port(f"tcp://{host}")
+        self.pub_endpoint = f"tcp://{host}:{pub_port}"
+        self._sub = self._socket(zmq.SUB)
+        self._poller.register(self._router, zmq.POLLIN)
+        self._poller.register(self._sub, zmq.POLLIN)
+        self._poller.register(self._wake_read, zmq.POLLIN)
+
+    def _socket(self, kind: int) -> zmq.Socket:
+        sock = self._context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        return sock
+
+    # ------------------------------------------------------------------ from any thread
+
+    def submit(self, item: tuple) -> None:
+        """Queue work for the transport thread; wakes it once per empty-to-non-empty change."""
+        self._outbox.append(item)
+        if not self._wake_pending and threading.current_thread() is not self:
+            self._wake_pending = True
+            try:
+                os.write(self._wake_write, b"\0")
+            except OSError:
+                pass  # closed during shutdown
+
+    def call(self, fn: Callable[[], Any]) -> None:
+        self.submit((_CALL, fn))
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._running = False
+        self._wake_pending = False
+        self.submit((_CALL, lambda: None))
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout_s)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> None:
+        try:
+            while self._running:
+                events = self._poller.poll(self._poll_timeout_ms())
+                for sock, _ in events:
+                    if sock is self._router:
+                        self._drain_router()
+                    elif sock is self._sub:
+                        self._drain_sub()
+                    elif sock == self._wake_read:
+                        self._drain_wake_pipe()
+                    else:
+                        self._drain_dealer(sock)
+                self._flush_outbox()
+                self._run_due_timers()
+        except Exception:
+            log.exception("transport loop failed; node %s stops serving", self.node.node_id)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        for future in list(self._asks.values()):
+            future.set_exception(AskTimeout("node stopped"))
+        self._asks.clear()
+        for sock in [self._router, self._pub, self._sub, *self._dealers.values()]:
+            sock.close(linger=0)
+        self._dealers.clear()
+        self._context.term()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+
+    def _poll_timeout_ms(self) -> int | None:
+        if self._outbox:
+            return 0
+        due = []
+        if self._timers:
+            due.append(self._timers[0][0])
+        if self._ask_deadlines:
+            due.append(self._ask_deadlines[0][0])
+        if not due:
+            return None
+        return max(0, int((min(due) - time.monotonic()) * 1000) + 1)
+
+    def _drain_wake_pipe(self) -> None:
+        try:
+            while os.read(self._wake_read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    # ------------------------------------------------------------------ inbound
+
+    def _drain_router(self) -> None:
+        batches: dict[Any, list[InboundMessage]] = {}
+        for _ in range(DRAIN_LIMIT):
+            try:
+                parts = self._router.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            route = parts[0]
+            if len(parts) != 2:
+                self._reject(route, None, "bad_frame_count", f"{len(parts) - 1} frames")
+                continue
+            self._handle_frame(parts[1], route, batches)
+        self._deliver(batches)
+
+    def _drain_dealer(self, sock: zmq.Socket) -> None:
+        batches: dict[Any, list[InboundMessage]] = {}
+        for _ in range(DRAIN_LIMIT):
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if len(parts) != 1:
+                self._count_bad(self._dealer_by_socket.get(sock, "?"), "bad_frame_count", "")
+                continue
+            self._handle_frame(parts[0], None, batches)
+        self._deliver(batches)
+
+    def _handle_frame(self, data: bytes, route: bytes | None, batches: dict) -> None:
+        node = self.node
+        node.counters["frames_in"] += 1
+        if len(data) > self.max_frame_bytes:
+            self._reject(route, None, "oversize", f"{len(data)} bytes")
+            return
+        try:
+            frame = decode_frame(data, self.max_frame_bytes)
+        except DecodeError as exc:
+            self._reject(route, None, exc.reason, exc.detail)
+            return
+        node.peers[frame.node_id] = frame.endpoint
+        for env in frame.envelopes:
+            node.counters["msgs_in"] += 1
+            kind = env.kind
+            if kind == REPLY or kind == ERROR:
+                future = self._asks.pop(env.correlation_id, None)
+                if future is None:
+                    node.counters["late_replies"] += 1
+                elif kind == REPLY:
+                    future.set_result(env.body)
+                elif isinstance(env.body, ErrorRecord):
+                    future.set_exception(RemoteError(env.body.kind, env.body.message))
+                else:
+                    future.set_exception(RemoteError("bad_error", repr(env.body)[:200]))
+                continue
+            target = node.targets.get(env.destination)
+            if target is None:
+                node.counters["unknown_actor"] += 1
+                if kind == ASK and route is not None:
+                    reply = (ERROR, "", env.source, env.correlation_id,
+                             ErrorRecord("unknown_actor", f"no actor {env.destination!r} on {node.node_id}"))
+                    self._outbox.append((_TO_ROUTE, route, reply))
+                continue
+            message = InboundMessage(kind, (frame.node_id, env.source), env.correlation_id, env.body, route)
+            batch = batches.get(target)
+            if batch is None:
+                batches[target] = [message]
+            else:
+                batch.append(message)
+
+    def _deliver(self, batches: dict) -> None:
+        for target, messages in batches.items():
+            target.deliver(messages)
+
+    def _reject(self, route: bytes | None, correlation_id: int | None, reason: str, detail: str) -> None:
+        self._count_bad(route.hex() if route else "?", reason, detail)
+        if route is not None and correlation_id is not None:
+            self._outbox.append((_TO_ROUTE, route, (ERROR, "", "", correlation_id, ErrorRecord(reason, detail))))
+
+    def _count_bad(self, peer: str, reason: str, detail: str) -> None:
+        self.node.counters[f"bad_frames_{reason}"] += 1
+        now = time.monotonic()
+        key = (peer, reason)
+        if now - self._last_logged.get(key, -LOG_EVERY_S) >= LOG_EVERY_S:
+            self._last_logged[key] = now
+            log.warning("dropped a bad frame from peer %s: %s %s", peer, reason, detail[:120])
+
+    def _drain_sub(self) -> None:
+        batches: dict[Any, list[InboundMessage]] = {}
+        for _ in range(DRAIN_LIMIT):
+            try:
+                parts = self._sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                topic = parts[0].decode()
+                publisher, seq, body = decode(parts[1], self.max_frame_bytes)
+                if len(parts) != 2 or not isinstance(publisher, str) or not isinstance(seq, int):
+                    raise DecodeError("bad_shape", "event")
+            except (DecodeError, UnicodeDecodeError, ValueError, TypeError, IndexError):
+                self._count_bad("pub", "bad_event", "")
+                continue
+            last = self._sub_last_seq.get((publisher, topic))
+            gap = 0 if last is None else max(0, seq - last - 1)
+            if gap:
+                self.node.counters["event_gaps"] += gap
+            self._sub_last_seq[(publisher, topic)] = seq
+            event = Event(topic, publisher, seq, body, gap)
+            for prefix, target in self._subscribers:
+                if topic.startswith(prefix):
+                    batches.setdefault(target, []).append(InboundMessage(TELL, None, 0, event))
+        self._deliver(batches)
+
+    def subscribe(self, pub_endpoint: str, topic: str, target: Any) -> None:
+        """Transport thread only (use ``call``)."""
+        self._subscribers.append((topic, target))
+        self._sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        self._sub.connect(pub_endpoint)
+
+    # ------------------------------------------------------------------ outbound
+
+    def _flush_outbox(self) -> None:
+        # Clear the flag before draining: a producer that appends after this point wakes us again.
+        self._wake_pending = False
+        outbox = self._outbox
+        to_peers: dict[str, list] = {}
+        to_routes: dict[bytes, list] = {}
+        while outbox:
+            item = outbox.popleft()
+            op = item[0]
+            if op == _TO_PEER:
+                to_peers.setdefault(item[1], []).append(item[2])
+            elif op == _ASK:
+                _, endpoint, envelope, correlation_id, future = item
+                if future.done():
+                    continue  # timed out before it was sent
+                self._asks[correlation_id] = future
+                if future.deadline is not None:
+                    heapq.heappush(self._ask_deadlines, (future.deadline, correlation_id))
+                to_peers.setdefault(endpoint, []).append(envelope)
+            elif op == _TO_ROUTE:
+                to_routes.setdefault(item[1], []).append(item[2])
+            elif op == _PUBLISH:
+                self._publish(item[1], item[2])
+            else:
+                try:
+                    item[1]()
+                except Exception:
+                    log.exception("transport call failed")
+            if not outbox:
+                # Send what we have before looking again, so a burst is packed but not delayed.
+                for endpoint, envelopes in to_peers.items():
+                    self._send(self._dealer(endpoint), None, envelopes)
+                for route, envelopes in to_routes.items():
+                    self._send(self._router, route, envelopes)
+                to_peers.clear()
+                to_routes.clear()
+
+    def _send(self, sock: zmq.Socket, route: bytes | None, envelopes: list) -> None:
+        node = self.node
+        for start in range(0, len(envelopes), MAX_BATCH):
+            chunk = envelopes[start:start + MAX_BATCH]
+            try:
+                data = encode_frame(node.node_id, self.endpoint, chunk)
+            except EncodeError as exc:
+                # One bad body must not lose the rest of the batch: send the others one by one.
+                if len(chunk) > 1:
+                    for envelope in chunk:
+                        self._send(sock, route, [envelope])
+                    continue
+                self._fail_unencodable(chunk[0], exc)
+                continue
+            try:
+                if route is None:
+                    sock.send(data, zmq.NOBLOCK, copy=False)
+                else:
+                    sock.send_multipart((route, data), zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                node.counters["send_dropped_hwm"] += len(chunk)
+                continue
+            except zmq.ZMQError as exc:  # e.g. ROUTER route gone: EHOSTUNREACH
+                node.counters["send_errors"] += len(chunk)
+                log.debug("send failed: %s", exc)
+                continue
+            node.counters["frames_out"] += 1
+            node.counters["msgs_out"] += len(chunk)
+
+    def _fail_unencodable(self, envelope: tuple, exc: Exception) -> None:
+        self.node.counters["encode_errors"] += 1
+        log.warning("cannot encode a %s message: %s", type(envelope[4]).__name__, exc)
+        future = self._asks.pop(envelope[3], None) if envelope[0] == ASK else None
+        if future is not None:
+            future.set_exception(exc)
+
+    def _dealer(self, endpoint: str) -> zmq.Socket:
+        sock = self._dealers.get(endpoint)
+        if sock is None:
+            sock = self._socket(zmq.DEALER)
+            sock.setsockopt(zmq.RECONNECT_IVL, 50)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            sock.connect(endpoint)
+            self._dealers[endpoint] = sock
+            self._dealer_by_socket[sock] = endpoint
+            self._poller.register(sock, zmq.POLLIN)
+        return sock
+
+    def _publish(self, topic: str, body: Any) -> None:
+        seq = self._pub_seq.get(topic, 0) + 1
+        self._pub_seq[topic] = seq
+        try:
+            data = encode((self.node.node_id, seq, body))
+        except EncodeError as exc:
+            self._pub_seq[topic] = seq - 1
+            log.warning("cannot publish on %s: %s", topic, exc)
+            return
+        try:
+            self._pub.send_multipart((topic.encode(), data), zmq.NOBLOCK)
+        except zmq.Again:
+            self.node.counters["publish_dropped_hwm"] += 1
+
+    # ------------------------------------------------------------------ timers and deadlines
+
+    def add_timer(self, first_due: float, interval_s: float | None, target: Any, name: str) -> int:
+        """Any thread: returns a timer id for ``cancel_timer``."""
+        timer_id = next(self._timer_ids)
+        self.call(lambda: heapq.heappush(self._timers, (first_due, timer_id, (interval_s, target, name))))
+        return timer_id
+
+    def cancel_timer(self, timer_id: int) -> None:
+        self.call(lambda: self._cancelled_timers.add(timer_id))
+
+    def _run_due_timers(self) -> None:
+        now = time.monotonic()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            due, timer_id, (interval_s, target, name) = heapq.heappop(timers)
+            if timer_id in self._cancelled_timers:
+                self._cancelled_timers.discard(timer_id)
+                continue
+            target.deliver([InboundMessage(TELL, None, 0, Tick(name, int(now * 1000)))])
+            if interval_s is not None:
+                # Skip missed periods rather than firing a burst after a stall.
+                next_due = due + interval_s
+                if next_due <= now:
+                    next_due = now + interval_s
+                heapq.heappush(timers, (next_due, timer_id, (interval_s, target, name)))
+        deadlines = self._ask_deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, correlation_id = heapq.heappop(deadlines)
+            future = self._asks.pop(correlation_id, None)
+            if future is not None:
+                future.set_exception(AskTimeout("no answer before the ask's deadline"))
