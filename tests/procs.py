@@ -1,0 +1,53 @@
+"""Start and always stop OS processes for tests: each has a deadline to come up and to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_for(condition, timeout_s: float, interval_s: float = 0.02, what: str = "condition"):
+    """Poll ``condition`` until it returns a truthy value or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+class NodeProcess:
+    """``python -m tests.nodeproc`` in a child process; its first stdout line is its endpoint."""
+
+    def __init__(self, node_id: str, port: int = 0) -> None:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.nodeproc", node_id, str(port)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO, env=env, text=True,
+        )
+        self.endpoint = self.proc.stdout.readline().strip()
+        if not self.endpoint.startswith("tcp://"):
+            self.stop()
+            raise RuntimeError(f"node process {node_id} did not start")
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream and not stream.closed:
+                stream.close()

@@ -1,0 +1,193 @@
+"""The runtime between two OS processes on 127.0.0.1: asks, tells, errors, garbage, shutdown."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import msgpack
+import psutil
+import pytest
+import zmq
+
+from protocols.wire import encode, encode_frame
+from runtime.actor import Actor
+from runtime.future import AskTimeout, RemoteError
+from runtime.node import Node
+from tests.procs import NodeProcess, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def remote():
+    proc = NodeProcess("remote")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def node():
+    local = Node("local").start()
+    yield local
+    local.stop()
+
+
+@pytest.mark.parametrize("actor", ["echo", "pecho"])
+def test_ask_round_trip(node, remote, actor):
+    ref = node.ref(remote.endpoint, actor)
+    assert ref.ask({"hello": [1, 2, 3]}, timeout_s=5).get() == {"hello": [1, 2, 3]}
+    # The node learned the peer's id from its frames, so the address form works now.
+    assert node.lookup(("remote", actor)).ask("again", timeout_s=5).get() == "again"
+
+
+@pytest.mark.parametrize("actor", ["sink", "psink"])
+def test_ten_thousand_tells_arrive_complete_and_in_order(node, remote, actor):
+    ref = node.ref(remote.endpoint, actor)
+    for i in range(10_000):
+        ref.tell(i)
+    report = wait_for(
+        lambda: (r := ref.ask("report", timeout_s=5).get())["count"] == 10_000 and r,
+        timeout_s=30, what="10,000 tells",
+    )
+    assert report == {"count": 10_000, "in_order": True, "last": 9_999}
+
+
+def test_unknown_actor_and_handler_error_come_back_as_error_records(node, remote):
+    with pytest.raises(RemoteError) as unknown:
+        node.ref(remote.endpoint, "nobody").ask("x", timeout_s=5).get()
+    assert unknown.value.kind == "unknown_actor"
+    with pytest.raises(RemoteError) as failed:
+        node.ref(remote.endpoint, "echo").ask("boom", timeout_s=5).get()
+    assert failed.value.kind == "handler_error"
+    # The actor survives its handler's exception.
+    assert node.ref(remote.endpoint, "echo").ask("ok", timeout_s=5).get() == "ok"
+
+
+def test_ask_to_a_dead_node_times_out_at_its_deadline(node, remote):
+    ref = node.ref(remote.endpoint, "echo")
+    assert ref.ask("alive", timeout_s=5).get() == "alive"
+    remote.kill()
+    started = time.monotonic()
+    future = ref.ask("anyone?", timeout_s=0.5)
+    with pytest.raises(AskTimeout):
+        future.get()
+    waited = time.monotonic() - started
+    assert 0.45 <= waited < 2.0
+
+
+def _garbage_sender(endpoint: str):
+    context = zmq.Context.instance()
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    return sock
+
+
+def test_garbage_on_the_router_port_is_counted_and_the_node_keeps_serving(node, remote):
+    stats = node.ref(remote.endpoint, "stats")
+    before = stats.ask("stats", timeout_s=5).get()
+    sock = _garbage_sender(remote.endpoint)
+    try:
+        sock.send(os.urandom(300))  # random bytes (invalid msgpack, or wrong shape)
+        sock.send(b"\xc1")  # never valid msgpack
+        sock.send_multipart([b"one", b"two"])  # wrong number of frames
+        sock.send(encode({"v": 1, "n": "x", "e": "tcp://x", "m": [[9, "a", "b", 0, None]]}))  # wrong shape
+        sock.send(encode([1, 2, 3]))  # valid msgpack, not a frame
+        sock.send(msgpack.packb({"v": 99}))  # unknown version
+        sock.send(msgpack.packb(msgpack.ExtType(1, msgpack.packb(["no.such.record"]))))  # unknown record
+        sock.send(b"\x00" * (65 * 1024 * 1024))  # over the 64 MiB cap
+        # A well-formed ask from the same socket still gets its answer.
+        sock.send(encode_frame("raw", "tcp://127.0.0.1:1", [(1, "", "echo", 7, "still there")]))
+        assert sock.poll(10_000), "no answer after the garbage"
+        assert b"still there" in sock.recv()
+    finally:
+        sock.close()
+
+    def counted():
+        after = stats.ask("stats", timeout_s=5).get()
+        grown = {k: after.get(k, 0) - before.get(k, 0) for k in after if k.startswith("bad_frames_")}
+        return grown if sum(grown.values()) >= 8 else None
+
+    grown = wait_for(counted, timeout_s=10, what="bad frames counted")
+    for reason in ("bad_msgpack", "bad_frame_count", "bad_shape", "bad_version", "unknown_record", "oversize"):
+        assert grown.get(f"bad_frames_{reason}", 0) >= 1, (reason, grown)
+    assert node.ref(remote.endpoint, "echo").ask("fine", timeout_s=5).get() == "fine"
+
+
+class Ticked(Actor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ticks = 0
+        self.events = []
+
+    def receive(self, message):
+        if message == "report":
+            return {"ticks": self.ticks, "events": [(e.topic, e.seq, e.body, e.gap) for e in self.events]}
+        if type(message).__name__ == "Tick":
+            self.ticks += 1
+        else:
+            self.events.append(message)
+
+
+def test_stop_ends_every_thread_and_socket():
+    process = psutil.Process()
+    threads_before = {t.ident for t in threading.enumerate()}
+    fds_before = process.num_fds()
+    node = Node("short-lived").start()
+    ticked = node.spawn(Ticked, name="ticked")
+    node.spawn(Ticked, name="pinned", pinned=True)
+    node.every(0.01, ticked, "beat")
+    peer = Node("peer").start()
+    assert peer.ref(node.endpoint, "pinned").ask("report", timeout_s=5).get()["ticks"] == 0
+    wait_for(lambda: ticked.ask("report", timeout_s=5).get()["ticks"] >= 3, 5, what="ticks")
+    peer.stop()
+    node.stop()
+    assert {t.ident for t in threading.enumerate()} == threads_before
+    assert not node.transport.is_alive()
+    assert process.num_fds() <= fds_before
+
+
+def test_pub_sub_delivers_in_order_and_reports_gaps():
+    publisher = Node("pub").start()
+    subscriber = Node("sub").start()
+    raw_context = zmq.Context()
+    raw_pub = raw_context.socket(zmq.PUB)
+    raw_pub.setsockopt(zmq.LINGER, 0)
+    raw_port = raw_pub.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        inbox = subscriber.spawn(Ticked, name="inbox")
+        subscriber.subscribe(publisher.pub_endpoint, "jobs.", inbox)
+        subscriber.subscribe(f"tcp://127.0.0.1:{raw_port}", "raw", inbox)
+        # Publish until the subscription has propagated (PUB/SUB drops before that: slow joiner).
+        wait_for(lambda: publisher.publish("jobs.warmup", 0) or inbox.ask("report").get()["events"],
+                 timeout_s=10, what="subscription")
+        for i in range(100):
+            publisher.publish("jobs.new", i)
+        publisher.publish("other", "not subscribed")
+        events = wait_for(
+            lambda: [e for e in inbox.ask("report").get()["events"] if e[0] == "jobs.new"] if len(
+                [e for e in inbox.ask("report").get()["events"] if e[0] == "jobs.new"]) == 100 else None,
+            timeout_s=10, what="100 events")
+        assert [e[2] for e in events] == list(range(100))
+        assert [e[1] for e in events] == list(range(1, 101))
+        assert all(e[3] == 0 for e in events)
+
+        # A publisher whose sequence skips: the subscriber is told how many it missed.
+        def raw_publish(seq):
+            raw_pub.send_multipart([b"raw", encode(["rawpub", seq, seq])])
+
+        wait_for(lambda: raw_publish(1) or any(e[0] == "raw" for e in inbox.ask("report").get()["events"]),
+                 timeout_s=10, what="raw subscription")
+        last = max(e[1] for e in inbox.ask("report").get()["events"] if e[0] == "raw")
+        raw_publish(last + 5)
+        gapped = wait_for(lambda: [e for e in inbox.ask("report").get()["events"] if e[0] == "raw" and e[1] == last + 5],
+                          timeout_s=10, what="gapped event")
+        assert gapped[0][3] == 4
+        assert all(e[0] != "other" for e in inbox.ask("report").get()["events"])
+    finally:
+        raw_pub.close()
+        raw_context.term()
+        subscriber.stop()
+        publisher.stop()
