@@ -386,7 +386,9 @@ class LockTable:
         lease = self._leases.get(key)
         if lease is None:
             return LockNotHeld(key, owner, "free")
-        if lease.holder != owner:
+        # A lease that this very command passed to a waiter (by expiry) is not the one the
+        # sender addressed: it learns of that grant from the notification, not from this reply.
+        if lease.holder != owner or lease.token == index:
             return LockNotHeld(key, owner, "not_owner")
         if token is not None and token != lease.token:
             return LockNotHeld(key, owner, "stale_token")
