@@ -1,0 +1,850 @@
+"""Workflows as data, and the pure state machine of one workflow's tasks.
+
+This module holds the seed's names: ``Workflow``, ``TaskNode``, ``TaskPriority``,
+``TaskState``, ``WorkflowState`` and ``TaskDependencyGraph``, plus ``WorkflowTable`` (every
+workflow the control plane knows, driven by the ``wf.*`` command records below).
+
+Rules of this module:
+
+* It is pure and deterministic: no clocks, no randomness, no I/O. Time comes in as ``now_ms``.
+  Every master applies the same commands in the same order and reaches the same state: we
+  never iterate a set, and only iterate dicts filled in declaration or command order.
+* Task states: ``pending -> ready -> running -> completed``. A task becomes ``ready`` when all
+  its dependencies completed. A failure with retries left sends the task back to ``ready``; a
+  failure after its retries marks it ``failed`` and every task downstream of it ``skipped``.
+  Cancelling marks everything not finished ``cancelled``.
+* Attempts: each dispatch starts attempt ``attempts + 1``. Only the current attempt of a
+  running task may finish it or requeue it; a report about an older attempt (a worker we
+  gave up on, a duplicate) is ignored and the call returns False. Requeues (worker lost) do
+  not use up retries; failures do.
+* Workflow states: ``pending`` until a task is dispatched, ``running`` while any task is
+  unfinished (other branches keep running after a failure, like Airflow), then ``completed``
+  (all completed), ``failed`` (some task failed) or ``cancelled``.
+* Every transition is appended to an outbox that the owner drains with ``drain_transitions``
+  (the h11 way: the state machine says what happened, the actor decides what to do about it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import logging
+from dataclasses import dataclass, field
+from enum import Enum, IntEnum
+from typing import Any
+
+from protocols.registry import TaskRequirements
+from protocols.wire import record
+
+dependency_log = logging.getLogger("agentflow.dependency")
+
+
+# --------------------------------------------------------------------------- enums
+
+
+class TaskPriority(IntEnum):
+    """Named priorities; any integer is a priority too (higher runs first)."""
+
+    URGENT = 1000
+    HIGH = 750
+    MEDIUM = 500
+    LOW = 250
+
+
+def priority_value(priority: str | int) -> int:
+    """``"high"`` (any case), ``TaskPriority.HIGH`` or ``750`` -> 750; ValueError otherwise."""
+    if isinstance(priority, bool):
+        raise ValueError(f"bad priority {priority!r}")
+    if isinstance(priority, int):
+        return int(priority)
+    if isinstance(priority, str):
+        try:
+            return int(TaskPriority[priority.strip().upper()])
+        except KeyError:
+            pass
+    raise ValueError(f"bad priority {priority!r} (use urgent, high, medium, low or an integer)")
+
+
+def priority_name(priority: int) -> str:
+    """750 -> ``"high"``; an integer that is not a named priority -> its decimal string."""
+    try:
+        return TaskPriority(priority).name.lower()
+    except ValueError:
+        return str(priority)
+
+
+class TaskState(str, Enum):
+    PENDING = "pending"
+    READY = "ready"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_finished(self) -> bool:
+        return self in _FINISHED_TASK_STATES
+
+
+_FINISHED_TASK_STATES = (TaskState.COMPLETED, TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED)
+
+
+class WorkflowState(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class WorkflowError(ValueError):
+    """A workflow that cannot run as written; names the task (and file) when there is one."""
+
+    def __init__(self, problem: str, task_id: str | None = None, filename: str = "") -> None:
+        self.problem = problem
+        self.task_id = task_id
+        self.filename = filename
+        where = f"task {task_id!r}: " if task_id is not None else ""
+        prefix = f"{filename}: " if filename else ""
+        super().__init__(f"{prefix}{where}{problem}")
+
+
+# --------------------------------------------------------------------------- workflows as data
+
+
+@record("wf.resources")
+class TaskResources:
+    """What one run of a task reserves on its worker."""
+
+    cpu: float = 1.0
+    memory_mb: int = 0
+    gpu: int = 0
+
+
+@record("wf.task")
+class TaskNode:
+    """One task as declared. At most one of ``command``, ``call``, ``agent`` is set; a task
+    with none is a no-op marker (it completes as soon as it is ready, without a worker)."""
+
+    task_id: str
+    command: str | None = None
+    call: str | None = None  # "package.module:function"
+    args: list = field(default_factory=list)
+    kwargs: dict = field(default_factory=dict)
+    agent: str | None = None  # the name of the agent that receives the task
+    priority: int = int(TaskPriority.MEDIUM)
+    dependencies: list[str] = field(default_factory=list)
+    resources: TaskResources = field(default_factory=TaskResources)
+    retries: int = 0
+    timeout_s: float | None = None
+    capabilities: list[str] = field(default_factory=list)
+    group: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """``"command"``, ``"call"``, ``"agent"`` or ``"noop"``."""
+        if self.command is not None:
+            return "command"
+        if self.call is not None:
+            return "call"
+        if self.agent is not None:
+            return "agent"
+        return "noop"
+
+    @property
+    def is_noop(self) -> bool:
+        return self.command is None and self.call is None and self.agent is None
+
+    @property
+    def requirements(self) -> TaskRequirements:
+        """What a worker must offer to run this task (for ``WorkerRegistry.select``)."""
+        return TaskRequirements(
+            cpu=float(self.resources.cpu),
+            memory_mb=self.resources.memory_mb,
+            gpu=self.resources.gpu,
+            capabilities=list(self.capabilities),
+            group=self.group,
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TaskNode:
+        """The inverse of ``to_dict`` (trusted input: snapshots, not user files)."""
+        values = dict(data)
+        values["resources"] = TaskResources(**values.get("resources", {}))
+        return cls(**values)
+
+
+@record("wf.workflow")
+class Workflow:
+    """A workflow as declared: an id, a display name, and its tasks in declaration order."""
+
+    workflow_id: str
+    name: str = ""
+    tasks: list[TaskNode] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Workflow:
+        return cls(
+            workflow_id=data["workflow_id"],
+            name=data.get("name", ""),
+            tasks=[TaskNode.from_dict(task) for task in data.get("tasks", [])],
+        )
+
+
+def task_key(workflow_id: str, task_id: str) -> str:
+    """The cluster-wide name of a task: ``"wf-1/build"`` (workflow ids hold no ``/``)."""
+    return f"{workflow_id}/{task_id}"
+
+
+def split_task_key(key: str) -> tuple[str, str]:
+    workflow_id, _, task_id = key.partition("/")
+    return workflow_id, task_id
+
+
+def check_structure(workflow: Workflow, filename: str = "") -> None:
+    """Raise WorkflowError for a duplicate task id, an unknown dependency, or a cycle."""
+    if "/" in workflow.workflow_id or not workflow.workflow_id:
+        raise WorkflowError(f"bad workflow id {workflow.workflow_id!r} (non-empty, no '/')", None, filename)
+    declared: dict[str, TaskNode] = {}
+    for task in workflow.tasks:
+        if task.task_id in declared:
+            raise WorkflowError("duplicate task id", task.task_id, filename)
+        declared[task.task_id] = task
+    for task in workflow.tasks:
+        for dependency in task.dependencies:
+            if dependency not in declared:
+                raise WorkflowError(f"unknown dependency {dependency!r}", task.task_id, filename)
+    cycle = find_cycle(workflow.tasks)
+    if cycle:
+        raise WorkflowError("dependency cycle: " + " -> ".join(cycle), cycle[0], filename)
+
+
+def find_cycle(tasks: list[TaskNode]) -> list[str]:
+    """The first cycle found (depth first, in declaration order) as ``[a, b, ..., a]``, or []."""
+    by_id = {task.task_id: task for task in tasks}
+    # 0 = unvisited, 1 = on the current path, 2 = done.
+    mark = {task.task_id: 0 for task in tasks}
+    for root in tasks:
+        if mark[root.task_id]:
+            continue
+        # An explicit stack of (task id, index of the next dependency to look at): workflows
+        # can be thousands of tasks deep, deeper than Python's recursion limit.
+        path: list[str] = [root.task_id]
+        next_index: list[int] = [0]
+        mark[root.task_id] = 1
+        while path:
+            current = path[-1]
+            dependencies = by_id[current].dependencies
+            if next_index[-1] == len(dependencies):
+                mark[current] = 2
+                path.pop()
+                next_index.pop()
+                continue
+            dependency = dependencies[next_index[-1]]
+            next_index[-1] += 1
+            if dependency not in mark:
+                continue  # unknown dependencies are check_structure's business
+            if mark[dependency] == 1:
+                # We walked dependency edges (task -> what it needs); report the cycle in
+                # execution order (what runs first, first).
+                cycle = path[path.index(dependency) :]
+                cycle.reverse()
+                return [cycle[-1], *cycle]
+            if mark[dependency] == 0:
+                mark[dependency] = 1
+                path.append(dependency)
+                next_index.append(0)
+    return []
+
+
+# --------------------------------------------------------------------------- one workflow's state
+
+
+@dataclass
+class TaskRun:
+    """The mutable run state of one task (plain data; ``to_dict`` is msgpack-native)."""
+
+    state: TaskState = TaskState.PENDING
+    attempts: int = 0  # dispatches so far; the current attempt's number
+    failures: int = 0  # failed attempts so far (worker losses do not count)
+    worker_id: str | None = None
+    exit_code: int | None = None
+    result: Any = None
+    error: str = ""
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    ready_ms: int | None = None
+    started_ms: int | None = None
+    finished_ms: int | None = None
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["state"] = self.state.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TaskRun:
+        values = dict(data)
+        values["state"] = TaskState(values["state"])
+        return cls(**values)
+
+
+class TaskDependencyGraph:
+    """The tasks of one workflow, their dependencies, and their run states.
+
+    Build it with ``TaskDependencyGraph.from_workflow(workflow, now_ms)``: the tasks with no
+    dependencies are ``ready`` at once. Then drive it with ``dispatch``, ``finish``,
+    ``requeue`` and ``cancel`` (or the seed's ``update_task_state``).
+    """
+
+    def __init__(self, workflow: Workflow, now_ms: int = 0) -> None:
+        check_structure(workflow)
+        self.workflow = workflow
+        self.workflow_id = workflow.workflow_id
+        self.tasks: dict[str, TaskNode] = {task.task_id: task for task in workflow.tasks}
+        self.order: dict[str, int] = {task.task_id: index for index, task in enumerate(workflow.tasks)}
+        self.dependents: dict[str, list[str]] = {task.task_id: [] for task in workflow.tasks}
+        for task in workflow.tasks:
+            for dependency in task.dependencies:
+                self.dependents[dependency].append(task.task_id)
+        self.runs: dict[str, TaskRun] = {task.task_id: TaskRun() for task in workflow.tasks}
+        self.results: dict[str, Any] = {}  # task id -> result, for completed tasks only
+        self.cancelled = False
+        self.submitted_ms = now_ms
+        self.finished_ms: int | None = None
+        # Count of unfinished dependencies per task: readiness is O(1) per finished edge.
+        self._waiting_on: dict[str, int] = {task.task_id: len(task.dependencies) for task in workflow.tasks}
+        self._ready: dict[str, None] = {}  # an ordered set: ready tasks in the order they became ready
+        self._unfinished = len(workflow.tasks)
+        self._counts: dict[TaskState, int] = {state: 0 for state in TaskState}
+        self._counts[TaskState.PENDING] = len(workflow.tasks)
+        self._transitions: list[tuple[str, TaskState, TaskState]] = []
+        self._dispatched_any = False
+        for task in workflow.tasks:
+            if not task.dependencies:
+                self._set_state(task.task_id, TaskState.READY, now_ms)
+                dependency_log.debug("Task %s is ready (no dependencies)", task.task_id)
+
+    @classmethod
+    def from_workflow(cls, workflow: Workflow, now_ms: int = 0) -> TaskDependencyGraph:
+        return cls(workflow, now_ms)
+
+    # ----------------------------------------------------------------- reading
+
+    @property
+    def state(self) -> WorkflowState:
+        if self._unfinished:
+            if self.cancelled:
+                return WorkflowState.CANCELLED  # unreachable in practice: cancel finishes all
+            return WorkflowState.RUNNING if self._dispatched_any else WorkflowState.PENDING
+        if self.cancelled:
+            return WorkflowState.CANCELLED
+        if self._counts[TaskState.FAILED]:
+            return WorkflowState.FAILED
+        if self._counts[TaskState.CANCELLED]:
+            return WorkflowState.CANCELLED
+        return WorkflowState.COMPLETED
+
+    def task_state(self, task_id: str) -> TaskState:
+        return self.runs[task_id].state
+
+    def get_ready_tasks(self) -> list[str]:
+        """Tasks waiting for a worker, in the order they became ready."""
+        return list(self._ready)
+
+    def is_workflow_completed(self) -> bool:
+        """True when no task is left to run (completed, failed, skipped or cancelled);
+        ``state`` tells which way it ended."""
+        return self._unfinished == 0
+
+    def dependency_results(self, task_id: str) -> dict[str, Any]:
+        """The results of a task's direct dependencies, for handing to the task."""
+        return {dependency: self.results.get(dependency) for dependency in self.tasks[task_id].dependencies}
+
+    def get_execution_order(self) -> list[str]:
+        """A topological order; among tasks free to go at once, declaration order first."""
+        waiting_on = {task_id: len(task.dependencies) for task_id, task in self.tasks.items()}
+        free = [self.order[task_id] for task_id, count in waiting_on.items() if count == 0]
+        heapq.heapify(free)
+        ids = list(self.tasks)
+        order: list[str] = []
+        while free:
+            task_id = ids[heapq.heappop(free)]
+            order.append(task_id)
+            for dependent in self.dependents[task_id]:
+                waiting_on[dependent] -= 1
+                if waiting_on[dependent] == 0:
+                    heapq.heappush(free, self.order[dependent])
+        return order
+
+    def get_dependency_chain(self, task_id: str) -> list[str]:
+        """Every task ``task_id`` depends on, directly or not, in execution order."""
+        upstream: dict[str, None] = {}
+        stack = list(reversed(self.tasks[task_id].dependencies))
+        while stack:
+            current = stack.pop()
+            if current in upstream:
+                continue
+            upstream[current] = None
+            stack.extend(reversed(self.tasks[current].dependencies))
+        return [each for each in self.get_execution_order() if each in upstream]
+
+    def get_dependents_chain(self, task_id: str) -> list[str]:
+        """Every task downstream of ``task_id``, in execution order."""
+        downstream = self._downstream(task_id)
+        return [each for each in self.get_execution_order() if each in downstream]
+
+    def critical_path(self, durations_ms: dict[str, int] | None = None) -> tuple[list[str], int]:
+        """The longest chain of tasks by duration, and its total duration in ms.
+
+        A task's duration is ``durations_ms[task_id]`` when given, else how long it ran (when
+        it finished), else its ``timeout_s`` as an upper bound, else 0. Ties go to the chain
+        found first in execution order.
+        """
+        finish_ms: dict[str, int] = {}
+        previous: dict[str, str | None] = {}
+        for task_id in self.get_execution_order():
+            start_ms, before = 0, None
+            for dependency in self.tasks[task_id].dependencies:
+                if before is None or finish_ms[dependency] > start_ms:
+                    start_ms, before = finish_ms[dependency], dependency
+            finish_ms[task_id] = start_ms + self._duration_ms(task_id, durations_ms)
+            previous[task_id] = before
+        if not finish_ms:
+            return [], 0
+        end = max(finish_ms, key=lambda task_id: (finish_ms[task_id], -self.order[task_id]))
+        path = [end]
+        while previous[path[-1]] is not None:
+            path.append(previous[path[-1]])
+        path.reverse()
+        return path, finish_ms[end]
+
+    def _duration_ms(self, task_id: str, durations_ms: dict[str, int] | None) -> int:
+        if durations_ms is not None and task_id in durations_ms:
+            return int(durations_ms[task_id])
+        run = self.runs[task_id]
+        if run.started_ms is not None and run.finished_ms is not None:
+            return run.finished_ms - run.started_ms
+        timeout_s = self.tasks[task_id].timeout_s
+        return int(timeout_s * 1000) if timeout_s is not None else 0
+
+    def progress(self) -> dict:
+        """``{"total", "finished", "fraction_done", "counts": {state: n}}`` (all states listed)."""
+        total = len(self.tasks)
+        finished = total - self._unfinished
+        return {
+            "total": total,
+            "finished": finished,
+            "fraction_done": finished / total if total else 1.0,
+            "counts": {state.value: count for state, count in self._counts.items()},
+        }
+
+    def drain_transitions(self) -> list[tuple[str, TaskState, TaskState]]:
+        """``(task_id, old_state, new_state)`` for every change since the last drain, in order."""
+        transitions, self._transitions = self._transitions, []
+        return transitions
+
+    # ----------------------------------------------------------------- transitions
+
+    def dispatch(self, task_id: str, worker_id: str, now_ms: int = 0, attempt: int | None = None) -> int:
+        """``ready -> running`` on ``worker_id``; returns the new attempt number, or 0 if the task
+        is not ready (or ``attempt`` is given and is not the next attempt)."""
+        run = self.runs[task_id]
+        if run.state is not TaskState.READY:
+            return 0
+        if attempt is not None and attempt != run.attempts + 1:
+            return 0
+        run.attempts += 1
+        run.worker_id = worker_id
+        run.started_ms = now_ms
+        run.finished_ms = None
+        self._dispatched_any = True
+        self._set_state(task_id, TaskState.RUNNING, now_ms)
+        return run.attempts
+
+    def finish(
+        self,
+        task_id: str,
+        attempt: int | None,
+        succeeded: bool,
+        now_ms: int = 0,
+        *,
+        exit_code: int | None = None,
+        result: Any = None,
+        error: str = "",
+        stdout_tail: str = "",
+        stderr_tail: str = "",
+    ) -> bool:
+        """The current attempt of a running task ended. On success, dependents whose
+        dependencies are now all complete become ready. On failure, the task goes back to
+        ready while it has retries left, else it fails and everything downstream is skipped.
+        Returns False (and changes nothing) for a stale attempt or a task not running."""
+        run = self.runs[task_id]
+        if run.state is not TaskState.RUNNING or (attempt is not None and attempt != run.attempts):
+            return False
+        run.exit_code = exit_code
+        run.error = error
+        run.stdout_tail = stdout_tail
+        run.stderr_tail = stderr_tail
+        run.finished_ms = now_ms
+        if succeeded:
+            run.result = result
+            self.results[task_id] = result
+            self._set_state(task_id, TaskState.COMPLETED, now_ms)
+            for dependent in self.dependents[task_id]:
+                self._waiting_on[dependent] -= 1
+                if self._waiting_on[dependent] == 0 and self.runs[dependent].state is TaskState.PENDING:
+                    self._set_state(dependent, TaskState.READY, now_ms)
+                    dependency_log.info("Task %s is ready (all dependencies completed)", dependent)
+            return True
+        run.failures += 1
+        if run.failures <= self.tasks[task_id].retries:
+            self._set_state(task_id, TaskState.READY, now_ms)
+            return True
+        self._set_state(task_id, TaskState.FAILED, now_ms)
+        for downstream in self.get_dependents_chain(task_id):
+            if not self.runs[downstream].state.is_finished:
+                self.runs[downstream].finished_ms = now_ms
+                self._set_state(downstream, TaskState.SKIPPED, now_ms)
+        return True
+
+    def requeue(self, task_id: str, attempt: int | None = None, now_ms: int = 0, reason: str = "") -> bool:
+        """``running -> ready`` without using a retry (its worker was lost or gave it back)."""
+        run = self.runs[task_id]
+        if run.state is not TaskState.RUNNING or (attempt is not None and attempt != run.attempts):
+            return False
+        run.error = reason
+        run.worker_id = None
+        self._set_state(task_id, TaskState.READY, now_ms)
+        return True
+
+    def cancel(self, now_ms: int = 0) -> list[str]:
+        """Cancel the workflow: every unfinished task becomes cancelled. Returns the tasks that
+        were ready or running (the queue and workers must let go of them)."""
+        released: list[str] = []
+        self.cancelled = True
+        for task_id, run in self.runs.items():
+            if run.state.is_finished:
+                continue
+            if run.state in (TaskState.READY, TaskState.RUNNING):
+                released.append(task_id)
+            run.finished_ms = now_ms
+            self._set_state(task_id, TaskState.CANCELLED, now_ms)
+        return released
+
+    def cancel_task(self, task_id: str, now_ms: int = 0) -> list[str]:
+        """Cancel one unfinished task and everything downstream of it; the rest goes on.
+        Returns the cancelled tasks that were ready or running."""
+        if self.runs[task_id].state.is_finished:
+            return []
+        released: list[str] = []
+        for each in [task_id, *self.get_dependents_chain(task_id)]:
+            run = self.runs[each]
+            if run.state.is_finished:
+                continue
+            if run.state in (TaskState.READY, TaskState.RUNNING):
+                released.append(each)
+            run.finished_ms = now_ms
+            self._set_state(each, TaskState.CANCELLED, now_ms)
+        return released
+
+    def update_task_state(self, task_id: str, state: TaskState | str, attempt: int | None = None, **details: Any) -> bool:
+        """The seed's single entry point. ``state`` is where the task should go:
+
+        * ``running``: dispatch (``worker_id=`` in details); ``attempt``, if given, must be the next one.
+        * ``completed`` / ``failed``: the current attempt ended (``exit_code``, ``result``, ``error``,
+          ``stdout_tail``, ``stderr_tail``); a failure with retries left goes back to ready.
+        * ``ready``: requeue a running task without using a retry.
+        * ``cancelled``: cancel this task and everything downstream.
+
+        Returns False when the change does not apply (stale attempt, wrong current state).
+        """
+        state = TaskState(state)
+        now_ms = details.pop("now_ms", 0)
+        if state is TaskState.RUNNING:
+            return self.dispatch(task_id, details.get("worker_id") or "", now_ms, attempt) > 0
+        if state in (TaskState.COMPLETED, TaskState.FAILED):
+            return self.finish(task_id, attempt, state is TaskState.COMPLETED, now_ms, **details)
+        if state is TaskState.READY:
+            return self.requeue(task_id, attempt, now_ms, details.get("reason", ""))
+        if state is TaskState.CANCELLED:
+            if self.runs[task_id].state.is_finished:
+                return False
+            self.cancel_task(task_id, now_ms)
+            return True
+        return False  # pending and skipped are only ever reached through the rules above
+
+    # ----------------------------------------------------------------- internals
+
+    def _set_state(self, task_id: str, new_state: TaskState, now_ms: int) -> None:
+        run = self.runs[task_id]
+        old_state = run.state
+        run.state = new_state
+        self._counts[old_state] -= 1
+        self._counts[new_state] += 1
+        if old_state is TaskState.READY:
+            del self._ready[task_id]
+        if new_state is TaskState.READY:
+            self._ready[task_id] = None
+            run.ready_ms = now_ms
+        if new_state.is_finished and not old_state.is_finished:
+            self._unfinished -= 1
+            if self._unfinished == 0:
+                self.finished_ms = now_ms
+        self._transitions.append((task_id, old_state, new_state))
+
+    def _downstream(self, task_id: str) -> dict[str, None]:
+        seen: dict[str, None] = {}
+        stack = list(reversed(self.dependents[task_id]))
+        while stack:
+            current = stack.pop()
+            if current in seen:
+                continue
+            seen[current] = None
+            stack.extend(reversed(self.dependents[current]))
+        return seen
+
+    # ----------------------------------------------------------------- snapshots
+
+    def to_snapshot(self) -> dict:
+        return {
+            "workflow": self.workflow.to_dict(),
+            "runs": {task_id: run.to_dict() for task_id, run in self.runs.items()},
+            "results": dict(self.results),
+            "ready": list(self._ready),
+            "cancelled": self.cancelled,
+            "submitted_ms": self.submitted_ms,
+            "finished_ms": self.finished_ms,
+            "dispatched_any": self._dispatched_any,
+        }
+
+    @classmethod
+    def from_snapshot(cls, snapshot: dict) -> TaskDependencyGraph:
+        graph = cls(Workflow.from_dict(snapshot["workflow"]), snapshot["submitted_ms"])
+        graph._transitions = []
+        graph.runs = {task_id: TaskRun.from_dict(run) for task_id, run in snapshot["runs"].items()}
+        graph.results = dict(snapshot["results"])
+        graph._ready = {task_id: None for task_id in snapshot["ready"]}
+        graph.cancelled = snapshot["cancelled"]
+        graph.finished_ms = snapshot["finished_ms"]
+        graph._dispatched_any = snapshot["dispatched_any"]
+        graph._counts = {state: 0 for state in TaskState}
+        for run in graph.runs.values():
+            graph._counts[run.state] += 1
+        graph._unfinished = sum(1 for run in graph.runs.values() if not run.state.is_finished)
+        graph._waiting_on = {
+            task_id: sum(1 for dep in task.dependencies if graph.runs[dep].state is not TaskState.COMPLETED)
+            for task_id, task in graph.tasks.items()
+        }
+        return graph
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@record("wf.submit")
+class SubmitWorkflow:
+    workflow: Workflow
+    now_ms: int
+
+
+@record("wf.dispatch")
+class DispatchTask:
+    """The leader placed a ready task on a worker; ``attempt`` is the attempt it starts."""
+
+    workflow_id: str
+    task_id: str
+    attempt: int
+    worker_id: str
+    now_ms: int
+
+
+@record("wf.finish")
+class FinishTask:
+    workflow_id: str
+    task_id: str
+    attempt: int
+    succeeded: bool
+    now_ms: int
+    exit_code: int | None = None
+    result: Any = None
+    error: str = ""
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+
+
+@record("wf.requeue")
+class RequeueTask:
+    """Give a running task back to the queue without using a retry (its worker was lost)."""
+
+    workflow_id: str
+    task_id: str
+    attempt: int
+    reason: str
+    now_ms: int
+
+
+@record("wf.cancel")
+class CancelWorkflow:
+    workflow_id: str
+    now_ms: int
+
+
+@record("wf.forget")
+class ForgetWorkflow:
+    """Drop a finished workflow from the replicated state (retention is the leader's policy)."""
+
+    workflow_id: str
+
+
+@dataclass
+class Applied:
+    """What applying one command did, for the actor that owns the table.
+
+    ``ready``: task keys that became ready (enqueue them, in this order). ``released``: task
+    keys that were ready or running and no longer are for a reason other than dispatch or
+    finish (cancelled or skipped: take them out of the queue, tell their workers).
+    ``finished``: workflow ids that just reached a final state.
+    """
+
+    ok: bool
+    reason: str = ""
+    attempt: int = 0
+    ready: list[str] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)
+
+
+class WorkflowTable:
+    """Every workflow the control plane knows: the replicated part of the scheduler.
+
+    ``apply(command)`` takes the ``wf.*`` records above in log order and returns ``Applied``.
+    It never raises for a well-formed command: a command that does not apply (unknown
+    workflow, stale attempt) returns ``Applied(ok=False, reason=...)``, identically on every
+    master. No-op tasks (no command, call or agent) complete the moment they are ready,
+    within the same apply, so they never reach the queue.
+    """
+
+    def __init__(self) -> None:
+        self.graphs: dict[str, TaskDependencyGraph] = {}
+
+    def __contains__(self, workflow_id: str) -> bool:
+        return workflow_id in self.graphs
+
+    def get(self, workflow_id: str) -> TaskDependencyGraph | None:
+        return self.graphs.get(workflow_id)
+
+    def apply(self, command: Any) -> Applied:
+        if isinstance(command, SubmitWorkflow):
+            return self._submit(command)
+        if isinstance(command, ForgetWorkflow):
+            graph = self.graphs.get(command.workflow_id)
+            if graph is None:
+                return Applied(False, "unknown workflow")
+            if not graph.is_workflow_completed():
+                return Applied(False, "workflow is still running")
+            del self.graphs[command.workflow_id]
+            return Applied(True)
+        graph = self.graphs.get(command.workflow_id)
+        if graph is None:
+            return Applied(False, "unknown workflow")
+        was_finished = graph.is_workflow_completed()
+        if isinstance(command, DispatchTask):
+            if command.task_id not in graph.tasks:
+                return Applied(False, "unknown task")
+            attempt = graph.dispatch(command.task_id, command.worker_id, command.now_ms, command.attempt)
+            applied = Applied(attempt > 0, "" if attempt else "task is not ready or attempt is stale", attempt)
+        elif isinstance(command, FinishTask):
+            if command.task_id not in graph.tasks:
+                return Applied(False, "unknown task")
+            ok = graph.finish(
+                command.task_id,
+                command.attempt,
+                command.succeeded,
+                command.now_ms,
+                exit_code=command.exit_code,
+                result=command.result,
+                error=command.error,
+                stdout_tail=command.stdout_tail,
+                stderr_tail=command.stderr_tail,
+            )
+            applied = Applied(ok, "" if ok else "task is not running or attempt is stale", command.attempt)
+        elif isinstance(command, RequeueTask):
+            if command.task_id not in graph.tasks:
+                return Applied(False, "unknown task")
+            ok = graph.requeue(command.task_id, command.attempt, command.now_ms, command.reason)
+            applied = Applied(ok, "" if ok else "task is not running or attempt is stale", command.attempt)
+        elif isinstance(command, CancelWorkflow):
+            if was_finished:
+                return Applied(False, "workflow already finished")
+            graph.cancel(command.now_ms)
+            applied = Applied(True)
+        else:
+            return Applied(False, f"not a workflow command: {type(command).__name__}")
+        now_ms = getattr(command, "now_ms", 0)
+        self._settle(graph, applied, now_ms)
+        if not was_finished and graph.is_workflow_completed():
+            applied.finished.append(graph.workflow_id)
+        return applied
+
+    def _submit(self, command: SubmitWorkflow) -> Applied:
+        workflow = command.workflow
+        if workflow.workflow_id in self.graphs:
+            return Applied(False, f"workflow {workflow.workflow_id!r} already exists")
+        try:
+            graph = TaskDependencyGraph(workflow, command.now_ms)
+        except WorkflowError as error:
+            return Applied(False, str(error))
+        self.graphs[workflow.workflow_id] = graph
+        applied = Applied(True)
+        self._settle(graph, applied, command.now_ms)
+        if graph.is_workflow_completed():
+            applied.finished.append(graph.workflow_id)
+        return applied
+
+    def _settle(self, graph: TaskDependencyGraph, applied: Applied, now_ms: int) -> None:
+        """Complete ready no-op tasks (which may make more ready), and sort the transitions
+        into what the owner must enqueue and what it must let go of."""
+        while True:
+            transitions = graph.drain_transitions()
+            if not transitions:
+                return
+            for task_id, old_state, new_state in transitions:
+                key = task_key(graph.workflow_id, task_id)
+                if new_state is TaskState.READY:
+                    if graph.tasks[task_id].is_noop:
+                        attempt = graph.dispatch(task_id, "", now_ms)
+                        graph.finish(task_id, attempt, True, now_ms)
+                    else:
+                        applied.ready.append(key)
+                elif old_state in (TaskState.READY, TaskState.RUNNING) and new_state in (
+                    TaskState.CANCELLED,
+                    TaskState.SKIPPED,
+                ):
+                    applied.released.append(key)
+                if old_state is TaskState.READY and key in applied.ready and new_state is not TaskState.READY:
+                    # Became ready and left ready within one apply (a no-op never gets here;
+                    # a cancel might): the owner never needs to enqueue it.
+                    applied.ready.remove(key)
+                    if key in applied.released:
+                        applied.released.remove(key)
+
+    # ----------------------------------------------------------------- snapshots
+
+    def to_snapshot(self) -> dict:
+        return {"workflows": [graph.to_snapshot() for graph in self.graphs.values()]}
+
+    @classmethod
+    def from_snapshot(cls, snapshot: dict) -> WorkflowTable:
+        table = cls()
+        for graph_snapshot in snapshot["workflows"]:
+            graph = TaskDependencyGraph.from_snapshot(graph_snapshot)
+            table.graphs[graph.workflow_id] = graph
+        return table
