@@ -196,7 +196,6 @@ class Transport(threading.Thread):
     # ------------------------------------------------------------------ inbound
 
     def _drain_router(self) -> None:
-        batches: dict[Any, list[InboundMessage]] = {}
         for _ in range(DRAIN_LIMIT):
             try:
                 parts = self._router.recv_multipart(zmq.NOBLOCK, copy=True)
@@ -206,11 +205,9 @@ class Transport(threading.Thread):
             if len(parts) != 2:
                 self._reject(route, None, "bad_frame_count", f"{len(parts) - 1} frames")
                 continue
-            self._handle_frame(parts[1], route, batches)
-        self._deliver(batches)
+            self._handle_frame(parts[1], route)
 
     def _drain_dealer(self, sock: zmq.Socket) -> None:
-        batches: dict[Any, list[InboundMessage]] = {}
         for _ in range(DRAIN_LIMIT):
             try:
                 parts = sock.recv_multipart(zmq.NOBLOCK)
@@ -219,10 +216,10 @@ class Transport(threading.Thread):
             if len(parts) != 1:
                 self._count_bad(self._dealer_by_socket.get(sock, "?"), "bad_frame_count", "")
                 continue
-            self._handle_frame(parts[0], None, batches)
-        self._deliver(batches)
+            self._handle_frame(parts[0], None)
 
-    def _handle_frame(self, data: bytes, route: bytes | None, batches: dict) -> None:
+    def _handle_frame(self, data: bytes, route: bytes | None) -> None:
+        """Decode one frame and hand each local actor its part of it as one batch."""
         node = self.node
         node.counters["frames_in"] += 1
         if len(data) > self.max_frame_bytes:
@@ -234,6 +231,7 @@ class Transport(threading.Thread):
             self._reject(route, None, exc.reason, exc.detail)
             return
         node.peers[frame.node_id] = frame.endpoint
+        batches: dict[Any, list[InboundMessage]] = {}
         for env in frame.envelopes:
             node.counters["msgs_in"] += 1
             kind = env.kind
@@ -262,8 +260,6 @@ class Transport(threading.Thread):
                 batches[target] = [message]
             else:
                 batch.append(message)
-
-    def _deliver(self, batches: dict) -> None:
         for target, messages in batches.items():
             target.deliver(messages)
 
@@ -281,7 +277,6 @@ class Transport(threading.Thread):
             log.warning("dropped a bad frame from peer %s: %s %s", peer, reason, detail[:120])
 
     def _drain_sub(self) -> None:
-        batches: dict[Any, list[InboundMessage]] = {}
         for _ in range(DRAIN_LIMIT):
             try:
                 parts = self._sub.recv_multipart(zmq.NOBLOCK)
@@ -300,11 +295,10 @@ class Transport(threading.Thread):
             if gap:
                 self.node.counters["event_gaps"] += gap
             self._sub_last_seq[(publisher, topic)] = seq
-            event = Event(topic, publisher, seq, body, gap)
+            message = InboundMessage(TELL, None, 0, Event(topic, publisher, seq, body, gap))
             for prefix, target in self._subscribers:
                 if topic.startswith(prefix):
-                    batches.setdefault(target, []).append(InboundMessage(TELL, None, 0, event))
-        self._deliver(batches)
+                    target.deliver([message])
 
     def subscribe(self, pub_endpoint: str, topic: str, target: Any) -> None:
         """Transport thread only (use ``call``)."""
