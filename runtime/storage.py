@@ -170,8 +170,9 @@ class RaftStorage:
         # FULL: the WAL is fsync'd at every commit, so a returned save survives power loss.
         self._db.execute("PRAGMA synchronous = FULL")
         # What the write checks need, kept in memory rather than read back per save.
-        self._snapshot_index, self._last_index = self._db.execute(
+        self._snapshot_index, self._snapshot_term, self._last_index = self._db.execute(
             "SELECT coalesce((SELECT snapshot_index FROM snapshot), 0),"
+            " coalesce((SELECT term FROM snapshot), 0),"
             " coalesce((SELECT max(entry_index) FROM entries), 0)"
         ).fetchone()
         self._last_index = max(self._last_index, self._snapshot_index)
@@ -229,6 +230,9 @@ class RaftStorage:
         Order inside it: the snapshot (if any), then the entries (truncating the stored suffix
         they replace), then the hard state. Raises ValueError, writing nothing, on entries that
         are not consecutive or would leave a gap, and on a snapshot older than the stored one."""
+        self._save(hard_state, entries, snapshot, None)
+
+    def _save(self, hard_state: Any, entries: Iterable[Any], snapshot: Any, compact_upto: int | None) -> None:
         rows = [_entry_row(entry) for entry in entries]
         snapshot_row = _snapshot_row(snapshot) if snapshot is not None else None
         if snapshot_row is not None and snapshot_row[0] < self._snapshot_index:
@@ -242,7 +246,8 @@ class RaftStorage:
         db.execute("BEGIN IMMEDIATE")
         try:
             if snapshot_row is not None:
-                last_index = self._write_snapshot(snapshot_row)
+                delete_upto = snapshot_row[0] if compact_upto is None else compact_upto
+                last_index = self._write_snapshot(snapshot_row, delete_upto)
             if rows:
                 if rows[0][0] > last_index + 1:
                     raise ValueError(f"entries start at {rows[0][0]} but the log ends at {last_index}: a gap")
@@ -260,14 +265,18 @@ class RaftStorage:
                 db.execute("ROLLBACK")
             raise
         self._last_index = last_index
-        self._snapshot_index = snapshot_index
+        if snapshot_row is not None:
+            self._snapshot_index, self._snapshot_term = snapshot_row[0], snapshot_row[1]
 
     def compact(self, upto_index: int, snapshot: Any) -> None:
-        """Store ``snapshot`` and delete the entries up to ``upto_index``, in one transaction."""
-        snapshot_row = _snapshot_row(snapshot)
-        if upto_index != snapshot_row[0]:
-            raise ValueError(f"compact up to {upto_index} with a snapshot at index {snapshot_row[0]}")
-        self.save(snapshot=snapshot)
+        """Store ``snapshot`` and delete the entries up to ``upto_index``, in one transaction.
+
+        ``upto_index`` may stay below the snapshot's index to keep a tail of entries for slow
+        followers; ``load`` still returns only the entries after the snapshot."""
+        snapshot_index = getattr(snapshot, "meta", snapshot).index
+        if upto_index > snapshot_index:
+            raise ValueError(f"compact up to {upto_index} is past the snapshot at {snapshot_index}")
+        self._save(None, (), snapshot, upto_index)
 
     def close(self) -> None:
         self._db.close()
@@ -280,18 +289,19 @@ class RaftStorage:
 
     # ----------------------------------------------------------------- internals
 
-    def _write_snapshot(self, row: tuple) -> int:
-        """Replace the snapshot and drop what it covers (inside save's transaction); returns
-        the last index of the log it leaves."""
+    def _write_snapshot(self, row: tuple, delete_upto: int) -> int:
+        """Replace the snapshot and delete entries up to ``delete_upto`` (inside the caller's
+        transaction); returns the last index of the log it leaves."""
         index, term = row[0], row[1]
         db = self._db
         stored = db.execute("SELECT term FROM entries WHERE entry_index = ?", (index,)).fetchone()
-        if stored is not None and stored[0] == term:
-            db.execute("DELETE FROM entries WHERE entry_index <= ?", (index,))
+        same_as_stored_snapshot = (index, term) == (self._snapshot_index, self._snapshot_term)
+        if (stored is not None and stored[0] == term) or same_as_stored_snapshot:
+            db.execute("DELETE FROM entries WHERE entry_index <= ?", (delete_upto,))
             last_index = max(self._last_index, index)
         else:
-            # No matching entry at the snapshot's index: the stored log is not a prefix-extension
-            # of the snapshot, so none of it can be kept.
+            # The stored log does not hold the snapshot's last entry: nothing after it can be
+            # trusted to follow from the snapshot, so the whole log goes.
             db.execute("DELETE FROM entries")
             last_index = index
         db.execute(
