@@ -1,0 +1,260 @@
+"""The `agentflow` command line (typer): start nodes and drive the cluster.
+
+Rules: the commands and options are the contract of DESIGN.md §4, which other tools drive;
+`--json` on a read command prints one JSON document and nothing else. Bad input gets a clear
+message naming the problem and a non-zero exit. A command whose capability is not built yet
+says so and exits 2. Logging follows AGENTFLOW_LOG (see runtime/log.py).
+
+This module is the composition root: the only place in runtime/ that may import actors/,
+lazily, inside the commands that start masters and workers.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import List, Optional
+
+import typer
+
+from runtime.log import configure_logging
+
+app = typer.Typer(help="AgentFlow: distributed parallel execution of agents and tasks.",
+                  no_args_is_help=True, add_completion=False)
+lock_app = typer.Typer(help="Distributed locks with fencing tokens.", no_args_is_help=True)
+app.add_typer(lock_app, name="lock")
+
+MasterUrl = typer.Option(None, "--master-url", envvar="AGENTFLOW_MASTER_URL",
+                         help="Masters to talk to: a comma-separated list; any member will do.")
+JsonFlag = typer.Option(False, "--json", help="Print one JSON document and nothing else.")
+
+
+def not_built(capability: str) -> None:
+    typer.echo(f"agentflow: {capability} is not built yet (see the open issues).", err=True)
+    raise typer.Exit(2)
+
+
+@app.callback()
+def main_callback() -> None:
+    try:
+        configure_logging()
+    except ValueError as exc:
+        typer.echo(f"agentflow: {exc}", err=True)
+        raise typer.Exit(2)
+
+
+# --------------------------------------------------------------------------- nodes
+
+
+@app.command()
+def master(
+    mode: str = typer.Option("leader", "--mode", help="leader: bootstrap a new cluster; master: join one."),
+    port: int = typer.Option(6767, "--port"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    leader_url: Optional[str] = typer.Option(None, "--leader-url", help="A member of the cluster to join."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    http_port: Optional[int] = typer.Option(None, "--http-port", help="Default: PORT+10."),
+    pub_port: Optional[int] = typer.Option(None, "--pub-port", help="Default: PORT+100."),
+    node_id: Optional[str] = typer.Option(None, "--node-id"),
+) -> None:
+    """Start a master (a member of the Raft group of the control plane)."""
+    not_built("the master (Raft control plane)")
+
+
+@app.command()
+def worker(
+    master_url: Optional[str] = MasterUrl,
+    cpu_cores: Optional[float] = typer.Option(None, "--cpu-cores"),
+    memory_mb: Optional[int] = typer.Option(None, "--memory-mb"),
+    gpu_count: Optional[int] = typer.Option(None, "--gpu-count"),
+    group: str = typer.Option("default", "--group"),
+    capability: List[str] = typer.Option([], "--capability"),
+    max_concurrent_tasks: Optional[int] = typer.Option(None, "--max-concurrent-tasks"),
+    worker_id: Optional[str] = typer.Option(None, "--worker-id"),
+) -> None:
+    """Start a worker that runs tasks for the cluster."""
+    not_built("the worker")
+
+
+@app.command()
+def up(
+    masters: int = typer.Option(3, "--masters"),
+    workers: int = typer.Option(2, "--workers"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+) -> None:
+    """Run a local cluster in the foreground; Ctrl-C stops it."""
+    not_built("the local cluster launcher")
+
+
+@app.command()
+def demo() -> None:
+    """Show the runtime: two nodes on 127.0.0.1 exchange messages (the workflow demo comes later)."""
+    from runtime.actor import Actor
+    from runtime.node import Node
+
+    class Greeter(Actor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.told = 0
+
+        def receive(self, message):
+            if message == "count":
+                return self.told
+            if isinstance(message, dict) and "hello" in message:
+                return f"hello {message['hello']}, from {self.node.node_id}"
+            self.told += 1
+            return None
+
+    with Node("demo-a") as a, Node("demo-b") as b:
+        a.spawn(Greeter, name="greeter")
+        typer.echo(f"node demo-a serves on {a.endpoint}; node demo-b on {b.endpoint}")
+        greeter = b.ref(a.endpoint, "greeter")
+        started = time.perf_counter()
+        answer = greeter.ask({"hello": "demo-b"}, timeout_s=5).get()
+        typer.echo(f"demo-b asked demo-a/greeter and got {answer!r} in {(time.perf_counter() - started) * 1e3:.2f} ms")
+        count = 10_000
+        started = time.perf_counter()
+        for i in range(count):
+            greeter.tell(i)
+        deadline = time.monotonic() + 30
+        while greeter.ask("count", timeout_s=5).get() < count:
+            if time.monotonic() > deadline:
+                typer.echo("the tells did not all arrive in 30 s", err=True)
+                raise typer.Exit(1)
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - started
+        typer.echo(f"demo-b told demo-a/greeter {count:,} messages: all arrived in {elapsed * 1e3:.0f} ms "
+                   f"({count / elapsed:,.0f} msgs/s)")
+        typer.echo(f"demo-b counters: {b.stats()}")
+
+
+# --------------------------------------------------------------------------- cluster clients
+
+
+@app.command()
+def submit(
+    file: str = typer.Argument(..., help="A workflow file (YAML or JSON)."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for the workflow to finish; exit 0 only if it completed."),
+    json_output: bool = JsonFlag,
+    master_url: Optional[str] = MasterUrl,
+) -> None:
+    """Submit a workflow."""
+    not_built("workflow submission")
+
+
+@app.command()
+def status(workflow_id: Optional[str] = typer.Argument(None), json_output: bool = JsonFlag,
+           master_url: Optional[str] = MasterUrl) -> None:
+    """Show one workflow, or all of them."""
+    not_built("workflow status")
+
+
+@app.command()
+def cancel(workflow_id: str = typer.Argument(...), master_url: Optional[str] = MasterUrl) -> None:
+    """Cancel a workflow: what has not finished is cancelled."""
+    not_built("workflow cancel")
+
+
+@app.command()
+def workers(json_output: bool = JsonFlag, master_url: Optional[str] = MasterUrl) -> None:
+    """List the workers with their status and resources."""
+    not_built("the worker registry")
+
+
+@app.command()
+def cluster(json_output: bool = JsonFlag, master_url: Optional[str] = MasterUrl) -> None:
+    """Show the masters: leader, term, roles, commit and applied index."""
+    not_built("the cluster view (Raft)")
+
+
+@app.command()
+def top(master_url: Optional[str] = MasterUrl) -> None:
+    """A live view of the cluster."""
+    not_built("the live view")
+
+
+@app.command()
+def send(agent: str, message: str, master_url: Optional[str] = MasterUrl) -> None:
+    """Send a message to an agent."""
+    not_built("agent messaging")
+
+
+@app.command()
+def request(agent: str, message: str, timeout_s: float = typer.Option(5.0, "--timeout"),
+            master_url: Optional[str] = MasterUrl) -> None:
+    """Send a request to an agent and print its answer."""
+    not_built("agent messaging")
+
+
+@app.command()
+def broadcast(message: str, master_url: Optional[str] = MasterUrl) -> None:
+    """Send a message to every agent."""
+    not_built("agent messaging")
+
+
+@app.command()
+def history(limit: int = typer.Option(50, "--limit"), master_url: Optional[str] = MasterUrl) -> None:
+    """Show the latest agent messages."""
+    not_built("agent message history")
+
+
+@lock_app.command("acquire")
+def lock_acquire(key: str, ttl_s: float = typer.Option(30.0, "--ttl"), wait_s: float = typer.Option(0.0, "--wait"),
+                 owner: Optional[str] = typer.Option(None, "--owner"), json_output: bool = JsonFlag,
+                 master_url: Optional[str] = MasterUrl) -> None:
+    """Acquire a lock; prints its fencing token."""
+    not_built("distributed locks")
+
+
+@lock_app.command("release")
+def lock_release(key: str, owner: Optional[str] = typer.Option(None, "--owner"),
+                 master_url: Optional[str] = MasterUrl) -> None:
+    """Release a lock you hold."""
+    not_built("distributed locks")
+
+
+@lock_app.command("renew")
+def lock_renew(key: str, ttl_s: float = typer.Option(30.0, "--ttl"), owner: Optional[str] = typer.Option(None, "--owner"),
+               master_url: Optional[str] = MasterUrl) -> None:
+    """Extend a lock you hold."""
+    not_built("distributed locks")
+
+
+@lock_app.command("show")
+def lock_show(key: str, json_output: bool = JsonFlag, master_url: Optional[str] = MasterUrl) -> None:
+    """Show who holds a lock."""
+    not_built("distributed locks")
+
+
+@lock_app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def lock_run(ctx: typer.Context, key: str, ttl_s: float = typer.Option(30.0, "--ttl"),
+             wait_s: float = typer.Option(60.0, "--wait"), master_url: Optional[str] = MasterUrl) -> None:
+    """Hold a lock while a command runs: agentflow lock run KEY -- CMD ..."""
+    not_built("distributed locks")
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def main() -> None:
+    app()
+
+
+def _run_subcommand(name: str) -> None:
+    sys.argv = [sys.argv[0], name, *sys.argv[1:]]
+    app()
+
+
+def master_main() -> None:
+    """`agentflow-master`: the same options as `agentflow master`."""
+    _run_subcommand("master")
+
+
+def worker_main() -> None:
+    """`agentflow-worker`: the same options as `agentflow worker`."""
+    _run_subcommand("worker")
+
+
+if __name__ == "__main__":
+    main()
