@@ -67,7 +67,8 @@ _TABLES = ("entries", "hard_state", "snapshot")
 
 
 class StorageError(Exception):
-    """The store cannot be opened or read: not SQLite, not ours, corrupt, or a newer schema."""
+    """The store cannot be opened, read or written: not SQLite, not ours, corrupt, a newer
+    schema, or a failing disk. The message names the file."""
 
 
 @dataclass(slots=True)
@@ -170,11 +171,14 @@ class RaftStorage:
         # FULL: the WAL is fsync'd at every commit, so a returned save survives power loss.
         self._db.execute("PRAGMA synchronous = FULL")
         # What the write checks need, kept in memory rather than read back per save.
-        self._snapshot_index, self._snapshot_term, self._last_index = self._db.execute(
-            "SELECT coalesce((SELECT snapshot_index FROM snapshot), 0),"
-            " coalesce((SELECT term FROM snapshot), 0),"
-            " coalesce((SELECT max(entry_index) FROM entries), 0)"
-        ).fetchone()
+        try:
+            self._snapshot_index, self._snapshot_term, self._last_index = self._db.execute(
+                "SELECT coalesce((SELECT snapshot_index FROM snapshot), 0),"
+                " coalesce((SELECT term FROM snapshot), 0),"
+                " coalesce((SELECT max(entry_index) FROM entries), 0)"
+            ).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"{self.path}: cannot read the Raft store ({exc})") from exc
         self._last_index = max(self._last_index, self._snapshot_index)
 
     def _create(self) -> None:
@@ -260,9 +264,11 @@ class RaftStorage:
                     (hard_state.term, hard_state.vote, hard_state.commit),
                 )
             db.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.DatabaseError):  # disk full, I/O error, corruption
+                raise StorageError(f"{self.path}: cannot write the Raft store ({exc})") from exc
             raise
         self._last_index = last_index
         if snapshot_row is not None:
