@@ -89,7 +89,10 @@ class Renew:
 
 @record("lock.cancel_wait")
 class CancelWait:
-    """Take ``owner`` out of the queue of ``key`` (the client stopped waiting)."""
+    """Take ``owner`` out of the queue of ``key`` (the client stopped waiting).
+
+    If the lock was granted to ``owner`` before this command, the reply is
+    ``LockNotHeld(reason="not_waiting")`` and ``owner`` holds it: the client should release it."""
 
     key: str
     owner: str
@@ -262,7 +265,7 @@ class LockTable:
     """All locks of the cluster. Apply committed commands; read with ``check_lock``."""
 
     def __init__(self) -> None:
-        # Insertion order is the order of applied grants, identical on every master.
+        # Insertion order comes only from applied commands, so it is the same on every master.
         self._leases: dict[str, _Lease] = {}
         self.last_index = 0
         self.clock_ms = 0

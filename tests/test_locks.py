@@ -199,6 +199,24 @@ def test_cancel_wait_removes_the_waiter():
     assert [g.owner for g in log.apply(Release(KEY, "holder")).grants] == ["w2"]
 
 
+def test_cancel_wait_after_the_grant_leaves_the_owner_holding():
+    log = Log()
+    log.apply(acquire("holder"))
+    log.apply(acquire("w1", wait=True))
+    log.apply(Release(KEY, "holder"))
+    assert log.reply(CancelWait(KEY, "w1")) == LockNotHeld(KEY, "w1", "not_waiting")
+    assert log.table.check_lock(KEY, 0).holder == "w1"
+
+
+def test_a_waiter_retrying_acquire_when_its_turn_came_by_expiry_gets_that_grant():
+    log = Log()
+    log.apply(acquire("node1", now_ms=0, ttl_ms=100))
+    log.apply(acquire("node2", now_ms=10, wait=True))
+    outcome = log.apply(acquire("node2", now_ms=200, wait=True))
+    assert outcome.grants == [LockGranted(KEY, "node2", 3, 1200)]
+    assert outcome.reply == LockGranted(KEY, "node2", 3, 1200)
+
+
 # --------------------------------------------------------------------------- expiry
 
 
