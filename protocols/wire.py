@@ -248,3 +248,11 @@ class Event:
     seq: int
     body: Any
     gap: int
+
+
+@record("redirect")
+class Redirect:
+    """Answer of a master that is not the leader: ask ``leader_endpoint`` instead (None: unknown yet)."""
+
+    leader_id: str | None
+    leader_endpoint: str | None
