@@ -1,0 +1,479 @@
+"""A deterministic simulated Raft cluster, for the safety and liveness tests of protocols/raft.py.
+
+Everything is driven by one seeded ``random.Random``: the network (drops, duplicates, delays,
+hence reordering; partitions that come and go), crashes and restarts, client proposals, reads,
+compaction, leadership transfers and membership changes. A node that crashes keeps only what
+the harness persisted from its Readys (the "disk"); it restarts from that, as the RaftActor
+restarts from SQLite. After every step the safety properties of the Raft paper are checked:
+
+* election safety: at most one leader per term;
+* log matching: two persisted entries with the same index and term have the same data and the
+  same predecessor term (so, inductively, the same log before them);
+* leader completeness: a new leader has every entry known to be committed;
+* state machine safety: every node applies the same entries in the same order, without gaps
+  (checked with a running digest of the applied commands at each index);
+* ReadIndex: a read state is never older than a commit that was known when the read began.
+
+At the end the network heals, every node restarts, and a command must commit and be applied
+everywhere within a bounded number of ticks (liveness).
+
+Replay one seed (prints the last events of the run on failure)::
+
+    .venv/bin/python -m tests.raftsim --seed 123 --nodes 5 --steps 600
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import heapq
+import random
+import sys
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocols.raft import (
+    ENTRY_NORMAL,
+    LEADER,
+    ConfChange,
+    ConfChangeRejected,
+    Entry,
+    HardState,
+    NotLeader,
+    RaftConfig,
+    RaftCore,
+    Ready,
+    Snapshot,
+)
+from protocols.wire import decode, encode
+
+
+class SafetyViolation(AssertionError):
+    pass
+
+
+@dataclass
+class Faults:
+    """Probabilities per step (one tick of simulated time) unless said otherwise."""
+
+    drop: float = 0.05  # per message
+    duplicate: float = 0.02  # per message
+    delay_max_ticks: int = 3  # delivery after 1..delay_max_ticks ticks: reorders messages
+    crash: float = 0.004
+    crash_mid_ready: float = 0.002  # per Ready: persisted but crashed before sending
+    restart: float = 0.08  # per step, for one crashed node
+    partition: float = 0.01
+    heal: float = 0.04
+    propose: float = 0.5
+    read: float = 0.05
+    compact: float = 0.02
+    transfer: float = 0.004
+    membership: float = 0.0  # remove a voter / add it back as learner / promote it
+
+
+def sim_config() -> RaftConfig:
+    # Small batches and windows so that batching, pipelining and flow control are exercised.
+    return RaftConfig(election_ticks_min=10, election_ticks_max=20, heartbeat_ticks=2,
+                      max_entries_per_append=4, max_inflight_appends=3)
+
+
+class Disk:
+    """What one node persisted: its hard state, log and snapshot."""
+
+    def __init__(self) -> None:
+        self.hard_state: HardState | None = None
+        self.entries: list[Entry] = []
+        self.snapshot: Snapshot | None = None
+
+    @property
+    def first_index(self) -> int:
+        return (self.snapshot.meta.index if self.snapshot else 0) + 1
+
+    def save(self, ready: Ready) -> None:
+        if ready.snapshot is not None:
+            self.snapshot = ready.snapshot
+            self.entries = []
+        if ready.entries:
+            # Overwrite a conflicting suffix: drop everything from the first new index on.
+            del self.entries[max(0, ready.entries[0].index - self.first_index):]
+            self.entries.extend(ready.entries)
+        if ready.hard_state is not None:
+            self.hard_state = ready.hard_state
+
+    def compact(self, snapshot: Snapshot) -> None:
+        drop = snapshot.meta.index - self.first_index + 1
+        self.snapshot = snapshot
+        del self.entries[:max(0, drop)]
+
+
+class StateMachine:
+    """Applies commands into a running digest; the snapshot is (index, digest)."""
+
+    def __init__(self) -> None:
+        self.applied_index = 0
+        self.digest = b""
+
+    def apply(self, entry: Entry) -> None:
+        if entry.kind == ENTRY_NORMAL:
+            self.digest = hashlib.blake2b(self.digest + entry.data, digest_size=8).digest()
+        self.applied_index = entry.index
+
+    def snapshot_data(self) -> bytes:
+        return encode([self.applied_index, self.digest])
+
+    def restore(self, data: bytes) -> None:
+        self.applied_index, self.digest = decode(data)
+
+
+@dataclass
+class SimNode:
+    node_id: str
+    core: RaftCore | None
+    disk: Disk = field(default_factory=Disk)
+    machine: StateMachine = field(default_factory=StateMachine)
+
+
+class Cluster:
+    def __init__(self, seed: int, node_count: int = 3, faults: Faults | None = None,
+                 config: RaftConfig | None = None) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.faults = faults or Faults()
+        self.config = config or sim_config()
+        self.founders = [f"n{i}" for i in range(1, node_count + 1)]
+        self.nodes: dict[str, SimNode] = {}
+        for node_id in self.founders:
+            self.nodes[node_id] = SimNode(node_id, None)
+            self._start(node_id)
+        self.now = 0
+        self.network: list[tuple[int, float, int, Any]] = []
+        self.sent_count = 0
+        self.group: dict[str, int] = {n: 0 for n in self.founders}
+        self.trace: deque[str] = deque(maxlen=60)
+        self.proposed = 0
+        self.reads_started: dict[bytes, int] = {}
+        self.read_count = 0
+        # What the checks know so far.
+        self.leader_of_term: dict[int, str] = {}
+        self.committed: dict[int, tuple[int, int, bytes]] = {}  # index -> (term, kind, data)
+        self.digest_at: dict[int, bytes] = {}
+        self.entry_at: dict[tuple[int, int], tuple[int | None, int, bytes]] = {}
+        self.leaders_checked: set[tuple[int, str]] = set()
+
+    # ------------------------------------------------------------------ node lifecycle
+
+    def _start(self, node_id: str) -> None:
+        node = self.nodes[node_id]
+        disk = node.disk
+        rng = random.Random(self.rng.getrandbits(64))
+        node.core = RaftCore(node_id, self.founders, self.config, rng, hard_state=disk.hard_state,
+                             entries=list(disk.entries), snapshot=disk.snapshot)
+        node.machine = StateMachine()
+        if disk.snapshot is not None:
+            node.machine.restore(disk.snapshot.data)
+
+    def crash(self, node_id: str) -> None:
+        self.nodes[node_id].core = None
+        self.note(f"crash {node_id}")
+
+    def restart(self, node_id: str) -> None:
+        self._start(node_id)
+        self.note(f"restart {node_id}")
+
+    def live(self) -> list[SimNode]:
+        return [n for _, n in sorted(self.nodes.items()) if n.core is not None]
+
+    def leaders(self) -> list[SimNode]:
+        return [n for n in self.live() if n.core.role == LEADER]
+
+    # ------------------------------------------------------------------ network
+
+    def connected(self, a: str, b: str) -> bool:
+        return self.group.get(a, 0) == self.group.get(b, 0)
+
+    def send(self, message: Any, lossless: bool = False) -> None:
+        if not lossless and self.rng.random() < self.faults.drop:
+            return
+        copies = 2 if not lossless and self.rng.random() < self.faults.duplicate else 1
+        for _ in range(copies):
+            delay = self.rng.randint(1, max(1, self.faults.delay_max_ticks))
+            self.sent_count += 1
+            heapq.heappush(self.network, (self.now + delay, self.rng.random(), self.sent_count, message))
+
+    def deliver_due(self) -> None:
+        while self.network and self.network[0][0] <= self.now:
+            _, _, _, message = heapq.heappop(self.network)
+            node = self.nodes.get(message.dst)
+            if node is None or node.core is None or not self.connected(message.src, message.dst):
+                continue
+            node.core.step(message)
+
+    def partition(self) -> None:
+        ids = sorted(self.nodes)
+        self.rng.shuffle(ids)
+        cut = self.rng.randint(1, len(ids) - 1)
+        self.group = {n: (0 if i < cut else 1) for i, n in enumerate(ids)}
+        self.note(f"partition {sorted(ids[:cut])} | {sorted(ids[cut:])}")
+
+    def heal(self) -> None:
+        self.group = {n: 0 for n in self.nodes}
+        self.note("heal")
+
+    # ------------------------------------------------------------------ the loop
+
+    def note(self, text: str) -> None:
+        self.trace.append(f"t={self.now} {text}")
+
+    def step(self, faulty: bool = True) -> None:
+        self.now += 1
+        if faulty:
+            self.random_events()
+        for node in self.live():
+            node.core.tick()
+        self.deliver_due()
+        for node in self.live():
+            self.handle_ready(node, faulty)
+        self.check()
+
+    def random_events(self) -> None:
+        rng, f = self.rng, self.faults
+        live = self.live()
+        down = [n for _, n in sorted(self.nodes.items()) if n.core is None]
+        if live and rng.random() < f.crash:
+            self.crash(rng.choice(live).node_id)
+        if down and rng.random() < f.restart:
+            self.restart(rng.choice(down).node_id)
+        if rng.random() < f.partition:
+            self.partition()
+        if rng.random() < f.heal:
+            if len(set(self.group.values())) > 1:
+                self.heal()
+        live = self.live()
+        if not live:
+            return
+        if rng.random() < f.propose:
+            for _ in range(rng.randint(1, 3)):
+                self.propose(rng.choice(live))
+        if rng.random() < f.read:
+            self.read(rng.choice(live))
+        if rng.random() < f.compact:
+            self.compact(rng.choice(live))
+        if rng.random() < f.transfer:
+            leaders = self.leaders()
+            if leaders:
+                leader = rng.choice(leaders)
+                target = rng.choice([v for v in leader.core.voters])
+                try:
+                    leader.core.transfer_leadership(target)
+                    self.note(f"transfer {leader.node_id} -> {target}")
+                except (NotLeader, ValueError):
+                    pass
+        if rng.random() < f.membership:
+            self.change_membership()
+
+    def propose(self, node: SimNode) -> int | None:
+        self.proposed += 1
+        data = f"{self.seed}:{self.proposed}".encode()
+        try:
+            return node.core.propose(data)
+        except NotLeader:
+            return None
+
+    def read(self, node: SimNode) -> None:
+        self.read_count += 1
+        ctx = f"read{self.read_count}".encode()
+        try:
+            node.core.read_index(ctx)
+        except NotLeader:
+            return
+        self.reads_started[ctx] = max(self.committed, default=0)
+
+    def compact(self, node: SimNode) -> None:
+        core, machine = node.core, node.machine
+        index = machine.applied_index  # the state machine can only snapshot its current state
+        if index > core.first_index + 2:
+            core.compact(index, machine.snapshot_data())
+            node.disk.compact(core.snapshot)
+            self.note(f"compact {node.node_id} to {index}")
+
+    def change_membership(self) -> None:
+        leaders = self.leaders()
+        if not leaders:
+            return
+        core = self.rng.choice(leaders).core
+        try:
+            if core.learners:
+                change = ConfChange.promote(core.learners[0])
+            else:
+                absent = [n for n in sorted(self.nodes) if n not in core.voters]
+                if absent:
+                    change = ConfChange.add_learner(absent[0])
+                elif len(core.voters) > 2:
+                    change = ConfChange.remove(self.rng.choice(core.voters))
+                else:
+                    return
+            core.propose_conf_change(change)
+            self.note(f"{core.node_id} proposes {change.op} {change.node_id}")
+        except (NotLeader, ConfChangeRejected):
+            pass
+
+    def handle_ready(self, node: SimNode, faulty: bool) -> None:
+        for _ in range(3):
+            core = node.core
+            if core is None or not core.has_ready():
+                return
+            ready = core.ready()
+            self.check_new_entries(core, ready.entries)
+            node.disk.save(ready)
+            if faulty and self.rng.random() < self.faults.crash_mid_ready:
+                self.crash(node.node_id)  # persisted, but nothing sent or applied
+                return
+            for message in ready.messages:
+                if self.connected(message.src, message.dst):
+                    self.send(message, lossless=not faulty)
+            machine = node.machine
+            if ready.snapshot is not None:
+                machine.restore(ready.snapshot.data)
+                self.check_applied(node, ready.snapshot.meta.index, machine.digest)
+            for entry in ready.committed_entries:
+                if entry.index != machine.applied_index + 1:
+                    self.fail(f"{node.node_id} applies {entry.index} after {machine.applied_index}")
+                self.check_committed(node, entry)
+                machine.apply(entry)
+                self.check_applied(node, entry.index, machine.digest)
+            for read_state in ready.read_states:
+                started = self.reads_started.pop(read_state.request_ctx, None)
+                if started is not None and read_state.index < started:
+                    self.fail(f"{node.node_id} read index {read_state.index} < commit {started} "
+                              f"known when the read began")
+            core.advance(ready)
+
+    # ------------------------------------------------------------------ the checks
+
+    def fail(self, what: str) -> None:
+        raise SafetyViolation(f"seed={self.seed} t={self.now}: {what}\n" + self.describe())
+
+    def describe(self) -> str:
+        lines = ["last events:"] + [f"  {line}" for line in self.trace] + ["nodes:"]
+        for node_id, node in sorted(self.nodes.items()):
+            core = node.core
+            if core is None:
+                lines.append(f"  {node_id}: down")
+            else:
+                lines.append(f"  {node_id}: {core.role} term={core.term} lead={core.leader_id} "
+                             f"commit={core.commit_index} applied={core.applied_index} "
+                             f"last={core.last_index} first={core.first_index} voters={core.voters} "
+                             f"learners={core.learners} stats={core.stats}")
+        return "\n".join(lines)
+
+    def check_new_entries(self, core: RaftCore, entries: list[Entry]) -> None:
+        if not entries:
+            return
+        previous_term = core.term_at(entries[0].index - 1)
+        for entry in entries:
+            key = (entry.index, entry.term)
+            seen = self.entry_at.setdefault(key, (previous_term, entry.kind, entry.data))
+            if previous_term is not None and seen[0] is None:
+                self.entry_at[key] = seen = (previous_term, seen[1], seen[2])
+            if seen[1:] != (entry.kind, entry.data) or (
+                    previous_term is not None and seen[0] != previous_term):
+                self.fail(f"log matching: {core.node_id} has {entry} after term {previous_term}, "
+                          f"another node has {seen}")
+            previous_term = entry.term
+
+    def check_committed(self, node: SimNode, entry: Entry) -> None:
+        known = self.committed.setdefault(entry.index, (entry.term, entry.kind, entry.data))
+        if known != (entry.term, entry.kind, entry.data):
+            self.fail(f"{node.node_id} commits {entry} but {known} was committed at that index")
+
+    def check_applied(self, node: SimNode, index: int, digest: bytes) -> None:
+        known = self.digest_at.setdefault(index, digest)
+        if known != digest:
+            self.fail(f"state machine safety: {node.node_id} state at {index} differs")
+
+    def check(self) -> None:
+        for node in self.live():
+            core = node.core
+            if core.stats.get("step_error"):
+                self.fail(f"{node.node_id} raised inside step()")
+            if core.role != LEADER:
+                continue
+            if self.leader_of_term.setdefault(core.term, node.node_id) != node.node_id:
+                self.fail(f"two leaders in term {core.term}: "
+                          f"{self.leader_of_term[core.term]} and {node.node_id}")
+            if (core.term, node.node_id) not in self.leaders_checked:
+                self.leaders_checked.add((core.term, node.node_id))
+                for index, (term, _, _) in self.committed.items():
+                    if index >= core.first_index and core.term_at(index) != term:
+                        self.fail(f"leader completeness: {node.node_id} leads term {core.term} "
+                                  f"without committed entry {index} (term {term})")
+
+    # ------------------------------------------------------------------ scenario
+
+    def run(self, steps: int, liveness_ticks: int = 300) -> int:
+        """``steps`` faulty steps, then heal everything and return the ticks it took until a new
+        command was applied on every node."""
+        for _ in range(steps):
+            self.step()
+        self.heal()
+        for node_id, node in sorted(self.nodes.items()):
+            if node.core is None:
+                self.restart(node_id)
+        self.note("liveness phase")
+        markers: list[tuple[int, int]] = []  # (index, term) of each marker command proposed
+        marker_leader = None
+        for tick in range(1, liveness_ticks + 1):
+            self.step(faulty=False)
+            members = self._members()
+            for index, term in markers:
+                known = self.committed.get(index)
+                if known is not None and known[0] == term and all(
+                        self.nodes[n].machine.applied_index >= index for n in members):
+                    return tick
+            leaders = self.leaders()
+            if len(leaders) == 1 and marker_leader != (leaders[0].node_id, leaders[0].core.term):
+                # A (new) leader: propose a marker through it; an earlier marker may have gone
+                # to a leader that was deposed before it could commit anything.
+                index = self.propose(leaders[0])
+                if index is not None:
+                    marker_leader = (leaders[0].node_id, leaders[0].core.term)
+                    markers.append((index, leaders[0].core.term))
+        self.fail(f"liveness: no command applied everywhere within {liveness_ticks} ticks "
+                  f"after healing")
+        return liveness_ticks
+
+    def _members(self) -> set[str]:
+        leaders = self.leaders()
+        if not leaders:
+            return set(self.nodes)
+        return set(leaders[0].core.voters) | set(leaders[0].core.learners)
+
+
+def run_seed(seed: int, node_count: int = 3, steps: int = 300, faults: Faults | None = None) -> Cluster:
+    cluster = Cluster(seed, node_count, faults)
+    cluster.run(steps)
+    return cluster
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--membership", type=float, default=0.0,
+                        help="probability per step of a membership change")
+    args = parser.parse_args(argv)
+    try:
+        cluster = run_seed(args.seed, args.nodes, args.steps, Faults(membership=args.membership))
+    except SafetyViolation as exc:
+        print(exc)
+        return 1
+    print(f"seed={args.seed} ok: {cluster.now} ticks, {cluster.sent_count} messages, "
+          f"{len(cluster.committed)} entries committed, {len(cluster.leader_of_term)} leaders")
+    print(cluster.describe())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
