@@ -11,6 +11,7 @@ lazily, inside the commands that start masters and workers.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -18,6 +19,7 @@ from typing import List, Optional
 
 import typer
 
+from runtime.client import ClusterUnavailable
 from runtime.log import configure_logging
 
 app = typer.Typer(help="AgentFlow: distributed parallel execution of agents and tasks.",
@@ -28,6 +30,25 @@ app.add_typer(lock_app, name="lock")
 MasterUrl = typer.Option(None, "--master-url", envvar="AGENTFLOW_MASTER_URL",
                          help="Masters to talk to: a comma-separated list; any member will do.")
 JsonFlag = typer.Option(False, "--json", help="Print one JSON document and nothing else.")
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.echo(f"agentflow: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def print_json(document) -> None:
+    typer.echo(json.dumps(document, indent=2, sort_keys=False, default=str))
+
+
+def connect(master_url: Optional[str]):
+    """A Client for the masters named by --master-url / AGENTFLOW_MASTER_URL (bad input: exit 2)."""
+    from runtime.client import Client
+
+    try:
+        return Client(master_url or "127.0.0.1:6767")
+    except ValueError as exc:
+        fail(str(exc))
 
 
 def not_built(capability: str) -> None:
@@ -59,7 +80,14 @@ def master(
     node_id: Optional[str] = typer.Option(None, "--node-id"),
 ) -> None:
     """Start a master (a member of the Raft group of the control plane)."""
-    not_built("the master (Raft control plane)")
+    from actors.master import run_master
+
+    try:
+        code = run_master(mode=mode, port=port, host=host, leader_url=leader_url, data_dir=data_dir,
+                          http_port=http_port, pub_port=pub_port, node_id=node_id)
+    except ValueError as exc:
+        fail(str(exc))
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -165,7 +193,24 @@ def workers(json_output: bool = JsonFlag, master_url: Optional[str] = MasterUrl)
 @app.command()
 def cluster(json_output: bool = JsonFlag, master_url: Optional[str] = MasterUrl) -> None:
     """Show the masters: leader, term, roles, commit and applied index."""
-    not_built("the cluster view (Raft)")
+    with connect(master_url) as client:
+        try:
+            view = client.cluster_status()
+        except ClusterUnavailable as exc:
+            fail(str(exc), code=1)
+    if json_output:
+        print_json(view)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"cluster: leader {view['leader'] or '(none)'}, term {view['term']}")
+    for column in ("id", "address", "role", "term", "commit", "applied"):
+        table.add_column(column)
+    for member in view["members"]:
+        table.add_row(member["id"], member["address"], member["role"] or "unreachable", str(member["term"]),
+                      str(member["commit_index"]), str(member["last_applied"]))
+    Console().print(table)
 
 
 @app.command()

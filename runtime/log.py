@@ -29,7 +29,9 @@ class ComponentFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         component = record.name.rsplit(".", 1)[-1] if record.name.startswith("agentflow.") else record.name
-        line = f"[{component}] {record.getMessage()}"
+        message = record.getMessage()
+        prefix = f"[{component}] "
+        line = message if message.startswith(prefix) else prefix + message
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line

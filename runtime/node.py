@@ -150,6 +150,7 @@ class Node:
             if pinned:
                 actor = actor_class(*args, **kwargs)
                 target: Any = _PinnedTarget(actor)
+                self.targets[name] = target  # before on_start, which may look itself up
                 self.transport.call(actor.on_start)
             else:
                 actor_ref = actor_class.start(*args, **kwargs)

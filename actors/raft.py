@@ -1,0 +1,370 @@
+"""RaftActor: drives the pure Raft core over the runtime, with SQLite storage, on a master.
+
+Role: the only owner of a master's ``RaftCore``, its ``RaftStorage`` and its replicated
+``ControlState``. It steps messages from peer RaftActors, ticks the core from the node's timer,
+proposes clients' commands, and after every batch of inbound messages runs the Ready loop:
+persist (one SQLite transaction), then send, then apply, then answer.
+
+Rules:
+
+* Spawned pinned (on the transport thread): consensus traffic is latency-critical, and a pinned
+  actor costs no thread hand-off per message (PROBES.md, probe 1). It never blocks: the only
+  slow call is the SQLite commit, once per batch (group commit), never once per entry.
+* Nothing is sent before what it depends on is durable (the Ready obligations).
+* A proposal is answered only once its entry is applied; if another leader's entry takes its
+  index, the proposer is told ``not_committed`` and retries (client sessions make that safe).
+* Other actors watch applied commands by tag prefix (``Watch``) and hear of leadership
+  changes; they never touch the core.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+from protocols.control import (
+    ControlState,
+    Join,
+    Propose,
+    Read,
+    SetMember,
+    StatusQuery,
+    TransferLeadership,
+    read_query,
+)
+from protocols.raft import (
+    ENTRY_CONF_CHANGE,
+    ENTRY_NORMAL,
+    LEADER,
+    MESSAGE_TYPES,
+    ConfChange,
+    ConfChangeRejected,
+    Entry,
+    HardState,
+    NotLeader,
+    RaftConfig,
+    RaftCore,
+    Snapshot,
+    SnapshotMeta,
+)
+from protocols.wire import ErrorRecord, Redirect, Tick, encode, tag_of
+from runtime.actor import Actor, Deferred
+from runtime.log import get_logger
+from runtime.storage import RaftStorage
+
+log = get_logger("raft")
+
+RAFT_ACTOR = "raft"
+_RAFT_MESSAGES = frozenset(MESSAGE_TYPES)
+
+
+class Watch:
+    """Tell a local RaftActor: send ``Applied`` batches for commands whose tag starts with
+    ``prefix`` (and ``LeadershipChanged``) to ``ref``. Local only: never on the wire."""
+
+    def __init__(self, prefix: str, ref: Any) -> None:
+        self.prefix, self.ref = prefix, ref
+
+
+class Applied:
+    """Commands applied in one Ready, in log order: ``items`` are (index, command, result)."""
+
+    def __init__(self, items: list[tuple[int, Any, Any]], is_leader: bool) -> None:
+        self.items, self.is_leader = items, is_leader
+
+
+class LeadershipChanged:
+    def __init__(self, is_leader: bool, term: int, state: ControlState) -> None:
+        self.is_leader, self.term, self.state = is_leader, term, state
+
+
+class RaftActor(Actor):
+    def __init__(
+        self,
+        storage_path: str,
+        config: RaftConfig | None = None,
+        tick_s: float = 0.1,
+        bootstrap: bool = True,
+        http_port: int = 0,
+        snapshot_every_entries: int = 20_000,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config or RaftConfig()
+        self.tick_s = tick_s
+        self.http_port = http_port
+        self.snapshot_every_entries = snapshot_every_entries
+        self.storage = RaftStorage(storage_path)
+        self.state = ControlState()
+        self._pending: dict[int, tuple[int, Deferred]] = {}  # index -> (term, answer)
+        self._reads: list[tuple[int, Deferred, Read]] = []  # waiting for applied >= index
+        self._read_contexts: dict[bytes, tuple[Deferred, Read]] = {}
+        self._read_seq = 0
+        self._watchers: list[Watch] = []
+        self._peer_refs: dict[str, tuple[str, Any]] = {}
+        self._was_leader = False
+        self._timer_id: int | None = None
+        stored = self.storage.load()
+        rng = random.Random(seed)
+        if stored.hard_state is None and stored.snapshot is None and not stored.entries:
+            voters = [self.node.node_id] if bootstrap else []
+            self.core = RaftCore(self.node.node_id, voters, self.config, rng)
+        else:
+            snapshot = None
+            if stored.snapshot is not None:
+                s = stored.snapshot
+                snapshot = Snapshot(SnapshotMeta(s.index, s.term, list(s.voters), list(s.learners)), s.data)
+                self.state = ControlState.from_snapshot(s.data)
+            hard_state = None
+            if stored.hard_state is not None:
+                h = stored.hard_state
+                hard_state = HardState(h.term, h.vote, h.commit)
+            entries = [Entry(e.term, e.index, e.kind, e.data) for e in stored.entries]
+            self.core = RaftCore(self.node.node_id, [], self.config, rng, hard_state, entries, snapshot)
+            log.info("Node %s recovered term %d, %d entries after snapshot %d", self.node.node_id,
+                     self.core.term, len(entries), snapshot.meta.index if snapshot else 0)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def on_start(self) -> None:
+        self._timer_id = self.node.every(self.tick_s, self.node.lookup(self.address), "raft")
+        self._process_ready()
+
+    def on_stop(self) -> None:
+        if self._timer_id is not None:
+            self.node.cancel_timer(self._timer_id)
+        self.storage.close()
+
+    # ------------------------------------------------------------------ messages
+
+    def handle_batch(self, messages) -> None:
+        super().handle_batch(messages)
+        self._process_ready()
+
+    def receive(self, message: Any) -> Any:
+        kind = type(message)
+        if kind in _RAFT_MESSAGES:
+            self.core.step(message)
+            return None
+        if kind is Tick:
+            self.core.tick()
+            if self.core.role == LEADER:
+                self._promote_caught_up_learners()
+            return None
+        if kind is Propose:
+            return self._propose(message.body)
+        if kind is Read:
+            return self._read(message)
+        if kind is StatusQuery:
+            return self.status()
+        if kind is Join:
+            return self._join(message)
+        if kind is TransferLeadership:
+            return self._transfer(message.to)
+        if kind is Watch:
+            self._watchers.append(message)
+            return None
+        return ErrorRecord("unknown_message", type(message).__name__)
+
+    def _redirect(self) -> Redirect:
+        leader = self.core.leader_id
+        return Redirect(leader, self._endpoint_of(leader) if leader else None)
+
+    def _propose(self, body: Any) -> Any:
+        try:
+            index = self.core.propose(encode(body))
+        except NotLeader:
+            return self._redirect()
+        answer = self.defer()
+        self._pending[index] = (self.core.term, answer)
+        return answer
+
+    def _read(self, read: Read) -> Any:
+        self._read_seq += 1
+        context = self._read_seq.to_bytes(8, "big")
+        try:
+            self.core.read_index(context)
+        except NotLeader:
+            return self._redirect()
+        answer = self.defer()
+        self._read_contexts[context] = (answer, read)
+        return answer
+
+    def _join(self, join: Join) -> Any:
+        if self.core.role != LEADER:
+            return self._redirect()
+        if join.node_id in self.core.voters or join.node_id in self.core.learners:
+            known = self.state.members.get(join.node_id)
+            if known is None or known.endpoint != join.endpoint:
+                self._propose(SetMember(join.node_id, join.endpoint, join.http_port))
+            return {"joined": True, "role": "voter" if join.node_id in self.core.voters else "learner"}
+        self.core.propose(encode(SetMember(join.node_id, join.endpoint, join.http_port)))
+        try:
+            index = self.core.propose_conf_change(ConfChange.add_learner(join.node_id))
+        except ConfChangeRejected as exc:
+            return ErrorRecord("busy", str(exc))
+        answer = self.defer()
+        self._pending[index] = (self.core.term, answer)
+        log.info("Node %s adds %s (%s) as a learner", self.node.node_id, join.node_id, join.endpoint)
+        return answer
+
+    def _transfer(self, to: str | None) -> Any:
+        if self.core.role != LEADER:
+            return self._redirect()
+        voters = [v for v in self.core.voters if v != self.node.node_id]
+        if to is None:
+            progress = self.core.progress()
+            to = max(voters, key=lambda v: (progress.get(v, {}).get("match", 0), v), default=None)
+        if to is None or to not in voters:
+            return ErrorRecord("no_target", "no other voter to transfer leadership to")
+        self.core.transfer_leadership(to)
+        return {"transferring_to": to}
+
+    def _promote_caught_up_learners(self) -> None:
+        progress = self.core.progress()
+        for learner in self.core.learners:
+            if progress.get(learner, {}).get("match", 0) >= self.core.commit_index:
+                try:
+                    self.core.propose_conf_change(ConfChange.promote(learner))
+                    log.info("Node %s promotes %s to voter", self.node.node_id, learner)
+                except (ConfChangeRejected, NotLeader):
+                    pass  # one change at a time: try again on a later tick
+                return
+
+    # ------------------------------------------------------------------ the Ready loop
+
+    def _process_ready(self) -> None:
+        core = self.core
+        while core.has_ready():
+            ready = core.ready()
+            if ready.snapshot is not None:
+                self.state = ControlState.from_snapshot(ready.snapshot.data)
+            if ready.hard_state is not None or ready.entries or ready.snapshot is not None:
+                self.storage.save(ready.hard_state, ready.entries, ready.snapshot)
+            for message in ready.messages:
+                self._send(message)
+            if ready.committed_entries:
+                self._apply(ready.committed_entries)
+            for read_state in ready.read_states:
+                waiting = self._read_contexts.pop(read_state.request_ctx, None)
+                if waiting is not None:
+                    self._reads.append((read_state.index, *waiting))
+            core.advance(ready)
+        self._answer_reads()
+        self._maybe_snapshot()
+        is_leader = core.role == LEADER
+        if is_leader != self._was_leader:
+            self._was_leader = is_leader
+            self._on_leadership_changed(is_leader)
+
+    def _apply(self, entries: list[Entry]) -> None:
+        applied: list[tuple[int, Any, Any]] = []
+        for entry in entries:
+            result: Any = None
+            if entry.kind == ENTRY_NORMAL:
+                command, result = self.state.apply(entry.index, entry.data)
+                applied.append((entry.index, command, result))
+            elif entry.kind == ENTRY_CONF_CHANGE:
+                result = {"voters": self.core.voters, "learners": self.core.learners}
+            pending = self._pending.pop(entry.index, None)
+            if pending is not None:
+                term, answer = pending
+                if term == entry.term:
+                    answer.resolve(result)
+                else:
+                    answer.fail("not_committed", "leadership changed before the command committed; retry")
+        if self._pending and entries:
+            # Proposals at or below the applied index that never applied belong to a lost term.
+            last = entries[-1].index
+            for index in [i for i in self._pending if i <= last]:
+                self._pending.pop(index)[1].fail("not_committed", "leadership changed; retry")
+        if applied and self._watchers:
+            is_leader = self.core.role == LEADER
+            for watch in self._watchers:
+                mine = [item for item in applied if item[1] is not None
+                        and _tag_startswith(item[1], watch.prefix)]
+                if mine:
+                    watch.ref.tell(Applied(mine, is_leader))
+
+    def _answer_reads(self) -> None:
+        if not self._reads:
+            return
+        applied = self.core.applied_index
+        waiting = []
+        now_ms = int(time.monotonic() * 1000)
+        for index, answer, read in self._reads:
+            if index <= applied:
+                answer.resolve(read_query(self.state, read.query, read.args, now_ms))
+            else:
+                waiting.append((index, answer, read))
+        self._reads = waiting
+
+    def _maybe_snapshot(self) -> None:
+        core = self.core
+        if core.applied_index - core.first_index + 1 < self.snapshot_every_entries:
+            return
+        core.compact(core.applied_index, self.state.to_snapshot())
+        self.storage.compact(core.applied_index, core.snapshot)
+        log.debug("Node %s compacted its log up to %d", self.node.node_id, core.applied_index)
+
+    def _on_leadership_changed(self, is_leader: bool) -> None:
+        if is_leader:
+            me = self.state.members.get(self.node.node_id)
+            if me is None or me.endpoint != self.node.endpoint or me.http_port != self.http_port:
+                self.core.propose(encode(SetMember(self.node.node_id, self.node.endpoint, self.http_port)))
+                self._process_ready()
+        else:
+            for _, answer in self._pending.values():
+                answer.fail("not_committed", "this master lost the leadership; retry")
+            self._pending.clear()
+        for watch in self._watchers:
+            watch.ref.tell(LeadershipChanged(is_leader, self.core.term, self.state))
+
+    # ------------------------------------------------------------------ peers
+
+    def _endpoint_of(self, node_id: str | None) -> str | None:
+        if node_id is None:
+            return None
+        if node_id == self.node.node_id:
+            return self.node.endpoint
+        member = self.state.members.get(node_id)
+        return member.endpoint if member is not None else self.node.peers.get(node_id)
+
+    def _send(self, message: Any) -> None:
+        endpoint = self._endpoint_of(message.dst)
+        if endpoint is None:
+            self.node.count("raft_unknown_peer")
+            return
+        cached = self._peer_refs.get(message.dst)
+        if cached is None or cached[0] != endpoint:
+            cached = (endpoint, self.node.ref(endpoint, RAFT_ACTOR, message.dst))
+            self._peer_refs[message.dst] = cached
+        cached[1].tell(message)
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict:
+        core = self.core
+        return {
+            "id": self.node.node_id,
+            "address": self.node.endpoint,
+            "http_port": self.http_port,
+            "role": core.role if core.role != "pre_candidate" else "candidate",
+            "term": core.term,
+            "leader": core.leader_id,
+            "commit_index": core.commit_index,
+            "last_applied": core.applied_index,
+            "last_index": core.last_index,
+            "voters": list(core.voters),
+            "learners": list(core.learners),
+            "members": {m.node_id: m.endpoint for m in (self.state.members[k] for k in sorted(self.state.members))},
+            "stats": dict(core.stats),
+        }
+
+
+def _tag_startswith(command: Any, prefix: str) -> bool:
+    try:
+        return tag_of(type(command)).startswith(prefix)
+    except KeyError:
+        return False

@@ -1,0 +1,170 @@
+"""The control plane's replicated state machine: what every master applies from the Raft log.
+
+Role: the composition of the pure states (the masters' directory, client sessions, locks; later
+workflows, queue, registry) behind one ``apply(index, data)``. The RaftActor calls it for each
+committed normal entry, in log order, on every master.
+
+Rules:
+
+* Pure and deterministic: no clocks or randomness (time comes inside commands), no iteration
+  whose order could differ between masters.
+* A client's command travels wrapped in ``ClientCommand(client_id, seq, body)``: a retried
+  command (same client and seq) is applied once and answered with its first result.
+* A command is routed by its record tag's prefix (``lock.`` to the lock table, ...).
+* ``apply`` never raises on a committed entry: an undecodable or unknown command is answered
+  with an ``ErrorRecord`` (every master answers the same), so a bad entry cannot stop the group.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from protocols.locks import LockTable
+from protocols.raft import ClientSessions
+from protocols.wire import DecodeError, ErrorRecord, decode, encode, is_record, record, tag_of
+
+SNAPSHOT_VERSION = 1
+
+
+@record("ctl.client_command")
+class ClientCommand:
+    """A client's command with its session: ``seq`` grows by one per new command of ``client_id``."""
+
+    client_id: str
+    seq: int
+    body: Any
+
+
+@record("ctl.set_member")
+class SetMember:
+    """Where a master listens: its ROUTER endpoint and its HTTP port (0: none)."""
+
+    node_id: str
+    endpoint: str
+    http_port: int
+
+
+@record("ctl.remove_member")
+class RemoveMember:
+    node_id: str
+
+
+@record("ctl.noop")
+class Noop:
+    """A command that changes nothing (benchmarks and tests of the log itself)."""
+
+    payload: Any
+
+
+class ControlState:
+    def __init__(self) -> None:
+        self.members: dict[str, SetMember] = {}
+        self.sessions = ClientSessions()
+        self.locks = LockTable()
+        self.last_applied = 0
+
+    # ------------------------------------------------------------------ apply
+
+    def apply(self, index: int, data: bytes) -> tuple[Any, Any]:
+        """Apply the command in ``data`` at log ``index``; returns ``(command, result)``."""
+        self.last_applied = index
+        try:
+            command = decode(data)
+        except DecodeError as exc:
+            return None, ErrorRecord("bad_command", str(exc))
+        if isinstance(command, ClientCommand):
+            status, previous = self.sessions.check(command.client_id, command.seq)
+            if status == ClientSessions.DUPLICATE:
+                return command.body, previous
+            if status == ClientSessions.EXPIRED:
+                return command.body, ErrorRecord("session_expired", f"seq {command.seq} is too old")
+            result = self._dispatch(index, command.body)
+            self.sessions.record(command.client_id, command.seq, result, index)
+            return command.body, result
+        return command, self._dispatch(index, command)
+
+    def _dispatch(self, index: int, command: Any) -> Any:
+        if not is_record(command):
+            return ErrorRecord("unknown_command", type(command).__name__)
+        prefix = tag_of(type(command)).split(".", 1)[0]
+        if prefix == "lock":
+            return self.locks.apply(index, command)
+        if isinstance(command, SetMember):
+            self.members[command.node_id] = command
+            return True
+        if isinstance(command, RemoveMember):
+            return self.members.pop(command.node_id, None) is not None
+        if isinstance(command, Noop):
+            return command.payload
+        return ErrorRecord("unknown_command", tag_of(type(command)))
+
+    # ------------------------------------------------------------------ snapshots
+
+    def to_snapshot(self) -> bytes:
+        return encode({
+            "version": SNAPSHOT_VERSION,
+            "last_applied": self.last_applied,
+            "members": [self.members[node_id] for node_id in sorted(self.members)],
+            "sessions": self.sessions.to_dict(),
+            "locks": self.locks.to_snapshot(),
+        })
+
+    @classmethod
+    def from_snapshot(cls, data: bytes) -> ControlState:
+        snapshot = decode(data)
+        if snapshot.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"control snapshot version {snapshot.get('version')!r} is not {SNAPSHOT_VERSION}")
+        state = cls()
+        state.last_applied = snapshot["last_applied"]
+        state.members = {member.node_id: member for member in snapshot["members"]}
+        state.sessions = ClientSessions.from_dict(snapshot["sessions"])
+        state.locks = LockTable.from_snapshot(snapshot["locks"])
+        return state
+
+
+# --------------------------------------------------------------------------- requests to a master
+
+
+@record("ctl.propose")
+class Propose:
+    """Ask the leader to commit ``body`` (usually a ClientCommand); answered with its result."""
+
+    body: Any
+
+
+@record("ctl.read")
+class Read:
+    """A linearizable read (ReadIndex) of the replicated state: ``query`` names what to read."""
+
+    query: str
+    args: dict
+
+
+@record("ctl.join")
+class Join:
+    """A new master asks the leader to add it: first as a learner, promoted once caught up."""
+
+    node_id: str
+    endpoint: str
+    http_port: int
+
+
+@record("ctl.status")
+class StatusQuery:
+    """This master's own view: role, term, commit and applied index, leader, members."""
+
+
+@record("ctl.transfer")
+class TransferLeadership:
+    to: str | None
+
+
+def read_query(state: ControlState, query: str, args: dict, now_ms: int) -> Any:
+    """Evaluate a read against the applied state (the caller has made it linearizable)."""
+    if query == "lock":
+        return state.locks.check_lock(str(args.get("key", "")), now_ms)
+    if query == "locks":
+        return state.locks.list_locks(now_ms)
+    if query == "members":
+        return [state.members[node_id] for node_id in sorted(state.members)]
+    return ErrorRecord("unknown_query", query)

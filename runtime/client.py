@@ -1,0 +1,176 @@
+"""The Python API to a cluster: find the leader, follow redirects, retry safely, read linearizably.
+
+    client = Client("127.0.0.1:6767,127.0.0.1:6768")
+    client.propose(Noop("hello"))            # committed on a majority when it returns
+    client.read("members")                   # a linearizable read (ReadIndex on the leader)
+    client.cluster_status()                  # the document of `agentflow cluster --json`
+    client.close()
+
+Rules: every call has a deadline (``timeout_s``) and fails with ``ClusterUnavailable`` naming
+what it tried when no leader answers by then. A command is proposed with the client's session
+(client id + sequence number) and retried with the same number, so the cluster applies it once.
+Each thread has its own session, so commands of one thread are applied in the order it sent them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import uuid
+from typing import Any
+
+from protocols.control import ClientCommand, Propose, Read, StatusQuery
+from protocols.wire import Redirect
+from runtime.future import AskTimeout, RemoteError
+from runtime.node import Node
+
+RAFT_ACTOR = "raft"
+RETRY_PAUSE_S = 0.05
+PER_TRY_TIMEOUT_S = 1.0
+
+
+class ClusterUnavailable(Exception):
+    """No leader answered before the call's deadline."""
+
+
+def parse_master_urls(text: str | list[str] | None) -> list[str]:
+    """``tcp://H:P``, ``H:P`` and ``http://H:P`` all name a master's endpoint ``tcp://H:P``."""
+    if text is None:
+        raise ValueError("no master given: pass --master-url or set AGENTFLOW_MASTER_URL")
+    items = text if isinstance(text, list) else text.split(",")
+    endpoints = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        rest = item.split("://", 1)[1] if "://" in item else item
+        host, _, port = rest.rstrip("/").rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"bad master address {item!r}: expected tcp://HOST:PORT, HOST:PORT or http://HOST:PORT")
+        endpoints.append(f"tcp://{host}:{port}")
+    if not endpoints:
+        raise ValueError("no master given: pass --master-url or set AGENTFLOW_MASTER_URL")
+    return endpoints
+
+
+class Client:
+    def __init__(self, master_urls: str | list[str] | None, timeout_s: float = 5.0,
+                 client_id: str | None = None, node: Node | None = None) -> None:
+        self.masters = parse_master_urls(master_urls)
+        self.timeout_s = timeout_s
+        self.client_id = client_id or f"client-{uuid.uuid4().hex[:12]}"
+        self._own_node = node is None
+        self.node = node or Node(self.client_id).start()
+        self._leader_endpoint: str | None = None
+        self._sessions = threading.local()
+        self._session_ids = itertools.count(1)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._own_node:
+            self.node.stop()
+
+    # ------------------------------------------------------------------ calls
+
+    def call(self, actor: str, message: Any, timeout_s: float | None = None) -> Any:
+        """Ask ``actor`` on the leader; follows redirects and tries every master until the deadline."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        tried: list[str] = []
+        turn = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ClusterUnavailable(
+                    f"no leader answered within {timeout_s} s (tried {', '.join(dict.fromkeys(tried)) or 'nothing'})")
+            endpoint = self._leader_endpoint or self.masters[turn % len(self.masters)]
+            turn += 1
+            tried.append(endpoint)
+            try:
+                answer = self.node.ref(endpoint, actor).ask(message, timeout_s=min(remaining, PER_TRY_TIMEOUT_S)).get()
+            except AskTimeout:
+                self._leader_endpoint = None
+                continue
+            except RemoteError as exc:
+                if exc.kind != "not_committed":
+                    raise
+                self._pause(deadline)
+                continue
+            if isinstance(answer, Redirect):
+                if answer.leader_endpoint and answer.leader_endpoint != endpoint:
+                    self._leader_endpoint = answer.leader_endpoint
+                else:  # an election is under way: give it a moment
+                    self._leader_endpoint = None
+                    self._pause(deadline)
+                continue
+            self._leader_endpoint = endpoint
+            return answer
+
+    @staticmethod
+    def _pause(deadline: float) -> None:
+        time.sleep(max(0.0, min(RETRY_PAUSE_S, deadline - time.monotonic())))
+
+    def _next_command(self, body: Any) -> ClientCommand:
+        session = getattr(self._sessions, "value", None)
+        if session is None:
+            session = self._sessions.value = [f"{self.client_id}/{next(self._session_ids)}", 0]
+        session[1] += 1
+        return ClientCommand(session[0], session[1], body)
+
+    def propose(self, body: Any, timeout_s: float | None = None) -> Any:
+        """Commit ``body`` through the leader; returns its result once applied."""
+        return self.call(RAFT_ACTOR, Propose(self._next_command(body)), timeout_s)
+
+    def read(self, query: str, timeout_s: float | None = None, **args: Any) -> Any:
+        """A linearizable read of the replicated state (see protocols.control.read_query)."""
+        return self.call(RAFT_ACTOR, Read(query, args), timeout_s)
+
+    # ------------------------------------------------------------------ cluster view
+
+    def status_of(self, endpoint: str, timeout_s: float = PER_TRY_TIMEOUT_S) -> dict | None:
+        """One master's own view, or None when it does not answer in time."""
+        try:
+            return self.node.ref(endpoint, RAFT_ACTOR).ask(StatusQuery(), timeout_s=timeout_s).get()
+        except AskTimeout:
+            return None
+
+    def cluster_status(self, timeout_s: float | None = None) -> dict:
+        """``{"leader", "term", "members": [{"id", "address", "role", "term", "commit_index",
+        "last_applied"}]}`` as every reachable member reports itself."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        members: dict[str, str] = {}
+        views: dict[str, dict] = {}
+        for endpoint in self.masters:
+            view = self.status_of(endpoint, min(PER_TRY_TIMEOUT_S, max(0.05, deadline - time.monotonic())))
+            if view is not None:
+                views[view["id"]] = view
+                members.update(view["members"])
+                members.setdefault(view["id"], view["address"])
+        for node_id, endpoint in sorted(members.items()):
+            if node_id not in views:
+                view = self.status_of(endpoint, min(PER_TRY_TIMEOUT_S, max(0.05, deadline - time.monotonic())))
+                if view is not None:
+                    views[node_id] = view
+        if not views:
+            raise ClusterUnavailable(f"no master answered (tried {', '.join(self.masters)})")
+        leaders = [v for v in views.values() if v["role"] == "leader"]
+        leader = max(leaders, key=lambda v: v["term"]) if leaders else None
+        out = []
+        for node_id in sorted(members):
+            view = views.get(node_id)
+            if view is None:
+                out.append({"id": node_id, "address": members[node_id], "role": None, "term": None,
+                            "commit_index": None, "last_applied": None, "reachable": False})
+            else:
+                out.append({"id": node_id, "address": view["address"], "role": view["role"], "term": view["term"],
+                            "commit_index": view["commit_index"], "last_applied": view["last_applied"],
+                            "reachable": True})
+        return {"leader": leader["id"] if leader else None,
+                "term": max(v["term"] for v in views.values()),
+                "members": out}
