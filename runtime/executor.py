@@ -1,0 +1,419 @@
+"""Runs task attempts, each in its own OS process and process group, and reports how they ended.
+
+    executor = TaskExecutor("worker1", on_finished=handle_reports).start()
+    report = executor.run(assignment)   # a TaskFinished now (no-op, agent, could not start) or None
+    ...                                 # None: on_finished([TaskFinished, ...]) gets it later
+    executor.stop()
+
+Rules of this module:
+
+* A shell ``command`` runs as ``/bin/sh -c COMMAND``; a ``call`` runs as
+  ``python -m runtime.taskrunner`` with its spec on stdin and its outcome written to a result
+  file (never through the task's stdout). Each runs in a new session, so its process group
+  holds everything it starts.
+* The child's environment is the worker's plus the assignment's ``env`` (e.g.
+  ``CUDA_VISIBLE_DEVICES``) plus ``AGENTFLOW_WORKFLOW_ID``, ``AGENTFLOW_TASK_ID``,
+  ``AGENTFLOW_ATTEMPT``, ``AGENTFLOW_INPUTS`` (the dependencies' results as JSON) and
+  ``AGENTFLOW_RESULT_FILE``: a shell task that writes JSON there has that value as its result
+  (text that is not JSON is taken as a string); otherwise its result is None.
+* stdout and stderr go to files, not pipes, so a chatty task or a grandchild that keeps them
+  open can never block anything; a report carries the last ``tail_bytes`` of each.
+* One reaper thread watches every child (a pidfd per child where Linux has them, else a short
+  poll), enforces ``timeout_s`` and cancellations by SIGTERM to the whole process group then
+  SIGKILL after ``kill_grace_s``, and hands finished reports to ``on_finished`` in batches.
+  ``on_finished`` runs on the reaper thread: it must only hand the batch on (tell an actor).
+* When a task's main process has ended, whatever it left running in its group is killed:
+  a task never outlives its report. ``stop()`` kills every group still running and reports
+  nothing more.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from protocols.tasks import (
+    ERROR_AGENT_UNSUPPORTED,
+    ERROR_CANCELLED,
+    TAIL_BYTES,
+    AttemptKey,
+    TaskAssignment,
+    TaskFinished,
+)
+from protocols.wire import DecodeError, decode, encode
+from runtime.log import get_logger
+
+log = get_logger("worker")
+
+DEFAULT_KILL_GRACE_S = 2.0
+POLL_INTERVAL_S = 0.02  # only where pidfds are missing
+PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)  # so a child finds runtime.taskrunner
+
+
+def finished_now(worker_id: str, assignment: TaskAssignment, ok: bool, error: str = "", *,
+                 exit_code: int | None = None, result: Any = None, duration_ms: int = 0,
+                 stdout_tail: str = "", stderr_tail: str = "") -> TaskFinished:
+    """A report about ``assignment``; used for attempts that end without running a process."""
+    return TaskFinished(
+        worker_id=worker_id, workflow_id=assignment.workflow_id, task_id=assignment.task_id,
+        attempt=assignment.attempt, ok=ok, exit_code=exit_code, result=result, error=error,
+        stdout_tail=stdout_tail, stderr_tail=stderr_tail, duration_ms=duration_ms,
+    )
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def read_tail(path: Path, tail_bytes: int) -> str:
+    """The last ``tail_bytes`` of a file as text ("" if it is missing)."""
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(0, os.SEEK_END)
+            size = stream.tell()
+            stream.seek(max(0, size - tail_bytes))
+            data = stream.read(tail_bytes)
+    except OSError:
+        return ""
+    return data.decode("utf-8", errors="replace")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return repr(value)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is already gone
+
+
+class _Execution:
+    """One running attempt: its process, files and kill state (reaper thread only, once started)."""
+
+    __slots__ = ("assignment", "process", "pidfd", "directory", "started_s", "deadline_s",
+                 "kill_reason", "kill_at_s")
+
+    def __init__(self, assignment: TaskAssignment, process: subprocess.Popen, directory: Path,
+                 started_s: float) -> None:
+        self.assignment = assignment
+        self.process = process
+        self.directory = directory
+        self.started_s = started_s
+        timeout_s = assignment.timeout_s
+        self.deadline_s = started_s + timeout_s if timeout_s is not None and timeout_s > 0 else None
+        self.kill_reason: str | None = None  # set when we decided to end it (timeout, cancel)
+        self.kill_at_s: float | None = None  # when SIGTERM's grace ends and SIGKILL is due
+        try:
+            self.pidfd: int | None = os.pidfd_open(process.pid)
+        except (AttributeError, OSError):
+            self.pidfd = None
+
+
+class TaskExecutor:
+    """Runs attempts in child processes; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        worker_id: str,
+        on_finished: Callable[[list[TaskFinished]], None],
+        *,
+        kill_grace_s: float = DEFAULT_KILL_GRACE_S,
+        tail_bytes: int = TAIL_BYTES,
+        python_executable: str = sys.executable,
+        cwd: str | None = None,
+    ) -> None:
+        self.worker_id = worker_id
+        self.on_finished = on_finished
+        self.kill_grace_s = kill_grace_s
+        self.tail_bytes = tail_bytes
+        self.python_executable = python_executable
+        self.cwd = cwd
+        self._lock = threading.Lock()
+        self._new: list[_Execution] = []  # started, not yet seen by the reaper
+        self._cancels: list[tuple[AttemptKey, str]] = []
+        self._keys: set[AttemptKey] = set()  # every attempt with a live process
+        self._stopping = False
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        self._directory_ids = itertools.count(1)
+        self._base_directory: Path | None = None
+        self._thread = threading.Thread(target=self._reap, name=f"agentflow-reaper-{worker_id}", daemon=True)
+
+    # ------------------------------------------------------------------ any thread
+
+    def start(self) -> TaskExecutor:
+        self._base_directory = Path(tempfile.mkdtemp(prefix="agentflow-tasks-"))
+        self._thread.start()
+        return self
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._keys)
+
+    def running(self) -> list[AttemptKey]:
+        with self._lock:
+            return sorted(self._keys)
+
+    def run(self, assignment: TaskAssignment) -> TaskFinished | None:
+        """Start an attempt. Returns its report when it ends at once (a no-op, an agent task,
+        a process that cannot start); else None, and ``on_finished`` gets the report later."""
+        kind = assignment.kind
+        if kind == "noop":
+            return finished_now(self.worker_id, assignment, True)
+        if kind == "agent":
+            return finished_now(self.worker_id, assignment, False, ERROR_AGENT_UNSUPPORTED)
+        with self._lock:
+            if self._stopping or self._base_directory is None:
+                return finished_now(self.worker_id, assignment, False, "worker stopping")
+            if assignment.key in self._keys:
+                return None  # already running: the report of the running process will come
+        started_s = time.monotonic()
+        directory = self._base_directory / f"task-{next(self._directory_ids)}"
+        try:
+            directory.mkdir()
+            process = self._spawn(assignment, directory)
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            shutil.rmtree(directory, ignore_errors=True)
+            return finished_now(self.worker_id, assignment, False, f"could not start the task: {exc}")
+        execution = _Execution(assignment, process, directory, started_s)
+        with self._lock:
+            self._keys.add(assignment.key)
+            self._new.append(execution)
+        self._wake()
+        return None
+
+    def cancel(self, key: AttemptKey, reason: str = ERROR_CANCELLED) -> bool:
+        """Kill an attempt's process group; its report (with ``error=reason``) still comes."""
+        with self._lock:
+            if key not in self._keys:
+                return False
+            self._cancels.append((key, reason))
+        self._wake()
+        return True
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Kill every task still running, wait for the reaper, remove the task files."""
+        with self._lock:
+            self._stopping = True
+        self._wake()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        if not self._thread.is_alive():
+            os.close(self._wake_read)
+            os.close(self._wake_write)
+        if self._base_directory is not None:
+            shutil.rmtree(self._base_directory, ignore_errors=True)
+
+    # ------------------------------------------------------------------ starting
+
+    def _environment(self, assignment: TaskAssignment, result_path: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({str(name): str(value) for name, value in assignment.env.items()})
+        env["AGENTFLOW_WORKFLOW_ID"] = assignment.workflow_id
+        env["AGENTFLOW_TASK_ID"] = assignment.task_id
+        env["AGENTFLOW_ATTEMPT"] = str(assignment.attempt)
+        env["AGENTFLOW_INPUTS"] = json.dumps(assignment.inputs, default=_json_default)
+        env["AGENTFLOW_RESULT_FILE"] = str(result_path)
+        return env
+
+    def _spawn(self, assignment: TaskAssignment, directory: Path) -> subprocess.Popen:
+        result_path = directory / "result"
+        env = self._environment(assignment, result_path)
+        if assignment.kind == "command":
+            argv = ["/bin/sh", "-c", assignment.command]
+            stdin: Any = subprocess.DEVNULL
+        else:
+            spec_path = directory / "spec"
+            spec_path.write_bytes(encode({
+                "call": assignment.call, "args": list(assignment.args), "kwargs": dict(assignment.kwargs),
+                "inputs": dict(assignment.inputs), "result_path": str(result_path),
+            }))
+            argv = [self.python_executable, "-m", "runtime.taskrunner"]
+            stdin = open(spec_path, "rb")
+            existing = env.get("PYTHONPATH")
+            env["PYTHONPATH"] = PACKAGE_ROOT + (os.pathsep + existing if existing else "")
+        try:
+            with open(directory / "stdout", "wb") as stdout, open(directory / "stderr", "wb") as stderr:
+                return subprocess.Popen(
+                    argv, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=self.cwd,
+                    start_new_session=True, close_fds=True,
+                )
+        finally:
+            if stdin is not subprocess.DEVNULL:
+                stdin.close()
+
+    # ------------------------------------------------------------------ the reaper thread
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_write, b"\0")
+        except (OSError, ValueError):
+            pass  # stopped
+
+    def _reap(self) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(self._wake_read, selectors.EVENT_READ, None)
+        executions: dict[AttemptKey, _Execution] = {}
+        try:
+            while True:
+                with self._lock:
+                    new, self._new = self._new, []
+                    cancels, self._cancels = self._cancels, []
+                    stopping = self._stopping
+                for execution in new:
+                    executions[execution.assignment.key] = execution
+                    if execution.pidfd is not None:
+                        selector.register(execution.pidfd, selectors.EVENT_READ, execution)
+                if stopping:
+                    break
+                now_s = time.monotonic()
+                for key, reason in cancels:
+                    execution = executions.get(key)
+                    if execution is not None and execution.kill_reason is None:
+                        self._begin_kill(execution, reason, now_s)
+                for execution in executions.values():
+                    self._enforce_deadlines(execution, now_s)
+                reports = []
+                for key, execution in list(executions.items()):
+                    if execution.process.poll() is not None:
+                        del executions[key]
+                        if execution.pidfd is not None:
+                            selector.unregister(execution.pidfd)
+                        reports.append(self._finish(execution))
+                if reports:
+                    with self._lock:
+                        self._keys.difference_update(report.key for report in reports)
+                    self.on_finished(reports)
+                for selector_key, _ in selector.select(self._wait_s(executions, time.monotonic())):
+                    if selector_key.data is None:
+                        self._drain_wake_pipe()
+        except Exception:
+            log.exception("the task reaper failed; killing every running task")
+        finally:
+            for execution in executions.values():
+                _signal_group(execution.process.pid, signal.SIGKILL)
+            for execution in executions.values():
+                try:
+                    execution.process.wait(5.0)
+                except subprocess.TimeoutExpired:
+                    log.warning("task process %d did not die after SIGKILL", execution.process.pid)
+                self._close(execution)
+            with self._lock:
+                self._keys.clear()
+            selector.close()
+
+    def _drain_wake_pipe(self) -> None:
+        try:
+            while os.read(self._wake_read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _wait_s(self, executions: dict[AttemptKey, _Execution], now_s: float) -> float | None:
+        due = [execution.kill_at_s if execution.kill_at_s is not None else execution.deadline_s
+               for execution in executions.values()]
+        due = [due_s for due_s in due if due_s is not None]
+        wait_s = max(0.0, min(due) - now_s) if due else None
+        if any(execution.pidfd is None for execution in executions.values()):
+            wait_s = POLL_INTERVAL_S if wait_s is None else min(wait_s, POLL_INTERVAL_S)
+        return wait_s
+
+    def _begin_kill(self, execution: _Execution, reason: str, now_s: float) -> None:
+        execution.kill_reason = reason
+        execution.kill_at_s = now_s + self.kill_grace_s
+        _signal_group(execution.process.pid, signal.SIGTERM)
+
+    def _enforce_deadlines(self, execution: _Execution, now_s: float) -> None:
+        if execution.kill_reason is None:
+            if execution.deadline_s is not None and now_s >= execution.deadline_s:
+                timeout_s = execution.assignment.timeout_s
+                self._begin_kill(execution, f"timed out after {timeout_s:g} s", now_s)
+        elif execution.kill_at_s is not None and now_s >= execution.kill_at_s:
+            execution.kill_at_s = None
+            _signal_group(execution.process.pid, signal.SIGKILL)
+
+    def _finish(self, execution: _Execution) -> TaskFinished:
+        # Whatever the task left behind in its group dies with it (the group id outlives the
+        # leader's pid while any member lives, so this cannot hit an unrelated process group).
+        _signal_group(execution.process.pid, signal.SIGKILL)
+        assignment = execution.assignment
+        returncode = execution.process.returncode
+        duration_ms = int((time.monotonic() - execution.started_s) * 1000)
+        directory = execution.directory
+        ok, result, error = returncode == 0, None, ""
+        if assignment.kind == "call":
+            ok, result, error = self._call_outcome(directory / "result", returncode)
+        else:
+            result = self._command_result(directory / "result")
+        if execution.kill_reason is not None:
+            ok, error = False, execution.kill_reason
+        elif not ok and not error:
+            error = describe_exit(returncode)
+        report = finished_now(
+            self.worker_id, assignment, ok, error, exit_code=returncode, result=result if ok else None,
+            duration_ms=duration_ms, stdout_tail=read_tail(directory / "stdout", self.tail_bytes),
+            stderr_tail=read_tail(directory / "stderr", self.tail_bytes),
+        )
+        self._close(execution)
+        log.debug("Task %s/%s attempt %d finished: %s", assignment.workflow_id, assignment.task_id,
+                  assignment.attempt, "ok" if ok else error)
+        return report
+
+    @staticmethod
+    def _call_outcome(result_path: Path, returncode: int) -> tuple[bool, Any, str]:
+        try:
+            outcome = decode(result_path.read_bytes())
+        except FileNotFoundError:
+            return False, None, f"the call left no result ({describe_exit(returncode)})"
+        except (OSError, DecodeError) as exc:
+            return False, None, f"the call's result cannot be read: {exc}"
+        if not isinstance(outcome, dict) or not isinstance(outcome.get("ok"), bool):
+            return False, None, "the call's result is malformed"
+        if outcome["ok"]:
+            return returncode == 0, outcome.get("result"), ""
+        return False, None, str(outcome.get("error") or "the call failed")
+
+    @staticmethod
+    def _command_result(result_path: Path) -> Any:
+        try:
+            text = result_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+        if not text.strip():
+            return None
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text.rstrip("\n")
+
+    @staticmethod
+    def _close(execution: _Execution) -> None:
+        if execution.pidfd is not None:
+            try:
+                os.close(execution.pidfd)
+            except OSError:
+                pass
+            execution.pidfd = None
+        shutil.rmtree(execution.directory, ignore_errors=True)

@@ -1,0 +1,234 @@
+"""TaskExecutor with real child processes: shell commands, Python calls, timeouts, cancels.
+
+The functions below are also the ``call`` targets the child processes import
+(``tests.test_executor:add`` and friends), so this module keeps its imports light.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+
+import psutil
+
+from protocols.tasks import ERROR_AGENT_UNSUPPORTED, TaskAssignment, TaskFinished
+from runtime.executor import TaskExecutor
+from tests.procs import wait_for
+
+
+# ---------------------------------------------------------------- call targets (run in children)
+
+
+def add(a, b):
+    return a + b
+
+
+def sum_inputs(scale, inputs):
+    print("summing", sorted(inputs))
+    return {"total": scale * sum(value["n"] for value in inputs.values())}
+
+
+def fail(message):
+    raise ValueError(message)
+
+
+def unsendable():
+    return object()
+
+
+async def async_double(x):
+    return 2 * x
+
+
+# ---------------------------------------------------------------- helpers
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.reports: queue.Queue[TaskFinished] = queue.Queue()
+        self.batches = 0
+
+    def __call__(self, reports: list[TaskFinished]) -> None:
+        self.batches += 1
+        for report in reports:
+            self.reports.put(report)
+
+    def next(self, timeout_s: float = 10.0) -> TaskFinished:
+        return self.reports.get(timeout=timeout_s)
+
+
+def make_executor(kill_grace_s: float = 0.5) -> tuple[TaskExecutor, Collector]:
+    collector = Collector()
+    return TaskExecutor("w1", collector, kill_grace_s=kill_grace_s).start(), collector
+
+
+def assignment(task_id: str, **fields) -> TaskAssignment:
+    return TaskAssignment(workflow_id="wf", task_id=task_id, attempt=1, **fields)
+
+
+def run_one(executor: TaskExecutor, collector: Collector, task: TaskAssignment) -> TaskFinished:
+    immediate = executor.run(task)
+    if immediate is not None:
+        return immediate
+    report = collector.next()
+    assert report.key == task.key
+    return report
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_shell_command_success_and_failure_with_tails_and_exit_codes():
+    executor, collector = make_executor()
+    try:
+        ok = run_one(executor, collector, assignment("ok", command="echo hello; echo oops >&2"))
+        assert (ok.ok, ok.exit_code, ok.error) == (True, 0, "")
+        assert ok.stdout_tail == "hello\n" and ok.stderr_tail == "oops\n"
+        assert ok.worker_id == "w1" and ok.duration_ms >= 0
+
+        failed = run_one(executor, collector, assignment("bad", command="echo partial; exit 3"))
+        assert (failed.ok, failed.exit_code, failed.error) == (False, 3, "exit code 3")
+        assert failed.stdout_tail == "partial\n"
+
+        # Only the tail of a long output travels.
+        long = run_one(executor, collector, assignment(
+            "long", command="i=0; while [ $i -lt 2000 ]; do echo line$i; i=$((i+1)); done"))
+        assert long.ok and len(long.stdout_tail.encode()) <= 4096
+        assert long.stdout_tail.endswith("line1999\n")
+    finally:
+        executor.stop()
+
+
+def test_shell_task_sees_its_identity_inputs_and_env_and_returns_a_result():
+    executor, collector = make_executor()
+    try:
+        task = assignment(
+            "env", command='echo "$AGENTFLOW_WORKFLOW_ID $AGENTFLOW_TASK_ID $AGENTFLOW_ATTEMPT '
+                           '$CUDA_VISIBLE_DEVICES $AGENTFLOW_INPUTS"; echo \'{"x": 1}\' > "$AGENTFLOW_RESULT_FILE"',
+            env={"CUDA_VISIBLE_DEVICES": "1,3"}, inputs={"build": {"n": 2}})
+        report = run_one(executor, collector, task)
+        assert report.ok, report
+        assert report.stdout_tail == 'wf env 1 1,3 {"build": {"n": 2}}\n'
+        assert report.result == {"x": 1}
+    finally:
+        executor.stop()
+
+
+def test_timeout_kills_the_whole_process_group():
+    executor, collector = make_executor(kill_grace_s=0.5)
+    try:
+        # The shell ignores SIGTERM, so only the SIGKILL after the grace ends it; its background
+        # child must die too.
+        task = assignment("slow", command="trap '' TERM; sleep 100 & echo $!; wait", timeout_s=0.5)
+        started = time.monotonic()
+        assert executor.run(task) is None
+        report = collector.next()
+        elapsed_s = time.monotonic() - started
+        assert (report.ok, report.error) == (False, "timed out after 0.5 s")
+        assert report.exit_code == -9
+        assert 0.9 <= elapsed_s < 5.0
+        background_pid = int(report.stdout_tail.split()[0])
+        wait_for(lambda: not psutil.pid_exists(background_pid)
+                 or psutil.Process(background_pid).status() == psutil.STATUS_ZOMBIE,
+                 5.0, what="the background sleep to die")
+        assert executor.running() == []
+    finally:
+        executor.stop()
+
+
+def test_leftover_background_processes_die_with_a_finished_task():
+    executor, collector = make_executor()
+    try:
+        report = run_one(executor, collector, assignment("bg", command="sleep 100 & echo $!"))
+        assert report.ok
+        background_pid = int(report.stdout_tail.split()[0])
+        wait_for(lambda: not psutil.pid_exists(background_pid)
+                 or psutil.Process(background_pid).status() == psutil.STATUS_ZOMBIE,
+                 5.0, what="the background sleep to die")
+    finally:
+        executor.stop()
+
+
+def test_cancel_kills_a_running_task_and_reports_it():
+    executor, collector = make_executor()
+    try:
+        task = assignment("long", command="sleep 100")
+        assert executor.run(task) is None
+        wait_for(lambda: executor.running() == [task.key], 5.0, what="the task to run")
+        assert executor.cancel(task.key)
+        report = collector.next()
+        assert (report.ok, report.error, report.exit_code) == (False, "cancelled", -15)
+        assert not executor.cancel(task.key)
+    finally:
+        executor.stop()
+
+
+def test_call_returns_its_result_and_gets_its_inputs():
+    executor, collector = make_executor()
+    try:
+        report = run_one(executor, collector, assignment("add", call="tests.test_executor:add", args=[2, 3]))
+        assert (report.ok, report.result, report.exit_code) == (True, 5, 0)
+
+        report = run_one(executor, collector, assignment(
+            "sum", call="tests.test_executor:sum_inputs", kwargs={"scale": 10},
+            inputs={"a": {"n": 1}, "b": {"n": 2}}))
+        assert report.ok, report
+        assert report.result == {"total": 30}
+        assert report.stdout_tail == "summing ['a', 'b']\n"
+
+        report = run_one(executor, collector, assignment("async", call="tests.test_executor:async_double", args=[21]))
+        assert (report.ok, report.result) == (True, 42)
+    finally:
+        executor.stop()
+
+
+def test_failing_calls_report_the_error():
+    executor, collector = make_executor()
+    try:
+        report = run_one(executor, collector, assignment("fail", call="tests.test_executor:fail", args=["boom"]))
+        assert (report.ok, report.error, report.exit_code, report.result) == (False, "ValueError: boom", 1, None)
+        assert "Traceback" in report.stderr_tail and "boom" in report.stderr_tail
+
+        report = run_one(executor, collector, assignment("missing", call="tests.no_such_module:f"))
+        assert not report.ok and report.error.startswith("ModuleNotFoundError")
+
+        report = run_one(executor, collector, assignment("unsendable", call="tests.test_executor:unsendable"))
+        assert not report.ok and "cannot be sent" in report.error
+
+        report = run_one(executor, collector, assignment("badspec", call="no_colon"))
+        assert not report.ok and "expected 'package.module:function'" in report.error
+    finally:
+        executor.stop()
+
+
+def test_noop_and_agent_tasks_end_at_once_and_many_tasks_run_in_parallel():
+    executor, collector = make_executor()
+    try:
+        noop = executor.run(assignment("marker"))
+        assert noop is not None and (noop.ok, noop.result, noop.exit_code) == (True, None, None)
+        agent = executor.run(assignment("agent", agent="reviewer"))
+        assert agent is not None and (agent.ok, agent.error) == (False, ERROR_AGENT_UNSUPPORTED)
+
+        tasks = [assignment(f"t{i}", command=f"sleep 0.3; echo {i}") for i in range(8)]
+        started = time.monotonic()
+        for task in tasks:
+            assert executor.run(task) is None
+        reports = {collector.next().task_id: None for _ in tasks}
+        assert set(reports) == {task.task_id for task in tasks}
+        assert time.monotonic() - started < 2.0  # 8 x 0.3 s one after another would be 2.4 s
+    finally:
+        executor.stop()
+
+
+def test_stop_kills_running_tasks():
+    executor, collector = make_executor()
+    task = assignment("forever", command="sleep 100")
+    assert executor.run(task) is None
+    wait_for(lambda: executor.running() == [task.key], 5.0, what="the task to run")
+    shell_pids = [p.pid for p in psutil.Process().children() if "sleep 100" in " ".join(p.cmdline())]
+    assert shell_pids
+    executor.stop()
+    assert all(not psutil.pid_exists(pid) for pid in shell_pids)
+    assert collector.reports.empty()
+    late = executor.run(assignment("late", command="true"))
+    assert late is not None and late.error == "worker stopping"
