@@ -19,7 +19,7 @@ everywhere within a bounded number of ticks (liveness).
 
 Replay one seed (prints the last events of the run on failure)::
 
-    .venv/bin/python -m tests.raftsim --seed 123 --nodes 5 --steps 600
+    .venv/bin/python -m tests.raftsim --scenario five --seed 123   (scenarios: SCENARIOS below)
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import hashlib
 import heapq
 import random
 import sys
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,6 +160,8 @@ class Cluster:
         self.digest_at: dict[int, bytes] = {}
         self.entry_at: dict[tuple[int, int], tuple[int | None, int, bytes]] = {}
         self.leaders_checked: set[tuple[int, str]] = set()
+        self.replay = f".venv/bin/python -m tests.raftsim --seed {seed}"
+        self.coverage: Counter[str] = Counter()  # what the run exercised, for the tests' sanity
 
     # ------------------------------------------------------------------ node lifecycle
 
@@ -330,19 +332,26 @@ class Cluster:
                 self.crash(node.node_id)  # persisted, but nothing sent or applied
                 return
             for message in ready.messages:
+                kind = type(message).__name__
+                if kind == "AppendResponse" and message.reject:
+                    kind = "AppendReject"
+                self.coverage[kind] += 1
                 if self.connected(message.src, message.dst):
                     self.send(message, lossless=not faulty)
             machine = node.machine
             if ready.snapshot is not None:
+                self.coverage["snapshot_installed"] += 1
                 machine.restore(ready.snapshot.data)
                 self.check_applied(node, ready.snapshot.meta.index, machine.digest)
             for entry in ready.committed_entries:
                 if entry.index != machine.applied_index + 1:
                     self.fail(f"{node.node_id} applies {entry.index} after {machine.applied_index}")
                 self.check_committed(node, entry)
+                self.coverage[f"applied_kind{entry.kind}"] += 1
                 machine.apply(entry)
                 self.check_applied(node, entry.index, machine.digest)
             for read_state in ready.read_states:
+                self.coverage["read_state"] += 1
                 started = self.reads_started.pop(read_state.request_ctx, None)
                 if started is not None and read_state.index < started:
                     self.fail(f"{node.node_id} read index {read_state.index} < commit {started} "
@@ -352,7 +361,8 @@ class Cluster:
     # ------------------------------------------------------------------ the checks
 
     def fail(self, what: str) -> None:
-        raise SafetyViolation(f"seed={self.seed} t={self.now}: {what}\n" + self.describe())
+        raise SafetyViolation(f"seed={self.seed} t={self.now}: {what}\nreplay: {self.replay}\n"
+                              + self.describe())
 
     def describe(self) -> str:
         lines = ["last events:"] + [f"  {line}" for line in self.trace] + ["nodes:"]
@@ -450,8 +460,35 @@ class Cluster:
         return set(leaders[0].core.voters) | set(leaders[0].core.learners)
 
 
-def run_seed(seed: int, node_count: int = 3, steps: int = 300, faults: Faults | None = None) -> Cluster:
-    cluster = Cluster(seed, node_count, faults)
+@dataclass(frozen=True)
+class Scenario:
+    node_count: int
+    steps: int
+    faults: Faults
+    config: RaftConfig | None = None  # None: sim_config()
+
+
+SCENARIOS = {
+    "three": Scenario(3, 400, Faults()),
+    "five": Scenario(5, 400, Faults()),
+    "five_membership": Scenario(5, 400, Faults(membership=0.03)),
+    "three_membership": Scenario(3, 400, Faults(membership=0.03)),
+    # Lossy and partition-heavy: elections all the time.
+    "three_harsh": Scenario(3, 400, Faults(drop=0.25, duplicate=0.1, delay_max_ticks=8,
+                                           crash=0.02, partition=0.05, heal=0.05)),
+    # The plain Raft paths: no pre-vote, no check-quorum, one entry per append, no pipelining.
+    "three_plain": Scenario(3, 400, Faults(), RaftConfig(
+        election_ticks_min=10, election_ticks_max=20, heartbeat_ticks=2, max_entries_per_append=1,
+        max_inflight_appends=1, pre_vote=False, check_quorum=False)),
+}
+
+
+def run_seed(seed: int, scenario: str = "three", steps: int | None = None) -> Cluster:
+    """Run one seed of a scenario; a SafetyViolation names the command that replays it."""
+    spec = SCENARIOS[scenario]
+    steps = spec.steps if steps is None else steps
+    cluster = Cluster(seed, spec.node_count, spec.faults, spec.config)
+    cluster.replay = f".venv/bin/python -m tests.raftsim --scenario {scenario} --seed {seed} --steps {steps}"
     cluster.run(steps)
     return cluster
 
@@ -459,13 +496,11 @@ def run_seed(seed: int, node_count: int = 3, steps: int = 300, faults: Faults | 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--nodes", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--membership", type=float, default=0.0,
-                        help="probability per step of a membership change")
+    parser.add_argument("--scenario", default="three", choices=sorted(SCENARIOS))
+    parser.add_argument("--steps", type=int, default=None)
     args = parser.parse_args(argv)
     try:
-        cluster = run_seed(args.seed, args.nodes, args.steps, Faults(membership=args.membership))
+        cluster = run_seed(args.seed, args.scenario, args.steps)
     except SafetyViolation as exc:
         print(exc)
         return 1
