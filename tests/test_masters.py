@@ -1,0 +1,75 @@
+"""Three real master processes: election, kill -9 of the leader, catch-up from SQLite, full restart."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from protocols.control import Noop
+from protocols.locks import Acquire, LockGranted
+from runtime.client import Client
+from tests.cluster import LocalCluster
+from tests.procs import wait_for
+
+pytestmark = pytest.mark.integration
+
+HOUR_MS = 3_600_000
+
+
+def http_get(port: int, path: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_failover_catch_up_and_full_restart_lose_nothing(tmp_path):
+    cluster = LocalCluster(tmp_path, masters=3)
+    client = Client(cluster.urls, timeout_s=15)
+    try:
+        view = cluster.start(client)
+        for i in range(50):
+            assert client.propose(Noop(i)) == i
+        granted = client.propose(Acquire("deploy", "node1", HOUR_MS, {"why": "test"}, 0, False))
+        assert isinstance(granted.reply, LockGranted)
+
+        leader = cluster.by_id(view["leader"])
+        status, health = http_get(leader.port + 10, "/health")
+        assert status == 200 and health["role"] == "leader"
+
+        # kill -9 the leader: a new one is elected and a write commits.
+        leader.kill()
+        assert client.propose(Noop("after failover")) == "after failover"
+        view = cluster.wait_healthy(client, voters=2)
+        assert view["leader"] != leader.node_id
+
+        # The killed master comes back from its SQLite file and catches up.
+        leader.start()
+        def caught_up():
+            members = {m["id"]: m for m in client.cluster_status()["members"]}
+            me, lead = members[leader.node_id], members[client.cluster_status()["leader"]]
+            return me["reachable"] and me["last_applied"] is not None and me["last_applied"] >= lead["commit_index"] - 1
+        wait_for(caught_up, 30, interval_s=0.1, what="the restarted master to catch up")
+
+        before = client.cluster_status()
+        commit_before = max(m["commit_index"] for m in before["members"] if m["reachable"])
+        # Stop all three, start them again: nothing committed is lost.
+        cluster.stop()
+        for master in cluster.masters:
+            master.start()
+        cluster.wait_healthy(client, voters=3)
+        info = client.read("lock", key="deploy")
+        assert info.holder == "node1" and info.token == granted.reply.token
+        assert client.propose(Noop("after restart")) == "after restart"
+        after = client.cluster_status()
+        assert max(m["commit_index"] for m in after["members"]) > commit_before
+    except BaseException:
+        print(cluster.logs())
+        raise
+    finally:
+        client.close()
+        cluster.stop()
