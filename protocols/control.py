@@ -17,8 +17,10 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+from protocols.dag import WorkflowTable
 from protocols.locks import LockTable
 from protocols.raft import ClientSessions
 from protocols.wire import DecodeError, ErrorRecord, decode, encode, is_record, record, tag_of
@@ -61,6 +63,7 @@ class ControlState:
         self.members: dict[str, SetMember] = {}
         self.sessions = ClientSessions()
         self.locks = LockTable()
+        self.workflows = WorkflowTable()
         self.last_applied = 0
 
     # ------------------------------------------------------------------ apply
@@ -89,6 +92,9 @@ class ControlState:
         prefix = tag_of(type(command)).split(".", 1)[0]
         if prefix == "lock":
             return self.locks.apply(index, command)
+        if prefix == "wf":
+            # A plain map, so that client sessions and snapshots can keep it.
+            return dataclasses.asdict(self.workflows.apply(command))
         if isinstance(command, SetMember):
             self.members[command.node_id] = command
             return True
@@ -107,6 +113,7 @@ class ControlState:
             "members": [self.members[node_id] for node_id in sorted(self.members)],
             "sessions": self.sessions.to_dict(),
             "locks": self.locks.to_snapshot(),
+            "workflows": self.workflows.to_snapshot(),
         })
 
     @classmethod
@@ -119,6 +126,7 @@ class ControlState:
         state.members = {member.node_id: member for member in snapshot["members"]}
         state.sessions = ClientSessions.from_dict(snapshot["sessions"])
         state.locks = LockTable.from_snapshot(snapshot["locks"])
+        state.workflows = WorkflowTable.from_snapshot(snapshot["workflows"])
         return state
 
 

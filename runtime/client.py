@@ -21,6 +21,7 @@ import uuid
 from typing import Any
 
 from protocols.control import ClientCommand, Propose, Read, StatusQuery
+from protocols.tasks import parse_master_urls as parse_endpoints
 from protocols.wire import Redirect
 from runtime.future import AskTimeout, RemoteError
 from runtime.node import Node
@@ -36,21 +37,9 @@ class ClusterUnavailable(Exception):
 
 def parse_master_urls(text: str | list[str] | None) -> list[str]:
     """``tcp://H:P``, ``H:P`` and ``http://H:P`` all name a master's endpoint ``tcp://H:P``."""
-    if text is None:
+    if not text:
         raise ValueError("no master given: pass --master-url or set AGENTFLOW_MASTER_URL")
-    items = text if isinstance(text, list) else text.split(",")
-    endpoints = []
-    for item in (i.strip() for i in items):
-        if not item:
-            continue
-        rest = item.split("://", 1)[1] if "://" in item else item
-        host, _, port = rest.rstrip("/").rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"bad master address {item!r}: expected tcp://HOST:PORT, HOST:PORT or http://HOST:PORT")
-        endpoints.append(f"tcp://{host}:{port}")
-    if not endpoints:
-        raise ValueError("no master given: pass --master-url or set AGENTFLOW_MASTER_URL")
-    return endpoints
+    return parse_endpoints(text)
 
 
 class Client:
