@@ -1,0 +1,513 @@
+"""WorkerActor: a worker's side of the task protocol (protocols/tasks.py), and ``run_worker``.
+
+    run_worker(["tcp://127.0.0.1:6767"], max_concurrent_tasks=4)   # foreground, until SIGTERM
+    python -m actors.worker --master-url tcp://127.0.0.1:6767       # the same from a shell
+
+Rules of this module:
+
+* The actor is named ``"worker"`` on a node whose id is the worker id. It talks to the actor
+  ``"scheduler"`` on whichever master answers: it follows a ``Redirect`` to the leader, and
+  moves on to the next configured master when the current one does not answer in time.
+* It never blocks its thread: asks are answered through future callbacks that tell the actor
+  an ``_Answered`` message, at most one ask of each kind (hello, heartbeat, reports) is in
+  flight, and task processes are watched by the executor's reaper thread, which tells the
+  actor ``_Finished`` batches.
+* Every heartbeat tick: WorkerHello until welcomed, else a WorkerHeartbeat; plus the reports
+  not yet accepted. Reports are sent as soon as they exist (one batch in flight at a time,
+  whatever finished meanwhile goes in the next batch) and kept until ``ReportsAccepted``.
+* At most ``max_concurrent_tasks`` task processes run at once; further assignments wait in
+  arrival order. An attempt already held (waiting, running or reported) is not taken twice.
+* Draining (first SIGTERM or SIGINT): no new work; waiting and newly assigned attempts are
+  reported as not run (``ERROR_DRAINING``); running ones finish and are reported; then a
+  ``WorkerGoodbye`` and exit 0. A second signal kills the running tasks and exits 1.
+* Nothing is logged per task at info level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import platform
+import signal
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from protocols.registry import WorkerInfo
+from protocols.tasks import (
+    ERROR_DRAINING,
+    AssignTasks,
+    AttemptKey,
+    CancelTasks,
+    HeartbeatAck,
+    ReportsAccepted,
+    RunningQuery,
+    RunningTasks,
+    TaskAssignment,
+    TaskFinished,
+    TasksFinished,
+    WorkerGoodbye,
+    WorkerHeartbeat,
+    WorkerHello,
+    WorkerWelcome,
+    attempt_key,
+    parse_master_urls,
+)
+from protocols.wire import Redirect, Tick
+from runtime.actor import Actor
+from runtime.executor import DEFAULT_KILL_GRACE_S, TaskExecutor, finished_now
+from runtime.future import AskTimeout, RemoteError
+from runtime.log import configure_logging, get_logger
+from runtime.node import Node, Ref
+from runtime.resources import current_load, detect_resources
+
+log = get_logger("worker")
+
+WORKER_ACTOR = "worker"
+SCHEDULER_ACTOR = "scheduler"
+MAX_REPORTS_PER_BATCH = 1000
+MAX_REDIRECTS_PER_TICK = 4  # stale leaders pointing at each other must not make us spin
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+@dataclass
+class WorkerConfig:
+    """What a WorkerActor needs. ``ask_timeout_s`` None means twice the heartbeat interval
+    (at least 1 s); ``report_grace_s`` bounds how long a drained worker keeps trying to
+    deliver its last reports."""
+
+    info: WorkerInfo
+    master_endpoints: list[str]
+    heartbeat_interval_s: float = 1.0
+    ask_timeout_s: float | None = None
+    kill_grace_s: float = DEFAULT_KILL_GRACE_S
+    report_grace_s: float = 10.0
+
+
+# Messages the worker tells itself (local only, never on the wire).
+
+
+class Drain:
+    """Finish what runs, take nothing new, then say goodbye (the first SIGTERM)."""
+
+
+@dataclass
+class _Begin:
+    on_drained: Callable[[bool], None] | None
+
+
+@dataclass
+class _Finished:
+    reports: list[TaskFinished]
+
+
+@dataclass
+class _Answered:
+    kind: str  # "hello", "heartbeat" or "reports"
+    endpoint: str
+    keys: tuple  # the attempt keys a reports batch carried
+    value: Any
+    error: BaseException | None
+
+
+class WorkerActor(Actor):
+    """Runs the tasks masters assign to this worker; see the module docstring for the rules."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.info = config.info
+        self.worker_id = config.info.worker_id
+        self.max_concurrent_tasks = max(1, config.info.max_concurrent_tasks)
+        self.master_endpoints = list(config.master_endpoints)
+        self.master_index = 0
+        self.master_endpoint = self.master_endpoints[0]
+        self.heartbeat_interval_s = config.heartbeat_interval_s
+        self.registered = False
+        self.draining = False
+        self.drained = False
+        self.waiting: collections.deque[TaskAssignment] = collections.deque()
+        self.running: dict[AttemptKey, TaskAssignment] = {}
+        self.unacked: dict[AttemptKey, TaskFinished] = {}  # reports not yet accepted, in order
+        self.in_flight = {"hello": False, "heartbeat": False, "reports": False}
+        self.redirects_this_tick = 0
+        self.report_deadline_s: float | None = None
+        self.executor: TaskExecutor | None = None
+        self.self_ref: Ref | None = None
+        self.timer_id: int | None = None
+        self.on_drained: Callable[[bool], None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def on_stop(self) -> None:
+        if self.timer_id is not None:
+            self.node.cancel_timer(self.timer_id)
+        if self.executor is not None:
+            self.executor.stop()
+
+    def _begin(self, message: _Begin) -> None:
+        self.on_drained = message.on_drained
+        self.self_ref = self.node.lookup(self.address)
+        self_ref = self.self_ref
+        self.executor = TaskExecutor(
+            self.worker_id, lambda reports: self_ref.tell(_Finished(reports)),
+            kill_grace_s=self.config.kill_grace_s,
+        ).start()
+        self.timer_id = self.node.every(self.heartbeat_interval_s, self_ref, "heartbeat")
+        self._send_hello()
+
+    @property
+    def ask_timeout_s(self) -> float:
+        if self.config.ask_timeout_s is not None:
+            return self.config.ask_timeout_s
+        return max(1.0, 2 * self.heartbeat_interval_s)
+
+    # ------------------------------------------------------------------ dispatch
+
+    def receive(self, message: Any) -> Any:
+        if isinstance(message, Tick):
+            return self._on_tick()
+        if isinstance(message, _Finished):
+            return self._on_finished(message.reports)
+        if isinstance(message, _Answered):
+            return self._on_answered(message)
+        if isinstance(message, AssignTasks):
+            return self._on_assign(message)
+        if isinstance(message, CancelTasks):
+            if message.worker_id == self.worker_id:
+                self._cancel(message.tasks)
+            return None
+        if isinstance(message, RunningQuery):
+            return RunningTasks(self.worker_id, self.held())
+        if isinstance(message, Drain):
+            return self._on_drain()
+        if isinstance(message, _Begin):
+            return self._begin(message)
+        self.node.count("worker_unexpected_messages")
+        log.debug("Worker %s ignores a %s", self.worker_id, type(message).__name__)
+        return None
+
+    # ------------------------------------------------------------------ tasks
+
+    def held(self) -> list[list]:
+        """Every attempt this worker holds: waiting, running, or reported but not accepted."""
+        keys = [task.key for task in self.waiting]
+        keys.extend(self.running)
+        keys.extend(key for key in self.unacked if key not in self.running)
+        return [list(key) for key in keys]
+
+    def _on_assign(self, message: AssignTasks) -> None:
+        if message.worker_id != self.worker_id:
+            self.node.count("worker_misaddressed_assignments")
+            log.warning("Worker %s got tasks meant for %s; ignoring them", self.worker_id, message.worker_id)
+            return
+        held = {task.key for task in self.waiting}
+        held.update(self.running)
+        held.update(self.unacked)
+        refused: list[TaskFinished] = []
+        for task in message.tasks:
+            if not isinstance(task, TaskAssignment) or task.key in held:
+                continue  # a duplicate assignment: the attempt is already ours
+            held.add(task.key)
+            if self.draining:
+                refused.append(finished_now(self.worker_id, task, False, ERROR_DRAINING))
+            else:
+                self.waiting.append(task)
+        self._start_waiting(refused)
+
+    def _start_waiting(self, reports: list[TaskFinished]) -> None:
+        """Start waiting attempts while slots are free; report the ones that ended at once."""
+        assert self.executor is not None
+        while self.waiting and len(self.running) < self.max_concurrent_tasks:
+            task = self.waiting.popleft()
+            report = self.executor.run(task)
+            if report is None:
+                self.running[task.key] = task
+            else:
+                reports.append(report)
+        if reports:
+            self._add_reports(reports)
+
+    def _on_finished(self, reports: list[TaskFinished]) -> None:
+        for report in reports:
+            self.running.pop(report.key, None)
+        self._add_reports(reports)
+        self._start_waiting([])
+        self._check_drained()
+
+    def _add_reports(self, reports: list[TaskFinished]) -> None:
+        for report in reports:
+            self.unacked[report.key] = report
+        self._send_reports()
+
+    def _cancel(self, items: list) -> None:
+        keys = {key for key in map(attempt_key, items) if key is not None}
+        if not keys:
+            return
+        # A cancelled attempt that has not started needs no report: the master gave it up.
+        self.waiting = collections.deque(task for task in self.waiting if task.key not in keys)
+        for key in keys:
+            if key in self.running and self.executor is not None:
+                self.executor.cancel(key)
+        self._check_drained()
+
+    # ------------------------------------------------------------------ draining
+
+    def _on_drain(self) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        log.info("Worker %s draining: %d running, %d waiting given back",
+                 self.worker_id, len(self.running), len(self.waiting))
+        refused = [finished_now(self.worker_id, task, False, ERROR_DRAINING) for task in self.waiting]
+        self.waiting.clear()
+        if refused:
+            self._add_reports(refused)
+        if self.registered:
+            self._send_heartbeat()  # tell the master now, so it stops assigning
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        if not self.draining or self.drained or self.running or self.waiting:
+            return
+        clean = True
+        if self.unacked:
+            now_s = time.monotonic()
+            if self.report_deadline_s is None:
+                self.report_deadline_s = now_s + self.config.report_grace_s
+            if now_s < self.report_deadline_s:
+                return  # the next accepted batch or tick checks again
+            clean = False
+            log.warning("Worker %s gives up on %d unaccepted reports", self.worker_id, len(self.unacked))
+        self.drained = True
+        self.node.ref(self.master_endpoint, SCHEDULER_ACTOR).tell(WorkerGoodbye(self.worker_id))
+        log.info("Worker %s drained; goodbye", self.worker_id)
+        if self.on_drained is not None:
+            self.on_drained(clean)
+
+    # ------------------------------------------------------------------ talking to masters
+
+    def _on_tick(self) -> None:
+        self.redirects_this_tick = 0
+        if not self.registered:
+            self._send_hello()
+        else:
+            self._send_heartbeat()
+            self._send_reports()
+        self._check_drained()
+
+    def _ask_master(self, kind: str, message: Any, keys: tuple = ()) -> None:
+        endpoint = self.master_endpoint
+        self.in_flight[kind] = True
+        future = self.node.ref(endpoint, SCHEDULER_ACTOR).ask(message, self.ask_timeout_s)
+        self_ref = self.self_ref
+        assert self_ref is not None
+
+        def answered(done) -> None:  # runs on the transport thread: hand over, nothing more
+            try:
+                value, error = done.get(0), None
+            except Exception as exc:
+                value, error = None, exc
+            self_ref.tell(_Answered(kind, endpoint, keys, value, error))
+
+        future.add_done_callback(answered)
+
+    def _send_hello(self) -> None:
+        if not self.in_flight["hello"] and not self.drained:
+            self._ask_master("hello", WorkerHello(self.info))
+
+    def _send_heartbeat(self) -> None:
+        if not self.in_flight["heartbeat"] and not self.drained:
+            load = current_load(len(self.running))
+            self._ask_master("heartbeat", WorkerHeartbeat(self.worker_id, self.held(), load, self.draining))
+
+    def _send_reports(self) -> None:
+        if self.in_flight["reports"] or not self.registered or not self.unacked:
+            return
+        batch = list(self.unacked.values())[:MAX_REPORTS_PER_BATCH]
+        self._ask_master("reports", TasksFinished(self.worker_id, batch), tuple(report.key for report in batch))
+
+    def _on_answered(self, answer: _Answered) -> None:
+        self.in_flight[answer.kind] = False
+        if answer.error is not None:
+            self._next_master(answer.endpoint, answer.error)
+            self._check_drained()
+            return
+        value = answer.value
+        if isinstance(value, Redirect):
+            self._follow(value, answer)
+        elif answer.kind == "hello" and isinstance(value, WorkerWelcome):
+            self._on_welcome(value, answer.endpoint)
+        elif answer.kind == "heartbeat" and isinstance(value, HeartbeatAck):
+            if not value.known:
+                log.info("Master at %s does not know worker %s; registering again", answer.endpoint, self.worker_id)
+                self.registered = False
+                self._send_hello()
+            self._cancel(list(value.cancel))
+        elif answer.kind == "reports" and isinstance(value, ReportsAccepted):
+            for key in answer.keys:
+                self.unacked.pop(key, None)
+            self._send_reports()
+        else:
+            self.node.count("worker_unexpected_answers")
+            log.warning("Master at %s answered a %s with %r", answer.endpoint, answer.kind, value)
+        self._check_drained()
+
+    def _on_welcome(self, welcome: WorkerWelcome, endpoint: str) -> None:
+        self.registered = True
+        master_id = next((node_id for node_id, known in self.node.peers.items() if known == endpoint), endpoint)
+        log.info("Worker %s registered with master %s", self.worker_id, master_id)
+        interval_s = welcome.heartbeat_interval_ms / 1000.0
+        if interval_s > 0 and abs(interval_s - self.heartbeat_interval_s) > 1e-6 and self.self_ref is not None:
+            self.heartbeat_interval_s = interval_s
+            if self.timer_id is not None:
+                self.node.cancel_timer(self.timer_id)
+            self.timer_id = self.node.every(interval_s, self.self_ref, "heartbeat")
+        self._send_heartbeat()
+        self._send_reports()
+
+    def _follow(self, redirect: Redirect, answer: _Answered) -> None:
+        leader = redirect.leader_endpoint
+        if leader is None or leader == answer.endpoint:
+            return  # no leader yet: ask again on the next tick
+        self.master_endpoint = leader
+        self.redirects_this_tick += 1
+        if self.redirects_this_tick > MAX_REDIRECTS_PER_TICK:
+            return
+        if answer.kind == "hello" or not self.registered:
+            self._send_hello()
+        elif answer.kind == "heartbeat":
+            self._send_heartbeat()
+        else:
+            self._send_reports()
+
+    def _next_master(self, endpoint: str, error: BaseException) -> None:
+        """The master at ``endpoint`` did not answer (or failed): try the next one."""
+        if endpoint != self.master_endpoint:
+            return  # already moved on
+        self.master_index = (self.master_index + 1) % len(self.master_endpoints)
+        self.master_endpoint = self.master_endpoints[self.master_index]
+        reason = "no answer" if isinstance(error, AskTimeout) else str(error)
+        level = log.info if isinstance(error, (AskTimeout, RemoteError)) else log.warning
+        level("Worker %s: master at %s failed (%s); next: %s", self.worker_id, endpoint, reason[:200],
+              self.master_endpoint)
+
+
+# --------------------------------------------------------------------------- composition
+
+
+def start_worker(node: Node, config: WorkerConfig, on_drained: Callable[[bool], None] | None = None) -> Ref:
+    """Spawn the WorkerActor named "worker" on ``node`` and start it (hello, heartbeats).
+    ``on_drained(clean)`` is called on the actor's thread once a drain has finished."""
+    ref = node.spawn(WorkerActor, config, name=WORKER_ACTOR)
+    ref.tell(_Begin(on_drained))
+    return ref
+
+
+def default_worker_id() -> str:
+    return f"worker-{uuid.uuid4().hex[:8]}"
+
+
+def run_worker(
+    master_urls: list[str] | str,
+    *,
+    cpu_cores: float | None = None,
+    memory_mb: int | None = None,
+    gpu_count: int | None = None,
+    group: str = "default",
+    capabilities: tuple[str, ...] | list[str] = (),
+    max_concurrent_tasks: int | None = None,
+    worker_id: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+) -> int:
+    """Run a worker in the foreground until it has drained after SIGTERM/SIGINT (exit 0), or a
+    second signal stops it at once (exit 1). Exit 2 for bad arguments."""
+    configure_logging()
+    try:
+        endpoints = parse_master_urls(master_urls)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    if max_concurrent_tasks is not None and max_concurrent_tasks < 1:
+        log.error("--max-concurrent-tasks must be at least 1")
+        return EXIT_USAGE
+    resources = detect_resources(cpu_cores, memory_mb, gpu_count)
+    worker_id = worker_id or default_worker_id()
+    try:
+        node = Node(worker_id, host=host, port=port).start()
+    except Exception as exc:  # a taken port, a bad host: say so and exit
+        log.error("Worker %s cannot listen on %s:%s: %s", worker_id, host, port, exc)
+        return EXIT_FAILED
+    info = WorkerInfo(
+        worker_id=worker_id,
+        name=worker_id,
+        group=group,
+        platform=platform.platform(terse=True),
+        capabilities=list(capabilities),
+        max_concurrent_tasks=max_concurrent_tasks or max(1, int(resources.cpu_cores)),
+        resources=resources,
+        address=node.endpoint,
+    )
+    wake = threading.Event()
+    outcome: dict[str, Any] = {"signals": 0, "drained": False, "clean": False}
+
+    def on_drained(clean: bool) -> None:
+        outcome["drained"], outcome["clean"] = True, clean
+        wake.set()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        outcome["signals"] += 1
+        wake.set()
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        ref = start_worker(node, WorkerConfig(info=info, master_endpoints=endpoints), on_drained)
+        log.info("Worker %s at %s: %g cpu, %d MB, %d GPUs, %d slots; masters %s", worker_id, node.endpoint,
+                 resources.cpu_cores, resources.memory_mb, resources.gpu_count, info.max_concurrent_tasks,
+                 ", ".join(endpoints))
+        drain_sent = False
+        while True:
+            wake.wait(1.0)
+            wake.clear()
+            if outcome["drained"] or outcome["signals"] >= 2:
+                break
+            if outcome["signals"] == 1 and not drain_sent:
+                drain_sent = True
+                ref.tell(Drain())
+    finally:
+        node.stop()  # stops the actor, whose executor kills whatever still runs
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if not outcome["drained"]:
+        log.warning("Worker %s stopped without draining", worker_id)
+        return EXIT_FAILED
+    return EXIT_OK if outcome["clean"] else EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m actors.worker", description="Run an AgentFlow worker.")
+    parser.add_argument("--master-url", action="append", required=True,
+                        help="a master (tcp://H:P, H:P or http://H:P); repeat or comma-separate")
+    parser.add_argument("--cpu-cores", type=float)
+    parser.add_argument("--memory-mb", type=int)
+    parser.add_argument("--gpu-count", type=int)
+    parser.add_argument("--group", default="default")
+    parser.add_argument("--capability", action="append", default=[])
+    parser.add_argument("--max-concurrent-tasks", type=int)
+    parser.add_argument("--worker-id")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    return run_worker(
+        args.master_url, cpu_cores=args.cpu_cores, memory_mb=args.memory_mb, gpu_count=args.gpu_count,
+        group=args.group, capabilities=args.capability, max_concurrent_tasks=args.max_concurrent_tasks,
+        worker_id=args.worker_id, host=args.host, port=args.port,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
