@@ -114,7 +114,7 @@ def test_select_checks_capabilities_group_and_free_resources():
     # Free, not total: once cpu-box's cores are reserved, a 6-cpu task has nowhere to go.
     registry.reserve("cpu-box", "big", needs(cpu=5))
     assert registry.select(needs(cpu=6)) is None
-    assert registry.select(needs(cpu=3)) == "cpu-box"  # 3 free of 8 vs 4 free of 4: less loaded wins
+    assert registry.select(needs(cpu=3)) == "gpu-box"  # both fit; the one running nothing wins
     registry.release("cpu-box", "big")
     assert registry.select(needs(cpu=6)) == "cpu-box"
 
