@@ -509,7 +509,9 @@ class TaskDependencyGraph:
             self._set_state(task_id, TaskState.READY, now_ms)
             return True
         self._set_state(task_id, TaskState.FAILED, now_ms)
-        for downstream in self.get_dependents_chain(task_id):
+        # Depth-first order from the task: deterministic, and O(downstream) rather than a full
+        # topological sort per failure.
+        for downstream in self._downstream(task_id):
             if not self.runs[downstream].state.is_finished:
                 self.runs[downstream].finished_ms = now_ms
                 self._set_state(downstream, TaskState.SKIPPED, now_ms)
@@ -545,7 +547,7 @@ class TaskDependencyGraph:
         if self.runs[task_id].state.is_finished:
             return []
         released: list[str] = []
-        for each in [task_id, *self.get_dependents_chain(task_id)]:
+        for each in [task_id, *self._downstream(task_id)]:
             run = self.runs[each]
             if run.state.is_finished:
                 continue
