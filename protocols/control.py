@@ -167,6 +167,34 @@ class TransferLeadership:
     to: str | None
 
 
+@record("ctl.submit_workflow")
+class SubmitWorkflowRequest:
+    """A client submits a workflow; the leader's scheduler validates, then commits it."""
+
+    workflow: Any  # protocols.dag.Workflow
+    client_id: str
+    seq: int
+
+
+@record("ctl.workflow_status")
+class WorkflowStatusRequest:
+    """One workflow's status document, or (``workflow_id`` None) a summary of all of them."""
+
+    workflow_id: str | None
+
+
+@record("ctl.cancel_workflow")
+class CancelWorkflowRequest:
+    workflow_id: str
+    client_id: str
+    seq: int
+
+
+@record("ctl.workers")
+class WorkersRequest:
+    """The worker table as `agentflow workers --json` prints it."""
+
+
 def read_query(state: ControlState, query: str, args: dict, now_ms: int) -> Any:
     """Evaluate a read against the applied state (the caller has made it linearizable)."""
     if query == "lock":

@@ -15,11 +15,13 @@ import json
 import os
 import sys
 import time
+import uuid
 from typing import List, Optional
 
 import typer
 
 from runtime.client import ClusterUnavailable
+from runtime.future import RemoteError
 from runtime.log import configure_logging
 
 app = typer.Typer(help="AgentFlow: distributed parallel execution of agents and tasks.",
@@ -102,7 +104,11 @@ def worker(
     worker_id: Optional[str] = typer.Option(None, "--worker-id"),
 ) -> None:
     """Start a worker that runs tasks for the cluster."""
-    not_built("the worker")
+    from actors.worker import run_worker
+
+    raise typer.Exit(run_worker(master_url or "127.0.0.1:6767", cpu_cores=cpu_cores, memory_mb=memory_mb,
+                                gpu_count=gpu_count, group=group, capabilities=capability,
+                                max_concurrent_tasks=max_concurrent_tasks, worker_id=worker_id))
 
 
 @app.command()
@@ -168,26 +174,144 @@ def submit(
     master_url: Optional[str] = MasterUrl,
 ) -> None:
     """Submit a workflow."""
-    not_built("workflow submission")
+    from protocols.workflow import WorkflowError, parse_workflow
+
+    try:
+        with open(file) as handle:
+            text = handle.read()
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror}")
+    try:
+        workflow = parse_workflow(text, filename=file, default_id=f"wf-{uuid.uuid4().hex[:12]}")
+    except WorkflowError as exc:
+        fail(str(exc))
+    with connect(master_url) as client:
+        try:
+            workflow_id = client.submit_workflow(workflow)
+        except RemoteError as exc:
+            fail(f"the cluster refused {file}: {exc.message}", code=1)
+        except ClusterUnavailable as exc:
+            fail(str(exc), code=1)
+        if not wait:
+            if json_output:
+                print_json({"workflow_id": workflow_id, "state": "submitted"})
+            else:
+                typer.echo(f"submitted {workflow_id} ({len(workflow.tasks)} tasks)")
+            return
+        status_doc = wait_with_progress(client, workflow_id, len(workflow.tasks), quiet=json_output)
+    if json_output:
+        print_json(status_document(status_doc))
+    else:
+        print_status(status_doc)
+    raise typer.Exit(0 if status_doc["state"] == "completed" else 1)
+
+
+def wait_with_progress(client, workflow_id: str, total: int, quiet: bool) -> dict:
+    """Poll the workflow until it ends, with a rich progress bar on the terminal unless quiet."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if quiet:
+        return client.wait_workflow(workflow_id)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True) as progress:
+        bar = progress.add_task(workflow_id, total=total)
+
+        def update(status: dict) -> None:
+            progress.update(bar, completed=status["progress"]["finished"],
+                            description=f"{workflow_id} {status['state']}")
+
+        return client.wait_workflow(workflow_id, on_progress=update)
+
+
+def status_document(status_doc: dict) -> dict:
+    """The `status --json` contract: workflow_id, state, tasks {id: state, attempts, worker, exit_code}."""
+    return {"workflow_id": status_doc["workflow_id"], "state": status_doc["state"],
+            "tasks": {task_id: {key: task[key] for key in ("state", "attempts", "worker", "exit_code")}
+                      for task_id, task in status_doc["tasks"].items()}}
+
+
+def print_status(status_doc: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{status_doc['workflow_id']}: {status_doc['state']}")
+    for column in ("task", "state", "attempts", "worker", "exit code", "error"):
+        table.add_column(column)
+    for task_id, task in status_doc["tasks"].items():
+        table.add_row(task_id, task["state"], str(task["attempts"]), task["worker"] or "-",
+                      "-" if task["exit_code"] is None else str(task["exit_code"]), (task.get("error") or "")[:60])
+    Console().print(table)
 
 
 @app.command()
 def status(workflow_id: Optional[str] = typer.Argument(None), json_output: bool = JsonFlag,
            master_url: Optional[str] = MasterUrl) -> None:
     """Show one workflow, or all of them."""
-    not_built("workflow status")
+    with connect(master_url) as client:
+        try:
+            status_doc = client.workflow_status(workflow_id)
+        except RemoteError as exc:
+            fail(exc.message, code=1)
+        except ClusterUnavailable as exc:
+            fail(str(exc), code=1)
+    if workflow_id is None:
+        if json_output:
+            print_json(status_doc)
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="workflows")
+        for column in ("workflow", "name", "state", "done"):
+            table.add_column(column)
+        for row in status_doc:
+            table.add_row(row["workflow_id"], row["name"], row["state"],
+                          f"{row['progress']['finished']}/{row['progress']['total']}")
+        Console().print(table)
+    elif json_output:
+        print_json(status_document(status_doc))
+    else:
+        print_status(status_doc)
 
 
 @app.command()
 def cancel(workflow_id: str = typer.Argument(...), master_url: Optional[str] = MasterUrl) -> None:
     """Cancel a workflow: what has not finished is cancelled."""
-    not_built("workflow cancel")
+    with connect(master_url) as client:
+        try:
+            result = client.cancel_workflow(workflow_id)
+        except RemoteError as exc:
+            fail(exc.message, code=1)
+        except ClusterUnavailable as exc:
+            fail(str(exc), code=1)
+    if not result.get("ok"):
+        fail(f"cannot cancel {workflow_id}: {result.get('reason')}", code=1)
+    typer.echo(f"cancelled {workflow_id}")
 
 
 @app.command()
 def workers(json_output: bool = JsonFlag, master_url: Optional[str] = MasterUrl) -> None:
     """List the workers with their status and resources."""
-    not_built("the worker registry")
+    with connect(master_url) as client:
+        try:
+            rows = client.workers()
+        except ClusterUnavailable as exc:
+            fail(str(exc), code=1)
+    if json_output:
+        print_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="workers")
+    for column in ("worker", "status", "group", "cpu", "memory MB", "gpu", "running"):
+        table.add_column(column)
+    for row in rows:
+        resources = row["resources"]
+        table.add_row(row["worker_id"], row["status"], row["group"], str(resources["cpu_cores"]),
+                      str(resources["memory_mb"]), str(resources["gpu_count"]),
+                      f"{row['running']}/{row['max_concurrent_tasks']}")
+    Console().print(table)
 
 
 @app.command()

@@ -20,13 +20,24 @@ import time
 import uuid
 from typing import Any
 
-from protocols.control import ClientCommand, Propose, Read, StatusQuery
+from protocols.control import (
+    CancelWorkflowRequest,
+    ClientCommand,
+    Propose,
+    Read,
+    StatusQuery,
+    SubmitWorkflowRequest,
+    WorkersRequest,
+    WorkflowStatusRequest,
+)
 from protocols.tasks import parse_master_urls as parse_endpoints
-from protocols.wire import Redirect
+from protocols.wire import ErrorRecord, Redirect
 from runtime.future import AskTimeout, RemoteError
 from runtime.node import Node
 
 RAFT_ACTOR = "raft"
+SCHEDULER_ACTOR = "scheduler"
+FINAL_WORKFLOW_STATES = ("completed", "failed", "cancelled")
 RETRY_PAUSE_S = 0.05
 PER_TRY_TIMEOUT_S = 1.0
 
@@ -98,6 +109,8 @@ class Client:
                     self._pause(deadline)
                 continue
             self._leader_endpoint = endpoint
+            if isinstance(answer, ErrorRecord):
+                raise RemoteError(answer.kind, answer.message)
             return answer
 
     @staticmethod
@@ -118,6 +131,43 @@ class Client:
     def read(self, query: str, timeout_s: float | None = None, **args: Any) -> Any:
         """A linearizable read of the replicated state (see protocols.control.read_query)."""
         return self.call(RAFT_ACTOR, Read(query, args), timeout_s)
+
+    # ------------------------------------------------------------------ workflows
+
+    def submit_workflow(self, workflow: Any, timeout_s: float | None = None) -> str:
+        """Commit a workflow (a protocols.dag.Workflow); returns its id. Raises RemoteError
+        (kind ``invalid_workflow``, ``unplaceable``, ``rejected``) when the cluster refuses it."""
+        command = self._next_command(None)
+        result = self.call(SCHEDULER_ACTOR, SubmitWorkflowRequest(workflow, command.client_id, command.seq), timeout_s)
+        if not result.get("ok"):
+            raise RemoteError("rejected", result.get("reason", "the workflow was not accepted"))
+        return workflow.workflow_id
+
+    def workflow_status(self, workflow_id: str | None = None, timeout_s: float | None = None) -> Any:
+        """``{"workflow_id", "state", "tasks": {id: {"state", "attempts", "worker", "exit_code"}}}``,
+        or a list of summaries when ``workflow_id`` is None."""
+        return self.call(SCHEDULER_ACTOR, WorkflowStatusRequest(workflow_id), timeout_s)
+
+    def cancel_workflow(self, workflow_id: str, timeout_s: float | None = None) -> dict:
+        command = self._next_command(None)
+        return self.call(SCHEDULER_ACTOR, CancelWorkflowRequest(workflow_id, command.client_id, command.seq), timeout_s)
+
+    def workers(self, timeout_s: float | None = None) -> list[dict]:
+        return self.call(SCHEDULER_ACTOR, WorkersRequest(), timeout_s)
+
+    def wait_workflow(self, workflow_id: str, timeout_s: float | None = None, poll_s: float = 0.1,
+                      on_progress=None) -> dict:
+        """Poll the workflow's status until it is completed, failed or cancelled (or the deadline)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            status = self.workflow_status(workflow_id)
+            if on_progress is not None:
+                on_progress(status)
+            if status["state"] in FINAL_WORKFLOW_STATES:
+                return status
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"workflow {workflow_id} still {status['state']} after {timeout_s} s")
+            time.sleep(poll_s)
 
     # ------------------------------------------------------------------ cluster view
 

@@ -1,0 +1,450 @@
+"""SchedulerActor: runs workflows on workers, from the leader, through the Raft log.
+
+Role: on every master it watches applied workflow commands; on the leader it also keeps the
+soft state of dispatch (the priority queue of ready tasks and the worker registry with its
+heartbeats and reservations), places ready tasks on workers, and turns workers' reports into
+committed commands.
+
+Rules:
+
+* Every change of a task's state is a committed command (SubmitWorkflow, DispatchTask,
+  FinishTask, RequeueTask, CancelWorkflow) applied by the RaftActor; this actor only proposes
+  them and reacts to what they did (``Applied``). A task goes to a worker only after its
+  DispatchTask committed, so the attempt the worker runs is the replicated one; only that
+  attempt can complete the task, and a late report of an older one is ignored.
+* Soft state lives on the leader only: queue order, heartbeats, load, reservations. A new leader
+  rebuilds the queue from the replicated task states, learns workers again from their
+  heartbeats (``known=False`` makes them say hello), and requeues running tasks nobody claims
+  within a grace period. Execution is at-least-once; a completion is applied exactly once.
+* Batches: one AssignTasks per worker per applied batch, never more tasks than the worker's
+  free capacity (no prefetch, so priorities hold).
+* Spawned pinned, like the RaftActor: it reads the replicated state directly (same thread) and
+  never blocks.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from actors.raft import RAFT_ACTOR, Applied, LeadershipChanged, Watch
+from protocols.control import (
+    CancelWorkflowRequest,
+    ClientCommand,
+    Propose,
+    SubmitWorkflowRequest,
+    WorkersRequest,
+    WorkflowStatusRequest,
+)
+from protocols.dag import (
+    CancelWorkflow,
+    DispatchTask,
+    FinishTask,
+    RequeueTask,
+    SubmitWorkflow,
+    TaskState,
+    Workflow,
+    WorkflowError,
+    check_structure,
+    split_task_key,
+    task_key,
+)
+from protocols.queue import PriorityTaskQueue
+from protocols.registry import HealthCheckConfig, PlacementError, WorkerRegistry, WorkerStatus
+from protocols.tasks import (
+    AssignTasks,
+    CancelTasks,
+    HeartbeatAck,
+    ReportsAccepted,
+    TaskAssignment,
+    TasksFinished,
+    WorkerGoodbye,
+    WorkerHeartbeat,
+    WorkerHello,
+    WorkerWelcome,
+)
+from protocols.wire import ErrorRecord, Redirect, Tick
+from runtime.actor import Actor
+from runtime.log import get_logger
+
+log = get_logger("scheduler")
+
+SCHEDULER_ACTOR = "scheduler"
+WORKER_ACTOR = "worker"
+DRAINING_ERROR = "worker draining"
+
+
+def monotonic_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
+class SchedulerActor(Actor):
+    def __init__(self, tick_s: float = 0.1, health: HealthCheckConfig | None = None,
+                 claim_grace_ms: int = 3000) -> None:
+        super().__init__()
+        self.tick_s = tick_s
+        self.health = health or HealthCheckConfig()
+        self.claim_grace_ms = claim_grace_ms
+        self.is_leader = False
+        self.queue = PriorityTaskQueue()
+        self.registry = WorkerRegistry(self.health)
+        self._dispatching: dict[str, tuple[str, list[int]]] = {}  # key -> (worker, gpus), proposed
+        self._unclaimed: dict[str, int] = {}  # running task key -> deadline_ms (after a leader change)
+        self._timer_id: int | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def on_start(self) -> None:
+        me = self.node.lookup(self.address)
+        self.raft_actor = self.node.actor(RAFT_ACTOR)
+        self.raft = self.node.lookup((self.node.node_id, RAFT_ACTOR))
+        self.raft.tell(Watch("wf.", me))
+        self._timer_id = self.node.every(self.tick_s, me, "scheduler")
+
+    def on_stop(self) -> None:
+        if self._timer_id is not None:
+            self.node.cancel_timer(self._timer_id)
+
+    @property
+    def workflows(self):
+        return self.raft_actor.state.workflows
+
+    def _redirect(self) -> Redirect:
+        leader = self.raft_actor.core.leader_id
+        return Redirect(leader, self.raft_actor._endpoint_of(leader) if leader else None)
+
+    # ------------------------------------------------------------------ messages
+
+    def receive(self, message: Any) -> Any:
+        kind = type(message)
+        if kind is Applied:
+            if self.is_leader:
+                self._on_applied(message.items)
+            return None
+        if kind is Tick:
+            if self.is_leader:
+                self._on_tick()
+            return None
+        if kind is LeadershipChanged:
+            self._on_leadership(message.is_leader)
+            return None
+        if kind in (WorkerHello, WorkerHeartbeat, TasksFinished, SubmitWorkflowRequest,
+                    CancelWorkflowRequest, WorkersRequest) and not self.is_leader:
+            return self._redirect()
+        if kind is WorkerHeartbeat:
+            return self._on_heartbeat(message)
+        if kind is TasksFinished:
+            return self._on_reports(message)
+        if kind is WorkerHello:
+            self.registry.register(message.info, monotonic_ms())
+            self._dispatch()
+            return WorkerWelcome(message.info.worker_id, self.health.heartbeat_interval_ms)
+        if kind is WorkerGoodbye:
+            if self.is_leader:
+                self._worker_lost(message.worker_id, "worker said goodbye", unregister=True)
+            return None
+        if kind is SubmitWorkflowRequest:
+            return self._submit(message)
+        if kind is CancelWorkflowRequest:
+            body = CancelWorkflow(message.workflow_id, monotonic_ms())
+            return self._propose_for_client(ClientCommand(message.client_id, message.seq, body))
+        if kind is WorkflowStatusRequest:
+            return self.workflow_status(message.workflow_id)
+        if kind is WorkersRequest:
+            return self.workers_table()
+        return ErrorRecord("unknown_message", kind.__name__)
+
+    # ------------------------------------------------------------------ leadership
+
+    def _on_leadership(self, is_leader: bool) -> None:
+        self.is_leader = is_leader
+        self.queue = PriorityTaskQueue()
+        self.registry = WorkerRegistry(self.health)
+        self._dispatching.clear()
+        self._unclaimed.clear()
+        if not is_leader:
+            return
+        now_ms = monotonic_ms()
+        for graph in self.workflows.graphs.values():
+            for task_id in graph.get_ready_tasks():
+                self._enqueue(graph, task_id, now_ms)
+            for task_id, run in graph.runs.items():
+                if run.state is TaskState.RUNNING:
+                    self._unclaimed[task_key(graph.workflow_id, task_id)] = now_ms + self.claim_grace_ms
+        log.info("Scheduler on %s leads: %d ready tasks queued, %d running tasks to be claimed",
+                 self.node.node_id, len(self.queue), len(self._unclaimed))
+
+    # ------------------------------------------------------------------ applied commands
+
+    def _on_applied(self, items: list[tuple[int, Any, Any]]) -> None:
+        assignments: dict[str, list[TaskAssignment]] = {}
+        cancels: dict[str, list[list]] = {}
+        now_ms = monotonic_ms()
+        for _, command, result in items:
+            if not isinstance(result, dict):
+                continue
+            if isinstance(command, DispatchTask):
+                self._on_dispatch_applied(command, result, assignments)
+            elif isinstance(command, (FinishTask, RequeueTask)):
+                self.registry.release(self._worker_of_attempt(command) or "", task_key(command.workflow_id, command.task_id))
+            for key in result.get("released", ()):
+                self.queue.remove(key)
+                self._release_running(key, cancels)
+            for key in result.get("ready", ()):
+                workflow_id, task_id = split_task_key(key)
+                graph = self.workflows.get(workflow_id)
+                if graph is not None:
+                    self._enqueue(graph, task_id, now_ms)
+            for workflow_id in result.get("finished", ()):
+                graph = self.workflows.get(workflow_id)
+                if graph is not None:
+                    log.info("Workflow %s %s", workflow_id, graph.state.value)
+        for worker_id, tasks in assignments.items():
+            self._tell_worker(worker_id, AssignTasks(worker_id, tasks))
+        for worker_id, keys in cancels.items():
+            self._tell_worker(worker_id, CancelTasks(worker_id, keys))
+        self._dispatch()
+
+    def _worker_of_attempt(self, command: Any) -> str | None:
+        """The worker that ran the attempt a FinishTask/RequeueTask closed (reservations are by key)."""
+        for worker_id, entry in self.registry.workers.items():
+            if task_key(command.workflow_id, command.task_id) in entry.reservations:
+                return worker_id
+        return None
+
+    def _on_dispatch_applied(self, command: DispatchTask, result: dict,
+                             assignments: dict[str, list[TaskAssignment]]) -> None:
+        key = task_key(command.workflow_id, command.task_id)
+        placed = self._dispatching.pop(key, None)
+        if not result.get("ok"):
+            self.registry.release(command.worker_id, key)
+            return
+        graph = self.workflows.get(command.workflow_id)
+        if graph is None:
+            return
+        task = graph.tasks[command.task_id]
+        env = {}
+        if placed and placed[1]:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in placed[1])
+        log.debug("Task %s dispatched to %s", command.task_id, command.worker_id)
+        assignments.setdefault(command.worker_id, []).append(TaskAssignment(
+            command.workflow_id, command.task_id, command.attempt, task.command, task.call, list(task.args),
+            dict(task.kwargs), task.agent, task.timeout_s, env, graph.dependency_results(command.task_id)))
+
+    def _release_running(self, key: str, cancels: dict[str, list[list]]) -> None:
+        """A task left ready/running without finishing (cancelled, skipped): free its worker."""
+        for worker_id, entry in self.registry.workers.items():
+            if key in entry.reservations:
+                workflow_id, task_id = split_task_key(key)
+                graph = self.workflows.get(workflow_id)
+                attempt = graph.runs[task_id].attempts if graph else 0
+                cancels.setdefault(worker_id, []).append([workflow_id, task_id, attempt])
+                self.registry.release(worker_id, key)
+                return
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _enqueue(self, graph, task_id: str, now_ms: int) -> None:
+        task = graph.tasks[task_id]
+        self.queue.enqueue(task_key(graph.workflow_id, task_id), task.priority, now_ms,
+                           retries=graph.runs[task_id].failures)
+
+    def _dispatch(self) -> None:
+        """Place queued tasks on workers with free capacity, highest score first."""
+        if not self.queue:
+            return
+        free = sum(entry.free_slots for entry in self.registry.workers.values()
+                   if entry.status in (WorkerStatus.ACTIVE, WorkerStatus.BUSY))
+        if free <= 0:
+            return
+        now_ms = monotonic_ms()
+        placed: list[tuple[str, str, list[int]]] = []
+
+        def place(key: str) -> bool:
+            workflow_id, task_id = split_task_key(key)
+            graph = self.workflows.get(workflow_id)
+            if graph is None or graph.runs[task_id].state is not TaskState.READY:
+                return True  # stale entry: take it out of the queue
+            requirements = graph.tasks[task_id].requirements
+            worker_id = self.registry.select(requirements)
+            if worker_id is None:
+                return False
+            try:
+                gpus = self.registry.reserve(worker_id, key, requirements)
+            except PlacementError:
+                return False
+            placed.append((key, worker_id, gpus))
+            return True
+
+        self.queue.dequeue_batch(free, now_ms, place, max_scanned=max(64, free * 4))
+        for key, worker_id, gpus in placed:
+            workflow_id, task_id = split_task_key(key)
+            attempt = self.workflows.get(workflow_id).runs[task_id].attempts + 1
+            self._dispatching[key] = (worker_id, gpus)
+            self.raft.tell(Propose(DispatchTask(workflow_id, task_id, attempt, worker_id, now_ms)))
+
+    def _tell_worker(self, worker_id: str, message: Any) -> None:
+        entry = self.registry.get_worker(worker_id)
+        if entry is None or not entry.info.address:
+            self.node.count("scheduler_unknown_worker")
+            return
+        self.node.ref(entry.info.address, WORKER_ACTOR, worker_id).tell(message)
+
+    # ------------------------------------------------------------------ workers
+
+    def _on_heartbeat(self, heartbeat: WorkerHeartbeat) -> HeartbeatAck:
+        now_ms = monotonic_ms()
+        if not self.registry.update_heartbeat(heartbeat.worker_id, now_ms, heartbeat.load):
+            return HeartbeatAck(False, [])
+        if heartbeat.draining:
+            self.registry.set_worker_status(heartbeat.worker_id, WorkerStatus.DRAINING)
+        cancel = []
+        for item in heartbeat.running:
+            try:
+                workflow_id, task_id, attempt = item
+            except (TypeError, ValueError):
+                continue
+            graph = self.workflows.get(workflow_id)
+            run = graph.runs.get(task_id) if graph is not None else None
+            key = task_key(workflow_id, task_id)
+            if (run is not None and run.state is TaskState.RUNNING and run.attempts == attempt
+                    and run.worker_id == heartbeat.worker_id):
+                self._unclaimed.pop(key, None)
+                if graph is not None:
+                    try:
+                        self.registry.reserve(heartbeat.worker_id, key, graph.tasks[task_id].requirements)
+                    except PlacementError:
+                        pass  # its resources changed; the task keeps running anyway
+            elif key not in self._dispatching:
+                cancel.append([workflow_id, task_id, attempt])
+        self._dispatch()
+        return HeartbeatAck(True, cancel)
+
+    def _on_reports(self, reports: TasksFinished) -> Any:
+        now_ms = monotonic_ms()
+        commands = []
+        for report in reports.reports:
+            if report.error == DRAINING_ERROR:
+                commands.append(RequeueTask(report.workflow_id, report.task_id, report.attempt, DRAINING_ERROR, now_ms))
+            else:
+                commands.append(FinishTask(report.workflow_id, report.task_id, report.attempt, report.ok, now_ms,
+                                           report.exit_code, report.result, report.error,
+                                           report.stdout_tail, report.stderr_tail))
+        if not commands:
+            return ReportsAccepted(0)
+        answer = self.defer()
+        remaining = [len(commands)]
+        errors: list[str] = []
+
+        def one_done(future) -> None:
+            try:
+                future.get(0)
+            except Exception as exc:
+                errors.append(str(exc))
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                if errors:
+                    answer.fail("not_committed", errors[0])
+                else:
+                    answer.resolve(ReportsAccepted(len(commands)))
+
+        for command in commands:
+            self.raft.ask(Propose(command), timeout_s=10).add_done_callback(one_done)
+        return answer
+
+    def _on_tick(self) -> None:
+        now_ms = monotonic_ms()
+        for worker_id in self.registry.check_health(now_ms):
+            self._worker_lost(worker_id, "worker missed its heartbeats")
+        if self._unclaimed:
+            expired = [key for key, deadline_ms in self._unclaimed.items() if deadline_ms <= now_ms]
+            for key in expired:
+                del self._unclaimed[key]
+                self._requeue(key, "nobody claimed it after a leader change", now_ms)
+        self._dispatch()
+
+    def _worker_lost(self, worker_id: str, reason: str, unregister: bool = False) -> None:
+        now_ms = monotonic_ms()
+        for graph in self.workflows.graphs.values():
+            for task_id, run in graph.runs.items():
+                if run.state is TaskState.RUNNING and run.worker_id == worker_id:
+                    self._requeue(task_key(graph.workflow_id, task_id), reason, now_ms)
+        if unregister:
+            self.registry.unregister(worker_id)
+
+    def _requeue(self, key: str, reason: str, now_ms: int) -> None:
+        workflow_id, task_id = split_task_key(key)
+        graph = self.workflows.get(workflow_id)
+        if graph is None or graph.runs[task_id].state is not TaskState.RUNNING:
+            return
+        log.info("Task %s goes back to the queue: %s", task_id, reason)
+        self.raft.tell(Propose(RequeueTask(workflow_id, task_id, graph.runs[task_id].attempts, reason, now_ms)))
+
+    # ------------------------------------------------------------------ clients
+
+    def _submit(self, request: SubmitWorkflowRequest) -> Any:
+        workflow = request.workflow
+        if not isinstance(workflow, Workflow):
+            return ErrorRecord("invalid_workflow", "the request carries no workflow")
+        try:
+            check_structure(workflow)
+        except WorkflowError as exc:
+            return ErrorRecord("invalid_workflow", str(exc))
+        if self.registry.workers:
+            for task in workflow.tasks:
+                if task.is_noop:
+                    continue
+                reason = self.registry.could_ever_fit(task.requirements)
+                if reason:
+                    return ErrorRecord("unplaceable", f"task {task.task_id!r} can never run here: {reason}")
+        body = SubmitWorkflow(workflow, monotonic_ms())
+        return self._propose_for_client(ClientCommand(request.client_id, request.seq, body))
+
+    def _propose_for_client(self, command: ClientCommand) -> Any:
+        answer = self.defer()
+
+        def done(future) -> None:
+            try:
+                answer.resolve(future.get(0))
+            except Exception as exc:
+                answer.fail(getattr(exc, "kind", "not_committed"), str(exc))
+
+        self.raft.ask(Propose(command), timeout_s=10).add_done_callback(done)
+        return answer
+
+    def workflow_status(self, workflow_id: str | None) -> Any:
+        if workflow_id is None:
+            return [{"workflow_id": graph.workflow_id, "name": graph.workflow.name, "state": graph.state.value,
+                     "progress": graph.progress()} for graph in self.workflows.graphs.values()]
+        graph = self.workflows.get(workflow_id)
+        if graph is None:
+            return ErrorRecord("unknown_workflow", f"no workflow {workflow_id!r}")
+        return {
+            "workflow_id": workflow_id,
+            "name": graph.workflow.name,
+            "state": graph.state.value,
+            "progress": graph.progress(),
+            "tasks": {task_id: {"state": run.state.value, "attempts": run.attempts, "worker": run.worker_id or None,
+                                "exit_code": run.exit_code, "error": run.error or None,
+                                "result": run.result}
+                      for task_id, run in graph.runs.items()},
+        }
+
+    def workers_table(self) -> list[dict]:
+        rows = []
+        for worker_id, entry in self.registry.workers.items():
+            resources = entry.info.resources
+            rows.append({
+                "worker_id": worker_id,
+                "status": entry.status.value,
+                "group": entry.info.group,
+                "resources": {"cpu_cores": resources.cpu_cores, "memory_mb": resources.memory_mb,
+                              "memory_available_mb": resources.memory_available_mb,
+                              "gpu_count": resources.gpu_count, "free_gpus": list(entry.free_gpus)},
+                "running": entry.running,
+                "max_concurrent_tasks": entry.info.max_concurrent_tasks,
+                "capabilities": list(entry.info.capabilities),
+                "address": entry.info.address,
+                "load": dict(entry.load),
+            })
+        return rows
