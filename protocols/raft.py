@@ -682,7 +682,7 @@ class RaftCore:
             or self._snapshot_to_persist is not None
             or self._commit > self._applied
             or self._read_states
-            or self._hard_state() != self._persisted_hard_state
+            or self._hard_state_changed()
         )
 
     def ready(self) -> Ready:
@@ -722,6 +722,11 @@ class RaftCore:
 
     def _hard_state(self) -> HardState:
         return HardState(self._term, self._vote, self._commit)
+
+    def _hard_state_changed(self) -> bool:
+        persisted = self._persisted_hard_state
+        return (persisted.term != self._term or persisted.vote != self._vote
+                or persisted.commit != self._commit)
 
     # ------------------------------------------------------------------ messages from peers
 

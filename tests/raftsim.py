@@ -136,20 +136,22 @@ class SimNode:
 
 class Cluster:
     def __init__(self, seed: int, node_count: int = 3, faults: Faults | None = None,
-                 config: RaftConfig | None = None) -> None:
+                 config: RaftConfig | None = None, spare_count: int = 0) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.faults = faults or Faults()
         self.config = config or sim_config()
         self.founders = [f"n{i}" for i in range(1, node_count + 1)]
+        # Spares start with an empty log and no configuration, as a server that joins later.
+        spares = [f"n{i}" for i in range(node_count + 1, node_count + spare_count + 1)]
         self.nodes: dict[str, SimNode] = {}
-        for node_id in self.founders:
+        for node_id in self.founders + spares:
             self.nodes[node_id] = SimNode(node_id, None)
             self._start(node_id)
         self.now = 0
         self.network: list[tuple[int, float, int, Any]] = []
         self.sent_count = 0
-        self.group: dict[str, int] = {n: 0 for n in self.founders}
+        self.group: dict[str, int] = {n: 0 for n in self.nodes}
         self.trace: deque[str] = deque(maxlen=60)
         self.proposed = 0
         self.reads_started: dict[bytes, int] = {}
@@ -169,7 +171,8 @@ class Cluster:
         node = self.nodes[node_id]
         disk = node.disk
         rng = random.Random(self.rng.getrandbits(64))
-        node.core = RaftCore(node_id, self.founders, self.config, rng, hard_state=disk.hard_state,
+        voters = self.founders if node_id in self.founders else []
+        node.core = RaftCore(node_id, voters, self.config, rng, hard_state=disk.hard_state,
                              entries=list(disk.entries), snapshot=disk.snapshot)
         node.machine = StateMachine()
         if disk.snapshot is not None:
@@ -466,6 +469,7 @@ class Scenario:
     steps: int
     faults: Faults
     config: RaftConfig | None = None  # None: sim_config()
+    spare_count: int = 0  # servers that start empty, outside the cluster, and may be added
 
 
 SCENARIOS = {
@@ -473,6 +477,7 @@ SCENARIOS = {
     "five": Scenario(5, 400, Faults()),
     "five_membership": Scenario(5, 400, Faults(membership=0.03)),
     "three_membership": Scenario(3, 400, Faults(membership=0.03)),
+    "three_join": Scenario(3, 400, Faults(membership=0.04), spare_count=2),
     # Lossy and partition-heavy: elections all the time.
     "three_harsh": Scenario(3, 400, Faults(drop=0.25, duplicate=0.1, delay_max_ticks=8,
                                            crash=0.02, partition=0.05, heal=0.05)),
@@ -487,7 +492,7 @@ def run_seed(seed: int, scenario: str = "three", steps: int | None = None) -> Cl
     """Run one seed of a scenario; a SafetyViolation names the command that replays it."""
     spec = SCENARIOS[scenario]
     steps = spec.steps if steps is None else steps
-    cluster = Cluster(seed, spec.node_count, spec.faults, spec.config)
+    cluster = Cluster(seed, spec.node_count, spec.faults, spec.config, spec.spare_count)
     cluster.replay = f".venv/bin/python -m tests.raftsim --scenario {scenario} --seed {seed} --steps {steps}"
     cluster.run(steps)
     return cluster

@@ -18,6 +18,7 @@ CI_SLICE = {
     "three": 120,
     "five": 80,
     "three_membership": 60,
+    "three_join": 60,
     "five_membership": 60,
     "three_harsh": 80,
     "three_plain": 60,
