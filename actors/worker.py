@@ -19,7 +19,9 @@ Rules of this module:
   arrival order. An attempt already held (waiting, running or reported) is not taken twice.
 * Draining (first SIGTERM or SIGINT): no new work; waiting and newly assigned attempts are
   reported as not run (``ERROR_DRAINING``); running ones finish and are reported; then a
-  ``WorkerGoodbye`` and exit 0. A second signal kills the running tasks and exits 1.
+  ``WorkerGoodbye`` and exit 0 (exit 1 if some reports were still unaccepted after
+  ``report_grace_s``). A second signal kills the running tasks and exits 1. The goodbye is a
+  tell, so it is best effort: a master that misses it sees the heartbeats stop.
 * Nothing is logged per task at info level.
 """
 
@@ -29,6 +31,7 @@ import argparse
 import collections
 import platform
 import signal
+import socket
 import sys
 import threading
 import time
@@ -411,6 +414,13 @@ def default_worker_id() -> str:
     return f"worker-{uuid.uuid4().hex[:8]}"
 
 
+def advertised_endpoint(endpoint: str, host: str) -> str:
+    """The endpoint masters should use: a wildcard bind is advertised under this host's name."""
+    if host in ("0.0.0.0", "*"):
+        return endpoint.replace(f"//{host}:", f"//{socket.getfqdn()}:", 1)
+    return endpoint
+
+
 def run_worker(
     master_urls: list[str] | str,
     *,
@@ -450,7 +460,7 @@ def run_worker(
         capabilities=list(capabilities),
         max_concurrent_tasks=max_concurrent_tasks or max(1, int(resources.cpu_cores)),
         resources=resources,
-        address=node.endpoint,
+        address=advertised_endpoint(node.endpoint, host),
     )
     wake = threading.Event()
     outcome: dict[str, Any] = {"signals": 0, "drained": False, "clean": False}

@@ -319,3 +319,24 @@ def test_sigterm_drains_running_tasks_then_exits_0(cluster):
     assert (done.ok, done.stdout_tail) == (True, "done\n")
     assert worker.proc.wait(10) == 0, worker.output()
     wait_for(lambda: scheduler.goodbyes == ["w1"], 5.0, what="the goodbye")
+
+
+def test_resources_are_detected_and_flags_override_them(tmp_path, monkeypatch):
+    from actors.worker import advertised_endpoint
+    from runtime.resources import detect_gpus, detect_resources, parse_nvidia_smi
+
+    assert parse_nvidia_smi("0, 16384 MiB\n1, 8192 MiB\ngarbage\n") == [(0, 16384), (1, 8192)]
+    fake = tmp_path / "nvidia-smi"  # a stand-in for the real tool, found on the PATH
+    fake.write_text("#!/bin/sh\nprintf '0, 16384 MiB\\n1, 8192 MiB\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert detect_gpus() == [(0, 16384), (1, 8192)]
+    detected = detect_resources()
+    assert detected.gpu_count == 2 and detected.custom == {"gpu_memory_mb": [16384, 8192]}
+    assert detected.cpu_cores >= 1 and detected.memory_mb > 0
+    assert 0 < detected.memory_available_mb <= detected.memory_mb
+    flagged = detect_resources(cpu_cores=0.5, memory_mb=300, gpu_count=0)
+    assert (flagged.cpu_cores, flagged.memory_mb, flagged.gpu_count) == (0.5, 300, 0)
+    assert flagged.memory_available_mb <= 300
+    assert advertised_endpoint("tcp://127.0.0.1:5", "127.0.0.1") == "tcp://127.0.0.1:5"
+    assert advertised_endpoint("tcp://0.0.0.0:5", "0.0.0.0") == f"tcp://{socket.getfqdn()}:5"
