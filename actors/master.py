@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Any
 
+from actors.lock import LOCK_ACTOR, LockActor
 from actors.raft import RAFT_ACTOR, RaftActor
 from actors.scheduler import SCHEDULER_ACTOR, SchedulerActor
 from protocols.control import Join, StatusQuery, TransferLeadership
@@ -52,6 +53,7 @@ class Master:
         self.http_port = port + 10 if http_port is None else http_port
         self.raft = self.node.spawn(RaftActor, self.storage_path, raft_config, tick_s, mode == "leader",
                                     self.http_port, name=RAFT_ACTOR, pinned=True)
+        self.locks = self.node.spawn(LockActor, name=LOCK_ACTOR, pinned=True)  # watches "lock." applies
         self.scheduler = self.node.spawn(SchedulerActor, tick_s=tick_s, name=SCHEDULER_ACTOR, pinned=True)
         self.http = HttpServer(host, self.http_port, self.stats).start() if self.http_port else None
         log.info("Master %s serves on %s (http %s, data %s)", self.node_id, self.node.endpoint,

@@ -500,3 +500,32 @@ class LockTable:
                 [_Waiter(owner, w_ttl_ms, dict(w_metadata)) for owner, w_ttl_ms, w_metadata in waiters],
             )
         return table
+
+
+# --------------------------------------------------------------------------- requests to the LockActor
+# Never committed: a client asks the LockActor on the leader, which proposes the command inside.
+# Their tags start with "lockapi." so they never match the "lock." prefix of committed commands.
+
+
+@record("lockapi.call")
+class LockCall:
+    """A client's lock command for the leader's LockActor.
+
+    ``command`` is a ``ClientCommand`` (its session makes a retry apply once) or a bare command;
+    its body must be an ``Acquire``, ``Release``, ``Renew`` or ``CancelWait``. The leader stamps
+    ``now_ms`` from its own clock and proposes it. With ``Acquire(wait=True)`` and ``wait_ms`` > 0,
+    a queued owner's answer is held up to ``wait_ms`` for its grant: ``LockGranted`` when it came,
+    else the ``LockQueued`` (still in line: ask again, or ``CancelWait`` to give up)."""
+
+    command: Any
+    wait_ms: int = 0
+
+
+@record("lockapi.show")
+class LockShow:
+    """A linearizable read of one lock (``LockInfo`` or None), or of every live lock (key None)."""
+
+    key: str | None
+
+
+CLIENT_LOCK_COMMANDS = (Acquire, Release, Renew, CancelWait)

@@ -1,0 +1,325 @@
+"""LockActor: serves the replicated lock table (protocols/locks.py) to clients, on every master.
+
+Role: on the leader it turns clients' ``LockCall`` asks into Raft proposals (stamped with the
+leader's clock), answers them from the apply results, holds a queued waiter's answer until
+``Applied`` shows its grant, expires leases by proposing ``ExpireLocks`` on ticks, and answers
+``LockShow`` reads after a read index. On a follower it answers ``Redirect``.
+
+Rules:
+
+* Spawned pinned (the transport thread, like the RaftActor): no thread hand-off between the two,
+  and it never blocks. Proposals made while handling one wake-up of the transport go to the
+  RaftActor as one batch, so they share one SQLite commit (DESIGN §5, rule 7).
+* Clients' commands arrive wrapped in ``ClientCommand`` and are proposed as they are (only
+  ``now_ms`` is stamped), so a retried command is applied once. Clients may not propose
+  ``ExpireLocks`` or ``ExtendAllLeases``: only the leader's clock ends leases.
+* Time: ``now_ms`` is this process's monotonic clock plus an offset that only grows, kept at or
+  above every ``now_ms`` applied so far, so the leader never stamps a time behind the table's
+  ``clock_ms`` (a new leader's monotonic clock is not the old one's).
+* A new leader proposes ``ExtendAllLeases`` before anything else of its term (log order makes
+  every later command, client or expiry, apply after it) and proposes no ``ExpireLocks`` until
+  it is applied (DESIGN §5, rule 2).
+* A waiter is queued in the replicated table; its answer is soft state of the leader. A client
+  re-asks within ``abandon_ms`` while it waits; a queued owner that stops asking is taken out of
+  the queue with ``CancelWait`` so that a dead client is never granted the lock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+from actors.raft import RAFT_ACTOR, Applied, LeadershipChanged, Watch
+from protocols.control import ClientCommand, ControlState, Propose, Read, StatusQuery
+from protocols.locks import (
+    CLIENT_LOCK_COMMANDS,
+    Acquire,
+    CancelWait,
+    ExpireLocks,
+    ExtendAllLeases,
+    LockCall,
+    LockGranted,
+    LockOutcome,
+    LockQueued,
+    LockShow,
+)
+from protocols.wire import ASK, ErrorRecord, Redirect, Tick
+from runtime.actor import Actor, Deferred, InboundMessage
+from runtime.future import Future, RemoteError
+from runtime.log import get_logger
+
+log = get_logger("lock")
+
+LOCK_ACTOR = "lock"
+LOCK_WATCH_PREFIX = "lock."
+# A proposal is answered when applied or failed when leadership is lost; this bounds the rest.
+PROPOSE_TIMEOUT_S = 30.0
+ABANDON_SWEEP_EVERY_MS = 1000
+
+
+def monotonic_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
+class LockActor(Actor):
+    def __init__(self, tick_s: float = 0.1, abandon_ms: int = 3000) -> None:
+        super().__init__()
+        self.tick_s = tick_s
+        self.abandon_ms = abandon_ms
+        self._clock_offset_ms = 0
+        self._is_leader = False
+        self._state: ControlState | None = None
+        self._term = 0
+        self._extended_term: int | None = None  # the term whose ExtendAllLeases has applied
+        self._expire_in_flight = False
+        # (key, owner) -> [(deadline_ms, answer, queued reply)]: held answers of waiters
+        self._held: dict[tuple[str, str], list[tuple[int, Deferred, LockQueued]]] = {}
+        self._waiter_seen_ms: dict[tuple[str, str], int] = {}
+        self._last_sweep_ms = 0
+        self._outgoing: list[InboundMessage] = []
+        self._flush_scheduled = False
+        self._raft_target: Any = None
+        self._timer_id: int | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def on_start(self) -> None:
+        me = self.node.lookup(self.address)
+        self._raft_target = self.node.targets[RAFT_ACTOR]
+        self.node.lookup((self.node.node_id, RAFT_ACTOR)).tell(Watch(LOCK_WATCH_PREFIX, me))
+        self._timer_id = self.node.every(self.tick_s, me, "lock")
+
+    def on_stop(self) -> None:
+        if self._timer_id is not None:
+            self.node.cancel_timer(self._timer_id)
+
+    def now_ms(self) -> int:
+        return monotonic_ms() + self._clock_offset_ms
+
+    def _clock_at_least(self, replicated_ms: Any) -> None:
+        if isinstance(replicated_ms, int) and not isinstance(replicated_ms, bool):
+            behind_ms = replicated_ms - self.now_ms()
+            if behind_ms > 0:
+                self._clock_offset_ms += behind_ms
+
+    # ------------------------------------------------------------------ messages
+
+    def receive(self, message: Any) -> Any:
+        kind = type(message)
+        if kind is LockCall:
+            return self._call(message)
+        if kind is LockShow:
+            return self._show(message)
+        if kind is Applied:
+            self._applied(message)
+            return None
+        if kind is LeadershipChanged:
+            self._leadership_changed(message)
+            return None
+        if kind is Tick:
+            self._tick()
+            return None
+        return ErrorRecord("unknown_message", kind.__name__)
+
+    def _call(self, call: LockCall) -> Any:
+        envelope = call.command
+        body = envelope.body if isinstance(envelope, ClientCommand) else envelope
+        if type(body) not in CLIENT_LOCK_COMMANDS:
+            return ErrorRecord("bad_request", f"a LockCall carries Acquire, Release, Renew or CancelWait, "
+                                              f"not {type(body).__name__}")
+        if not isinstance(call.wait_ms, int) or call.wait_ms < 0:
+            return ErrorRecord("bad_request", "wait_ms must be a non-negative integer")
+        if not self._is_leader:
+            return self._redirect()
+        if hasattr(body, "now_ms"):
+            body = dataclasses.replace(body, now_ms=self.now_ms())
+            envelope = dataclasses.replace(envelope, body=body) if isinstance(envelope, ClientCommand) else body
+        wait_ms = call.wait_ms if isinstance(body, Acquire) and body.wait else 0
+        if wait_ms:
+            self._waiter_seen_ms[(body.key, body.owner)] = self.now_ms()
+        answer = self.defer()
+        self._propose(envelope, lambda future: self._answer_call(future, answer, wait_ms))
+        return answer
+
+    def _answer_call(self, future: Future, answer: Deferred, wait_ms: int) -> None:
+        try:
+            result = future.get()
+        except RemoteError as exc:
+            answer.fail(exc.kind, exc.message)
+            return
+        except TimeoutError:
+            answer.fail("not_committed", "the proposal did not commit in time; retry")
+            return
+        if isinstance(result, Redirect):
+            answer.resolve(result)
+            return
+        reply = result.reply if isinstance(result, LockOutcome) else result
+        if isinstance(reply, ErrorRecord):
+            answer.fail(reply.kind, reply.message)
+        elif isinstance(reply, LockQueued) and wait_ms and self._is_leader:
+            # Applying entries in order means the grant, a later entry, has not been seen yet.
+            self._held.setdefault((reply.key, reply.owner), []).append((self.now_ms() + wait_ms, answer, reply))
+        else:
+            answer.resolve(reply)
+
+    def _show(self, show: LockShow) -> Any:
+        if not self._is_leader:
+            return self._redirect()
+        answer = self.defer()
+        key = show.key
+
+        def answer_read(future: Future) -> None:
+            try:
+                result = future.get()
+            except (RemoteError, TimeoutError) as exc:
+                answer.fail("not_committed", f"the read index was not confirmed: {exc}; retry")
+                return
+            if isinstance(result, Redirect) or self._state is None:
+                answer.resolve(result if isinstance(result, Redirect) else Redirect(None, None))
+                return
+            # The read index is applied: the table is at least as new as any acknowledged write.
+            now_ms = self.now_ms()
+            locks = self._state.locks
+            answer.resolve(locks.check_lock(key, now_ms) if key is not None else locks.list_locks(now_ms))
+
+        self._send_to_raft(Read("members", {}), answer_read)
+        return answer
+
+    def _redirect(self) -> Deferred:
+        """Name the leader from the RaftActor's view (None while an election is under way)."""
+        answer = self.defer()
+
+        def answer_status(future: Future) -> None:
+            try:
+                status = future.get()
+            except (RemoteError, TimeoutError):
+                answer.resolve(Redirect(None, None))
+                return
+            leader = status.get("leader")
+            if status.get("role") == "leader" or leader is None:
+                # Leading but not yet told so (or no leader): the client pauses and asks again.
+                answer.resolve(Redirect(None, None))
+            else:
+                answer.resolve(Redirect(leader, status.get("members", {}).get(leader)))
+
+        self._send_to_raft(StatusQuery(), answer_status)
+        return answer
+
+    # ------------------------------------------------------------------ proposals to the RaftActor
+
+    def _propose(self, body: Any, on_done: Callable[[Future], None]) -> None:
+        self._send_to_raft(Propose(body), on_done)
+
+    def _send_to_raft(self, message: Any, on_done: Callable[[Future], None]) -> None:
+        future = Future(time.monotonic() + PROPOSE_TIMEOUT_S)
+        future.add_done_callback(on_done)
+        self._outgoing.append(InboundMessage(ASK, self.address, 0, message, future=future))
+        if not self._flush_scheduled:
+            # Runs after the transport has handed out everything it drained in this wake-up.
+            self._flush_scheduled = True
+            self.node.transport.call(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._outgoing = self._outgoing, []
+        if batch:
+            self._raft_target.deliver(batch)  # one batch: one Ready, one SQLite transaction
+
+    # ------------------------------------------------------------------ replicated events
+
+    def _applied(self, applied: Applied) -> None:
+        for _, command, result in applied.items:
+            self._clock_at_least(getattr(command, "now_ms", None))
+            if not isinstance(result, LockOutcome):
+                continue
+            for grant in result.grants:
+                self._granted(grant)
+            if isinstance(result.reply, LockGranted):
+                self._granted(result.reply)
+
+    def _granted(self, grant: LockGranted) -> None:
+        where = (grant.key, grant.owner)
+        self._waiter_seen_ms.pop(where, None)
+        for _, answer, _ in self._held.pop(where, ()):
+            answer.resolve(grant)
+
+    def _leadership_changed(self, change: LeadershipChanged) -> None:
+        self._is_leader = change.is_leader
+        self._term = change.term
+        self._state = change.state
+        self._expire_in_flight = False
+        self._waiter_seen_ms.clear()
+        if change.is_leader:
+            self._clock_at_least(change.state.locks.clock_ms)
+            term = change.term
+
+            def extended(future: Future) -> None:
+                try:
+                    future.get()
+                except (RemoteError, TimeoutError):
+                    return  # leadership lost before it committed: nothing to expire here
+                if self._term == term and self._is_leader:
+                    self._extended_term = term
+
+            self._propose(ExtendAllLeases(self.now_ms()), extended)
+            log.debug("Node %s leads locks in term %d; leases extended first", self.node.node_id, term)
+        else:
+            # Held answers say "still queued"; the client asks again and finds the new leader.
+            held, self._held = self._held, {}
+            for answers in held.values():
+                for _, answer, queued in answers:
+                    answer.resolve(queued)
+
+    # ------------------------------------------------------------------ ticks
+
+    def _tick(self) -> None:
+        if not self._is_leader or self._state is None:
+            return
+        now_ms = self.now_ms()
+        self._release_due_held_answers(now_ms)
+        if self._extended_term != self._term:
+            return
+        locks = self._state.locks
+        if not self._expire_in_flight:
+            next_expiry_ms = locks.next_expiry_ms()
+            if next_expiry_ms is not None and next_expiry_ms <= now_ms:
+                self._expire_in_flight = True
+                self._propose(ExpireLocks(now_ms), self._expire_done)
+        if now_ms - self._last_sweep_ms >= ABANDON_SWEEP_EVERY_MS:
+            self._last_sweep_ms = now_ms
+            self._cancel_abandoned_waiters(now_ms)
+
+    def _expire_done(self, future: Future) -> None:
+        self._expire_in_flight = False
+
+    def _release_due_held_answers(self, now_ms: int) -> None:
+        for where in [w for w, answers in self._held.items() if any(d <= now_ms for d, _, _ in answers)]:
+            keep = []
+            for deadline_ms, answer, queued in self._held[where]:
+                if deadline_ms <= now_ms:
+                    answer.resolve(queued)
+                else:
+                    keep.append((deadline_ms, answer, queued))
+            if keep:
+                self._held[where] = keep
+            else:
+                del self._held[where]
+
+    def _cancel_abandoned_waiters(self, now_ms: int) -> None:
+        """Queued owners that stopped asking (a dead client) leave the queue before their turn."""
+        queued = set()
+        # list_locks(0) lists every lease, live or due: waiters of either can be abandoned.
+        for info in self._state.locks.list_locks(0):
+            for owner in info.waiters:
+                where = (info.key, owner)
+                queued.add(where)
+                if where in self._held:
+                    self._waiter_seen_ms[where] = now_ms
+                seen_ms = self._waiter_seen_ms.setdefault(where, now_ms)
+                if now_ms - seen_ms > self.abandon_ms:
+                    log.info("Waiter %s for lock '%s' stopped asking; it leaves the queue", owner, info.key)
+                    self._waiter_seen_ms[where] = now_ms
+                    self._propose(CancelWait(info.key, owner), lambda future: None)
+        for where in [w for w in self._waiter_seen_ms if w not in queued]:
+            del self._waiter_seen_ms[where]

@@ -1,0 +1,253 @@
+"""Distributed locks from Python: the seed's ``DistributedLock`` and ``AutoRenewLock``, made safe.
+
+    client = Client("127.0.0.1:6767,127.0.0.1:6768,127.0.0.1:6769")
+    lock = DistributedLock(client, owner="node1", ttl_s=30.0)
+    if lock.acquire("deploy-lock", metadata={"job": 7}):
+        write_with_fencing(lock.token)          # the storage rejects tokens older than it has seen
+        lock.release("deploy-lock")
+    with AutoRenewLock(client, "deploy-lock", owner="node1", ttl_s=10.0, wait_s=60.0) as held:
+        run_long_job(fencing_token=held.token)  # renewed every ttl/3 in the background
+
+Rules:
+
+* Every call goes to the LockActor on the leader (``Client.call`` follows redirects) and has a
+  deadline: ``ClusterUnavailable`` when no leader answers in time.
+* Each command carries this lock's client session (a session per thread, numbered 1, 2, 3...)
+  and a retry re-sends the same number, so the cluster applies it once.
+* The fencing token of a grant is the Raft index that granted it; it only grows. A holder must
+  present it to whatever it protects: a lease can end (expiry) while a slow holder still runs.
+* ``acquire_blocking`` waits in the cluster's FIFO queue (no polling storm): it asks in slices
+  shorter than one ask's deadline; on giving up it leaves the queue with ``CancelWait``, and if
+  the grant beat the cancel it keeps the lock rather than leaving it to expire.
+* Units are in the names: ``ttl_s`` and ``max_duration_s`` in seconds, wire values in ms.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+import uuid
+from typing import Any, Callable
+
+from protocols.control import ClientCommand
+from protocols.locks import (
+    Acquire,
+    CancelWait,
+    LockCall,
+    LockDenied,
+    LockGranted,
+    LockInfo,
+    LockNotHeld,
+    LockQueued,
+    LockReleased,
+    LockRenewed,
+    LockShow,
+    Release,
+    Renew,
+    WaitCancelled,
+)
+from runtime.client import Client, ClusterUnavailable
+
+__all__ = ["AutoRenewLock", "DistributedLock", "LockInfo", "LockLost", "LockTimeout", "ClusterUnavailable"]
+
+log = logging.getLogger("agentflow.lock")
+
+LOCK_ACTOR = "lock"
+# One wait slice must end well within the client's per-try ask deadline (runtime/client.py: 1 s).
+WAIT_SLICE_S = 0.6
+
+
+class LockTimeout(TimeoutError):
+    """``acquire_blocking`` did not get the lock within ``max_duration_s``."""
+
+
+class LockLost(Exception):
+    """An ``AutoRenewLock`` could not renew its lease: another owner may hold the lock now."""
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(round(seconds * 1000)))
+
+
+class DistributedLock:
+    """Locks of one ``owner`` with leases of ``ttl_s`` seconds, through ``client``."""
+
+    def __init__(self, client: Client, owner: str, ttl_s: float = 30.0, call_timeout_s: float | None = None) -> None:
+        if not owner:
+            raise ValueError("a lock owner must be a non-empty string")
+        if ttl_s <= 0:
+            raise ValueError("ttl_s must be positive")
+        self.client = client
+        self.owner = owner
+        self.ttl_s = ttl_s
+        self.call_timeout_s = call_timeout_s
+        self.tokens: dict[str, int] = {}  # key -> fencing token of the grant this owner holds
+        self.token: int | None = None  # token of the last grant
+        self._session_prefix = f"{client.client_id}/lock-{uuid.uuid4().hex[:8]}"
+        self._session_ids = itertools.count(1)
+        self._sessions = threading.local()
+
+    # ------------------------------------------------------------------ calls
+
+    def _command(self, body: Any) -> ClientCommand:
+        session = getattr(self._sessions, "value", None)
+        if session is None:
+            session = self._sessions.value = [f"{self._session_prefix}/{next(self._session_ids)}", 0]
+        session[1] += 1
+        return ClientCommand(session[0], session[1], body)
+
+    def _call(self, body: Any, wait_ms: int = 0, timeout_s: float | None = None) -> Any:
+        timeout_s = self.call_timeout_s if timeout_s is None else timeout_s
+        return self.client.call(LOCK_ACTOR, LockCall(self._command(body), wait_ms), timeout_s)
+
+    def _granted(self, reply: LockGranted) -> bool:
+        self.tokens[reply.key] = reply.token
+        self.token = reply.token
+        return True
+
+    @staticmethod
+    def _refuse_invalid(reply: Any) -> None:
+        reason = getattr(reply, "reason", "")
+        if reason.startswith("invalid"):
+            raise ValueError(reason)
+
+    # ------------------------------------------------------------------ the seed's API
+
+    def acquire(self, key: str, metadata: dict | None = None) -> bool:
+        """Take ``key`` now if it is free (or already ours: a renewal); False when held."""
+        reply = self._call(Acquire(key, self.owner, _ms(self.ttl_s), dict(metadata or {}), 0, False))
+        if isinstance(reply, LockGranted):
+            return self._granted(reply)
+        self._refuse_invalid(reply)
+        return False
+
+    def acquire_blocking(self, key: str, metadata: dict | None = None, max_duration_s: float = 30.0) -> bool:
+        """Wait in line for ``key`` up to ``max_duration_s``; True when granted, else LockTimeout."""
+        deadline = time.monotonic() + max_duration_s
+        acquire = Acquire(key, self.owner, _ms(self.ttl_s), dict(metadata or {}), 0, True)
+        while True:
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                break
+            reply = self._call(acquire, wait_ms=_ms(min(WAIT_SLICE_S, remaining_s)))
+            if isinstance(reply, LockGranted):
+                return self._granted(reply)
+            if not isinstance(reply, LockQueued):
+                self._refuse_invalid(reply)
+                raise RuntimeError(f"unexpected answer to a blocking acquire of {key!r}: {reply!r}")
+        reply = self._call(CancelWait(key, self.owner))
+        if not isinstance(reply, WaitCancelled):
+            # The grant came before the cancel: keep it (an acquire by the holder returns its token).
+            if self.acquire(key, metadata):
+                return True
+        raise LockTimeout(f"lock {key!r} not acquired by {self.owner} within {max_duration_s} s"
+                          f" (held by {self._holder_or_none(key)})")
+
+    def _holder_or_none(self, key: str) -> str | None:
+        try:
+            info = self.check_lock(key)
+        except ClusterUnavailable:
+            return None
+        return info.holder if info is not None else None
+
+    def release(self, key: str) -> bool:
+        """Give ``key`` back; False when this owner does not hold it (or holds a newer grant)."""
+        reply = self._call(Release(key, self.owner, self.tokens.get(key), 0))
+        self.tokens.pop(key, None)
+        if isinstance(reply, LockReleased):
+            return True
+        self._refuse_invalid(reply)
+        return False
+
+    def renew(self, key: str, extend_s: float | None = None, timeout_s: float | None = None) -> bool:
+        """Set the lease to end ``extend_s`` (default: the TTL) from now; False when not held."""
+        ttl_ms = _ms(self.ttl_s if extend_s is None else extend_s)
+        reply = self._call(Renew(key, self.owner, self.tokens.get(key), ttl_ms, 0), timeout_s=timeout_s)
+        if isinstance(reply, LockRenewed):
+            self.tokens[key] = reply.token
+            return True
+        self._refuse_invalid(reply)
+        return False
+
+    def check_lock(self, key: str) -> LockInfo | None:
+        """Who holds ``key`` (linearizable): holder, token, metadata, times, waiters; None if free."""
+        return self.client.call(LOCK_ACTOR, LockShow(key), self.call_timeout_s)
+
+    def list_locks(self) -> list[LockInfo]:
+        return self.client.call(LOCK_ACTOR, LockShow(None), self.call_timeout_s)
+
+
+class AutoRenewLock:
+    """Hold ``key`` for the length of a ``with`` block, renewed every third of the TTL.
+
+    ``wait_s`` 0 tries once (``LockTimeout`` when held); more waits in line that long. If a
+    renewal fails (the lease was lost, or no leader answered before the lease would end), the
+    lock sets ``lost`` and calls ``on_lost(key, error)`` once, then stops renewing: the block's
+    work should stop using ``token``. ``max_renewals`` caps the renewals (None: no cap), so a
+    stuck block cannot hold the lock forever. On exit the lock is released (if still held) and
+    the renewal thread is stopped and joined."""
+
+    def __init__(self, client: Client, key: str, owner: str | None = None, ttl_s: float = 30.0,
+                 wait_s: float = 0.0, metadata: dict | None = None,
+                 on_lost: Callable[[str, BaseException | None], None] | None = None,
+                 max_renewals: int | None = None) -> None:
+        # The default owner is unique to this lock: two holders with one name would share a lease.
+        self.lock = DistributedLock(client, owner or f"{client.client_id}-{uuid.uuid4().hex[:6]}", ttl_s)
+        self.key = key
+        self.ttl_s = ttl_s
+        self.wait_s = wait_s
+        self.metadata = metadata
+        self.on_lost = on_lost
+        self.max_renewals = max_renewals
+        self.renewals = 0
+        self.lost = False
+        self.token: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> AutoRenewLock:
+        if self.wait_s > 0:
+            self.lock.acquire_blocking(self.key, self.metadata, max_duration_s=self.wait_s)
+        elif not self.lock.acquire(self.key, self.metadata):
+            raise LockTimeout(f"lock {self.key!r} is held by another owner")
+        self.token = self.lock.tokens[self.key]
+        self._thread = threading.Thread(target=self._renew_loop, name=f"renew-{self.key}", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if not self.lost:
+            try:
+                self.lock.release(self.key)
+            except ClusterUnavailable as error:
+                log.warning("Lock '%s' not released (it expires by its TTL): %s", self.key, error)
+
+    def _renew_loop(self) -> None:
+        interval_s = self.ttl_s / 3
+        lease_end = time.monotonic() + self.ttl_s
+        while not self._stop.wait(interval_s):
+            if self.max_renewals is not None and self.renewals >= self.max_renewals:
+                return
+            # The new lease starts when the leader applies the renewal, after we send it: counting
+            # from the send keeps our idea of the lease's end no later than the real one.
+            sent = time.monotonic()
+            error: BaseException | None = None
+            try:
+                # A renewal that lands after the lease ended is worthless: bound it by what is left.
+                renewed = self.lock.renew(self.key, timeout_s=max(0.05, lease_end - sent))
+            except Exception as exc:  # noqa: BLE001 - whatever the failure, the lease is not renewed
+                renewed, error = False, exc
+            if renewed:
+                self.renewals += 1
+                lease_end = sent + self.ttl_s
+                continue
+            self.lost = True
+            log.warning("Lock '%s' lost by %s: %s", self.key, self.lock.owner, error or "not held any more")
+            if self.on_lost is not None:
+                self.on_lost(self.key, error)
+            return
