@@ -519,7 +519,7 @@ class TaskDependencyGraph:
                 self._waiting_on[dependent] -= 1
                 if self._waiting_on[dependent] == 0 and self.runs[dependent].state is TaskState.PENDING:
                     self._set_state(dependent, TaskState.READY, now_ms)
-                    dependency_log.info("Task %s is ready (all dependencies completed)", dependent)
+                    dependency_log.debug("Task %s is ready (all dependencies completed)", dependent)
             return True
         run.failures += 1
         if run.failures <= self.tasks[task_id].retries:

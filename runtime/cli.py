@@ -118,49 +118,81 @@ def up(
     data_dir: Optional[str] = typer.Option(None, "--data-dir"),
 ) -> None:
     """Run a local cluster in the foreground; Ctrl-C stops it."""
-    not_built("the local cluster launcher")
+    import signal
+    import tempfile
+    import threading
+
+    from runtime.cluster import LocalCluster
+
+    directory = data_dir or tempfile.mkdtemp(prefix="agentflow-up-")
+    try:
+        local = LocalCluster(directory, masters=masters, workers=workers)
+    except ValueError as exc:
+        fail(str(exc))
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        local.start()
+        typer.echo(f"AgentFlow is up: {masters} masters, {workers} workers; data and logs in {directory}")
+        typer.echo(f"  export AGENTFLOW_MASTER_URL={local.master_url}")
+        typer.echo(f"  agentflow submit examples/diamond.yaml --wait     (Ctrl-C stops the cluster)")
+        while not stop.wait(0.5):
+            if not local.alive():
+                typer.echo("a process of the cluster exited; stopping (see the logs)", err=True)
+                break
+    except (RuntimeError, TimeoutError) as exc:
+        typer.echo(f"agentflow: {exc}", err=True)
+        raise typer.Exit(1)
+    finally:
+        local.stop()
+        typer.echo("AgentFlow stopped")
 
 
 @app.command()
 def demo() -> None:
-    """Show the runtime: two nodes on 127.0.0.1 exchange messages (the workflow demo comes later)."""
-    from runtime.actor import Actor
-    from runtime.node import Node
+    """Bring up a local cluster, run the example workflows, print a summary, stop it."""
+    import tempfile
+    from pathlib import Path
 
-    class Greeter(Actor):
-        def __init__(self) -> None:
-            super().__init__()
-            self.told = 0
+    from rich.console import Console
+    from rich.table import Table
 
-        def receive(self, message):
-            if message == "count":
-                return self.told
-            if isinstance(message, dict) and "hello" in message:
-                return f"hello {message['hello']}, from {self.node.node_id}"
-            self.told += 1
-            return None
+    from protocols.workflow import parse_workflow
+    from runtime.client import Client
+    from runtime.cluster import LocalCluster
 
-    with Node("demo-a") as a, Node("demo-b") as b:
-        a.spawn(Greeter, name="greeter")
-        typer.echo(f"node demo-a serves on {a.endpoint}; node demo-b on {b.endpoint}")
-        greeter = b.ref(a.endpoint, "greeter")
-        started = time.perf_counter()
-        answer = greeter.ask({"hello": "demo-b"}, timeout_s=5).get()
-        typer.echo(f"demo-b asked demo-a/greeter and got {answer!r} in {(time.perf_counter() - started) * 1e3:.2f} ms")
-        count = 10_000
-        started = time.perf_counter()
-        for i in range(count):
-            greeter.tell(i)
-        deadline = time.monotonic() + 30
-        while greeter.ask("count", timeout_s=5).get() < count:
-            if time.monotonic() > deadline:
-                typer.echo("the tells did not all arrive in 30 s", err=True)
-                raise typer.Exit(1)
-            time.sleep(0.01)
-        elapsed = time.perf_counter() - started
-        typer.echo(f"demo-b told demo-a/greeter {count:,} messages: all arrived in {elapsed * 1e3:.0f} ms "
-                   f"({count / elapsed:,.0f} msgs/s)")
-        typer.echo(f"demo-b counters: {b.stats()}")
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    files = ["seed.yaml", "diamond.yaml", "failing_branch.yaml"]
+    console = Console()
+    with tempfile.TemporaryDirectory(prefix="agentflow-demo-") as directory:
+        local = LocalCluster(directory, masters=3, workers=2, first_port=16767)
+        try:
+            started = time.perf_counter()
+            local.start()
+            console.print(f"cluster up in {time.perf_counter() - started:.1f} s: 3 masters "
+                          f"({local.master_url}), 2 workers")
+            table = Table(title="AgentFlow demo")
+            for column in ("workflow", "tasks", "state", "wall time", "what happened"):
+                table.add_column(column)
+            with Client(local.master_url, timeout_s=10) as client:
+                for name in files:
+                    workflow = parse_workflow((examples / name).read_text(), filename=name)
+                    started = time.perf_counter()
+                    client.submit_workflow(workflow)
+                    status_doc = client.wait_workflow(workflow.workflow_id, timeout_s=60)
+                    states = [f"{task_id}={task['state']}" for task_id, task in status_doc["tasks"].items()]
+                    table.add_row(workflow.workflow_id, str(len(workflow.tasks)), status_doc["state"],
+                                  f"{(time.perf_counter() - started) * 1000:.0f} ms", ", ".join(states))
+                view = client.cluster_status()
+            console.print(table)
+            console.print(f"leader {view['leader']} at term {view['term']}; "
+                          "failing_branch fails by design (its flaky task exits 3 on both attempts)")
+        except (RuntimeError, TimeoutError) as exc:
+            console.print(f"[red]demo failed: {exc}[/red]")
+            raise typer.Exit(1)
+        finally:
+            local.stop()
 
 
 # --------------------------------------------------------------------------- cluster clients

@@ -74,7 +74,7 @@ def test_task_ready_only_when_all_dependencies_completed(caplog):
     assert graph.state is WorkflowState.RUNNING
     run(graph, "lint")
     assert graph.task_state("report") is TaskState.PENDING
-    with caplog.at_level(logging.INFO, logger="agentflow.dependency"):
+    with caplog.at_level(logging.DEBUG, logger="agentflow.dependency"):
         run(graph, "unit")
     assert graph.get_ready_tasks() == ["report"]
     assert [r.getMessage() for r in caplog.records if r.name == "agentflow.dependency"] == [

@@ -1,0 +1,9 @@
+"""Functions that workflow tasks `call` in the integration tests."""
+
+
+def produce(n: int) -> list[int]:
+    return list(range(n))
+
+
+def consume(inputs: dict) -> int:
+    return sum(inputs["produce"]) * 2
