@@ -51,7 +51,7 @@ from protocols.tasks import (
     TaskAssignment,
     TaskFinished,
 )
-from protocols.wire import DecodeError, decode, encode
+from protocols.wire import DecodeError, EncodeError, decode, encode
 from runtime.log import get_logger
 
 log = get_logger("worker")
@@ -194,7 +194,7 @@ class TaskExecutor:
         try:
             directory.mkdir()
             process = self._spawn(assignment, directory)
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        except (OSError, ValueError, EncodeError, subprocess.SubprocessError) as exc:
             shutil.rmtree(directory, ignore_errors=True)
             return finished_now(self.worker_id, assignment, False, f"could not start the task: {exc}")
         execution = _Execution(assignment, process, directory, started_s)

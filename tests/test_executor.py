@@ -195,6 +195,9 @@ def test_failing_calls_report_the_error():
         report = run_one(executor, collector, assignment("unsendable", call="tests.test_executor:unsendable"))
         assert not report.ok and "cannot be sent" in report.error
 
+        report = run_one(executor, collector, assignment("badargs", call="tests.test_executor:add", args=[object()]))
+        assert not report.ok and report.error.startswith("could not start the task")
+
         report = run_one(executor, collector, assignment("badspec", call="no_colon"))
         assert not report.ok and "expected 'package.module:function'" in report.error
     finally:
