@@ -24,8 +24,12 @@ Rules:
 
 from __future__ import annotations
 
+import getpass
 import itertools
 import logging
+import os
+import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -50,7 +54,8 @@ from protocols.locks import (
 )
 from runtime.client import Client, ClusterUnavailable
 
-__all__ = ["AutoRenewLock", "DistributedLock", "LockInfo", "LockLost", "LockTimeout", "ClusterUnavailable"]
+__all__ = ["AutoRenewLock", "ClusterUnavailable", "DistributedLock", "LockInfo", "LockLost", "LockTimeout",
+           "lock_info_document", "process_owner", "run_locked", "user_owner"]
 
 log = logging.getLogger("agentflow.lock")
 
@@ -251,3 +256,61 @@ class AutoRenewLock:
             if self.on_lost is not None:
                 self.on_lost(self.key, error)
             return
+
+
+# --------------------------------------------------------------------------- command-line helpers
+
+
+def user_owner() -> str:
+    """An owner name that is the same across separate commands of one user: ``$USER@host``."""
+    try:
+        user = os.environ.get("USER") or getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def process_owner() -> str:
+    """An owner name unique to this process: ``host-pid``."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def lock_info_document(info: LockInfo | None, key: str) -> dict:
+    """The JSON form of ``agentflow lock show``: ``held`` false, or the lease's fields."""
+    if info is None:
+        return {"key": key, "held": False}
+    return {"key": info.key, "held": True, "holder": info.holder, "token": info.token,
+            "metadata": info.metadata, "acquired_ms": info.acquired_ms, "expires_ms": info.expires_ms,
+            "ttl_ms": info.expires_ms - info.acquired_ms, "waiters": list(info.waiters)}
+
+
+def run_locked(client: Client, key: str, argv: list[str], owner: str, ttl_s: float, wait_s: float) -> int:
+    """Run ``argv`` while holding ``key`` (renewed); returns its exit status, like flock(1).
+
+    The child gets the fencing token in ``AGENTFLOW_LOCK_TOKEN`` (and the key in
+    ``AGENTFLOW_LOCK_KEY``). If the lease is lost while it runs, the child is terminated (it is
+    no longer protected) and the status is 1 unless the child failed otherwise."""
+    if not argv:
+        raise ValueError("no command given: agentflow lock run KEY -- CMD ...")
+    lost = threading.Event()
+    child: list[subprocess.Popen] = []
+
+    def on_lost(_key: str, _error: BaseException | None) -> None:
+        lost.set()
+        if child:
+            child[0].terminate()
+
+    with AutoRenewLock(client, key, owner=owner, ttl_s=ttl_s, wait_s=wait_s, on_lost=on_lost) as held:
+        env = dict(os.environ, AGENTFLOW_LOCK_TOKEN=str(held.token), AGENTFLOW_LOCK_KEY=key)
+        try:
+            child.append(subprocess.Popen(argv, env=env))
+        except OSError as error:
+            log.error("cannot run %s: %s", argv[0], error)
+            return 127
+        if lost.is_set():
+            child[0].terminate()
+        status = child[0].wait()
+    if lost.is_set():
+        log.error("Lock '%s' was lost while %s ran; it was terminated", key, argv[0])
+        return status if status > 0 else 1
+    return status if status >= 0 else 128 - status
