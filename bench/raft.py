@@ -1,0 +1,574 @@
+"""Raft benchmark: three AgentFlow masters vs a three-process PySyncObj counter, on 127.0.0.1.
+
+    .venv/bin/python bench/raft.py [--runs 3] [--commands 20000] [--sequential 1000] [--json FILE]
+
+Each run starts a fresh cluster of three processes for each system, measures, and stops it:
+
+* ``commits_per_s``: committed commands/s with ``--window`` (1000) commands in flight. AgentFlow:
+  pipelined asks ``Propose(ClientCommand(client, seq, Noop(i)))`` from one client Node to the
+  leader's "raft" actor; every entry is durable in SQLite (WAL, synchronous=FULL) on a majority
+  before it is answered. PySyncObj: ``@replicated`` calls with callbacks on the leader process.
+* ``commit_p50_ms`` / ``commit_p99_ms``: one outstanding command at a time. AgentFlow through
+  ``Client.propose`` (another process, one network round trip to the leader); PySyncObj through
+  ``incCounter(sync=True)`` on the leader process itself (no client hop: in its favour).
+* ``failover_s``: kill -9 of the leader until a write commits, with default timing. The writer
+  retries on every master with a short per-try timeout (0.25 s), so this measures the cluster,
+  not a client's timeout. ``failover_s_client`` is the same kill seen by a stock ``Client``
+  (per-try timeout ``runtime.client.PER_TRY_TIMEOUT_S``) that had the old leader cached.
+
+PySyncObj (``pip install pysyncobj``; never a project dependency) runs in two modes: its default
+(``appendEntriesUseBatch=True``) and with batching off; its log is in memory. For each metric the
+peer is the better of the two modes. When PySyncObj is not installed it is reported missing.
+Every process started here is stopped here (also on Ctrl-C); data lives in a temporary directory
+removed at the end. Only 127.0.0.1 is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.common import Result, percentile, report  # noqa: E402
+
+HOST = "127.0.0.1"
+FAILOVER_TRY_S = 0.25  # per-try timeout of the failover writer
+FAILOVER_RETRY_PAUSE_S = 0.01
+PYSYNCOBJ_BATCH_SEQUENTIAL = 30  # sequential samples in PySyncObj's batching mode (~100 ms each)
+
+
+def free_port(offsets: tuple[int, ...] = (0,), taken: set[int] | None = None) -> int:
+    """A port P on 127.0.0.1 with P+offset free for every offset (and not in ``taken``)."""
+    rng = random.Random()
+    taken = taken if taken is not None else set()
+    for _ in range(500):
+        base = rng.randrange(20_000, 40_000)
+        ports = [base + o for o in offsets]
+        if taken.intersection(ports):
+            continue
+        try:
+            for port in ports:
+                with socket.socket() as probe:
+                    probe.bind((HOST, port))
+        except OSError:
+            continue
+        taken.update(ports)
+        return base
+    raise RuntimeError("no free port found")
+
+
+def wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.05):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+# =========================================================================== PySyncObj (child process)
+
+def serve_pysyncobj(self_port: int, partner_ports: list[int], batch: bool) -> None:
+    """A PySyncObj replicated counter; driven by one-line commands on stdin, answers on stdout.
+
+    ``status`` -> {"leader": bool, "ready": bool}; ``pipelined N WINDOW`` -> {"per_s"};
+    ``sequential N`` -> {"samples_ms": [...]}; ``write`` -> {"t": monotonic time of the commit}
+    (retries until a write commits). End of stdin or ``quit`` stops it.
+    """
+    from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+
+    class Counter(SyncObj):
+        def __init__(self) -> None:
+            conf = SyncObjConf(appendEntriesUseBatch=batch, dynamicMembershipChange=False)
+            super().__init__(f"{HOST}:{self_port}", [f"{HOST}:{p}" for p in partner_ports], conf)
+            self.value = 0
+
+        @replicated
+        def inc(self) -> int:
+            self.value += 1
+            return self.value
+
+    counter = Counter()
+
+    def answer(document: dict) -> None:
+        sys.stdout.write(json.dumps(document) + "\n")
+        sys.stdout.flush()
+
+    def pipelined(n: int, window: int) -> float:
+        slots = threading.Semaphore(window)
+        done = threading.Event()
+        state = {"left": n, "errors": 0}
+        lock = threading.Lock()
+
+        def on_done(result, error) -> None:
+            with lock:
+                if error != FAIL_REASON.SUCCESS:
+                    state["errors"] += 1
+                state["left"] -= 1
+                if state["left"] == 0:
+                    done.set()
+            slots.release()
+
+        started = time.perf_counter()
+        for _ in range(n):
+            slots.acquire()
+            counter.inc(callback=on_done)
+        if not done.wait(120):
+            raise RuntimeError("pysyncobj pipelined run did not finish")
+        elapsed = time.perf_counter() - started
+        if state["errors"]:
+            raise RuntimeError(f"pysyncobj: {state['errors']} commands failed")
+        return n / elapsed
+
+    def sequential(n: int) -> list[float]:
+        samples = []
+        for _ in range(n):
+            started = time.perf_counter()
+            counter.inc(sync=True, timeout=10)
+            samples.append((time.perf_counter() - started) * 1e3)
+        return samples
+
+    def write_until_committed() -> float:
+        while True:
+            done = threading.Event()
+            outcome = {}
+
+            def on_done(result, error) -> None:
+                outcome["ok"] = error == FAIL_REASON.SUCCESS
+                done.set()
+
+            counter.inc(callback=on_done)
+            if done.wait(FAILOVER_TRY_S) and outcome.get("ok"):
+                return time.monotonic()
+            time.sleep(FAILOVER_RETRY_PAUSE_S)
+
+    answer({"serving": True})
+    for line in sys.stdin:
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "quit":
+            break
+        if words[0] == "status":
+            answer({"leader": counter._isLeader(), "ready": counter.isReady()})
+        elif words[0] == "pipelined":
+            answer({"per_s": pipelined(int(words[1]), int(words[2]))})
+        elif words[0] == "sequential":
+            answer({"samples_ms": sequential(int(words[1]))})
+        elif words[0] == "write":
+            answer({"t": write_until_committed()})
+    counter.destroy()
+
+
+class PySyncObjProcess:
+    def __init__(self, port: int, partners: list[int], batch: bool, log_path: Path) -> None:
+        self.port = port
+        self._log = open(log_path, "a")
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve-pysyncobj", str(port), ",".join(map(str, partners)),
+             "batch" if batch else "nobatch"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=REPO)
+        self.request_line = None
+        if self._read(30).get("serving") is not True:
+            raise RuntimeError("pysyncobj child did not start")
+
+    def _read(self, timeout_s: float) -> dict:
+        box: dict = {}
+
+        def reader() -> None:
+            box["line"] = self.proc.stdout.readline()
+
+        thread = threading.Thread(target=reader, daemon=True)
+        thread.start()
+        thread.join(timeout_s)
+        line = box.get("line")
+        if not line:
+            raise RuntimeError(f"pysyncobj child on port {self.port} did not answer within {timeout_s} s")
+        return json.loads(line)
+
+    def send(self, command: str) -> None:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def request(self, command: str, timeout_s: float = 120) -> dict:
+        self.send(command)
+        return self._read(timeout_s)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.alive():
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                if stream and not stream.closed:
+                    stream.close()
+            except OSError:
+                pass
+        self._log.close()
+
+
+def pysyncobj_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        import pysyncobj  # noqa: F401
+
+        return version("pysyncobj")
+    except Exception:
+        return None
+
+
+def run_pysyncobj(batch: bool, args, data_dir: Path, procs: list) -> dict:
+    """One run of the three figures for PySyncObj in one mode on a fresh three-process cluster."""
+    taken: set[int] = set()
+    ports = [free_port(taken=taken) for _ in range(3)]
+    mode = "batch" if batch else "nobatch"
+    nodes = []
+    for port in ports:
+        node = PySyncObjProcess(port, [p for p in ports if p != port], batch, data_dir / f"pso-{mode}-{port}.log")
+        nodes.append(node)
+        procs.append(node)
+
+    def leader():
+        found = [n for n in nodes if n.alive() and n.request("status", 10)["leader"]]
+        ready = all(n.request("status", 10)["ready"] for n in nodes if n.alive())
+        return found[0] if len(found) == 1 and ready else None
+
+    try:
+        lead = wait_for(leader, 30, "a pysyncobj leader")
+        lead.request("sequential 20")  # warm-up
+        per_s = lead.request(f"pipelined {args.commands} {args.window}")["per_s"]
+        n_seq = args.sequential if not batch else min(args.sequential, PYSYNCOBJ_BATCH_SEQUENTIAL)
+        samples = lead.request(f"sequential {n_seq}")["samples_ms"]
+        survivors = [n for n in nodes if n is not lead]
+        started = time.monotonic()
+        lead.kill()
+        for node in survivors:
+            node.send("write")
+        committed = min(n._read(60)["t"] for n in survivors)
+        failover = committed - started
+    finally:
+        for node in nodes:
+            node.stop()
+            procs.remove(node)
+    return {"commits_per_s": per_s, "commit_p50_ms": percentile(samples, 0.5),
+            "commit_p99_ms": percentile(samples, 0.99), "failover_s": failover}
+
+
+# =========================================================================== AgentFlow masters
+
+class MasterProcess:
+    def __init__(self, node_id: str, port: int, data_dir: Path, leader_url: str | None) -> None:
+        self.node_id, self.port, self.data_dir, self.leader_url = node_id, port, data_dir, leader_url
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def url(self) -> str:
+        return f"tcp://{HOST}:{self.port}"
+
+    def start(self) -> MasterProcess:
+        args = [sys.executable, "-m", "runtime.cli", "master", "--host", HOST, "--port", str(self.port),
+                "--node-id", self.node_id, "--data-dir", str(self.data_dir)]
+        args += ["--mode", "master", "--leader-url", self.leader_url] if self.leader_url else ["--mode", "leader"]
+        pythonpath = os.pathsep.join(filter(None, [os.environ.get("AGENTFLOW_BENCH_PYTHONPATH"), str(REPO)]))
+        env = dict(os.environ, PYTHONPATH=pythonpath, AGENTFLOW_LOG=os.environ.get("AGENTFLOW_MASTER_LOG", "info"))
+        self._log = open(self.data_dir / f"{self.node_id}.log", "a")
+        self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout_s: float = 15) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def start_agentflow_cluster(data_dir: Path, procs: list) -> list[MasterProcess]:
+    taken: set[int] = set()
+    first = MasterProcess("m1", free_port((0, 10, 100), taken), data_dir, None)
+    masters = [first] + [MasterProcess(f"m{i}", free_port((0, 10, 100), taken), data_dir, first.url)
+                         for i in (2, 3)]
+    for master in masters:
+        procs.append(master)
+        master.start()
+    return masters
+
+
+def wait_three_voters(client, timeout_s: float = 60) -> dict:
+    """The cluster view once every master is a reachable voter under one leader."""
+
+    def healthy():
+        try:
+            view = client.cluster_status(timeout_s=2)
+        except Exception:
+            return None
+        if not view["leader"]:
+            return None
+        leader = next(m for m in view["members"] if m["id"] == view["leader"])
+        leader_view = client.status_of(leader["address"])
+        if not leader_view or len(leader_view["voters"]) < 3:
+            return None
+        live = [m for m in view["members"] if m["reachable"] and m["role"] in ("leader", "follower")
+                and m["id"] in leader_view["voters"]]
+        return view if len(live) >= 3 else None
+
+    return wait_for(healthy, timeout_s, "three voters under one leader", 0.1)
+
+
+def agentflow_pipelined(node, leader_endpoint: str, commands: int, window: int) -> float:
+    from protocols.control import ClientCommand, Noop, Propose
+
+    ref = node.ref(leader_endpoint, "raft")
+    client_id = f"bench-pipe-{uuid.uuid4().hex[:8]}"
+    slots = threading.Semaphore(window)
+    done = threading.Event()
+    lock = threading.Lock()
+    state = {"left": commands, "errors": 0, "first_error": None}
+
+    def on_done(future) -> None:
+        try:
+            future.get()
+        except Exception as exc:  # noqa: BLE001 - counted and reported below
+            with lock:
+                state["errors"] += 1
+                state["first_error"] = state["first_error"] or repr(exc)
+        with lock:
+            state["left"] -= 1
+            if state["left"] == 0:
+                done.set()
+        slots.release()
+
+    started = time.perf_counter()
+    for i in range(commands):
+        slots.acquire()
+        ref.ask(Propose(ClientCommand(client_id, i + 1, Noop(i))), timeout_s=30).add_done_callback(on_done)
+    if not done.wait(120):
+        raise RuntimeError("agentflow pipelined run did not finish")
+    elapsed = time.perf_counter() - started
+    if state["errors"]:
+        raise RuntimeError(f"agentflow: {state['errors']} proposals failed, first: {state['first_error']}")
+    return commands / elapsed
+
+
+def agentflow_sequential(client, n: int) -> list[float]:
+    from protocols.control import Noop
+
+    samples = []
+    for i in range(n):
+        started = time.perf_counter()
+        client.propose(Noop(i), timeout_s=10)
+        samples.append((time.perf_counter() - started) * 1e3)
+    return samples
+
+
+def agentflow_failover(node, masters: list[MasterProcess], leader: MasterProcess, urls: list[str]) -> tuple[float, float]:
+    """Kill -9 the leader; seconds until a write commits (fast writer, stock Client)."""
+    from protocols.control import ClientCommand, Noop, Propose
+    from protocols.wire import Redirect
+    from runtime.client import Client
+
+    stock = Client(urls, node=node)
+    stock.propose(Noop("warm"), timeout_s=10)  # caches the leader, as a running client would have
+    client_id = f"bench-failover-{uuid.uuid4().hex[:8]}"
+    command = Propose(ClientCommand(client_id, 1, Noop("after-kill")))
+    stock_result: dict = {}
+    go = threading.Event()
+
+    def stock_writer() -> None:
+        go.wait()
+        stock.propose(Noop("after-kill-stock"), timeout_s=30)
+        stock_result["t"] = time.monotonic()
+
+    thread = threading.Thread(target=stock_writer, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    leader.kill()
+    go.set()
+    outstanding: dict[str, object] = {}
+    next_try: dict[str, float] = {m.url: 0.0 for m in masters}
+    deadline = started + 60
+    committed = None
+    while committed is None:
+        now = time.monotonic()
+        if now > deadline:
+            raise RuntimeError("no write committed within 60 s of the leader's kill")
+        for master in masters:
+            future = outstanding.get(master.url)
+            if future is None:
+                if now >= next_try[master.url]:
+                    outstanding[master.url] = node.ref(master.url, "raft").ask(command, timeout_s=FAILOVER_TRY_S)
+                continue
+            if not future.done() and now < future.deadline:
+                continue
+            outstanding.pop(master.url)
+            next_try[master.url] = now + FAILOVER_RETRY_PAUSE_S
+            try:
+                answer = future.get(timeout=0)
+            except Exception:  # noqa: BLE001 - timeout or not_committed: try again
+                continue
+            if not isinstance(answer, Redirect):
+                committed = time.monotonic()
+                break
+        time.sleep(0.001)
+    thread.join(60)
+    if "t" not in stock_result:
+        raise RuntimeError("the stock client's write did not commit")
+    return committed - started, stock_result["t"] - started
+
+
+def run_agentflow(args, data_dir: Path, procs: list) -> dict:
+    from runtime.client import Client
+    from runtime.node import Node
+
+    run_dir = Path(tempfile.mkdtemp(prefix="af-", dir=data_dir))
+    masters = start_agentflow_cluster(run_dir, procs)
+    urls = [m.url for m in masters]
+    node = Node(f"bench-raft-{uuid.uuid4().hex[:6]}").start()
+    try:
+        client = Client(urls, node=node, timeout_s=10)
+        view = wait_three_voters(client)
+        leader_id = view["leader"]
+        leader = next(m for m in masters if m.node_id == leader_id)
+        agentflow_sequential(client, 50)  # warm-up
+        per_s = agentflow_pipelined(node, leader.url, args.commands, args.window)
+        samples = agentflow_sequential(client, args.sequential)
+        failover, failover_client = agentflow_failover(node, masters, leader, urls)
+    finally:
+        node.stop()
+        for master in masters:
+            master.stop()
+            procs.remove(master)
+    return {"commits_per_s": per_s, "commit_p50_ms": percentile(samples, 0.5),
+            "commit_p99_ms": percentile(samples, 0.99), "failover_s": failover,
+            "failover_s_client": failover_client}
+
+
+# =========================================================================== main
+
+METRICS = [  # name, unit, higher is better
+    ("commits_per_s", "commits/s", True),
+    ("commit_p50_ms", "ms", False),
+    ("commit_p99_ms", "ms", False),
+    ("failover_s", "s", False),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--commands", type=int, default=20_000, help="pipelined commands per run")
+    parser.add_argument("--window", type=int, default=1000, help="commands in flight when pipelined")
+    parser.add_argument("--sequential", type=int, default=1000, help="sequential commands per run")
+    parser.add_argument("--no-peer", action="store_true", help="skip PySyncObj")
+    parser.add_argument("--json", dest="json_path")
+    parser.add_argument("--serve-pysyncobj", nargs=3, metavar=("PORT", "PARTNERS", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_pysyncobj:
+        port, partners, mode = args.serve_pysyncobj
+        return serve_pysyncobj(int(port), [int(p) for p in partners.split(",")], mode == "batch")
+
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    version = None if args.no_peer else pysyncobj_version()
+    data_dir = Path(tempfile.mkdtemp(prefix="agentflow-bench-raft-"))
+    procs: list = []
+    af_runs: dict[str, list[float]] = {}
+    peer_runs: dict[str, dict[str, list[float]]] = {"batch": {}, "nobatch": {}}
+    try:
+        for run in range(args.runs):
+            for name, value in run_agentflow(args, data_dir, procs).items():
+                af_runs.setdefault(name, []).append(value)
+            print(f"run {run + 1}/{args.runs} agentflow: "
+                  + ", ".join(f"{k}={v[-1]:,.3f}" for k, v in af_runs.items()), file=sys.stderr)
+            if version:
+                for mode in ("batch", "nobatch"):
+                    for name, value in run_pysyncobj(mode == "batch", args, data_dir, procs).items():
+                        peer_runs[mode].setdefault(name, []).append(value)
+                    print(f"run {run + 1}/{args.runs} pysyncobj {mode}: "
+                          + ", ".join(f"{k}={v[-1]:,.3f}" for k, v in peer_runs[mode].items()), file=sys.stderr)
+    finally:
+        for proc in list(procs):
+            try:
+                proc.kill()
+                proc.stop()
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                pass
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+    results = []
+    for metric, unit, higher in METRICS:
+        peer_name, peer_values = "pysyncobj (missing)", []
+        if version:
+            medians = {mode: statistics.median(peer_runs[mode][metric]) for mode in peer_runs}
+            best = (max if higher else min)(medians, key=medians.get)
+            peer_name = f"pysyncobj {version} ({'batching' if best == 'batch' else 'batching off'})"
+            peer_values = peer_runs[best][metric]
+        results.append(Result(metric, unit, higher, af_runs[metric], peer_name, peer_values))
+    client_peer = [] if not version else min(
+        (peer_runs[m]["failover_s"] for m in peer_runs), key=statistics.median)
+    results.append(Result("failover_s_client", "s", False, af_runs["failover_s_client"],
+                          "pysyncobj (best mode), fast writer" if version else "pysyncobj (missing)", client_peer))
+    document = report("raft", results, None)
+    if version:
+        document["pysyncobj_modes"] = {
+            mode: {metric: {"median": round(statistics.median(values), 3), "runs": [round(v, 3) for v in values]}
+                   for metric, values in peer_runs[mode].items()}
+            for mode in peer_runs}
+        for mode, figures in document["pysyncobj_modes"].items():
+            print(f"pysyncobj {mode}: " + ", ".join(f"{k}={v['median']:,.3f}" for k, v in figures.items()))
+    document["command"] = " ".join([Path(sys.executable).name, "bench/raft.py", *sys.argv[1:]])
+    if args.json_path:
+        with open(args.json_path, "w") as out:
+            json.dump(document, out, indent=2)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("AGENTFLOW_LOG", "warn")
+    main()
