@@ -1,0 +1,202 @@
+"""Distributed locks end to end: real master processes, clients in other processes and threads.
+
+What must hold (issue 5, DESIGN §5 rule 2): contending clients never overlap and no stale
+fencing token is ever accepted, also across a kill -9 of the leader; waiters are granted FIFO;
+an abandoned lease expires by the leader's clock; AutoRenewLock keeps a lock past its TTL and
+reports the loss when the cluster is gone; `agentflow lock run` passes the token and the status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from runtime.client import Client
+from runtime.locks import AutoRenewLock, DistributedLock, LockTimeout
+from tests.cluster import LocalCluster
+from tests.procs import REPO, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    cluster = LocalCluster(tmp_path_factory.mktemp("locks"), masters=3)
+    client = Client(cluster.urls, timeout_s=15)
+    try:
+        cluster.start(client)
+        yield cluster, client
+    except BaseException:
+        print(cluster.logs())
+        raise
+    finally:
+        client.close()
+        cluster.stop()
+
+
+def start_contender(urls: str, key: str, owner: str, counter_path, iterations: int, ttl_s: float) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO), AGENTFLOW_LOG="warning")
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.lockcontender", urls, key, owner, str(counter_path), str(iterations), str(ttl_s)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+
+
+def test_contending_processes_never_overlap_nor_accept_stale_tokens_across_leader_kill(tmp_path):
+    cluster = LocalCluster(tmp_path, masters=3)
+    client = Client(cluster.urls, timeout_s=15)
+    contenders: list[subprocess.Popen] = []
+    counter_path = tmp_path / "counter.json"
+    counter_path.write_text(json.dumps({"count": 0, "last_token": 0, "inside": None}))
+    clients, iterations = 4, 15
+    try:
+        view = cluster.start(client)
+        contenders = [start_contender(cluster.urls, "counter", f"client{i}", counter_path, iterations, 5.0)
+                      for i in range(clients)]
+        total = clients * iterations
+        wait_for(lambda: json.loads(counter_path.read_text())["count"] >= total // 3, 30,
+                 what="a third of the increments")
+        cluster.by_id(view["leader"]).kill()  # kill -9 while clients hold and wait
+        outputs = [proc.communicate(timeout=60) for proc in contenders]
+        for proc, (out, err) in zip(contenders, outputs):
+            assert proc.returncode == 0, err
+        summaries = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+        assert [s["overlaps"] for s in summaries] == [0] * clients
+        assert [s["stale"] for s in summaries] == [0] * clients
+        counter = json.loads(counter_path.read_text())
+        assert counter["count"] == total and counter["inside"] is None
+        tokens = [json.loads(line)["token"] for out, _ in outputs for line in out.strip().splitlines()[:-1]]
+        assert len(tokens) == total and len(set(tokens)) == total  # every turn its own grant
+        assert counter["last_token"] == max(tokens)
+        assert client.cluster_status()["leader"] != view["leader"]
+    except BaseException:
+        print(cluster.logs())
+        raise
+    finally:
+        for proc in contenders:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=10)
+        client.close()
+        cluster.stop()
+
+
+def test_blocking_acquires_are_granted_fifo_on_release(cluster):
+    _, client = cluster
+    holder = DistributedLock(client, "holder", ttl_s=30)
+    assert holder.acquire("fifo")
+    granted: list[tuple[str, int]] = []
+    threads = []
+    for owner in ("first", "second", "third"):
+        lock = DistributedLock(client, owner, ttl_s=30)
+
+        def wait_then_release(lock=lock):
+            lock.acquire_blocking("fifo", max_duration_s=20)
+            granted.append((lock.owner, lock.tokens["fifo"]))
+            lock.release("fifo")
+
+        threads.append(threading.Thread(target=wait_then_release))
+        threads[-1].start()
+        # Join the queue in this order before the next one starts.
+        wait_for(lambda owner=owner: owner in (holder.check_lock("fifo").waiters), 10, what=f"{owner} queued")
+    assert holder.check_lock("fifo").waiters == ["first", "second", "third"]
+    assert granted == []
+    assert holder.release("fifo")
+    for thread in threads:
+        thread.join(20)
+    assert [owner for owner, _ in granted] == ["first", "second", "third"]
+    tokens = [token for _, token in granted]
+    assert tokens == sorted(tokens) and tokens[0] > holder.token
+    assert holder.check_lock("fifo") is None
+
+
+def test_blocking_acquire_times_out_and_leaves_the_queue(cluster):
+    _, client = cluster
+    holder = DistributedLock(client, "holder", ttl_s=30)
+    waiter = DistributedLock(client, "impatient", ttl_s=30)
+    assert holder.acquire("busy")
+    started = time.monotonic()
+    with pytest.raises(LockTimeout, match="busy"):
+        waiter.acquire_blocking("busy", max_duration_s=0.5)
+    assert 0.5 <= time.monotonic() - started < 5
+    assert holder.check_lock("busy").waiters == []
+    assert holder.release("busy")
+    assert waiter.acquire("busy") and waiter.release("busy")
+
+
+def test_abandoned_lease_expires_and_its_owner_is_refused(cluster):
+    _, client = cluster
+    abandoned = DistributedLock(client, "crashed-worker", ttl_s=0.5)
+    assert abandoned.acquire("abandoned", {"job": 7})
+    info = abandoned.check_lock("abandoned")
+    assert info.holder == "crashed-worker" and info.metadata == {"job": 7}
+    successor = DistributedLock(client, "successor", ttl_s=30)
+    assert not successor.acquire("abandoned")
+    # Nobody renews: the leader expires the lease by a committed command.
+    wait_for(lambda: successor.check_lock("abandoned") is None, 10, what="the lease to expire")
+    assert successor.acquire("abandoned")
+    assert successor.token > abandoned.token
+    assert not abandoned.renew("abandoned")  # the old holder's lease is gone for good
+    assert not abandoned.release("abandoned")
+    assert successor.check_lock("abandoned").holder == "successor"
+    assert successor.release("abandoned")
+
+
+def test_auto_renew_holds_past_the_ttl_then_caps_renewals(cluster):
+    _, client = cluster
+    observer = DistributedLock(client, "observer")
+    with AutoRenewLock(client, "renewed", owner="long-job", ttl_s=0.6, max_renewals=3) as held:
+        token = held.token
+        wait_for(lambda: held.renewals >= 3, 10, what="three renewals")
+        # More than one TTL after the grant: still ours, same token.
+        info = observer.check_lock("renewed")
+        assert info.holder == "long-job" and info.token == token
+        assert not held.lost
+        # No more renewals: the lease runs out and the lock frees itself.
+        wait_for(lambda: observer.check_lock("renewed") is None, 10, what="the capped lease to expire")
+        assert held.renewals == 3
+    assert observer.check_lock("renewed") is None
+
+
+def test_lock_run_passes_the_token_and_the_exit_status(cluster):
+    the_cluster, client = cluster
+    env = dict(os.environ, PYTHONPATH=str(REPO), AGENTFLOW_MASTER_URL=the_cluster.urls, AGENTFLOW_LOG="warning")
+    script = "import os, sys; print(os.environ['AGENTFLOW_LOCK_TOKEN']); sys.exit(3)"
+    run = subprocess.run([sys.executable, "-m", "runtime.cli", "lock", "run", "cli-run", "--ttl", "5", "--",
+                          sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 3, run.stderr
+    token = int(run.stdout.strip())
+    assert token > 0
+    assert DistributedLock(client, "observer").check_lock("cli-run") is None  # released on exit
+
+    holder = DistributedLock(client, "holder", ttl_s=30)
+    assert holder.acquire("cli-run") and holder.token > token
+    blocked = subprocess.run([sys.executable, "-m", "runtime.cli", "lock", "run", "cli-run", "--wait", "0.3", "--",
+                              sys.executable, "-c", "print('ran')"], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=30)
+    assert blocked.returncode == 1 and "ran" not in blocked.stdout and "cli-run" in blocked.stderr
+    assert holder.release("cli-run")
+
+
+def test_auto_renew_reports_the_loss_when_the_cluster_is_gone(tmp_path):
+    cluster = LocalCluster(tmp_path, masters=1)
+    client = Client(cluster.urls, timeout_s=5)
+    losses = []
+    try:
+        cluster.start(client)
+        with AutoRenewLock(client, "doomed", owner="job", ttl_s=0.9, on_lost=lambda key, error: losses.append(key)) as held:
+            wait_for(lambda: held.renewals >= 1, 10, what="a renewal")
+            cluster.masters[0].kill()
+            wait_for(lambda: held.lost, 10, what="the loss to be noticed")
+        assert losses == ["doomed"]
+    except BaseException:
+        print(cluster.logs())
+        raise
+    finally:
+        client.close()
+        cluster.stop()
