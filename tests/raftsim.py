@@ -132,6 +132,7 @@ class SimNode:
     core: RaftCore | None
     disk: Disk = field(default_factory=Disk)
     machine: StateMachine = field(default_factory=StateMachine)
+    commit_seen: int = 0  # commit index at the last check, since the last restart
 
 
 class Cluster:
@@ -175,6 +176,7 @@ class Cluster:
         node.core = RaftCore(node_id, voters, self.config, rng, hard_state=disk.hard_state,
                              entries=list(disk.entries), snapshot=disk.snapshot)
         node.machine = StateMachine()
+        node.commit_seen = 0
         if disk.snapshot is not None:
             node.machine.restore(disk.snapshot.data)
 
@@ -410,6 +412,10 @@ class Cluster:
             core = node.core
             if core.stats.get("step_error"):
                 self.fail(f"{node.node_id} raised inside step()")
+            if not node.commit_seen <= core.commit_index <= core.last_index:
+                self.fail(f"{node.node_id} commit index went from {node.commit_seen} to "
+                          f"{core.commit_index} (last index {core.last_index})")
+            node.commit_seen = core.commit_index
             if core.role != LEADER:
                 continue
             if self.leader_of_term.setdefault(core.term, node.node_id) != node.node_id:
