@@ -204,7 +204,7 @@ def test_failing_calls_report_the_error():
         executor.stop()
 
 
-def test_noop_and_agent_tasks_end_at_once_and_many_tasks_run_in_parallel():
+def test_noop_and_agent_tasks_end_at_once_and_many_tasks_run_in_parallel(tmp_path):
     executor, collector = make_executor()
     try:
         noop = executor.run(assignment("marker"))
@@ -212,25 +212,43 @@ def test_noop_and_agent_tasks_end_at_once_and_many_tasks_run_in_parallel():
         agent = executor.run(assignment("agent", agent="reviewer"))
         assert agent is not None and (agent.ok, agent.error) == (False, ERROR_AGENT_UNSUPPORTED)
 
-        tasks = [assignment(f"t{i}", command=f"sleep 0.3; echo {i}") for i in range(8)]
-        started = time.monotonic()
+        # A barrier: each task waits until all 8 have started, so they only finish (before their
+        # timeout) if they all run at the same time.
+        barrier = tmp_path / "barrier"
+        barrier.mkdir()
+        command = (f'touch {barrier}/$AGENTFLOW_TASK_ID; '
+                   f'while [ "$(ls {barrier} | wc -l)" -lt 8 ]; do sleep 0.02; done; echo $AGENTFLOW_TASK_ID')
+        tasks = [assignment(f"t{i}", command=command, timeout_s=20) for i in range(8)]
         for task in tasks:
             assert executor.run(task) is None
-        reports = {collector.next().task_id: None for _ in tasks}
+        reports = {report.task_id: report for report in (collector.next(30.0) for _ in tasks)}
         assert set(reports) == {task.task_id for task in tasks}
-        assert time.monotonic() - started < 2.0  # 8 x 0.3 s one after another would be 2.4 s
+        assert all(report.ok and report.stdout_tail == f"{task_id}\n" for task_id, report in reports.items())
     finally:
         executor.stop()
 
 
+def task_pids(marker: str) -> list[int]:
+    """Pids of this process's children whose command line contains ``marker``."""
+    pids = []
+    for child in psutil.Process().children():
+        try:
+            if marker in " ".join(child.cmdline()):
+                pids.append(child.pid)
+        except psutil.Error:
+            pass  # exited meanwhile
+    return pids
+
+
 def test_stop_kills_running_tasks():
     executor, collector = make_executor()
-    task = assignment("forever", command="sleep 100")
-    assert executor.run(task) is None
-    wait_for(lambda: executor.running() == [task.key], 5.0, what="the task to run")
-    shell_pids = [p.pid for p in psutil.Process().children() if "sleep 100" in " ".join(p.cmdline())]
-    assert shell_pids
-    executor.stop()
+    try:
+        task = assignment("forever", command="sleep 100 # stop-test")
+        assert executor.run(task) is None
+        wait_for(lambda: executor.running() == [task.key], 5.0, what="the task to run")
+        shell_pids = wait_for(lambda: task_pids("stop-test"), 5.0, what="the task's process")
+    finally:
+        executor.stop()
     assert all(not psutil.pid_exists(pid) for pid in shell_pids)
     assert collector.reports.empty()
     late = executor.run(assignment("late", command="true"))

@@ -260,7 +260,7 @@ def test_max_concurrent_tasks_is_never_exceeded(cluster, tmp_path):
     worker = cluster.worker([node.endpoint], "--max-concurrent-tasks", "2")
     endpoint = registered(scheduler, worker)
     trace = tmp_path / "trace"
-    command = f"echo start >> {trace}; sleep 0.2; echo end >> {trace}"
+    command = f"echo start >> {trace}; sleep 0.4; echo end >> {trace}"
     assign(node, endpoint, [task(f"t{i}", command=command) for i in range(6)])
     for i in range(6):
         assert wait_report(scheduler, f"t{i}").ok
