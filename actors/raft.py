@@ -106,6 +106,8 @@ class RaftActor(Actor):
         self._was_leader = False
         self._timer_id: int | None = None
         stored = self.storage.load()
+        self._synced_term_vote = ((stored.hard_state.term, stored.hard_state.vote)
+                                  if stored.hard_state is not None else (0, None))
         rng = random.Random(seed)
         if stored.hard_state is None and stored.snapshot is None and not stored.entries:
             voters = [self.node.node_id] if bootstrap else []
@@ -240,8 +242,7 @@ class RaftActor(Actor):
             ready = core.ready()
             if ready.snapshot is not None:
                 self.state = ControlState.from_snapshot(ready.snapshot.data)
-            if ready.hard_state is not None or ready.entries or ready.snapshot is not None:
-                self.storage.save(ready.hard_state, ready.entries, ready.snapshot)
+            self._persist(ready)
             for message in ready.messages:
                 self._send(message)
             if ready.committed_entries:
@@ -257,6 +258,21 @@ class RaftActor(Actor):
         if is_leader != self._was_leader:
             self._was_leader = is_leader
             self._on_leadership_changed(is_leader)
+
+    def _persist(self, ready) -> None:
+        """One transaction for what this Ready must make durable.
+
+        A hard state that differs from the stored one only by its commit index is written with
+        the next entries, not on its own: the commit index can always be learned again from the
+        leader (or, alone, by committing a new entry), so losing it loses nothing, and skipping
+        it halves the fsyncs per command."""
+        hard_state = ready.hard_state
+        term_or_vote_changed = hard_state is not None and (hard_state.term, hard_state.vote) != self._synced_term_vote
+        if not (ready.entries or ready.snapshot is not None or term_or_vote_changed):
+            return
+        core = self.core
+        self.storage.save(HardState(core.term, core.vote, core.commit_index), ready.entries, ready.snapshot)
+        self._synced_term_vote = (core.term, core.vote)
 
     def _apply(self, entries: list[Entry]) -> None:
         applied: list[tuple[int, Any, Any]] = []

@@ -84,11 +84,15 @@ def master(
     """Start a master (a member of the Raft group of the control plane)."""
     from actors.master import run_master
 
+    import zmq
+
     try:
         code = run_master(mode=mode, port=port, host=host, leader_url=leader_url, data_dir=data_dir,
                           http_port=http_port, pub_port=pub_port, node_id=node_id)
     except ValueError as exc:
         fail(str(exc))
+    except (zmq.ZMQError, OSError) as exc:
+        fail(f"master cannot start on {host}:{port}: {exc}", code=1)
     raise typer.Exit(code)
 
 
