@@ -185,7 +185,9 @@ class SchedulerActor(Actor):
                 continue
             if isinstance(command, DispatchTask):
                 self._on_dispatch_applied(command, result, assignments)
-            elif isinstance(command, (FinishTask, RequeueTask)):
+            elif isinstance(command, (FinishTask, RequeueTask)) and result.get("ok"):
+                # Only the current attempt frees its reservation: a stale report must not free the
+                # slot of a newer attempt of the same task on another worker.
                 self.registry.release(self._worker_of_attempt(command) or "", task_key(command.workflow_id, command.task_id))
             for key in result.get("released", ()):
                 self.queue.remove(key)
