@@ -22,7 +22,11 @@ demo: $(STAMP)
 	$(BIN)/agentflow demo
 
 bench: $(STAMP)
-	$(BIN)/python bench/transport.py
+	mkdir -p bench/results
+	$(BIN)/python bench/transport.py --json bench/results/transport.json
+	$(BIN)/python bench/raft.py --json bench/results/raft.json
+	$(BIN)/python bench/tasks.py --json bench/results/tasks.json
+	$(BIN)/python bench/locks.py --json bench/results/locks.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info
