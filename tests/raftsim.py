@@ -61,6 +61,7 @@ class Faults:
     duplicate: float = 0.02  # per message
     delay_max_ticks: int = 3  # delivery after 1..delay_max_ticks ticks: reorders messages
     crash: float = 0.004
+    crash_leader: float = 0.0  # crash whoever leads: leaders dying in a row is what figure 8 needs
     crash_mid_ready: float = 0.002  # per Ready: persisted but crashed before sending
     restart: float = 0.08  # per step, for one crashed node
     partition: float = 0.01
@@ -249,6 +250,9 @@ class Cluster:
         down = [n for _, n in sorted(self.nodes.items()) if n.core is None]
         if live and rng.random() < f.crash:
             self.crash(rng.choice(live).node_id)
+        leaders = self.leaders()
+        if leaders and rng.random() < f.crash_leader:
+            self.crash(rng.choice(leaders).node_id)
         if down and rng.random() < f.restart:
             self.restart(rng.choice(down).node_id)
         if rng.random() < f.partition:
@@ -487,6 +491,15 @@ SCENARIOS = {
     # Lossy and partition-heavy: elections all the time.
     "three_harsh": Scenario(3, 400, Faults(drop=0.25, duplicate=0.1, delay_max_ticks=8,
                                            crash=0.02, partition=0.05, heal=0.05)),
+    # Leaders crash soon after election, one entry per append: the figure 8 sequences.
+    "three_crashy": Scenario(3, 400, Faults(crash_leader=0.08, restart=0.3, crash_mid_ready=0.02,
+                                            drop=0.1), RaftConfig(
+        election_ticks_min=4, election_ticks_max=8, heartbeat_ticks=1, max_entries_per_append=1,
+        max_inflight_appends=2)),
+    "five_crashy": Scenario(5, 400, Faults(crash_leader=0.08, restart=0.3, crash_mid_ready=0.02,
+                                           drop=0.1), RaftConfig(
+        election_ticks_min=4, election_ticks_max=8, heartbeat_ticks=1, max_entries_per_append=1,
+        max_inflight_appends=2)),
     # The plain Raft paths: no pre-vote, no check-quorum, one entry per append, no pipelining.
     "three_plain": Scenario(3, 400, Faults(), RaftConfig(
         election_ticks_min=10, election_ticks_max=20, heartbeat_ticks=2, max_entries_per_append=1,

@@ -22,6 +22,8 @@ CI_SLICE = {
     "five_membership": 60,
     "three_harsh": 80,
     "three_plain": 60,
+    "three_crashy": 100,
+    "five_crashy": 60,
 }
 
 
