@@ -1,10 +1,10 @@
 """Raft benchmark: three AgentFlow masters vs a three-process PySyncObj counter, on 127.0.0.1.
 
-    .venv/bin/python bench/raft.py [--runs 3] [--commands 20000] [--sequential 1000] [--json FILE]
+    .venv/bin/python bench/raft.py [--runs 3] [--commands 50000] [--window 10000] [--sequential 1000] [--json FILE]
 
 Each run starts a fresh cluster of three processes for each system, measures, and stops it:
 
-* ``commits_per_s``: committed commands/s with ``--window`` (1000) commands in flight. AgentFlow:
+* ``commits_per_s``: committed commands/s with ``--window`` (10,000) commands in flight. AgentFlow:
   pipelined asks ``Propose(ClientCommand(client, seq, Noop(i)))`` from one client Node to the
   leader's "raft" actor; every entry is durable in SQLite (WAL, synchronous=FULL) on a majority
   before it is answered. PySyncObj: ``@replicated`` calls with callbacks on the leader process.
@@ -21,6 +21,10 @@ PySyncObj (``pip install pysyncobj``; never a project dependency) runs in two mo
 peer is the better of the two modes. When PySyncObj is not installed it is reported missing.
 Every process started here is stopped here (also on Ctrl-C); data lives in a temporary directory
 removed at the end. Only 127.0.0.1 is used.
+
+Diagnosis hooks (environment): ``AGENTFLOW_MASTER_LOG`` sets the masters' log level (default
+info); ``AGENTFLOW_BENCH_PYTHONPATH`` is put before the repository on the masters' PYTHONPATH
+(e.g. a scratch directory with a ``sitecustomize.py`` that profiles or times them).
 """
 
 from __future__ import annotations
@@ -504,8 +508,9 @@ METRICS = [  # name, unit, higher is better
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--commands", type=int, default=20_000, help="pipelined commands per run")
-    parser.add_argument("--window", type=int, default=1000, help="commands in flight when pipelined")
+    parser.add_argument("--commands", type=int, default=50_000, help="pipelined commands per run")
+    parser.add_argument("--window", type=int, default=10_000,
+                        help="commands in flight when pipelined (PySyncObj batching needs many: ~window/0.1 s)")
     parser.add_argument("--sequential", type=int, default=1000, help="sequential commands per run")
     parser.add_argument("--no-peer", action="store_true", help="skip PySyncObj")
     parser.add_argument("--json", dest="json_path")
