@@ -56,6 +56,7 @@ LOCK_WATCH_PREFIX = "lock."
 # A proposal is answered when applied or failed when leadership is lost; this bounds the rest.
 PROPOSE_TIMEOUT_S = 30.0
 ABANDON_SWEEP_EVERY_MS = 1000
+MAX_WAIT_MS = 30_000  # the longest a client's answer is held, whatever it asks
 
 
 def monotonic_ms() -> int:
@@ -135,7 +136,7 @@ class LockActor(Actor):
         if hasattr(body, "now_ms"):
             body = dataclasses.replace(body, now_ms=self.now_ms())
             envelope = dataclasses.replace(envelope, body=body) if isinstance(envelope, ClientCommand) else body
-        wait_ms = call.wait_ms if isinstance(body, Acquire) and body.wait else 0
+        wait_ms = min(call.wait_ms, MAX_WAIT_MS) if isinstance(body, Acquire) and body.wait else 0
         if wait_ms:
             self._waiter_seen_ms[(body.key, body.owner)] = self.now_ms()
         answer = self.defer()
@@ -157,9 +158,16 @@ class LockActor(Actor):
         reply = result.reply if isinstance(result, LockOutcome) else result
         if isinstance(reply, ErrorRecord):
             answer.fail(reply.kind, reply.message)
-        elif isinstance(reply, LockQueued) and wait_ms and self._is_leader:
-            # Applying entries in order means the grant, a later entry, has not been seen yet.
-            self._held.setdefault((reply.key, reply.owner), []).append((self.now_ms() + wait_ms, answer, reply))
+        elif isinstance(reply, LockQueued) and wait_ms and self._is_leader and self._state is not None:
+            info = self._state.locks.check_lock(reply.key, 0)  # 0: the entry as it stands, due or not
+            if info is not None and info.holder == reply.owner:
+                # A retried command answered from its session: the grant came in the meantime.
+                answer.resolve(LockGranted(info.key, info.holder, info.token, info.expires_ms))
+            elif info is not None and reply.owner in info.waiters:
+                # The grant is a later entry, not applied yet: Applied will bring it.
+                self._held.setdefault((reply.key, reply.owner), []).append((self.now_ms() + wait_ms, answer, reply))
+            else:
+                answer.resolve(reply)  # no longer queued (cancelled): the client asks again
         else:
             answer.resolve(reply)
 
@@ -256,10 +264,10 @@ class LockActor(Actor):
 
             def extended(future: Future) -> None:
                 try:
-                    future.get()
+                    result = future.get()
                 except (RemoteError, TimeoutError):
                     return  # leadership lost before it committed: nothing to expire here
-                if self._term == term and self._is_leader:
+                if not isinstance(result, Redirect) and self._term == term and self._is_leader:
                     self._extended_term = term
 
             self._propose(ExtendAllLeases(self.now_ms()), extended)

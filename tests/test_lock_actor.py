@@ -86,6 +86,55 @@ def test_contending_processes_never_overlap_nor_accept_stale_tokens_across_leade
         cluster.stop()
 
 
+def test_a_new_leader_extends_live_leases_before_expiring_any(tmp_path):
+    cluster = LocalCluster(tmp_path, masters=3)
+    client = Client(cluster.urls, timeout_s=15)
+    try:
+        view = cluster.start(client)
+        ttl_s = 3.0
+        lock = DistributedLock(client, "survivor", ttl_s=ttl_s)
+        assert lock.acquire("lease")
+        granted_at = time.monotonic()
+        cluster.by_id(view["leader"]).kill()
+        # Without ExtendAllLeases the lease would end ttl_s after the grant. The new leader gives it
+        # one more TTL from its own clock, so it is still held past the original end.
+        def still_held_past_the_original_end():
+            info = lock.check_lock("lease")
+            assert info is not None and info.holder == "survivor" and info.token == lock.token, info
+            return time.monotonic() > granted_at + ttl_s + 0.3
+        wait_for(still_held_past_the_original_end, 15, interval_s=0.05, what="the original lease end to pass")
+        assert lock.renew("lease") and lock.release("lease")
+        assert client.cluster_status()["leader"] != view["leader"]
+    except BaseException:
+        print(cluster.logs())
+        raise
+    finally:
+        client.close()
+        cluster.stop()
+
+
+def test_a_waiter_that_died_leaves_the_queue(cluster):
+    the_cluster, client = cluster
+    holder = DistributedLock(client, "holder", ttl_s=30)
+    assert holder.acquire("orphaned")
+    script = ("import sys; from runtime.client import Client; from runtime.locks import DistributedLock; "
+              "DistributedLock(Client(sys.argv[1]), 'doomed-waiter').acquire_blocking('orphaned', max_duration_s=60)")
+    env = dict(os.environ, PYTHONPATH=str(REPO), AGENTFLOW_LOG="warning")
+    waiter = subprocess.Popen([sys.executable, "-c", script, the_cluster.urls], cwd=REPO, env=env)
+    try:
+        wait_for(lambda: holder.check_lock("orphaned").waiters == ["doomed-waiter"], 10, what="the waiter queued")
+        waiter.kill()
+        waiter.wait(10)
+        # It stops asking; the leader takes it out of the line so it is never granted the lock.
+        wait_for(lambda: holder.check_lock("orphaned").waiters == [], 10, what="the dead waiter to leave")
+        assert holder.release("orphaned")
+        assert holder.check_lock("orphaned") is None
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.wait(10)
+
+
 def test_blocking_acquires_are_granted_fifo_on_release(cluster):
     _, client = cluster
     holder = DistributedLock(client, "holder", ttl_s=30)
@@ -173,6 +222,20 @@ def test_lock_run_passes_the_token_and_the_exit_status(cluster):
     token = int(run.stdout.strip())
     assert token > 0
     assert DistributedLock(client, "observer").check_lock("cli-run") is None  # released on exit
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "runtime.cli", "lock", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=30)
+
+    acquired = cli("acquire", "cli-lock", "--owner", "node1", "--ttl", "20", "--json")
+    assert acquired.returncode == 0, acquired.stderr
+    document = json.loads(acquired.stdout)
+    assert document["acquired"] and document["token"] > token
+    assert cli("acquire", "cli-lock", "--owner", "node2").returncode == 1
+    shown = json.loads(cli("show", "cli-lock", "--json").stdout)
+    assert shown["holder"] == "node1" and shown["token"] == document["token"] and shown["ttl_ms"] == 20_000
+    assert cli("release", "cli-lock", "--owner", "node1").returncode == 0
+    assert DistributedLock(client, "observer").check_lock("cli-lock") is None
 
     holder = DistributedLock(client, "holder", ttl_s=30)
     assert holder.acquire("cli-run") and holder.token > token
