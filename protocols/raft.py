@@ -455,6 +455,7 @@ class RaftCore:
         self._pending_conf_index = 0
         self._transferee: str | None = None
         self._needs_broadcast = False
+        self._commit_notice_pending = False
         self._pending_reads: list[_PendingRead] = []
         self._reads_awaiting_commit: list[bytes] = []
         self._read_states: list[ReadState] = []
@@ -868,6 +869,7 @@ class RaftCore:
         self._progress = {}
         self._transferee = None
         self._needs_broadcast = False
+        self._commit_notice_pending = False
         self._pending_reads = []
         self._reads_awaiting_commit = []
 
@@ -1101,19 +1103,27 @@ class RaftCore:
         self._needs_broadcast = False
 
     def _flush_appends(self) -> None:
-        """Send what proposals added since the last Ready: proposals are batched per Ready."""
-        if self._needs_broadcast and self._role == LEADER:
+        """Send what proposals added since the last Ready, and the new commit index: both are
+        batched per Ready, so a burst of proposals or acknowledgements costs one round of
+        messages, not one per event."""
+        if (self._needs_broadcast or self._commit_notice_pending) and self._role == LEADER:
+            notify = self._commit_notice_pending
             for peer in self._peers():
-                self._send_appends(peer, self._progress[peer], send_if_empty=False)
+                progress = self._progress[peer]
+                if not self._send_appends(peer, progress, send_if_empty=False) and notify:
+                    self._send_append(peer, progress, send_if_empty=True)  # commit index only
         self._needs_broadcast = False
+        self._commit_notice_pending = False
 
-    def _send_appends(self, peer: str, progress: Progress, send_if_empty: bool) -> None:
-        """Send as many appends as the follower's state allows (pipelining when replicating)."""
+    def _send_appends(self, peer: str, progress: Progress, send_if_empty: bool) -> bool:
+        """Send as many appends as the follower's state allows (pipelining when replicating);
+        False if nothing was sent."""
         if not self._send_append(peer, progress, send_if_empty):
-            return
+            return False
         while (progress.state == REPLICATE and progress.next <= self.last_index
                and self._send_append(peer, progress, send_if_empty=False)):
             pass
+        return True
 
     def _send_append(self, peer: str, progress: Progress, send_if_empty: bool) -> bool:
         """Send one append (or the snapshot) to ``peer``; False if nothing was sent."""
@@ -1163,7 +1173,8 @@ class RaftCore:
                 self._send_appends(m.src, progress, send_if_empty=False)
             return
         was_paused = progress.state == PROBE and progress.paused
-        if not progress.maybe_update(m.index):
+        if not progress.maybe_update(m.index) and not (
+                progress.state == PROBE and progress.match == m.index):
             if progress.state == REPLICATE:
                 progress.free_inflight_to(m.index)
             return
@@ -1177,8 +1188,7 @@ class RaftCore:
             self._on_commit_advanced()
             if self._role != LEADER:
                 return
-        else:
-            self._send_appends(m.src, progress, send_if_empty=was_paused)
+        self._send_appends(m.src, progress, send_if_empty=was_paused)
         if m.src == self._transferee and progress.match == self.last_index:
             log.info("[raft] Node %s transferring leadership to %s", self._id, m.src)
             self._send(TimeoutNow(self._id, m.src, self._term))
@@ -1219,7 +1229,7 @@ class RaftCore:
         return False
 
     def _on_commit_advanced(self) -> None:
-        self._broadcast_append()  # followers learn the new commit index
+        self._commit_notice_pending = True  # followers learn the new commit index (next Ready)
         if self._reads_awaiting_commit and self.term_at(self._commit) == self._term:
             waiting, self._reads_awaiting_commit = self._reads_awaiting_commit, []
             for ctx in waiting:
@@ -1227,6 +1237,7 @@ class RaftCore:
         if (self._id not in self._voters and self._pending_conf_index <= self._commit):
             # Our own removal has committed: the cluster goes on without us (thesis 4.2.2).
             log.info("[raft] Node %s removed from the cluster; stepping down", self._id)
+            self._broadcast_append()  # the others must learn that it committed
             self._become_follower(self._term, None)
 
     # ------------------------------------------------------------------ ReadIndex
