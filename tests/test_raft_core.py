@@ -637,3 +637,55 @@ def test_the_core_is_pure():
     # `random` only under TYPE_CHECKING: the generator is always passed in.
     top_level = {alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
     assert "random" not in top_level
+
+
+# --------------------------------------------------------------------------- timing and roles
+
+
+def test_the_seeds_timing_is_expressible_and_nonsense_is_refused():
+    seed_timing = RaftConfig(heartbeat_ticks=10, election_ticks_min=50, election_ticks_max=100)
+    assert seed_timing.heartbeat_ticks == 10  # 1 s / 5-10 s with a 100 ms tick
+    with pytest.raises(ValueError):
+        RaftConfig(heartbeat_ticks=10, election_ticks_min=10)
+    with pytest.raises(ValueError):
+        RaftConfig(election_ticks_min=20, election_ticks_max=10)
+
+
+def test_election_timeouts_are_randomized_within_bounds():
+    config = RaftConfig(election_ticks_min=10, election_ticks_max=20)
+    first_campaign = []
+    for seed in range(30):
+        core = RaftCore("n1", IDS, config, random.Random(seed))
+        drain(core)
+        ticks = 0
+        while core.role == "follower":
+            core.tick()
+            ticks += 1
+        first_campaign.append(ticks)
+    assert min(first_campaign) >= 10 and max(first_campaign) <= 20
+    assert len(set(first_campaign)) > 3
+
+
+def test_a_learner_never_campaigns():
+    net = Net()
+    net.elect("n1")
+    learner = net.add("n4", [])
+    net.cores["n1"].propose_conf_change(ConfChange.add_learner("n4"))
+    net.settle()
+    net.isolated = {"n4"}
+    net.tick(200, only=["n4"])
+    assert learner.role == "learner" and learner.stats.get("vote_ignored_in_lease") is None
+    assert not any(isinstance(m, RequestVote) for m in net.queue)
+
+
+def test_a_transfer_to_an_unreachable_node_is_aborted():
+    net = Net()
+    leader = net.elect("n1")
+    net.tick(2)
+    net.isolated = {"n3"}
+    leader.transfer_leadership("n3")
+    with pytest.raises(NotLeader):
+        leader.propose(b"x")
+    net.tick(net.config.election_ticks_min + 1, only=["n1"])
+    assert leader.role == "leader" and leader.transferee is None
+    leader.propose(b"accepted again")
