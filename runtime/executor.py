@@ -7,24 +7,31 @@
 
 Rules of this module:
 
-* A shell ``command`` runs as ``/bin/sh -c COMMAND``; a ``call`` runs as
-  ``python -m runtime.taskrunner`` with its spec on stdin and its outcome written to a result
-  file (never through the task's stdout). Each runs in a new session, so its process group
-  holds everything it starts.
-* The child's environment is the worker's plus the assignment's ``env`` (e.g.
+* A shell ``command`` runs as ``/bin/sh -c COMMAND`` in a new session, so its process group
+  holds everything it starts. A ``call`` runs in one of the pool's long-lived Python
+  processes (runtime/taskpool.py, ``python -m runtime.taskrunner --serve``), one task at a time
+  per process, each process in its own session; modules stay imported between tasks. The spec
+  and the outcome travel as frames on pipes, never through the task's stdout.
+* A task's environment is the worker's plus the assignment's ``env`` (e.g.
   ``CUDA_VISIBLE_DEVICES``) plus ``AGENTFLOW_WORKFLOW_ID``, ``AGENTFLOW_TASK_ID``,
-  ``AGENTFLOW_ATTEMPT``, ``AGENTFLOW_INPUTS`` (the dependencies' results as JSON) and
-  ``AGENTFLOW_RESULT_FILE``: a shell task that writes JSON there has that value as its result
-  (text that is not JSON is taken as a string); otherwise its result is None.
+  ``AGENTFLOW_ATTEMPT`` and ``AGENTFLOW_INPUTS`` (the dependencies' results as JSON); a pool
+  process sets them for the task and restores its own afterwards. A shell task also gets
+  ``AGENTFLOW_RESULT_FILE``: if it writes JSON there, that value is its result (text that is
+  not JSON is taken as a string); otherwise its result is None. A call's result is what the
+  function returned.
 * stdout and stderr go to files, not pipes, so a chatty task or a grandchild that keeps them
   open can never block anything; a report carries the last ``tail_bytes`` of each.
-* One reaper thread watches every child (a pidfd per child where Linux has them, else a short
-  poll), enforces ``timeout_s`` and cancellations by SIGTERM to the whole process group then
-  SIGKILL after ``kill_grace_s``, and hands finished reports to ``on_finished`` in batches.
-  ``on_finished`` runs on the reaper thread: it must only hand the batch on (tell an actor).
-* When a task's main process has ended, whatever it left running in its group is killed:
-  a task never outlives its report. ``stop()`` kills every group still running and reports
-  nothing more.
+* One reaper thread watches every running attempt with one selector (a pidfd per process
+  where Linux has them, else a short poll, plus each busy pool process's answer pipe),
+  enforces ``timeout_s`` and cancellations by SIGTERM to the whole process group then SIGKILL
+  after ``kill_grace_s``, and hands every report that is ready to ``on_finished`` in one batch
+  per wake-up. ``on_finished`` runs on the reaper thread: it must only hand the batch on.
+* A task never outlives its report: when a shell task's main process has ended, whatever it
+  left in its group is killed; a pool process that was killed (timeout, cancel), died
+  mid-task (its task is reported failed), left processes or threads behind, or ran a task
+  with ``CUDA_VISIBLE_DEVICES`` set is retired (its group killed) before the report goes, and
+  the next call task starts a replacement. ``stop()`` kills every group, pool processes
+  included, and reports nothing more.
 """
 
 from __future__ import annotations
@@ -51,12 +58,14 @@ from protocols.tasks import (
     TaskAssignment,
     TaskFinished,
 )
-from protocols.wire import DecodeError, EncodeError, decode, encode
+from protocols.wire import DecodeError, EncodeError, decode
 from runtime.log import get_logger
+from runtime.taskpool import CallPool, CallProcess, signal_group
 
 log = get_logger("worker")
 
 DEFAULT_KILL_GRACE_S = 2.0
+DEFAULT_CALL_SLOTS = 4  # idle pool processes kept; a worker passes its max_concurrent_tasks
 POLL_INTERVAL_S = 0.02  # only where pidfds are missing
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)  # so a child finds runtime.taskrunner
 
@@ -102,33 +111,50 @@ def _json_default(value: Any) -> Any:
     return repr(value)
 
 
-def _signal_group(pgid: int, signum: int) -> None:
-    try:
-        os.killpg(pgid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass  # the group is already gone
-
-
 class _Execution:
-    """One running attempt: its process, files and kill state (reaper thread only, once started)."""
+    """One running attempt (reaper thread only, once started): a shell task's own process and
+    directory, or the pool process running a call; plus its kill state."""
 
-    __slots__ = ("assignment", "process", "pidfd", "directory", "started_s", "deadline_s",
-                 "kill_reason", "kill_at_s")
+    __slots__ = ("assignment", "process", "child", "pidfd", "directory", "started_s", "deadline_s",
+                 "kill_reason", "kill_at_s", "fresh")
 
-    def __init__(self, assignment: TaskAssignment, process: subprocess.Popen, directory: Path,
-                 started_s: float) -> None:
+    def __init__(self, assignment: TaskAssignment, started_s: float, *, process: subprocess.Popen | None = None,
+                 directory: Path | None = None, child: CallProcess | None = None, fresh: bool = False) -> None:
         self.assignment = assignment
         self.process = process
         self.directory = directory
+        self.child = child
+        self.fresh = fresh  # the pool process must not run another task after this one
         self.started_s = started_s
         timeout_s = assignment.timeout_s
         self.deadline_s = started_s + timeout_s if timeout_s is not None and timeout_s > 0 else None
         self.kill_reason: str | None = None  # set when we decided to end it (timeout, cancel)
         self.kill_at_s: float | None = None  # when SIGTERM's grace ends and SIGKILL is due
-        try:
-            self.pidfd: int | None = os.pidfd_open(process.pid)
-        except (AttributeError, OSError):
-            self.pidfd = None
+        if child is not None:
+            self.pidfd = child.pidfd  # the pool process owns and closes it
+        else:
+            try:
+                self.pidfd: int | None = os.pidfd_open(process.pid)
+            except (AttributeError, OSError):
+                self.pidfd = None
+
+    @property
+    def group_id(self) -> int:
+        return self.child.pid if self.child is not None else self.process.pid
+
+    def ended(self) -> bool:
+        """Whether a report can be made: the shell process exited, or the pool process answered
+        (or died, or its answers became unreadable)."""
+        child = self.child
+        if child is None:
+            return self.process.poll() is not None
+        child.read_available()
+        if child.answer is not None or child.broken:
+            return True
+        if child.process.poll() is not None:
+            child.read_available()  # an answer written just before it died is still in the pipe
+            return True
+        return False
 
 
 class TaskExecutor:
@@ -143,6 +169,7 @@ class TaskExecutor:
         tail_bytes: int = TAIL_BYTES,
         python_executable: str = sys.executable,
         cwd: str | None = None,
+        call_slots: int = DEFAULT_CALL_SLOTS,
     ) -> None:
         self.worker_id = worker_id
         self.on_finished = on_finished
@@ -150,6 +177,8 @@ class TaskExecutor:
         self.tail_bytes = tail_bytes
         self.python_executable = python_executable
         self.cwd = cwd
+        self.call_slots = call_slots
+        self.pool: CallPool | None = None
         self._lock = threading.Lock()
         self._new: list[_Execution] = []  # started, not yet seen by the reaper
         self._cancels: list[tuple[AttemptKey, str]] = []
@@ -165,6 +194,10 @@ class TaskExecutor:
 
     def start(self) -> TaskExecutor:
         self._base_directory = Path(tempfile.mkdtemp(prefix="agentflow-tasks-"))
+        pool_env = dict(os.environ)
+        existing = pool_env.get("PYTHONPATH")
+        pool_env["PYTHONPATH"] = PACKAGE_ROOT + (os.pathsep + existing if existing else "")
+        self.pool = CallPool(self._base_directory, self.python_executable, self.cwd, pool_env, self.call_slots)
         self._thread.start()
         return self
 
@@ -190,17 +223,20 @@ class TaskExecutor:
             if assignment.key in self._keys:
                 return None  # already running: the report of the running process will come
         started_s = time.monotonic()
-        directory = self._base_directory / f"task-{next(self._directory_ids)}"
-        try:
-            directory.mkdir()
-            process = self._spawn(assignment, directory)
-        except (OSError, ValueError, EncodeError, subprocess.SubprocessError) as exc:
-            shutil.rmtree(directory, ignore_errors=True)
-            return finished_now(self.worker_id, assignment, False, f"could not start the task: {exc}")
-        execution = _Execution(assignment, process, directory, started_s)
+        if kind == "call":
+            execution, error = self._start_call(assignment, started_s)
+        else:
+            execution, error = self._start_command(assignment, started_s)
+        if execution is None:
+            return finished_now(self.worker_id, assignment, False, f"could not start the task: {error}")
         with self._lock:
-            self._keys.add(assignment.key)
-            self._new.append(execution)
+            stopping = self._stopping
+            if not stopping:
+                self._keys.add(assignment.key)
+                self._new.append(execution)
+        if stopping:  # stop() ran meanwhile: the reaper will never see this one
+            signal_group(execution.group_id, signal.SIGKILL)
+            return finished_now(self.worker_id, assignment, False, "worker stopping")
         self._wake()
         return None
 
@@ -214,7 +250,7 @@ class TaskExecutor:
         return True
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Kill every task still running, wait for the reaper, remove the task files."""
+        """Kill every task and pool process, wait for the reaper, remove the task files."""
         with self._lock:
             self._stopping = True
         self._wake()
@@ -223,46 +259,67 @@ class TaskExecutor:
         if not self._thread.is_alive():
             os.close(self._wake_read)
             os.close(self._wake_write)
+        if self.pool is not None:
+            self.pool.stop()
         if self._base_directory is not None:
             shutil.rmtree(self._base_directory, ignore_errors=True)
 
     # ------------------------------------------------------------------ starting
 
-    def _environment(self, assignment: TaskAssignment, result_path: Path) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update({str(name): str(value) for name, value in assignment.env.items()})
+    def _task_env(self, assignment: TaskAssignment) -> dict[str, str]:
+        """What a task adds to the worker's environment."""
+        env = {str(name): str(value) for name, value in assignment.env.items()}
         env["AGENTFLOW_WORKFLOW_ID"] = assignment.workflow_id
         env["AGENTFLOW_TASK_ID"] = assignment.task_id
         env["AGENTFLOW_ATTEMPT"] = str(assignment.attempt)
         env["AGENTFLOW_INPUTS"] = json.dumps(assignment.inputs, default=_json_default)
-        env["AGENTFLOW_RESULT_FILE"] = str(result_path)
         return env
 
-    def _spawn(self, assignment: TaskAssignment, directory: Path) -> subprocess.Popen:
-        result_path = directory / "result"
-        env = self._environment(assignment, result_path)
-        if assignment.kind == "command":
-            argv = ["/bin/sh", "-c", assignment.command]
-            stdin: Any = subprocess.DEVNULL
-        else:
-            spec_path = directory / "spec"
-            spec_path.write_bytes(encode({
-                "call": assignment.call, "args": list(assignment.args), "kwargs": dict(assignment.kwargs),
-                "inputs": dict(assignment.inputs), "result_path": str(result_path),
-            }))
-            argv = [self.python_executable, "-m", "runtime.taskrunner"]
-            stdin = open(spec_path, "rb")
-            existing = env.get("PYTHONPATH")
-            env["PYTHONPATH"] = PACKAGE_ROOT + (os.pathsep + existing if existing else "")
+    def _start_call(self, assignment: TaskAssignment, started_s: float) -> tuple[_Execution | None, str]:
+        assert self.pool is not None
+        env = self._task_env(assignment)
+        spec = {"call": assignment.call, "args": list(assignment.args), "kwargs": dict(assignment.kwargs),
+                "inputs": dict(assignment.inputs), "env": env}
+        # CUDA libraries read CUDA_VISIBLE_DEVICES once per process: a GPU task gets a new
+        # pool process, which is retired after it.
+        fresh = "CUDA_VISIBLE_DEVICES" in env
+        for attempt_number in (1, 2):
+            try:
+                child = self.pool.acquire(fresh=fresh)
+            except (OSError, subprocess.SubprocessError) as exc:
+                return None, str(exc)
+            try:
+                child.send(spec)
+            except EncodeError as exc:
+                self.pool.release(child)  # nothing was written: it is still idle and sound
+                return None, str(exc)
+            except OSError as exc:
+                # It died while idle (killed from outside): a new process gets one more try.
+                self.pool.retire(child)
+                if attempt_number == 2:
+                    return None, f"the pool process died: {exc}"
+                fresh = True
+                continue
+            return _Execution(assignment, started_s, child=child, fresh="CUDA_VISIBLE_DEVICES" in env), ""
+        return None, "unreachable"
+
+    def _start_command(self, assignment: TaskAssignment, started_s: float) -> tuple[_Execution | None, str]:
+        assert self._base_directory is not None
+        directory = self._base_directory / f"task-{next(self._directory_ids)}"
         try:
+            directory.mkdir()
+            env = dict(os.environ)
+            env.update(self._task_env(assignment))
+            env["AGENTFLOW_RESULT_FILE"] = str(directory / "result")
             with open(directory / "stdout", "wb") as stdout, open(directory / "stderr", "wb") as stderr:
-                return subprocess.Popen(
-                    argv, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=self.cwd,
-                    start_new_session=True, close_fds=True,
+                process = subprocess.Popen(
+                    ["/bin/sh", "-c", assignment.command], stdin=subprocess.DEVNULL, stdout=stdout,
+                    stderr=stderr, env=env, cwd=self.cwd, start_new_session=True, close_fds=True,
                 )
-        finally:
-            if stdin is not subprocess.DEVNULL:
-                stdin.close()
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            shutil.rmtree(directory, ignore_errors=True)
+            return None, str(exc)
+        return _Execution(assignment, started_s, process=process, directory=directory), ""
 
     # ------------------------------------------------------------------ the reaper thread
 
@@ -286,6 +343,8 @@ class TaskExecutor:
                     executions[execution.assignment.key] = execution
                     if execution.pidfd is not None:
                         selector.register(execution.pidfd, selectors.EVENT_READ, execution)
+                    if execution.child is not None:
+                        selector.register(execution.child.answer_fd, selectors.EVENT_READ, execution)
                 if stopping:
                     break
                 now_s = time.monotonic()
@@ -297,10 +356,12 @@ class TaskExecutor:
                     self._enforce_deadlines(execution, now_s)
                 reports = []
                 for key, execution in list(executions.items()):
-                    if execution.process.poll() is not None:
+                    if execution.ended():
                         del executions[key]
                         if execution.pidfd is not None:
                             selector.unregister(execution.pidfd)
+                        if execution.child is not None:
+                            selector.unregister(execution.child.answer_fd)
                         reports.append(self._finish(execution))
                 if reports:
                     with self._lock:
@@ -313,8 +374,10 @@ class TaskExecutor:
             log.exception("the task reaper failed; killing every running task")
         finally:
             for execution in executions.values():
-                _signal_group(execution.process.pid, signal.SIGKILL)
+                signal_group(execution.group_id, signal.SIGKILL)
             for execution in executions.values():
+                if execution.child is not None:
+                    continue  # the pool's stop() reaps its processes
                 try:
                     execution.process.wait(5.0)
                 except subprocess.TimeoutExpired:
@@ -343,7 +406,7 @@ class TaskExecutor:
     def _begin_kill(self, execution: _Execution, reason: str, now_s: float) -> None:
         execution.kill_reason = reason
         execution.kill_at_s = now_s + self.kill_grace_s
-        _signal_group(execution.process.pid, signal.SIGTERM)
+        signal_group(execution.group_id, signal.SIGTERM)
 
     def _enforce_deadlines(self, execution: _Execution, now_s: float) -> None:
         if execution.kill_reason is None:
@@ -352,24 +415,23 @@ class TaskExecutor:
                 self._begin_kill(execution, f"timed out after {timeout_s:g} s", now_s)
         elif execution.kill_at_s is not None and now_s >= execution.kill_at_s:
             execution.kill_at_s = None
-            _signal_group(execution.process.pid, signal.SIGKILL)
+            signal_group(execution.group_id, signal.SIGKILL)
 
     def _finish(self, execution: _Execution) -> TaskFinished:
+        if execution.child is not None:
+            return self._finish_call(execution)
         # Whatever the task left behind in its group dies with it (the group id outlives the
         # leader's pid while any member lives, so this cannot hit an unrelated process group).
-        _signal_group(execution.process.pid, signal.SIGKILL)
+        signal_group(execution.process.pid, signal.SIGKILL)
         assignment = execution.assignment
         returncode = execution.process.returncode
         duration_ms = int((time.monotonic() - execution.started_s) * 1000)
         directory = execution.directory
-        ok, result, error = returncode == 0, None, ""
-        if assignment.kind == "call":
-            ok, result, error = self._call_outcome(directory / "result", returncode)
-        else:
-            result = self._command_result(directory / "result")
+        ok, error = returncode == 0, ""
+        result = self._command_result(directory / "result")
         if execution.kill_reason is not None:
             ok, error = False, execution.kill_reason
-        elif not ok and not error:
+        elif not ok:
             error = describe_exit(returncode)
         report = finished_now(
             self.worker_id, assignment, ok, error, exit_code=returncode, result=result if ok else None,
@@ -381,19 +443,53 @@ class TaskExecutor:
                   assignment.attempt, "ok" if ok else error)
         return report
 
-    @staticmethod
-    def _call_outcome(result_path: Path, returncode: int) -> tuple[bool, Any, str]:
-        try:
-            outcome = decode(result_path.read_bytes())
-        except FileNotFoundError:
-            return False, None, f"the call left no result ({describe_exit(returncode)})"
-        except (OSError, DecodeError) as exc:
-            return False, None, f"the call's result cannot be read: {exc}"
-        if not isinstance(outcome, dict) or not isinstance(outcome.get("ok"), bool):
-            return False, None, "the call's result is malformed"
-        if outcome["ok"]:
-            return returncode == 0, outcome.get("result"), ""
-        return False, None, str(outcome.get("error") or "the call failed")
+    def _finish_call(self, execution: _Execution) -> TaskFinished:
+        assert self.pool is not None and execution.child is not None
+        child = execution.child
+        assignment = execution.assignment
+        duration_ms = int((time.monotonic() - execution.started_s) * 1000)
+        answer = child.answer
+        returncode = child.process.poll()
+        retire_reason = ""
+        result = None
+        if answer is not None:
+            ok, error, exit_code = answer["ok"], str(answer.get("error") or ""), answer.get("exit_code")
+            if ok:
+                try:
+                    result = decode(answer.get("payload") or b"\xc0")
+                except DecodeError as exc:
+                    ok, error = False, f"the call's result cannot be read: {exc}"
+            elif not error:
+                error = "the call failed"
+            retire_reason = str(answer.get("leftovers") or "")
+        elif child.broken:
+            ok, error, exit_code = False, child.broken, returncode
+            retire_reason = child.broken
+        else:
+            # os._exit, a crash, the OOM killer, or our own kill: the process is gone.
+            ok, exit_code = False, returncode
+            error = f"the task process died during the call ({describe_exit(returncode)})"
+            retire_reason = "it died"
+        if execution.kill_reason is not None:
+            ok, error, result = False, execution.kill_reason, None
+            exit_code = returncode if returncode is not None else exit_code
+            retire_reason = execution.kill_reason
+        if execution.fresh and not retire_reason:
+            retire_reason = "it ran a task with CUDA_VISIBLE_DEVICES set"
+        report = finished_now(
+            self.worker_id, assignment, ok, error, exit_code=exit_code, result=result if ok else None,
+            duration_ms=duration_ms, stdout_tail=read_tail(child.stdout_path, self.tail_bytes),
+            stderr_tail=read_tail(child.stderr_path, self.tail_bytes),
+        )
+        if retire_reason or returncode is not None:
+            log.debug("Retiring pool process %d after %s/%s: %s", child.pid, assignment.workflow_id,
+                      assignment.task_id, retire_reason or "it exited")
+            self.pool.retire(child)  # kills its group before the report goes: nothing outlives it
+        else:
+            self.pool.release(child)
+        log.debug("Task %s/%s attempt %d finished: %s", assignment.workflow_id, assignment.task_id,
+                  assignment.attempt, "ok" if ok else error)
+        return report
 
     @staticmethod
     def _command_result(result_path: Path) -> Any:
@@ -416,4 +512,5 @@ class TaskExecutor:
             except OSError:
                 pass
             execution.pidfd = None
-        shutil.rmtree(execution.directory, ignore_errors=True)
+        if execution.directory is not None:
+            shutil.rmtree(execution.directory, ignore_errors=True)

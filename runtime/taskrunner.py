@@ -1,23 +1,44 @@
-"""The child process of a ``call`` task: ``python -m runtime.taskrunner``.
+"""The long-lived child process that runs ``call`` tasks: ``python -m runtime.taskrunner --serve R W``.
 
-It reads one spec from stdin, a msgpack map ``{"call": "package.module:function", "args": [...],
-"kwargs": {...}, "inputs": {...}, "result_path": PATH}``, imports and calls the function, and
-writes the outcome to ``result_path`` (never to stdout, which belongs to the task):
-``{"ok": true, "result": VALUE}`` or ``{"ok": false, "error": "ValueError: boom", "traceback": ...}``,
-msgpack-encoded with the wire codec (so records may be results). Exit code 0 when the call
-returned, 1 when it raised or its result cannot be encoded, 2 for a bad spec.
+The executor's pool (runtime/taskpool.py) starts one per slot, each in its own session, and
+talks to it over two pipes (fd ``R`` carries requests to the child, fd ``W`` its answers;
+never the task's stdout). Every message is a frame: a 4-byte big-endian length, then one
+msgpack map encoded with the wire codec (so records may be arguments and results).
 
-Rules: the function gets the dependencies' results as the keyword ``inputs`` only when it has a
-parameter named ``inputs`` (and the task's kwargs do not already set it). A coroutine function
-is run to completion with ``asyncio.run``. The module stays light to import: a call task pays
-for this process's start-up.
+Request: ``{"call": "package.module:function", "args": [...], "kwargs": {...},
+"inputs": {...}, "env": {NAME: VALUE}, "stdout_path": PATH, "stderr_path": PATH}``.
+Answer: ``{"ok": true, "result": VALUE, "exit_code": 0, "leftovers": ""}`` or
+``{"ok": false, "error": "ValueError: boom", "exit_code": 1, "leftovers": ""}``, where
+``exit_code`` is what a one-shot process would have exited with (0 returned, 1 raised or
+result not sendable, 2 bad request) and ``leftovers`` is "" or why this child must not be
+reused (the task left processes or threads running).
+
+Rules:
+
+* One task at a time. For its duration fds 1 and 2 are the task's stdout and stderr files
+  (``os.dup2``, so subprocesses inherit them too) and ``os.environ`` has the request's
+  ``env`` on top of this process's own; afterwards fds, ``sys.stdout``/``sys.stderr``, the
+  environment and the working directory are put back, so consecutive tasks do not see each
+  other's settings. A failing call's traceback goes to the task's stderr.
+* Modules stay imported and resolved callables are cached: that is the point of the pool.
+* The child is a child subreaper where Linux allows it, so whatever a task starts stays its
+  descendant; after each task it reaps finished children, and reports live ones (and live
+  extra threads) as ``leftovers`` so that the executor kills the whole group: a task never
+  outlives its report.
+* The function gets the dependencies' results as the keyword ``inputs`` only when it has a
+  parameter named ``inputs`` (and the task's kwargs do not already set it). A coroutine
+  function is run to completion with ``asyncio.run``.
+* End of the request pipe (the executor closed it or died) ends the process with exit 0.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import struct
 import sys
+import threading
 import traceback
 from typing import Any, Callable
 
@@ -26,6 +47,8 @@ from protocols.wire import EncodeError, decode, encode
 EXIT_OK = 0
 EXIT_RAISED = 1
 EXIT_BAD_SPEC = 2
+FRAME_HEADER = struct.Struct(">I")
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 
 def resolve(call: str) -> Callable[..., Any]:
@@ -53,13 +76,23 @@ def accepts_inputs(function: Callable[..., Any]) -> bool:
     )
 
 
+# call string -> (function, whether it takes ``inputs``); a failed resolve is not cached, so a
+# module that appears later (or whose import failed transiently) is tried again.
+_resolved: dict[str, tuple[Callable[..., Any], bool]] = {}
+
+
 def run_call(spec: dict) -> tuple[int, dict]:
     """Call what ``spec`` names; returns (exit code, outcome map)."""
     try:
-        function = resolve(spec["call"])
+        call = spec["call"]
+        entry = _resolved.get(call)
+        if entry is None:
+            function = resolve(call)
+            entry = _resolved[call] = (function, accepts_inputs(function))
+        function, takes_inputs = entry
         args = list(spec.get("args") or [])
         kwargs = dict(spec.get("kwargs") or {})
-        if "inputs" not in kwargs and accepts_inputs(function):
+        if takes_inputs and "inputs" not in kwargs:
             kwargs["inputs"] = dict(spec.get("inputs") or {})
         result = function(*args, **kwargs)
         if inspect.iscoroutine(result):
@@ -75,31 +108,154 @@ def run_call(spec: dict) -> tuple[int, dict]:
     return EXIT_OK, {"ok": True, "result": result}
 
 
-def main() -> int:
+# --------------------------------------------------------------------------- frames
+
+
+def read_exactly(fd: int, size: int) -> bytes | None:
+    """``size`` bytes from ``fd``; None at end of file."""
+    chunks, remaining = [], size
+    while remaining:
+        chunk = os.read(fd, remaining)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(fd: int) -> bytes | None:
+    header = read_exactly(fd, FRAME_HEADER.size)
+    if header is None:
+        return None
+    (length,) = FRAME_HEADER.unpack(header)
+    return read_exactly(fd, length) if length else b""
+
+
+def write_frame(fd: int, payload: bytes) -> None:
+    data = memoryview(FRAME_HEADER.pack(len(payload)) + payload)
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+
+
+# --------------------------------------------------------------------------- serving
+
+
+def become_subreaper() -> None:
+    """Orphans of a task's processes are re-parented to this process (Linux), so the check for
+    leftovers sees them; elsewhere only direct children are seen."""
     try:
-        spec = decode(sys.stdin.buffer.read())
-        if not isinstance(spec, dict) or not isinstance(spec.get("call"), str) or not isinstance(
-            spec.get("result_path"), str
-        ):
-            raise ValueError("spec must be a map with 'call' and 'result_path' strings")
-    except Exception as exc:
-        print(f"taskrunner: bad spec: {exc}", file=sys.stderr)
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def leftovers(baseline_threads: int) -> str:
+    """Why this process must not run another task ("" if it may): live child processes or
+    threads the task left behind. Reaps children that have already ended."""
+    reasons = []
+    try:
+        while True:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                reasons.append("child processes still running")
+                break
+    except ChildProcessError:
+        pass  # no children at all
+    extra_threads = threading.active_count() - baseline_threads
+    if extra_threads > 0:
+        reasons.append(f"{extra_threads} threads still running")
+    return "; ".join(reasons)
+
+
+def open_output(path: str) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+
+
+def run_request(spec: Any, quiet_out_fd: int, own_err_fd: int, baseline_threads: int) -> dict:
+    """Run one request with fds 1 and 2 and the environment set for it; then put them back."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("call"), str):
+        return {"ok": False, "error": "bad request: expected a map with a 'call' string",
+                "exit_code": EXIT_BAD_SPEC, "leftovers": ""}
+    saved_environ = dict(os.environ)
+    saved_cwd = os.getcwd()
+    try:
+        out_fd = open_output(str(spec.get("stdout_path") or os.devnull))
+        err_fd = open_output(str(spec.get("stderr_path") or os.devnull))
+    except OSError as exc:
+        return {"ok": False, "error": f"cannot open the task's output files: {exc}",
+                "exit_code": EXIT_BAD_SPEC, "leftovers": ""}
+    try:
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+    finally:
+        os.close(out_fd)
+        os.close(err_fd)
+    try:
+        os.environ.update({str(name): str(value) for name, value in (spec.get("env") or {}).items()})
+        exit_code, outcome = run_call(spec)
+        try:
+            outcome["payload"] = encode(outcome.pop("result", None))
+        except EncodeError as exc:
+            exit_code = EXIT_RAISED
+            outcome = {"ok": False, "error": f"the result of {spec['call']} cannot be sent: {exc}", "traceback": ""}
+        if not outcome["ok"] and outcome.get("traceback"):
+            sys.stderr.write(outcome["traceback"])
+    finally:
+        # The task may have replaced or closed the streams; what it printed belongs in its files.
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        os.dup2(quiet_out_fd, 1)
+        os.dup2(own_err_fd, 2)
+        if os.environ != saved_environ:
+            os.environ.clear()
+            os.environ.update(saved_environ)
+        try:
+            if os.getcwd() != saved_cwd:
+                os.chdir(saved_cwd)
+        except OSError:
+            os.chdir(saved_cwd)
+    outcome.pop("traceback", None)
+    outcome["exit_code"] = exit_code
+    outcome["leftovers"] = leftovers(baseline_threads)
+    return outcome
+
+
+def serve(request_fd: int, answer_fd: int) -> int:
+    """Answer requests until the request pipe ends."""
+    become_subreaper()
+    quiet_out_fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    own_err_fd = os.dup(2)  # this process's own diagnostics, while fd 2 belongs to a task
+    os.set_inheritable(own_err_fd, False)
+    os.dup2(quiet_out_fd, 1)
+    baseline_threads = threading.active_count()
+    while True:
+        frame = read_frame(request_fd)
+        if frame is None:
+            return EXIT_OK
+        try:
+            spec = decode(frame)
+        except Exception as exc:  # noqa: BLE001 - a bad request is answered, not fatal
+            outcome = {"ok": False, "error": f"bad request: {exc}", "exit_code": EXIT_BAD_SPEC, "leftovers": ""}
+        else:
+            outcome = run_request(spec, quiet_out_fd, own_err_fd, baseline_threads)
+        # The result was encoded on its own (to catch unsendable values inside the task's
+        # error handling); it travels as bytes and the executor decodes it.
+        write_frame(answer_fd, encode(outcome))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 3 or argv[0] != "--serve" or not argv[1].isdigit() or not argv[2].isdigit():
+        print("usage: python -m runtime.taskrunner --serve REQUEST_FD ANSWER_FD", file=sys.stderr)
         return EXIT_BAD_SPEC
-    exit_code, outcome = run_call(spec)
-    try:
-        data = encode(outcome)
-    except EncodeError as exc:
-        exit_code = EXIT_RAISED
-        data = encode({
-            "ok": False,
-            "error": f"the result of {spec['call']} cannot be sent: {exc}",
-            "traceback": "",
-        })
-    with open(spec["result_path"], "wb") as result_file:
-        result_file.write(data)
-    if not outcome["ok"]:
-        sys.stderr.write(outcome["traceback"])
-    return exit_code
+    return serve(int(argv[1]), int(argv[2]))
 
 
 if __name__ == "__main__":
