@@ -6,7 +6,10 @@ The functions below are also the ``call`` targets the child processes import
 
 from __future__ import annotations
 
+import os
 import queue
+import subprocess
+import sys
 import time
 
 import psutil
@@ -38,6 +41,28 @@ def unsendable():
 
 async def async_double(x):
     return 2 * x
+
+
+def whoami(text=""):
+    """Prints ``text`` to stdout and stderr; returns this process's pid and the env it sees."""
+    print(text)
+    print(f"err-{text}", file=sys.stderr)
+    names = ("AGENTFLOW_TASK_ID", "EXTRA_SETTING", "LEAKED_BY_A_TASK", "CUDA_VISIBLE_DEVICES")
+    seen = {name: os.environ.get(name) for name in names}
+    os.environ["LEAKED_BY_A_TASK"] = "yes"  # must not reach the next task
+    return {"pid": os.getpid(), "env": seen}
+
+
+def sleep_forever():
+    time.sleep(100)
+
+
+def exit_abruptly(code):
+    os._exit(code)
+
+
+def leave_a_process_behind():
+    return subprocess.Popen(["sleep", "100"]).pid
 
 
 # ---------------------------------------------------------------- helpers
@@ -253,3 +278,127 @@ def test_stop_kills_running_tasks():
     assert collector.reports.empty()
     late = executor.run(assignment("late", command="true"))
     assert late is not None and late.error == "worker stopping"
+
+
+# ---------------------------------------------------------------- the call pool
+
+
+def call_pid(executor: TaskExecutor, collector: Collector, task_id: str, **fields) -> int:
+    report = run_one(executor, collector, assignment(task_id, call="tests.test_executor:whoami", **fields))
+    assert report.ok, report
+    return report.result["pid"]
+
+
+def dead(pid: int) -> bool:
+    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_one_pool_process_serves_consecutive_calls_with_their_own_env_and_output():
+    executor, collector = make_executor()
+    try:
+        first = run_one(executor, collector, assignment(
+            "first", call="tests.test_executor:whoami", args=["one"], env={"EXTRA_SETTING": "x"}))
+        second = run_one(executor, collector, assignment("second", call="tests.test_executor:whoami", args=["two"]))
+        assert first.ok and second.ok, (first, second)
+        assert first.result["pid"] == second.result["pid"] != os.getpid()
+        assert executor.pool.started == 1
+        # Each task sees its own identity and env; nothing the first one set or changed remains.
+        assert first.result["env"] == {"AGENTFLOW_TASK_ID": "first", "EXTRA_SETTING": "x",
+                                       "LEAKED_BY_A_TASK": None, "CUDA_VISIBLE_DEVICES": None}
+        assert second.result["env"] == {"AGENTFLOW_TASK_ID": "second", "EXTRA_SETTING": None,
+                                        "LEAKED_BY_A_TASK": None, "CUDA_VISIBLE_DEVICES": None}
+        # Each report carries only its own task's output.
+        assert (first.stdout_tail, first.stderr_tail) == ("one\n", "err-one\n")
+        assert (second.stdout_tail, second.stderr_tail) == ("two\n", "err-two\n")
+    finally:
+        executor.stop()
+
+
+def test_a_timed_out_call_kills_its_pool_process_and_a_new_one_takes_over():
+    executor, collector = make_executor(kill_grace_s=0.5)
+    try:
+        pid = call_pid(executor, collector, "before")
+        report = run_one(executor, collector, assignment("slow", call="tests.test_executor:sleep_forever", timeout_s=0.3))
+        assert (report.ok, report.error, report.exit_code) == (False, "timed out after 0.3 s", -15)
+        wait_for(lambda: dead(pid), 5.0, what="the timed-out pool process to die")
+        assert executor.running() == []
+        new_pid = call_pid(executor, collector, "after")
+        assert new_pid != pid and executor.pool.pids() == [new_pid]
+    finally:
+        executor.stop()
+
+
+def test_a_cancelled_call_is_reported_and_its_process_replaced():
+    executor, collector = make_executor()
+    try:
+        task = assignment("long", call="tests.test_executor:sleep_forever")
+        assert executor.run(task) is None
+        wait_for(lambda: executor.pool.pids(), 5.0, what="a pool process")
+        [pid] = executor.pool.pids()
+        assert executor.cancel(task.key)
+        report = collector.next()
+        assert (report.ok, report.error, report.exit_code) == (False, "cancelled", -15)
+        assert dead(pid)
+        assert call_pid(executor, collector, "next") != pid
+    finally:
+        executor.stop()
+
+
+def test_a_call_that_kills_its_process_is_reported_and_the_pool_recovers():
+    executor, collector = make_executor()
+    try:
+        pid = call_pid(executor, collector, "before")
+        report = run_one(executor, collector, assignment("crash", call="tests.test_executor:exit_abruptly", args=[3]))
+        assert (report.ok, report.exit_code) == (False, 3)
+        assert report.error == "the task process died during the call (exit code 3)"
+        assert dead(pid)
+        assert call_pid(executor, collector, "after") != pid
+        # A pool process killed from outside while idle is replaced on the next call.
+        idle_pid = executor.pool.pids()[0]
+        os.kill(idle_pid, 9)
+        wait_for(lambda: dead(idle_pid), 5.0, what="the idle pool process to die")
+        assert call_pid(executor, collector, "after-kill") != idle_pid
+    finally:
+        executor.stop()
+
+
+def test_a_call_that_leaves_a_process_behind_gets_it_killed_and_a_new_pool_process():
+    executor, collector = make_executor()
+    try:
+        pid = call_pid(executor, collector, "before")
+        report = run_one(executor, collector, assignment("bg", call="tests.test_executor:leave_a_process_behind"))
+        assert report.ok, report
+        background_pid = report.result
+        wait_for(lambda: dead(background_pid), 5.0, what="the background sleep to die")
+        assert dead(pid) and call_pid(executor, collector, "after") != pid
+    finally:
+        executor.stop()
+
+
+def test_a_gpu_call_runs_in_a_process_of_its_own():
+    executor, collector = make_executor()
+    try:
+        pid = call_pid(executor, collector, "cpu")
+        report = run_one(executor, collector, assignment(
+            "gpu", call="tests.test_executor:whoami", env={"CUDA_VISIBLE_DEVICES": "1"}))
+        assert report.ok and report.result["env"]["CUDA_VISIBLE_DEVICES"] == "1"
+        gpu_pid = report.result["pid"]
+        assert gpu_pid != pid
+        wait_for(lambda: dead(gpu_pid), 5.0, what="the GPU task's process to be retired")
+        assert call_pid(executor, collector, "cpu-again") == pid
+    finally:
+        executor.stop()
+
+
+def test_calls_in_parallel_use_several_pool_processes_and_stop_ends_them_all():
+    executor, collector = make_executor()
+    try:
+        tasks = [assignment(f"p{i}", call="tests.test_executor:sleep_forever") for i in range(3)]
+        for task in tasks:
+            assert executor.run(task) is None
+        pids = wait_for(lambda: len(executor.pool.pids()) == 3 and executor.pool.pids(), 5.0,
+                        what="three pool processes")
+    finally:
+        executor.stop()
+    assert all(dead(pid) for pid in pids)
+    assert collector.reports.empty()
