@@ -500,6 +500,9 @@ SCENARIOS = {
                                            drop=0.1), RaftConfig(
         election_ticks_min=4, election_ticks_max=8, heartbeat_ticks=1, max_entries_per_append=1,
         max_inflight_appends=2)),
+    # Everything at once: membership changes with joining servers while leaders crash.
+    "five_chaos": Scenario(5, 500, Faults(membership=0.04, crash_leader=0.03, restart=0.2,
+                                          partition=0.02, crash_mid_ready=0.01), spare_count=2),
     # The plain Raft paths: no pre-vote, no check-quorum, one entry per append, no pipelining.
     "three_plain": Scenario(3, 400, Faults(), RaftConfig(
         election_ticks_min=10, election_ticks_max=20, heartbeat_ticks=2, max_entries_per_append=1,

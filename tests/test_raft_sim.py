@@ -24,6 +24,7 @@ CI_SLICE = {
     "three_plain": 60,
     "three_crashy": 100,
     "five_crashy": 60,
+    "five_chaos": 50,
 }
 
 
