@@ -157,7 +157,7 @@ class WorkerActor(Actor):
         self_ref = self.self_ref
         self.executor = TaskExecutor(
             self.worker_id, lambda reports: self_ref.tell(_Finished(reports)),
-            kill_grace_s=self.config.kill_grace_s,
+            kill_grace_s=self.config.kill_grace_s, call_slots=self.max_concurrent_tasks,
         ).start()
         self.timer_id = self.node.every(self.heartbeat_interval_s, self_ref, "heartbeat")
         self._send_hello()

@@ -111,18 +111,40 @@ def _json_default(value: Any) -> Any:
     return repr(value)
 
 
+class _CommandFiles:
+    """A shell task's stdout, stderr and result files: ``task-N.stdout`` and so on, flat in the
+    executor's directory. Files rather than a directory per task: creating and removing a
+    directory tree cost more than starting the shell (2.5 ms against 1.7 ms, measured here)."""
+
+    __slots__ = ("stdout", "stderr", "result")
+
+    def __init__(self, directory: Path, number: int) -> None:
+        self.stdout = directory / f"task-{number}.stdout"
+        self.stderr = directory / f"task-{number}.stderr"
+        self.result = directory / f"task-{number}.result"
+
+    def remove(self) -> None:
+        # Unlinked, never reused: a process that escaped the group and still writes to its
+        # file cannot show up in another task's tail.
+        for path in (self.stdout, self.stderr, self.result):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
 class _Execution:
     """One running attempt (reaper thread only, once started): a shell task's own process and
-    directory, or the pool process running a call; plus its kill state."""
+    files, or the pool process running a call; plus its kill state."""
 
-    __slots__ = ("assignment", "process", "child", "pidfd", "directory", "started_s", "deadline_s",
+    __slots__ = ("assignment", "process", "child", "pidfd", "files", "started_s", "deadline_s",
                  "kill_reason", "kill_at_s", "fresh")
 
     def __init__(self, assignment: TaskAssignment, started_s: float, *, process: subprocess.Popen | None = None,
-                 directory: Path | None = None, child: CallProcess | None = None, fresh: bool = False) -> None:
+                 files: _CommandFiles | None = None, child: CallProcess | None = None, fresh: bool = False) -> None:
         self.assignment = assignment
         self.process = process
-        self.directory = directory
+        self.files = files
         self.child = child
         self.fresh = fresh  # the pool process must not run another task after this one
         self.started_s = started_s
@@ -186,15 +208,19 @@ class TaskExecutor:
         self._stopping = False
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
-        self._directory_ids = itertools.count(1)
+        self._file_numbers = itertools.count(1)
         self._base_directory: Path | None = None
+        self._worker_env: dict[str, str] = {}
         self._thread = threading.Thread(target=self._reap, name=f"agentflow-reaper-{worker_id}", daemon=True)
 
     # ------------------------------------------------------------------ any thread
 
     def start(self) -> TaskExecutor:
         self._base_directory = Path(tempfile.mkdtemp(prefix="agentflow-tasks-"))
-        pool_env = dict(os.environ)
+        # The worker's environment as of start: copying os.environ per task costs more than
+        # the rest of building a task's environment.
+        self._worker_env = dict(os.environ)
+        pool_env = dict(self._worker_env)
         existing = pool_env.get("PYTHONPATH")
         pool_env["PYTHONPATH"] = PACKAGE_ROOT + (os.pathsep + existing if existing else "")
         self.pool = CallPool(self._base_directory, self.python_executable, self.cwd, pool_env, self.call_slots)
@@ -305,21 +331,20 @@ class TaskExecutor:
 
     def _start_command(self, assignment: TaskAssignment, started_s: float) -> tuple[_Execution | None, str]:
         assert self._base_directory is not None
-        directory = self._base_directory / f"task-{next(self._directory_ids)}"
+        files = _CommandFiles(self._base_directory, next(self._file_numbers))
         try:
-            directory.mkdir()
-            env = dict(os.environ)
+            env = dict(self._worker_env)
             env.update(self._task_env(assignment))
-            env["AGENTFLOW_RESULT_FILE"] = str(directory / "result")
-            with open(directory / "stdout", "wb") as stdout, open(directory / "stderr", "wb") as stderr:
+            env["AGENTFLOW_RESULT_FILE"] = str(files.result)
+            with open(files.stdout, "wb") as stdout, open(files.stderr, "wb") as stderr:
                 process = subprocess.Popen(
                     ["/bin/sh", "-c", assignment.command], stdin=subprocess.DEVNULL, stdout=stdout,
                     stderr=stderr, env=env, cwd=self.cwd, start_new_session=True, close_fds=True,
                 )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            shutil.rmtree(directory, ignore_errors=True)
+            files.remove()
             return None, str(exc)
-        return _Execution(assignment, started_s, process=process, directory=directory), ""
+        return _Execution(assignment, started_s, process=process, files=files), ""
 
     # ------------------------------------------------------------------ the reaper thread
 
@@ -426,17 +451,17 @@ class TaskExecutor:
         assignment = execution.assignment
         returncode = execution.process.returncode
         duration_ms = int((time.monotonic() - execution.started_s) * 1000)
-        directory = execution.directory
+        files = execution.files
         ok, error = returncode == 0, ""
-        result = self._command_result(directory / "result")
+        result = self._command_result(files.result)
         if execution.kill_reason is not None:
             ok, error = False, execution.kill_reason
         elif not ok:
             error = describe_exit(returncode)
         report = finished_now(
             self.worker_id, assignment, ok, error, exit_code=returncode, result=result if ok else None,
-            duration_ms=duration_ms, stdout_tail=read_tail(directory / "stdout", self.tail_bytes),
-            stderr_tail=read_tail(directory / "stderr", self.tail_bytes),
+            duration_ms=duration_ms, stdout_tail=read_tail(files.stdout, self.tail_bytes),
+            stderr_tail=read_tail(files.stderr, self.tail_bytes),
         )
         self._close(execution)
         log.debug("Task %s/%s attempt %d finished: %s", assignment.workflow_id, assignment.task_id,
@@ -512,5 +537,5 @@ class TaskExecutor:
             except OSError:
                 pass
             execution.pidfd = None
-        if execution.directory is not None:
-            shutil.rmtree(execution.directory, ignore_errors=True)
+        if execution.files is not None:
+            execution.files.remove()
