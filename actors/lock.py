@@ -136,14 +136,17 @@ class LockActor(Actor):
         if hasattr(body, "now_ms"):
             body = dataclasses.replace(body, now_ms=self.now_ms())
             envelope = dataclasses.replace(envelope, body=body) if isinstance(envelope, ClientCommand) else body
-        wait_ms = min(call.wait_ms, MAX_WAIT_MS) if isinstance(body, Acquire) and body.wait else 0
-        if wait_ms:
+        # The hold ends wait_ms after the request arrived, not after its commit: the client's ask
+        # has a deadline of its own.
+        wait_until_ms = 0
+        if isinstance(body, Acquire) and body.wait and call.wait_ms > 0:
+            wait_until_ms = self.now_ms() + min(call.wait_ms, MAX_WAIT_MS)
             self._waiter_seen_ms[(body.key, body.owner)] = self.now_ms()
         answer = self.defer()
-        self._propose(envelope, lambda future: self._answer_call(future, answer, wait_ms))
+        self._propose(envelope, lambda future: self._answer_call(future, answer, wait_until_ms))
         return answer
 
-    def _answer_call(self, future: Future, answer: Deferred, wait_ms: int) -> None:
+    def _answer_call(self, future: Future, answer: Deferred, wait_until_ms: int) -> None:
         try:
             result = future.get()
         except RemoteError as exc:
@@ -158,16 +161,16 @@ class LockActor(Actor):
         reply = result.reply if isinstance(result, LockOutcome) else result
         if isinstance(reply, ErrorRecord):
             answer.fail(reply.kind, reply.message)
-        elif isinstance(reply, LockQueued) and wait_ms and self._is_leader and self._state is not None:
+        elif isinstance(reply, LockQueued) and wait_until_ms and self._is_leader and self._state is not None:
             info = self._state.locks.check_lock(reply.key, 0)  # 0: the entry as it stands, due or not
             if info is not None and info.holder == reply.owner:
                 # A retried command answered from its session: the grant came in the meantime.
                 answer.resolve(LockGranted(info.key, info.holder, info.token, info.expires_ms))
-            elif info is not None and reply.owner in info.waiters:
+            elif info is not None and reply.owner in info.waiters and wait_until_ms > self.now_ms():
                 # The grant is a later entry, not applied yet: Applied will bring it.
-                self._held.setdefault((reply.key, reply.owner), []).append((self.now_ms() + wait_ms, answer, reply))
+                self._held.setdefault((reply.key, reply.owner), []).append((wait_until_ms, answer, reply))
             else:
-                answer.resolve(reply)  # no longer queued (cancelled): the client asks again
+                answer.resolve(reply)  # no longer queued (cancelled), or out of time: the client asks again
         else:
             answer.resolve(reply)
 
@@ -237,13 +240,16 @@ class LockActor(Actor):
     # ------------------------------------------------------------------ replicated events
 
     def _applied(self, applied: Applied) -> None:
-        for _, command, result in applied.items:
+        for index, command, result in applied.items:
             self._clock_at_least(getattr(command, "now_ms", None))
             if not isinstance(result, LockOutcome):
                 continue
+            # Only grants made by this entry (token == index): a retried command answered from its
+            # session carries its first outcome, whose grants are old news and may be over.
             for grant in result.grants:
-                self._granted(grant)
-            if isinstance(result.reply, LockGranted):
+                if grant.token == index:
+                    self._granted(grant)
+            if isinstance(result.reply, LockGranted) and result.reply.token == index:
                 self._granted(result.reply)
 
     def _granted(self, grant: LockGranted) -> None:

@@ -61,7 +61,7 @@ log = logging.getLogger("agentflow.lock")
 
 LOCK_ACTOR = "lock"
 # One wait slice must end well within the client's per-try ask deadline (runtime/client.py: 1 s).
-WAIT_SLICE_S = 0.6
+WAIT_SLICE_S = 0.5
 
 
 class LockTimeout(TimeoutError):
