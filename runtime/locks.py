@@ -309,7 +309,12 @@ def run_locked(client: Client, key: str, argv: list[str], owner: str, ttl_s: flo
             return 127
         if lost.is_set():
             child[0].terminate()
-        status = child[0].wait()
+        try:
+            status = child[0].wait()
+        except KeyboardInterrupt:
+            # Ctrl-C reached the child too (same process group): let it finish, then release.
+            child[0].terminate()
+            status = child[0].wait()
     if lost.is_set():
         log.error("Lock '%s' was lost while %s ran; it was terminated", key, argv[0])
         return status if status > 0 else 1
