@@ -17,7 +17,10 @@ import time
 
 import pytest
 
+from protocols.locks import ExpireLocks, ExtendAllLeases, LockCall, LockShow
+from protocols.wire import Redirect
 from runtime.client import Client
+from runtime.future import RemoteError
 from runtime.locks import AutoRenewLock, DistributedLock, LockTimeout
 from tests.cluster import LocalCluster
 from tests.procs import REPO, wait_for
@@ -106,6 +109,20 @@ def test_a_waiter_that_died_leaves_the_queue(cluster):
         if waiter.poll() is None:
             waiter.kill()
             waiter.wait(10)
+
+
+def test_followers_redirect_and_clients_cannot_expire_leases(cluster):
+    the_cluster, client = cluster
+    view = the_cluster.wait_healthy(client, voters=3)
+    leader = next(m for m in view["members"] if m["id"] == view["leader"])
+    follower = next(m for m in view["members"] if m["id"] != view["leader"])
+    answer = client.node.ref(follower["address"], "lock").ask(LockShow("any"), timeout_s=5).get()
+    assert isinstance(answer, Redirect) and answer.leader_endpoint == leader["address"]
+    # Only the leader's clock ends leases: a client cannot propose expiry or extension.
+    for body in (ExpireLocks(10**12), ExtendAllLeases(10**12)):
+        with pytest.raises(RemoteError) as refused:
+            client.call("lock", LockCall(body, 0))
+        assert refused.value.kind == "bad_request"
 
 
 def test_blocking_acquires_are_granted_fifo_on_release(cluster):
