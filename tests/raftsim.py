@@ -14,8 +14,8 @@ restarts from SQLite. After every step the safety properties of the Raft paper a
   (checked with a running digest of the applied commands at each index);
 * ReadIndex: a read state is never older than a commit that was known when the read began.
 
-At the end the network heals, every node restarts, and a command must commit and be applied
-everywhere within a bounded number of ticks (liveness).
+At the end the network heals (no loss, in order), every node restarts, and a command must
+commit and be applied everywhere within a bounded number of ticks (liveness).
 
 Replay one seed (prints the last events of the run on failure)::
 
@@ -205,7 +205,8 @@ class Cluster:
             return
         copies = 2 if not lossless and self.rng.random() < self.faults.duplicate else 1
         for _ in range(copies):
-            delay = self.rng.randint(1, max(1, self.faults.delay_max_ticks))
+            # A healed network (lossless) behaves like TCP: in order, one tick.
+            delay = 1 if lossless else self.rng.randint(1, max(1, self.faults.delay_max_ticks))
             self.sent_count += 1
             heapq.heappush(self.network, (self.now + delay, self.rng.random(), self.sent_count, message))
 
