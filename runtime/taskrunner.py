@@ -7,11 +7,13 @@ msgpack map encoded with the wire codec (so records may be arguments and results
 
 Request: ``{"call": "package.module:function", "args": [...], "kwargs": {...},
 "inputs": {...}, "env": {NAME: VALUE}, "stdout_path": PATH, "stderr_path": PATH}``.
-Answer: ``{"ok": true, "result": VALUE, "exit_code": 0, "leftovers": ""}`` or
-``{"ok": false, "error": "ValueError: boom", "exit_code": 1, "leftovers": ""}``, where
-``exit_code`` is what a one-shot process would have exited with (0 returned, 1 raised or
-result not sendable, 2 bad request) and ``leftovers`` is "" or why this child must not be
-reused (the task left processes or threads running).
+Answer: ``{"ok": true, "payload": BYTES, "exit_code": 0, "leftovers": ""}`` (``payload`` is
+the returned value, encoded on its own so that an unsendable value is caught here as the
+task's error) or ``{"ok": false, "error": "ValueError: boom", "exit_code": 1, "leftovers": ""}``,
+where ``exit_code`` is what a one-shot process would have exited with (0 returned, 1 raised
+or result not sendable, 2 bad request) and ``leftovers`` is "" or why this child must not be
+reused (the task left child processes or extra threads running; a library that starts a
+thread at import therefore costs a new process per task, as before the pool).
 
 Rules:
 
@@ -245,8 +247,6 @@ def serve(request_fd: int, answer_fd: int) -> int:
             outcome = {"ok": False, "error": f"bad request: {exc}", "exit_code": EXIT_BAD_SPEC, "leftovers": ""}
         else:
             outcome = run_request(spec, quiet_out_fd, own_err_fd, baseline_threads)
-        # The result was encoded on its own (to catch unsendable values inside the task's
-        # error handling); it travels as bytes and the executor decodes it.
         write_frame(answer_fd, encode(outcome))
 
 
