@@ -6,6 +6,9 @@
 A *pair* is one acquire plus one release of the same key, measured end to end by the client.
 
 * One client: ``--pairs`` sequential pairs from this process: pairs/s, p50 and p99 per pair.
+* The lock layer's ceiling, in the same run: pairs of two plain Raft commits (``Noop`` through
+  ``Client.propose``), reported as ``lock_pairs_per_s_vs_raft_noop_pairs`` (its "peer" is AgentFlow's
+  own Raft, not another system).
 * Contending clients: ``--clients`` processes (8) loop on one key for ``--seconds``; pairs/s is
   the sum of their completed pairs over the time. AgentFlow clients wait in the lock's FIFO queue
   (``acquire_blocking``: the grant is pushed to them); Redis clients retry ``SET NX`` at once
@@ -247,6 +250,7 @@ def contending_pairs_per_s(system: str, address: str, clients: int, seconds: flo
 
 
 def run_agentflow(args, work_dir: Path) -> dict:
+    from protocols.control import Noop
     from runtime.client import Client
     from runtime.locks import DistributedLock
     from tests.cluster import LocalCluster
@@ -259,12 +263,16 @@ def run_agentflow(args, work_dir: Path) -> dict:
         cluster.start(client, timeout_s=60)
         lock = DistributedLock(client, "bench-one", TTL_S)
         per_s, samples = sequential_pairs(lambda: lock.acquire(KEY), lambda: lock.release(KEY), args.pairs)
+        # The lock layer's ceiling: two plain Raft commits (Noop through Client.propose) per "pair".
+        noop = lambda: client.propose(Noop(0)) == 0  # noqa: E731
+        raft_per_s, _ = sequential_pairs(noop, noop, args.pairs)
         contended = contending_pairs_per_s("agentflow", cluster.urls, args.clients, args.seconds)
     finally:
         client.close()
         cluster.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
-    return {"per_s": per_s, "p50": percentile(samples, 0.5), "p99": percentile(samples, 0.99), "contended": contended}
+    return {"per_s": per_s, "p50": percentile(samples, 0.5), "p99": percentile(samples, 0.99), "contended": contended,
+            "raft_noop_pairs_per_s": raft_per_s}
 
 
 def run_redis(args, work_dir: Path) -> dict:
@@ -315,6 +323,9 @@ def main() -> None:
         Result(f"lock_pairs_per_s_{args.clients}_clients", "pairs/s", True, [r["contended"] for r in agentflow_runs],
                peer_name, [r["contended"] for r in redis_runs]),
     ]
+    # Not a peer: how close the lock layer comes to the Raft commits under it (ratio near 1: it adds little).
+    results.append(Result("lock_pairs_per_s_vs_raft_noop_pairs", "pairs/s", True, [r["per_s"] for r in agentflow_runs],
+                          "agentflow raft: 2 Noop commits", [r["raft_noop_pairs_per_s"] for r in agentflow_runs]))
     report("locks", results, args.json)
 
 
