@@ -4,7 +4,7 @@ Every master holds one ``LockTable`` and applies the same committed lock command
 order, with ``apply(index, command)``. The table is pure and deterministic: no clock, no
 randomness, no threads, no I/O, no set iteration. Time arrives inside commands (``now_ms``, read
 by the leader from its monotonic clock when it proposes), so every master computes the same
-thing. The actor around it (``actors/locks.py``) proposes commands, answers clients and notifies
+thing. The actor around it (``actors/lock.py``) proposes commands, answers clients and notifies
 waiters from the ``LockOutcome`` each apply returns.
 
 Rules (DESIGN §5, rule 2):
