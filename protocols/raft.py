@@ -26,8 +26,19 @@ The Ready obligations, in order (the caller's side of the protocol)::
         4. apply ready.committed_entries in order; answer ready.read_states once applied >= index
         core.advance(ready)
 
-``compact(index, data)`` is the application's own snapshot: the caller persists that snapshot
-itself and may then delete stored entries up to ``index``.
+``step()`` and ``tick()`` may be called between ``ready()`` and ``advance()``; ``ready()`` may not
+be called again before ``advance()``. ``compact(index, data)`` is the application's own snapshot:
+the caller persists that snapshot itself and may then delete stored entries up to ``index``.
+
+The public surface: ``RaftCore`` (``tick``, ``step``, ``propose``, ``propose_conf_change``,
+``read_index``, ``transfer_leadership``, ``has_ready``, ``ready``, ``advance``, ``compact`` and
+read-only properties), the records (``Entry``, ``SnapshotMeta``, ``ConfChange`` and the messages
+in ``MESSAGE_TYPES``), ``HardState``, ``Snapshot``, ``Ready``, ``ReadState``, ``RaftConfig``,
+``NotLeader``, ``ConfChangeRejected`` and ``ClientSessions``.
+
+Limitations, on purpose: a snapshot travels as one message (the frame cap bounds it); pending
+ReadIndex requests are dropped when leadership is lost (the caller's deadline retries them);
+followers do not forward proposals or reads (``NotLeader.leader_hint`` says where to go).
 
 Membership is changed one server at a time (Raft thesis, section 4.1): a configuration takes
 effect on every node as soon as its entry is appended to the log (not when it commits), and the
@@ -790,7 +801,8 @@ class RaftCore:
             else:
                 self._handle_snapshot(m)
         elif kind is TimeoutNow:
-            if self._role != LEADER and self._promotable():
+            # Only our leader may hand leadership over; anyone else would just force an election.
+            if self._role != LEADER and self._promotable() and m.src == self._leader_id:
                 log.info("[raft] Node %s asked by %s to take over leadership", self._id, m.src)
                 self._campaign(pre_vote=False, transfer=True)
             else:
