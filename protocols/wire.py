@@ -4,8 +4,10 @@ Rules of this module:
 
 * It is pure: no sockets, no threads, no clocks. The transport in ``runtime/`` calls it.
 * A *record* is a small frozen dataclass registered under a stable tag with ``@record("tag")``.
-  On the wire a record is a msgpack ext value holding ``[tag, field values...]``, so records
-  nest inside lists, maps and other records at the cost of one tag string.
+  On the wire a record is a msgpack array ``[TAG, field values...]`` whose first item ``TAG`` is
+  an ext value (code 1) holding the tag; a plain list never starts with one. Records nest inside
+  lists, maps and other records, and encoding one costs no nested pack and no new ext object
+  (the tag's ext value is made once per class).
 * Any other msgpack-native value (None, bool, int, float, str, bytes, list, dict) travels as is.
 * A *frame* is one msgpack map ``{"v": VERSION, "n": source node id, "e": source endpoint,
   "m": [envelope, ...]}``: several messages per frame is how the transport batches.
@@ -18,6 +20,8 @@ Rules of this module:
 from __future__ import annotations
 
 import dataclasses
+import operator
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -57,30 +61,31 @@ class EncodeError(Exception):
 
 _tag_to_class: dict[str, type] = {}
 _class_to_tag: dict[type, str] = {}
-_checkers: dict[type, tuple[Callable[[Any], bool], ...]] = {}
+_checks: dict[type, tuple[int, tuple[tuple[int, tuple[type, ...]], ...]]] = {}
+_getters: dict[type, Callable[[Any], tuple]] = {}
 
 
-def _checker_for(annotation: Any) -> Callable[[Any], bool]:
-    """A cheap isinstance check for simple annotations; anything else is accepted as is."""
+def _expected_types(annotation: Any) -> tuple[type, ...] | None:
+    """The types a field's value may have on the wire, or None to accept anything."""
     origin = typing.get_origin(annotation)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        parts = [_checker_for(arg) for arg in typing.get_args(annotation)]
-        return lambda value: any(check(value) for check in parts)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_expected_types(arg) for arg in typing.get_args(annotation)]
+        if any(part is None for part in parts):
+            return None
+        return tuple(t for part in parts for t in part)
     if annotation is type(None) or annotation is None:
-        return lambda value: value is None
+        return (type(None),)
     if annotation is float:
-        return lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is int:
-        return lambda value: isinstance(value, int) and not isinstance(value, bool)
-    if annotation in (str, bytes, bool):
-        return lambda value: isinstance(value, annotation)
+        return (int, float)
+    if annotation in (int, str, bytes, bool):
+        return (annotation,)
     if annotation in (list, tuple) or origin in (list, tuple):
-        return lambda value: isinstance(value, (list, tuple))
+        return (list, tuple)
     if annotation is dict or origin is dict:
-        return lambda value: isinstance(value, dict)
+        return (dict,)
     if isinstance(annotation, type) and annotation in _class_to_tag:
-        return lambda value: isinstance(value, annotation)
-    return lambda value: True
+        return (annotation,)
+    return None
 
 
 def record(tag: str) -> Callable[[type], type]:
@@ -98,13 +103,30 @@ def record(tag: str) -> Callable[[type], type]:
     return register
 
 
-def _field_checkers(cls: type) -> tuple[Callable[[Any], bool], ...]:
-    checkers = _checkers.get(cls)
-    if checkers is None:
+def _field_checks(cls: type) -> tuple[int, tuple[tuple[int, tuple[type, ...]], ...]]:
+    """(field count, (field position, allowed types) for every simply typed field)."""
+    checks = _checks.get(cls)
+    if checks is None:
         hints = typing.get_type_hints(cls)
-        checkers = tuple(_checker_for(hints[f.name]) for f in dataclasses.fields(cls))
-        _checkers[cls] = checkers
-    return checkers
+        fields = dataclasses.fields(cls)
+        typed = tuple((i, t) for i, f in enumerate(fields) if (t := _expected_types(hints[f.name])) is not None)
+        checks = _checks[cls] = (len(fields), typed)
+    return checks
+
+
+def _field_getter(cls: type) -> Callable[[Any], tuple]:
+    getter = _getters.get(cls)
+    if getter is None:
+        names = [f.name for f in dataclasses.fields(cls)]
+        if len(names) == 1:
+            single = operator.attrgetter(names[0])
+            getter = lambda value: (single(value),)  # noqa: E731 (attrgetter of one name is no tuple)
+        elif names:
+            getter = operator.attrgetter(*names)
+        else:
+            getter = lambda value: ()  # noqa: E731
+        _getters[cls] = getter
+    return getter
 
 
 def tag_of(cls: type) -> str:
@@ -118,33 +140,57 @@ def is_record(value: Any) -> bool:
 # --------------------------------------------------------------------------- codec
 
 
+_tag_ext: dict[type, msgpack.ExtType] = {}
+
+
+class _RecordMarker:
+    """What a record's tag decodes to: the class and its field checks, made once per class."""
+
+    __slots__ = ("cls", "tag", "count", "checks")
+
+    def __init__(self, cls: type, tag: str) -> None:
+        self.cls, self.tag = cls, tag
+        self.count, self.checks = _field_checks(cls)
+
+
+_markers: dict[bytes, _RecordMarker] = {}
+
+
 def _default(value: Any) -> Any:
-    tag = _class_to_tag.get(type(value))
-    if tag is None:
-        if isinstance(value, (set, frozenset)):
-            return sorted(value)
-        raise EncodeError(f"cannot encode {type(value).__name__}: register it with @record")
-    fields = [getattr(value, f.name) for f in dataclasses.fields(value)]
-    return msgpack.ExtType(_RECORD_EXT, msgpack.packb([tag, *fields], default=_default))
+    cls = type(value)
+    ext = _tag_ext.get(cls)
+    if ext is None:
+        tag = _class_to_tag.get(cls)
+        if tag is None:
+            if isinstance(value, (set, frozenset)):
+                return sorted(value)
+            raise EncodeError(f"cannot encode {cls.__name__}: register it with @record")
+        ext = _tag_ext[cls] = msgpack.ExtType(_RECORD_EXT, tag.encode())
+    return [ext, *_field_getter(cls)(value)]
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
     if code != _RECORD_EXT:
         raise DecodeError("bad_shape", f"unknown ext code {code}")
-    items = msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
-    if not isinstance(items, list) or not items or not isinstance(items[0], str):
-        raise DecodeError("bad_shape", "record without a tag")
-    cls = _tag_to_class.get(items[0])
-    if cls is None:
-        raise DecodeError("unknown_record", items[0])
-    values = items[1:]
-    checkers = _field_checkers(cls)
-    if len(values) != len(checkers):
-        raise DecodeError("bad_shape", f"{items[0]}: {len(values)} fields, want {len(checkers)}")
-    for check, value in zip(checkers, values):
-        if not check(value):
-            raise DecodeError("bad_shape", f"{items[0]}: field of wrong type")
-    return cls(*values)
+    marker = _markers.get(data)
+    if marker is None:
+        cls = _tag_to_class.get(data.decode("utf-8", "replace"))
+        if cls is None:
+            raise DecodeError("unknown_record", data[:80].decode("utf-8", "replace"))
+        marker = _markers[data] = _RecordMarker(cls, _class_to_tag[cls])
+    return marker
+
+
+def _list_hook(items: list) -> Any:
+    if not items or type(items[0]) is not _RecordMarker:
+        return items
+    marker = items[0]
+    if len(items) != marker.count + 1:
+        raise DecodeError("bad_shape", f"{marker.tag}: {len(items) - 1} fields, want {marker.count}")
+    for position, allowed in marker.checks:
+        if not isinstance(items[position + 1], allowed):
+            raise DecodeError("bad_shape", f"{marker.tag}: field of wrong type")
+    return marker.cls(*items[1:])
 
 
 def encode(value: Any) -> bytes:
@@ -162,7 +208,7 @@ def decode(data: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Any:
     if len(data) > max_bytes:
         raise DecodeError("oversize", f"{len(data)} bytes > {max_bytes}")
     try:
-        return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+        return msgpack.unpackb(data, ext_hook=_ext_hook, list_hook=_list_hook, raw=False, strict_map_key=False)
     except DecodeError:
         raise
     except Exception as exc:  # msgpack raises several types; none may escape

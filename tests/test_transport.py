@@ -96,7 +96,7 @@ def test_garbage_on_the_router_port_is_counted_and_the_node_keeps_serving(node, 
         sock.send(encode({"v": 1, "n": "x", "e": "tcp://x", "m": [[9, "a", "b", 0, None]]}))  # wrong shape
         sock.send(encode([1, 2, 3]))  # valid msgpack, not a frame
         sock.send(msgpack.packb({"v": 99}))  # unknown version
-        sock.send(msgpack.packb(msgpack.ExtType(1, msgpack.packb(["no.such.record"]))))  # unknown record
+        sock.send(msgpack.packb([msgpack.ExtType(1, b"no.such.record")]))  # unknown record
         sock.send(b"\x00" * (65 * 1024 * 1024))  # over the 64 MiB cap
         # A well-formed ask from the same socket still gets its answer.
         sock.send(encode_frame("raw", "tcp://127.0.0.1:1", [(1, "", "echo", 7, "still there")]))

@@ -49,9 +49,10 @@ def test_unregistered_values_do_not_encode():
     (msgpack.packb([1, 2]), "bad_shape"),
     (msgpack.packb({"v": 2}), "bad_version"),
     (msgpack.packb({"v": 1, "n": "a", "e": "b", "m": [[0, "a", "b"]]}), "bad_shape"),
-    (msgpack.packb(msgpack.ExtType(1, msgpack.packb(["nope"]))), "unknown_record"),
-    (msgpack.packb(msgpack.ExtType(1, msgpack.packb(["test.sample", "not an int", None, [], None]))), "bad_shape"),
-    (msgpack.packb(msgpack.ExtType(1, msgpack.packb(["test.sample", 1]))), "bad_shape"),
+    (msgpack.packb([msgpack.ExtType(1, b"nope")]), "unknown_record"),
+    (msgpack.packb([msgpack.ExtType(1, b"test.sample"), "not an int", None, [], None]), "bad_shape"),
+    (msgpack.packb([msgpack.ExtType(1, b"test.sample"), 1]), "bad_shape"),
+    (msgpack.packb([msgpack.ExtType(1, b"\xff\xfe")]), "unknown_record"),
     (msgpack.packb(msgpack.ExtType(7, b"")), "bad_shape"),
 ])
 def test_hostile_frames_raise_decode_error_with_reason(data, reason):
