@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from protocols.control import (
+    Batch,
     ControlState,
     Join,
     Propose,
@@ -280,7 +281,10 @@ class RaftActor(Actor):
             result: Any = None
             if entry.kind == ENTRY_NORMAL:
                 command, result = self.state.apply(entry.index, entry.data)
-                applied.append((entry.index, command, result))
+                if isinstance(command, Batch) and isinstance(result, list):
+                    applied.extend((entry.index, sub, sub_result) for sub, sub_result in zip(command.commands, result))
+                else:
+                    applied.append((entry.index, command, result))
             elif entry.kind == ENTRY_CONF_CHANGE:
                 result = {"voters": self.core.voters, "learners": self.core.learners}
             pending = self._pending.pop(entry.index, None)

@@ -29,6 +29,7 @@ from typing import Any
 
 from actors.raft import RAFT_ACTOR, Applied, LeadershipChanged, Watch
 from protocols.control import (
+    Batch,
     CancelWorkflowRequest,
     ClientCommand,
     Propose,
@@ -88,7 +89,7 @@ class SchedulerActor(Actor):
         self.is_leader = False
         self.queue = PriorityTaskQueue()
         self.registry = WorkerRegistry(self.health)
-        self._dispatching: dict[str, tuple[str, list[int]]] = {}  # key -> (worker, gpus), proposed
+        self._dispatching: dict[str, tuple[str, int]] = {}  # key -> (worker, attempt), not yet applied
         self._unclaimed: dict[str, int] = {}  # running task key -> deadline_ms (after a leader change)
         self._timer_id: int | None = None
 
@@ -177,14 +178,13 @@ class SchedulerActor(Actor):
     # ------------------------------------------------------------------ applied commands
 
     def _on_applied(self, items: list[tuple[int, Any, Any]]) -> None:
-        assignments: dict[str, list[TaskAssignment]] = {}
         cancels: dict[str, list[list]] = {}
         now_ms = monotonic_ms()
         for _, command, result in items:
             if not isinstance(result, dict):
                 continue
             if isinstance(command, DispatchTask):
-                self._on_dispatch_applied(command, result, assignments)
+                self._on_dispatch_applied(command, result, cancels)
             elif isinstance(command, (FinishTask, RequeueTask)) and result.get("ok"):
                 # Only the current attempt frees its reservation: a stale report must not free the
                 # slot of a newer attempt of the same task on another worker.
@@ -201,8 +201,6 @@ class SchedulerActor(Actor):
                 graph = self.workflows.get(workflow_id)
                 if graph is not None:
                     log.info("Workflow %s %s", workflow_id, graph.state.value)
-        for worker_id, tasks in assignments.items():
-            self._tell_worker(worker_id, AssignTasks(worker_id, tasks))
         for worker_id, keys in cancels.items():
             self._tell_worker(worker_id, CancelTasks(worker_id, keys))
         self._dispatch()
@@ -214,24 +212,13 @@ class SchedulerActor(Actor):
                 return worker_id
         return None
 
-    def _on_dispatch_applied(self, command: DispatchTask, result: dict,
-                             assignments: dict[str, list[TaskAssignment]]) -> None:
+    def _on_dispatch_applied(self, command: DispatchTask, result: dict, cancels: dict[str, list[list]]) -> None:
+        """The worker already has the task (it was sent with the proposal); undo it if the log refused."""
         key = task_key(command.workflow_id, command.task_id)
-        placed = self._dispatching.pop(key, None)
+        self._dispatching.pop(key, None)
         if not result.get("ok"):
             self.registry.release(command.worker_id, key)
-            return
-        graph = self.workflows.get(command.workflow_id)
-        if graph is None:
-            return
-        task = graph.tasks[command.task_id]
-        env = {}
-        if placed and placed[1]:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in placed[1])
-        log.debug("Task %s dispatched to %s", command.task_id, command.worker_id)
-        assignments.setdefault(command.worker_id, []).append(TaskAssignment(
-            command.workflow_id, command.task_id, command.attempt, task.command, task.call, list(task.args),
-            dict(task.kwargs), task.agent, task.timeout_s, env, graph.dependency_results(command.task_id)))
+            cancels.setdefault(command.worker_id, []).append([command.workflow_id, command.task_id, command.attempt])
 
     def _release_running(self, key: str, cancels: dict[str, list[list]]) -> None:
         """A task left ready/running without finishing (cancelled, skipped): free its worker."""
@@ -279,11 +266,28 @@ class SchedulerActor(Actor):
             return True
 
         self.queue.dequeue_batch(free, now_ms, place, max_scanned=max(64, free * 4))
+        if not placed:
+            return
+        # The assignments leave with the proposal, not after its commit: one commit less per hop.
+        # If this leader dies before the entry commits, the next one runs the task again (at least
+        # once), and whichever run reports first completes it (same attempt number).
+        assignments: dict[str, list[TaskAssignment]] = {}
+        commands = []
         for key, worker_id, gpus in placed:
             workflow_id, task_id = split_task_key(key)
-            attempt = self.workflows.get(workflow_id).runs[task_id].attempts + 1
-            self._dispatching[key] = (worker_id, gpus)
-            self.raft.tell(Propose(DispatchTask(workflow_id, task_id, attempt, worker_id, now_ms)))
+            graph = self.workflows.get(workflow_id)
+            task = graph.tasks[task_id]
+            attempt = graph.runs[task_id].attempts + 1
+            self._dispatching[key] = (worker_id, attempt)
+            commands.append(DispatchTask(workflow_id, task_id, attempt, worker_id, now_ms))
+            env = {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in gpus)} if gpus else {}
+            log.debug("Task %s dispatched to %s", task_id, worker_id)
+            assignments.setdefault(worker_id, []).append(TaskAssignment(
+                workflow_id, task_id, attempt, task.command, task.call, list(task.args), dict(task.kwargs),
+                task.agent, task.timeout_s, env, graph.dependency_results(task_id)))
+        self.raft.tell(Propose(Batch(commands)))
+        for worker_id, tasks in assignments.items():
+            self._tell_worker(worker_id, AssignTasks(worker_id, tasks))
 
     def _tell_worker(self, worker_id: str, message: Any) -> None:
         entry = self.registry.get_worker(worker_id)
@@ -335,23 +339,19 @@ class SchedulerActor(Actor):
         if not commands:
             return ReportsAccepted(0)
         answer = self.defer()
-        remaining = [len(commands)]
-        errors: list[str] = []
 
-        def one_done(future) -> None:
+        def committed(future) -> None:
             try:
-                future.get(0)
+                outcome = future.get(0)
             except Exception as exc:
-                errors.append(str(exc))
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                if errors:
-                    answer.fail("not_committed", errors[0])
-                else:
-                    answer.resolve(ReportsAccepted(len(commands)))
+                answer.fail("not_committed", str(exc))
+                return
+            if isinstance(outcome, Redirect):
+                answer.resolve(outcome)
+            else:
+                answer.resolve(ReportsAccepted(len(commands)))
 
-        for command in commands:
-            self.raft.ask(Propose(command), timeout_s=10).add_done_callback(one_done)
+        self.raft.ask(Propose(Batch(commands)), timeout_s=10).add_done_callback(committed)
         return answer
 
     def _on_tick(self) -> None:

@@ -37,6 +37,14 @@ class ClientCommand:
     body: Any
 
 
+@record("ctl.batch")
+class Batch:
+    """Several commands in one log entry, applied in order; the result is the list of results.
+    The leader's hot paths (dispatching tasks, finishing them) commit one entry per round."""
+
+    commands: list
+
+
 @record("ctl.set_member")
 class SetMember:
     """Where a master listens: its ROUTER endpoint and its HTTP port (0: none)."""
@@ -89,6 +97,8 @@ class ControlState:
     def _dispatch(self, index: int, command: Any) -> Any:
         if not is_record(command):
             return ErrorRecord("unknown_command", type(command).__name__)
+        if isinstance(command, Batch):
+            return [self._dispatch(index, sub) for sub in command.commands]
         prefix = tag_of(type(command)).split(".", 1)[0]
         if prefix == "lock":
             return self.locks.apply(index, command)
