@@ -689,3 +689,18 @@ def test_a_transfer_to_an_unreachable_node_is_aborted():
     net.tick(net.config.election_ticks_min + 1, only=["n1"])
     assert leader.role == "leader" and leader.transferee is None
     leader.propose(b"accepted again")
+
+
+def test_entries_overwritten_between_ready_and_advance_are_handed_out_again():
+    follower = restored("n2", [2], term=3)  # index 4 of term 2
+    drain(follower)
+    follower.step(AppendEntries("n1", "n2", 3, 4, 2, [Entry(3, 5, 0, b"a"), Entry(3, 6, 0, b"b")], 3))
+    first = follower.ready()
+    assert [e.data for e in first.entries] == [b"a", b"b"]
+    # Before the caller reports them persisted, a new leader overwrites them.
+    follower.step(AppendEntries("n3", "n2", 4, 4, 2, [Entry(4, 5, 0, b"c")], 3))
+    follower.advance(first)
+    second = follower.ready()
+    assert [(e.index, e.data) for e in second.entries] == [(5, b"c")]
+    follower.advance(second)
+    assert not follower.ready().entries
