@@ -38,6 +38,10 @@ from protocols.raft import (
     ENTRY_CONF_CHANGE,
     ENTRY_NORMAL,
     LEADER,
+    AppendEntries,
+    Heartbeat,
+    InstallSnapshot,
+    TimeoutNow,
     MESSAGE_TYPES,
     ConfChange,
     ConfChangeRejected,
@@ -58,6 +62,7 @@ log = get_logger("raft")
 
 RAFT_ACTOR = "raft"
 _RAFT_MESSAGES = frozenset(MESSAGE_TYPES)
+_LEADER_EARLY_MESSAGES = frozenset((AppendEntries, Heartbeat, InstallSnapshot, TimeoutNow))
 
 
 class Watch:
@@ -243,8 +248,20 @@ class RaftActor(Actor):
             ready = core.ready()
             if ready.snapshot is not None:
                 self.state = ControlState.from_snapshot(ready.snapshot.data)
+            later = ready.messages
+            if core.role == LEADER:
+                # A leader's appends and heartbeats may leave before its own write: it counts
+                # itself in a quorum only for what it has persisted (thesis 10.2.1, as etcd does),
+                # so its fsync and the followers' run in parallel. Flush them now, since this
+                # thread is the transport's and would otherwise send them only after the write.
+                later = [m for m in ready.messages if type(m) not in _LEADER_EARLY_MESSAGES]
+                early = [m for m in ready.messages if type(m) in _LEADER_EARLY_MESSAGES]
+                if early:
+                    for message in early:
+                        self._send(message)
+                    self.node.transport.flush()
             self._persist(ready)
-            for message in ready.messages:
+            for message in later:
                 self._send(message)
             if ready.committed_entries:
                 self._apply(ready.committed_entries)

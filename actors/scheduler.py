@@ -53,6 +53,8 @@ from protocols.dag import (
 from protocols.queue import PriorityTaskQueue
 from protocols.registry import HealthCheckConfig, PlacementError, WorkerRegistry, WorkerStatus
 from protocols.tasks import (
+    ERROR_CANCELLED,
+    ERROR_DRAINING,
     AssignTasks,
     CancelTasks,
     HeartbeatAck,
@@ -72,7 +74,6 @@ log = get_logger("scheduler")
 
 SCHEDULER_ACTOR = "scheduler"
 WORKER_ACTOR = "worker"
-DRAINING_ERROR = "worker draining"
 
 
 def monotonic_ms() -> int:
@@ -316,22 +317,37 @@ class SchedulerActor(Actor):
             if (run is not None and run.state is TaskState.RUNNING and run.attempts == attempt
                     and run.worker_id == heartbeat.worker_id):
                 self._unclaimed.pop(key, None)
-                if graph is not None:
-                    try:
-                        self.registry.reserve(heartbeat.worker_id, key, graph.tasks[task_id].requirements)
-                    except PlacementError:
-                        pass  # its resources changed; the task keeps running anyway
+                try:
+                    self.registry.reserve(heartbeat.worker_id, key, graph.tasks[task_id].requirements)
+                except PlacementError:
+                    pass  # its resources changed; the task keeps running anyway
+            elif (run is not None and run.state is TaskState.READY and run.attempts + 1 == attempt
+                  and key in self.queue):
+                # A dispatch the previous leader sent but never committed: adopt the run.
+                self.queue.remove(key)
+                self._adopt(graph, task_id, heartbeat.worker_id, attempt)
             elif key not in self._dispatching:
                 cancel.append([workflow_id, task_id, attempt])
         self._dispatch()
         return HeartbeatAck(True, cancel)
 
+    def _adopt(self, graph, task_id: str, worker_id: str, attempt: int) -> None:
+        key = task_key(graph.workflow_id, task_id)
+        try:
+            self.registry.reserve(worker_id, key, graph.tasks[task_id].requirements)
+        except PlacementError:
+            pass
+        self._dispatching[key] = (worker_id, attempt)
+        self.raft.tell(Propose(Batch([DispatchTask(graph.workflow_id, task_id, attempt, worker_id, monotonic_ms())])))
+
     def _on_reports(self, reports: TasksFinished) -> Any:
         now_ms = monotonic_ms()
         commands = []
         for report in reports.reports:
-            if report.error == DRAINING_ERROR:
-                commands.append(RequeueTask(report.workflow_id, report.task_id, report.attempt, DRAINING_ERROR, now_ms))
+            if report.error == ERROR_CANCELLED:
+                continue  # we cancelled it: a stale attempt or a cancelled workflow, not a failure
+            if report.error == ERROR_DRAINING:
+                commands.append(RequeueTask(report.workflow_id, report.task_id, report.attempt, ERROR_DRAINING, now_ms))
             else:
                 commands.append(FinishTask(report.workflow_id, report.task_id, report.attempt, report.ok, now_ms,
                                            report.exit_code, report.result, report.error,

@@ -308,6 +308,11 @@ class Transport(threading.Thread):
 
     # ------------------------------------------------------------------ outbound
 
+    def flush(self) -> None:
+        """Send what is queued now (transport thread only: pinned actors about to block)."""
+        if threading.current_thread() is self:
+            self._flush_outbox()
+
     def _flush_outbox(self) -> None:
         # Clear the flag before draining: a producer that appends after this point wakes us again.
         self._wake_pending = False
@@ -332,18 +337,24 @@ class Transport(threading.Thread):
             elif op == _PUBLISH:
                 self._publish(item[1], item[2])
             else:
+                # What was queued before the call leaves before anything the call queues (a pinned
+                # actor may even flush from inside it), so every peer sees messages in order.
+                self._send_grouped(to_peers, to_routes)
                 try:
                     item[1]()
                 except Exception:
                     log.exception("transport call failed")
             if not outbox:
                 # Send what we have before looking again, so a burst is packed but not delayed.
-                for endpoint, envelopes in to_peers.items():
-                    self._send(self._dealer(endpoint), None, envelopes)
-                for route, envelopes in to_routes.items():
-                    self._send(self._router, route, envelopes)
-                to_peers.clear()
-                to_routes.clear()
+                self._send_grouped(to_peers, to_routes)
+
+    def _send_grouped(self, to_peers: dict[str, list], to_routes: dict[bytes, list]) -> None:
+        for endpoint, envelopes in to_peers.items():
+            self._send(self._dealer(endpoint), None, envelopes)
+        for route, envelopes in to_routes.items():
+            self._send(self._router, route, envelopes)
+        to_peers.clear()
+        to_routes.clear()
 
     def _send(self, sock: zmq.Socket, route: bytes | None, envelopes: list) -> None:
         node = self.node
