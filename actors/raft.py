@@ -180,8 +180,9 @@ class RaftActor(Actor):
         return Redirect(leader, self._endpoint_of(leader) if leader else None)
 
     def _propose(self, body: Any) -> Any:
+        # A client sends its command already encoded: the leader logs those bytes as they are.
         try:
-            index = self.core.propose(encode(body))
+            index = self.core.propose(body if isinstance(body, bytes) else encode(body))
         except NotLeader:
             return self._redirect()
         answer = self.defer()

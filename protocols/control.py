@@ -145,7 +145,8 @@ class ControlState:
 
 @record("ctl.propose")
 class Propose:
-    """Ask the leader to commit ``body`` (usually a ClientCommand); answered with its result."""
+    """Ask the leader to commit ``body`` (a command record, or one already encoded to bytes,
+    usually a ClientCommand); answered with its result once applied."""
 
     body: Any
 

@@ -31,7 +31,7 @@ from protocols.control import (
     WorkflowStatusRequest,
 )
 from protocols.tasks import parse_master_urls as parse_endpoints
-from protocols.wire import ErrorRecord, Redirect
+from protocols.wire import ErrorRecord, Redirect, encode
 from runtime.future import AskTimeout, RemoteError
 from runtime.node import Node
 
@@ -39,7 +39,8 @@ RAFT_ACTOR = "raft"
 SCHEDULER_ACTOR = "scheduler"
 FINAL_WORKFLOW_STATES = ("completed", "failed", "cancelled")
 RETRY_PAUSE_S = 0.05
-PER_TRY_TIMEOUT_S = 1.0
+PER_TRY_TIMEOUT_S = 0.5
+SUSPECT_S = 2.0  # a master that timed out is tried last for this long
 
 
 class ClusterUnavailable(Exception):
@@ -62,6 +63,7 @@ class Client:
         self._own_node = node is None
         self.node = node or Node(self.client_id).start()
         self._leader_endpoint: str | None = None
+        self._suspects: dict[str, float] = {}  # endpoint -> monotonic time until which it is suspected
         self._sessions = threading.local()
         self._session_ids = itertools.count(1)
 
@@ -77,23 +79,33 @@ class Client:
 
     # ------------------------------------------------------------------ calls
 
-    def call(self, actor: str, message: Any, timeout_s: float | None = None) -> Any:
-        """Ask ``actor`` on the leader; follows redirects and tries every master until the deadline."""
+    def call(self, actor: str, message: Any, timeout_s: float | None = None,
+             per_try_timeout_s: float = PER_TRY_TIMEOUT_S) -> Any:
+        """Ask ``actor`` on the leader; follows redirects and tries every master until the deadline.
+        ``per_try_timeout_s`` bounds one ask: raise it for requests the leader holds on purpose.
+
+        A master that did not answer in time is suspected for ``SUSPECT_S``: it is tried last, and
+        a redirect to it (from a follower that has not noticed yet) is not followed."""
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         tried: list[str] = []
         turn = 0
         while True:
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
             if remaining <= 0:
                 raise ClusterUnavailable(
                     f"no leader answered within {timeout_s} s (tried {', '.join(dict.fromkeys(tried)) or 'nothing'})")
-            endpoint = self._leader_endpoint or self.masters[turn % len(self.masters)]
-            turn += 1
+            endpoint = self._leader_endpoint
+            if endpoint is None:
+                candidates = [m for m in self.masters if self._suspects.get(m, 0.0) <= now] or self.masters
+                endpoint = candidates[turn % len(candidates)]
+                turn += 1
             tried.append(endpoint)
             try:
-                answer = self.node.ref(endpoint, actor).ask(message, timeout_s=min(remaining, PER_TRY_TIMEOUT_S)).get()
+                answer = self.node.ref(endpoint, actor).ask(message, timeout_s=min(remaining, per_try_timeout_s)).get()
             except AskTimeout:
+                self._suspects[endpoint] = time.monotonic() + SUSPECT_S
                 self._leader_endpoint = None
                 continue
             except RemoteError as exc:
@@ -101,10 +113,12 @@ class Client:
                     raise
                 self._pause(deadline)
                 continue
+            self._suspects.pop(endpoint, None)
             if isinstance(answer, Redirect):
-                if answer.leader_endpoint and answer.leader_endpoint != endpoint:
-                    self._leader_endpoint = answer.leader_endpoint
-                else:  # an election is under way: give it a moment
+                target = answer.leader_endpoint
+                if target and target != endpoint and self._suspects.get(target, 0.0) <= time.monotonic():
+                    self._leader_endpoint = target
+                else:  # no leader known, or only a suspected one: an election is under way
                     self._leader_endpoint = None
                     self._pause(deadline)
                 continue
@@ -126,7 +140,7 @@ class Client:
 
     def propose(self, body: Any, timeout_s: float | None = None) -> Any:
         """Commit ``body`` through the leader; returns its result once applied."""
-        return self.call(RAFT_ACTOR, Propose(self._next_command(body)), timeout_s)
+        return self.call(RAFT_ACTOR, Propose(encode(self._next_command(body))), timeout_s)
 
     def read(self, query: str, timeout_s: float | None = None, **args: Any) -> Any:
         """A linearizable read of the replicated state (see protocols.control.read_query)."""

@@ -52,7 +52,7 @@ from protocols.locks import (
     Renew,
     WaitCancelled,
 )
-from runtime.client import Client, ClusterUnavailable
+from runtime.client import PER_TRY_TIMEOUT_S, Client, ClusterUnavailable
 
 __all__ = ["AutoRenewLock", "ClusterUnavailable", "DistributedLock", "LockInfo", "LockLost", "LockTimeout",
            "lock_info_document", "process_owner", "run_locked", "user_owner"]
@@ -105,7 +105,9 @@ class DistributedLock:
 
     def _call(self, body: Any, wait_ms: int = 0, timeout_s: float | None = None) -> Any:
         timeout_s = self.call_timeout_s if timeout_s is None else timeout_s
-        return self.client.call(LOCK_ACTOR, LockCall(self._command(body), wait_ms), timeout_s)
+        # The leader holds a waiting acquire for up to wait_ms: the ask must outlive that.
+        return self.client.call(LOCK_ACTOR, LockCall(self._command(body), wait_ms), timeout_s,
+                                per_try_timeout_s=PER_TRY_TIMEOUT_S + wait_ms / 1000)
 
     def _granted(self, reply: LockGranted) -> bool:
         self.tokens[reply.key] = reply.token
