@@ -19,6 +19,7 @@ Rules:
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from typing import Any
@@ -110,6 +111,7 @@ class RaftActor(Actor):
         self._watchers: list[Watch] = []
         self._peer_refs: dict[str, tuple[str, Any]] = {}
         self._was_leader = False
+        self._in_ready = False
         self._timer_id: int | None = None
         stored = self.storage.load()
         self._synced_term_vote = ((stored.hard_state.term, stored.hard_state.vote)
@@ -244,6 +246,15 @@ class RaftActor(Actor):
     # ------------------------------------------------------------------ the Ready loop
 
     def _process_ready(self) -> None:
+        if self._in_ready:
+            return  # re-entered from inside the loop below: the outer loop picks the work up
+        self._in_ready = True
+        try:
+            self._ready_loop()
+        finally:
+            self._in_ready = False
+
+    def _ready_loop(self) -> None:
         core = self.core
         while core.has_ready():
             ready = core.ready()
@@ -290,7 +301,13 @@ class RaftActor(Actor):
         if not (ready.entries or ready.snapshot is not None or term_or_vote_changed):
             return
         core = self.core
-        self.storage.save(HardState(core.term, core.vote, core.commit_index), ready.entries, ready.snapshot)
+        try:
+            self.storage.save(HardState(core.term, core.vote, core.commit_index), ready.entries, ready.snapshot)
+        except Exception:
+            # A master that cannot persist must not go on voting or acknowledging: crash-stop
+            # (Raft's failure model), and let its supervisor restart it from the file.
+            log.critical("Node %s cannot write its Raft log; exiting", self.node.node_id, exc_info=True)
+            os._exit(70)
         self._synced_term_vote = (core.term, core.vote)
 
     def _apply(self, entries: list[Entry]) -> None:

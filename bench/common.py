@@ -75,7 +75,7 @@ def report(benchmark: str, results: list[Result], json_path: str | None) -> dict
             "missing" if r.peer_value is None else f"{r.peer_value:,.1f}",
             "-" if ratio is None else f"{ratio:.2f}x",
         )
-    Console().print(table)
+    Console(width=max(Console().width, 150)).print(table)
     if json_path:
         with open(json_path, "w") as out:
             json.dump(document, out, indent=2)

@@ -14,7 +14,7 @@ A *pair* is one acquire plus one release of the same key, measured end to end by
   (``acquire_blocking``: the grant is pushed to them); Redis clients retry ``SET NX`` at once
   when it fails (no sleep: the peer's best case for throughput).
 
-AgentFlow: three master processes started as tests/cluster.py does (``agentflow master``), a fresh
+AgentFlow: three master processes started by runtime/cluster.py (``agentflow master``), a fresh
 cluster per run; every acquire and release is a Raft command durable in SQLite (WAL,
 synchronous=FULL: an fsync) on a majority before it is answered. Masters log at warning level
 (the lock table logs each grant at info). ``--data-dir`` puts the masters' SQLite files
@@ -253,12 +253,12 @@ def run_agentflow(args, work_dir: Path) -> dict:
     from protocols.control import Noop
     from runtime.client import Client
     from runtime.locks import DistributedLock
-    from tests.cluster import LocalCluster
+    from runtime.cluster import LocalCluster
 
-    os.environ["AGENTFLOW_LOG"] = "warning"  # masters inherit it (tests/cluster.py)
+    os.environ["AGENTFLOW_LOG"] = "warning"  # masters inherit it (runtime/cluster.py)
     data_dir = Path(tempfile.mkdtemp(prefix="locks-", dir=args.data_dir or work_dir))
     cluster = LocalCluster(data_dir, masters=3)
-    client = Client(cluster.urls, timeout_s=30)
+    client = Client(cluster.master_url, timeout_s=30)
     try:
         cluster.start(client, timeout_s=60)
         lock = DistributedLock(client, "bench-one", TTL_S)
@@ -266,7 +266,7 @@ def run_agentflow(args, work_dir: Path) -> dict:
         # The lock layer's ceiling: two plain Raft commits (Noop through Client.propose) per "pair".
         noop = lambda: client.propose(Noop(0)) == 0  # noqa: E731
         raft_per_s, _ = sequential_pairs(noop, noop, args.pairs)
-        contended = contending_pairs_per_s("agentflow", cluster.urls, args.clients, args.seconds)
+        contended = contending_pairs_per_s("agentflow", cluster.master_url, args.clients, args.seconds)
     finally:
         client.close()
         cluster.stop()

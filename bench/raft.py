@@ -293,80 +293,6 @@ def run_pysyncobj(batch: bool, args, data_dir: Path, procs: list) -> dict:
 
 # =========================================================================== AgentFlow masters
 
-class MasterProcess:
-    def __init__(self, node_id: str, port: int, data_dir: Path, leader_url: str | None) -> None:
-        self.node_id, self.port, self.data_dir, self.leader_url = node_id, port, data_dir, leader_url
-        self.proc: subprocess.Popen | None = None
-        self._log = None
-
-    @property
-    def url(self) -> str:
-        return f"tcp://{HOST}:{self.port}"
-
-    def start(self) -> MasterProcess:
-        args = [sys.executable, "-m", "runtime.cli", "master", "--host", HOST, "--port", str(self.port),
-                "--node-id", self.node_id, "--data-dir", str(self.data_dir)]
-        args += ["--mode", "master", "--leader-url", self.leader_url] if self.leader_url else ["--mode", "leader"]
-        pythonpath = os.pathsep.join(filter(None, [os.environ.get("AGENTFLOW_BENCH_PYTHONPATH"), str(REPO)]))
-        env = dict(os.environ, PYTHONPATH=pythonpath, AGENTFLOW_LOG=os.environ.get("AGENTFLOW_MASTER_LOG", "info"))
-        self._log = open(self.data_dir / f"{self.node_id}.log", "a")
-        self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
-        return self
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self, timeout_s: float = 15) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-
-def start_agentflow_cluster(data_dir: Path, procs: list) -> list[MasterProcess]:
-    taken: set[int] = set()
-    first = MasterProcess("m1", free_port((0, 10, 100), taken), data_dir, None)
-    masters = [first] + [MasterProcess(f"m{i}", free_port((0, 10, 100), taken), data_dir, first.url)
-                         for i in (2, 3)]
-    for master in masters:
-        procs.append(master)
-        master.start()
-    return masters
-
-
-def wait_three_voters(client, timeout_s: float = 60) -> dict:
-    """The cluster view once every master is a reachable voter under one leader."""
-
-    def healthy():
-        try:
-            view = client.cluster_status(timeout_s=2)
-        except Exception:
-            return None
-        if not view["leader"]:
-            return None
-        leader = next(m for m in view["members"] if m["id"] == view["leader"])
-        leader_view = client.status_of(leader["address"])
-        if not leader_view or len(leader_view["voters"]) < 3:
-            return None
-        live = [m for m in view["members"] if m["reachable"] and m["role"] in ("leader", "follower")
-                and m["id"] in leader_view["voters"]]
-        return view if len(live) >= 3 else None
-
-    return wait_for(healthy, timeout_s, "three voters under one leader", 0.1)
-
-
 def agentflow_pipelined(node, leader_endpoint: str, commands: int, window: int) -> float:
     from protocols.control import ClientCommand, Noop, Propose
 
@@ -413,7 +339,7 @@ def agentflow_sequential(client, n: int) -> list[float]:
     return samples
 
 
-def agentflow_failover(node, masters: list[MasterProcess], leader: MasterProcess, urls: list[str]) -> tuple[float, float]:
+def agentflow_failover(node, masters: list, leader, urls: list[str]) -> tuple[float, float]:
     """Kill -9 the leader; seconds until a write commits (fast writer, stock Client)."""
     from protocols.control import ClientCommand, Noop, Propose
     from protocols.wire import Redirect
@@ -470,25 +396,30 @@ def agentflow_failover(node, masters: list[MasterProcess], leader: MasterProcess
 
 def run_agentflow(args, data_dir: Path, procs: list) -> dict:
     from runtime.client import Client
+    from runtime.cluster import LocalCluster
     from runtime.node import Node
 
     run_dir = Path(tempfile.mkdtemp(prefix="af-", dir=data_dir))
-    masters = start_agentflow_cluster(run_dir, procs)
+    os.environ["AGENTFLOW_LOG"] = os.environ.get("AGENTFLOW_MASTER_LOG", "info")  # the masters inherit it
+    if os.environ.get("AGENTFLOW_BENCH_PYTHONPATH"):
+        os.environ["PYTHONPATH"] = os.environ["AGENTFLOW_BENCH_PYTHONPATH"]
+    cluster = LocalCluster(run_dir, masters=3)
+    masters = cluster.masters
+    procs.extend(masters)
     urls = [m.url for m in masters]
     node = Node(f"bench-raft-{uuid.uuid4().hex[:6]}").start()
     try:
         client = Client(urls, node=node, timeout_s=10)
-        view = wait_three_voters(client)
-        leader_id = view["leader"]
-        leader = next(m for m in masters if m.node_id == leader_id)
+        view = cluster.start(client, timeout_s=60)
+        leader = cluster.by_id(view["leader"])
         agentflow_sequential(client, 50)  # warm-up
         per_s = agentflow_pipelined(node, leader.url, args.commands, args.window)
         samples = agentflow_sequential(client, args.sequential)
         failover, failover_client = agentflow_failover(node, masters, leader, urls)
     finally:
         node.stop()
+        cluster.stop()
         for master in masters:
-            master.stop()
             procs.remove(master)
     return {"commits_per_s": per_s, "commit_p50_ms": percentile(samples, 0.5),
             "commit_p99_ms": percentile(samples, 0.99), "failover_s": failover,

@@ -130,7 +130,7 @@ def up(
 
     directory = data_dir or tempfile.mkdtemp(prefix="agentflow-up-")
     try:
-        local = LocalCluster(directory, masters=masters, workers=workers)
+        local = LocalCluster(directory, masters=masters, workers=workers, first_port=6767)
     except ValueError as exc:
         fail(str(exc))
     stop = threading.Event()

@@ -1,17 +1,20 @@
-"""A local cluster of real processes: `agentflow up` and `agentflow demo` stand on it.
+"""A local cluster of real processes: `agentflow up`, `agentflow demo`, the integration tests and
+the benchmarks all stand on it.
 
 Role: start masters (the first bootstraps, the others join it) and workers as child processes
-of this one on 127.0.0.1, wait until they serve, and stop every one of them on the way out.
+of this one on 127.0.0.1, wait until they serve, kill or restart any of them on demand (chaos
+tests), and stop every one of them on the way out.
 
-Rules: every child is started with a deadline to come up and stopped with SIGTERM, then SIGKILL
-after a grace period; none outlives the launcher. Children's output goes to log files in the
-data directory, so the launcher's own terminal stays readable.
+Rules: every wait has a deadline; every child is stopped with SIGTERM, then SIGKILL after a grace
+period, so none outlives the launcher. Children inherit this process's environment (set
+AGENTFLOW_LOG before starting them) and write their output to log files in the data directory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,6 +23,8 @@ import time
 from pathlib import Path
 
 from runtime.client import Client
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -36,46 +41,75 @@ def master_ports_free(port: int) -> bool:
     return all(port_is_free(port + offset) for offset in (0, 10, 100))
 
 
-def find_master_ports(count: int, first: int) -> list[int]:
+def find_master_ports(count: int, first: int | None = None) -> list[int]:
+    """``count`` master ports, from ``first`` upwards, or at random in 20000-40000 when None."""
+    rng = random.Random()
     ports: list[int] = []
-    port = first
-    while len(ports) < count:
-        if port > 65_000:
-            raise RuntimeError("no free ports for the masters")
-        if master_ports_free(port) and all(abs(port - p) not in (10, 100) for p in ports):
+    port = first if first is not None else rng.randrange(20_000, 40_000)
+    for _ in range(10_000):
+        if master_ports_free(port) and all(abs(port - p) not in (0, 10, 100) for p in ports):
             ports.append(port)
-        port += 1
-    return ports
+            if len(ports) == count:
+                return ports
+        port = port + 1 if first is not None else rng.randrange(20_000, 40_000)
+    raise RuntimeError("no free ports for the masters")
 
 
 class ChildProcess:
-    def __init__(self, name: str, args: list[str], log_path: Path) -> None:
-        self.name = name
+    """One `agentflow` child (``python -m runtime.cli ARGS``); ``start()`` again restarts it as it was."""
+
+    def __init__(self, name: str, args: list[str], log_path: Path, port: int | None = None) -> None:
+        self.name = self.node_id = name
+        self.args = args
         self.log_path = log_path
-        self._log = open(log_path, "ab")
+        self.port = port
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def url(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def start(self) -> ChildProcess:
         env = dict(os.environ)
         env.setdefault("AGENTFLOW_LOG", "info")
-        self.proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", *args], stdout=self._log,
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(REPO)]))
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", *self.args], stdout=self._log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        return self
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """kill -9, for chaos tests."""
+        if self.alive():
+            self.proc.kill()
+        self.wait(10)
 
     def terminate(self) -> None:
         if self.alive():
             self.proc.send_signal(signal.SIGTERM)
 
     def wait(self, timeout_s: float) -> None:
-        try:
-            self.proc.wait(max(0.0, timeout_s))
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self._log.close()
+        if self.proc is not None:
+            try:
+                self.proc.wait(max(0.0, timeout_s))
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        self.terminate()
+        self.wait(grace_s)
 
 
 class LocalCluster:
-    def __init__(self, data_dir: str | Path, masters: int = 3, workers: int = 2, first_port: int = 6767,
+    def __init__(self, data_dir: str | Path, masters: int = 3, workers: int = 0, first_port: int | None = None,
                  worker_options: list[str] | None = None) -> None:
         if masters < 1:
             raise ValueError("--masters must be at least 1")
@@ -83,59 +117,77 @@ class LocalCluster:
             raise ValueError("--workers cannot be negative")
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.master_count, self.worker_count = masters, workers
-        self.ports = find_master_ports(masters, first_port)
+        self.worker_count = workers
         self.worker_options = worker_options or []
+        ports = find_master_ports(masters, first_port)
         self.masters: list[ChildProcess] = []
+        for i, port in enumerate(ports):
+            node_id = f"master-{i + 1}"
+            args = ["master", "--port", str(port), "--node-id", node_id, "--data-dir", str(self.data_dir)]
+            args += ["--mode", "leader"] if i == 0 else ["--mode", "master", "--leader-url", f"127.0.0.1:{ports[0]}"]
+            self.masters.append(ChildProcess(node_id, args, self.data_dir / f"{node_id}.log", port))
         self.workers: list[ChildProcess] = []
 
     @property
     def master_url(self) -> str:
-        return ",".join(f"127.0.0.1:{port}" for port in self.ports)
+        return ",".join(f"127.0.0.1:{master.port}" for master in self.masters)
 
-    def start(self, timeout_s: float = 30.0) -> LocalCluster:
-        """Start the masters, wait for a leader with every master a voter, then the workers."""
+    def by_id(self, node_id: str) -> ChildProcess:
+        return next(master for master in self.masters if master.node_id == node_id)
+
+    def start(self, client: Client | None = None, timeout_s: float = 30.0) -> dict:
+        """Start the masters and wait until all are voters under one leader, then the workers;
+        returns the cluster view."""
         deadline = time.monotonic() + timeout_s
-        for i, port in enumerate(self.ports):
-            args = ["master", "--port", str(port), "--node-id", f"master-{i + 1}", "--data-dir", str(self.data_dir)]
-            args += ["--mode", "leader"] if i == 0 else ["--mode", "master", "--leader-url", f"127.0.0.1:{self.ports[0]}"]
-            self.masters.append(ChildProcess(f"master-{i + 1}", args, self.data_dir / f"master-{i + 1}.log"))
-        with Client(self.master_url, timeout_s=2.0) as client:
-            self._wait(lambda: self._voters(client) >= self.master_count, deadline, "the masters to elect a leader")
+        for master in self.masters:
+            master.start()
+        with (Client(self.master_url, timeout_s=2.0) if client is None else contextlib.nullcontext(client)) as asker:
+            view = self.wait_healthy(asker, len(self.masters), deadline - time.monotonic())
             for i in range(self.worker_count):
-                self.add_worker(f"worker-{i + 1}", self.worker_options, client, deadline - time.monotonic())
-        return self
+                self.add_worker(f"worker-{i + 1}", self.worker_options, asker, deadline - time.monotonic())
+        return view
+
+    def wait_healthy(self, client: Client, voters: int, timeout_s: float = 30.0) -> dict:
+        """The cluster view once ``voters`` reachable masters are voters under one leader."""
+
+        def healthy():
+            view = client.cluster_status(timeout_s=2)
+            if not view["leader"]:
+                return None
+            leader = next(m for m in view["members"] if m["id"] == view["leader"])
+            leader_view = client.status_of(leader["address"])
+            if leader_view is None:
+                return None
+            live = [m for m in view["members"] if m["reachable"] and m["role"] in ("leader", "follower")
+                    and m["id"] in leader_view["voters"]]
+            return view if len(live) >= voters else None
+
+        return self._wait(healthy, timeout_s, f"{voters} masters to be voters under one leader")
 
     def add_worker(self, worker_id: str, options: list[str] = (), client: Client | None = None,
                    timeout_s: float = 30.0) -> ChildProcess:
         """Start one more worker (``options`` are `agentflow worker` flags) and wait until it registered."""
         args = ["worker", "--master-url", self.master_url, "--worker-id", worker_id, *options]
-        child = ChildProcess(worker_id, args, self.data_dir / f"{worker_id}.log")
+        child = ChildProcess(worker_id, args, self.data_dir / f"{worker_id}.log").start()
         self.workers.append(child)
         with (Client(self.master_url, timeout_s=2.0) if client is None else contextlib.nullcontext(client)) as asker:
-            self._wait(lambda: any(w["worker_id"] == worker_id for w in asker.workers()),
-                       time.monotonic() + timeout_s, f"worker {worker_id} to register")
+            self._wait(lambda: any(w["worker_id"] == worker_id for w in asker.workers()), timeout_s,
+                       f"worker {worker_id} to register")
         return child
 
-    def _voters(self, client: Client) -> int:
-        try:
-            view = client.cluster_status(timeout_s=1.0)
-        except Exception:
-            return 0
-        leader = next((m for m in view["members"] if m["id"] == view["leader"]), None)
-        status = client.status_of(leader["address"]) if leader else None
-        return len(status["voters"]) if status else 0
-
-    def _wait(self, condition, deadline: float, what: str) -> None:
+    def _wait(self, condition, timeout_s: float, what: str):
+        deadline = time.monotonic() + timeout_s
         while True:
-            dead = [child.name for child in self.masters + self.workers if not child.alive()]
+            dead = [child.name for child in self.masters + self.workers if child.proc is not None and not child.alive()
+                    and child.proc.returncode not in (-signal.SIGKILL,)]
             if dead:
                 raise RuntimeError(f"{', '.join(dead)} exited while waiting for {what} (logs in {self.data_dir})")
             try:
-                if condition():
-                    return
+                value = condition()
             except Exception:
-                pass
+                value = None
+            if value:
+                return value
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"timed out waiting for {what} (logs in {self.data_dir})")
             time.sleep(0.1)
@@ -151,3 +203,7 @@ class LocalCluster:
             deadline = time.monotonic() + grace_s
             for child in group:
                 child.wait(deadline - time.monotonic())
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {child.name}\n{child.log_path.read_text(errors='replace')}"
+                         for child in self.masters + self.workers if child.log_path.exists())

@@ -29,10 +29,15 @@ _UNSET = object()
 
 
 class Future:
-    __slots__ = ("_event", "_value", "_error", "_callbacks", "_lock", "deadline")
+    """Waiting is one lock acquire (a single futex), cheaper than an Event's condition variable:
+    ``_signal`` is held from creation until the answer arrives."""
+
+    __slots__ = ("_signal", "_done", "_value", "_error", "_callbacks", "_lock", "deadline")
 
     def __init__(self, deadline: float | None = None) -> None:
-        self._event = threading.Event()
+        self._signal = threading.Lock()
+        self._signal.acquire()
+        self._done = False
         self._value: Any = _UNSET
         self._error: BaseException | None = None
         self._callbacks: list[Callable[[Future], None]] = []
@@ -40,7 +45,7 @@ class Future:
         self.deadline = deadline  # time.monotonic() value, or None for no deadline
 
     def done(self) -> bool:
-        return self._event.is_set()
+        return self._done
 
     def set_result(self, value: Any) -> None:
         self._resolve(value, None)
@@ -50,20 +55,29 @@ class Future:
 
     def _resolve(self, value: Any, error: BaseException | None) -> None:
         with self._lock:
-            if self._event.is_set():
+            if self._done:
                 return  # first answer wins: a late reply after a timeout is dropped
             self._value, self._error = value, error
-            self._event.set()
+            self._done = True
             callbacks, self._callbacks = self._callbacks, []
+        self._signal.release()
         for callback in callbacks:
             callback(self)
 
     def add_done_callback(self, callback: Callable[[Future], None]) -> None:
         with self._lock:
-            if not self._event.is_set():
+            if not self._done:
                 self._callbacks.append(callback)
                 return
         callback(self)
+
+    def _wait(self, timeout_s: float | None) -> bool:
+        if self._done:
+            return True
+        if not self._signal.acquire(timeout=-1 if timeout_s is None else max(timeout_s, 0.0)):
+            return False
+        self._signal.release()  # let every other waiter through too
+        return True
 
     def get(self, timeout: float | None = None) -> Any:
         """The answer; raises the remote error, or AskTimeout at the deadline or after `timeout` s."""
@@ -71,7 +85,7 @@ class Future:
         if self.deadline is not None:
             remaining = self.deadline - time.monotonic()
             wait_s = remaining if wait_s is None else min(wait_s, remaining)
-        if not self._event.wait(None if wait_s is None else max(wait_s, 0.0)):
+        if not self._wait(wait_s):
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 self.set_exception(AskTimeout("no answer before the ask's deadline"))
             else:

@@ -261,7 +261,15 @@ class Transport(threading.Thread):
             else:
                 batch.append(message)
         for target, messages in batches.items():
+            self._deliver(target, messages)
+
+    def _deliver(self, target: Any, messages: list[InboundMessage]) -> None:
+        """Hand a batch to an actor; a pinned actor's failure is counted, never fatal to the loop."""
+        try:
             target.deliver(messages)
+        except Exception:
+            self.node.counters["actor_errors"] += 1
+            log.exception("an actor failed on a batch of %d messages", len(messages))
 
     def _reject(self, route: bytes | None, correlation_id: int | None, reason: str, detail: str) -> None:
         self._count_bad(route.hex() if route else "?", reason, detail)
@@ -298,7 +306,7 @@ class Transport(threading.Thread):
             message = InboundMessage(TELL, None, 0, Event(topic, publisher, seq, body, gap))
             for prefix, target in self._subscribers:
                 if topic.startswith(prefix):
-                    target.deliver([message])
+                    self._deliver(target, [message])
 
     def subscribe(self, pub_endpoint: str, topic: str, target: Any) -> None:
         """Transport thread only (use ``call``)."""
@@ -309,9 +317,23 @@ class Transport(threading.Thread):
     # ------------------------------------------------------------------ outbound
 
     def flush(self) -> None:
-        """Send what is queued now (transport thread only: pinned actors about to block)."""
-        if threading.current_thread() is self:
-            self._flush_outbox()
+        """Send the network messages queued now (transport thread only: a pinned actor about to
+        block on a disk write). Queued calls stay queued, in order, for the loop to run: running
+        them here would re-enter actors in the middle of their own handlers."""
+        if threading.current_thread() is not self:
+            return
+        calls = collections.deque()
+        outbox = self._outbox
+        to_peers: dict[str, list] = {}
+        to_routes: dict[bytes, list] = {}
+        while outbox:
+            item = outbox.popleft()
+            if item[0] == _CALL:
+                calls.append(item)
+            else:
+                self._queue_for_send(item, to_peers, to_routes)
+        self._send_grouped(to_peers, to_routes)
+        outbox.extendleft(reversed(calls))
 
     def _flush_outbox(self) -> None:
         # Clear the flag before draining: a producer that appends after this point wakes us again.
@@ -321,22 +343,7 @@ class Transport(threading.Thread):
         to_routes: dict[bytes, list] = {}
         while outbox:
             item = outbox.popleft()
-            op = item[0]
-            if op == _TO_PEER:
-                to_peers.setdefault(item[1], []).append(item[2])
-            elif op == _ASK:
-                _, endpoint, envelope, correlation_id, future = item
-                if future.done():
-                    continue  # timed out before it was sent
-                self._asks[correlation_id] = future
-                if future.deadline is not None:
-                    heapq.heappush(self._ask_deadlines, (future.deadline, correlation_id))
-                to_peers.setdefault(endpoint, []).append(envelope)
-            elif op == _TO_ROUTE:
-                to_routes.setdefault(item[1], []).append(item[2])
-            elif op == _PUBLISH:
-                self._publish(item[1], item[2])
-            else:
+            if item[0] == _CALL:
                 # What was queued before the call leaves before anything the call queues (a pinned
                 # actor may even flush from inside it), so every peer sees messages in order.
                 self._send_grouped(to_peers, to_routes)
@@ -344,9 +351,29 @@ class Transport(threading.Thread):
                     item[1]()
                 except Exception:
                     log.exception("transport call failed")
+            else:
+                self._queue_for_send(item, to_peers, to_routes)
             if not outbox:
                 # Send what we have before looking again, so a burst is packed but not delayed.
                 self._send_grouped(to_peers, to_routes)
+
+    def _queue_for_send(self, item: tuple, to_peers: dict[str, list], to_routes: dict[bytes, list]) -> None:
+        """Group one network item by socket (publications go out at once)."""
+        op = item[0]
+        if op == _TO_PEER:
+            to_peers.setdefault(item[1], []).append(item[2])
+        elif op == _ASK:
+            _, endpoint, envelope, correlation_id, future = item
+            if future.done():
+                return  # timed out before it was sent
+            self._asks[correlation_id] = future
+            if future.deadline is not None:
+                heapq.heappush(self._ask_deadlines, (future.deadline, correlation_id))
+            to_peers.setdefault(endpoint, []).append(envelope)
+        elif op == _TO_ROUTE:
+            to_routes.setdefault(item[1], []).append(item[2])
+        else:
+            self._publish(item[1], item[2])
 
     def _send_grouped(self, to_peers: dict[str, list], to_routes: dict[bytes, list]) -> None:
         for endpoint, envelopes in to_peers.items():
@@ -371,10 +398,11 @@ class Transport(threading.Thread):
                 self._fail_unencodable(chunk[0], exc)
                 continue
             try:
+                # copy=True: for frames this small, copying is cheaper than a zero-copy Frame.
                 if route is None:
-                    sock.send(data, zmq.NOBLOCK, copy=False)
+                    sock.send(data, zmq.NOBLOCK)
                 else:
-                    sock.send_multipart((route, data), zmq.NOBLOCK, copy=False)
+                    sock.send_multipart((route, data), zmq.NOBLOCK)
             except zmq.Again:
                 node.counters["send_dropped_hwm"] += len(chunk)
                 continue
@@ -437,7 +465,7 @@ class Transport(threading.Thread):
             if timer_id in self._cancelled_timers:
                 self._cancelled_timers.discard(timer_id)
                 continue
-            target.deliver([InboundMessage(TELL, None, 0, Tick(name, int(now * 1000)))])
+            self._deliver(target, [InboundMessage(TELL, None, 0, Tick(name, int(now * 1000)))])
             if interval_s is not None:
                 # Skip missed periods rather than firing a burst after a stall.
                 next_due = due + interval_s

@@ -22,7 +22,7 @@ from protocols.wire import Redirect
 from runtime.client import Client
 from runtime.future import RemoteError
 from runtime.locks import AutoRenewLock, DistributedLock, LockTimeout
-from tests.cluster import LocalCluster
+from runtime.cluster import LocalCluster
 from tests.procs import REPO, wait_for
 
 pytestmark = pytest.mark.integration
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     cluster = LocalCluster(tmp_path_factory.mktemp("locks"), masters=3)
-    client = Client(cluster.urls, timeout_s=15)
+    client = Client(cluster.master_url, timeout_s=15)
     try:
         cluster.start(client)
         yield cluster, client
@@ -52,14 +52,14 @@ def start_contender(urls: str, key: str, owner: str, counter_path, iterations: i
 
 def test_contending_processes_never_overlap_nor_accept_stale_tokens_across_leader_kill(tmp_path):
     cluster = LocalCluster(tmp_path, masters=3)
-    client = Client(cluster.urls, timeout_s=15)
+    client = Client(cluster.master_url, timeout_s=15)
     contenders: list[subprocess.Popen] = []
     counter_path = tmp_path / "counter.json"
     counter_path.write_text(json.dumps({"count": 0, "last_token": 0, "inside": None}))
     clients, iterations = 4, 12
     try:
         view = cluster.start(client)
-        contenders = [start_contender(cluster.urls, "counter", f"client{i}", counter_path, iterations, 5.0)
+        contenders = [start_contender(cluster.master_url, "counter", f"client{i}", counter_path, iterations, 5.0)
                       for i in range(clients)]
         total = clients * iterations
         wait_for(lambda: json.loads(counter_path.read_text())["count"] >= total // 3, 30,
@@ -96,7 +96,7 @@ def test_a_waiter_that_died_leaves_the_queue(cluster):
     script = ("import sys; from runtime.client import Client; from runtime.locks import DistributedLock; "
               "DistributedLock(Client(sys.argv[1]), 'doomed-waiter').acquire_blocking('orphaned', max_duration_s=60)")
     env = dict(os.environ, PYTHONPATH=str(REPO), AGENTFLOW_LOG="warning")
-    waiter = subprocess.Popen([sys.executable, "-c", script, the_cluster.urls], cwd=REPO, env=env)
+    waiter = subprocess.Popen([sys.executable, "-c", script, the_cluster.master_url], cwd=REPO, env=env)
     try:
         wait_for(lambda: holder.check_lock("orphaned").waiters == ["doomed-waiter"], 10, what="the waiter queued")
         waiter.kill()
@@ -204,7 +204,7 @@ def test_auto_renew_holds_past_the_ttl_then_caps_renewals(cluster):
 
 def test_lock_run_passes_the_token_and_the_exit_status(cluster):
     the_cluster, client = cluster
-    env = dict(os.environ, PYTHONPATH=str(REPO), AGENTFLOW_MASTER_URL=the_cluster.urls, AGENTFLOW_LOG="warning")
+    env = dict(os.environ, PYTHONPATH=str(REPO), AGENTFLOW_MASTER_URL=the_cluster.master_url, AGENTFLOW_LOG="warning")
     script = "import os, sys; print(os.environ['AGENTFLOW_LOCK_TOKEN']); sys.exit(3)"
     run = subprocess.run([sys.executable, "-m", "runtime.cli", "lock", "run", "cli-run", "--ttl", "5", "--",
                           sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
@@ -260,7 +260,7 @@ def test_a_new_leader_extends_live_leases_before_expiring_any(cluster):
 
 def test_auto_renew_reports_the_loss_when_the_cluster_is_gone(tmp_path):
     cluster = LocalCluster(tmp_path, masters=1)
-    client = Client(cluster.urls, timeout_s=5)
+    client = Client(cluster.master_url, timeout_s=5)
     losses = []
     try:
         cluster.start(client)

@@ -11,7 +11,7 @@ import pytest
 from protocols.control import Noop
 from protocols.locks import Acquire, LockGranted
 from runtime.client import Client
-from tests.cluster import LocalCluster
+from runtime.cluster import LocalCluster
 from tests.procs import wait_for
 
 pytestmark = pytest.mark.integration
@@ -29,7 +29,7 @@ def http_get(port: int, path: str) -> tuple[int, dict]:
 
 def test_failover_catch_up_and_full_restart_lose_nothing(tmp_path):
     cluster = LocalCluster(tmp_path, masters=3)
-    client = Client(cluster.urls, timeout_s=15)
+    client = Client(cluster.master_url, timeout_s=15)
     try:
         view = cluster.start(client)
         for i in range(50):
