@@ -139,6 +139,7 @@ class RaftActor(Actor):
 
     def on_start(self) -> None:
         self._timer_id = self.node.every(self.tick_s, self.node.lookup(self.address), "raft")
+        self.node.transport.add_end_of_round_hook(self._process_ready)
         self._process_ready()
 
     def on_stop(self) -> None:
@@ -148,9 +149,8 @@ class RaftActor(Actor):
 
     # ------------------------------------------------------------------ messages
 
-    def handle_batch(self, messages) -> None:
-        super().handle_batch(messages)
-        self._process_ready()
+    # The Ready loop runs once per transport round (an end-of-round hook), not once per batch:
+    # every message, proposal and tick of a round shares one SQLite transaction.
 
     def receive(self, message: Any) -> Any:
         kind = type(message)
@@ -250,7 +250,13 @@ class RaftActor(Actor):
             return  # re-entered from inside the loop below: the outer loop picks the work up
         self._in_ready = True
         try:
-            self._ready_loop()
+            while True:
+                self._ready_loop()
+                is_leader = self.core.role == LEADER
+                if is_leader == self._was_leader:
+                    return
+                self._was_leader = is_leader
+                self._on_leadership_changed(is_leader)  # may propose: loop again
         finally:
             self._in_ready = False
 
@@ -284,10 +290,6 @@ class RaftActor(Actor):
             core.advance(ready)
         self._answer_reads()
         self._maybe_snapshot()
-        is_leader = core.role == LEADER
-        if is_leader != self._was_leader:
-            self._was_leader = is_leader
-            self._on_leadership_changed(is_leader)
 
     def _persist(self, ready) -> None:
         """One transaction for what this Ready must make durable.
@@ -368,7 +370,6 @@ class RaftActor(Actor):
             me = self.state.members.get(self.node.node_id)
             if me is None or me.endpoint != self.node.endpoint or me.http_port != self.http_port:
                 self.core.propose(encode(SetMember(self.node.node_id, self.node.endpoint, self.http_port)))
-                self._process_ready()
         else:
             for _, answer in self._pending.values():
                 answer.fail("not_committed", "this master lost the leadership; retry")

@@ -151,7 +151,7 @@ class SchedulerActor(Actor):
             body = CancelWorkflow(message.workflow_id, monotonic_ms())
             return self._propose_for_client(ClientCommand(message.client_id, message.seq, body))
         if kind is WorkflowStatusRequest:
-            return self.workflow_status(message.workflow_id)
+            return self.workflow_status(message.workflow_id, message.tasks)
         if kind is WorkersRequest:
             return self.workers_table()
         return ErrorRecord("unknown_message", kind.__name__)
@@ -344,6 +344,7 @@ class SchedulerActor(Actor):
         now_ms = monotonic_ms()
         commands = []
         for report in reports.reports:
+            self._free_slot(reports.worker_id, report)
             if report.error == ERROR_CANCELLED:
                 continue  # we cancelled it: a stale attempt or a cancelled workflow, not a failure
             if report.error == ERROR_DRAINING:
@@ -368,7 +369,17 @@ class SchedulerActor(Actor):
                 answer.resolve(ReportsAccepted(len(commands)))
 
         self.raft.ask(Propose(Batch(commands)), timeout_s=10).add_done_callback(committed)
+        self._dispatch()
         return answer
+
+    def _free_slot(self, worker_id: str, report: Any) -> None:
+        """A worker that reports an attempt of a running task has that slot free now: reuse it at
+        once rather than after the report commits (the task's own state still waits for that)."""
+        graph = self.workflows.get(report.workflow_id)
+        run = graph.runs.get(report.task_id) if graph is not None else None
+        if run is not None and run.state is TaskState.RUNNING and run.attempts == report.attempt \
+                and run.worker_id == worker_id:
+            self.registry.release(worker_id, task_key(report.workflow_id, report.task_id))
 
     def _on_tick(self) -> None:
         now_ms = monotonic_ms()
@@ -430,18 +441,19 @@ class SchedulerActor(Actor):
         self.raft.ask(Propose(command), timeout_s=10).add_done_callback(done)
         return answer
 
-    def workflow_status(self, workflow_id: str | None) -> Any:
+    def workflow_status(self, workflow_id: str | None, tasks: bool = True) -> Any:
         if workflow_id is None:
             return [{"workflow_id": graph.workflow_id, "name": graph.workflow.name, "state": graph.state.value,
                      "progress": graph.progress()} for graph in self.workflows.graphs.values()]
         graph = self.workflows.get(workflow_id)
         if graph is None:
             return ErrorRecord("unknown_workflow", f"no workflow {workflow_id!r}")
+        status = {"workflow_id": workflow_id, "name": graph.workflow.name, "state": graph.state.value,
+                  "progress": graph.progress()}
+        if not tasks:
+            return status
         return {
-            "workflow_id": workflow_id,
-            "name": graph.workflow.name,
-            "state": graph.state.value,
-            "progress": graph.progress(),
+            **status,
             "tasks": {task_id: {"state": run.state.value, "attempts": run.attempts, "worker": run.worker_id or None,
                                 "exit_code": run.exit_code, "error": run.error or None,
                                 "result": run.result}

@@ -72,6 +72,7 @@ log = get_logger("worker")
 WORKER_ACTOR = "worker"
 SCHEDULER_ACTOR = "scheduler"
 MAX_REPORTS_PER_BATCH = 1000
+MAX_REPORT_BATCHES_IN_FLIGHT = 8
 MAX_REDIRECTS_PER_TICK = 4  # stale leaders pointing at each other must not make us spin
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -136,6 +137,8 @@ class WorkerActor(Actor):
         self.running: dict[AttemptKey, TaskAssignment] = {}
         self.unacked: dict[AttemptKey, TaskFinished] = {}  # reports not yet accepted, in order
         self.in_flight = {"hello": False, "heartbeat": False, "reports": False}
+        self.reports_sent: set = set()  # keys of unacknowledged reports on their way to a master
+        self.report_batches_in_flight = 0
         self.redirects_this_tick = 0
         self.report_deadline_s: float | None = None
         self.executor: TaskExecutor | None = None
@@ -328,13 +331,29 @@ class WorkerActor(Actor):
             self._ask_master("heartbeat", WorkerHeartbeat(self.worker_id, self.held(), load, self.draining))
 
     def _send_reports(self) -> None:
-        if self.in_flight["reports"] or not self.registered or not self.unacked:
+        """Send the reports not on their way yet, in batches; up to MAX_REPORT_BATCHES_IN_FLIGHT wait
+        for their commit at once, so finished tasks never queue behind one commit's latency."""
+        if not self.registered:
             return
-        batch = list(self.unacked.values())[:MAX_REPORTS_PER_BATCH]
-        self._ask_master("reports", TasksFinished(self.worker_id, batch), tuple(report.key for report in batch))
+        while self.report_batches_in_flight < MAX_REPORT_BATCHES_IN_FLIGHT:
+            batch = [report for key, report in self.unacked.items() if key not in self.reports_sent]
+            if not batch:
+                return
+            batch = batch[:MAX_REPORTS_PER_BATCH]
+            keys = tuple(report.key for report in batch)
+            self.reports_sent.update(keys)
+            self.report_batches_in_flight += 1
+            self._ask_master("reports", TasksFinished(self.worker_id, batch), keys)
 
     def _on_answered(self, answer: _Answered) -> None:
         self.in_flight[answer.kind] = False
+        if answer.kind == "reports":
+            self.report_batches_in_flight -= 1
+            accepted = answer.error is None and isinstance(answer.value, ReportsAccepted)
+            for key in answer.keys:
+                self.reports_sent.discard(key)  # accepted: gone below; otherwise: sent again
+                if accepted:
+                    self.unacked.pop(key, None)
         if answer.error is not None:
             self._next_master(answer.endpoint, answer.error)
             self._check_drained()
@@ -351,8 +370,6 @@ class WorkerActor(Actor):
                 self._send_hello()
             self._cancel(list(value.cancel))
         elif answer.kind == "reports" and isinstance(value, ReportsAccepted):
-            for key in answer.keys:
-                self.unacked.pop(key, None)
             self._send_reports()
         else:
             self.node.count("worker_unexpected_answers")

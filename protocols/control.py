@@ -189,9 +189,11 @@ class SubmitWorkflowRequest:
 
 @record("ctl.workflow_status")
 class WorkflowStatusRequest:
-    """One workflow's status document, or (``workflow_id`` None) a summary of all of them."""
+    """One workflow's status document (without the per-task part unless ``tasks``), or
+    (``workflow_id`` None) a summary of all of them."""
 
     workflow_id: str | None
+    tasks: bool = True
 
 
 @record("ctl.cancel_workflow")

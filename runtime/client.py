@@ -157,10 +157,12 @@ class Client:
             raise RemoteError("rejected", result.get("reason", "the workflow was not accepted"))
         return workflow.workflow_id
 
-    def workflow_status(self, workflow_id: str | None = None, timeout_s: float | None = None) -> Any:
-        """``{"workflow_id", "state", "tasks": {id: {"state", "attempts", "worker", "exit_code"}}}``,
-        or a list of summaries when ``workflow_id`` is None."""
-        return self.call(SCHEDULER_ACTOR, WorkflowStatusRequest(workflow_id), timeout_s)
+    def workflow_status(self, workflow_id: str | None = None, timeout_s: float | None = None,
+                        tasks: bool = True) -> Any:
+        """``{"workflow_id", "state", "progress", "tasks": {id: {"state", "attempts", "worker",
+        "exit_code"}}}`` (no "tasks" unless ``tasks``), or a list of summaries when ``workflow_id``
+        is None."""
+        return self.call(SCHEDULER_ACTOR, WorkflowStatusRequest(workflow_id, tasks), timeout_s)
 
     def cancel_workflow(self, workflow_id: str, timeout_s: float | None = None) -> dict:
         command = self._next_command(None)
@@ -174,11 +176,11 @@ class Client:
         """Poll the workflow's status until it is completed, failed or cancelled (or the deadline)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            status = self.workflow_status(workflow_id)
+            status = self.workflow_status(workflow_id, tasks=False)  # polls stay cheap for big workflows
             if on_progress is not None:
                 on_progress(status)
             if status["state"] in FINAL_WORKFLOW_STATES:
-                return status
+                return self.workflow_status(workflow_id)
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"workflow {workflow_id} still {status['state']} after {timeout_s} s")
             time.sleep(poll_s)

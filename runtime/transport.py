@@ -85,6 +85,7 @@ class Transport(threading.Thread):
         self._pub_seq: dict[str, int] = {}
         self._sub_last_seq: dict[tuple[str, str], int] = {}
         self._subscribers: list[tuple[str, Any]] = []  # (topic prefix, deliver target)
+        self._end_of_round_hooks: list[Callable[[], None]] = []
         self._last_logged: dict[tuple[str, str], float] = {}
         self._poller = zmq.Poller()
         self._ready = threading.Event()
@@ -158,6 +159,10 @@ class Transport(threading.Thread):
                         self._drain_dealer(sock)
                 self._flush_outbox()
                 self._run_due_timers()
+                if self._end_of_round_hooks:
+                    for hook in self._end_of_round_hooks:
+                        self._run_hook(hook)
+                    self._flush_outbox()
         except Exception:
             log.exception("transport loop failed; node %s stops serving", self.node.node_id)
         finally:
@@ -262,6 +267,18 @@ class Transport(threading.Thread):
                 batch.append(message)
         for target, messages in batches.items():
             self._deliver(target, messages)
+
+    def add_end_of_round_hook(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` on this thread once per loop round, after the round's messages, calls and
+        timers: a pinned actor does its expensive part (a disk write) once for all of them."""
+        self.call(lambda: self._end_of_round_hooks.append(hook))
+
+    def _run_hook(self, hook: Callable[[], None]) -> None:
+        try:
+            hook()
+        except Exception:
+            self.node.counters["actor_errors"] += 1
+            log.exception("an end-of-round hook failed")
 
     def _deliver(self, target: Any, messages: list[InboundMessage]) -> None:
         """Hand a batch to an actor; a pinned actor's failure is counted, never fatal to the loop."""
