@@ -122,6 +122,17 @@ class TaskResources:
     gpu: int = 0
 
 
+def task_kind(command: str | None, call: str | None, agent: str | None) -> str:
+    """What a task runs: ``"command"``, ``"call"``, ``"agent"``, or ``"noop"`` for none of them."""
+    if command is not None:
+        return "command"
+    if call is not None:
+        return "call"
+    if agent is not None:
+        return "agent"
+    return "noop"
+
+
 @record("wf.task")
 class TaskNode:
     """One task as declared. At most one of ``command``, ``call``, ``agent`` is set; a task
@@ -144,17 +155,11 @@ class TaskNode:
     @property
     def kind(self) -> str:
         """``"command"``, ``"call"``, ``"agent"`` or ``"noop"``."""
-        if self.command is not None:
-            return "command"
-        if self.call is not None:
-            return "call"
-        if self.agent is not None:
-            return "agent"
-        return "noop"
+        return task_kind(self.command, self.call, self.agent)
 
     @property
     def is_noop(self) -> bool:
-        return self.command is None and self.call is None and self.agent is None
+        return self.kind == "noop"
 
     @property
     def requirements(self) -> TaskRequirements:

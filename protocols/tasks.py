@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import field
 from typing import Any
 
+from protocols.dag import task_kind
 from protocols.registry import WorkerInfo
 from protocols.wire import record
 
@@ -88,13 +89,7 @@ class TaskAssignment:
     @property
     def kind(self) -> str:
         """``"command"``, ``"call"``, ``"agent"`` or ``"noop"``."""
-        if self.command is not None:
-            return "command"
-        if self.call is not None:
-            return "call"
-        if self.agent is not None:
-            return "agent"
-        return "noop"
+        return task_kind(self.command, self.call, self.agent)
 
 
 @record("task.assign")
