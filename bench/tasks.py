@@ -72,6 +72,9 @@ def dask_runs(args, runs: int) -> tuple[str, dict[str, list[float]]] | None:
         from distributed import Client as DaskClient, LocalCluster as DaskCluster
     except ImportError:
         return None
+    import logging
+
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)  # its shutdown chatter is not a result
     results: dict[str, list[float]] = {"noop": [], "chain": [], "fanout": []}
     with DaskCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             DaskClient(cluster) as client:
