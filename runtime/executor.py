@@ -60,6 +60,7 @@ from protocols.tasks import (
 )
 from protocols.wire import DecodeError, EncodeError, decode
 from runtime.log import get_logger
+from runtime.wakeup import WakePipe
 from runtime.taskpool import CallPool, CallProcess, signal_group
 
 log = get_logger("worker")
@@ -206,8 +207,7 @@ class TaskExecutor:
         self._cancels: list[tuple[AttemptKey, str]] = []
         self._keys: set[AttemptKey] = set()  # every attempt with a live process
         self._stopping = False
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
+        self._wake_pipe = WakePipe()
         self._file_numbers = itertools.count(1)
         self._base_directory: Path | None = None
         self._worker_env: dict[str, str] = {}
@@ -283,8 +283,7 @@ class TaskExecutor:
         if self._thread.is_alive():
             self._thread.join(timeout_s)
         if not self._thread.is_alive():
-            os.close(self._wake_read)
-            os.close(self._wake_write)
+            self._wake_pipe.close()
         if self.pool is not None:
             self.pool.stop()
         if self._base_directory is not None:
@@ -349,14 +348,11 @@ class TaskExecutor:
     # ------------------------------------------------------------------ the reaper thread
 
     def _wake(self) -> None:
-        try:
-            os.write(self._wake_write, b"\0")
-        except (OSError, ValueError):
-            pass  # stopped
+        self._wake_pipe.wake()
 
     def _reap(self) -> None:
         selector = selectors.DefaultSelector()
-        selector.register(self._wake_read, selectors.EVENT_READ, None)
+        selector.register(self._wake_pipe.fileno, selectors.EVENT_READ, None)
         executions: dict[AttemptKey, _Execution] = {}
         try:
             while True:
@@ -394,7 +390,7 @@ class TaskExecutor:
                     self.on_finished(reports)
                 for selector_key, _ in selector.select(self._wait_s(executions, time.monotonic())):
                     if selector_key.data is None:
-                        self._drain_wake_pipe()
+                        self._wake_pipe.drain()
         except Exception:
             log.exception("the task reaper failed; killing every running task")
         finally:
@@ -411,13 +407,6 @@ class TaskExecutor:
             with self._lock:
                 self._keys.clear()
             selector.close()
-
-    def _drain_wake_pipe(self) -> None:
-        try:
-            while os.read(self._wake_read, 4096):
-                pass
-        except BlockingIOError:
-            pass
 
     def _wait_s(self, executions: dict[AttemptKey, _Execution], now_s: float) -> float | None:
         due = [execution.kill_at_s if execution.kill_at_s is not None else execution.deadline_s

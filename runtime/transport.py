@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
-import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
@@ -45,6 +44,7 @@ from protocols.wire import (
 from runtime.actor import InboundMessage
 from runtime.future import AskTimeout, RemoteError
 from runtime.log import get_logger
+from runtime.wakeup import WakePipe
 
 if TYPE_CHECKING:
     from runtime.future import Future
@@ -72,8 +72,7 @@ class Transport(threading.Thread):
         self._context = zmq.Context()
         self._outbox: collections.deque = collections.deque()
         self._wake_pending = False
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
+        self._wake_pipe = WakePipe()
         self._running = True
         self._dealers: dict[str, zmq.Socket] = {}
         self._dealer_by_socket: dict[zmq.Socket, str] = {}
@@ -111,7 +110,7 @@ class Transport(threading.Thread):
         self._sub = self._socket(zmq.SUB)
         self._poller.register(self._router, zmq.POLLIN)
         self._poller.register(self._sub, zmq.POLLIN)
-        self._poller.register(self._wake_read, zmq.POLLIN)
+        self._poller.register(self._wake_pipe.fileno, zmq.POLLIN)
 
     def _socket(self, kind: int) -> zmq.Socket:
         sock = self._context.socket(kind)
@@ -127,10 +126,7 @@ class Transport(threading.Thread):
         self._outbox.append(item)
         if not self._wake_pending and threading.current_thread() is not self:
             self._wake_pending = True
-            try:
-                os.write(self._wake_write, b"\0")
-            except OSError:
-                pass  # closed during shutdown
+            self._wake_pipe.wake()
 
     def call(self, fn: Callable[[], Any]) -> None:
         self.submit((_CALL, fn))
@@ -153,8 +149,8 @@ class Transport(threading.Thread):
                         self._drain_router()
                     elif sock is self._sub:
                         self._drain_sub()
-                    elif sock == self._wake_read:
-                        self._drain_wake_pipe()
+                    elif sock == self._wake_pipe.fileno:
+                        self._wake_pipe.drain()
                     else:
                         self._drain_dealer(sock)
                 self._flush_outbox()
@@ -176,8 +172,7 @@ class Transport(threading.Thread):
             sock.close(linger=0)
         self._dealers.clear()
         self._context.term()
-        os.close(self._wake_read)
-        os.close(self._wake_write)
+        self._wake_pipe.close()
 
     def _poll_timeout_ms(self) -> int | None:
         if self._outbox:
@@ -190,13 +185,6 @@ class Transport(threading.Thread):
         if not due:
             return None
         return max(0, int((min(due) - time.monotonic()) * 1000) + 1)
-
-    def _drain_wake_pipe(self) -> None:
-        try:
-            while os.read(self._wake_read, 4096):
-                pass
-        except BlockingIOError:
-            pass
 
     # ------------------------------------------------------------------ inbound
 
