@@ -2,15 +2,17 @@
 
 Role: the only owner of a master's ``RaftCore``, its ``RaftStorage`` and its replicated
 ``ControlState``. It steps messages from peer RaftActors, ticks the core from the node's timer,
-proposes clients' commands, and after every batch of inbound messages runs the Ready loop:
-persist (one SQLite transaction), then send, then apply, then answer.
+proposes clients' commands, and once per transport round (after that round's messages, calls and
+ticks) runs the Ready loop: persist (one SQLite transaction), then send, then apply, then answer.
 
 Rules:
 
 * Spawned pinned (on the transport thread): consensus traffic is latency-critical, and a pinned
-  actor costs no thread hand-off per message (PROBES.md, probe 1). It never blocks: the only
-  slow call is the SQLite commit, once per batch (group commit), never once per entry.
-* Nothing is sent before what it depends on is durable (the Ready obligations).
+  actor costs no thread hand-off per message (PROBES.md, probe 1). It never blocks but for the
+  SQLite commit, once per round (group commit), never once per entry.
+* Nothing is sent before what it depends on is durable (the Ready obligations), except a
+  leader's appends and heartbeats, which leave before its own write (it counts itself in a
+  quorum only for what it has persisted).
 * A proposal is answered only once its entry is applied; if another leader's entry takes its
   index, the proposer is told ``not_committed`` and retries (client sessions make that safe).
 * Other actors watch applied commands by tag prefix (``Watch``) and hear of leadership

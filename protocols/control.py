@@ -17,7 +17,6 @@ Rules:
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from protocols.dag import WorkflowTable
@@ -104,7 +103,9 @@ class ControlState:
             return self.locks.apply(index, command)
         if prefix == "wf":
             # A plain map, so that client sessions and snapshots can keep it.
-            return dataclasses.asdict(self.workflows.apply(command))
+            applied = self.workflows.apply(command)
+            return {"ok": applied.ok, "reason": applied.reason, "attempt": applied.attempt,
+                    "ready": applied.ready, "released": applied.released, "finished": applied.finished}
         if isinstance(command, SetMember):
             self.members[command.node_id] = command
             return True
