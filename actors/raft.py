@@ -421,8 +421,15 @@ class RaftActor(Actor):
         }
 
 
+_tags_by_type: dict[type, str] = {}
+
+
 def _tag_startswith(command: Any, prefix: str) -> bool:
-    try:
-        return tag_of(type(command)).startswith(prefix)
-    except KeyError:
-        return False
+    kind = type(command)
+    tag = _tags_by_type.get(kind)
+    if tag is None:
+        try:
+            tag = _tags_by_type[kind] = tag_of(kind)
+        except KeyError:
+            return False
+    return tag.startswith(prefix)

@@ -295,6 +295,7 @@ def run_pysyncobj(batch: bool, args, data_dir: Path, procs: list) -> dict:
 
 def agentflow_pipelined(node, leader_endpoint: str, commands: int, window: int) -> float:
     from protocols.control import ClientCommand, Noop, Propose
+    from protocols.wire import encode
 
     ref = node.ref(leader_endpoint, "raft")
     client_id = f"bench-pipe-{uuid.uuid4().hex[:8]}"
@@ -319,7 +320,8 @@ def agentflow_pipelined(node, leader_endpoint: str, commands: int, window: int) 
     started = time.perf_counter()
     for i in range(commands):
         slots.acquire()
-        ref.ask(Propose(ClientCommand(client_id, i + 1, Noop(i))), timeout_s=30).add_done_callback(on_done)
+        # Encoded here, as runtime.client.Client.propose does: the leader logs the bytes as they are.
+        ref.ask(Propose(encode(ClientCommand(client_id, i + 1, Noop(i)))), timeout_s=30).add_done_callback(on_done)
     if not done.wait(120):
         raise RuntimeError("agentflow pipelined run did not finish")
     elapsed = time.perf_counter() - started
