@@ -34,11 +34,25 @@ log = get_logger("master")
 JOIN_RETRY_S = 0.2
 
 
+def raft_timing(heartbeat_ms: int, election_timeout_ms: tuple[int, int]) -> tuple[RaftConfig, float]:
+    """Raft counts time in ticks: one tick per heartbeat, the election timeout in whole heartbeats.
+    The default is a 100 ms heartbeat and a 1-2 s election timeout; the seed's 1 s / 5-10 s is
+    ``raft_timing(1000, (5000, 10000))``."""
+    low_ms, high_ms = election_timeout_ms
+    if heartbeat_ms <= 0:
+        raise ValueError("--heartbeat-ms must be positive")
+    if not heartbeat_ms < low_ms <= high_ms:
+        raise ValueError("the election timeout must exceed the heartbeat: need heartbeat < min <= max")
+    config = RaftConfig(heartbeat_ticks=1, election_ticks_min=max(2, round(low_ms / heartbeat_ms)),
+                        election_ticks_max=max(2, round(high_ms / heartbeat_ms)))
+    return config, heartbeat_ms / 1000
+
+
 class Master:
     def __init__(self, mode: str = "leader", port: int = 6767, host: str = "127.0.0.1",
                  leader_url: str | None = None, data_dir: str | None = None, http_port: int | None = None,
-                 pub_port: int | None = None, node_id: str | None = None, raft_config: RaftConfig | None = None,
-                 tick_s: float = 0.1) -> None:
+                 pub_port: int | None = None, node_id: str | None = None, heartbeat_ms: int = 100,
+                 election_timeout_ms: tuple[int, int] = (1000, 2000)) -> None:
         if mode not in ("leader", "master"):
             raise ValueError(f"--mode must be leader or master, not {mode!r}")
         if mode == "master" and not leader_url:
@@ -51,10 +65,11 @@ class Master:
         self.storage_path = os.path.join(data_dir, f"{self.node_id.replace('/', '_').replace(':', '_')}.sqlite")
         self.node = Node(self.node_id, host=host, port=port, pub_port=pub_port).start()
         self.http_port = port + 10 if http_port is None else http_port
+        raft_config, tick_s = raft_timing(heartbeat_ms, election_timeout_ms)
         self.raft = self.node.spawn(RaftActor, self.storage_path, raft_config, tick_s, mode == "leader",
                                     self.http_port, name=RAFT_ACTOR, pinned=True)
         self.locks = self.node.spawn(LockActor, name=LOCK_ACTOR, pinned=True)  # watches "lock." applies
-        self.scheduler = self.node.spawn(SchedulerActor, tick_s=tick_s, name=SCHEDULER_ACTOR, pinned=True)
+        self.scheduler = self.node.spawn(SchedulerActor, name=SCHEDULER_ACTOR, pinned=True)
         self.http = HttpServer(host, self.http_port, self.stats).start() if self.http_port else None
         log.info("Master %s serves on %s (http %s, data %s)", self.node_id, self.node.endpoint,
                  self.http_port or "off", self.storage_path)

@@ -80,6 +80,9 @@ def master(
     http_port: Optional[int] = typer.Option(None, "--http-port", help="Default: PORT+10."),
     pub_port: Optional[int] = typer.Option(None, "--pub-port", help="Default: PORT+100."),
     node_id: Optional[str] = typer.Option(None, "--node-id"),
+    heartbeat_ms: int = typer.Option(100, "--heartbeat-ms", help="Raft heartbeat interval."),
+    election_timeout_ms: str = typer.Option("1000-2000", "--election-timeout-ms",
+                                            help="Randomized election timeout range, MIN-MAX (the seed's: 5000-10000)."),
 ) -> None:
     """Start a master (a member of the Raft group of the control plane)."""
     from actors.master import run_master
@@ -87,8 +90,12 @@ def master(
     import zmq
 
     try:
+        low, _, high = election_timeout_ms.partition("-")
+        if not (low.strip().isdigit() and (high or low).strip().isdigit()):
+            raise ValueError(f"--election-timeout-ms {election_timeout_ms!r}: expected MIN-MAX in ms, e.g. 1000-2000")
         code = run_master(mode=mode, port=port, host=host, leader_url=leader_url, data_dir=data_dir,
-                          http_port=http_port, pub_port=pub_port, node_id=node_id)
+                          http_port=http_port, pub_port=pub_port, node_id=node_id, heartbeat_ms=heartbeat_ms,
+                          election_timeout_ms=(int(low), int(high or low)))
     except ValueError as exc:
         fail(str(exc))
     except (zmq.ZMQError, OSError) as exc:

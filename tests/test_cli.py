@@ -29,3 +29,15 @@ def test_demo_runs_the_examples_on_a_local_cluster():
     assert result.exit_code == 0, result.output
     assert "wf-diamond" in result.output and "completed" in result.output
     assert "skipped" in result.output  # the failing branch's dependent
+
+
+def test_master_timing_is_configurable_and_checked():
+    from actors.master import raft_timing
+
+    config, tick_s = raft_timing(1000, (5000, 10000))  # the seed's 1 s heartbeat, 5-10 s election
+    assert tick_s == 1.0 and (config.election_ticks_min, config.election_ticks_max) == (5, 10)
+    config, tick_s = raft_timing(100, (1000, 2000))  # the default
+    assert tick_s == 0.1 and (config.election_ticks_min, config.election_ticks_max) == (10, 20)
+    for bad in (["--election-timeout-ms", "soon"], ["--heartbeat-ms", "500", "--election-timeout-ms", "400-800"]):
+        result = runner.invoke(app, ["master", "--port", "7999", *bad])
+        assert result.exit_code == 2 and "election timeout" in result.output.replace("-", " ")
