@@ -165,6 +165,12 @@ class Transport(threading.Thread):
             self._close()
 
     def _close(self) -> None:
+        if self.is_alive() and threading.current_thread() is self:
+            # Run what was queued before the stop (pinned actors' on_stop closes their files).
+            try:
+                self._flush_outbox()
+            except Exception:
+                log.exception("flushing the outbox at shutdown failed")
         for future in list(self._asks.values()):
             future.set_exception(AskTimeout("node stopped"))
         self._asks.clear()
