@@ -172,6 +172,25 @@ def leftovers(baseline_threads: int) -> str:
     return "; ".join(reasons)
 
 
+def _environ_snapshot() -> dict[bytes, bytes]:
+    """The environment as os.environ holds it (bytes to bytes). Copying and comparing that map is
+    done in C; going through os.environ's mapping API decodes every variable (measured: 168 us of
+    a no-op call's 170 us were spent saving, comparing and restoring the environment that way)."""
+    return os.environ._data.copy()  # type: ignore[attr-defined] # CPython's os._Environ store
+
+
+def _restore_environ(saved: dict[bytes, bytes]) -> None:
+    """Put back exactly the variables the task (or its env) added, changed or removed."""
+    current = os.environ._data  # type: ignore[attr-defined]
+    if current == saved:
+        return
+    for key in [key for key in current if key not in saved]:
+        os.environ.pop(os.fsdecode(key), None)
+    for key, value in saved.items():
+        if current.get(key) != value:
+            os.environ[os.fsdecode(key)] = os.fsdecode(value)
+
+
 def open_output(path: str) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
 
@@ -181,7 +200,7 @@ def run_request(spec: Any, quiet_out_fd: int, own_err_fd: int, baseline_threads:
     if not isinstance(spec, dict) or not isinstance(spec.get("call"), str):
         return {"ok": False, "error": "bad request: expected a map with a 'call' string",
                 "exit_code": EXIT_BAD_SPEC, "leftovers": ""}
-    saved_environ = dict(os.environ)
+    saved_environ = _environ_snapshot()
     saved_cwd = os.getcwd()
     try:
         out_fd = open_output(str(spec.get("stdout_path") or os.devnull))
@@ -215,9 +234,7 @@ def run_request(spec: Any, quiet_out_fd: int, own_err_fd: int, baseline_threads:
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
         os.dup2(quiet_out_fd, 1)
         os.dup2(own_err_fd, 2)
-        if os.environ != saved_environ:
-            os.environ.clear()
-            os.environ.update(saved_environ)
+        _restore_environ(saved_environ)
         try:
             if os.getcwd() != saved_cwd:
                 os.chdir(saved_cwd)
