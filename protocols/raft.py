@@ -53,7 +53,7 @@ from __future__ import annotations
 import logging
 from bisect import bisect_right
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from protocols.wire import DecodeError, decode, encode, record

@@ -12,7 +12,6 @@ lazily, inside the commands that start masters and workers.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import uuid
@@ -147,7 +146,7 @@ def up(
         local.start()
         typer.echo(f"AgentFlow is up: {masters} masters, {workers} workers; data and logs in {directory}")
         typer.echo(f"  export AGENTFLOW_MASTER_URL={local.master_url}")
-        typer.echo(f"  agentflow submit examples/diamond.yaml --wait     (Ctrl-C stops the cluster)")
+        typer.echo("  agentflow submit examples/diamond.yaml --wait     (Ctrl-C stops the cluster)")
         while not stop.wait(0.5):
             if not local.alive():
                 typer.echo("a process of the cluster exited; stopping (see the logs)", err=True)
