@@ -38,6 +38,19 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def print_table(title: str, columns: tuple[str, ...], rows) -> None:
+    """A rich table on the terminal (the human form of a read command)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(cell) for cell in row))
+    Console().print(table)
+
+
 def print_json(document) -> None:
     typer.echo(json.dumps(document, indent=2, sort_keys=False, default=str))
 
@@ -273,16 +286,11 @@ def status_document(status_doc: dict) -> dict:
 
 
 def print_status(status_doc: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{status_doc['workflow_id']}: {status_doc['state']}")
-    for column in ("task", "state", "attempts", "worker", "exit code", "error"):
-        table.add_column(column)
-    for task_id, task in status_doc["tasks"].items():
-        table.add_row(task_id, task["state"], str(task["attempts"]), task["worker"] or "-",
-                      "-" if task["exit_code"] is None else str(task["exit_code"]), (task.get("error") or "")[:60])
-    Console().print(table)
+    print_table(f"{status_doc['workflow_id']}: {status_doc['state']}",
+                ("task", "state", "attempts", "worker", "exit code", "error"),
+                ((task_id, task["state"], task["attempts"], task["worker"] or "-",
+                  "-" if task["exit_code"] is None else task["exit_code"], (task.get("error") or "")[:60])
+                 for task_id, task in status_doc["tasks"].items()))
 
 
 @app.command()
@@ -300,16 +308,9 @@ def status(workflow_id: Optional[str] = typer.Argument(None), json_output: bool 
         if json_output:
             print_json(status_doc)
             return
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title="workflows")
-        for column in ("workflow", "name", "state", "done"):
-            table.add_column(column)
-        for row in status_doc:
-            table.add_row(row["workflow_id"], row["name"], row["state"],
-                          f"{row['progress']['finished']}/{row['progress']['total']}")
-        Console().print(table)
+        print_table("workflows", ("workflow", "name", "state", "done"),
+                    ((row["workflow_id"], row["name"], row["state"],
+                      f"{row['progress']['finished']}/{row['progress']['total']}") for row in status_doc))
     elif json_output:
         print_json(status_document(status_doc))
     else:
@@ -342,18 +343,10 @@ def workers(json_output: bool = JsonFlag, master_url: Optional[str] = MasterUrl)
     if json_output:
         print_json(rows)
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="workers")
-    for column in ("worker", "status", "group", "cpu", "memory MB", "gpu", "running"):
-        table.add_column(column)
-    for row in rows:
-        resources = row["resources"]
-        table.add_row(row["worker_id"], row["status"], row["group"], str(resources["cpu_cores"]),
-                      str(resources["memory_mb"]), str(resources["gpu_count"]),
-                      f"{row['running']}/{row['max_concurrent_tasks']}")
-    Console().print(table)
+    print_table("workers", ("worker", "status", "group", "cpu", "memory MB", "gpu", "running"),
+                ((row["worker_id"], row["status"], row["group"], row["resources"]["cpu_cores"],
+                  row["resources"]["memory_mb"], row["resources"]["gpu_count"],
+                  f"{row['running']}/{row['max_concurrent_tasks']}") for row in rows))
 
 
 @app.command()
@@ -367,16 +360,10 @@ def cluster(json_output: bool = JsonFlag, master_url: Optional[str] = MasterUrl)
     if json_output:
         print_json(view)
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"cluster: leader {view['leader'] or '(none)'}, term {view['term']}")
-    for column in ("id", "address", "role", "term", "commit", "applied"):
-        table.add_column(column)
-    for member in view["members"]:
-        table.add_row(member["id"], member["address"], member["role"] or "unreachable", str(member["term"]),
-                      str(member["commit_index"]), str(member["last_applied"]))
-    Console().print(table)
+    print_table(f"cluster: leader {view['leader'] or '(none)'}, term {view['term']}",
+                ("id", "address", "role", "term", "commit", "applied"),
+                ((m["id"], m["address"], m["role"] or "unreachable", m["term"], m["commit_index"], m["last_applied"])
+                 for m in view["members"]))
 
 
 @app.command()

@@ -64,6 +64,14 @@ _CALL = 3  # (_CALL, fn): run fn on the transport thread
 _ASK = 4  # (_ASK, endpoint, envelope, correlation_id, future)
 
 
+def _bind(sock: zmq.Socket, host: str, port: int) -> int:
+    """Bind on ``port``, or on a free port when it is 0; returns the port bound."""
+    if port:
+        sock.bind(f"tcp://{host}:{port}")
+        return port
+    return sock.bind_to_random_port(f"tcp://{host}")
+
+
 class Transport(threading.Thread):
     def __init__(self, node: Node, host: str, port: int, pub_port: int | None, max_frame_bytes: int):
         super().__init__(name=f"agentflow-transport-{node.node_id}", daemon=True)
@@ -95,17 +103,10 @@ class Transport(threading.Thread):
         # libzmq drops (and disconnects) frames far over the cap before they are buffered whole;
         # frames between the cap and this hard limit are read and counted as "oversize".
         self._router.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes * 2 + 1024)
-        if port:
-            self._router.bind(f"tcp://{host}:{port}")
-        else:
-            port = self._router.bind_to_random_port(f"tcp://{host}")
+        port = _bind(self._router, host, port)
         self.endpoint = f"tcp://{host}:{port}"
         self._pub = self._socket(zmq.PUB)
-        pub_port = pub_port if pub_port is not None else (port + 100 if node.fixed_port else 0)
-        if pub_port:
-            self._pub.bind(f"tcp://{host}:{pub_port}")
-        else:
-            pub_port = self._pub.bind_to_random_port(f"tcp://{host}")
+        pub_port = _bind(self._pub, host, pub_port if pub_port is not None else (port + 100 if node.fixed_port else 0))
         self.pub_endpoint = f"tcp://{host}:{pub_port}"
         self._sub = self._socket(zmq.SUB)
         self._poller.register(self._router, zmq.POLLIN)
