@@ -41,3 +41,16 @@ def test_master_timing_is_configurable_and_checked():
     for bad in (["--election-timeout-ms", "soon"], ["--heartbeat-ms", "500", "--election-timeout-ms", "400-800"]):
         result = runner.invoke(app, ["master", "--port", "7999", *bad])
         assert result.exit_code == 2 and "election timeout" in result.output.replace("-", " ")
+
+
+def test_a_bad_workflow_file_is_refused_before_anything_is_sent(tmp_path):
+    cyclic = tmp_path / "cyclic.yaml"
+    cyclic.write_text("workflow:\n  id: bad\n  tasks:\n    - {task_id: a, dependencies: [b]}\n"
+                      "    - {task_id: b, dependencies: [a]}\n")
+    # The master URL names nothing that listens: the file must be refused before any connection.
+    result = runner.invoke(app, ["submit", str(cyclic), "--master-url", "127.0.0.1:1"])
+    assert result.exit_code == 2 and "cycle: a -> b -> a" in result.output
+    result = runner.invoke(app, ["submit", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 2 and "cannot read" in result.output
+    result = runner.invoke(app, ["status", "--master-url", "nonsense"])
+    assert result.exit_code == 2 and "bad master URL" in result.output
