@@ -9,15 +9,18 @@ Rules:
 
 * Every change of a task's state is a committed command (SubmitWorkflow, DispatchTask,
   FinishTask, RequeueTask, CancelWorkflow) applied by the RaftActor; this actor only proposes
-  them and reacts to what they did (``Applied``). A task goes to a worker only after its
-  DispatchTask committed, so the attempt the worker runs is the replicated one; only that
-  attempt can complete the task, and a late report of an older one is ignored.
+  them and reacts to what they did (``Applied``). A task's assignment leaves with its
+  DispatchTask proposal (one commit less per hop); the attempt number is the one the entry
+  will commit, and only that attempt can complete the task: a late report of an older one is
+  ignored. If the leader dies before the entry commits, the next leader adopts the run when
+  the worker reports it, or runs the task again (at least once).
 * Soft state lives on the leader only: queue order, heartbeats, load, reservations. A new leader
   rebuilds the queue from the replicated task states, learns workers again from their
   heartbeats (``known=False`` makes them say hello), and requeues running tasks nobody claims
   within a grace period. Execution is at-least-once; a completion is applied exactly once.
-* Batches: one AssignTasks per worker per applied batch, never more tasks than the worker's
-  free capacity (no prefetch, so priorities hold).
+* Batches: one Batch log entry per dispatch round and per report batch, one AssignTasks per
+  worker per round, never more tasks than the worker's free capacity (no prefetch, so
+  priorities hold). A reported attempt frees its slot at once, before its completion commits.
 * Spawned pinned, like the RaftActor: it reads the replicated state directly (same thread) and
   never blocks.
 """
