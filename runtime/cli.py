@@ -285,11 +285,17 @@ def status_document(status_doc: dict) -> dict:
                       for task_id, task in status_doc["tasks"].items()}}
 
 
+def last_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[-1][:60] if lines else ""
+
+
 def print_status(status_doc: dict) -> None:
     print_table(f"{status_doc['workflow_id']}: {status_doc['state']}",
-                ("task", "state", "attempts", "worker", "exit code", "error"),
+                ("task", "state", "attempts", "worker", "exit code", "error", "last output line"),
                 ((task_id, task["state"], task["attempts"], task["worker"] or "-",
-                  "-" if task["exit_code"] is None else task["exit_code"], (task.get("error") or "")[:60])
+                  "-" if task["exit_code"] is None else task["exit_code"], (task.get("error") or "")[:60],
+                  last_line(task.get("stderr_tail")) or last_line(task.get("stdout_tail")))
                  for task_id, task in status_doc["tasks"].items()))
 
 

@@ -65,6 +65,7 @@ def test_failing_task_retries_then_skips_its_dependents(shared):
     assert tasks["flaky"] == {**tasks["flaky"], "state": "failed", "attempts": 2, "exit_code": 3}
     assert tasks["publish"]["state"] == "skipped" and tasks["publish"]["attempts"] == 0
     assert tasks["docs"]["state"] == "completed"
+    assert "trying" in client.workflow_status("wf-failing-branch")["tasks"]["flaky"]["stdout_tail"]
 
 
 def test_results_flow_to_dependents(shared):
