@@ -435,11 +435,14 @@ class SchedulerActor(Actor):
         """A worker that reports the current attempt of a running task has that slot free now:
         reuse it at once rather than after the report commits (the task's own state still waits
         for that). False for a report of anything else (stale, duplicate)."""
+        key = task_key(report.workflow_id, report.task_id)
         graph = self.workflows.get(report.workflow_id)
         run = graph.runs.get(report.task_id) if graph is not None else None
-        if run is not None and run.state is TaskState.RUNNING and run.attempts == report.attempt \
-                and run.worker_id == worker_id:
-            self.registry.release(worker_id, task_key(report.workflow_id, report.task_id))
+        current = run is not None and run.state is TaskState.RUNNING and run.attempts == report.attempt \
+            and run.worker_id == worker_id
+        # A run can report before its own DispatchTask is applied (a hop faster than a commit).
+        if current or self._dispatching.get(key) == (worker_id, report.attempt):
+            self.registry.release(worker_id, key)
             return True
         return False
 
