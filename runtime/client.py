@@ -131,7 +131,8 @@ class Client:
     def _pause(deadline: float) -> None:
         time.sleep(max(0.0, min(RETRY_PAUSE_S, deadline - time.monotonic())))
 
-    def _next_command(self, body: Any) -> ClientCommand:
+    def next_command(self, body: Any) -> ClientCommand:
+        """``body`` with this thread's session: the next sequence number of its client id."""
         session = getattr(self._sessions, "value", None)
         if session is None:
             session = self._sessions.value = [f"{self.client_id}/{next(self._session_ids)}", 0]
@@ -140,7 +141,7 @@ class Client:
 
     def propose(self, body: Any, timeout_s: float | None = None) -> Any:
         """Commit ``body`` through the leader; returns its result once applied."""
-        return self.call(RAFT_ACTOR, Propose(encode(self._next_command(body))), timeout_s)
+        return self.call(RAFT_ACTOR, Propose(encode(self.next_command(body))), timeout_s)
 
     def read(self, query: str, timeout_s: float | None = None, **args: Any) -> Any:
         """A linearizable read of the replicated state (see protocols.control.read_query)."""
@@ -151,7 +152,7 @@ class Client:
     def submit_workflow(self, workflow: Any, timeout_s: float | None = None) -> str:
         """Commit a workflow (a protocols.dag.Workflow); returns its id. Raises RemoteError
         (kind ``invalid_workflow``, ``unplaceable``, ``rejected``) when the cluster refuses it."""
-        command = self._next_command(None)
+        command = self.next_command(None)
         result = self.call(SCHEDULER_ACTOR, SubmitWorkflowRequest(workflow, command.client_id, command.seq), timeout_s)
         if not result.get("ok"):
             raise RemoteError("rejected", result.get("reason", "the workflow was not accepted"))
@@ -165,7 +166,7 @@ class Client:
         return self.call(SCHEDULER_ACTOR, WorkflowStatusRequest(workflow_id, tasks), timeout_s)
 
     def cancel_workflow(self, workflow_id: str, timeout_s: float | None = None) -> dict:
-        command = self._next_command(None)
+        command = self.next_command(None)
         return self.call(SCHEDULER_ACTOR, CancelWorkflowRequest(workflow_id, command.client_id, command.seq), timeout_s)
 
     def workers(self, timeout_s: float | None = None) -> list[dict]:

@@ -12,8 +12,8 @@ Rules:
 
 * Every call goes to the LockActor on the leader (``Client.call`` follows redirects) and has a
   deadline: ``ClusterUnavailable`` when no leader answers in time.
-* Each command carries this lock's client session (a session per thread, numbered 1, 2, 3...)
-  and a retry re-sends the same number, so the cluster applies it once.
+* Each command carries the client's session (one per thread, numbered 1, 2, 3...; see
+  ``Client.next_command``) and a retry re-sends the same number, so the cluster applies it once.
 * The fencing token of a grant is the Raft index that granted it; it only grows. A holder must
   present it to whatever it protects: a lease can end (expiry) while a slow holder still runs.
 * ``acquire_blocking`` waits in the cluster's FIFO queue (no polling storm): it asks in slices
@@ -25,7 +25,6 @@ Rules:
 from __future__ import annotations
 
 import getpass
-import itertools
 import logging
 import os
 import socket
@@ -35,7 +34,6 @@ import time
 import uuid
 from typing import Any, Callable
 
-from protocols.control import ClientCommand
 from protocols.locks import (
     Acquire,
     CancelWait,
@@ -88,23 +86,13 @@ class DistributedLock:
         self.call_timeout_s = call_timeout_s
         self.tokens: dict[str, int] = {}  # key -> fencing token of the grant this owner holds
         self.token: int | None = None  # token of the last grant
-        self._session_prefix = f"{client.client_id}/lock-{uuid.uuid4().hex[:8]}"
-        self._session_ids = itertools.count(1)
-        self._sessions = threading.local()
 
     # ------------------------------------------------------------------ calls
-
-    def _command(self, body: Any) -> ClientCommand:
-        session = getattr(self._sessions, "value", None)
-        if session is None:
-            session = self._sessions.value = [f"{self._session_prefix}/{next(self._session_ids)}", 0]
-        session[1] += 1
-        return ClientCommand(session[0], session[1], body)
 
     def _call(self, body: Any, wait_ms: int = 0, timeout_s: float | None = None) -> Any:
         timeout_s = self.call_timeout_s if timeout_s is None else timeout_s
         # The leader holds a waiting acquire for up to wait_ms: the ask must outlive that.
-        return self.client.call(LOCK_ACTOR, LockCall(self._command(body), wait_ms), timeout_s,
+        return self.client.call(LOCK_ACTOR, LockCall(self.client.next_command(body), wait_ms), timeout_s,
                                 per_try_timeout_s=PER_TRY_TIMEOUT_S + wait_ms / 1000)
 
     def _granted(self, reply: LockGranted) -> bool:
