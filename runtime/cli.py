@@ -65,6 +65,18 @@ def connect(master_url: Optional[str]):
         fail(str(exc))
 
 
+def ask_cluster(master_url: Optional[str], request):
+    """``request(client)`` against the cluster; an unreachable cluster or a refusal is one line
+    on stderr and exit 1."""
+    with connect(master_url) as client:
+        try:
+            return request(client)
+        except RemoteError as exc:
+            fail(exc.message, code=1)
+        except ClusterUnavailable as exc:
+            fail(str(exc), code=1)
+
+
 def not_built(capability: str) -> None:
     typer.echo(f"agentflow: {capability} is not built yet (see the open issues).", err=True)
     raise typer.Exit(2)
@@ -303,13 +315,7 @@ def print_status(status_doc: dict) -> None:
 def status(workflow_id: Optional[str] = typer.Argument(None), json_output: bool = JsonFlag,
            master_url: Optional[str] = MasterUrl) -> None:
     """Show one workflow, or all of them."""
-    with connect(master_url) as client:
-        try:
-            status_doc = client.workflow_status(workflow_id)
-        except RemoteError as exc:
-            fail(exc.message, code=1)
-        except ClusterUnavailable as exc:
-            fail(str(exc), code=1)
+    status_doc = ask_cluster(master_url, lambda client: client.workflow_status(workflow_id))
     if workflow_id is None:
         if json_output:
             print_json(status_doc)
@@ -326,13 +332,7 @@ def status(workflow_id: Optional[str] = typer.Argument(None), json_output: bool 
 @app.command()
 def cancel(workflow_id: str = typer.Argument(...), master_url: Optional[str] = MasterUrl) -> None:
     """Cancel a workflow: what has not finished is cancelled."""
-    with connect(master_url) as client:
-        try:
-            result = client.cancel_workflow(workflow_id)
-        except RemoteError as exc:
-            fail(exc.message, code=1)
-        except ClusterUnavailable as exc:
-            fail(str(exc), code=1)
+    result = ask_cluster(master_url, lambda client: client.cancel_workflow(workflow_id))
     if not result.get("ok"):
         fail(f"cannot cancel {workflow_id}: {result.get('reason')}", code=1)
     typer.echo(f"cancelled {workflow_id}")
@@ -341,11 +341,7 @@ def cancel(workflow_id: str = typer.Argument(...), master_url: Optional[str] = M
 @app.command()
 def workers(json_output: bool = JsonFlag, master_url: Optional[str] = MasterUrl) -> None:
     """List the workers with their status and resources."""
-    with connect(master_url) as client:
-        try:
-            rows = client.workers()
-        except ClusterUnavailable as exc:
-            fail(str(exc), code=1)
+    rows = ask_cluster(master_url, lambda client: client.workers())
     if json_output:
         print_json(rows)
         return
@@ -358,11 +354,7 @@ def workers(json_output: bool = JsonFlag, master_url: Optional[str] = MasterUrl)
 @app.command()
 def cluster(json_output: bool = JsonFlag, master_url: Optional[str] = MasterUrl) -> None:
     """Show the masters: leader, term, roles, commit and applied index."""
-    with connect(master_url) as client:
-        try:
-            view = client.cluster_status()
-        except ClusterUnavailable as exc:
-            fail(str(exc), code=1)
+    view = ask_cluster(master_url, lambda client: client.cluster_status())
     if json_output:
         print_json(view)
         return
