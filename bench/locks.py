@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.common import Result, percentile, report  # noqa: E402
+from runtime.cluster import LocalCluster, find_free_ports  # noqa: E402
 
 HOST = "127.0.0.1"
 KEY = "bench-lock"
@@ -122,15 +123,9 @@ def redis_version() -> str | None:
     return f"redis {version}"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
-
-
 class RedisServer:
     def __init__(self, data_dir: Path) -> None:
-        self.port = free_port()
+        self.port = find_free_ports(1, offsets=(0,))[0]
         self.proc = subprocess.Popen(
             [shutil.which("redis-server"), "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no",
              "--dir", str(data_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
@@ -253,7 +248,6 @@ def run_agentflow(args, work_dir: Path) -> dict:
     from protocols.control import Noop
     from runtime.client import Client
     from runtime.locks import DistributedLock
-    from runtime.cluster import LocalCluster
 
     os.environ["AGENTFLOW_LOG"] = "warning"  # masters inherit it (runtime/cluster.py)
     data_dir = Path(tempfile.mkdtemp(prefix="locks-", dir=args.data_dir or work_dir))

@@ -32,10 +32,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,42 +47,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.common import Result, percentile, report  # noqa: E402
+from runtime.cluster import find_free_ports, wait_until  # noqa: E402
 
 HOST = "127.0.0.1"
 FAILOVER_TRY_S = 0.25  # per-try timeout of the failover writer
 FAILOVER_RETRY_PAUSE_S = 0.01
 PYSYNCOBJ_BATCH_SEQUENTIAL = 30  # sequential samples in PySyncObj's batching mode (~100 ms each)
-
-
-def free_port(offsets: tuple[int, ...] = (0,), taken: set[int] | None = None) -> int:
-    """A port P on 127.0.0.1 with P+offset free for every offset (and not in ``taken``)."""
-    rng = random.Random()
-    taken = taken if taken is not None else set()
-    for _ in range(500):
-        base = rng.randrange(20_000, 40_000)
-        ports = [base + o for o in offsets]
-        if taken.intersection(ports):
-            continue
-        try:
-            for port in ports:
-                with socket.socket() as probe:
-                    probe.bind((HOST, port))
-        except OSError:
-            continue
-        taken.update(ports)
-        return base
-    raise RuntimeError("no free port found")
-
-
-def wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise RuntimeError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(interval_s)
 
 
 # =========================================================================== PySyncObj (child process)
@@ -256,8 +224,7 @@ def pysyncobj_version() -> str | None:
 
 def run_pysyncobj(batch: bool, args, data_dir: Path, procs: list) -> dict:
     """One run of the three figures for PySyncObj in one mode on a fresh three-process cluster."""
-    taken: set[int] = set()
-    ports = [free_port(taken=taken) for _ in range(3)]
+    ports = find_free_ports(3, offsets=(0,))
     mode = "batch" if batch else "nobatch"
     nodes = []
     for port in ports:
@@ -271,7 +238,7 @@ def run_pysyncobj(batch: bool, args, data_dir: Path, procs: list) -> dict:
         return found[0] if len(found) == 1 and ready else None
 
     try:
-        lead = wait_for(leader, 30, "a pysyncobj leader")
+        lead = wait_until(leader, 30, "a pysyncobj leader")
         lead.request("sequential 20")  # warm-up
         per_s = lead.request(f"pipelined {args.commands} {args.window}")["per_s"]
         n_seq = args.sequential if not batch else min(args.sequential, PYSYNCOBJ_BATCH_SEQUENTIAL)

@@ -552,31 +552,27 @@ class TaskDependencyGraph:
     def cancel(self, now_ms: int = 0) -> list[str]:
         """Cancel the workflow: every unfinished task becomes cancelled. Returns the tasks that
         were ready or running (the queue and workers must let go of them)."""
-        released: list[str] = []
         self.cancelled = True
-        for task_id, run in self.runs.items():
-            if run.state.is_finished:
-                continue
-            if run.state in (TaskState.READY, TaskState.RUNNING):
-                released.append(task_id)
-            run.finished_ms = now_ms
-            self._set_state(task_id, TaskState.CANCELLED, now_ms)
-        return released
+        return self._cancel_each(list(self.runs), now_ms)
 
     def cancel_task(self, task_id: str, now_ms: int = 0) -> list[str]:
         """Cancel one unfinished task and everything downstream of it; the rest goes on.
         Returns the cancelled tasks that were ready or running."""
         if self.runs[task_id].state.is_finished:
             return []
+        return self._cancel_each([task_id, *self._downstream(task_id)], now_ms)
+
+    def _cancel_each(self, task_ids: list[str], now_ms: int) -> list[str]:
+        """Cancel every unfinished task of ``task_ids``; returns those that were ready or running."""
         released: list[str] = []
-        for each in [task_id, *self._downstream(task_id)]:
-            run = self.runs[each]
+        for task_id in task_ids:
+            run = self.runs[task_id]
             if run.state.is_finished:
                 continue
             if run.state in (TaskState.READY, TaskState.RUNNING):
-                released.append(each)
+                released.append(task_id)
             run.finished_ms = now_ms
-            self._set_state(each, TaskState.CANCELLED, now_ms)
+            self._set_state(task_id, TaskState.CANCELLED, now_ms)
         return released
 
     def update_task_state(self, task_id: str, state: TaskState | str, attempt: int | None = None, **details: Any) -> bool:

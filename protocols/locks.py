@@ -317,29 +317,31 @@ class LockTable:
         lease.waiters.append(_Waiter(cmd.owner, cmd.ttl_ms, dict(cmd.metadata)))
         return LockQueued(cmd.key, cmd.owner, len(lease.waiters))
 
-    def _apply_release(self, index: int, cmd: Release, effects: _Effects) -> Any:
+    def _held_lease(self, index: int, cmd: Release | Renew, effects: _Effects) -> tuple[Any, _Lease | None, int]:
+        """Check a Release or Renew: ``(refusal, None, now_ms)``, or ``(None, lease, now_ms)``
+        when ``cmd.owner`` holds ``cmd.key`` (with ``cmd.token``, if given)."""
         problem = _invalid(cmd)
         if problem is not None:
-            return LockNotHeld(str(cmd.key), str(cmd.owner), problem)
+            return LockNotHeld(str(cmd.key), str(cmd.owner), problem), None, 0
         now_ms = self._advance_clock(cmd.now_ms)
         refusal = self._check_holder(cmd.key, cmd.owner, cmd.token, index, now_ms, effects)
         if refusal is not None:
+            return refusal, None, now_ms
+        return None, self._leases[cmd.key], now_ms
+
+    def _apply_release(self, index: int, cmd: Release, effects: _Effects) -> Any:
+        refusal, lease, now_ms = self._held_lease(index, cmd, effects)
+        if lease is None:
             return refusal
-        lease = self._leases[cmd.key]
         released = LockReleased(cmd.key, cmd.owner, lease.token)
         log.info("Lock '%s' released by %s", cmd.key, cmd.owner)
         self._pass_on(cmd.key, lease, index, now_ms, effects)
         return released
 
     def _apply_renew(self, index: int, cmd: Renew, effects: _Effects) -> Any:
-        problem = _invalid(cmd)
-        if problem is not None:
-            return LockNotHeld(str(cmd.key), str(cmd.owner), problem)
-        now_ms = self._advance_clock(cmd.now_ms)
-        refusal = self._check_holder(cmd.key, cmd.owner, cmd.token, index, now_ms, effects)
-        if refusal is not None:
+        refusal, lease, now_ms = self._held_lease(index, cmd, effects)
+        if lease is None:
             return refusal
-        lease = self._leases[cmd.key]
         lease.ttl_ms = cmd.ttl_ms
         lease.expires_ms = now_ms + cmd.ttl_ms
         return LockRenewed(cmd.key, cmd.owner, lease.token, lease.expires_ms)

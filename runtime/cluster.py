@@ -36,23 +36,38 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def master_ports_free(port: int) -> bool:
-    """A master uses PORT (ROUTER), PORT+10 (HTTP) and PORT+100 (PUB)."""
-    return all(port_is_free(port + offset) for offset in (0, 10, 100))
+MASTER_PORT_OFFSETS = (0, 10, 100)  # a master's ROUTER, HTTP and PUB ports
 
 
-def find_master_ports(count: int, first: int | None = None) -> list[int]:
-    """``count`` master ports, from ``first`` upwards, or at random in 20000-40000 when None."""
+def find_free_ports(count: int, first: int | None = None, offsets: tuple[int, ...] = MASTER_PORT_OFFSETS) -> list[int]:
+    """``count`` base ports P with every P+offset free and no two bases sharing a port: from
+    ``first`` upwards, or at random in 20000-40000 when None."""
     rng = random.Random()
-    ports: list[int] = []
+    bases: list[int] = []
+    taken: set[int] = set()
     port = first if first is not None else rng.randrange(20_000, 40_000)
     for _ in range(10_000):
-        if master_ports_free(port) and all(abs(port - p) not in (0, 10, 100) for p in ports):
-            ports.append(port)
-            if len(ports) == count:
-                return ports
+        wanted = {port + offset for offset in offsets}
+        if not wanted & taken and all(port_is_free(p) for p in wanted):
+            bases.append(port)
+            taken |= wanted
+            if len(bases) == count:
+                return bases
         port = port + 1 if first is not None else rng.randrange(20_000, 40_000)
-    raise RuntimeError("no free ports for the masters")
+    raise RuntimeError("no free ports")
+
+
+def wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.05):
+    """Poll ``condition`` until it returns something truthy (returned) or ``timeout_s`` passes
+    (TimeoutError naming ``what``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
 
 
 class ChildProcess:
@@ -119,7 +134,7 @@ class LocalCluster:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.worker_count = workers
         self.worker_options = worker_options or []
-        ports = find_master_ports(masters, first_port)
+        ports = find_free_ports(masters, first_port)
         self.masters: list[ChildProcess] = []
         for i, port in enumerate(ports):
             node_id = f"master-{i + 1}"
@@ -176,21 +191,23 @@ class LocalCluster:
         return child
 
     def _wait(self, condition, timeout_s: float, what: str):
-        deadline = time.monotonic() + timeout_s
-        while True:
-            dead = [child.name for child in self.masters + self.workers if child.proc is not None and not child.alive()
-                    and child.proc.returncode not in (-signal.SIGKILL,)]
+        """``wait_until`` that gives up at once when a child this cluster started has exited
+        (other than by a test's kill -9); an exception from ``condition`` counts as not yet."""
+
+        def checked():
+            dead = [child.name for child in self.masters + self.workers if child.proc is not None
+                    and not child.alive() and child.proc.returncode != -signal.SIGKILL]
             if dead:
                 raise RuntimeError(f"{', '.join(dead)} exited while waiting for {what} (logs in {self.data_dir})")
             try:
-                value = condition()
+                return condition()
             except Exception:
-                value = None
-            if value:
-                return value
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"timed out waiting for {what} (logs in {self.data_dir})")
-            time.sleep(0.1)
+                return None
+
+        try:
+            return wait_until(checked, timeout_s, what, interval_s=0.1)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc} (logs in {self.data_dir})") from None
 
     def alive(self) -> bool:
         return all(child.alive() for child in self.masters + self.workers)

@@ -125,7 +125,7 @@ class Transport(threading.Thread):
     def submit(self, item: tuple) -> None:
         """Queue work for the transport thread; wakes it once per empty-to-non-empty change."""
         self._outbox.append(item)
-        if not self._wake_pending and threading.current_thread() is not self:
+        if not self._wake_pending and threading.get_ident() != self.ident:
             self._wake_pending = True
             self._wake_pipe.wake()
 

@@ -5,22 +5,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from runtime.cluster import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def wait_for(condition, timeout_s: float, interval_s: float = 0.02, what: str = "condition"):
-    """Poll ``condition`` until it returns a truthy value or ``timeout_s`` passes."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(interval_s)
+    """Poll ``condition`` until it returns a truthy value; a test failure after ``timeout_s``."""
+    try:
+        return wait_until(condition, timeout_s, what, interval_s)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 class NodeProcess:
