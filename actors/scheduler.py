@@ -40,6 +40,7 @@ from protocols.control import (
     WorkersRequest,
     WorkflowStatusRequest,
 )
+from protocols.raft import ClientSessions
 from protocols.dag import (
     CancelWorkflow,
     DispatchTask,
@@ -95,6 +96,7 @@ class SchedulerActor(Actor):
         self.registry = WorkerRegistry(self.health)
         self._dispatching: dict[str, tuple[str, int]] = {}  # key -> (worker, attempt), not yet applied
         self._unclaimed: dict[str, int] = {}  # running task key -> deadline_ms (after a leader change)
+        self._client_waiting: dict[tuple[str, int], list] = {}  # (client id, seq) in flight -> answers
         self._timer_id: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -254,18 +256,26 @@ class SchedulerActor(Actor):
             return
         now_ms = monotonic_ms()
         placed: list[tuple[str, str, list[int]]] = []
+        stale = 0
 
         def place(key: str) -> bool:
+            nonlocal stale
             workflow_id, task_id = split_task_key(key)
             graph = self.workflows.get(workflow_id)
             if graph is None or graph.runs[task_id].state is not TaskState.READY:
-                return True  # stale entry: take it out of the queue
+                stale += 1
+                return True  # a task that is no longer ready: take it out of the queue
             spot = self._place(graph, task_id)
             if spot is not None:
                 placed.append((key, *spot))
             return spot is not None
 
-        self.queue.dequeue_batch(free, now_ms, place, max_scanned=max(64, free * 4))
+        while True:  # stale entries do not use up free slots
+            stale = 0
+            wanted = free - len(placed)
+            self.queue.dequeue_batch(wanted, now_ms, place, max_scanned=max(64, wanted * 4))
+            if not stale or len(placed) >= free or not self.queue:
+                break
         if placed:
             commands, assignments = self._assignments(placed, now_ms, {})
             self.raft.tell(Propose(Batch(commands)))
@@ -495,13 +505,28 @@ class SchedulerActor(Actor):
         return self._propose_for_client(ClientCommand(request.client_id, request.seq, body))
 
     def _propose_for_client(self, command: ClientCommand) -> Any:
+        """Commit a client's command and answer with its result. A retry of a command that is
+        still in flight waits for the same commit instead of logging it again: a big workflow
+        can take longer to log than the client's per-try timeout, and each copy would cost as
+        much as the first (the log would drop it as a duplicate only after committing it)."""
+        session_key = (command.client_id, command.seq)
+        status, previous = self.raft_actor.state.sessions.check(*session_key)
+        if status == ClientSessions.DUPLICATE:
+            return previous
         answer = self.defer()
+        waiting = self._client_waiting.get(session_key)
+        if waiting is not None:
+            waiting.append(answer)
+            return answer
+        waiting = self._client_waiting[session_key] = [answer]
 
         def done(future) -> None:
-            try:
-                answer.resolve(future.get(0))
-            except Exception as exc:
-                answer.fail(getattr(exc, "kind", "not_committed"), str(exc))
+            del self._client_waiting[session_key]
+            for each in waiting:
+                try:
+                    each.resolve(future.get(0))
+                except Exception as exc:
+                    each.fail(getattr(exc, "kind", "not_committed"), str(exc))
 
         self.raft.ask(Propose(command), timeout_s=10).add_done_callback(done)
         return answer

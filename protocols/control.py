@@ -76,7 +76,11 @@ class ControlState:
     # ------------------------------------------------------------------ apply
 
     def apply(self, index: int, data: bytes) -> tuple[Any, Any]:
-        """Apply the command in ``data`` at log ``index``; returns ``(command, result)``."""
+        """Apply the command in ``data`` at log ``index``; returns ``(command, result)``.
+
+        ``command`` is None when nothing was applied (undecodable, or a client's retry of a
+        command that already ran, answered with the first result): watchers of applied commands
+        must not react twice to one command."""
         self.last_applied = index
         try:
             command = decode(data)
@@ -85,9 +89,9 @@ class ControlState:
         if isinstance(command, ClientCommand):
             status, previous = self.sessions.check(command.client_id, command.seq)
             if status == ClientSessions.DUPLICATE:
-                return command.body, previous
+                return None, previous
             if status == ClientSessions.EXPIRED:
-                return command.body, ErrorRecord("session_expired", f"seq {command.seq} is too old")
+                return None, ErrorRecord("session_expired", f"seq {command.seq} is too old")
             result = self._dispatch(index, command.body)
             self.sessions.record(command.client_id, command.seq, result, index)
             return command.body, result

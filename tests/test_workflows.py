@@ -10,6 +10,9 @@ import textwrap
 
 import pytest
 
+from actors.scheduler import SCHEDULER_ACTOR
+from protocols.control import SubmitWorkflowRequest
+from protocols.dag import TaskNode, Workflow
 from protocols.workflow import parse_workflow
 from runtime.client import Client
 from runtime.cluster import LocalCluster
@@ -107,6 +110,29 @@ def test_gpu_tasks_run_only_on_the_gpu_worker_and_impossible_tasks_are_refused(s
               tasks: [{task_id: huge, command: "true", resources: {gpu: 8}}]
         """))
     assert refused.value.kind == "unplaceable" and "huge" in refused.value.message
+
+
+def test_a_retried_submit_is_logged_once_and_answered_with_the_first_result(tmp_path):
+    """A client retries a submit whose answer is late (a big workflow takes longer to log than one
+    try): the copies wait for the first commit instead of each being logged again."""
+    local = LocalCluster(tmp_path, masters=1, workers=0, first_port=24500)
+    try:
+        local.start()
+        with Client(local.master_url, timeout_s=15) as client:
+            big = Workflow("wf-big", "big", [TaskNode(f"t{i}", call="builtins:int") for i in range(3000)])
+            command = client.next_command(None)
+            request = SubmitWorkflowRequest(big, command.client_id, command.seq)
+            leader = client.node.ref(local.masters[0].url, SCHEDULER_ACTOR)
+            commit_before = client.cluster_status()["members"][0]["commit_index"]
+            answers = [leader.ask(request, timeout_s=30) for _ in range(3)]  # sent before the first commits
+            results = [answer.get() for answer in answers]
+            assert results[0]["ok"] and results[1] == results[0] and results[2] == results[0]
+            assert client.cluster_status()["members"][0]["commit_index"] == commit_before + 1
+            assert leader.ask(request, timeout_s=30).get() == results[0]  # after the commit: from the session
+            assert client.cluster_status()["members"][0]["commit_index"] == commit_before + 1
+            assert client.workflow_status("wf-big", tasks=False)["progress"]["counts"]["ready"] == 3000
+    finally:
+        local.stop()
 
 
 def test_priority_order_on_a_single_busy_worker(tmp_path):

@@ -1,0 +1,25 @@
+"""ControlState: the replicated state machine of the masters (pure)."""
+
+from __future__ import annotations
+
+from protocols.control import ClientCommand, ControlState
+from protocols.dag import SubmitWorkflow, TaskNode, Workflow
+from protocols.wire import encode
+
+
+def submit(client_id: str, seq: int) -> bytes:
+    workflow = Workflow("wf", "wf", [TaskNode("a", call="builtins:int"), TaskNode("b", call="builtins:int", dependencies=["a"])])
+    return encode(ClientCommand(client_id, seq, SubmitWorkflow(workflow, now_ms=0)))
+
+
+def test_a_retried_client_command_is_answered_with_the_first_result_and_applies_nothing():
+    state = ControlState()
+    command, first = state.apply(1, submit("c", 1))
+    assert isinstance(command, SubmitWorkflow) and first["ok"] and first["ready"] == ["wf/a"]
+    # The same (client, seq) logged again: the first answer, and no command for watchers to react
+    # to (a scheduler that saw it would queue the workflow's ready tasks a second time).
+    command, again = state.apply(2, submit("c", 1))
+    assert command is None and again == first
+    # A new sequence number is a new command (here refused: the workflow exists).
+    command, other = state.apply(3, submit("c", 2))
+    assert isinstance(command, SubmitWorkflow) and not other["ok"]
