@@ -494,10 +494,15 @@ class TaskExecutor:
             retire_reason = execution.kill_reason
         if execution.fresh and not retire_reason:
             retire_reason = "it ran a task with CUDA_VISIBLE_DEVICES set"
+        # The child says what the task wrote; a file it reports empty is not read.
+        sizes = answer.get("output_bytes") if answer is not None else None
+        if not (isinstance(sizes, list) and len(sizes) == 2):
+            sizes = [None, None]  # unknown (it died or was killed): look at both files
+        stdout_tail, stderr_tail = (read_tail(path, self.tail_bytes) if size != 0 else ""
+                                    for path, size in zip((child.stdout_path, child.stderr_path), sizes))
         report = finished_now(
             self.worker_id, assignment, ok, error, exit_code=exit_code, result=result if ok else None,
-            duration_ms=duration_ms, stdout_tail=read_tail(child.stdout_path, self.tail_bytes),
-            stderr_tail=read_tail(child.stderr_path, self.tail_bytes),
+            duration_ms=duration_ms, stdout_tail=stdout_tail, stderr_tail=stderr_tail,
         )
         if retire_reason or returncode is not None:
             log.debug("Retiring pool process %d after %s/%s: %s", child.pid, assignment.workflow_id,

@@ -7,7 +7,8 @@ msgpack map encoded with the wire codec (so records may be arguments and results
 
 Request: ``{"call": "package.module:function", "args": [...], "kwargs": {...},
 "inputs": {...}, "env": {NAME: VALUE}, "stdout_path": PATH, "stderr_path": PATH}``.
-Answer: ``{"ok": true, "payload": BYTES, "exit_code": 0, "leftovers": ""}`` (``payload`` is
+Answer: ``{"ok": true, "payload": BYTES, "exit_code": 0, "leftovers": "", "output_bytes": [OUT, ERR]}``
+(``output_bytes``: what the task left in its stdout and stderr files; ``payload`` is
 the returned value, encoded on its own so that an unsendable value is caught here as the
 task's error) or ``{"ok": false, "error": "ValueError: boom", "exit_code": 1, "leftovers": ""}``,
 where ``exit_code`` is what a one-shot process would have exited with (0 returned, 1 raised
@@ -18,7 +19,8 @@ thread at import therefore costs a new process per task, as before the pool).
 Rules:
 
 * One task at a time. For its duration fds 1 and 2 are the task's stdout and stderr files
-  (``os.dup2``, so subprocesses inherit them too) and ``os.environ`` has the request's
+  (``os.dup2``, so subprocesses inherit them too; the files stay open between tasks and are
+  emptied before a task only when the previous one wrote to them) and ``os.environ`` has the request's
   ``env`` on top of this process's own; afterwards fds, ``sys.stdout``/``sys.stderr``, the
   environment and the working directory are put back, so consecutive tasks do not see each
   other's settings. A failing call's traceback goes to the task's stderr.
@@ -191,11 +193,47 @@ def _restore_environ(saved: dict[bytes, bytes]) -> None:
             os.environ[os.fsdecode(key)] = os.fsdecode(value)
 
 
-def open_output(path: str) -> int:
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+class OutputFiles:
+    """The task's stdout and stderr files, kept open from one task to the next (the pool gives a
+    child the same two paths every time): a file is emptied before a task only if the previous
+    task wrote to it, so a quiet task costs no open, truncate or close."""
+
+    def __init__(self) -> None:
+        self.paths: tuple[str, str] | None = None
+        self.fds: list[int] = []
+        self.sizes = [0, 0]  # what the last task left in each file
+
+    def prepare(self, stdout_path: str, stderr_path: str) -> tuple[int, int]:
+        """The two fds, opened (or emptied) for a new task. Raises OSError."""
+        if (stdout_path, stderr_path) != self.paths:
+            self.close()
+            for path in (stdout_path, stderr_path):
+                self.fds.append(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644))
+            self.paths = (stdout_path, stderr_path)
+        else:
+            for fd, size in zip(self.fds, self.sizes):
+                if size:
+                    os.ftruncate(fd, 0)
+                    os.lseek(fd, 0, os.SEEK_SET)  # fd 1/2 share this offset: they start at 0 too
+        self.sizes = [0, 0]
+        return self.fds[0], self.fds[1]
+
+    def measure(self) -> list[int]:
+        """What the task wrote (bytes in each file); the answer carries it, so the executor reads
+        a tail only from a file that has one."""
+        try:
+            self.sizes = [os.fstat(fd).st_size for fd in self.fds]
+        except OSError:
+            self.sizes = [1, 1]  # unknown: empty them next time, and let the executor look
+        return list(self.sizes)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds, self.paths = [], None
 
 
-def run_request(spec: Any, quiet_out_fd: int, own_err_fd: int, baseline_threads: int) -> dict:
+def run_request(spec: Any, outputs: OutputFiles, quiet_out_fd: int, own_err_fd: int, baseline_threads: int) -> dict:
     """Run one request with fds 1 and 2 and the environment set for it; then put them back."""
     if not isinstance(spec, dict) or not isinstance(spec.get("call"), str):
         return {"ok": False, "error": "bad request: expected a map with a 'call' string",
@@ -203,17 +241,14 @@ def run_request(spec: Any, quiet_out_fd: int, own_err_fd: int, baseline_threads:
     saved_environ = _environ_snapshot()
     saved_cwd = os.getcwd()
     try:
-        out_fd = open_output(str(spec.get("stdout_path") or os.devnull))
-        err_fd = open_output(str(spec.get("stderr_path") or os.devnull))
+        out_fd, err_fd = outputs.prepare(str(spec.get("stdout_path") or os.devnull),
+                                         str(spec.get("stderr_path") or os.devnull))
     except OSError as exc:
+        outputs.close()
         return {"ok": False, "error": f"cannot open the task's output files: {exc}",
                 "exit_code": EXIT_BAD_SPEC, "leftovers": ""}
-    try:
-        os.dup2(out_fd, 1)
-        os.dup2(err_fd, 2)
-    finally:
-        os.close(out_fd)
-        os.close(err_fd)
+    os.dup2(out_fd, 1)
+    os.dup2(err_fd, 2)
     try:
         os.environ.update({str(name): str(value) for name, value in (spec.get("env") or {}).items()})
         exit_code, outcome = run_call(spec)
@@ -243,6 +278,7 @@ def run_request(spec: Any, quiet_out_fd: int, own_err_fd: int, baseline_threads:
     outcome.pop("traceback", None)
     outcome["exit_code"] = exit_code
     outcome["leftovers"] = leftovers(baseline_threads)
+    outcome["output_bytes"] = outputs.measure()
     return outcome
 
 
@@ -254,6 +290,7 @@ def serve(request_fd: int, answer_fd: int) -> int:
     os.set_inheritable(own_err_fd, False)
     os.dup2(quiet_out_fd, 1)
     baseline_threads = threading.active_count()
+    outputs = OutputFiles()
     while True:
         frame = read_frame(request_fd)
         if frame is None:
@@ -263,7 +300,7 @@ def serve(request_fd: int, answer_fd: int) -> int:
         except Exception as exc:  # noqa: BLE001 - a bad request is answered, not fatal
             outcome = {"ok": False, "error": f"bad request: {exc}", "exit_code": EXIT_BAD_SPEC, "leftovers": ""}
         else:
-            outcome = run_request(spec, quiet_out_fd, own_err_fd, baseline_threads)
+            outcome = run_request(spec, outputs, quiet_out_fd, own_err_fd, baseline_threads)
         write_frame(answer_fd, encode(outcome))
 
 

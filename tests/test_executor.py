@@ -298,7 +298,8 @@ def test_one_pool_process_serves_consecutive_calls_with_their_own_env_and_output
     try:
         first = run_one(executor, collector, assignment(
             "first", call="tests.test_executor:whoami", args=["one"], env={"EXTRA_SETTING": "x"}))
-        second = run_one(executor, collector, assignment("second", call="tests.test_executor:whoami", args=["two"]))
+        second = run_one(executor, collector, assignment("second", call="tests.test_executor:whoami", args=["2"]))
+        quiet = run_one(executor, collector, assignment("quiet", call="builtins:int"))
         assert first.ok and second.ok, (first, second)
         assert first.result["pid"] == second.result["pid"] != os.getpid()
         assert executor.pool.started == 1
@@ -307,9 +308,10 @@ def test_one_pool_process_serves_consecutive_calls_with_their_own_env_and_output
                                        "LEAKED_BY_A_TASK": None, "CUDA_VISIBLE_DEVICES": None}
         assert second.result["env"] == {"AGENTFLOW_TASK_ID": "second", "EXTRA_SETTING": None,
                                         "LEAKED_BY_A_TASK": None, "CUDA_VISIBLE_DEVICES": None}
-        # Each report carries only its own task's output.
+        # Each report carries only its own task's output (a shorter one, or none, included).
         assert (first.stdout_tail, first.stderr_tail) == ("one\n", "err-one\n")
-        assert (second.stdout_tail, second.stderr_tail) == ("two\n", "err-two\n")
+        assert (second.stdout_tail, second.stderr_tail) == ("2\n", "err-2\n")
+        assert quiet.ok and (quiet.stdout_tail, quiet.stderr_tail) == ("", "")
     finally:
         executor.stop()
 
