@@ -358,6 +358,7 @@ class TaskExecutor:
         selector = selectors.DefaultSelector()
         selector.register(self._wake_pipe.fileno, selectors.EVENT_READ, None)
         executions: dict[AttemptKey, _Execution] = {}
+        fired: list[_Execution] = []  # attempts whose pidfd or answer pipe was readable
         try:
             while True:
                 with self._lock:
@@ -380,8 +381,12 @@ class TaskExecutor:
                 for execution in executions.values():
                     self._enforce_deadlines(execution, now_s)
                 reports = []
-                for key, execution in list(executions.items()):
-                    if execution.ended():
+                # Only an attempt whose fd fired (or one without a pidfd, polled) can have ended:
+                # checking every running one on each wake-up costs a read and a waitpid apiece.
+                polled = [execution for execution in executions.values() if execution.pidfd is None]
+                for execution in dict.fromkeys(fired + polled):
+                    key = execution.assignment.key
+                    if executions.get(key) is execution and execution.ended():
                         del executions[key]
                         if execution.pidfd is not None:
                             selector.unregister(execution.pidfd)
@@ -392,9 +397,12 @@ class TaskExecutor:
                     with self._lock:
                         self._keys.difference_update(report.key for report in reports)
                     self.on_finished(reports)
+                fired = []
                 for selector_key, _ in selector.select(self._wait_s(executions, time.monotonic())):
                     if selector_key.data is None:
                         self._wake_pipe.drain()
+                    else:
+                        fired.append(selector_key.data)
         except Exception:
             log.exception("the task reaper failed; killing every running task")
         finally:
