@@ -88,6 +88,11 @@ class LeadershipChanged:
         self.is_leader, self.term, self.state = is_leader, term, state
 
 
+# etcd's default --snapshot-count. A snapshot encodes the whole state on this thread: with 46,000
+# finished tasks kept that is 0.4 s and 15 MB to write, on every master at about the same index.
+SNAPSHOT_EVERY_ENTRIES = 100_000
+
+
 class RaftActor(Actor):
     def __init__(
         self,
@@ -96,7 +101,7 @@ class RaftActor(Actor):
         tick_s: float = 0.1,
         bootstrap: bool = True,
         http_port: int = 0,
-        snapshot_every_entries: int = 20_000,
+        snapshot_every_entries: int = SNAPSHOT_EVERY_ENTRIES,
         seed: int | None = None,
     ) -> None:
         super().__init__()
