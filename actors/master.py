@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from actors.lock import LOCK_ACTOR, LockActor
-from actors.raft import RAFT_ACTOR, RaftActor
+from actors.raft import RAFT_ACTOR, SNAPSHOT_EVERY_ENTRIES, RaftActor
 from actors.scheduler import SCHEDULER_ACTOR, SchedulerActor
 from protocols.control import Join, StatusQuery, TransferLeadership
 from protocols.raft import RaftConfig
@@ -52,9 +52,12 @@ class Master:
     def __init__(self, mode: str = "leader", port: int = 6767, host: str = "127.0.0.1",
                  leader_url: str | None = None, data_dir: str | None = None, http_port: int | None = None,
                  pub_port: int | None = None, node_id: str | None = None, heartbeat_ms: int = 100,
-                 election_timeout_ms: tuple[int, int] = (1000, 2000)) -> None:
+                 election_timeout_ms: tuple[int, int] = (1000, 2000),
+                 snapshot_every_entries: int = SNAPSHOT_EVERY_ENTRIES) -> None:
         if mode not in ("leader", "master"):
             raise ValueError(f"--mode must be leader or master, not {mode!r}")
+        if snapshot_every_entries < 1:
+            raise ValueError("--snapshot-every must be at least 1")
         if mode == "master" and not leader_url:
             raise ValueError("--mode master needs --leader-url (a member of the cluster to join)")
         self.mode = mode
@@ -67,7 +70,7 @@ class Master:
         self.http_port = port + 10 if http_port is None else http_port
         raft_config, tick_s = raft_timing(heartbeat_ms, election_timeout_ms)
         self.raft = self.node.spawn(RaftActor, self.storage_path, raft_config, tick_s, mode == "leader",
-                                    self.http_port, name=RAFT_ACTOR, pinned=True)
+                                    self.http_port, snapshot_every_entries, name=RAFT_ACTOR, pinned=True)
         self.locks = self.node.spawn(LockActor, name=LOCK_ACTOR, pinned=True)  # watches "lock." applies
         self.scheduler = self.node.spawn(SchedulerActor, name=SCHEDULER_ACTOR, pinned=True)
         self.http = HttpServer(host, self.http_port, self.stats).start() if self.http_port else None

@@ -273,6 +273,8 @@ class RaftActor(Actor):
             ready = core.ready()
             if ready.snapshot is not None:
                 self.state = ControlState.from_snapshot(ready.snapshot.data)
+                log.info("Node %s installed the leader's snapshot at index %d", self.node.node_id,
+                         ready.snapshot.meta.index)
             later = ready.messages
             if core.role == LEADER:
                 # A leader's appends and heartbeats may leave before its own write: it counts

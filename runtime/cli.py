@@ -107,6 +107,8 @@ def master(
     heartbeat_ms: int = typer.Option(100, "--heartbeat-ms", help="Raft heartbeat interval."),
     election_timeout_ms: str = typer.Option("1000-2000", "--election-timeout-ms",
                                             help="Randomized election timeout range, MIN-MAX (the seed's: 5000-10000)."),
+    snapshot_every: int = typer.Option(100_000, "--snapshot-every",
+                                       help="Snapshot the state and compact the log every N entries."),
 ) -> None:
     """Start a master (a member of the Raft group of the control plane)."""
     from actors.master import run_master
@@ -119,7 +121,7 @@ def master(
             raise ValueError(f"--election-timeout-ms {election_timeout_ms!r}: expected MIN-MAX in ms, e.g. 1000-2000")
         code = run_master(mode=mode, port=port, host=host, leader_url=leader_url, data_dir=data_dir,
                           http_port=http_port, pub_port=pub_port, node_id=node_id, heartbeat_ms=heartbeat_ms,
-                          election_timeout_ms=(int(low), int(high or low)))
+                          election_timeout_ms=(int(low), int(high or low)), snapshot_every_entries=snapshot_every)
     except ValueError as exc:
         fail(str(exc))
     except (zmq.ZMQError, OSError) as exc:

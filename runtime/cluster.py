@@ -125,7 +125,7 @@ class ChildProcess:
 
 class LocalCluster:
     def __init__(self, data_dir: str | Path, masters: int = 3, workers: int = 0, first_port: int | None = None,
-                 worker_options: list[str] | None = None) -> None:
+                 worker_options: list[str] | None = None, master_options: list[str] | None = None) -> None:
         if masters < 1:
             raise ValueError("--masters must be at least 1")
         if workers < 0:
@@ -140,6 +140,7 @@ class LocalCluster:
             node_id = f"master-{i + 1}"
             args = ["master", "--port", str(port), "--node-id", node_id, "--data-dir", str(self.data_dir)]
             args += ["--mode", "leader"] if i == 0 else ["--mode", "master", "--leader-url", f"127.0.0.1:{ports[0]}"]
+            args += master_options or []
             self.masters.append(ChildProcess(node_id, args, self.data_dir / f"{node_id}.log", port))
         self.workers: list[ChildProcess] = []
 
