@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from runtime.cluster import wait_until
+from runtime.client import Client
+from runtime.cluster import LocalCluster, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -18,6 +20,24 @@ def wait_for(condition, timeout_s: float, interval_s: float = 0.02, what: str = 
         return wait_until(condition, timeout_s, what, interval_s)
     except TimeoutError as exc:
         raise AssertionError(str(exc)) from None
+
+
+@contextlib.contextmanager
+def running_cluster(data_dir, client_timeout_s: float = 15.0, **options):
+    """A started ``LocalCluster(data_dir, **options)`` and a ``Client`` on it, as ``(cluster,
+    client)``. On the way out the client is closed and every process stopped; if the block
+    failed, the cluster's logs are printed first."""
+    cluster = LocalCluster(data_dir, **options)
+    client = Client(cluster.master_url, timeout_s=client_timeout_s)
+    try:
+        cluster.start(client)
+        yield cluster, client
+    except BaseException:
+        print(cluster.logs())
+        raise
+    finally:
+        client.close()
+        cluster.stop()
 
 
 class NodeProcess:

@@ -22,25 +22,15 @@ from protocols.wire import Redirect
 from runtime.client import Client
 from runtime.future import RemoteError
 from runtime.locks import AutoRenewLock, DistributedLock, LockTimeout
-from runtime.cluster import LocalCluster
-from tests.procs import REPO, wait_for
+from tests.procs import REPO, running_cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    cluster = LocalCluster(tmp_path_factory.mktemp("locks"), masters=3)
-    client = Client(cluster.master_url, timeout_s=15)
-    try:
-        cluster.start(client)
+    with running_cluster(tmp_path_factory.mktemp("locks"), masters=3) as (cluster, client):
         yield cluster, client
-    except BaseException:
-        print(cluster.logs())
-        raise
-    finally:
-        client.close()
-        cluster.stop()
 
 
 def start_contender(urls: str, key: str, owner: str, counter_path, iterations: int, ttl_s: float) -> subprocess.Popen:
@@ -51,42 +41,36 @@ def start_contender(urls: str, key: str, owner: str, counter_path, iterations: i
 
 
 def test_contending_processes_never_overlap_nor_accept_stale_tokens_across_leader_kill(tmp_path):
-    cluster = LocalCluster(tmp_path, masters=3)
-    client = Client(cluster.master_url, timeout_s=15)
     contenders: list[subprocess.Popen] = []
     counter_path = tmp_path / "counter.json"
     counter_path.write_text(json.dumps({"count": 0, "last_token": 0, "inside": None}))
     clients, iterations = 4, 12
-    try:
-        view = cluster.start(client)
-        contenders = [start_contender(cluster.master_url, "counter", f"client{i}", counter_path, iterations, 5.0)
-                      for i in range(clients)]
-        total = clients * iterations
-        wait_for(lambda: json.loads(counter_path.read_text())["count"] >= total // 3, 30,
-                 what="a third of the increments")
-        cluster.by_id(view["leader"]).kill()  # kill -9 while clients hold and wait
-        outputs = [proc.communicate(timeout=60) for proc in contenders]
-        for proc, (out, err) in zip(contenders, outputs):
-            assert proc.returncode == 0, err
-        summaries = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
-        assert [s["overlaps"] for s in summaries] == [0] * clients
-        assert [s["stale"] for s in summaries] == [0] * clients
-        counter = json.loads(counter_path.read_text())
-        assert counter["count"] == total and counter["inside"] is None
-        tokens = [json.loads(line)["token"] for out, _ in outputs for line in out.strip().splitlines()[:-1]]
-        assert len(tokens) == total and len(set(tokens)) == total  # every turn its own grant
-        assert counter["last_token"] == max(tokens)
-        assert client.cluster_status()["leader"] != view["leader"]
-    except BaseException:
-        print(cluster.logs())
-        raise
-    finally:
-        for proc in contenders:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate(timeout=10)
-        client.close()
-        cluster.stop()
+    with running_cluster(tmp_path, masters=3) as (cluster, client):
+        try:
+            view = cluster.wait_healthy(client, voters=3)
+            contenders = [start_contender(cluster.master_url, "counter", f"client{i}", counter_path, iterations, 5.0)
+                          for i in range(clients)]
+            total = clients * iterations
+            wait_for(lambda: json.loads(counter_path.read_text())["count"] >= total // 3, 30,
+                     what="a third of the increments")
+            cluster.by_id(view["leader"]).kill()  # kill -9 while clients hold and wait
+            outputs = [proc.communicate(timeout=60) for proc in contenders]
+            for proc, (out, err) in zip(contenders, outputs):
+                assert proc.returncode == 0, err
+            summaries = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+            assert [s["overlaps"] for s in summaries] == [0] * clients
+            assert [s["stale"] for s in summaries] == [0] * clients
+            counter = json.loads(counter_path.read_text())
+            assert counter["count"] == total and counter["inside"] is None
+            tokens = [json.loads(line)["token"] for out, _ in outputs for line in out.strip().splitlines()[:-1]]
+            assert len(tokens) == total and len(set(tokens)) == total  # every turn its own grant
+            assert counter["last_token"] == max(tokens)
+            assert client.cluster_status()["leader"] != view["leader"]
+        finally:
+            for proc in contenders:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate(timeout=10)
 
 
 def test_a_waiter_that_died_leaves_the_queue(cluster):
@@ -259,19 +243,10 @@ def test_a_new_leader_extends_live_leases_before_expiring_any(cluster):
 
 
 def test_auto_renew_reports_the_loss_when_the_cluster_is_gone(tmp_path):
-    cluster = LocalCluster(tmp_path, masters=1)
-    client = Client(cluster.master_url, timeout_s=5)
     losses = []
-    try:
-        cluster.start(client)
+    with running_cluster(tmp_path, client_timeout_s=5, masters=1) as (cluster, client):
         with AutoRenewLock(client, "doomed", owner="job", ttl_s=0.9, on_lost=lambda key, error: losses.append(key)) as held:
             wait_for(lambda: held.renewals >= 1, 10, what="a renewal")
             cluster.masters[0].kill()
             wait_for(lambda: held.lost, 10, what="the loss to be noticed")
         assert losses == ["doomed"]
-    except BaseException:
-        print(cluster.logs())
-        raise
-    finally:
-        client.close()
-        cluster.stop()

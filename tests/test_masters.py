@@ -11,10 +11,8 @@ import pytest
 from protocols.control import ControlState, Noop
 from protocols.locks import Acquire, LockGranted
 from protocols.raft import ENTRY_NORMAL
-from runtime.client import Client
-from runtime.cluster import LocalCluster
 from runtime.storage import RaftStorage
-from tests.procs import wait_for
+from tests.procs import running_cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,11 +27,17 @@ def http_get(port: int, path: str) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
+def has_caught_up(client, node_id: str, behind: int = 0) -> bool:
+    """Whether master ``node_id`` has applied all but ``behind`` of what the leader committed."""
+    status = client.cluster_status()
+    members = {member["id"]: member for member in status["members"]}
+    me, leader = members[node_id], members[status["leader"]]
+    return me["reachable"] and me["last_applied"] is not None and me["last_applied"] >= leader["commit_index"] - behind
+
+
 def test_failover_catch_up_and_full_restart_lose_nothing(tmp_path):
-    cluster = LocalCluster(tmp_path, masters=3)
-    client = Client(cluster.master_url, timeout_s=15)
-    try:
-        view = cluster.start(client)
+    with running_cluster(tmp_path, masters=3) as (cluster, client):
+        view = cluster.wait_healthy(client, voters=3)
         for i in range(50):
             assert client.propose(Noop(i)) == i
         granted = client.propose(Acquire("deploy", "node1", HOUR_MS, {"why": "test"}, 0, False))
@@ -51,11 +55,8 @@ def test_failover_catch_up_and_full_restart_lose_nothing(tmp_path):
 
         # The killed master comes back from its SQLite file and catches up.
         leader.start()
-        def caught_up():
-            members = {m["id"]: m for m in client.cluster_status()["members"]}
-            me, lead = members[leader.node_id], members[client.cluster_status()["leader"]]
-            return me["reachable"] and me["last_applied"] is not None and me["last_applied"] >= lead["commit_index"] - 1
-        wait_for(caught_up, 30, interval_s=0.1, what="the restarted master to catch up")
+        wait_for(lambda: has_caught_up(client, leader.node_id, behind=1), 30, interval_s=0.1,
+                 what="the restarted master to catch up")
 
         before = client.cluster_status()
         commit_before = max(m["commit_index"] for m in before["members"] if m["reachable"])
@@ -69,19 +70,11 @@ def test_failover_catch_up_and_full_restart_lose_nothing(tmp_path):
         assert client.propose(Noop("after restart")) == "after restart"
         after = client.cluster_status()
         assert max(m["commit_index"] for m in after["members"]) > commit_before
-    except BaseException:
-        print(cluster.logs())
-        raise
-    finally:
-        client.close()
-        cluster.stop()
 
 
 def test_a_master_that_fell_behind_the_compacted_log_catches_up_from_a_snapshot(tmp_path):
-    cluster = LocalCluster(tmp_path, masters=3, master_options=["--snapshot-every", "20"])
-    client = Client(cluster.master_url, timeout_s=15)
-    try:
-        view = cluster.start(client)
+    with running_cluster(tmp_path, masters=3, master_options=["--snapshot-every", "20"]) as (cluster, client):
+        view = cluster.wait_healthy(client, voters=3)
         lagging = next(master for master in cluster.masters if master.node_id != view["leader"])
         lagging.kill()
         granted = client.propose(Acquire("deploy", "node1", HOUR_MS, {}, 0, False))
@@ -89,17 +82,16 @@ def test_a_master_that_fell_behind_the_compacted_log_catches_up_from_a_snapshot(
             assert client.propose(Noop(i)) == i
 
         lagging.start()
-        def caught_up():
-            members = {m["id"]: m for m in client.cluster_status()["members"]}
-            me, lead = members[lagging.node_id], members[client.cluster_status()["leader"]]
-            return me["reachable"] and me["last_applied"] is not None and me["last_applied"] >= lead["commit_index"]
-        wait_for(caught_up, 30, interval_s=0.1, what="the lagging master to catch up")
+        wait_for(lambda: has_caught_up(client, lagging.node_id), 30, interval_s=0.1,
+                 what="the lagging master to catch up")
         cluster.stop()
         assert "installed the leader's snapshot" in lagging.log_path.read_text()
 
         # What it stored is a snapshot (installed from the leader or its own later one) and the
         # entries after it; replayed, it holds the lock granted while it was down.
-        stored = RaftStorage(str(tmp_path / f"{lagging.node_id}.sqlite")).load()
+        storage = RaftStorage(str(tmp_path / f"{lagging.node_id}.sqlite"))
+        stored = storage.load()
+        storage.close()
         assert stored.snapshot is not None and stored.snapshot.index > 20
         state = ControlState.from_snapshot(stored.snapshot.data)
         for entry in stored.entries:
@@ -107,9 +99,3 @@ def test_a_master_that_fell_behind_the_compacted_log_catches_up_from_a_snapshot(
                 state.apply(entry.index, entry.data)
         info = state.locks.check_lock("deploy", 0)
         assert info is not None and info.holder == "node1" and info.token == granted.reply.token
-    except BaseException:
-        print(cluster.logs())
-        raise
-    finally:
-        client.close()
-        cluster.stop()

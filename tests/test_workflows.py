@@ -14,10 +14,8 @@ from actors.scheduler import SCHEDULER_ACTOR
 from protocols.control import SubmitWorkflowRequest
 from protocols.dag import TaskNode, Workflow
 from protocols.workflow import parse_workflow
-from runtime.client import Client
-from runtime.cluster import LocalCluster
 from runtime.future import RemoteError
-from tests.procs import REPO, wait_for
+from tests.procs import REPO, running_cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,14 +27,9 @@ def workflow(text: str):
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """One cluster for the tests that do not kill anything: two CPU workers and a GPU worker."""
-    local = LocalCluster(tmp_path_factory.mktemp("shared"), masters=3, workers=2, first_port=21000)
-    try:
-        local.start()
+    with running_cluster(tmp_path_factory.mktemp("shared"), masters=3, workers=2, first_port=21000) as (local, client):
         local.add_worker("gpu-worker", ["--gpu-count", "1", "--max-concurrent-tasks", "2"])
-        with Client(local.master_url, timeout_s=15) as client:
-            yield local, client
-    finally:
-        local.stop()
+        yield local, client
 
 
 def run_cli(*args: str, master_url: str) -> subprocess.CompletedProcess:
@@ -115,101 +108,82 @@ def test_gpu_tasks_run_only_on_the_gpu_worker_and_impossible_tasks_are_refused(s
 def test_a_retried_submit_is_logged_once_and_answered_with_the_first_result(tmp_path):
     """A client retries a submit whose answer is late (a big workflow takes longer to log than one
     try): the copies wait for the first commit instead of each being logged again."""
-    local = LocalCluster(tmp_path, masters=1, workers=0, first_port=24500)
-    try:
-        local.start()
-        with Client(local.master_url, timeout_s=15) as client:
-            big = Workflow("wf-big", "big", [TaskNode(f"t{i}", call="builtins:int") for i in range(3000)])
-            command = client.next_command(None)
-            request = SubmitWorkflowRequest(big, command.client_id, command.seq)
-            leader = client.node.ref(local.masters[0].url, SCHEDULER_ACTOR)
-            commit_before = client.cluster_status()["members"][0]["commit_index"]
-            answers = [leader.ask(request, timeout_s=30) for _ in range(3)]  # sent before the first commits
-            results = [answer.get() for answer in answers]
-            assert results[0]["ok"] and results[1] == results[0] and results[2] == results[0]
-            assert client.cluster_status()["members"][0]["commit_index"] == commit_before + 1
-            assert leader.ask(request, timeout_s=30).get() == results[0]  # after the commit: from the session
-            assert client.cluster_status()["members"][0]["commit_index"] == commit_before + 1
-            assert client.workflow_status("wf-big", tasks=False)["progress"]["counts"]["ready"] == 3000
-    finally:
-        local.stop()
+    with running_cluster(tmp_path, masters=1, workers=0, first_port=24500) as (local, client):
+        big = Workflow("wf-big", "big", [TaskNode(f"t{i}", call="builtins:int") for i in range(3000)])
+        command = client.next_command(None)
+        request = SubmitWorkflowRequest(big, command.client_id, command.seq)
+        leader = client.node.ref(local.masters[0].url, SCHEDULER_ACTOR)
+        commit_before = client.cluster_status()["members"][0]["commit_index"]
+        answers = [leader.ask(request, timeout_s=30) for _ in range(3)]  # sent before the first commits
+        results = [answer.get() for answer in answers]
+        assert results[0]["ok"] and results[1] == results[0] and results[2] == results[0]
+        assert client.cluster_status()["members"][0]["commit_index"] == commit_before + 1
+        assert leader.ask(request, timeout_s=30).get() == results[0]  # after the commit: from the session
+        assert client.cluster_status()["members"][0]["commit_index"] == commit_before + 1
+        assert client.workflow_status("wf-big", tasks=False)["progress"]["counts"]["ready"] == 3000
 
 
 def test_priority_order_on_a_single_busy_worker(tmp_path):
-    local = LocalCluster(tmp_path, masters=3, workers=0, first_port=22000)
-    try:
-        local.start()
+    with running_cluster(tmp_path, masters=3, workers=0, first_port=22000) as (local, client):
         local.add_worker("solo", ["--max-concurrent-tasks", "1", "--cpu-cores", "1"])
         log_path = tmp_path / "order.log"
-        with Client(local.master_url, timeout_s=15) as client:
-            gate = tmp_path / "gate"
-            client.submit_workflow(workflow(f"""
-                workflow:
-                  id: wf-blocker
-                  tasks: [{{task_id: block, command: "while [ ! -e {gate} ]; do sleep 0.02; done"}}]
-            """))
-            wait_for(lambda: client.workflow_status("wf-blocker")["tasks"]["block"]["state"] == "running", 30,
-                     what="the blocker to run")
-            names = ["low", "medium", "urgent", "high", "low2"]
-            priorities = {"low": "low", "medium": "medium", "urgent": "urgent", "high": "high", "low2": "low"}
-            client.submit_workflow(workflow("""
-                workflow:
-                  id: wf-priorities
-                  tasks:
-            """ + "".join(f"""
-                    - {{task_id: {name}, priority: {priorities[name]}, command: "echo {name} >> {log_path}"}}
-            """ for name in names)))
-            gate.touch()
-            status = client.wait_workflow("wf-priorities", timeout_s=60)
-            assert status["state"] == "completed"
+
+        gate = tmp_path / "gate"
+        client.submit_workflow(workflow(f"""
+            workflow:
+              id: wf-blocker
+              tasks: [{{task_id: block, command: "while [ ! -e {gate} ]; do sleep 0.02; done"}}]
+        """))
+        wait_for(lambda: client.workflow_status("wf-blocker")["tasks"]["block"]["state"] == "running", 30,
+                 what="the blocker to run")
+        names = ["low", "medium", "urgent", "high", "low2"]
+        priorities = {"low": "low", "medium": "medium", "urgent": "urgent", "high": "high", "low2": "low"}
+        client.submit_workflow(workflow("""
+            workflow:
+              id: wf-priorities
+              tasks:
+        """ + "".join(f"""
+                - {{task_id: {name}, priority: {priorities[name]}, command: "echo {name} >> {log_path}"}}
+        """ for name in names)))
+        gate.touch()
+        status = client.wait_workflow("wf-priorities", timeout_s=60)
+        assert status["state"] == "completed"
         assert log_path.read_text().split() == ["urgent", "high", "medium", "low", "low2"]
-    finally:
-        local.stop()
 
 
 def test_kill_9_of_a_worker_mid_task_the_task_completes_elsewhere(tmp_path):
-    local = LocalCluster(tmp_path, masters=3, workers=2, first_port=23000)
-    try:
-        local.start()
-        with Client(local.master_url, timeout_s=15) as client:
-            client.submit_workflow(workflow("""
-                workflow:
-                  id: wf-lost-worker
-                  tasks: [{task_id: slow, command: "sleep 1.5", retries: 0}]
-            """))
-            running = wait_for(lambda: (t := client.workflow_status("wf-lost-worker")["tasks"]["slow"])["state"]
-                               == "running" and t, 30, what="the task to run")
-            victim = next(w for w in local.workers if w.name == running["worker"])
-            victim.proc.kill()
-            status = client.wait_workflow("wf-lost-worker", timeout_s=60)
-            task = status["tasks"]["slow"]
-            assert status["state"] == "completed"
-            assert task["attempts"] == 2 and task["worker"] != victim.name
-    finally:
-        local.stop()
+    with running_cluster(tmp_path, masters=3, workers=2, first_port=23000) as (local, client):
+        client.submit_workflow(workflow("""
+            workflow:
+              id: wf-lost-worker
+              tasks: [{task_id: slow, command: "sleep 1.5", retries: 0}]
+        """))
+        running = wait_for(lambda: (t := client.workflow_status("wf-lost-worker")["tasks"]["slow"])["state"]
+                           == "running" and t, 30, what="the task to run")
+        victim = next(w for w in local.workers if w.name == running["worker"])
+        victim.proc.kill()
+        status = client.wait_workflow("wf-lost-worker", timeout_s=60)
+        task = status["tasks"]["slow"]
+        assert status["state"] == "completed"
+        assert task["attempts"] == 2 and task["worker"] != victim.name
 
 
 def test_kill_9_of_the_leader_mid_workflow_loses_no_task(tmp_path):
-    local = LocalCluster(tmp_path, masters=3, workers=2, first_port=24000)
-    try:
-        local.start()
-        with Client(local.master_url, timeout_s=20) as client:
-            tasks = "".join(f"""
-                    - {{task_id: t{i}, command: "sleep 0.1", dependencies: [{f't{i - 2}' if i >= 2 else ''}]}}
-            """ for i in range(16))
-            client.submit_workflow(workflow("""
-                workflow:
-                  id: wf-leader-dies
-                  tasks:
-            """ + tasks))
-            wait_for(lambda: client.workflow_status("wf-leader-dies")["progress"]["finished"] >= 4, 30,
-                     what="some progress")
-            leader_id = client.cluster_status()["leader"]
-            leader = next(m for m in local.masters if m.name == leader_id)
-            leader.proc.kill()
-            status = client.wait_workflow("wf-leader-dies", timeout_s=90)
-            assert status["state"] == "completed", status
-            assert all(task["state"] == "completed" for task in status["tasks"].values())
-            assert client.cluster_status()["leader"] != leader_id
-    finally:
-        local.stop()
+    with running_cluster(tmp_path, client_timeout_s=20, masters=3, workers=2, first_port=24000) as (local, client):
+        tasks = "".join(f"""
+                - {{task_id: t{i}, command: "sleep 0.1", dependencies: [{f't{i - 2}' if i >= 2 else ''}]}}
+        """ for i in range(16))
+        client.submit_workflow(workflow("""
+            workflow:
+              id: wf-leader-dies
+              tasks:
+        """ + tasks))
+        wait_for(lambda: client.workflow_status("wf-leader-dies")["progress"]["finished"] >= 4, 30,
+                 what="some progress")
+        leader_id = client.cluster_status()["leader"]
+        leader = next(m for m in local.masters if m.name == leader_id)
+        leader.proc.kill()
+        status = client.wait_workflow("wf-leader-dies", timeout_s=90)
+        assert status["state"] == "completed", status
+        assert all(task["state"] == "completed" for task in status["tasks"].values())
+        assert client.cluster_status()["leader"] != leader_id
