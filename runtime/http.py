@@ -56,10 +56,8 @@ class _StatsCollector:
 
 class HttpServer:
     def __init__(self, host: str, port: int, stats_provider: Callable[[], dict]) -> None:
-        self.stats_provider = stats_provider
         registry = CollectorRegistry()
         registry.register(_StatsCollector(stats_provider))
-        outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
@@ -68,13 +66,14 @@ class HttpServer:
                     if path == "/metrics":
                         self._send(200, "text/plain; version=0.0.4", generate_latest(registry))
                     elif path in ("/health", "/stats"):
-                        stats = outer.stats_provider()
+                        stats = stats_provider()
                         serving = bool(stats.get("serving"))
+                        raft = stats.get("raft") or {}
                         body: Any = stats if path == "/stats" else {
                             "status": "serving" if serving else "not serving",
                             "node_id": stats.get("node_id"),
-                            "role": (stats.get("raft") or {}).get("role"),
-                            "leader": (stats.get("raft") or {}).get("leader"),
+                            "role": raft.get("role"),
+                            "leader": raft.get("leader"),
                         }
                         code = 200 if path == "/stats" or serving else 503
                         self._send(code, "application/json", json.dumps(body, default=str).encode())

@@ -25,10 +25,7 @@ import pykka
 from protocols.wire import ASK, DEFAULT_MAX_FRAME_BYTES, ERROR, REPLY, TELL, Address, ErrorRecord
 from runtime.actor import Actor, InboundBatch, InboundMessage, _spawning, current_actor_name
 from runtime.future import Future, RemoteError
-from runtime.log import get_logger
 from runtime.transport import _ASK, _PUBLISH, _TO_PEER, _TO_ROUTE, Transport
-
-log = get_logger("node")
 
 DEFAULT_ASK_TIMEOUT_S = 5.0
 
@@ -36,7 +33,8 @@ _correlation_ids = itertools.count(1)
 
 
 class _PykkaTarget:
-    """Delivers a batch to a pykka actor: one ``tell`` (one thread hand-off) per batch."""
+    """Delivers a batch to a pykka actor: one ``tell`` (one thread hand-off) per batch. Any
+    thread may deliver, so ``post`` (from a thread other than the transport's) is ``deliver``."""
 
     __slots__ = ("node", "actor_ref")
 
@@ -52,17 +50,24 @@ class _PykkaTarget:
                 if message.kind == ASK:
                     self.node._answer(message, None, ErrorRecord("actor_stopped", "the actor has stopped"))
 
+    post = deliver
+
 
 class _PinnedTarget:
-    """Runs a pinned actor's handler on the transport thread itself (no hand-off)."""
+    """Runs a pinned actor's handler on the transport thread itself (no hand-off): ``deliver``
+    is for the transport thread, ``post`` for any thread (it queues the delivery there)."""
 
-    __slots__ = ("actor",)
+    __slots__ = ("actor", "transport")
 
-    def __init__(self, actor: Actor) -> None:
+    def __init__(self, actor: Actor, transport: Transport) -> None:
         self.actor = actor
+        self.transport = transport
 
     def deliver(self, messages: list[InboundMessage]) -> None:
         self.actor.handle_batch(messages)
+
+    def post(self, messages: list[InboundMessage]) -> None:
+        self.transport.call(lambda: self.deliver(messages))
 
 
 class Ref:
@@ -81,7 +86,7 @@ class Ref:
 
     def tell(self, message: Any) -> None:
         if self._target is not None:
-            self._deliver_local(InboundMessage(TELL, self.node._local_sender(), 0, message))
+            self._target.post([InboundMessage(TELL, self.node._local_sender(), 0, message)])
         else:
             self.node.transport.submit(
                 (_TO_PEER, self.endpoint, (TELL, current_actor_name(), self.address[1], 0, message))
@@ -90,19 +95,12 @@ class Ref:
     def ask(self, message: Any, timeout_s: float = DEFAULT_ASK_TIMEOUT_S) -> Future:
         future = Future(time.monotonic() + timeout_s)
         if self._target is not None:
-            self._deliver_local(InboundMessage(ASK, self.node._local_sender(), 0, message, future=future))
+            self._target.post([InboundMessage(ASK, self.node._local_sender(), 0, message, future=future)])
         else:
             correlation_id = next(_correlation_ids)
             envelope = (ASK, current_actor_name(), self.address[1], correlation_id, message)
             self.node.transport.submit((_ASK, self.endpoint, envelope, correlation_id, future))
         return future
-
-    def _deliver_local(self, message: InboundMessage) -> None:
-        if isinstance(self._target, _PinnedTarget):
-            # A pinned actor's handlers run on the transport thread only.
-            self.node.transport.call(lambda: self._target.deliver([message]))
-        else:
-            self._target.deliver([message])
 
 
 class Node:
@@ -149,7 +147,7 @@ class Node:
         try:
             if pinned:
                 actor = actor_class(*args, **kwargs)
-                target: Any = _PinnedTarget(actor)
+                target: Any = _PinnedTarget(actor, self.transport)
                 self.targets[name] = target  # before on_start, which may look itself up
                 self.transport.call(actor.on_start)
             else:

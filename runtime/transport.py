@@ -10,7 +10,8 @@ Rules of this module (DESIGN.md §2 and §5.7):
 * It drains sockets and the outbound queue without blocking, packs up to ``MAX_BATCH``
   envelopes per frame, and hands each local actor one batch per wake-up.
 * Bytes from the network never raise out of it: bad frames are counted by reason, logged once
-  per peer per minute, answered with an error record when a reply route is known, and dropped.
+  per peer per minute, and dropped; an ask for an actor that is not here is answered with an
+  ``unknown_actor`` error record.
 * It also runs the node's timers and fails asks whose deadline has passed, so nothing else
   sleeps in a loop.
 """
@@ -83,7 +84,6 @@ class Transport(threading.Thread):
         self._wake_pipe = WakePipe()
         self._running = True
         self._dealers: dict[str, zmq.Socket] = {}
-        self._dealer_by_socket: dict[zmq.Socket, str] = {}
         self._asks: dict[int, Future] = {}
         self._ask_deadlines: list[tuple[float, int]] = []
         self._timers: list[tuple[float, int, Any]] = []
@@ -95,8 +95,6 @@ class Transport(threading.Thread):
         self._end_of_round_hooks: list[Callable[[], None]] = []
         self._last_logged: dict[tuple[str, str], float] = {}
         self._poller = zmq.Poller()
-        self._ready = threading.Event()
-        self._start_error: BaseException | None = None
 
         self._router = self._socket(zmq.ROUTER)
         self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -184,14 +182,11 @@ class Transport(threading.Thread):
     def _poll_timeout_ms(self) -> int | None:
         if self._outbox:
             return 0
-        due = []
-        if self._timers:
-            due.append(self._timers[0][0])
-        if self._ask_deadlines:
-            due.append(self._ask_deadlines[0][0])
-        if not due:
+        timers, deadlines = self._timers, self._ask_deadlines
+        if not (timers or deadlines):
             return None
-        return max(0, int((min(due) - time.monotonic()) * 1000) + 1)
+        due = min(timers[0][0] if timers else float("inf"), deadlines[0][0] if deadlines else float("inf"))
+        return max(0, int((due - time.monotonic()) * 1000) + 1)
 
     # ------------------------------------------------------------------ inbound
 
@@ -203,7 +198,7 @@ class Transport(threading.Thread):
                 break
             route = parts[0]
             if len(parts) != 2:
-                self._reject(route, None, "bad_frame_count", f"{len(parts) - 1} frames")
+                self._reject(route, "bad_frame_count", f"{len(parts) - 1} frames")
                 continue
             self._handle_frame(parts[1], route)
 
@@ -214,7 +209,8 @@ class Transport(threading.Thread):
             except zmq.Again:
                 break
             if len(parts) != 1:
-                self._count_bad(self._dealer_by_socket.get(sock, "?"), "bad_frame_count", "")
+                peer = next((endpoint for endpoint, known in self._dealers.items() if known is sock), "?")
+                self._count_bad(peer, "bad_frame_count", "")
                 continue
             self._handle_frame(parts[0], None)
 
@@ -222,18 +218,15 @@ class Transport(threading.Thread):
         """Decode one frame and hand each local actor its part of it as one batch."""
         node = self.node
         node.counters["frames_in"] += 1
-        if len(data) > self.max_frame_bytes:
-            self._reject(route, None, "oversize", f"{len(data)} bytes")
-            return
         try:
             frame = decode_frame(data, self.max_frame_bytes)
         except DecodeError as exc:
-            self._reject(route, None, exc.reason, exc.detail)
+            self._reject(route, exc.reason, exc.detail)
             return
         node.peers[frame.node_id] = frame.endpoint
+        node.counters["msgs_in"] += len(frame.envelopes)
         batches: dict[Any, list[InboundMessage]] = {}
         for env in frame.envelopes:
-            node.counters["msgs_in"] += 1
             kind = env.kind
             if kind == REPLY or kind == ERROR:
                 future = self._asks.pop(env.correlation_id, None)
@@ -249,10 +242,9 @@ class Transport(threading.Thread):
             target = node.targets.get(env.destination)
             if target is None:
                 node.counters["unknown_actor"] += 1
-                if kind == ASK and route is not None:
-                    reply = (ERROR, "", env.source, env.correlation_id,
-                             ErrorRecord("unknown_actor", f"no actor {env.destination!r} on {node.node_id}"))
-                    self._outbox.append((_TO_ROUTE, route, reply))
+                if kind == ASK:
+                    node._answer(InboundMessage(kind, (frame.node_id, env.source), env.correlation_id, None, route),
+                                 None, ErrorRecord("unknown_actor", f"no actor {env.destination!r} on {node.node_id}"))
                 continue
             message = InboundMessage(kind, (frame.node_id, env.source), env.correlation_id, env.body, route)
             batch = batches.get(target)
@@ -283,10 +275,8 @@ class Transport(threading.Thread):
             self.node.counters["actor_errors"] += 1
             log.exception("an actor failed on a batch of %d messages", len(messages))
 
-    def _reject(self, route: bytes | None, correlation_id: int | None, reason: str, detail: str) -> None:
+    def _reject(self, route: bytes | None, reason: str, detail: str) -> None:
         self._count_bad(route.hex() if route else "?", reason, detail)
-        if route is not None and correlation_id is not None:
-            self._outbox.append((_TO_ROUTE, route, (ERROR, "", "", correlation_id, ErrorRecord(reason, detail))))
 
     def _count_bad(self, peer: str, reason: str, detail: str) -> None:
         self.node.counters[f"bad_frames_{reason}"] += 1
@@ -332,30 +322,26 @@ class Transport(threading.Thread):
         """Send the network messages queued now (transport thread only: a pinned actor about to
         block on a disk write). Queued calls stay queued, in order, for the loop to run: running
         them here would re-enter actors in the middle of their own handlers."""
-        if threading.current_thread() is not self:
-            return
-        calls = collections.deque()
-        outbox = self._outbox
-        to_peers: dict[str, list] = {}
-        to_routes: dict[bytes, list] = {}
-        while outbox:
-            item = outbox.popleft()
-            if item[0] == _CALL:
-                calls.append(item)
-            else:
-                self._queue_for_send(item, to_peers, to_routes)
-        self._send_grouped(to_peers, to_routes)
-        outbox.extendleft(reversed(calls))
+        if threading.current_thread() is self:
+            self._drain_outbox(run_calls=False)
 
     def _flush_outbox(self) -> None:
         # Clear the flag before draining: a producer that appends after this point wakes us again.
         self._wake_pending = False
+        self._drain_outbox(run_calls=True)
+
+    def _drain_outbox(self, run_calls: bool) -> None:
+        """Send everything queued, grouped by socket; run queued calls in order, or keep them
+        queued (``run_calls`` False)."""
         outbox = self._outbox
         to_peers: dict[str, list] = {}
         to_routes: dict[bytes, list] = {}
+        kept_calls = []
         while outbox:
             item = outbox.popleft()
-            if item[0] == _CALL:
+            if item[0] != _CALL:
+                self._queue_for_send(item, to_peers, to_routes)
+            elif run_calls:
                 # What was queued before the call leaves before anything the call queues (a pinned
                 # actor may even flush from inside it), so every peer sees messages in order.
                 self._send_grouped(to_peers, to_routes)
@@ -364,10 +350,12 @@ class Transport(threading.Thread):
                 except Exception:
                     log.exception("transport call failed")
             else:
-                self._queue_for_send(item, to_peers, to_routes)
-            if not outbox:
+                kept_calls.append(item)
+            if run_calls and not outbox:
                 # Send what we have before looking again, so a burst is packed but not delayed.
                 self._send_grouped(to_peers, to_routes)
+        self._send_grouped(to_peers, to_routes)
+        outbox.extendleft(reversed(kept_calls))
 
     def _queue_for_send(self, item: tuple, to_peers: dict[str, list], to_routes: dict[bytes, list]) -> None:
         """Group one network item by socket (publications go out at once)."""
@@ -440,7 +428,6 @@ class Transport(threading.Thread):
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
             sock.connect(endpoint)
             self._dealers[endpoint] = sock
-            self._dealer_by_socket[sock] = endpoint
             self._poller.register(sock, zmq.POLLIN)
         return sock
 
