@@ -56,7 +56,7 @@ from protocols.raft import (
     Snapshot,
     SnapshotMeta,
 )
-from protocols.wire import ErrorRecord, Redirect, Tick, encode, tag_of
+from protocols.wire import ErrorRecord, Redirect, Tick, encode, is_record, tag_of
 from runtime.actor import Actor, Deferred
 from runtime.log import get_logger
 from runtime.storage import RaftStorage
@@ -198,6 +198,14 @@ class RaftActor(Actor):
         self._pending[index] = (self.core.term, answer)
         return answer
 
+    def _propose_member(self, node_id: str, endpoint: str, http_port: int) -> None:
+        """Log where a member listens (nobody waits for the answer). Refused only while a
+        leadership transfer is under way; the next leader logs its own entry again."""
+        try:
+            self.core.propose(encode(SetMember(node_id, endpoint, http_port)))
+        except NotLeader:
+            pass
+
     def _read(self, read: Read) -> Any:
         self._read_seq += 1
         context = self._read_seq.to_bytes(8, "big")
@@ -215,9 +223,9 @@ class RaftActor(Actor):
         if join.node_id in self.core.voters or join.node_id in self.core.learners:
             known = self.state.members.get(join.node_id)
             if known is None or known.endpoint != join.endpoint:
-                self._propose(SetMember(join.node_id, join.endpoint, join.http_port))
+                self._propose_member(join.node_id, join.endpoint, join.http_port)
             return {"joined": True, "role": "voter" if join.node_id in self.core.voters else "learner"}
-        self.core.propose(encode(SetMember(join.node_id, join.endpoint, join.http_port)))
+        self._propose_member(join.node_id, join.endpoint, join.http_port)
         try:
             index = self.core.propose_conf_change(ConfChange.add_learner(join.node_id))
         except ConfChangeRejected as exc:
@@ -281,8 +289,9 @@ class RaftActor(Actor):
                 # itself in a quorum only for what it has persisted (thesis 10.2.1, as etcd does),
                 # so its fsync and the followers' run in parallel. Flush them now, since this
                 # thread is the transport's and would otherwise send them only after the write.
-                later = [m for m in ready.messages if type(m) not in _LEADER_EARLY_MESSAGES]
-                early = [m for m in ready.messages if type(m) in _LEADER_EARLY_MESSAGES]
+                early, later = [], []
+                for message in ready.messages:
+                    (early if type(message) in _LEADER_EARLY_MESSAGES else later).append(message)
                 if early:
                     for message in early:
                         self._send(message)
@@ -327,9 +336,9 @@ class RaftActor(Actor):
             result: Any = None
             if entry.kind == ENTRY_NORMAL:
                 command, result = self.state.apply(entry.index, entry.data)
-                if isinstance(command, Batch) and isinstance(result, list):
+                if isinstance(command, Batch):
                     applied.extend((entry.index, sub, sub_result) for sub, sub_result in zip(command.commands, result))
-                else:
+                elif command is not None:  # None: nothing applied (a duplicate, or undecodable)
                     applied.append((entry.index, command, result))
             elif entry.kind == ENTRY_CONF_CHANGE:
                 result = {"voters": self.core.voters, "learners": self.core.learners}
@@ -340,16 +349,10 @@ class RaftActor(Actor):
                     answer.resolve(result)
                 else:
                     answer.fail("not_committed", "leadership changed before the command committed; retry")
-        if self._pending and entries:
-            # Proposals at or below the applied index that never applied belong to a lost term.
-            last = entries[-1].index
-            for index in [i for i in self._pending if i <= last]:
-                self._pending.pop(index)[1].fail("not_committed", "leadership changed; retry")
         if applied and self._watchers:
             is_leader = self.core.role == LEADER
             for watch in self._watchers:
-                mine = [item for item in applied if item[1] is not None
-                        and _tag_startswith(item[1], watch.prefix)]
+                mine = [item for item in applied if _tag_startswith(item[1], watch.prefix)]
                 if mine:
                     watch.ref.tell(Applied(mine, is_leader))
 
@@ -378,7 +381,7 @@ class RaftActor(Actor):
         if is_leader:
             me = self.state.members.get(self.node.node_id)
             if me is None or me.endpoint != self.node.endpoint or me.http_port != self.http_port:
-                self.core.propose(encode(SetMember(self.node.node_id, self.node.endpoint, self.http_port)))
+                self._propose_member(self.node.node_id, self.node.endpoint, self.http_port)
         else:
             for _, answer in self._pending.values():
                 answer.fail("not_committed", "this master lost the leadership; retry")
@@ -428,15 +431,5 @@ class RaftActor(Actor):
         }
 
 
-_tags_by_type: dict[type, str] = {}
-
-
 def _tag_startswith(command: Any, prefix: str) -> bool:
-    kind = type(command)
-    tag = _tags_by_type.get(kind)
-    if tag is None:
-        try:
-            tag = _tags_by_type[kind] = tag_of(kind)
-        except KeyError:
-            return False
-    return tag.startswith(prefix)
+    return is_record(command) and tag_of(type(command)).startswith(prefix)

@@ -53,11 +53,6 @@ class SetMember:
     http_port: int
 
 
-@record("ctl.remove_member")
-class RemoveMember:
-    node_id: str
-
-
 @record("ctl.noop")
 class Noop:
     """A command that changes nothing (benchmarks and tests of the log itself)."""
@@ -87,14 +82,13 @@ class ControlState:
         except DecodeError as exc:
             return None, ErrorRecord("bad_command", str(exc))
         if isinstance(command, ClientCommand):
-            status, previous = self.sessions.check(command.client_id, command.seq)
-            if status == ClientSessions.DUPLICATE:
-                return None, previous
+            status, result = self.sessions.check_and_record(
+                command.client_id, command.seq, index, lambda: self._dispatch(index, command.body))
+            if status == ClientSessions.NEW:
+                return command.body, result
             if status == ClientSessions.EXPIRED:
                 return None, ErrorRecord("session_expired", f"seq {command.seq} is too old")
-            result = self._dispatch(index, command.body)
-            self.sessions.record(command.client_id, command.seq, result, index)
-            return command.body, result
+            return None, result  # a duplicate: the first result
         return command, self._dispatch(index, command)
 
     def _dispatch(self, index: int, command: Any) -> Any:
@@ -102,10 +96,10 @@ class ControlState:
             return ErrorRecord("unknown_command", type(command).__name__)
         if isinstance(command, Batch):
             return [self._dispatch(index, sub) for sub in command.commands]
-        prefix = tag_of(type(command)).split(".", 1)[0]
-        if prefix == "lock":
+        tag = tag_of(type(command))
+        if tag.startswith("lock."):
             return self.locks.apply(index, command)
-        if prefix == "wf":
+        if tag.startswith("wf."):
             # A plain map, so that client sessions and snapshots can keep it.
             applied = self.workflows.apply(command)
             return {"ok": applied.ok, "reason": applied.reason, "attempt": applied.attempt,
@@ -113,11 +107,9 @@ class ControlState:
         if isinstance(command, SetMember):
             self.members[command.node_id] = command
             return True
-        if isinstance(command, RemoveMember):
-            return self.members.pop(command.node_id, None) is not None
         if isinstance(command, Noop):
             return command.payload
-        return ErrorRecord("unknown_command", tag_of(type(command)))
+        return ErrorRecord("unknown_command", tag)
 
     # ------------------------------------------------------------------ snapshots
 

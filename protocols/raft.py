@@ -423,12 +423,10 @@ class RaftCore:
         hard_state: HardState | None = None,
         entries: list[Entry] = (),
         snapshot: Snapshot | None = None,
-        learners: list[str] = (),
     ) -> None:
         """Start fresh (no persisted state: ``voters`` bootstraps a new cluster; an empty
         ``voters`` is a server waiting to be added) or restore from what was persisted (then
-        ``voters`` and ``learners`` are ignored: the configuration comes from the snapshot and the
-        log)."""
+        ``voters`` is ignored: the configuration comes from the snapshot and the log)."""
         self._id = node_id
         self.config = config
         self._rng = rng
@@ -476,15 +474,14 @@ class RaftCore:
         if persisted:
             self._restore(hard_state, list(entries), snapshot)
         elif voters:
-            self._bootstrap(sorted(set(voters)), sorted(set(learners) - set(voters)))
+            self._bootstrap(sorted(set(voters)))
 
         self._become_follower(self._term, None)
 
     # ------------------------------------------------------------------ start-up
 
-    def _bootstrap(self, voters: list[str], learners: list[str]) -> None:
+    def _bootstrap(self, voters: list[str]) -> None:
         changes = [ConfChange("add_voter", v) for v in voters]
-        changes += [ConfChange("add_learner", n) for n in learners]
         entries = [Entry(1, i + 1, ENTRY_CONF_CHANGE, encode(c)) for i, c in enumerate(changes)]
         self._entries = entries
         self._note_appended(entries)
@@ -914,10 +911,16 @@ class RaftCore:
                 self._send(RequestVote(self._id, voter, vote_term, last_index, last_term,
                                        pre_vote, transfer))
 
+    def _quorum(self) -> int:
+        return len(self._voters) // 2 + 1
+
+    def _granted_votes(self) -> int:
+        return sum(1 for v in self._voters if self._votes.get(v) is True)
+
     def _tally(self) -> str:
-        granted = sum(1 for v in self._voters if self._votes.get(v) is True)
+        granted = self._granted_votes()
         rejected = sum(1 for v in self._voters if self._votes.get(v) is False)
-        quorum = len(self._voters) // 2 + 1
+        quorum = self._quorum()
         if granted >= quorum:
             return "won"
         if rejected > len(self._voters) - quorum:
@@ -931,7 +934,7 @@ class RaftCore:
             self._become_leader()
 
     def _become_leader(self) -> None:
-        votes = sum(1 for v in self._voters if self._votes.get(v) is True)
+        votes = self._granted_votes()
         self._reset(self._term)
         self._role = LEADER
         self._leader_id = self._id
@@ -1101,7 +1104,7 @@ class RaftCore:
                     active += 1
         for progress in self._progress.values():
             progress.recent_active = False
-        return active >= len(self._voters) // 2 + 1
+        return active >= self._quorum()
 
     def _broadcast_heartbeat(self) -> None:
         context = self._pending_reads[-1].ctx if self._pending_reads else b""
@@ -1266,7 +1269,7 @@ class RaftCore:
             if pending.ctx == ctx:
                 pending.acks.add(voter)
                 acks = sum(1 for v in self._voters if v in pending.acks)
-                if acks >= len(self._voters) // 2 + 1:
+                if acks >= self._quorum():
                     # A quorum confirmed us after every earlier request was registered too.
                     done = self._pending_reads[: position + 1]
                     del self._pending_reads[: position + 1]

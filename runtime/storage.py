@@ -255,7 +255,8 @@ class RaftStorage:
             if rows:
                 if rows[0][0] > last_index + 1:
                     raise ValueError(f"entries start at {rows[0][0]} but the log ends at {last_index}: a gap")
-                db.execute("DELETE FROM entries WHERE entry_index >= ?", (rows[0][0],))
+                if rows[0][0] <= last_index:  # a conflicting suffix is replaced (an append deletes nothing)
+                    db.execute("DELETE FROM entries WHERE entry_index >= ?", (rows[0][0],))
                 db.executemany("INSERT INTO entries (entry_index, term, kind, data) VALUES (?, ?, ?, ?)", rows)
                 last_index = rows[-1][0]
             if hard_state is not None:
