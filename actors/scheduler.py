@@ -28,7 +28,7 @@ Rules:
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 from actors.raft import RAFT_ACTOR, Applied, LeadershipChanged, Watch
 from protocols.control import (
@@ -72,6 +72,7 @@ from protocols.tasks import (
 )
 from protocols.wire import ErrorRecord, Redirect, Tick
 from runtime.actor import Actor
+from runtime.future import Future
 from runtime.log import get_logger
 
 log = get_logger("scheduler")
@@ -96,7 +97,7 @@ class SchedulerActor(Actor):
         self.registry = WorkerRegistry(self.health)
         self._dispatching: dict[str, tuple[str, int]] = {}  # key -> (worker, attempt), not yet applied
         self._unclaimed: dict[str, int] = {}  # running task key -> deadline_ms (after a leader change)
-        self._client_waiting: dict[tuple[str, int], list] = {}  # (client id, seq) in flight -> answers
+        self._client_commits: dict[tuple[str, int], Future] = {}  # (client id, seq) -> its commit in flight
         self._timer_id: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -117,8 +118,7 @@ class SchedulerActor(Actor):
         return self.raft_actor.state.workflows
 
     def _redirect(self) -> Redirect:
-        leader = self.raft_actor.core.leader_id
-        return Redirect(leader, self.raft_actor._endpoint_of(leader) if leader else None)
+        return self.raft_actor._redirect()
 
     # ------------------------------------------------------------------ messages
 
@@ -151,10 +151,10 @@ class SchedulerActor(Actor):
                 self._worker_lost(message.worker_id, "worker said goodbye", unregister=True)
             return None
         if kind is SubmitWorkflowRequest:
-            return self._submit(message)
+            return self._answer_client(message.client_id, message.seq, lambda: self._submission(message.workflow))
         if kind is CancelWorkflowRequest:
-            body = CancelWorkflow(message.workflow_id, monotonic_ms())
-            return self._propose_for_client(ClientCommand(message.client_id, message.seq, body))
+            return self._answer_client(message.client_id, message.seq,
+                                       lambda: CancelWorkflow(message.workflow_id, monotonic_ms()))
         if kind is WorkflowStatusRequest:
             return self.workflow_status(message.workflow_id, message.tasks)
         if kind is WorkersRequest:
@@ -173,6 +173,8 @@ class SchedulerActor(Actor):
             return
         now_ms = monotonic_ms()
         for graph in self.workflows.graphs.values():
+            if graph.is_workflow_completed():
+                continue
             for task_id in graph.get_ready_tasks():
                 self._enqueue(graph, task_id, now_ms)
             for task_id, run in graph.runs.items():
@@ -194,7 +196,8 @@ class SchedulerActor(Actor):
             elif isinstance(command, (FinishTask, RequeueTask)) and result.get("ok"):
                 # Only the current attempt frees its reservation: a stale report must not free the
                 # slot of a newer attempt of the same task on another worker.
-                self.registry.release(self._worker_of_attempt(command) or "", task_key(command.workflow_id, command.task_id))
+                key = task_key(command.workflow_id, command.task_id)
+                self.registry.release(self.registry.holder_of(key) or "", key)
             for key in result.get("released", ()):
                 self.queue.remove(key)
                 self._release_running(key, cancels)
@@ -213,31 +216,26 @@ class SchedulerActor(Actor):
             self._tell_worker(worker_id, CancelTasks(worker_id, keys))
         self._dispatch()
 
-    def _worker_of_attempt(self, command: Any) -> str | None:
-        """The worker that ran the attempt a FinishTask/RequeueTask closed (reservations are by key)."""
-        for worker_id, entry in self.registry.workers.items():
-            if task_key(command.workflow_id, command.task_id) in entry.reservations:
-                return worker_id
-        return None
-
     def _on_dispatch_applied(self, command: DispatchTask, result: dict, cancels: dict[str, list[list]]) -> None:
         """The worker already has the task (it was sent with the proposal); undo it if the log refused."""
         key = task_key(command.workflow_id, command.task_id)
         self._dispatching.pop(key, None)
-        if not result.get("ok"):
+        if result.get("ok"):
+            self.queue.remove(key)  # queued here before a previous leader's dispatch of it committed
+        else:
             self.registry.release(command.worker_id, key)
             cancels.setdefault(command.worker_id, []).append([command.workflow_id, command.task_id, command.attempt])
 
     def _release_running(self, key: str, cancels: dict[str, list[list]]) -> None:
         """A task left ready/running without finishing (cancelled, skipped): free its worker."""
-        for worker_id, entry in self.registry.workers.items():
-            if key in entry.reservations:
-                workflow_id, task_id = split_task_key(key)
-                graph = self.workflows.get(workflow_id)
-                attempt = graph.runs[task_id].attempts if graph else 0
-                cancels.setdefault(worker_id, []).append([workflow_id, task_id, attempt])
-                self.registry.release(worker_id, key)
-                return
+        worker_id = self.registry.holder_of(key)
+        if worker_id is None:
+            return
+        workflow_id, task_id = split_task_key(key)
+        graph = self.workflows.get(workflow_id)
+        attempt = graph.runs[task_id].attempts if graph else 0
+        cancels.setdefault(worker_id, []).append([workflow_id, task_id, attempt])
+        self.registry.release(worker_id, key)
 
     # ------------------------------------------------------------------ dispatch
 
@@ -250,32 +248,25 @@ class SchedulerActor(Actor):
         """Place queued tasks on workers with free capacity, highest score first."""
         if not self.queue:
             return
-        free = sum(entry.free_slots for entry in self.registry.workers.values()
-                   if entry.status in (WorkerStatus.ACTIVE, WorkerStatus.BUSY))
+        free = self.registry.free_slot_count()
         if free <= 0:
             return
         now_ms = monotonic_ms()
         placed: list[tuple[str, str, list[int]]] = []
-        stale = 0
 
-        def place(key: str) -> bool:
-            nonlocal stale
+        def no_longer_ready(key: str) -> bool:
             workflow_id, task_id = split_task_key(key)
             graph = self.workflows.get(workflow_id)
-            if graph is None or graph.runs[task_id].state is not TaskState.READY:
-                stale += 1
-                return True  # a task that is no longer ready: take it out of the queue
-            spot = self._place(graph, task_id)
+            return graph is None or graph.runs[task_id].state is not TaskState.READY
+
+        def place(key: str) -> bool:
+            workflow_id, task_id = split_task_key(key)
+            spot = self._place(self.workflows.get(workflow_id), task_id)
             if spot is not None:
                 placed.append((key, *spot))
             return spot is not None
 
-        while True:  # stale entries do not use up free slots
-            stale = 0
-            wanted = free - len(placed)
-            self.queue.dequeue_batch(wanted, now_ms, place, max_scanned=max(64, wanted * 4))
-            if not stale or len(placed) >= free or not self.queue:
-                break
+        self.queue.dequeue_batch(free, accept=place, max_scanned=max(64, free * 4), drop=no_longer_ready)
         if placed:
             commands, assignments = self._assignments(placed, now_ms, {})
             self.raft.tell(Propose(Batch(commands)))
@@ -309,8 +300,9 @@ class SchedulerActor(Actor):
             self._dispatching[key] = (worker_id, attempt)
             commands.append(DispatchTask(workflow_id, task_id, attempt, worker_id, now_ms))
             env = {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in gpus)} if gpus else {}
-            inputs = {**graph.dependency_results(task_id), **known_results.get(workflow_id, {})}
-            inputs = {dependency: inputs.get(dependency) for dependency in task.dependencies}
+            known = known_results.get(workflow_id, {})
+            inputs = {dependency: known[dependency] if dependency in known else graph.results.get(dependency)
+                      for dependency in task.dependencies}
             log.debug("Task %s dispatched to %s", task_id, worker_id)
             assignments.setdefault(worker_id, []).append(TaskAssignment(
                 workflow_id, task_id, attempt, task.command, task.call, list(task.args), dict(task.kwargs),
@@ -321,17 +313,15 @@ class SchedulerActor(Actor):
         for worker_id, tasks in assignments.items():
             self._tell_worker(worker_id, AssignTasks(worker_id, tasks))
 
-    def _dependents_ready_on(self, succeeded: list) -> list[tuple[str, str, list[int]]]:
-        """Place the tasks that the successful reports in ``succeeded`` will make ready.
+    def _dependents_ready_on(self, succeeded: list, finishing: dict[str, dict]) -> list[tuple[str, str, list[int]]]:
+        """Place the tasks that the successful reports in ``succeeded`` (whose results are in
+        ``finishing``, by workflow and task) will make ready.
 
         Done only while nothing waits in the queue (so no higher-priority task is passed over):
         their DispatchTask rides in the same log entry right after the FinishTasks that make them
         ready, so a chain costs one commit per hop instead of two."""
         if self.queue:
             return []
-        finishing: dict[str, set[str]] = {}
-        for report in succeeded:
-            finishing.setdefault(report.workflow_id, set()).add(report.task_id)
         placed = []
         for report in succeeded:
             graph = self.workflows.get(report.workflow_id)
@@ -415,12 +405,12 @@ class SchedulerActor(Actor):
                                            report.stdout_tail, report.stderr_tail))
         if not commands:
             return ReportsAccepted(0)
-        placed = self._dependents_ready_on(succeeded)
+        known_results: dict[str, dict] = {}
+        for report in succeeded:
+            known_results.setdefault(report.workflow_id, {})[report.task_id] = report.result
+        placed = self._dependents_ready_on(succeeded, known_results)
         assignments: dict[str, list[TaskAssignment]] = {}
         if placed:
-            known_results: dict[str, dict] = {}
-            for report in succeeded:
-                known_results.setdefault(report.workflow_id, {})[report.task_id] = report.result
             dispatches, assignments = self._assignments(placed, now_ms, known_results)
             commands.extend(dispatches)
         answer = self.defer()
@@ -470,6 +460,8 @@ class SchedulerActor(Actor):
     def _worker_lost(self, worker_id: str, reason: str, unregister: bool = False) -> None:
         now_ms = monotonic_ms()
         for graph in self.workflows.graphs.values():
+            if graph.is_workflow_completed():
+                continue
             for task_id, run in graph.runs.items():
                 if run.state is TaskState.RUNNING and run.worker_id == worker_id:
                     self._requeue(task_key(graph.workflow_id, task_id), reason, now_ms)
@@ -486,8 +478,8 @@ class SchedulerActor(Actor):
 
     # ------------------------------------------------------------------ clients
 
-    def _submit(self, request: SubmitWorkflowRequest) -> Any:
-        workflow = request.workflow
+    def _submission(self, workflow: Any) -> Any:
+        """The SubmitWorkflow command for ``workflow``, or the ErrorRecord refusing it."""
         if not isinstance(workflow, Workflow):
             return ErrorRecord("invalid_workflow", "the request carries no workflow")
         try:
@@ -501,34 +493,37 @@ class SchedulerActor(Actor):
                 reason = self.registry.could_ever_fit(task.requirements)
                 if reason:
                     return ErrorRecord("unplaceable", f"task {task.task_id!r} can never run here: {reason}")
-        body = SubmitWorkflow(workflow, monotonic_ms())
-        return self._propose_for_client(ClientCommand(request.client_id, request.seq, body))
+        return SubmitWorkflow(workflow, monotonic_ms())
 
-    def _propose_for_client(self, command: ClientCommand) -> Any:
-        """Commit a client's command and answer with its result. A retry of a command that is
-        still in flight waits for the same commit instead of logging it again: a big workflow
-        can take longer to log than the client's per-try timeout, and each copy would cost as
-        much as the first (the log would drop it as a duplicate only after committing it)."""
-        session_key = (command.client_id, command.seq)
-        status, previous = self.raft_actor.state.sessions.check(*session_key)
+    def _answer_client(self, client_id: str, seq: int, make_body: Callable[[], Any]) -> Any:
+        """Commit a client's command (``make_body()``: its body, or an ErrorRecord refusing it) and
+        answer with its result. A command the session already answered gets that answer; a retry
+        of one still in flight waits for the same commit: a big workflow can take longer to log
+        than the client's per-try timeout, and each copy would cost as much as the first to
+        check and log (the log would drop it as a duplicate only after committing it)."""
+        status, previous = self.raft_actor.state.sessions.check(client_id, seq)
         if status == ClientSessions.DUPLICATE:
             return previous
+        if status == ClientSessions.EXPIRED:
+            return ErrorRecord("session_expired", f"seq {seq} is too old")
+        session_key = (client_id, seq)
+        commit = self._client_commits.get(session_key)
+        if commit is None:
+            body = make_body()
+            if isinstance(body, ErrorRecord):
+                return body
+            commit = self._client_commits[session_key] = self.raft.ask(
+                Propose(ClientCommand(client_id, seq, body)), timeout_s=10)
+            commit.add_done_callback(lambda _: self._client_commits.pop(session_key, None))
         answer = self.defer()
-        waiting = self._client_waiting.get(session_key)
-        if waiting is not None:
-            waiting.append(answer)
-            return answer
-        waiting = self._client_waiting[session_key] = [answer]
 
         def done(future) -> None:
-            del self._client_waiting[session_key]
-            for each in waiting:
-                try:
-                    each.resolve(future.get(0))
-                except Exception as exc:
-                    each.fail(getattr(exc, "kind", "not_committed"), str(exc))
+            try:
+                answer.resolve(future.get(0))
+            except Exception as exc:
+                answer.fail(getattr(exc, "kind", "not_committed"), str(exc))
 
-        self.raft.ask(Propose(command), timeout_s=10).add_done_callback(done)
+        commit.add_done_callback(done)
         return answer
 
     def workflow_status(self, workflow_id: str | None, tasks: bool = True) -> Any:

@@ -330,6 +330,15 @@ class TaskDependencyGraph:
 
     def __init__(self, workflow: Workflow, now_ms: int = 0) -> None:
         check_structure(workflow)
+        self._index(workflow, now_ms)
+        for task in workflow.tasks:
+            if not task.dependencies:
+                self._set_state(task.task_id, TaskState.READY, now_ms)
+                dependency_log.debug("Task %s is ready (no dependencies)", task.task_id)
+
+    def _index(self, workflow: Workflow, submitted_ms: int) -> None:
+        """The lookup tables of a workflow, every task pending (shared with ``from_snapshot``,
+        which needs neither the validation nor the initial transitions)."""
         self.workflow = workflow
         self.workflow_id = workflow.workflow_id
         self.tasks: dict[str, TaskNode] = {task.task_id: task for task in workflow.tasks}
@@ -341,7 +350,7 @@ class TaskDependencyGraph:
         self.runs: dict[str, TaskRun] = {task.task_id: TaskRun() for task in workflow.tasks}
         self.results: dict[str, Any] = {}  # task id -> result, for completed tasks only
         self.cancelled = False
-        self.submitted_ms = now_ms
+        self.submitted_ms = submitted_ms
         self.finished_ms: int | None = None
         # Count of unfinished dependencies per task: readiness is O(1) per finished edge.
         self._waiting_on: dict[str, int] = {task.task_id: len(task.dependencies) for task in workflow.tasks}
@@ -351,10 +360,6 @@ class TaskDependencyGraph:
         self._counts[TaskState.PENDING] = len(workflow.tasks)
         self._transitions: list[tuple[str, TaskState, TaskState]] = []
         self._dispatched_any = False
-        for task in workflow.tasks:
-            if not task.dependencies:
-                self._set_state(task.task_id, TaskState.READY, now_ms)
-                dependency_log.debug("Task %s is ready (no dependencies)", task.task_id)
 
     @classmethod
     def from_workflow(cls, workflow: Workflow, now_ms: int = 0) -> TaskDependencyGraph:
@@ -647,8 +652,8 @@ class TaskDependencyGraph:
 
     @classmethod
     def from_snapshot(cls, snapshot: dict) -> TaskDependencyGraph:
-        graph = cls(Workflow.from_dict(snapshot["workflow"]), snapshot["submitted_ms"])
-        graph._transitions = []
+        graph = cls.__new__(cls)  # a snapshot holds a validated workflow and its states: no replay
+        graph._index(Workflow.from_dict(snapshot["workflow"]), snapshot["submitted_ms"])
         graph.runs = {task_id: TaskRun.from_dict(run) for task_id, run in snapshot["runs"].items()}
         graph.results = dict(snapshot["results"])
         graph._ready = {task_id: None for task_id in snapshot["ready"]}
@@ -776,14 +781,12 @@ class WorkflowTable:
         if graph is None:
             return Applied(False, "unknown workflow")
         was_finished = graph.is_workflow_completed()
+        if getattr(command, "task_id", None) is not None and command.task_id not in graph.tasks:
+            return Applied(False, "unknown task")
         if isinstance(command, DispatchTask):
-            if command.task_id not in graph.tasks:
-                return Applied(False, "unknown task")
             attempt = graph.dispatch(command.task_id, command.worker_id, command.now_ms, command.attempt)
             applied = Applied(attempt > 0, "" if attempt else "task is not ready or attempt is stale", attempt)
         elif isinstance(command, FinishTask):
-            if command.task_id not in graph.tasks:
-                return Applied(False, "unknown task")
             ok = graph.finish(
                 command.task_id,
                 command.attempt,
@@ -797,8 +800,6 @@ class WorkflowTable:
             )
             applied = Applied(ok, "" if ok else "task is not running or attempt is stale", command.attempt)
         elif isinstance(command, RequeueTask):
-            if command.task_id not in graph.tasks:
-                return Applied(False, "unknown task")
             ok = graph.requeue(command.task_id, command.attempt, command.now_ms, command.reason)
             applied = Applied(ok, "" if ok else "task is not running or attempt is stale", command.attempt)
         elif isinstance(command, CancelWorkflow):

@@ -138,11 +138,14 @@ class PriorityTaskQueue:
         now_ms: int | None = None,
         accept: Callable[[Any], bool] | None = None,
         max_scanned: int | None = None,
+        drop: Callable[[Any], bool] | None = None,
     ) -> list[Any]:
         """Pop up to ``n`` items in queue order, skipping the ones ``accept`` rejects (they stay
         queued, in their place). ``accept`` may have side effects (the scheduler reserves a
         worker in it). Looks at no more than ``max_scanned`` items when given, so that a queue
-        full of tasks nobody can place right now does not cost a full scan per call."""
+        full of tasks nobody can place right now does not cost a full scan per call. Items
+        ``drop`` names (no longer wanted) are removed on the way, not returned, and count
+        toward neither ``n`` nor ``max_scanned``: each costs one look, once."""
         taken: list[Any] = []
         skipped: list[tuple[int, int, int, str]] = []
         scanned = 0
@@ -151,8 +154,12 @@ class PriorityTaskQueue:
             if not self._heap:
                 break
             top = heapq.heappop(self._heap)
-            scanned += 1
             entry = self._entries[top[3]]
+            if drop is not None and drop(entry.item):
+                del self._entries[entry.key]
+                del self._live_push[entry.key]
+                continue
+            scanned += 1
             if accept is None or accept(entry.item):
                 del self._entries[entry.key]
                 del self._live_push[entry.key]

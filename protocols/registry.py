@@ -4,8 +4,9 @@ Rules of this module:
 
 * It is pure and deterministic: time comes in as ``now_ms``; workers are kept in registration
   order and every choice breaks ties by worker id, so the same inputs give the same answer.
-* Membership (register, unregister, status) is replicated through the ``registry.*`` command
-  records; heartbeats and load are soft state that only the leader feeds in.
+* The scheduler keeps the table as the leader's soft state (workers register again with a new
+  leader). The ``registry.*`` command records and ``apply`` would replicate membership through
+  the log; nothing proposes them yet.
 * Health: a worker whose last heartbeat is ``max_missed_heartbeats`` intervals old (3 x 1000 ms
   by default) is marked ``offline`` by ``check_health``; its next heartbeat brings it back.
 * Placement (``select``): a worker qualifies when it is ``active`` or ``busy`` with a free slot
@@ -352,6 +353,17 @@ class WorkerRegistry:
         entry.free_gpus = sorted(entry.free_gpus + reservation.gpu_indices)
         self._update_busy(entry)
         return True
+
+    def holder_of(self, task_key: str) -> str | None:
+        """The worker holding a reservation for ``task_key`` (a key is reserved on one at most)."""
+        for worker_id, entry in self.workers.items():
+            if task_key in entry.reservations:
+                return worker_id
+        return None
+
+    def free_slot_count(self) -> int:
+        """Slots free on the workers that take work now (an over-reserved worker counts 0)."""
+        return sum(max(0, entry.free_slots) for entry in self.workers.values() if self._accepts_work(entry))
 
     def could_ever_fit(self, requirements: TaskRequirements, group: str | None = None) -> str | None:
         """None if some registered worker (whatever its status and load) could run a task with

@@ -204,9 +204,11 @@ def _parse_task(value: Any, index: int, filename: str) -> TaskNode:
     dependencies = value.get("dependencies", []) or []
     if not isinstance(dependencies, list) or not all(isinstance(dep, str) for dep in dependencies):
         raise fail("dependencies must be a list of task ids")
-    for position, dependency in enumerate(dependencies):
-        if dependency in dependencies[:position]:
+    seen: set[str] = set()
+    for dependency in dependencies:
+        if dependency in seen:
             raise fail(f"lists dependency {dependency!r} twice")
+        seen.add(dependency)
 
     resources = _parse_resources(value.get("resources"), fail)
 

@@ -160,6 +160,15 @@ def test_dequeue_batch_limits_and_scan_bound():
     assert queue.dequeue_batch(0, 0) == []
 
 
+def test_dequeue_batch_drops_unwanted_items_without_counting_them():
+    queue = PriorityTaskQueue()
+    for index in range(10):
+        queue.enqueue(f"t{index}", "medium", 0)
+    stale = {f"t{index}" for index in range(7)}  # e.g. tasks that are no longer ready
+    assert queue.dequeue_batch(2, 0, max_scanned=2, drop=lambda item: item in stale) == ["t7", "t8"]
+    assert drain(queue) == ["t9"]  # the dropped ones are gone for good
+
+
 def test_stats_counts_per_priority_and_oldest_wait():
     queue = PriorityTaskQueue()
     assert queue.stats(0) == QueueStats(total=0, by_priority={"urgent": 0, "high": 0, "medium": 0, "low": 0})
