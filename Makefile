@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/raft.py --json bench/results/raft.json
 	$(BIN)/python bench/tasks.py --json bench/results/tasks.json
 	$(BIN)/python bench/locks.py --json bench/results/locks.json
+	$(BIN)/python bench/executor.py --json bench/results/executor.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -322,18 +322,16 @@ class LockActor(Actor):
 
     def _cancel_abandoned_waiters(self, now_ms: int) -> None:
         """Queued owners that stopped asking (a dead client) leave the queue before their turn."""
-        queued = set()
-        # list_locks(0) lists every lease, live or due: waiters of either can be abandoned.
-        for info in self._state.locks.list_locks(0):
-            for owner in info.waiters:
-                where = (info.key, owner)
-                queued.add(where)
-                if where in self._held:
-                    self._waiter_seen_ms[where] = now_ms
-                seen_ms = self._waiter_seen_ms.setdefault(where, now_ms)
-                if now_ms - seen_ms > self.abandon_ms:
-                    log.info("Waiter %s for lock '%s' stopped asking; it leaves the queue", owner, info.key)
-                    self._waiter_seen_ms[where] = now_ms
-                    self._propose(CancelWait(info.key, owner), lambda future: None)
+        waiting = self._state.locks.waiting()
+        queued = set(waiting)
+        for where in waiting:  # in table order: the proposals go out in the same order every time
+            if where in self._held:
+                self._waiter_seen_ms[where] = now_ms
+            seen_ms = self._waiter_seen_ms.setdefault(where, now_ms)
+            if now_ms - seen_ms > self.abandon_ms:
+                key, owner = where
+                log.info("Waiter %s for lock '%s' stopped asking; it leaves the queue", owner, key)
+                self._waiter_seen_ms[where] = now_ms
+                self._propose(CancelWait(key, owner), lambda future: None)
         for where in [w for w in self._waiter_seen_ms if w not in queued]:
             del self._waiter_seen_ms[where]

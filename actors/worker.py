@@ -202,21 +202,22 @@ class WorkerActor(Actor):
 
     # ------------------------------------------------------------------ tasks
 
+    def _held_keys(self):
+        """Every attempt this worker holds: waiting, running, or reported but not accepted (a
+        finished attempt leaves ``running`` before its report enters ``unacked``)."""
+        yield from (task.key for task in self.waiting)
+        yield from self.running
+        yield from self.unacked
+
     def held(self) -> list[list]:
-        """Every attempt this worker holds: waiting, running, or reported but not accepted."""
-        keys = [task.key for task in self.waiting]
-        keys.extend(self.running)
-        keys.extend(key for key in self.unacked if key not in self.running)
-        return [list(key) for key in keys]
+        return [list(key) for key in self._held_keys()]
 
     def _on_assign(self, message: AssignTasks) -> None:
         if message.worker_id != self.worker_id:
             self.node.count("worker_misaddressed_assignments")
             log.warning("Worker %s got tasks meant for %s; ignoring them", self.worker_id, message.worker_id)
             return
-        held = {task.key for task in self.waiting}
-        held.update(self.running)
-        held.update(self.unacked)
+        held = set(self._held_keys())
         refused: list[TaskFinished] = []
         for task in message.tasks:
             if not isinstance(task, TaskAssignment) or task.key in held:

@@ -438,6 +438,10 @@ class LockTable:
         """Every live lease at ``now_ms``, in grant order of their keys."""
         return [self._info(k, l) for k, l in self._leases.items() if l.expires_ms > now_ms]
 
+    def waiting(self) -> list[tuple[str, str]]:
+        """``(key, owner)`` of every queued waiter, behind live and due leases alike."""
+        return [(key, waiter.owner) for key, lease in self._leases.items() for waiter in lease.waiters]
+
     def expired_keys(self, now_ms: int) -> list[str]:
         """Keys whose lease is due at ``now_ms``: the leader proposes ExpireLocks when not empty."""
         return [key for key, lease in self._leases.items() if lease.expires_ms <= now_ms]

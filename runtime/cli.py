@@ -65,15 +65,15 @@ def connect(master_url: Optional[str]):
         fail(str(exc))
 
 
-def ask_cluster(master_url: Optional[str], request):
-    """``request(client)`` against the cluster; an unreachable cluster or a refusal is one line
-    on stderr and exit 1."""
+def ask_cluster(master_url: Optional[str], request, also: tuple[type[Exception], ...] = ()):
+    """``request(client)`` against the cluster; an unreachable cluster, a refusal or one of the
+    errors in ``also`` is one line on stderr and exit 1."""
     with connect(master_url) as client:
         try:
             return request(client)
         except RemoteError as exc:
             fail(exc.message, code=1)
-        except ClusterUnavailable as exc:
+        except (ClusterUnavailable, *also) as exc:
             fail(str(exc), code=1)
 
 
@@ -432,11 +432,7 @@ def lock_release(key: str, owner: Optional[str] = typer.Option(None, "--owner"),
     from runtime.locks import DistributedLock, user_owner
 
     owner = owner or user_owner()
-    with connect(master_url) as client:
-        try:
-            released = DistributedLock(client, owner).release(key)
-        except (ClusterUnavailable, ValueError) as exc:
-            fail(str(exc), code=1)
+    released = ask_cluster(master_url, lambda client: DistributedLock(client, owner).release(key), also=(ValueError,))
     if not released:
         fail(f"lock {key!r} is not held by {owner}", code=1)
 
@@ -448,11 +444,7 @@ def lock_renew(key: str, ttl_s: float = typer.Option(30.0, "--ttl"), owner: Opti
     from runtime.locks import DistributedLock, user_owner
 
     owner = owner or user_owner()
-    with connect(master_url) as client:
-        try:
-            renewed = DistributedLock(client, owner, ttl_s).renew(key)
-        except (ClusterUnavailable, ValueError) as exc:
-            fail(str(exc), code=1)
+    renewed = ask_cluster(master_url, lambda client: DistributedLock(client, owner, ttl_s).renew(key), also=(ValueError,))
     if not renewed:
         fail(f"lock {key!r} is not held by {owner}", code=1)
 
@@ -462,11 +454,7 @@ def lock_show(key: str, json_output: bool = JsonFlag, master_url: Optional[str] 
     """Show who holds a lock: holder, fencing token, metadata, lease, waiters."""
     from runtime.locks import DistributedLock, lock_info_document
 
-    with connect(master_url) as client:
-        try:
-            info = DistributedLock(client, "agentflow-cli").check_lock(key)
-        except ClusterUnavailable as exc:
-            fail(str(exc), code=1)
+    info = ask_cluster(master_url, lambda client: DistributedLock(client, "agentflow-cli").check_lock(key))
     document = lock_info_document(info, key)
     if json_output:
         print_json(document)
@@ -489,13 +477,8 @@ def lock_run(ctx: typer.Context, key: str, ttl_s: float = typer.Option(30.0, "--
     argv = list(ctx.args[1:] if ctx.args[:1] == ["--"] else ctx.args)
     if not argv:
         fail("no command given: agentflow lock run KEY -- CMD ...")
-    with connect(master_url) as client:
-        try:
-            status = run_locked(client, key, argv, process_owner(), ttl_s, wait_s)
-        except LockTimeout as exc:
-            fail(str(exc), code=1)
-        except ClusterUnavailable as exc:
-            fail(str(exc), code=1)
+    status = ask_cluster(master_url, lambda client: run_locked(client, key, argv, process_owner(), ttl_s, wait_s),
+                         also=(LockTimeout,))
     raise typer.Exit(status)
 
 

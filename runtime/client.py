@@ -195,10 +195,18 @@ class Client:
 
     def status_of(self, endpoint: str, timeout_s: float = PER_TRY_TIMEOUT_S) -> dict | None:
         """One master's own view, or None when it does not answer in time."""
-        try:
-            return self.node.ref(endpoint, RAFT_ACTOR).ask(StatusQuery(), timeout_s=timeout_s).get()
-        except AskTimeout:
-            return None
+        return self._statuses([endpoint], timeout_s)[0]
+
+    def _statuses(self, endpoints: list[str], timeout_s: float) -> list[dict | None]:
+        """The views of several masters, asked all at once (a silent one costs the timeout once)."""
+        asks = [self.node.ref(endpoint, RAFT_ACTOR).ask(StatusQuery(), timeout_s=timeout_s) for endpoint in endpoints]
+        views = []
+        for ask in asks:
+            try:
+                views.append(ask.get())
+            except AskTimeout:
+                views.append(None)
+        return views
 
     def cluster_status(self, timeout_s: float | None = None) -> dict:
         """``{"leader", "term", "members": [{"id", "address", "role", "term", "commit_index",
@@ -207,17 +215,16 @@ class Client:
         deadline = time.monotonic() + timeout_s
         members: dict[str, str] = {}
         views: dict[str, dict] = {}
-        for endpoint in self.masters:
-            view = self.status_of(endpoint, min(PER_TRY_TIMEOUT_S, max(0.05, deadline - time.monotonic())))
+        for view in self._statuses(self.masters, min(PER_TRY_TIMEOUT_S, timeout_s)):
             if view is not None:
                 views[view["id"]] = view
                 members.update(view["members"])
                 members.setdefault(view["id"], view["address"])
-        for node_id, endpoint in sorted(members.items()):
-            if node_id not in views:
-                view = self.status_of(endpoint, min(PER_TRY_TIMEOUT_S, max(0.05, deadline - time.monotonic())))
-                if view is not None:
-                    views[node_id] = view
+        unknown = sorted(node_id for node_id in members if node_id not in views)  # learned from the others
+        per_try_s = min(PER_TRY_TIMEOUT_S, max(0.05, deadline - time.monotonic()))
+        for node_id, view in zip(unknown, self._statuses([members[node_id] for node_id in unknown], per_try_s)):
+            if view is not None:
+                views[node_id] = view
         if not views:
             raise ClusterUnavailable(f"no master answered (tried {', '.join(self.masters)})")
         leaders = [v for v in views.values() if v["role"] == "leader"]

@@ -159,8 +159,9 @@ class LocalCluster:
             master.start()
         with (Client(self.master_url, timeout_s=2.0) if client is None else contextlib.nullcontext(client)) as asker:
             view = self.wait_healthy(asker, len(self.masters), deadline - time.monotonic())
-            for i in range(self.worker_count):
-                self.add_worker(f"worker-{i + 1}", self.worker_options, asker, deadline - time.monotonic())
+            # Started together, then waited for together: each one's start-up overlaps the others'.
+            started = [self._start_worker(f"worker-{i + 1}", self.worker_options) for i in range(self.worker_count)]
+            self._wait_registered(asker, [child.name for child in started], deadline - time.monotonic())
         return view
 
     def wait_healthy(self, client: Client, voters: int, timeout_s: float = 30.0) -> dict:
@@ -183,13 +184,21 @@ class LocalCluster:
     def add_worker(self, worker_id: str, options: list[str] = (), client: Client | None = None,
                    timeout_s: float = 30.0) -> ChildProcess:
         """Start one more worker (``options`` are `agentflow worker` flags) and wait until it registered."""
+        child = self._start_worker(worker_id, options)
+        with (Client(self.master_url, timeout_s=2.0) if client is None else contextlib.nullcontext(client)) as asker:
+            self._wait_registered(asker, [worker_id], timeout_s)
+        return child
+
+    def _start_worker(self, worker_id: str, options: list[str]) -> ChildProcess:
         args = ["worker", "--master-url", self.master_url, "--worker-id", worker_id, *options]
         child = ChildProcess(worker_id, args, self.data_dir / f"{worker_id}.log").start()
         self.workers.append(child)
-        with (Client(self.master_url, timeout_s=2.0) if client is None else contextlib.nullcontext(client)) as asker:
-            self._wait(lambda: any(w["worker_id"] == worker_id for w in asker.workers()), timeout_s,
-                       f"worker {worker_id} to register")
         return child
+
+    def _wait_registered(self, client: Client, worker_ids: list[str], timeout_s: float) -> None:
+        if worker_ids:
+            self._wait(lambda: set(worker_ids) <= {w["worker_id"] for w in client.workers()}, timeout_s,
+                       f"worker{'s' if len(worker_ids) > 1 else ''} {', '.join(worker_ids)} to register")
 
     def _wait(self, condition, timeout_s: float, what: str):
         """``wait_until`` that gives up at once when a child this cluster started has exited

@@ -61,7 +61,7 @@ from protocols.tasks import (
 from protocols.wire import DecodeError, EncodeError, decode
 from runtime.log import get_logger
 from runtime.wakeup import WakePipe
-from runtime.taskpool import CallPool, CallProcess, signal_group
+from runtime.taskpool import CallPool, CallProcess, open_pidfd, signal_group
 
 log = get_logger("worker")
 
@@ -157,13 +157,8 @@ class _Execution:
         self.deadline_s = started_s + timeout_s if timeout_s is not None and timeout_s > 0 else None
         self.kill_reason: str | None = None  # set when we decided to end it (timeout, cancel)
         self.kill_at_s: float | None = None  # when SIGTERM's grace ends and SIGKILL is due
-        if child is not None:
-            self.pidfd = child.pidfd  # the pool process owns and closes it
-        else:
-            try:
-                self.pidfd: int | None = os.pidfd_open(process.pid)
-            except (AttributeError, OSError):
-                self.pidfd = None
+        # A pool process owns and closes its own pidfd.
+        self.pidfd = child.pidfd if child is not None else open_pidfd(process.pid)
 
     @property
     def group_id(self) -> int:
@@ -311,8 +306,9 @@ class TaskExecutor:
                 "inputs": dict(assignment.inputs), "env": env}
         # CUDA libraries read CUDA_VISIBLE_DEVICES once per process: a GPU task gets a new
         # pool process, which is retired after it.
-        fresh = "CUDA_VISIBLE_DEVICES" in env
-        for attempt_number in (1, 2):
+        gpu = "CUDA_VISIBLE_DEVICES" in env
+        # An idle process killed from outside fails the send: a new one gets one more try.
+        for fresh in (gpu, True):
             try:
                 child = self.pool.acquire(fresh=fresh)
             except (OSError, subprocess.SubprocessError) as exc:
@@ -323,14 +319,11 @@ class TaskExecutor:
                 self.pool.release(child)  # nothing was written: it is still idle and sound
                 return None, str(exc)
             except OSError as exc:
-                # It died while idle (killed from outside): a new process gets one more try.
                 self.pool.retire(child)
-                if attempt_number == 2:
-                    return None, f"the pool process died: {exc}"
-                fresh = True
+                died = exc
                 continue
-            return _Execution(assignment, started_s, child=child, fresh="CUDA_VISIBLE_DEVICES" in env), ""
-        return None, "unreachable"
+            return _Execution(assignment, started_s, child=child, fresh=gpu), ""
+        return None, f"the pool process died: {died}"
 
     def _start_command(self, assignment: TaskAssignment, started_s: float) -> tuple[_Execution | None, str]:
         assert self._base_directory is not None

@@ -56,7 +56,9 @@ __all__ = ["AutoRenewLock", "ClusterUnavailable", "DistributedLock", "LockInfo",
 log = logging.getLogger("agentflow.lock")
 
 LOCK_ACTOR = "lock"
-# One wait slice must end well within the client's per-try ask deadline (runtime/client.py: 1 s).
+# How long the leader holds one waiting acquire. A waiter asks again after each slice, and the
+# leader takes a queued owner that stopped asking for its abandon_ms (actors/lock.py: 3 s) out
+# of the queue, so a slice must end well within that.
 WAIT_SLICE_S = 0.5
 
 

@@ -17,9 +17,10 @@ Rules of this module:
 * Requests and answers are frames (4-byte big-endian length, then a wire-codec msgpack map)
   on two pipes, never the task's stdout. The executor's side of the answer pipe is
   non-blocking: the reaper thread reads whatever has arrived and never waits on a child.
-* Each child owns a stdout and a stderr file in ``directory``; the child truncates them at
-  the start of each task, and the executor reads their tails after the answer. So no file or
-  directory is created per task.
+* Each child owns a stdout and a stderr file in ``directory``, named on its command line; it
+  keeps them open and empties one at the start of a task only if the previous task wrote to it,
+  and the executor reads their tails after the answer (none from a file the answer says is
+  empty). So no file or directory is created per task.
 * ``acquire``/``release``/``retire`` may be called from any thread; a child is used by one
   task at a time. At most ``size`` idle children are kept; more are started when more call
   tasks than that run at once, and the extra ones are retired when they become idle.
@@ -37,12 +38,20 @@ from typing import Any
 
 from protocols.wire import DEFAULT_MAX_FRAME_BYTES, DecodeError, decode, encode
 from runtime.log import get_logger
-from runtime.taskrunner import FRAME_HEADER
+from runtime.taskrunner import FRAME_HEADER, write_frame
 
 log = get_logger("worker")
 
 RETIRE_WAIT_S = 5.0  # how long retiring waits for a SIGKILLed child to be reaped
 READ_CHUNK_BYTES = 256 * 1024
+
+
+def open_pidfd(pid: int) -> int | None:
+    """A pidfd for ``pid`` (readable once it has exited), or None where Linux has none."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def signal_group(pgid: int, signum: int) -> None:
@@ -55,9 +64,8 @@ def signal_group(pgid: int, signum: int) -> None:
 class CallProcess:
     """One pool child: its process, pipes, output files, and the answer being read."""
 
-    def __init__(self, number: int, process: subprocess.Popen, request_fd: int, answer_fd: int,
+    def __init__(self, process: subprocess.Popen, request_fd: int, answer_fd: int,
                  stdout_path: Path, stderr_path: Path) -> None:
-        self.number = number
         self.process = process
         self.pid = process.pid  # also its process group id (it leads its own session)
         self.request_fd = request_fd
@@ -67,25 +75,17 @@ class CallProcess:
         self.buffer = bytearray()
         self.answer: dict | None = None  # the decoded answer to the current request, once complete
         self.broken: str = ""  # why the answer stream cannot be trusted any more ("" if it can)
-        self.tasks_run = 0
-        try:
-            self.pidfd: int | None = os.pidfd_open(process.pid)
-        except (AttributeError, OSError):
-            self.pidfd = None
+        self.pidfd = open_pidfd(process.pid)
 
     def alive(self) -> bool:
         return self.process.poll() is None
 
     def send(self, spec: dict[str, Any]) -> None:
         """Write one request (the child is idle, so it is reading). Raises OSError if the child is gone."""
-        payload = encode({**spec, "stdout_path": str(self.stdout_path), "stderr_path": str(self.stderr_path)})
-        data = memoryview(FRAME_HEADER.pack(len(payload)) + payload)
+        payload = encode(spec)
         self.answer, self.broken = None, ""
         self.buffer.clear()
-        while data:
-            written = os.write(self.request_fd, data)
-            data = data[written:]
-        self.tasks_run += 1
+        write_frame(self.request_fd, payload)
 
     def read_available(self) -> None:
         """Read what the child has written so far (never blocks); sets ``answer`` once a whole
@@ -233,11 +233,13 @@ class CallPool:
 
     def _start(self) -> CallProcess:
         number = next(self._numbers)
+        stdout_path, stderr_path = self.directory / f"call-{number}.stdout", self.directory / f"call-{number}.stderr"
         request_read, request_write = os.pipe()
         answer_read, answer_write = os.pipe()
         try:
             process = subprocess.Popen(
-                [self.python_executable, "-m", "runtime.taskrunner", "--serve", str(request_read), str(answer_write)],
+                [self.python_executable, "-m", "runtime.taskrunner", "--serve", str(request_read), str(answer_write),
+                 str(stdout_path), str(stderr_path)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=None, env=self.env, cwd=self.cwd,
                 start_new_session=True, close_fds=True, pass_fds=(request_read, answer_write),
             )
@@ -250,5 +252,4 @@ class CallPool:
         os.set_blocking(answer_read, False)
         with self._lock:
             self.started += 1
-        return CallProcess(number, process, request_write, answer_read,
-                           self.directory / f"call-{number}.stdout", self.directory / f"call-{number}.stderr")
+        return CallProcess(process, request_write, answer_read, stdout_path, stderr_path)

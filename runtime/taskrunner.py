@@ -1,12 +1,12 @@
-"""The long-lived child process that runs ``call`` tasks: ``python -m runtime.taskrunner --serve R W``.
+"""The long-lived child process that runs ``call`` tasks: ``python -m runtime.taskrunner --serve R W OUT ERR``.
 
 The executor's pool (runtime/taskpool.py) starts one per slot, each in its own session, and
 talks to it over two pipes (fd ``R`` carries requests to the child, fd ``W`` its answers;
-never the task's stdout). Every message is a frame: a 4-byte big-endian length, then one
+never the task's stdout); ``OUT`` and ``ERR`` are the files every task's stdout and stderr go to. Every message is a frame: a 4-byte big-endian length, then one
 msgpack map encoded with the wire codec (so records may be arguments and results).
 
 Request: ``{"call": "package.module:function", "args": [...], "kwargs": {...},
-"inputs": {...}, "env": {NAME: VALUE}, "stdout_path": PATH, "stderr_path": PATH}``.
+"inputs": {...}, "env": {NAME: VALUE}}``.
 Answer: ``{"ok": true, "payload": BYTES, "exit_code": 0, "leftovers": "", "output_bytes": [OUT, ERR]}``
 (``output_bytes``: what the task left in its stdout and stderr files; ``payload`` is
 the returned value, encoded on its own so that an unsendable value is caught here as the
@@ -194,22 +194,20 @@ def _restore_environ(saved: dict[bytes, bytes]) -> None:
 
 
 class OutputFiles:
-    """The task's stdout and stderr files, kept open from one task to the next (the pool gives a
-    child the same two paths every time): a file is emptied before a task only if the previous
-    task wrote to it, so a quiet task costs no open, truncate or close."""
+    """The tasks' stdout and stderr files, opened once and kept open from one task to the next:
+    a file is emptied before a task only if the previous task wrote to it, so a quiet task costs
+    no open, truncate or close."""
 
-    def __init__(self) -> None:
-        self.paths: tuple[str, str] | None = None
+    def __init__(self, stdout_path: str, stderr_path: str) -> None:
+        self.paths = (stdout_path, stderr_path)
         self.fds: list[int] = []
         self.sizes = [0, 0]  # what the last task left in each file
 
-    def prepare(self, stdout_path: str, stderr_path: str) -> tuple[int, int]:
+    def prepare(self) -> tuple[int, int]:
         """The two fds, opened (or emptied) for a new task. Raises OSError."""
-        if (stdout_path, stderr_path) != self.paths:
-            self.close()
-            for path in (stdout_path, stderr_path):
+        if not self.fds:
+            for path in self.paths:
                 self.fds.append(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644))
-            self.paths = (stdout_path, stderr_path)
         else:
             for fd, size in zip(self.fds, self.sizes):
                 if size:
@@ -230,7 +228,7 @@ class OutputFiles:
     def close(self) -> None:
         for fd in self.fds:
             os.close(fd)
-        self.fds, self.paths = [], None
+        self.fds = []
 
 
 def run_request(spec: Any, outputs: OutputFiles, quiet_out_fd: int, own_err_fd: int, baseline_threads: int) -> dict:
@@ -241,8 +239,7 @@ def run_request(spec: Any, outputs: OutputFiles, quiet_out_fd: int, own_err_fd: 
     saved_environ = _environ_snapshot()
     saved_cwd = os.getcwd()
     try:
-        out_fd, err_fd = outputs.prepare(str(spec.get("stdout_path") or os.devnull),
-                                         str(spec.get("stderr_path") or os.devnull))
+        out_fd, err_fd = outputs.prepare()
     except OSError as exc:
         outputs.close()
         return {"ok": False, "error": f"cannot open the task's output files: {exc}",
@@ -282,7 +279,7 @@ def run_request(spec: Any, outputs: OutputFiles, quiet_out_fd: int, own_err_fd: 
     return outcome
 
 
-def serve(request_fd: int, answer_fd: int) -> int:
+def serve(request_fd: int, answer_fd: int, outputs: OutputFiles) -> int:
     """Answer requests until the request pipe ends."""
     become_subreaper()
     quiet_out_fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
@@ -290,7 +287,6 @@ def serve(request_fd: int, answer_fd: int) -> int:
     os.set_inheritable(own_err_fd, False)
     os.dup2(quiet_out_fd, 1)
     baseline_threads = threading.active_count()
-    outputs = OutputFiles()
     while True:
         frame = read_frame(request_fd)
         if frame is None:
@@ -306,10 +302,10 @@ def serve(request_fd: int, answer_fd: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 3 or argv[0] != "--serve" or not argv[1].isdigit() or not argv[2].isdigit():
-        print("usage: python -m runtime.taskrunner --serve REQUEST_FD ANSWER_FD", file=sys.stderr)
+    if len(argv) != 5 or argv[0] != "--serve" or not argv[1].isdigit() or not argv[2].isdigit():
+        print("usage: python -m runtime.taskrunner --serve REQUEST_FD ANSWER_FD STDOUT_FILE STDERR_FILE", file=sys.stderr)
         return EXIT_BAD_SPEC
-    return serve(int(argv[1]), int(argv[2]))
+    return serve(int(argv[1]), int(argv[2]), OutputFiles(argv[3], argv[4]))
 
 
 if __name__ == "__main__":
