@@ -136,14 +136,16 @@ def test_stop_ends_every_thread_and_socket():
     threads_before = {t.ident for t in threading.enumerate()}
     fds_before = process.num_fds()
     node = Node("short-lived").start()
-    ticked = node.spawn(Ticked, name="ticked")
-    node.spawn(Ticked, name="pinned", pinned=True)
-    node.every(0.01, ticked, "beat")
     peer = Node("peer").start()
-    assert peer.ref(node.endpoint, "pinned").ask("report", timeout_s=5).get()["ticks"] == 0
-    wait_for(lambda: ticked.ask("report", timeout_s=5).get()["ticks"] >= 3, 5, what="ticks")
-    peer.stop()
-    node.stop()
+    try:
+        ticked = node.spawn(Ticked, name="ticked")
+        node.spawn(Ticked, name="pinned", pinned=True)
+        node.every(0.01, ticked, "beat")
+        assert peer.ref(node.endpoint, "pinned").ask("report", timeout_s=5).get()["ticks"] == 0
+        wait_for(lambda: ticked.ask("report", timeout_s=5).get()["ticks"] >= 3, 5, what="ticks")
+    finally:
+        peer.stop()
+        node.stop()
     assert {t.ident for t in threading.enumerate()} == threads_before
     assert not node.transport.is_alive()
     assert process.num_fds() <= fds_before
@@ -166,10 +168,10 @@ def test_pub_sub_delivers_in_order_and_reports_gaps():
         for i in range(100):
             publisher.publish("jobs.new", i)
         publisher.publish("other", "not subscribed")
-        events = wait_for(
-            lambda: [e for e in inbox.ask("report").get()["events"] if e[0] == "jobs.new"] if len(
-                [e for e in inbox.ask("report").get()["events"] if e[0] == "jobs.new"]) == 100 else None,
-            timeout_s=10, what="100 events")
+        def jobs():
+            return [e for e in inbox.ask("report").get()["events"] if e[0] == "jobs.new"]
+
+        events = wait_for(lambda: found if len(found := jobs()) == 100 else None, timeout_s=10, what="100 events")
         assert [e[2] for e in events] == list(range(100))
         assert [e[1] for e in events] == list(range(1, 101))
         assert all(e[3] == 0 for e in events)
