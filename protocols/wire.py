@@ -61,8 +61,6 @@ class EncodeError(Exception):
 
 _tag_to_class: dict[str, type] = {}
 _class_to_tag: dict[type, str] = {}
-_checks: dict[type, tuple[int, tuple[tuple[int, tuple[type, ...]], ...]]] = {}
-_getters: dict[type, Callable[[Any], tuple]] = {}
 
 
 def _expected_types(annotation: Any) -> tuple[type, ...] | None:
@@ -105,28 +103,20 @@ def record(tag: str) -> Callable[[type], type]:
 
 def _field_checks(cls: type) -> tuple[int, tuple[tuple[int, tuple[type, ...]], ...]]:
     """(field count, (field position, allowed types) for every simply typed field)."""
-    checks = _checks.get(cls)
-    if checks is None:
-        hints = typing.get_type_hints(cls)
-        fields = dataclasses.fields(cls)
-        typed = tuple((i, t) for i, f in enumerate(fields) if (t := _expected_types(hints[f.name])) is not None)
-        checks = _checks[cls] = (len(fields), typed)
-    return checks
+    hints = typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)
+    typed = tuple((i, t) for i, f in enumerate(fields) if (t := _expected_types(hints[f.name])) is not None)
+    return len(fields), typed
 
 
 def _field_getter(cls: type) -> Callable[[Any], tuple]:
-    getter = _getters.get(cls)
-    if getter is None:
-        names = [f.name for f in dataclasses.fields(cls)]
-        if len(names) == 1:
-            single = operator.attrgetter(names[0])
-            getter = lambda value: (single(value),)  # noqa: E731 (attrgetter of one name is no tuple)
-        elif names:
-            getter = operator.attrgetter(*names)
-        else:
-            getter = lambda value: ()  # noqa: E731
-        _getters[cls] = getter
-    return getter
+    names = [f.name for f in dataclasses.fields(cls)]
+    if len(names) == 1:
+        single = operator.attrgetter(names[0])
+        return lambda value: (single(value),)  # attrgetter of one name is no tuple
+    if names:
+        return operator.attrgetter(*names)
+    return lambda value: ()
 
 
 def tag_of(cls: type) -> str:
@@ -140,11 +130,8 @@ def is_record(value: Any) -> bool:
 # --------------------------------------------------------------------------- codec
 
 
-_tag_ext: dict[type, msgpack.ExtType] = {}
-
-
 class _RecordMarker:
-    """What a record's tag decodes to: the class and its field checks, made once per class."""
+    """What a record's tag decodes to: the class and its field checks, made once per tag."""
 
     __slots__ = ("cls", "tag", "count", "checks")
 
@@ -154,19 +141,22 @@ class _RecordMarker:
 
 
 _markers: dict[bytes, _RecordMarker] = {}
+# How a record class encodes, made once per class: its tag's ext marker and its field getter.
+_encoders: dict[type, tuple[msgpack.ExtType, Callable[[Any], tuple]]] = {}
 
 
 def _default(value: Any) -> Any:
     cls = type(value)
-    ext = _tag_ext.get(cls)
-    if ext is None:
+    encoder = _encoders.get(cls)
+    if encoder is None:
         tag = _class_to_tag.get(cls)
         if tag is None:
             if isinstance(value, (set, frozenset)):
                 return sorted(value)
             raise EncodeError(f"cannot encode {cls.__name__}: register it with @record")
-        ext = _tag_ext[cls] = msgpack.ExtType(_RECORD_EXT, tag.encode())
-    return [ext, *_field_getter(cls)(value)]
+        encoder = _encoders[cls] = (msgpack.ExtType(_RECORD_EXT, tag.encode()), _field_getter(cls))
+    ext, getter = encoder
+    return [ext, *getter(value)]
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
