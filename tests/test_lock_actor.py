@@ -19,7 +19,6 @@ import pytest
 
 from protocols.locks import ExpireLocks, ExtendAllLeases, LockCall, LockShow
 from protocols.wire import Redirect
-from runtime.client import Client
 from runtime.future import RemoteError
 from runtime.locks import AutoRenewLock, DistributedLock, LockTimeout
 from tests.procs import REPO, running_cluster, wait_for
