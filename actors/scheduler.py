@@ -40,7 +40,6 @@ from protocols.control import (
     WorkersRequest,
     WorkflowStatusRequest,
 )
-from protocols.raft import ClientSessions
 from protocols.dag import (
     CancelWorkflow,
     DispatchTask,
@@ -55,6 +54,7 @@ from protocols.dag import (
     task_key,
 )
 from protocols.queue import PriorityTaskQueue
+from protocols.raft import ClientSessions
 from protocols.registry import HealthCheckConfig, PlacementError, WorkerRegistry, WorkerStatus
 from protocols.tasks import (
     ERROR_CANCELLED,
