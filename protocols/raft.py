@@ -464,7 +464,6 @@ class RaftCore:
         self._pending_conf_index = 0
         self._transferee: str | None = None
         self._needs_broadcast = False
-        self._commit_notice_pending = False
         self._pending_reads: list[_PendingRead] = []
         self._reads_awaiting_commit: list[bytes] = []
         self._read_states: list[ReadState] = []
@@ -878,7 +877,6 @@ class RaftCore:
         self._progress = {}
         self._transferee = None
         self._needs_broadcast = False
-        self._commit_notice_pending = False
         self._pending_reads = []
         self._reads_awaiting_commit = []
 
@@ -1118,17 +1116,19 @@ class RaftCore:
         self._needs_broadcast = False
 
     def _flush_appends(self) -> None:
-        """Send what proposals added since the last Ready, and the new commit index: both are
-        batched per Ready, so a burst of proposals or acknowledgements costs one round of
-        messages, not one per event."""
-        if (self._needs_broadcast or self._commit_notice_pending) and self._role == LEADER:
-            notify = self._commit_notice_pending
+        """Send what proposals added since the last Ready, batched per Ready: a burst of
+        proposals costs one round of messages, not one per proposal.
+
+        A new commit index is not sent on its own: followers learn it from the next append or
+        heartbeat (as hashicorp/raft does). Nothing waits on a follower's commit index, and an
+        append per commit would cost every follower a wake-up, and the leader an answer, on the
+        path of the next command."""
+        if self._needs_broadcast and self._role == LEADER:
             for peer in self._peers():
                 progress = self._progress[peer]
-                if not self._send_appends(peer, progress, send_if_empty=False) and notify:
-                    self._send_append(peer, progress, send_if_empty=True)  # commit index only
+                # A peer in probe with nothing in flight (one just added) is probed at once.
+                self._send_appends(peer, progress, send_if_empty=progress.state == PROBE)
         self._needs_broadcast = False
-        self._commit_notice_pending = False
 
     def _send_appends(self, peer: str, progress: Progress, send_if_empty: bool) -> bool:
         """Send as many appends as the follower's state allows (pipelining when replicating);
@@ -1244,7 +1244,6 @@ class RaftCore:
         return False
 
     def _on_commit_advanced(self) -> None:
-        self._commit_notice_pending = True  # followers learn the new commit index (next Ready)
         if self._reads_awaiting_commit and self.term_at(self._commit) == self._term:
             waiting, self._reads_awaiting_commit = self._reads_awaiting_commit, []
             for ctx in waiting:

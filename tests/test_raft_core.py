@@ -268,6 +268,7 @@ def test_restart_restores_term_vote_and_log():
     assert (core.term, core.vote, core.role) == (term, vote, "follower")
     assert core.last_index == leader.last_index
     net.settle()
+    net.tick()  # followers learn the new commit index from the next heartbeat
     assert b"kept" in net.commands("n2")  # re-applied from the log after restart
 
 
@@ -381,6 +382,7 @@ def test_a_lagging_follower_gets_the_snapshot():
     assert follower.commit_index == leader.commit_index and follower.last_index == leader.last_index
     leader.propose(b"after")
     net.settle()
+    net.tick()  # followers learn the new commit index from the next heartbeat
     assert net.commands("n3")[-1] == b"after"
     restarted = net.restart("n3")  # restores from the snapshot plus the log after it
     assert restarted.first_index == snapshot.meta.index + 1 and restarted.applied_index == snapshot.meta.index
@@ -586,6 +588,7 @@ def test_hostile_and_malformed_messages_are_ignored_not_raised():
     net.settle()
     index = leader.propose(b"still works")
     net.settle()
+    net.tick()  # followers learn the new commit index from the next heartbeat
     assert net.commands("n2")[-1] == b"still works" and follower.commit_index >= index
 
 
