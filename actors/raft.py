@@ -299,6 +299,8 @@ class RaftActor(Actor):
             self._persist(ready)
             for message in later:
                 self._send(message)
+            if later and ready.committed_entries:
+                self.node.transport.flush()  # a follower's acknowledgement leaves before it applies
             if ready.committed_entries:
                 self._apply(ready.committed_entries)
             for read_state in ready.read_states:

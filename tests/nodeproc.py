@@ -2,7 +2,7 @@
 
     python -m tests.nodeproc NODE_ID [PORT]
 
-Hosts ``echo`` (pykka), ``pecho`` (pinned echo), ``sink`` (counts tells and checks their order)
+Hosts ``echo`` (pykka; ``{"sleep_s": S}`` is answered after S seconds), ``pecho`` (pinned echo), ``sink`` (counts tells and checks their order)
 and ``stats`` (answers the node's counters). Prints its endpoint on one line, then serves until
 its standard input closes, so it never outlives the test that started it.
 """
@@ -10,6 +10,7 @@ its standard input closes, so it never outlives the test that started it.
 from __future__ import annotations
 
 import sys
+import time
 
 from runtime.actor import Actor
 from runtime.node import Node
@@ -19,6 +20,8 @@ class EchoActor(Actor):
     def receive(self, message):
         if message == "boom":
             raise ValueError("boom")
+        if isinstance(message, dict) and "sleep_s" in message:
+            time.sleep(message["sleep_s"])
         return message
 
 

@@ -13,6 +13,7 @@ import zmq
 
 from protocols.wire import encode, encode_frame
 from runtime.actor import Actor
+from runtime.client import DirectAsks
 from runtime.future import AskTimeout, RemoteError
 from runtime.node import Node
 from tests.procs import NodeProcess, wait_for
@@ -75,6 +76,31 @@ def test_ask_to_a_dead_node_times_out_at_its_deadline(node, remote):
         future.get()
     waited = time.monotonic() - started
     assert 0.45 <= waited < 2.0
+
+
+def test_direct_asks_answer_each_thread_and_drop_late_replies(node, remote):
+    direct = DirectAsks(node.node_id, node.endpoint)
+    try:
+        assert direct.ask(remote.endpoint, "echo", {"hello": 1}, timeout_s=5) == {"hello": 1}
+        with pytest.raises(RemoteError) as failed:
+            direct.ask(remote.endpoint, "echo", "boom", timeout_s=5)
+        assert failed.value.kind == "handler_error"
+        answers = {}
+        threads = [threading.Thread(target=lambda i=i: answers.update({i: direct.ask(remote.endpoint, "echo", i, 5)}))
+                   for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert answers == {0: 0, 1: 1, 2: 2, 3: 3}
+        started = time.monotonic()
+        with pytest.raises(AskTimeout):
+            direct.ask(remote.endpoint, "echo", {"sleep_s": 0.5}, timeout_s=0.2)
+        assert 0.15 <= time.monotonic() - started < 1.0
+        # The late answer to the slow ask is not taken for the answer to the next one.
+        assert direct.ask(remote.endpoint, "echo", "next", timeout_s=5) == "next"
+    finally:
+        direct.close()
 
 
 def _garbage_sender(endpoint: str):
