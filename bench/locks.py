@@ -24,7 +24,10 @@ Peer: ``redis-server`` (found on PATH) on 127.0.0.1 with persistence off (``--sa
 --appendonly no``: nothing replicated, nothing fsync'd), spoken to with a minimal RESP client over
 a socket (no client library is needed or added): ``SET key token NX PX ttl`` to acquire and a Lua
 compare-and-delete (``EVALSHA``) to release. When redis-server is not installed the peer is
-reported missing (``peer_value: null``). Every process started here is stopped here.
+reported missing (``peer_value: null``). The same Redis is also run durable (``--appendonly yes
+--appendfsync always``: every write fsynced before it is answered, as AgentFlow's are, though on
+one node and not replicated), reported as the ``*_vs_durable_redis`` rows. Every process started
+here is stopped here.
 """
 
 from __future__ import annotations
@@ -124,10 +127,12 @@ def redis_version() -> str | None:
 
 
 class RedisServer:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, durable: bool = False) -> None:
         self.port = find_free_ports(1, offsets=(0,))[0]
+        # durable: every write is in the append-only file and fsynced before Redis answers.
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
         self.proc = subprocess.Popen(
-            [shutil.which("redis-server"), "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no",
+            [shutil.which("redis-server"), "--port", str(self.port), "--bind", HOST, "--save", "", *persistence,
              "--dir", str(data_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:
@@ -138,6 +143,9 @@ class RedisServer:
                     return
             except OSError:
                 pass
+            except RuntimeError as exc:  # "LOADING": it is still reading its append-only file
+                if "LOADING" not in str(exc):
+                    raise
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 self.stop()
                 raise RuntimeError("redis-server did not start")
@@ -269,8 +277,8 @@ def run_agentflow(args, work_dir: Path) -> dict:
             "raft_noop_pairs_per_s": raft_per_s}
 
 
-def run_redis(args, work_dir: Path) -> dict:
-    server = RedisServer(work_dir)
+def run_redis(args, work_dir: Path, durable: bool = False) -> dict:
+    server = RedisServer(Path(tempfile.mkdtemp(prefix="redis-", dir=work_dir)), durable)
     try:
         lock = RedisLock(server.port)
         per_s, samples = sequential_pairs(lambda: lock.acquire(KEY), lambda: lock.release(KEY), args.pairs)
@@ -296,14 +304,15 @@ def main() -> None:
 
     peer = redis_version()
     work_dir = Path(tempfile.mkdtemp(prefix="bench-locks-"))
-    agentflow_runs, redis_runs = [], []
+    agentflow_runs, redis_runs, durable_runs = [], [], []
     try:
         for run in range(args.runs):
             agentflow_runs.append(run_agentflow(args, work_dir))
             if peer is not None:
                 redis_runs.append(run_redis(args, work_dir))
-            print(f"run {run + 1}: agentflow {agentflow_runs[-1]}" + (f" redis {redis_runs[-1]}" if redis_runs else ""),
-                  flush=True)
+                durable_runs.append(run_redis(args, work_dir, durable=True))
+            print(f"run {run + 1}: agentflow {agentflow_runs[-1]}" + (f" redis {redis_runs[-1]}" if redis_runs else "")
+                  + (f" redis-fsync {durable_runs[-1]}" if durable_runs else ""), flush=True)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     peer_name = peer or "redis (not installed)"
@@ -317,6 +326,13 @@ def main() -> None:
         Result(f"lock_pairs_per_s_{args.clients}_clients", "pairs/s", True, [r["contended"] for r in agentflow_runs],
                peer_name, [r["contended"] for r in redis_runs]),
     ]
+    # The same peer made durable (one node, every write fsynced, still nothing replicated).
+    durable_name = f"{peer_name}, appendfsync always"
+    results.append(Result("lock_pairs_per_s_vs_durable_redis", "pairs/s", True, [r["per_s"] for r in agentflow_runs],
+                          durable_name, [r["per_s"] for r in durable_runs]))
+    results.append(Result(f"lock_pairs_per_s_{args.clients}_clients_vs_durable_redis", "pairs/s", True,
+                          [r["contended"] for r in agentflow_runs], durable_name,
+                          [r["contended"] for r in durable_runs]))
     # Not a peer: how close the lock layer comes to the Raft commits under it (ratio near 1: it adds little).
     results.append(Result("lock_pairs_per_s_vs_raft_noop_pairs", "pairs/s", True, [r["per_s"] for r in agentflow_runs],
                           "agentflow raft: 2 Noop commits", [r["raft_noop_pairs_per_s"] for r in agentflow_runs]))
