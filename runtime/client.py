@@ -107,10 +107,14 @@ class DirectAsks:
         self._discard(endpoint)
         raise AskTimeout(f"no answer from {actor} at {endpoint} within {timeout_s:.3f} s")
 
+    @property
+    def open_socket_count(self) -> int:
+        return len(self._open)
+
     def _socket(self, endpoint: str) -> zmq.Socket:
         sockets = getattr(self._local, "sockets", None)
         if sockets is None:
-            sockets = self._local.sockets = {}
+            sockets = self._local.sockets = _ThreadSockets(self)
         sock = sockets.get(endpoint)
         if sock is None:
             sock = self._context.socket(zmq.DEALER)
@@ -122,7 +126,9 @@ class DirectAsks:
         return sock
 
     def _discard(self, endpoint: str) -> None:
-        sock = self._local.sockets.pop(endpoint)
+        self._close(self._local.sockets.pop(endpoint))
+
+    def _close(self, sock: zmq.Socket) -> None:
         with self._lock:
             self._open.discard(sock)
         sock.close()
@@ -133,6 +139,20 @@ class DirectAsks:
             sockets, self._open = self._open, set()
         for sock in sockets:
             sock.close()
+
+
+class _ThreadSockets(dict):
+    """One thread's sockets (endpoint -> socket), closed when the thread ends and its
+    thread-local storage is dropped: a client used from many short-lived threads (a renewal
+    thread per lock guard) keeps no socket of theirs open."""
+
+    def __init__(self, owner: DirectAsks) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def __del__(self) -> None:
+        for sock in self.values():
+            self.owner._close(sock)
 
 
 class Client:

@@ -93,6 +93,7 @@ def test_direct_asks_answer_each_thread_and_drop_late_replies(node, remote):
         for thread in threads:
             thread.join(10)
         assert answers == {0: 0, 1: 1, 2: 2, 3: 3}
+        assert wait_for(lambda: direct.open_socket_count == 1, timeout_s=5, what="the ended threads' sockets closed")
         started = time.monotonic()
         with pytest.raises(AskTimeout):
             direct.ask(remote.endpoint, "echo", {"sleep_s": 0.5}, timeout_s=0.2)
