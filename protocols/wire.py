@@ -131,13 +131,49 @@ def is_record(value: Any) -> bool:
 
 
 class _RecordMarker:
-    """What a record's tag decodes to: the class and its field checks, made once per tag."""
+    """What a record's tag decodes to: the class and how to build one from its decoded list
+    ``[marker, field, ...]`` (count and type checks included), made once per tag."""
 
-    __slots__ = ("cls", "tag", "count", "checks")
+    __slots__ = ("cls", "tag", "build")
 
     def __init__(self, cls: type, tag: str) -> None:
         self.cls, self.tag = cls, tag
-        self.count, self.checks = _field_checks(cls)
+        self.build = _compile_builder(cls, tag, *_field_checks(cls))
+
+
+def _compile_builder(cls: type, tag: str, count: int, checks: tuple) -> Callable[[list], Any]:
+    """A function checking a decoded record's field count and types, then making the record.
+
+    Decoding makes a record per message, entry and command, so this is the codec's hot path:
+    the function is generated once per class (as dataclasses generates ``__init__``) with the
+    checks unrolled, and it sets a frozen slotted record's fields through their slot
+    descriptors instead of its ``__init__``, whose ``object.__setattr__`` per field costs as
+    much again. Only field positions are written into the source; every value comes in
+    through the namespace."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    slots = [cls.__dict__.get(name) for name in names]
+    direct = (not hasattr(cls, "__post_init__")
+              and all(type(slot) is types.MemberDescriptorType for slot in slots))
+    namespace: dict[str, Any] = {"cls": cls, "new": object.__new__, "DecodeError": DecodeError,
+                                 "count_error": f"{tag}: %d fields, want {count}",
+                                 "type_error": f"{tag}: field of wrong type"}
+    lines = ["def build(items):",
+             f"    if len(items) != {count + 1}:",
+             "        raise DecodeError('bad_shape', count_error % (len(items) - 1))"]
+    for position, allowed in checks:
+        namespace[f"allowed{position}"] = allowed
+        lines += [f"    if not isinstance(items[{position + 1}], allowed{position}):",
+                  "        raise DecodeError('bad_shape', type_error)"]
+    if direct:
+        lines.append("    record = new(cls)")
+        for position, slot in enumerate(slots):
+            namespace[f"set{position}"] = slot.__set__
+            lines.append(f"    set{position}(record, items[{position + 1}])")
+        lines.append("    return record")
+    else:
+        lines.append("    return cls(*items[1:])")
+    exec("\n".join(lines), namespace)  # noqa: S102 - source made above from field positions only
+    return namespace["build"]
 
 
 _markers: dict[bytes, _RecordMarker] = {}
@@ -172,15 +208,9 @@ def _ext_hook(code: int, data: bytes) -> Any:
 
 
 def _list_hook(items: list) -> Any:
-    if not items or type(items[0]) is not _RecordMarker:
-        return items
-    marker = items[0]
-    if len(items) != marker.count + 1:
-        raise DecodeError("bad_shape", f"{marker.tag}: {len(items) - 1} fields, want {marker.count}")
-    for position, allowed in marker.checks:
-        if not isinstance(items[position + 1], allowed):
-            raise DecodeError("bad_shape", f"{marker.tag}: field of wrong type")
-    return marker.cls(*items[1:])
+    if items and type(items[0]) is _RecordMarker:
+        return items[0].build(items)
+    return items
 
 
 def encode(value: Any) -> bytes:
