@@ -353,8 +353,9 @@ class RaftActor(Actor):
                     answer.fail("not_committed", "leadership changed before the command committed; retry")
         if applied and self._watchers:
             is_leader = self.core.role == LEADER
+            tags = [_tag(item[1]) for item in applied]
             for watch in self._watchers:
-                mine = [item for item in applied if _tag_startswith(item[1], watch.prefix)]
+                mine = [item for item, tag in zip(applied, tags) if tag.startswith(watch.prefix)]
                 if mine:
                     watch.ref.tell(Applied(mine, is_leader))
 
@@ -433,5 +434,7 @@ class RaftActor(Actor):
         }
 
 
-def _tag_startswith(command: Any, prefix: str) -> bool:
-    return is_record(command) and tag_of(type(command)).startswith(prefix)
+def _tag(command: Any) -> str:
+    """The record tag of an applied command ("" for a plain value), matched against watchers'
+    prefixes."""
+    return tag_of(type(command)) if is_record(command) else ""

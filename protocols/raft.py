@@ -1348,7 +1348,8 @@ class ClientSessions:
     def __init__(self, max_sessions: int = 10_000, results_per_client: int = 16) -> None:
         self.max_sessions = max_sessions
         self.results_per_client = results_per_client
-        # client_id -> [last_applied_index, {seq: result}]; dict order = least recently applied first
+        # client_id -> [last_applied_index, {seq: result} in ascending seq order];
+        # dict order = least recently applied first
         self._sessions: dict[str, list[Any]] = {}
 
     def __len__(self) -> int:
@@ -1362,7 +1363,7 @@ class ClientSessions:
         results = session[1]
         if seq in results:
             return self.DUPLICATE, results[seq]
-        if results and seq < min(results):
+        if results and seq < next(iter(results)):  # the lowest remembered
             return self.EXPIRED, None
         return self.NEW, None
 
@@ -1373,9 +1374,12 @@ class ClientSessions:
             session = [index, {}]
         session[0] = index
         results = session[1]
+        in_order = not results or seq > next(reversed(results))
         results[seq] = result
+        if not in_order:  # rare: commands of one session applied out of their order
+            results = session[1] = dict(sorted(results.items()))
         while len(results) > self.results_per_client:
-            del results[min(results)]
+            del results[next(iter(results))]
         self._sessions[client_id] = session  # re-inserted: now the most recently applied
         while len(self._sessions) > self.max_sessions:
             del self._sessions[next(iter(self._sessions))]
@@ -1399,5 +1403,5 @@ class ClientSessions:
     def from_dict(cls, data: dict[str, Any]) -> "ClientSessions":
         sessions = cls(data["max_sessions"], data["results_per_client"])
         for client, index, results in data["sessions"]:
-            sessions._sessions[client] = [index, {seq: result for seq, result in results}]
+            sessions._sessions[client] = [index, {seq: result for seq, result in sorted(results, key=lambda r: r[0])}]
         return sessions

@@ -104,6 +104,21 @@ class StoredState:
     entries: list[StoredEntry] = field(default_factory=list)
 
 
+_INSERT_ENTRY = "INSERT INTO entries (entry_index, term, kind, data) VALUES (?, ?, ?, ?)"
+_CHUNK_ROWS = 64
+_INSERT_CHUNK = "INSERT INTO entries (entry_index, term, kind, data) VALUES " + ", ".join(["(?, ?, ?, ?)"] * _CHUNK_ROWS)
+
+
+def _insert_entries(db: sqlite3.Connection, rows: list[tuple]) -> None:
+    """Insert rows 64 to a statement (a multi-row VALUES costs SQLite a third less per row than
+    executemany's statement per row); the remainder one by one."""
+    whole = len(rows) - len(rows) % _CHUNK_ROWS
+    for start in range(0, whole, _CHUNK_ROWS):
+        db.execute(_INSERT_CHUNK, [value for row in rows[start:start + _CHUNK_ROWS] for value in row])
+    if whole < len(rows):
+        db.executemany(_INSERT_ENTRY, rows[whole:])
+
+
 def _entry_row(entry: Any) -> tuple[int, int, int, bytes]:
     """(index, term, kind, data) of an entry object or a plain (term, index, kind, data) tuple."""
     if type(entry) is tuple:
@@ -257,7 +272,7 @@ class RaftStorage:
                     raise ValueError(f"entries start at {rows[0][0]} but the log ends at {last_index}: a gap")
                 if rows[0][0] <= last_index:  # a conflicting suffix is replaced (an append deletes nothing)
                     db.execute("DELETE FROM entries WHERE entry_index >= ?", (rows[0][0],))
-                db.executemany("INSERT INTO entries (entry_index, term, kind, data) VALUES (?, ?, ?, ?)", rows)
+                _insert_entries(db, rows)
                 last_index = rows[-1][0]
             if hard_state is not None:
                 db.execute(

@@ -8,6 +8,8 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocols import wire
 from protocols.raft import (
@@ -542,6 +544,29 @@ def test_client_sessions_are_bounded_and_evict_deterministically():
     assert sessions.check("a", 2) == ("duplicate", "ra2")
     copy = ClientSessions.from_dict(wire.decode(wire.encode(sessions.to_dict())))
     assert copy.to_dict() == sessions.to_dict()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=40), max_size=80))
+def test_client_sessions_remember_the_highest_seqs_whatever_their_order(seqs):
+    """Against a model: a session remembers the results of its ``results_per_client`` highest
+    sequence numbers; one below all of them is expired, and a snapshot keeps exactly that."""
+    sessions = ClientSessions(results_per_client=4)
+    remembered: dict[int, str] = {}
+    for index, seq in enumerate(seqs, 1):
+        status, result = sessions.check_and_record("c", seq, index, lambda: f"r{seq}")
+        if seq in remembered:
+            assert (status, result) == ("duplicate", remembered[seq])
+        elif remembered and seq < min(remembered):
+            assert (status, result) == ("expired", None)
+        else:
+            assert (status, result) == ("new", f"r{seq}")
+            remembered[seq] = f"r{seq}"
+            if len(remembered) > 4:
+                del remembered[min(remembered)]
+    copy = ClientSessions.from_dict(wire.decode(wire.encode(sessions.to_dict())))
+    for seq in range(1, 42):
+        assert copy.check("c", seq) == sessions.check("c", seq)
 
 
 # --------------------------------------------------------------------------- hostile input

@@ -81,6 +81,14 @@ def test_entries_replace_the_conflicting_suffix(store):
     assert [e.index for e in store.load().entries] == list(range(1, 10))
 
 
+def test_a_batch_of_any_size_is_stored_whole_and_in_order(store):
+    # Whole statements of 64 rows and a remainder: 1, 64, 130 and 200 rows.
+    batches = [entries(1, 1), entries(2, 65), entries(66, 195), entries(196, 395)]
+    for batch in batches:
+        store.save(entries=batch)
+    assert store.load().entries == stored([entry for batch in batches for entry in batch])
+
+
 def test_gaps_and_disorder_are_refused_without_writing(store):
     store.save(entries=entries(1, 3))
     with pytest.raises(ValueError, match="gap"):
