@@ -7,7 +7,8 @@ In one run, against servers in other processes on 127.0.0.1:
   messages per frame (the batched ceiling): pipelined echo (window 1000, the probe's measure),
   one-way messages/s, and one-outstanding round trips;
 * AgentFlow: pipelined remote ``tell`` to a counting actor, and ``ask`` from a user thread to a
-  pinned echo actor and to a pykka (threaded) echo actor.
+  pinned echo actor and to a pykka (threaded) echo actor; and the blocking ask every ``Client``
+  call makes (``runtime.client.DirectAsks``: sent and answered on the caller's own socket).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Result, percentile, report  # noqa: E402
 from runtime.actor import Actor  # noqa: E402
+from runtime.client import DirectAsks  # noqa: E402
 from runtime.node import Node  # noqa: E402
 
 PAYLOAD = {"task_id": "task-000123", "op": "run", "priority": 500, "args": [1, 2, 3],
@@ -210,6 +212,20 @@ def agentflow_asks(node: Node, endpoint: str, actor: str, asks: int) -> list[flo
     return samples
 
 
+def direct_asks(node: Node, endpoint: str, actor: str, asks: int) -> list[float]:
+    direct = DirectAsks(node.node_id, node.endpoint)
+    try:
+        direct.ask(endpoint, actor, "warm", 10)
+        samples = []
+        for i in range(asks):
+            started = time.perf_counter()
+            direct.ask(endpoint, actor, i, 10)
+            samples.append((time.perf_counter() - started) * 1e6)
+        return samples
+    finally:
+        direct.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -245,7 +261,9 @@ def main() -> None:
             raw_rtt = raw_asks(raw_endpoint, args.asks)
             af_rtt = agentflow_asks(node, af_endpoint, "pecho", args.asks)
             af_rtt_pykka = agentflow_asks(node, af_endpoint, "echo", args.asks)
-            for name, samples in (("raw", raw_rtt), ("af", af_rtt), ("af_pykka", af_rtt_pykka)):
+            af_rtt_direct = direct_asks(node, af_endpoint, "pecho", args.asks)
+            for name, samples in (("raw", raw_rtt), ("af", af_rtt), ("af_pykka", af_rtt_pykka),
+                                  ("af_direct", af_rtt_direct)):
                 add(f"{name}_p50", percentile(samples, 0.5))
                 add(f"{name}_p99", percentile(samples, 0.99))
                 add(f"{name}_asks_per_s", len(samples) / (sum(samples) / 1e6))
@@ -274,6 +292,7 @@ def main() -> None:
         Result("ask_rtt_p50_us", "us", False, runs["af_p50"], "raw round trip", runs["raw_p50"]),
         Result("ask_rtt_p99_us", "us", False, runs["af_p99"], "raw round trip", runs["raw_p99"]),
         Result("ask_rtt_p50_us_pykka_actor", "us", False, runs["af_pykka_p50"], "raw round trip", runs["raw_p50"]),
+        Result("ask_rtt_p50_us_client_direct", "us", False, runs["af_direct_p50"], "raw round trip", runs["raw_p50"]),
         Result("ask_round_trips_per_s", "asks/s", True, runs["af_asks_per_s"], "raw round trip", runs["raw_asks_per_s"]),
     ]
     report("transport", results, args.json_path)
