@@ -63,8 +63,9 @@ class DirectAsks:
     """Blocking asks sent from the calling thread, on a DEALER socket of its own per master.
 
     An ask through the node's transport costs two thread hand-offs (caller to transport thread,
-    and back), about 170 us of a 1 ms commit on 2 cores. A caller that blocks anyway needs
-    neither: it sends, polls its own socket until the deadline and reads the answer itself.
+    and back): a round trip takes 245 us that way and 158 us this way, against 118 us for raw
+    pyzmq (bench/transport.py). A caller that blocks anyway needs neither hand-off: it sends,
+    polls its own socket until the deadline and reads the answer itself.
     A reply to an ask that timed out may still come in; it is told apart by its correlation id
     and dropped. After a timeout the socket is closed, so asks queued for a dead master are not
     delivered when it comes back.
