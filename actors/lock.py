@@ -31,7 +31,7 @@ import time
 from typing import Any, Callable
 
 from actors.raft import RAFT_ACTOR, Applied, LeadershipChanged, Watch
-from protocols.control import ClientCommand, ControlState, Propose, Read, StatusQuery
+from protocols.control import ClientCommand, ControlState, Propose, Read
 from protocols.locks import (
     CLIENT_LOCK_COMMANDS,
     Acquire,
@@ -81,6 +81,7 @@ class LockActor(Actor):
         self._outgoing: list[InboundMessage] = []
         self._flush_scheduled = False
         self._raft_target: Any = None
+        self._raft_actor: Any = None
         self._timer_id: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -88,6 +89,7 @@ class LockActor(Actor):
     def on_start(self) -> None:
         me = self.node.lookup(self.address)
         self._raft_target = self.node.targets[RAFT_ACTOR]
+        self._raft_actor = self.node.actor(RAFT_ACTOR)  # pinned on this thread too: read directly
         self.node.lookup((self.node.node_id, RAFT_ACTOR)).tell(Watch(LOCK_WATCH_PREFIX, me))
         self._timer_id = self.node.every(self.tick_s, me, "lock")
 
@@ -197,25 +199,12 @@ class LockActor(Actor):
         self._send_to_raft(Read("members", {}), answer_read)
         return answer
 
-    def _redirect(self) -> Deferred:
-        """Name the leader from the RaftActor's view (None while an election is under way)."""
-        answer = self.defer()
-
-        def answer_status(future: Future) -> None:
-            try:
-                status = future.get()
-            except (RemoteError, TimeoutError):
-                answer.resolve(Redirect(None, None))
-                return
-            leader = status.get("leader")
-            if status.get("role") == "leader" or leader is None:
-                # Leading but not yet told so (or no leader): the client pauses and asks again.
-                answer.resolve(Redirect(None, None))
-            else:
-                answer.resolve(Redirect(leader, status.get("members", {}).get(leader)))
-
-        self._send_to_raft(StatusQuery(), answer_status)
-        return answer
+    def _redirect(self) -> Redirect:
+        """Name the leader from the RaftActor's view (same thread; None while an election is under
+        way, or while this master leads but has not been told so yet: the client pauses and asks
+        again)."""
+        redirect = self._raft_actor.redirect()
+        return Redirect(None, None) if redirect.leader_id == self.node.node_id else redirect
 
     # ------------------------------------------------------------------ proposals to the RaftActor
 

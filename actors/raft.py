@@ -184,7 +184,9 @@ class RaftActor(Actor):
             return None
         return ErrorRecord("unknown_message", type(message).__name__)
 
-    def _redirect(self) -> Redirect:
+    def redirect(self) -> Redirect:
+        """What a follower answers a client with: where the leader is, as far as it knows (other
+        pinned actors of this master answer with it too)."""
         leader = self.core.leader_id
         return Redirect(leader, self._endpoint_of(leader) if leader else None)
 
@@ -193,7 +195,7 @@ class RaftActor(Actor):
         try:
             index = self.core.propose(body if isinstance(body, bytes) else encode(body))
         except NotLeader:
-            return self._redirect()
+            return self.redirect()
         answer = self.defer()
         self._pending[index] = (self.core.term, answer)
         return answer
@@ -212,14 +214,14 @@ class RaftActor(Actor):
         try:
             self.core.read_index(context)
         except NotLeader:
-            return self._redirect()
+            return self.redirect()
         answer = self.defer()
         self._read_contexts[context] = (answer, read)
         return answer
 
     def _join(self, join: Join) -> Any:
         if self.core.role != LEADER:
-            return self._redirect()
+            return self.redirect()
         if join.node_id in self.core.voters or join.node_id in self.core.learners:
             known = self.state.members.get(join.node_id)
             if known is None or known.endpoint != join.endpoint:
@@ -237,7 +239,7 @@ class RaftActor(Actor):
 
     def _transfer(self, to: str | None) -> Any:
         if self.core.role != LEADER:
-            return self._redirect()
+            return self.redirect()
         voters = [v for v in self.core.voters if v != self.node.node_id]
         if to is None:
             progress = self.core.progress()

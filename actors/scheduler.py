@@ -118,7 +118,7 @@ class SchedulerActor(Actor):
         return self.raft_actor.state.workflows
 
     def _redirect(self) -> Redirect:
-        return self.raft_actor._redirect()
+        return self.raft_actor.redirect()
 
     # ------------------------------------------------------------------ messages
 

@@ -140,7 +140,7 @@ class WorkerActor(Actor):
         self.waiting: collections.deque[TaskAssignment] = collections.deque()
         self.running: dict[AttemptKey, TaskAssignment] = {}
         self.unacked: dict[AttemptKey, TaskFinished] = {}  # reports not yet accepted, in order
-        self.in_flight = {"hello": False, "heartbeat": False, "reports": False}
+        self.in_flight = {"hello": False, "heartbeat": False}  # reports count their batches instead
         self.reports_sent: set = set()  # keys of unacknowledged reports on their way to a master
         self.report_batches_in_flight = 0
         self.redirects_this_tick = 0
@@ -312,7 +312,6 @@ class WorkerActor(Actor):
 
     def _ask_master(self, kind: str, message: Any, keys: tuple = ()) -> None:
         endpoint = self.master_endpoint
-        self.in_flight[kind] = True
         future = self.node.ref(endpoint, SCHEDULER_ACTOR).ask(message, self.ask_timeout_s)
         self_ref = self.self_ref
         assert self_ref is not None
@@ -328,11 +327,13 @@ class WorkerActor(Actor):
 
     def _send_hello(self) -> None:
         if not self.in_flight["hello"] and not self.drained:
+            self.in_flight["hello"] = True
             self._ask_master("hello", WorkerHello(self.info))
 
     def _send_heartbeat(self) -> None:
         if not self.in_flight["heartbeat"] and not self.drained:
             load = current_load(len(self.running))
+            self.in_flight["heartbeat"] = True
             self._ask_master("heartbeat", WorkerHeartbeat(self.worker_id, self.held(), load, self.draining))
 
     def _send_reports(self) -> None:
@@ -340,18 +341,17 @@ class WorkerActor(Actor):
         for their commit at once, so finished tasks never queue behind one commit's latency."""
         if not self.registered:
             return
-        while self.report_batches_in_flight < MAX_REPORT_BATCHES_IN_FLIGHT:
-            batch = [report for key, report in self.unacked.items() if key not in self.reports_sent]
-            if not batch:
+        unsent = [report for key, report in self.unacked.items() if key not in self.reports_sent]
+        for start in range(0, len(unsent), MAX_REPORTS_PER_BATCH):
+            if self.report_batches_in_flight >= MAX_REPORT_BATCHES_IN_FLIGHT:
                 return
-            batch = batch[:MAX_REPORTS_PER_BATCH]
+            batch = unsent[start:start + MAX_REPORTS_PER_BATCH]
             keys = tuple(report.key for report in batch)
             self.reports_sent.update(keys)
             self.report_batches_in_flight += 1
             self._ask_master("reports", TasksFinished(self.worker_id, batch), keys)
 
     def _on_answered(self, answer: _Answered) -> None:
-        self.in_flight[answer.kind] = False
         if answer.kind == "reports":
             self.report_batches_in_flight -= 1
             accepted = answer.error is None and isinstance(answer.value, ReportsAccepted)
@@ -359,6 +359,8 @@ class WorkerActor(Actor):
                 self.reports_sent.discard(key)  # accepted: gone below; otherwise: sent again
                 if accepted:
                     self.unacked.pop(key, None)
+        else:
+            self.in_flight[answer.kind] = False
         if answer.error is not None:
             self._next_master(answer.endpoint, answer.error)
             self._check_drained()

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import msgpack
 import zmq
@@ -173,17 +174,27 @@ def raw_pipelined(endpoint: str, messages: int, per_frame: int, window: int = 10
     return frames * per_frame / elapsed
 
 
+def round_trips_us(ask: Callable[[int], Any], asks: int) -> list[float]:
+    """Microseconds each of ``asks`` sequential ``ask(i)`` calls took."""
+    samples = []
+    for i in range(asks):
+        started = time.perf_counter()
+        ask(i)
+        samples.append((time.perf_counter() - started) * 1e6)
+    return samples
+
+
 def raw_asks(endpoint: str, asks: int) -> list[float]:
     context = zmq.Context()
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
-    samples = []
-    for i in range(asks):
-        started = time.perf_counter()
+
+    def ask(i: int) -> None:
         sock.send(msgpack.packb(i))
         msgpack.unpackb(sock.recv())
-        samples.append((time.perf_counter() - started) * 1e6)
+
+    samples = round_trips_us(ask, asks)
     sock.close()
     context.term()
     return samples
@@ -204,24 +215,14 @@ def agentflow_tells(node: Node, endpoint: str, actor: str, messages: int) -> flo
 def agentflow_asks(node: Node, endpoint: str, actor: str, asks: int) -> list[float]:
     ref = node.ref(endpoint, actor)
     ref.ask("warm", timeout_s=10).get()
-    samples = []
-    for i in range(asks):
-        started = time.perf_counter()
-        ref.ask(i, timeout_s=10).get()
-        samples.append((time.perf_counter() - started) * 1e6)
-    return samples
+    return round_trips_us(lambda i: ref.ask(i, timeout_s=10).get(), asks)
 
 
 def direct_asks(node: Node, endpoint: str, actor: str, asks: int) -> list[float]:
     direct = DirectAsks(node.node_id, node.endpoint)
     try:
         direct.ask(endpoint, actor, "warm", 10)
-        samples = []
-        for i in range(asks):
-            started = time.perf_counter()
-            direct.ask(endpoint, actor, i, 10)
-            samples.append((time.perf_counter() - started) * 1e6)
-        return samples
+        return round_trips_us(lambda i: direct.ask(endpoint, actor, i, 10), asks)
     finally:
         direct.close()
 

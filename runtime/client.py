@@ -165,13 +165,16 @@ class Client:
         self.masters = parse_master_urls(master_urls)
         self.timeout_s = timeout_s
         self.client_id = client_id or f"client-{uuid.uuid4().hex[:12]}"
+        self._node = node
         self._own_node = node is None
-        self.node = node or Node(self.client_id).start()
+        self._node_lock = threading.Lock()
         self._leader_endpoint: str | None = None
         self._suspects: dict[str, float] = {}  # endpoint -> monotonic time until which it is suspected
         self._sessions = threading.local()
         self._session_ids = itertools.count(1)
-        self._direct = DirectAsks(self.node.node_id, self.node.endpoint)
+        # Without a node the client listens nowhere: answers come back on the socket an ask left from.
+        self._direct = (DirectAsks(node.node_id, node.endpoint) if node is not None
+                        else DirectAsks(self.client_id, ""))
 
     def __enter__(self) -> Client:
         return self
@@ -179,10 +182,19 @@ class Client:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    @property
+    def node(self) -> Node:
+        """The node for asks sent together (the masters' status): the one given, or this client's
+        own, started on first use; plain calls need none."""
+        with self._node_lock:
+            if self._node is None:
+                self._node = Node(self.client_id).start()
+            return self._node
+
     def close(self) -> None:
         self._direct.close()
-        if self._own_node:
-            self.node.stop()
+        if self._own_node and self._node is not None:
+            self._node.stop()
 
     # ------------------------------------------------------------------ calls
 

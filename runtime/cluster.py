@@ -157,7 +157,7 @@ class LocalCluster:
         deadline = time.monotonic() + timeout_s
         for master in self.masters:
             master.start()
-        with (Client(self.master_url, timeout_s=2.0) if client is None else contextlib.nullcontext(client)) as asker:
+        with self._asker(client) as asker:
             view = self.wait_healthy(asker, len(self.masters), deadline - time.monotonic())
             # Started together, then waited for together: each one's start-up overlaps the others'.
             started = [self._start_worker(f"worker-{i + 1}", self.worker_options) for i in range(self.worker_count)]
@@ -185,9 +185,13 @@ class LocalCluster:
                    timeout_s: float = 30.0) -> ChildProcess:
         """Start one more worker (``options`` are `agentflow worker` flags) and wait until it registered."""
         child = self._start_worker(worker_id, options)
-        with (Client(self.master_url, timeout_s=2.0) if client is None else contextlib.nullcontext(client)) as asker:
+        with self._asker(client) as asker:
             self._wait_registered(asker, [worker_id], timeout_s)
         return child
+
+    def _asker(self, client: Client | None):
+        """``client`` as a context that leaves it open, or a short-lived client of our own."""
+        return Client(self.master_url, timeout_s=2.0) if client is None else contextlib.nullcontext(client)
 
     def _start_worker(self, worker_id: str, options: list[str]) -> ChildProcess:
         args = ["worker", "--master-url", self.master_url, "--worker-id", worker_id, *options]

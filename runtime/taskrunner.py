@@ -1,9 +1,11 @@
-"""The long-lived child process that runs ``call`` tasks: ``python -m runtime.taskrunner --serve R W OUT ERR``.
+"""The long-lived child process that runs ``call`` tasks:
+``python -m runtime.taskrunner --serve R W OUT ERR``.
 
 The executor's pool (runtime/taskpool.py) starts one per slot, each in its own session, and
 talks to it over two pipes (fd ``R`` carries requests to the child, fd ``W`` its answers;
-never the task's stdout); ``OUT`` and ``ERR`` are the files every task's stdout and stderr go to. Every message is a frame: a 4-byte big-endian length, then one
-msgpack map encoded with the wire codec (so records may be arguments and results).
+never the task's stdout); ``OUT`` and ``ERR`` are the files every task's stdout and stderr go
+to. Every message is a frame: a 4-byte big-endian length, then one msgpack map encoded with
+the wire codec (so records may be arguments and results).
 
 Request: ``{"call": "package.module:function", "args": [...], "kwargs": {...},
 "inputs": {...}, "env": {NAME: VALUE}}``.

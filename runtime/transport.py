@@ -223,7 +223,8 @@ class Transport(threading.Thread):
         except DecodeError as exc:
             self._reject(route, exc.reason, exc.detail)
             return
-        node.peers[frame.node_id] = frame.endpoint
+        if frame.endpoint:  # a client without a node of its own listens nowhere
+            node.peers[frame.node_id] = frame.endpoint
         node.counters["msgs_in"] += len(frame.envelopes)
         batches: dict[Any, list[InboundMessage]] = {}
         for env in frame.envelopes:

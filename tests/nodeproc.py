@@ -2,8 +2,8 @@
 
     python -m tests.nodeproc NODE_ID [PORT]
 
-Hosts ``echo`` (pykka; ``{"sleep_s": S}`` is answered after S seconds), ``pecho`` (pinned echo), ``sink`` (counts tells and checks their order)
-and ``stats`` (answers the node's counters). Prints its endpoint on one line, then serves until
+Hosts ``echo`` (pykka; ``{"sleep_s": S}`` is answered after S seconds), ``pecho`` (pinned
+echo), ``sink`` (counts tells and checks their order) and ``stats`` (answers the node's counters). Prints its endpoint on one line, then serves until
 its standard input closes, so it never outlives the test that started it.
 """
 
