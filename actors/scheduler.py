@@ -313,29 +313,43 @@ class SchedulerActor(Actor):
         for worker_id, tasks in assignments.items():
             self._tell_worker(worker_id, AssignTasks(worker_id, tasks))
 
-    def _dependents_ready_on(self, succeeded: list, finishing: dict[str, dict]) -> list[tuple[str, str, list[int]]]:
+    def _dependents_ready_on(self, succeeded: list, finishing: dict[str, dict],
+                             now_ms: int) -> list[tuple[str, str, list[int]]]:
         """Place the tasks that the successful reports in ``succeeded`` (whose results are in
         ``finishing``, by workflow and task) will make ready.
 
-        Done only while nothing waits in the queue (so no higher-priority task is passed over):
-        their DispatchTask rides in the same log entry right after the FinishTasks that make them
-        ready, so a chain costs one commit per hop instead of two."""
+        Done only while nothing waits in the queue (so no queued task is passed over): their
+        DispatchTask rides in the same log entry right after the FinishTasks that make them
+        ready, so a chain costs one commit per hop instead of two. The candidates are taken in
+        the queue's own order (priority, retry penalty, then FIFO), through a queue of their
+        own, so the fast path follows the same policy as a dispatch round."""
         if self.queue:
             return []
-        placed = []
+        candidates = PriorityTaskQueue()
         for report in succeeded:
             graph = self.workflows.get(report.workflow_id)
             for child in graph.dependents.get(report.task_id, ()):
                 key = task_key(report.workflow_id, child)
-                if graph.runs[child].state is not TaskState.PENDING or key in self._dispatching:
+                if graph.runs[child].state is not TaskState.PENDING or key in self._dispatching or key in candidates:
                     continue
                 if all(graph.runs[dep].state is TaskState.COMPLETED or dep in finishing[report.workflow_id]
                        for dep in graph.tasks[child].dependencies):
-                    spot = self._place(graph, child)
-                    if spot is None:
-                        return placed  # no free slot: the rest go through the queue after the commit
-                    self._dispatching[key] = (spot[0], 0)  # reserved; _assignments sets the attempt
-                    placed.append((key, *spot))
+                    candidates.enqueue(key, graph.tasks[child].priority, now_ms, retries=graph.runs[child].failures)
+        if not candidates:
+            return []
+        placed: list[tuple[str, str, list[int]]] = []
+
+        def place(key: str) -> bool:
+            workflow_id, task_id = split_task_key(key)
+            spot = self._place(self.workflows.get(workflow_id), task_id)
+            if spot is None:
+                return False
+            self._dispatching[key] = (spot[0], 0)  # reserved; _assignments sets the attempt
+            placed.append((key, *spot))
+            return True
+
+        # Those left over become ready when the entry applies and go through the queue then.
+        candidates.dequeue_batch(self.registry.free_slot_count(), accept=place)
         return placed
 
     def _tell_worker(self, worker_id: str, message: Any) -> None:
@@ -408,7 +422,7 @@ class SchedulerActor(Actor):
         known_results: dict[str, dict] = {}
         for report in succeeded:
             known_results.setdefault(report.workflow_id, {})[report.task_id] = report.result
-        placed = self._dependents_ready_on(succeeded, known_results)
+        placed = self._dependents_ready_on(succeeded, known_results, now_ms)
         assignments: dict[str, list[TaskAssignment]] = {}
         if placed:
             dispatches, assignments = self._assignments(placed, now_ms, known_results)

@@ -123,34 +123,6 @@ def test_a_retried_submit_is_logged_once_and_answered_with_the_first_result(tmp_
         assert client.workflow_status("wf-big", tasks=False)["progress"]["counts"]["ready"] == 3000
 
 
-def test_priority_order_on_a_single_busy_worker(tmp_path):
-    with running_cluster(tmp_path, masters=3, workers=0, first_port=22000) as (local, client):
-        local.add_worker("solo", ["--max-concurrent-tasks", "1", "--cpu-cores", "1"])
-        log_path = tmp_path / "order.log"
-
-        gate = tmp_path / "gate"
-        client.submit_workflow(workflow(f"""
-            workflow:
-              id: wf-blocker
-              tasks: [{{task_id: block, command: "while [ ! -e {gate} ]; do sleep 0.02; done"}}]
-        """))
-        wait_for(lambda: client.workflow_status("wf-blocker")["tasks"]["block"]["state"] == "running", 30,
-                 what="the blocker to run")
-        names = ["low", "medium", "urgent", "high", "low2"]
-        priorities = {"low": "low", "medium": "medium", "urgent": "urgent", "high": "high", "low2": "low"}
-        client.submit_workflow(workflow("""
-            workflow:
-              id: wf-priorities
-              tasks:
-        """ + "".join(f"""
-                - {{task_id: {name}, priority: {priorities[name]}, command: "echo {name} >> {log_path}"}}
-        """ for name in names)))
-        gate.touch()
-        status = client.wait_workflow("wf-priorities", timeout_s=60)
-        assert status["state"] == "completed"
-        assert log_path.read_text().split() == ["urgent", "high", "medium", "low", "low2"]
-
-
 def test_kill_9_of_a_worker_mid_task_the_task_completes_elsewhere(tmp_path):
     with running_cluster(tmp_path, masters=3, workers=2, first_port=23000) as (local, client):
         client.submit_workflow(workflow("""
