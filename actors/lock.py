@@ -30,7 +30,7 @@ import dataclasses
 import time
 from typing import Any, Callable
 
-from actors.raft import RAFT_ACTOR, Applied, LeadershipChanged, Watch
+from actors.raft import Applied, LeadershipChanged, Watch
 from protocols.control import ClientCommand, ControlState, Propose, Read
 from protocols.locks import (
     CLIENT_LOCK_COMMANDS,
@@ -44,6 +44,7 @@ from protocols.locks import (
     LockQueued,
     LockShow,
 )
+from protocols.names import RAFT_ACTOR
 from protocols.wire import ASK, ErrorRecord, Redirect, Tick
 from runtime.actor import Actor, Deferred, InboundMessage
 from runtime.future import Future, RemoteError
@@ -51,7 +52,6 @@ from runtime.log import get_logger
 
 log = get_logger("lock")
 
-LOCK_ACTOR = "lock"
 LOCK_WATCH_PREFIX = "lock."
 # A proposal is answered when applied or failed when leadership is lost; this bounds the rest.
 PROPOSE_TIMEOUT_S = 30.0

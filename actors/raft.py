@@ -37,6 +37,7 @@ from protocols.control import (
     TransferLeadership,
     read_query,
 )
+from protocols.names import RAFT_ACTOR
 from protocols.raft import (
     ENTRY_CONF_CHANGE,
     ENTRY_NORMAL,
@@ -63,7 +64,6 @@ from runtime.storage import RaftStorage
 
 log = get_logger("raft")
 
-RAFT_ACTOR = "raft"
 _RAFT_MESSAGES = frozenset(MESSAGE_TYPES)
 _LEADER_EARLY_MESSAGES = frozenset((AppendEntries, Heartbeat, InstallSnapshot, TimeoutNow))
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from actors.raft import RAFT_ACTOR, Applied, LeadershipChanged, Watch
+from actors.raft import Applied, LeadershipChanged, Watch
 from protocols.control import (
     Batch,
     CancelWorkflowRequest,
@@ -53,6 +53,7 @@ from protocols.dag import (
     split_task_key,
     task_key,
 )
+from protocols.names import RAFT_ACTOR, WORKER_ACTOR
 from protocols.queue import PriorityTaskQueue
 from protocols.raft import ClientSessions
 from protocols.registry import HealthCheckConfig, PlacementError, WorkerRegistry, WorkerStatus
@@ -77,8 +78,6 @@ from runtime.log import get_logger
 
 log = get_logger("scheduler")
 
-SCHEDULER_ACTOR = "scheduler"
-WORKER_ACTOR = "worker"
 
 
 def monotonic_ms() -> int:

@@ -1,7 +1,7 @@
-"""WorkerActor: a worker's side of the task protocol (protocols/tasks.py), and ``run_worker``.
+"""WorkerActor: a worker's side of the task protocol (protocols/tasks.py).
 
-    run_worker(["tcp://127.0.0.1:6767"], max_concurrent_tasks=4)   # foreground, until SIGTERM
-    python -m actors.worker --master-url tcp://127.0.0.1:6767       # the same from a shell
+    node.spawn(WorkerActor, config, name=WORKER, pinned=True).tell(Begin(on_drained))
+    agentflow worker --master-url tcp://127.0.0.1:6767     # a worker process (agentflow/worker.py)
 
 Rules of this module:
 
@@ -31,18 +31,12 @@ Rules of this module:
 
 from __future__ import annotations
 
-import argparse
 import collections
-import platform
-import signal
-import socket
-import sys
-import threading
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from protocols.names import SCHEDULER_ACTOR, WORKER_ACTOR
 from protocols.registry import WorkerInfo
 from protocols.tasks import (
     ERROR_DRAINING,
@@ -61,24 +55,20 @@ from protocols.tasks import (
     WorkerHello,
     WorkerWelcome,
     attempt_key,
-    parse_master_urls,
 )
 from protocols.wire import Redirect, Tick
 from runtime.actor import Actor
 from runtime.executor import DEFAULT_KILL_GRACE_S, TaskExecutor, finished_now
 from runtime.future import AskTimeout, RemoteError
-from runtime.log import configure_logging, get_logger
-from runtime.node import Node, Ref
-from runtime.resources import current_load, detect_resources
+from runtime.log import get_logger
+from runtime.node import Ref
+from runtime.resources import current_load
 
 log = get_logger("worker")
 
-WORKER_ACTOR = "worker"
-SCHEDULER_ACTOR = "scheduler"
 MAX_REPORTS_PER_BATCH = 1000
 MAX_REPORT_BATCHES_IN_FLIGHT = 8
 MAX_REDIRECTS_PER_TICK = 4  # stale leaders pointing at each other must not make us spin
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 @dataclass
@@ -103,7 +93,7 @@ class Drain:
 
 
 @dataclass
-class _Begin:
+class Begin:
     on_drained: Callable[[bool], None] | None
 
 
@@ -158,7 +148,7 @@ class WorkerActor(Actor):
         if self.executor is not None:
             self.executor.stop()
 
-    def _begin(self, message: _Begin) -> None:
+    def _begin(self, message: Begin) -> None:
         self.on_drained = message.on_drained
         self.self_ref = self.node.lookup(self.address)
         self_ref = self.self_ref
@@ -194,7 +184,7 @@ class WorkerActor(Actor):
             return RunningTasks(self.worker_id, self.held())
         if isinstance(message, Drain):
             return self._on_drain()
-        if isinstance(message, _Begin):
+        if isinstance(message, Begin):
             return self._begin(message)
         self.node.count("worker_unexpected_messages")
         log.debug("Worker %s ignores a %s", self.worker_id, type(message).__name__)
@@ -421,127 +411,3 @@ class WorkerActor(Actor):
         level = log.info if isinstance(error, (AskTimeout, RemoteError)) else log.warning
         level("Worker %s: master at %s failed (%s); next: %s", self.worker_id, endpoint, reason[:200],
               self.master_endpoint)
-
-
-# --------------------------------------------------------------------------- composition
-
-
-def start_worker(node: Node, config: WorkerConfig, on_drained: Callable[[bool], None] | None = None) -> Ref:
-    """Spawn the WorkerActor named "worker" on ``node`` and start it (hello, heartbeats).
-    ``on_drained(clean)`` is called on the actor's thread once a drain has finished."""
-    ref = node.spawn(WorkerActor, config, name=WORKER_ACTOR, pinned=True)
-    ref.tell(_Begin(on_drained))
-    return ref
-
-
-def default_worker_id() -> str:
-    return f"worker-{uuid.uuid4().hex[:8]}"
-
-
-def advertised_endpoint(endpoint: str, host: str) -> str:
-    """The endpoint masters should use: a wildcard bind is advertised under this host's name."""
-    if host in ("0.0.0.0", "*"):
-        return endpoint.replace(f"//{host}:", f"//{socket.getfqdn()}:", 1)
-    return endpoint
-
-
-def run_worker(
-    master_urls: list[str] | str,
-    *,
-    cpu_cores: float | None = None,
-    memory_mb: int | None = None,
-    gpu_count: int | None = None,
-    group: str = "default",
-    capabilities: tuple[str, ...] | list[str] = (),
-    max_concurrent_tasks: int | None = None,
-    worker_id: str | None = None,
-    host: str = "127.0.0.1",
-    port: int = 0,
-) -> int:
-    """Run a worker in the foreground until it has drained after SIGTERM/SIGINT (exit 0), or a
-    second signal stops it at once (exit 1). Exit 2 for bad arguments."""
-    configure_logging()
-    try:
-        endpoints = parse_master_urls(master_urls)
-    except ValueError as exc:
-        log.error("%s", exc)
-        return EXIT_USAGE
-    if max_concurrent_tasks is not None and max_concurrent_tasks < 1:
-        log.error("--max-concurrent-tasks must be at least 1")
-        return EXIT_USAGE
-    resources = detect_resources(cpu_cores, memory_mb, gpu_count)
-    worker_id = worker_id or default_worker_id()
-    try:
-        node = Node(worker_id, host=host, port=port).start()
-    except Exception as exc:  # a taken port, a bad host: say so and exit
-        log.error("Worker %s cannot listen on %s:%s: %s", worker_id, host, port, exc)
-        return EXIT_FAILED
-    info = WorkerInfo(
-        worker_id=worker_id,
-        name=worker_id,
-        group=group,
-        platform=platform.platform(terse=True),
-        capabilities=list(capabilities),
-        max_concurrent_tasks=max_concurrent_tasks or max(1, int(resources.cpu_cores)),
-        resources=resources,
-        address=advertised_endpoint(node.endpoint, host),
-    )
-    wake = threading.Event()
-    outcome: dict[str, Any] = {"signals": 0, "drained": False, "clean": False}
-
-    def on_drained(clean: bool) -> None:
-        outcome["drained"], outcome["clean"] = True, clean
-        wake.set()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        outcome["signals"] += 1
-        wake.set()
-
-    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        ref = start_worker(node, WorkerConfig(info=info, master_endpoints=endpoints), on_drained)
-        log.info("Worker %s at %s: %g cpu, %d MB, %d GPUs, %d slots; masters %s", worker_id, node.endpoint,
-                 resources.cpu_cores, resources.memory_mb, resources.gpu_count, info.max_concurrent_tasks,
-                 ", ".join(endpoints))
-        drain_sent = False
-        while True:
-            wake.wait(1.0)
-            wake.clear()
-            if outcome["drained"] or outcome["signals"] >= 2:
-                break
-            if outcome["signals"] == 1 and not drain_sent:
-                drain_sent = True
-                ref.tell(Drain())
-    finally:
-        node.stop()  # stops the actor, whose executor kills whatever still runs
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    if not outcome["drained"]:
-        log.warning("Worker %s stopped without draining", worker_id)
-        return EXIT_FAILED
-    return EXIT_OK if outcome["clean"] else EXIT_FAILED
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m actors.worker", description="Run an AgentFlow worker.")
-    parser.add_argument("--master-url", action="append", required=True,
-                        help="a master (tcp://H:P, H:P or http://H:P); repeat or comma-separate")
-    parser.add_argument("--cpu-cores", type=float)
-    parser.add_argument("--memory-mb", type=int)
-    parser.add_argument("--gpu-count", type=int)
-    parser.add_argument("--group", default="default")
-    parser.add_argument("--capability", action="append", default=[])
-    parser.add_argument("--max-concurrent-tasks", type=int)
-    parser.add_argument("--worker-id")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args(argv)
-    return run_worker(
-        args.master_url, cpu_cores=args.cpu_cores, memory_mb=args.memory_mb, gpu_count=args.gpu_count,
-        group=args.group, capabilities=args.capability, max_concurrent_tasks=args.max_concurrent_tasks,
-        worker_id=args.worker_id, host=args.host, port=args.port,
-    )
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,7 +14,7 @@ A *pair* is one acquire plus one release of the same key, measured end to end by
   (``acquire_blocking``: the grant is pushed to them); Redis clients retry ``SET NX`` at once
   when it fails (no sleep: the peer's best case for throughput).
 
-AgentFlow: three master processes started by runtime/cluster.py (``agentflow master``), a fresh
+AgentFlow: three master processes started by agentflow/cluster.py (``agentflow master``), a fresh
 cluster per run; every acquire and release is a Raft command durable in SQLite (WAL,
 synchronous=FULL: an fsync) on a majority before it is answered. Masters log at warning level
 (the lock table logs each grant at info). ``--data-dir`` puts the masters' SQLite files
@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.common import Result, percentile, report  # noqa: E402
-from runtime.cluster import LocalCluster, find_free_ports  # noqa: E402
+from agentflow.cluster import LocalCluster, find_free_ports  # noqa: E402
 
 HOST = "127.0.0.1"
 KEY = "bench-lock"
@@ -257,7 +257,7 @@ def run_agentflow(args, work_dir: Path) -> dict:
     from runtime.client import Client
     from runtime.locks import DistributedLock
 
-    os.environ["AGENTFLOW_LOG"] = "warning"  # masters inherit it (runtime/cluster.py)
+    os.environ["AGENTFLOW_LOG"] = "warning"  # masters inherit it (agentflow/cluster.py)
     data_dir = Path(tempfile.mkdtemp(prefix="locks-", dir=args.data_dir or work_dir))
     cluster = LocalCluster(data_dir, masters=3)
     client = Client(cluster.master_url, timeout_s=30)

@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.common import Result, percentile, report  # noqa: E402
-from runtime.cluster import find_free_ports, wait_until  # noqa: E402
+from agentflow.cluster import find_free_ports, wait_until  # noqa: E402
 
 HOST = "127.0.0.1"
 FAILOVER_TRY_S = 0.25  # per-try timeout of the failover writer
@@ -365,7 +365,7 @@ def agentflow_failover(node, masters: list, leader, urls: list[str]) -> tuple[fl
 
 def run_agentflow(args, data_dir: Path, procs: list) -> dict:
     from runtime.client import Client
-    from runtime.cluster import LocalCluster
+    from agentflow.cluster import LocalCluster
     from runtime.node import Node
 
     run_dir = Path(tempfile.mkdtemp(prefix="af-", dir=data_dir))

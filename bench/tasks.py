@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import Result, report  # noqa: E402
 from protocols.dag import TaskNode, TaskResources, Workflow  # noqa: E402
 from runtime.client import Client  # noqa: E402
-from runtime.cluster import LocalCluster  # noqa: E402
+from agentflow.cluster import LocalCluster  # noqa: E402
 
 NOOP_CALL = "builtins:int"  # int() -> 0: a function call that does nothing, importable everywhere
 NO_RESOURCES = TaskResources(cpu=0.0)  # placement by slots only: a no-op reserves nothing

@@ -36,14 +36,13 @@ from protocols.control import (
     WorkersRequest,
     WorkflowStatusRequest,
 )
+from protocols.names import RAFT_ACTOR, SCHEDULER_ACTOR
 from protocols.tasks import parse_master_urls as parse_endpoints
 from protocols.wire import ASK, ERROR, REPLY, DecodeError, ErrorRecord, Redirect, decode_frame, encode, encode_frame
 from runtime.actor import current_actor_name
 from runtime.future import AskTimeout, RemoteError
 from runtime.node import Node
 
-RAFT_ACTOR = "raft"
-SCHEDULER_ACTOR = "scheduler"
 FINAL_WORKFLOW_STATES = ("completed", "failed", "cancelled")
 RETRY_PAUSE_S = 0.05
 PER_TRY_TIMEOUT_S = 0.5

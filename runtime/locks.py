@@ -48,6 +48,7 @@ from protocols.locks import (
     Renew,
     WaitCancelled,
 )
+from protocols.names import LOCK_ACTOR
 from runtime.client import PER_TRY_TIMEOUT_S, Client, ClusterUnavailable
 
 __all__ = ["AutoRenewLock", "ClusterUnavailable", "DistributedLock", "LockInfo", "LockLost", "LockTimeout",
@@ -55,7 +56,6 @@ __all__ = ["AutoRenewLock", "ClusterUnavailable", "DistributedLock", "LockInfo",
 
 log = logging.getLogger("agentflow.lock")
 
-LOCK_ACTOR = "lock"
 # How long the leader holds one waiting acquire. A waiter asks again after each slice, and the
 # leader takes a queued owner that stopped asking for its abandon_ms (actors/lock.py: 3 s) out
 # of the queue, so a slice must end well within that.

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from runtime.client import Client
-from runtime.cluster import LocalCluster, wait_until
+from agentflow.cluster import LocalCluster, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 

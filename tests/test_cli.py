@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from runtime.cli import app
+from agentflow.cli import app
 
 runner = CliRunner()
 
@@ -32,7 +32,7 @@ def test_demo_runs_the_examples_on_a_local_cluster():
 
 
 def test_master_timing_is_configurable_and_checked():
-    from actors.master import raft_timing
+    from agentflow.master import raft_timing
 
     config, tick_s = raft_timing(1000, (5000, 10000))  # the seed's 1 s heartbeat, 5-10 s election
     assert tick_s == 1.0 and (config.election_ticks_min, config.election_ticks_max) == (5, 10)

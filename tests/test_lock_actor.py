@@ -189,7 +189,7 @@ def test_lock_run_passes_the_token_and_the_exit_status(cluster):
     the_cluster, client = cluster
     env = dict(os.environ, PYTHONPATH=str(REPO), AGENTFLOW_MASTER_URL=the_cluster.master_url, AGENTFLOW_LOG="warning")
     script = "import os, sys; print(os.environ['AGENTFLOW_LOCK_TOKEN']); sys.exit(3)"
-    run = subprocess.run([sys.executable, "-m", "runtime.cli", "lock", "run", "cli-run", "--ttl", "5", "--",
+    run = subprocess.run([sys.executable, "-m", "agentflow.cli", "lock", "run", "cli-run", "--ttl", "5", "--",
                           sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
     assert run.returncode == 3, run.stderr
     token = int(run.stdout.strip())
@@ -197,7 +197,7 @@ def test_lock_run_passes_the_token_and_the_exit_status(cluster):
     assert DistributedLock(client, "observer").check_lock("cli-run") is None  # released on exit
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "runtime.cli", "lock", *args], cwd=REPO, env=env,
+        return subprocess.run([sys.executable, "-m", "agentflow.cli", "lock", *args], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=30)
 
     acquired = cli("acquire", "cli-lock", "--owner", "node1", "--ttl", "20", "--json")
@@ -212,7 +212,7 @@ def test_lock_run_passes_the_token_and_the_exit_status(cluster):
 
     holder = DistributedLock(client, "holder", ttl_s=30)
     assert holder.acquire("cli-run") and holder.token > token
-    blocked = subprocess.run([sys.executable, "-m", "runtime.cli", "lock", "run", "cli-run", "--wait", "0.3", "--",
+    blocked = subprocess.run([sys.executable, "-m", "agentflow.cli", "lock", "run", "cli-run", "--wait", "0.3", "--",
                               sys.executable, "-c", "print('ran')"], cwd=REPO, env=env, capture_output=True,
                              text=True, timeout=30)
     assert blocked.returncode == 1 and "ran" not in blocked.stdout and "cli-run" in blocked.stderr

@@ -1,7 +1,7 @@
 """The worker process against fake schedulers: registration, batches, re-sent reports,
 concurrency, redirects, failover, cancels and draining on SIGTERM.
 
-Each test runs a real worker (``python -m actors.worker``) and a fake "scheduler" actor on a
+Each test runs a real worker (``agentflow worker``) and a fake "scheduler" actor on a
 Node in the test process, on 127.0.0.1; every process and node a test starts, it stops.
 """
 
@@ -113,14 +113,12 @@ class Redirector(Actor):
 
 
 class WorkerProcess:
-    """``python -m actors.worker`` as a child; stopped (tasks killed) on ``stop``."""
+    """``agentflow worker`` as a child; stopped (tasks killed) on ``stop``."""
 
     def __init__(self, tmp_path: Path, master_urls: list[str], *extra: str) -> None:
         self.log_path = tmp_path / "worker.log"
         self.log = open(self.log_path, "w")
-        argv = [sys.executable, "-m", "actors.worker", "--worker-id", "w1"]
-        for url in master_urls:
-            argv += ["--master-url", url]
+        argv = [sys.executable, "-m", "agentflow.cli", "worker", "--worker-id", "w1", "--master-url", ",".join(master_urls)]
         env = dict(os.environ, PYTHONPATH=str(REPO), AGENTFLOW_LOG="info")
         self.proc = subprocess.Popen(argv + list(extra), cwd=REPO, env=env, stdout=self.log, stderr=self.log)
 
@@ -322,7 +320,7 @@ def test_sigterm_drains_running_tasks_then_exits_0(cluster):
 
 
 def test_resources_are_detected_and_flags_override_them(tmp_path, monkeypatch):
-    from actors.worker import advertised_endpoint
+    from agentflow.worker import advertised_endpoint
     from runtime.resources import detect_gpus, detect_resources, parse_nvidia_smi
 
     assert parse_nvidia_smi("0, 16384 MiB\n1, 8192 MiB\ngarbage\n") == [(0, 16384), (1, 8192)]

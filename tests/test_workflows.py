@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from actors.scheduler import SCHEDULER_ACTOR
+from protocols.names import SCHEDULER_ACTOR
 from protocols.control import SubmitWorkflowRequest
 from protocols.dag import TaskNode, Workflow
 from protocols.workflow import parse_workflow
@@ -34,7 +34,7 @@ def shared(tmp_path_factory):
 
 def run_cli(*args: str, master_url: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, AGENTFLOW_MASTER_URL=master_url, AGENTFLOW_LOG="warn")
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "agentflow.cli", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -17,9 +17,10 @@ import threading
 import time
 from typing import Any
 
-from actors.lock import LOCK_ACTOR, LockActor
-from actors.raft import RAFT_ACTOR, SNAPSHOT_EVERY_ENTRIES, RaftActor
-from actors.scheduler import SCHEDULER_ACTOR, SchedulerActor
+from actors.lock import LockActor
+from actors.raft import SNAPSHOT_EVERY_ENTRIES, RaftActor
+from actors.scheduler import SchedulerActor
+from protocols.names import LOCK_ACTOR, RAFT_ACTOR, SCHEDULER_ACTOR
 from protocols.control import Join, StatusQuery, TransferLeadership
 from protocols.raft import RaftConfig
 from protocols.wire import ErrorRecord, Redirect

@@ -71,7 +71,7 @@ def wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.05)
 
 
 class ChildProcess:
-    """One `agentflow` child (``python -m runtime.cli ARGS``); ``start()`` again restarts it as it was."""
+    """One `agentflow` child (``python -m agentflow.cli ARGS``); ``start()`` again restarts it as it was."""
 
     def __init__(self, name: str, args: list[str], log_path: Path, port: int | None = None) -> None:
         self.name = self.node_id = name
@@ -90,7 +90,7 @@ class ChildProcess:
         env.setdefault("AGENTFLOW_LOG", "info")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(REPO)]))
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", *self.args], stdout=self._log,
+        self.proc = subprocess.Popen([sys.executable, "-m", "agentflow.cli", *self.args], stdout=self._log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         return self
 

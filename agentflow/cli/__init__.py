@@ -1,0 +1,34 @@
+"""The `agentflow` command line (typer): start nodes and drive the cluster.
+
+One module per group of commands; each registers its commands on the shared ``app``
+(``agentflow.cli.common``). A process entry point is ``main``; ``agentflow-master`` and
+``agentflow-worker`` are ``master_main`` and ``worker_main``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from agentflow.cli import agents, locks, nodes, top, workflows  # noqa: F401  (they register their commands)
+from agentflow.cli.common import app
+
+__all__ = ["app", "main", "master_main", "worker_main"]
+
+
+def main() -> None:
+    app()
+
+
+def _run_subcommand(name: str) -> None:
+    sys.argv = [sys.argv[0], name, *sys.argv[1:]]
+    app()
+
+
+def master_main() -> None:
+    """`agentflow-master`: the same options as `agentflow master`."""
+    _run_subcommand("master")
+
+
+def worker_main() -> None:
+    """`agentflow-worker`: the same options as `agentflow worker`."""
+    _run_subcommand("worker")

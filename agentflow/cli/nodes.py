@@ -1,0 +1,165 @@
+"""`agentflow master|worker|up|demo`: the commands that start nodes."""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import List, Optional
+
+import typer
+
+from agentflow.cli.common import MasterUrl, app, fail
+
+def tune_gc_for_serving() -> None:
+    """Collect less often in a long-running master or worker: it allocates a few objects per
+    message and keeps many alive (log, state, sessions, futures), and with the default
+    thresholds the collector runs every 700 allocations and rescans them again and again. What
+    start-up loaded is moved out of its sight (``gc.freeze``). ~10% more commits/s on the raft
+    benchmark."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 10)
+
+
+@app.command()
+def master(
+    mode: str = typer.Option("leader", "--mode", help="leader: bootstrap a new cluster; master: join one."),
+    port: int = typer.Option(6767, "--port"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    leader_url: Optional[str] = typer.Option(None, "--leader-url", help="A member of the cluster to join."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    http_port: Optional[int] = typer.Option(None, "--http-port", help="Default: PORT+10."),
+    pub_port: Optional[int] = typer.Option(None, "--pub-port", help="Default: PORT+100."),
+    node_id: Optional[str] = typer.Option(None, "--node-id"),
+    heartbeat_ms: int = typer.Option(100, "--heartbeat-ms", help="Raft heartbeat interval."),
+    election_timeout_ms: str = typer.Option("1000-2000", "--election-timeout-ms",
+                                            help="Randomized election timeout range, MIN-MAX (the seed's: 5000-10000)."),
+    snapshot_every: int = typer.Option(100_000, "--snapshot-every",
+                                       help="Snapshot the state and compact the log every N entries."),
+) -> None:
+    """Start a master (a member of the Raft group of the control plane)."""
+    from agentflow.master import run_master
+
+    tune_gc_for_serving()
+
+    import zmq
+
+    try:
+        low, _, high = election_timeout_ms.partition("-")
+        if not (low.strip().isdigit() and (high or low).strip().isdigit()):
+            raise ValueError(f"--election-timeout-ms {election_timeout_ms!r}: expected MIN-MAX in ms, e.g. 1000-2000")
+        code = run_master(mode=mode, port=port, host=host, leader_url=leader_url, data_dir=data_dir,
+                          http_port=http_port, pub_port=pub_port, node_id=node_id, heartbeat_ms=heartbeat_ms,
+                          election_timeout_ms=(int(low), int(high or low)), snapshot_every_entries=snapshot_every)
+    except ValueError as exc:
+        fail(str(exc))
+    except (zmq.ZMQError, OSError) as exc:
+        fail(f"master cannot start on {host}:{port}: {exc}", code=1)
+    raise typer.Exit(code)
+
+
+@app.command()
+def worker(
+    master_url: Optional[str] = MasterUrl,
+    cpu_cores: Optional[float] = typer.Option(None, "--cpu-cores"),
+    memory_mb: Optional[int] = typer.Option(None, "--memory-mb"),
+    gpu_count: Optional[int] = typer.Option(None, "--gpu-count"),
+    group: str = typer.Option("default", "--group"),
+    capability: List[str] = typer.Option([], "--capability"),
+    max_concurrent_tasks: Optional[int] = typer.Option(None, "--max-concurrent-tasks"),
+    worker_id: Optional[str] = typer.Option(None, "--worker-id"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Where to listen for the masters' assignments."),
+    port: int = typer.Option(0, "--port", help="Default: any free port."),
+) -> None:
+    """Start a worker that runs tasks for the cluster."""
+    from agentflow.worker import run_worker
+
+    tune_gc_for_serving()
+
+    raise typer.Exit(run_worker(master_url or "127.0.0.1:6767", cpu_cores=cpu_cores, memory_mb=memory_mb,
+                                gpu_count=gpu_count, group=group, capabilities=capability,
+                                max_concurrent_tasks=max_concurrent_tasks, worker_id=worker_id,
+                                host=host, port=port))
+
+
+@app.command()
+def up(
+    masters: int = typer.Option(3, "--masters"),
+    workers: int = typer.Option(2, "--workers"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+) -> None:
+    """Run a local cluster in the foreground; Ctrl-C stops it."""
+    import signal
+    import tempfile
+    import threading
+
+    from agentflow.cluster import LocalCluster
+
+    directory = data_dir or tempfile.mkdtemp(prefix="agentflow-up-")
+    try:
+        local = LocalCluster(directory, masters=masters, workers=workers, first_port=6767)
+    except ValueError as exc:
+        fail(str(exc))
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        local.start()
+        typer.echo(f"AgentFlow is up: {masters} masters, {workers} workers; data and logs in {directory}")
+        typer.echo(f"  export AGENTFLOW_MASTER_URL={local.master_url}")
+        typer.echo("  agentflow submit examples/diamond.yaml --wait     (Ctrl-C stops the cluster)")
+        while not stop.wait(0.5):
+            if not local.alive():
+                typer.echo("a process of the cluster exited; stopping (see the logs)", err=True)
+                break
+    except (RuntimeError, TimeoutError) as exc:
+        typer.echo(f"agentflow: {exc}", err=True)
+        raise typer.Exit(1)
+    finally:
+        local.stop()
+        typer.echo("AgentFlow stopped")
+
+
+@app.command()
+def demo() -> None:
+    """Bring up a local cluster, run the example workflows, print a summary, stop it."""
+    import tempfile
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from protocols.workflow import parse_workflow
+    from runtime.client import Client
+    from agentflow.cluster import LocalCluster
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    files = ["seed.yaml", "diamond.yaml", "failing_branch.yaml"]
+    console = Console()
+    with tempfile.TemporaryDirectory(prefix="agentflow-demo-") as directory:
+        local = LocalCluster(directory, masters=3, workers=2, first_port=16767)
+        try:
+            started = time.perf_counter()
+            local.start()
+            console.print(f"cluster up in {time.perf_counter() - started:.1f} s: 3 masters "
+                          f"({local.master_url}), 2 workers")
+            table = Table(title="AgentFlow demo")
+            for column in ("workflow", "tasks", "state", "wall time", "what happened"):
+                table.add_column(column)
+            with Client(local.master_url, timeout_s=10) as client:
+                for name in files:
+                    workflow = parse_workflow((examples / name).read_text(), filename=name)
+                    started = time.perf_counter()
+                    client.submit_workflow(workflow)
+                    status_doc = client.wait_workflow(workflow.workflow_id, timeout_s=60)
+                    states = [f"{task_id}={task['state']}" for task_id, task in status_doc["tasks"].items()]
+                    table.add_row(workflow.workflow_id, str(len(workflow.tasks)), status_doc["state"],
+                                  f"{(time.perf_counter() - started) * 1000:.0f} ms", ", ".join(states))
+                view = client.cluster_status()
+            console.print(table)
+            console.print(f"leader {view['leader']} at term {view['term']}; "
+                          "failing_branch fails by design (its flaky task exits 3 on both attempts)")
+        except (RuntimeError, TimeoutError) as exc:
+            console.print(f"[red]demo failed: {exc}[/red]")
+            raise typer.Exit(1)
+        finally:
+            local.stop()

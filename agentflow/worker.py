@@ -1,0 +1,126 @@
+"""A worker process: a node, its WorkerActor, and the foreground loop that drains on SIGTERM.
+
+    run_worker(["tcp://127.0.0.1:6767"], max_concurrent_tasks=4)   # until SIGTERM
+    agentflow worker --master-url tcp://127.0.0.1:6767             # the same from a shell
+
+Role: composition only. The first SIGTERM or SIGINT drains the worker (no new work, running
+tasks finish and are reported); a second one stops it at once. Exit 0 after a clean drain, 1
+otherwise, 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import platform
+import signal
+import socket
+import threading
+import uuid
+from typing import Any, Callable
+
+from actors.worker import Begin, Drain, WorkerActor, WorkerConfig
+from protocols.names import WORKER_ACTOR
+from protocols.registry import WorkerInfo
+from protocols.tasks import parse_master_urls
+from runtime.log import configure_logging, get_logger
+from runtime.node import Node, Ref
+from runtime.resources import detect_resources
+
+log = get_logger("worker")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def start_worker(node: Node, config: WorkerConfig, on_drained: Callable[[bool], None] | None = None) -> Ref:
+    """Spawn the WorkerActor named "worker" on ``node`` and start it (hello, heartbeats).
+    ``on_drained(clean)`` is called on the actor's thread once a drain has finished."""
+    ref = node.spawn(WorkerActor, config, name=WORKER_ACTOR, pinned=True)
+    ref.tell(Begin(on_drained))
+    return ref
+
+
+def default_worker_id() -> str:
+    return f"worker-{uuid.uuid4().hex[:8]}"
+
+
+def advertised_endpoint(endpoint: str, host: str) -> str:
+    """The endpoint masters should use: a wildcard bind is advertised under this host's name."""
+    if host in ("0.0.0.0", "*"):
+        return endpoint.replace(f"//{host}:", f"//{socket.getfqdn()}:", 1)
+    return endpoint
+
+
+def run_worker(
+    master_urls: list[str] | str,
+    *,
+    cpu_cores: float | None = None,
+    memory_mb: int | None = None,
+    gpu_count: int | None = None,
+    group: str = "default",
+    capabilities: tuple[str, ...] | list[str] = (),
+    max_concurrent_tasks: int | None = None,
+    worker_id: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+) -> int:
+    """Run a worker in the foreground until it has drained after SIGTERM/SIGINT (exit 0), or a
+    second signal stops it at once (exit 1). Exit 2 for bad arguments."""
+    configure_logging()
+    try:
+        endpoints = parse_master_urls(master_urls)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    if max_concurrent_tasks is not None and max_concurrent_tasks < 1:
+        log.error("--max-concurrent-tasks must be at least 1")
+        return EXIT_USAGE
+    resources = detect_resources(cpu_cores, memory_mb, gpu_count)
+    worker_id = worker_id or default_worker_id()
+    try:
+        node = Node(worker_id, host=host, port=port).start()
+    except Exception as exc:  # a taken port, a bad host: say so and exit
+        log.error("Worker %s cannot listen on %s:%s: %s", worker_id, host, port, exc)
+        return EXIT_FAILED
+    info = WorkerInfo(
+        worker_id=worker_id,
+        name=worker_id,
+        group=group,
+        platform=platform.platform(terse=True),
+        capabilities=list(capabilities),
+        max_concurrent_tasks=max_concurrent_tasks or max(1, int(resources.cpu_cores)),
+        resources=resources,
+        address=advertised_endpoint(node.endpoint, host),
+    )
+    wake = threading.Event()
+    outcome: dict[str, Any] = {"signals": 0, "drained": False, "clean": False}
+
+    def on_drained(clean: bool) -> None:
+        outcome["drained"], outcome["clean"] = True, clean
+        wake.set()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        outcome["signals"] += 1
+        wake.set()
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        ref = start_worker(node, WorkerConfig(info=info, master_endpoints=endpoints), on_drained)
+        log.info("Worker %s at %s: %g cpu, %d MB, %d GPUs, %d slots; masters %s", worker_id, node.endpoint,
+                 resources.cpu_cores, resources.memory_mb, resources.gpu_count, info.max_concurrent_tasks,
+                 ", ".join(endpoints))
+        drain_sent = False
+        while True:
+            wake.wait(1.0)
+            wake.clear()
+            if outcome["drained"] or outcome["signals"] >= 2:
+                break
+            if outcome["signals"] == 1 and not drain_sent:
+                drain_sent = True
+                ref.tell(Drain())
+    finally:
+        node.stop()  # stops the actor, whose executor kills whatever still runs
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if not outcome["drained"]:
+        log.warning("Worker %s stopped without draining", worker_id)
+        return EXIT_FAILED
+    return EXIT_OK if outcome["clean"] else EXIT_FAILED

@@ -1,0 +1,10 @@
+"""The names actors are spawned under: a message's destination on the wire.
+
+One place for them, because a name is a contract between processes: a worker tells the
+``scheduler`` of a master, a client asks its ``raft`` and ``lock`` actors.
+"""
+
+RAFT_ACTOR = "raft"
+SCHEDULER_ACTOR = "scheduler"
+LOCK_ACTOR = "lock"
+WORKER_ACTOR = "worker"
