@@ -9,7 +9,7 @@ Rules:
 
 * Spawned pinned (the transport thread, like the RaftActor): no thread hand-off between the two,
   and it never blocks. Proposals made while handling one wake-up of the transport go to the
-  RaftActor as one batch, so they share one SQLite commit (DESIGN §5, rule 7).
+  RaftActor as one batch, so they share one SQLite commit (ARCHITECTURE §5 rule 7).
 * Clients' commands arrive wrapped in ``ClientCommand`` and are proposed as they are (only
   ``now_ms`` is stamped), so a retried command is applied once. Clients may not propose
   ``ExpireLocks`` or ``ExtendAllLeases``: only the leader's clock ends leases.
@@ -18,7 +18,7 @@ Rules:
   ``clock_ms`` (a new leader's monotonic clock is not the old one's).
 * A new leader proposes ``ExtendAllLeases`` before anything else of its term (log order makes
   every later command, client or expiry, apply after it) and proposes no ``ExpireLocks`` until
-  it is applied (DESIGN §5, rule 2).
+  it is applied (ARCHITECTURE §5 rule 2).
 * A waiter is queued in the replicated table; its answer is soft state of the leader. A client
   re-asks within ``abandon_ms`` while it waits; a queued owner that stops asking is taken out of
   the queue with ``CancelWait`` so that a dead client is never granted the lock.

@@ -8,7 +8,7 @@ ticks) runs the Ready loop: persist (one SQLite transaction), then send, then ap
 Rules:
 
 * Spawned pinned (on the transport thread): consensus traffic is latency-critical, and a pinned
-  actor costs no thread hand-off per message (PROBES.md, probe 1). It never blocks but for the
+  actor costs no thread hand-off per message (bench/README.md, design probe 1). It never blocks but for the
   SQLite commit, once per round (group commit), never once per entry.
 * Nothing is sent before what it depends on is durable (the Ready obligations), except a
   leader's appends and heartbeats, which leave before its own write (it counts itself in a

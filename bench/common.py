@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: medians, the JSON document of DESIGN.md §6, the rich table."""
+"""Shared pieces of the benchmarks: medians, the JSON document of docs/ARCHITECTURE.md §6, the rich table."""
 
 from __future__ import annotations
 

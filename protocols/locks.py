@@ -7,7 +7,7 @@ by the leader from its monotonic clock when it proposes), so every master comput
 thing. The actor around it (``actors/lock.py``) proposes commands, answers clients and notifies
 waiters from the ``LockOutcome`` each apply returns.
 
-Rules (DESIGN §5, rule 2):
+Rules (docs/ARCHITECTURE.md §5 rule 2):
 
 * A grant carries a fencing token: the Raft index of the entry that granted it. Indexes only
   grow, so tokens strictly grow for a key and across keys. A re-acquire by the current holder

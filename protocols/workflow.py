@@ -1,6 +1,6 @@
 """Workflow files: parse and validate YAML or JSON into a ``Workflow``.
 
-The format (DESIGN.md section 4)::
+The format (docs/ARCHITECTURE.md §4)::
 
     workflow:
       id: wf-deploy                 # optional

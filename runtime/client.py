@@ -12,7 +12,7 @@ what it tried when no leader answers by then. A command is proposed with the cli
 Each thread has its own session, so commands of one thread are applied in the order it sent them.
 A call is sent and answered on the calling thread's own DEALER socket (``DirectAsks``), not through
 the node's transport thread: a ZeroMQ socket is still only ever used by the one thread that made it
-(DESIGN.md's reason for one transport thread), and a blocking call saves two thread hand-offs.
+(docs/ARCHITECTURE.md §2: the reason for one transport thread), and a blocking call saves two thread hand-offs.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Durable storage of one Raft node: hard state, log entries and the latest snapshot, in SQLite.
 
 Role: the Raft core (protocols/raft.py) decides what must be persisted; the actor that drives it
-hands that to ``RaftStorage.save`` before it sends messages or acknowledges anything (DESIGN §3,
+hands that to ``RaftStorage.save`` before it sends messages or acknowledges anything (ARCHITECTURE §3,
 rule 1), and reads it all back with ``load`` when the node restarts.
 
 Rules of this module:

@@ -1,6 +1,6 @@
 """The transport: the one thread that owns every ZeroMQ socket of a node.
 
-Rules of this module (DESIGN.md §2 and §5.7):
+Rules of this module (docs/ARCHITECTURE.md §2 and §5 rule 7):
 
 * ZeroMQ sockets are not thread-safe, so this thread alone creates, uses and closes them: a
   ROUTER bound for inbound messages, one DEALER per peer endpoint for outbound ones, a PUB for

@@ -132,3 +132,17 @@ def test_no_module_is_too_long():
                 too_long.append(f"{relative}: {lines} lines")
     assert not too_long, f"modules over {MAX_LINES} lines (split them, or allow one with a reason):\n" + \
         "\n".join(too_long)
+
+
+def test_nothing_cites_a_file_outside_the_repository():
+    """The design lives in docs/ARCHITECTURE.md: no code or doc points at a file we do not ship."""
+    outside = ("DESIGN.md", "PROBES.md", "../shared", "DESIGN §")
+    citing = []
+    for path in sorted(REPO.rglob("*")):
+        relative = path.relative_to(REPO).as_posix()
+        if (path.suffix not in (".py", ".md", ".yaml", ".yml", ".toml") or relative.startswith((".venv", ".git"))
+                or relative == "tests/test_layers.py"):
+            continue
+        text = path.read_text(errors="replace")
+        citing.extend(f"{relative} cites {name}" for name in outside if name in text)
+    assert not citing, "\n".join(citing)

@@ -1,6 +1,6 @@
 """Distributed locks end to end: real master processes, clients in other processes and threads.
 
-What must hold (issue 5, DESIGN §5 rule 2): contending clients never overlap and no stale
+What must hold (issue 5, ARCHITECTURE §5 rule 2): contending clients never overlap and no stale
 fencing token is ever accepted, also across a kill -9 of the leader; waiters are granted FIFO;
 an abandoned lease expires by the leader's clock; AutoRenewLock keeps a lock past its TTL and
 reports the loss when the cluster is gone; `agentflow lock run` passes the token and the status.

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sys
 
-from agentflow.cli import agents, locks, nodes, top, workflows  # noqa: F401  (they register their commands)
+# Each module registers its commands on import; the order here is the order of `agentflow --help`.
+from agentflow.cli import nodes, workflows, top, agents, locks  # noqa: F401, I001
 from agentflow.cli.common import app
 
 __all__ = ["app", "main", "master_main", "worker_main"]
