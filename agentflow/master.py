@@ -67,9 +67,9 @@ class Master:
         data_dir = data_dir or "agentflow-data"
         os.makedirs(data_dir, exist_ok=True)
         self.storage_path = os.path.join(data_dir, f"{self.node_id.replace('/', '_').replace(':', '_')}.sqlite")
+        raft_config, tick_s = raft_timing(heartbeat_ms, election_timeout_ms)  # bad options: before binding
         self.node = Node(self.node_id, host=host, port=port, pub_port=pub_port).start()
         self.http_port = port + 10 if http_port is None else http_port
-        raft_config, tick_s = raft_timing(heartbeat_ms, election_timeout_ms)
         self.raft = self.node.spawn(RaftActor, self.storage_path, raft_config, tick_s, mode == "leader",
                                     self.http_port, snapshot_every_entries, name=RAFT_ACTOR, pinned=True)
         self.locks = self.node.spawn(LockActor, name=LOCK_ACTOR, pinned=True)  # watches "lock." applies

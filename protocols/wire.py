@@ -316,6 +316,17 @@ class Event:
     gap: int
 
 
+@record("refused")
+class Refused:
+    """Told back to the sender of a message that was not delivered: ``reason`` is
+    ``mailbox_full`` (the receiver's bounded mailbox is full) or ``unknown_actor``; ``body`` is
+    the message refused, so the sender knows which."""
+
+    reason: str
+    destination: str
+    body: Any
+
+
 @record("redirect")
 class Redirect:
     """Answer of a master that is not the leader: ask ``leader_endpoint`` instead (None: unknown yet)."""

@@ -20,9 +20,9 @@ import pykka
 
 from protocols.wire import ASK, ErrorRecord
 from runtime.log import get_logger
+from runtime.messages import InboundBatch, InboundMessage
 
 if TYPE_CHECKING:
-    from runtime.future import Future
     from runtime.node import Node
 
 log = get_logger("actor")
@@ -36,27 +36,6 @@ def current_actor_name() -> str:
     return getattr(_current, "name", "")
 
 
-class InboundMessage:
-    """One message for an actor, with where its answer goes (a wire route or a local future)."""
-
-    __slots__ = ("kind", "sender", "correlation_id", "body", "route", "future")
-
-    def __init__(self, kind, sender, correlation_id, body, route=None, future=None):
-        self.kind = kind
-        self.sender = sender  # (node_id, actor_name) or None when unknown/anonymous
-        self.correlation_id = correlation_id
-        self.body = body
-        self.route = route  # ROUTER routing id of the connection the ask came in on
-        self.future: Future | None = future
-
-
-class InboundBatch:
-    __slots__ = ("messages",)
-
-    def __init__(self, messages: list[InboundMessage]) -> None:
-        self.messages = messages
-
-
 class Deferred:
     """An answer promised by a handler; resolve or fail it exactly once, from any thread."""
 
@@ -68,18 +47,27 @@ class Deferred:
     def resolve(self, value: Any) -> None:
         if not self._done and self._message is not None:
             self._done = True
-            self._node._answer(self._message, value, None)
+            self._node.answer(self._message, value, None)
 
     def fail(self, kind: str, message: str) -> None:
         if not self._done and self._message is not None:
             self._done = True
-            self._node._answer(self._message, None, ErrorRecord(kind, message))
+            self._node.answer(self._message, None, ErrorRecord(kind, message))
 
 
 class Actor(pykka.ThreadingActor):
     """Base class of every AgentFlow actor. Set by the node at spawn: ``node``, ``name``."""
 
     _inbound: InboundMessage | None = None
+    mailbox: Any = None  # the node's delivery target for this actor (pykka actors)
+
+    @classmethod
+    def actor_name(cls, *args: Any, **kwargs: Any) -> str:
+        """The name ``Node.spawn`` gives an actor spawned without ``name=``."""
+        raise TypeError(f"{cls.__name__}: pass name= to spawn it")
+
+    def after_spawn(self) -> None:
+        """Runs on the spawning thread once the actor is reachable; raising undoes the spawn."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -127,10 +115,12 @@ class Actor(pykka.ThreadingActor):
                     self.node.count("handler_errors")
                     log.debug("%s failed on %s: %r", self.name, type(inbound.body).__name__, exc)
                     if inbound.kind == ASK:
-                        self.node._answer(inbound, None, ErrorRecord("handler_error", repr(exc)))
+                        self.node.answer(inbound, None, ErrorRecord("handler_error", repr(exc)))
                     continue
                 if inbound.kind == ASK and not isinstance(result, Deferred):
-                    self.node._answer(inbound, result, None)
+                    self.node.answer(inbound, result)
         finally:
             self._inbound = None
             _current.name = ""
+            if self.mailbox is not None:
+                self.mailbox.done(len(messages))

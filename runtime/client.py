@@ -40,7 +40,7 @@ from protocols.names import RAFT_ACTOR, SCHEDULER_ACTOR
 from protocols.tasks import parse_master_urls as parse_endpoints
 from protocols.wire import ASK, ERROR, REPLY, DecodeError, ErrorRecord, Redirect, decode_frame, encode, encode_frame
 from runtime.actor import current_actor_name
-from runtime.future import AskTimeout, RemoteError
+from runtime.future import AskTimeout, RemoteError, reply_value
 from runtime.node import Node
 
 FINAL_WORKFLOW_STATES = ("completed", "failed", "cancelled")
@@ -99,12 +99,7 @@ class DirectAsks:
                 for envelope in envelopes:
                     if envelope.correlation_id != correlation_id or envelope.kind not in (REPLY, ERROR):
                         continue  # the late answer to an ask that timed out
-                    if envelope.kind == REPLY:
-                        return envelope.body
-                    body = envelope.body
-                    if isinstance(body, ErrorRecord):
-                        raise RemoteError(body.kind, body.message)
-                    raise RemoteError("bad_error", repr(body)[:200])
+                    return reply_value(envelope.kind, envelope.body)
         except zmq.Again:
             pass
         self._discard(endpoint)

@@ -11,6 +11,8 @@ import threading
 import time
 from typing import Any, Callable
 
+from protocols.wire import REPLY, ErrorRecord
+
 
 class AskTimeout(TimeoutError):
     """No answer arrived before the ask's deadline."""
@@ -26,6 +28,24 @@ class RemoteError(Exception):
 
 
 _UNSET = object()
+
+
+def reply_value(kind: int, body: Any) -> Any:
+    """The value a REPLY envelope carries, or the RemoteError an ERROR one carries (raised).
+    The one decoder of answers, for the transport's futures and the client's direct asks."""
+    if kind == REPLY:
+        return body
+    if isinstance(body, ErrorRecord):
+        raise RemoteError(body.kind, body.message)
+    raise RemoteError("bad_error", repr(body)[:200])
+
+
+def settle(future: Future, kind: int, body: Any) -> None:
+    """Resolve ``future`` with the answer in a REPLY or ERROR envelope."""
+    try:
+        future.set_result(reply_value(kind, body))
+    except RemoteError as error:
+        future.set_exception(error)
 
 
 class Future:

@@ -15,42 +15,64 @@ thread and socket the node started.
 from __future__ import annotations
 
 import collections
-import itertools
+import threading
 import time
 import uuid
 from typing import Any
 
 import pykka
 
-from protocols.wire import ASK, DEFAULT_MAX_FRAME_BYTES, ERROR, REPLY, TELL, Address, ErrorRecord
-from runtime.actor import Actor, InboundBatch, InboundMessage, _spawning, current_actor_name
+from protocols.tasks import parse_master_urls
+from protocols.wire import ASK, DEFAULT_MAX_FRAME_BYTES, TELL, Address, ErrorRecord, Refused
+from runtime.actor import Actor, _spawning, current_actor_name
 from runtime.future import Future, RemoteError
-from runtime.transport import _ASK, _PUBLISH, _TO_PEER, _TO_ROUTE, Transport
+from runtime.messages import InboundBatch, InboundMessage
+from runtime.transport import Transport
 
 DEFAULT_ASK_TIMEOUT_S = 5.0
-
-_correlation_ids = itertools.count(1)
 
 
 class _PykkaTarget:
     """Delivers a batch to a pykka actor: one ``tell`` (one thread hand-off) per batch. Any
-    thread may deliver, so ``post`` (from a thread other than the transport's) is ``deliver``."""
+    thread may deliver, so ``post`` (from a thread other than the transport's) is ``deliver``.
 
-    __slots__ = ("node", "actor_ref")
+    With a ``mailbox_limit`` it counts the messages delivered but not yet handled (``depth``;
+    the actor calls ``done`` after each batch) and refuses what would go over the limit, so a
+    slow actor's mailbox cannot grow without bound."""
 
-    def __init__(self, node: Node, actor_ref: pykka.ActorRef) -> None:
+    __slots__ = ("node", "actor_ref", "limit", "depth", "handled", "_lock")
+
+    def __init__(self, node: Node, actor_ref: pykka.ActorRef, mailbox_limit: int | None = None) -> None:
         self.node, self.actor_ref = node, actor_ref
+        self.limit = mailbox_limit
+        self.depth = self.handled = 0
+        self._lock = threading.Lock()
 
     def deliver(self, messages: list[InboundMessage]) -> None:
+        if self.limit is not None:
+            with self._lock:
+                room = max(0, self.limit - self.depth)
+                self.depth += min(room, len(messages))
+            if room < len(messages):
+                self.node.refuse(messages[room:], "mailbox_full")
+                messages = messages[:room]
+                if not messages:
+                    return
         try:
             self.actor_ref.tell(InboundBatch(messages))
         except pykka.ActorDeadError:
             self.node.count("to_dead_actor", len(messages))
             for message in messages:
                 if message.kind == ASK:
-                    self.node._answer(message, None, ErrorRecord("actor_stopped", "the actor has stopped"))
+                    self.node.answer(message, None, ErrorRecord("actor_stopped", "the actor has stopped"))
 
     post = deliver
+
+    def done(self, count: int) -> None:
+        if self.limit is not None:
+            with self._lock:
+                self.depth -= count
+                self.handled += count
 
 
 class _PinnedTarget:
@@ -88,18 +110,14 @@ class Ref:
         if self._target is not None:
             self._target.post([InboundMessage(TELL, self.node._local_sender(), 0, message)])
         else:
-            self.node.transport.submit(
-                (_TO_PEER, self.endpoint, (TELL, current_actor_name(), self.address[1], 0, message))
-            )
+            self.node.transport.send(self.endpoint, self.address[1], message, current_actor_name())
 
     def ask(self, message: Any, timeout_s: float = DEFAULT_ASK_TIMEOUT_S) -> Future:
         future = Future(time.monotonic() + timeout_s)
         if self._target is not None:
             self._target.post([InboundMessage(ASK, self.node._local_sender(), 0, message, future=future)])
         else:
-            correlation_id = next(_correlation_ids)
-            envelope = (ASK, current_actor_name(), self.address[1], correlation_id, message)
-            self.node.transport.submit((_ASK, self.endpoint, envelope, correlation_id, future))
+            self.node.transport.ask(self.endpoint, self.address[1], message, future, current_actor_name())
         return future
 
 
@@ -111,16 +129,18 @@ class Node:
         port: int = 0,
         pub_port: int | None = None,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        master_urls: str | list[str] | None = None,
     ) -> None:
         self.node_id = node_id or f"node-{uuid.uuid4().hex[:8]}"
         self.host = host
-        self.fixed_port = bool(port)
+        # The cluster this node belongs to (any member will do): what hosting agents needs.
+        self.master_endpoints = parse_master_urls(master_urls) if master_urls else []
         self.counters: collections.Counter[str] = collections.Counter()
-        self.peers: dict[str, str] = {}  # node_id -> endpoint, learned from frames
-        self.targets: dict[str, Any] = {}  # actor name -> delivery target
+        self.targets: dict[str, Any] = {}  # actor name -> delivery target: the transport's directory
         self._actors: dict[str, Actor] = {}
         self._pykka_refs: list[pykka.ActorRef] = []
-        self.transport = Transport(self, host, port, pub_port, max_frame_bytes)
+        self.transport = Transport(self.node_id, host, port, pub_port, max_frame_bytes, self.targets, self.counters)
+        self.peers = self.transport.peers  # node_id -> endpoint, learned from frames
         self.endpoint = self.transport.endpoint
         self.pub_endpoint = self.transport.pub_endpoint
         self._started = False
@@ -139,8 +159,16 @@ class Node:
 
     # ------------------------------------------------------------------ actors
 
-    def spawn(self, actor_class: type[Actor], *args: Any, name: str, pinned: bool = False, **kwargs: Any) -> Ref:
-        """Start an actor under ``name``; ``pinned`` runs it on the transport thread (no hand-off)."""
+    def spawn(self, actor_class: type[Actor], *args: Any, name: str | None = None, pinned: bool = False,
+              mailbox_limit: int | None = None, **kwargs: Any) -> Ref:
+        """Start an actor under ``name`` (default: the class's ``actor_name(*args, **kwargs)``).
+
+        ``pinned`` runs it on the transport thread (no hand-off); ``mailbox_limit`` bounds a
+        pykka actor's mailbox (what would go over it is refused to the sender). Once the actor
+        is reachable, its ``after_spawn()`` runs on this thread; if that raises, the actor is
+        stopped and the error raised here."""
+        if name is None:
+            name = actor_class.actor_name(*args, **kwargs)
         if name in self.targets:
             raise ValueError(f"an actor named {name!r} already runs on {self.node_id}")
         _spawning.node, _spawning.name = self, name
@@ -154,12 +182,37 @@ class Node:
                 actor_ref = actor_class.start(*args, **kwargs)
                 self._pykka_refs.append(actor_ref)
                 actor = _spawning.built
-                target = _PykkaTarget(self, actor_ref)
+                target = _PykkaTarget(self, actor_ref, mailbox_limit)
+                actor.mailbox = target
         finally:
             _spawning.node = _spawning.name = _spawning.built = None
         self._actors[name] = actor
         self.targets[name] = target
+        try:
+            actor.after_spawn()
+        except BaseException:
+            self.stop_actor(name)
+            raise
         return Ref(self, (self.node_id, name), None, target)
+
+    def stop_actor(self, name: str, timeout_s: float = 5.0) -> None:
+        """Stop one actor (its ``on_stop`` runs) and forget its name; a no-op if it is not here."""
+        target = self.targets.pop(name, None)
+        self._actors.pop(name, None)
+        if isinstance(target, _PykkaTarget):
+            if target.actor_ref in self._pykka_refs:
+                self._pykka_refs.remove(target.actor_ref)
+            try:
+                target.actor_ref.stop(block=threading.current_thread() is not self.transport, timeout=timeout_s)
+            except (pykka.ActorDeadError, pykka.Timeout):
+                pass
+        elif isinstance(target, _PinnedTarget):
+            self.transport.call(target.actor.on_stop)
+
+    def mailbox_depth(self, name: str) -> tuple[int, int]:
+        """(messages waiting, messages handled) of a bounded mailbox; (0, 0) for other actors."""
+        target = self.targets.get(name)
+        return (target.depth, target.handled) if isinstance(target, _PykkaTarget) else (0, 0)
 
     def actor(self, name: str) -> Actor:
         """The local actor object (for tests and in-process composition)."""
@@ -185,32 +238,47 @@ class Node:
         name = current_actor_name()
         return (self.node_id, name) if name else None
 
-    def _answer(self, inbound: InboundMessage, value: Any, error: ErrorRecord | None) -> None:
-        """Send the answer to an ask, wherever the asker is."""
+    def answer(self, inbound: InboundMessage, value: Any, error: ErrorRecord | None = None) -> None:
+        """Send the answer to an ask, wherever the asker is (a local future or a wire route)."""
         if inbound.future is not None:
             if error is None:
                 inbound.future.set_result(value)
             else:
                 inbound.future.set_exception(RemoteError(error.kind, error.message))
-            return
-        if inbound.route is None:
-            return
-        kind, body = (REPLY, value) if error is None else (ERROR, error)
-        self.transport.submit(
-            (_TO_ROUTE, inbound.route, (kind, "", inbound.sender[1] if inbound.sender else "", inbound.correlation_id, body))
-        )
+        elif inbound.route is not None:
+            self.transport.reply(inbound.route, inbound.sender[1] if inbound.sender else "", inbound.correlation_id,
+                                 value, error)
+
+    def refuse(self, messages: list[InboundMessage], reason: str) -> None:
+        """Messages that will not be delivered: an ask is answered with the reason; a tell from a
+        named actor is told back to it as ``Refused``; the rest are only counted."""
+        self.count(f"refused_{reason}", len(messages))
+        for message in messages:
+            if message.kind == ASK:
+                self.answer(message, None, ErrorRecord(reason, f"{reason} on {self.node_id}"))
+                continue
+            sender = message.sender
+            if not sender or not sender[1]:
+                continue
+            refused = Refused(reason, "", message.body)
+            if sender[0] == self.node_id:
+                target = self.targets.get(sender[1])
+                if target is not None:
+                    target.post([InboundMessage(TELL, None, 0, refused)])
+            elif sender[0] in self.peers:
+                self.transport.send(self.peers[sender[0]], sender[1], refused)
 
     # ------------------------------------------------------------------ events and timers
 
     def publish(self, topic: str, body: Any) -> None:
         """Publish on the node's PUB socket; each (publisher, topic) has its own sequence."""
-        self.transport.submit((_PUBLISH, topic, body))
+        self.transport.publish(topic, body)
 
     def subscribe(self, pub_endpoint: str, topic: str, ref: Ref) -> None:
         """Deliver events whose topic starts with ``topic`` to a local actor as ``Event`` records."""
         if ref._target is None:
             raise ValueError("subscribers must be local actors")
-        self.transport.call(lambda: self.transport.subscribe(pub_endpoint, topic, ref._target))
+        self.transport.subscribe(pub_endpoint, topic, ref._target)
 
     def every(self, interval_s: float, ref: Ref, name: str) -> int:
         """Tell ``ref`` a ``Tick(name)`` every ``interval_s``; returns an id for ``cancel_timer``."""

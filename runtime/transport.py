@@ -5,8 +5,12 @@ Rules of this module (docs/ARCHITECTURE.md §2 and §5 rule 7):
 * ZeroMQ sockets are not thread-safe, so this thread alone creates, uses and closes them: a
   ROUTER bound for inbound messages, one DEALER per peer endpoint for outbound ones, a PUB for
   events and a SUB for subscriptions. Every socket has LINGER 0.
-* Other threads hand work to it through ``submit``: a lock-free queue plus a wake-up byte on a
-  pipe, written only when the queue turns from empty to non-empty (one wake-up per burst).
+* Its public face is ``send`` (a tell), ``ask``, ``reply``, ``publish``, ``subscribe`` and
+  ``call`` (run a function on this thread), callable from any thread: each puts one item on a
+  lock-free queue and writes a wake-up byte on a pipe only when the queue turns from empty to
+  non-empty (one wake-up per burst).
+* It knows the node's actors only through a directory (actor name -> delivery target) and
+  counts into the node's counters; it never calls back into the Node.
 * It drains sockets and the outbound queue without blocking, packs up to ``MAX_BATCH``
   envelopes per frame, and hands each local actor one batch per wake-up.
 * Bytes from the network never raise out of it: bad frames are counted by reason, logged once
@@ -14,6 +18,11 @@ Rules of this module (docs/ARCHITECTURE.md §2 and §5 rule 7):
   ``unknown_actor`` error record.
 * It also runs the node's timers and fails asks whose deadline has passed, so nothing else
   sleeps in a loop.
+* It watches each outbound connection (a ZeroMQ socket monitor): when a peer's connection
+  drops, or a connection to it is refused, the asks waiting on that peer fail at once with
+  ``peer_unreachable`` (a process that died is known in milliseconds, not at a timeout), and
+  new asks to it fail the same way until it is connected again. Tells are queued and
+  delivered on reconnection, as ZeroMQ does.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from protocols.wire import (
     ASK,
@@ -36,20 +46,20 @@ from protocols.wire import (
     EncodeError,
     ErrorRecord,
     Event,
+    Refused,
     Tick,
     decode,
     decode_frame,
     encode,
     encode_frame,
 )
-from runtime.actor import InboundMessage
-from runtime.future import AskTimeout, RemoteError
+from runtime.future import AskTimeout, RemoteError, settle
 from runtime.log import get_logger
+from runtime.messages import InboundMessage
 from runtime.wakeup import WakePipe
 
 if TYPE_CHECKING:
     from runtime.future import Future
-    from runtime.node import Node
 
 log = get_logger("transport")
 
@@ -64,6 +74,10 @@ _PUBLISH = 2  # (_PUBLISH, topic, body)
 _CALL = 3  # (_CALL, fn): run fn on the transport thread
 _ASK = 4  # (_ASK, endpoint, envelope, correlation_id, future)
 
+_correlation_ids = itertools.count(1)
+# What a connection's monitor reports: up, dropped, or refused (and retried).
+_WATCHED_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+
 
 def _bind(sock: zmq.Socket, host: str, port: int) -> int:
     """Bind on ``port``, or on a free port when it is 0; returns the port bound."""
@@ -74,9 +88,17 @@ def _bind(sock: zmq.Socket, host: str, port: int) -> int:
 
 
 class Transport(threading.Thread):
-    def __init__(self, node: Node, host: str, port: int, pub_port: int | None, max_frame_bytes: int):
-        super().__init__(name=f"agentflow-transport-{node.node_id}", daemon=True)
-        self.node = node
+    """``targets`` is the directory of local actors (name -> delivery target: an object with
+    ``deliver(messages)``), ``counters`` where to count; both are the owner's and stay live.
+    ``pub_port`` None means PORT+100 for a fixed ``port``, any free port otherwise."""
+
+    def __init__(self, node_id: str, host: str, port: int, pub_port: int | None, max_frame_bytes: int,
+                 targets: dict[str, Any], counters: collections.Counter) -> None:
+        super().__init__(name=f"agentflow-transport-{node_id}", daemon=True)
+        self.node_id = node_id
+        self.targets = targets
+        self.counters = counters
+        self.peers: dict[str, str] = {}  # node id -> endpoint, learned from frames
         self.max_frame_bytes = max_frame_bytes
         self._context = zmq.Context()
         self._outbox: collections.deque = collections.deque()
@@ -84,7 +106,10 @@ class Transport(threading.Thread):
         self._wake_pipe = WakePipe()
         self._running = True
         self._dealers: dict[str, zmq.Socket] = {}
+        self._monitors: dict[zmq.Socket, str] = {}  # monitor socket -> the endpoint it watches
+        self._unreachable: set[str] = set()  # endpoints whose connection is down
         self._asks: dict[int, Future] = {}
+        self._ask_endpoints: dict[int, str] = {}  # correlation id -> endpoint, for asks in flight
         self._ask_deadlines: list[tuple[float, int]] = []
         self._timers: list[tuple[float, int, Any]] = []
         self._timer_ids = itertools.count(1)
@@ -92,6 +117,7 @@ class Transport(threading.Thread):
         self._pub_seq: dict[str, int] = {}
         self._sub_last_seq: dict[tuple[str, str], int] = {}
         self._subscribers: list[tuple[str, Any]] = []  # (topic prefix, deliver target)
+        self._sub_endpoints: set[str] = set()  # publishers the SUB socket is connected to
         self._end_of_round_hooks: list[Callable[[], None]] = []
         self._last_logged: dict[tuple[str, str], float] = {}
         self._poller = zmq.Poller()
@@ -101,10 +127,11 @@ class Transport(threading.Thread):
         # libzmq drops (and disconnects) frames far over the cap before they are buffered whole;
         # frames between the cap and this hard limit are read and counted as "oversize".
         self._router.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes * 2 + 1024)
+        fixed_port = bool(port)
         port = _bind(self._router, host, port)
         self.endpoint = f"tcp://{host}:{port}"
         self._pub = self._socket(zmq.PUB)
-        pub_port = _bind(self._pub, host, pub_port if pub_port is not None else (port + 100 if node.fixed_port else 0))
+        pub_port = _bind(self._pub, host, pub_port if pub_port is not None else (port + 100 if fixed_port else 0))
         self.pub_endpoint = f"tcp://{host}:{pub_port}"
         self._sub = self._socket(zmq.SUB)
         self._poller.register(self._router, zmq.POLLIN)
@@ -120,20 +147,45 @@ class Transport(threading.Thread):
 
     # ------------------------------------------------------------------ from any thread
 
-    def submit(self, item: tuple) -> None:
+    def _submit(self, item: tuple) -> None:
         """Queue work for the transport thread; wakes it once per empty-to-non-empty change."""
         self._outbox.append(item)
         if not self._wake_pending and threading.get_ident() != self.ident:
             self._wake_pending = True
             self._wake_pipe.wake()
 
+    def send(self, endpoint: str, destination: str, body: Any, source: str = "") -> None:
+        """Tell ``body`` to the actor ``destination`` of the node at ``endpoint``."""
+        self._submit((_TO_PEER, endpoint, (TELL, source, destination, 0, body)))
+
+    def ask(self, endpoint: str, destination: str, body: Any, future: Future, source: str = "") -> None:
+        """Ask the actor ``destination`` at ``endpoint``; ``future`` gets the answer, or AskTimeout
+        at its deadline."""
+        correlation_id = next(_correlation_ids)
+        self._submit((_ASK, endpoint, (ASK, source, destination, correlation_id, body), correlation_id, future))
+
+    def reply(self, route: bytes, destination: str, correlation_id: int, value: Any = None,
+              error: ErrorRecord | None = None) -> None:
+        """Answer the ask ``correlation_id`` that came in on ``route`` (with ``error`` if given)."""
+        kind, body = (REPLY, value) if error is None else (ERROR, error)
+        self._submit((_TO_ROUTE, route, (kind, "", destination, correlation_id, body)))
+
+    def publish(self, topic: str, body: Any) -> None:
+        """Publish an event; each (publisher, topic) pair has its own sequence numbers."""
+        self._submit((_PUBLISH, topic, body))
+
+    def subscribe(self, pub_endpoint: str, topic: str, target: Any) -> None:
+        """Deliver events whose topic starts with ``topic`` from ``pub_endpoint`` to ``target``."""
+        self.call(lambda: self._subscribe(pub_endpoint, topic, target))
+
     def call(self, fn: Callable[[], Any]) -> None:
-        self.submit((_CALL, fn))
+        """Run ``fn`` on the transport thread, in order with the messages queued around it."""
+        self._submit((_CALL, fn))
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._running = False
         self._wake_pending = False
-        self.submit((_CALL, lambda: None))
+        self.call(lambda: None)
         if self.is_alive() and threading.current_thread() is not self:
             self.join(timeout_s)
 
@@ -150,6 +202,8 @@ class Transport(threading.Thread):
                         self._drain_sub()
                     elif sock == self._wake_pipe.fileno:
                         self._wake_pipe.drain()
+                    elif sock in self._monitors:
+                        self._drain_monitor(sock)
                     else:
                         self._drain_dealer(sock)
                 self._flush_outbox()
@@ -159,7 +213,7 @@ class Transport(threading.Thread):
                         self._run_hook(hook)
                     self._flush_outbox()
         except Exception:
-            log.exception("transport loop failed; node %s stops serving", self.node.node_id)
+            log.exception("transport loop failed; node %s stops serving", self.node_id)
         finally:
             self._close()
 
@@ -173,9 +227,10 @@ class Transport(threading.Thread):
         for future in list(self._asks.values()):
             future.set_exception(AskTimeout("node stopped"))
         self._asks.clear()
-        for sock in [self._router, self._pub, self._sub, *self._dealers.values()]:
+        for sock in [self._router, self._pub, self._sub, *self._monitors, *self._dealers.values()]:
             sock.close(linger=0)
         self._dealers.clear()
+        self._monitors.clear()
         self._context.term()
         self._wake_pipe.close()
 
@@ -216,36 +271,35 @@ class Transport(threading.Thread):
 
     def _handle_frame(self, data: bytes, route: bytes | None) -> None:
         """Decode one frame and hand each local actor its part of it as one batch."""
-        node = self.node
-        node.counters["frames_in"] += 1
+        counters = self.counters
+        counters["frames_in"] += 1
         try:
             frame = decode_frame(data, self.max_frame_bytes)
         except DecodeError as exc:
             self._reject(route, exc.reason, exc.detail)
             return
         if frame.endpoint:  # a client without a node of its own listens nowhere
-            node.peers[frame.node_id] = frame.endpoint
-        node.counters["msgs_in"] += len(frame.envelopes)
+            self.peers[frame.node_id] = frame.endpoint
+        counters["msgs_in"] += len(frame.envelopes)
         batches: dict[Any, list[InboundMessage]] = {}
         for env in frame.envelopes:
             kind = env.kind
             if kind == REPLY or kind == ERROR:
-                future = self._asks.pop(env.correlation_id, None)
+                future = self._pop_ask(env.correlation_id)
                 if future is None:
-                    node.counters["late_replies"] += 1
-                elif kind == REPLY:
-                    future.set_result(env.body)
-                elif isinstance(env.body, ErrorRecord):
-                    future.set_exception(RemoteError(env.body.kind, env.body.message))
+                    counters["late_replies"] += 1
                 else:
-                    future.set_exception(RemoteError("bad_error", repr(env.body)[:200]))
+                    settle(future, kind, env.body)
                 continue
-            target = node.targets.get(env.destination)
+            target = self.targets.get(env.destination)
             if target is None:
-                node.counters["unknown_actor"] += 1
-                if kind == ASK:
-                    node._answer(InboundMessage(kind, (frame.node_id, env.source), env.correlation_id, None, route),
-                                 None, ErrorRecord("unknown_actor", f"no actor {env.destination!r} on {node.node_id}"))
+                counters["unknown_actor"] += 1
+                if kind == ASK and route is not None:
+                    self.reply(route, env.source, env.correlation_id, error=ErrorRecord(
+                        "unknown_actor", f"no actor {env.destination!r} on {self.node_id}"))
+                elif env.source and frame.endpoint:
+                    # Sent anonymously (no source), so a Refused that finds nobody is not refused back.
+                    self.send(frame.endpoint, env.source, Refused("unknown_actor", env.destination, env.body))
                 continue
             message = InboundMessage(kind, (frame.node_id, env.source), env.correlation_id, env.body, route)
             batch = batches.get(target)
@@ -265,7 +319,7 @@ class Transport(threading.Thread):
         try:
             hook()
         except Exception:
-            self.node.counters["actor_errors"] += 1
+            self.counters["actor_errors"] += 1
             log.exception("an end-of-round hook failed")
 
     def _deliver(self, target: Any, messages: list[InboundMessage]) -> None:
@@ -273,14 +327,14 @@ class Transport(threading.Thread):
         try:
             target.deliver(messages)
         except Exception:
-            self.node.counters["actor_errors"] += 1
+            self.counters["actor_errors"] += 1
             log.exception("an actor failed on a batch of %d messages", len(messages))
 
     def _reject(self, route: bytes | None, reason: str, detail: str) -> None:
         self._count_bad(route.hex() if route else "?", reason, detail)
 
     def _count_bad(self, peer: str, reason: str, detail: str) -> None:
-        self.node.counters[f"bad_frames_{reason}"] += 1
+        self.counters[f"bad_frames_{reason}"] += 1
         now = time.monotonic()
         key = (peer, reason)
         if now - self._last_logged.get(key, -LOG_EVERY_S) >= LOG_EVERY_S:
@@ -304,18 +358,34 @@ class Transport(threading.Thread):
             last = self._sub_last_seq.get((publisher, topic))
             gap = 0 if last is None else max(0, seq - last - 1)
             if gap:
-                self.node.counters["event_gaps"] += gap
+                self.counters["event_gaps"] += gap
             self._sub_last_seq[(publisher, topic)] = seq
             message = InboundMessage(TELL, None, 0, Event(topic, publisher, seq, body, gap))
             for prefix, target in self._subscribers:
                 if topic.startswith(prefix):
                     self._deliver(target, [message])
 
-    def subscribe(self, pub_endpoint: str, topic: str, target: Any) -> None:
-        """Transport thread only (use ``call``)."""
-        self._subscribers.append((topic, target))
-        self._sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
-        self._sub.connect(pub_endpoint)
+    def _subscribe(self, pub_endpoint: str, topic: str, target: Any) -> None:
+        # One SUB socket for all publishers: a topic filter applies to every connected one.
+        if (topic, target) not in self._subscribers:
+            if all(known != topic for known, _ in self._subscribers):
+                self._sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
+            self._subscribers.append((topic, target))
+        if pub_endpoint not in self._sub_endpoints:
+            self._sub_endpoints.add(pub_endpoint)
+            self._sub.connect(pub_endpoint)
+
+    def unsubscribe_publisher(self, pub_endpoint: str) -> None:
+        """Stop receiving from ``pub_endpoint`` (a publisher that left)."""
+        self.call(lambda: self._disconnect_publisher(pub_endpoint))
+
+    def _disconnect_publisher(self, pub_endpoint: str) -> None:
+        if pub_endpoint in self._sub_endpoints:
+            self._sub_endpoints.discard(pub_endpoint)
+            try:
+                self._sub.disconnect(pub_endpoint)
+            except zmq.ZMQError:
+                pass
 
     # ------------------------------------------------------------------ outbound
 
@@ -367,7 +437,11 @@ class Transport(threading.Thread):
             _, endpoint, envelope, correlation_id, future = item
             if future.done():
                 return  # timed out before it was sent
+            if endpoint in self._unreachable:
+                future.set_exception(RemoteError("peer_unreachable", f"no connection to {endpoint}"))
+                return
             self._asks[correlation_id] = future
+            self._ask_endpoints[correlation_id] = endpoint
             if future.deadline is not None:
                 heapq.heappush(self._ask_deadlines, (future.deadline, correlation_id))
             to_peers.setdefault(endpoint, []).append(envelope)
@@ -385,11 +459,11 @@ class Transport(threading.Thread):
         to_routes.clear()
 
     def _send(self, sock: zmq.Socket, route: bytes | None, envelopes: list) -> None:
-        node = self.node
+        counters = self.counters
         for start in range(0, len(envelopes), MAX_BATCH):
             chunk = envelopes[start:start + MAX_BATCH]
             try:
-                data = encode_frame(node.node_id, self.endpoint, chunk)
+                data = encode_frame(self.node_id, self.endpoint, chunk)
             except EncodeError as exc:
                 # One bad body must not lose the rest of the batch: send the others one by one.
                 if len(chunk) > 1:
@@ -405,19 +479,19 @@ class Transport(threading.Thread):
                 else:
                     sock.send_multipart((route, data), zmq.NOBLOCK)
             except zmq.Again:
-                node.counters["send_dropped_hwm"] += len(chunk)
+                counters["send_dropped_hwm"] += len(chunk)
                 continue
             except zmq.ZMQError as exc:  # e.g. ROUTER route gone: EHOSTUNREACH
-                node.counters["send_errors"] += len(chunk)
+                counters["send_errors"] += len(chunk)
                 log.debug("send failed: %s", exc)
                 continue
-            node.counters["frames_out"] += 1
-            node.counters["msgs_out"] += len(chunk)
+            counters["frames_out"] += 1
+            counters["msgs_out"] += len(chunk)
 
     def _fail_unencodable(self, envelope: tuple, exc: Exception) -> None:
-        self.node.counters["encode_errors"] += 1
+        self.counters["encode_errors"] += 1
         log.warning("cannot encode a %s message: %s", type(envelope[4]).__name__, exc)
-        future = self._asks.pop(envelope[3], None) if envelope[0] == ASK else None
+        future = self._pop_ask(envelope[3]) if envelope[0] == ASK else None
         if future is not None:
             future.set_exception(exc)
 
@@ -427,16 +501,44 @@ class Transport(threading.Thread):
             sock = self._socket(zmq.DEALER)
             sock.setsockopt(zmq.RECONNECT_IVL, 50)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            monitor = sock.get_monitor_socket(_WATCHED_EVENTS)
             sock.connect(endpoint)
             self._dealers[endpoint] = sock
+            self._monitors[monitor] = endpoint
             self._poller.register(sock, zmq.POLLIN)
+            self._poller.register(monitor, zmq.POLLIN)
         return sock
+
+    def _pop_ask(self, correlation_id: int) -> Future | None:
+        self._ask_endpoints.pop(correlation_id, None)
+        return self._asks.pop(correlation_id, None)
+
+    def _drain_monitor(self, monitor: zmq.Socket) -> None:
+        endpoint = self._monitors[monitor]
+        while True:
+            try:
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                return
+            if event == zmq.EVENT_CONNECTED:
+                self._unreachable.discard(endpoint)
+            elif endpoint not in self._unreachable:
+                self._unreachable.add(endpoint)
+                self.counters["peer_unreachable"] += 1
+                self._fail_asks_to(endpoint)
+
+    def _fail_asks_to(self, endpoint: str) -> None:
+        lost = [cid for cid, asked in self._ask_endpoints.items() if asked == endpoint]
+        for correlation_id in lost:
+            future = self._pop_ask(correlation_id)
+            if future is not None:
+                future.set_exception(RemoteError("peer_unreachable", f"the connection to {endpoint} dropped"))
 
     def _publish(self, topic: str, body: Any) -> None:
         seq = self._pub_seq.get(topic, 0) + 1
         self._pub_seq[topic] = seq
         try:
-            data = encode((self.node.node_id, seq, body))
+            data = encode((self.node_id, seq, body))
         except EncodeError as exc:
             self._pub_seq[topic] = seq - 1
             log.warning("cannot publish on %s: %s", topic, exc)
@@ -444,7 +546,7 @@ class Transport(threading.Thread):
         try:
             self._pub.send_multipart((topic.encode(), data), zmq.NOBLOCK)
         except zmq.Again:
-            self.node.counters["publish_dropped_hwm"] += 1
+            self.counters["publish_dropped_hwm"] += 1
 
     # ------------------------------------------------------------------ timers and deadlines
 
@@ -475,6 +577,6 @@ class Transport(threading.Thread):
         deadlines = self._ask_deadlines
         while deadlines and deadlines[0][0] <= now:
             _, correlation_id = heapq.heappop(deadlines)
-            future = self._asks.pop(correlation_id, None)
+            future = self._pop_ask(correlation_id)
             if future is not None:
                 future.set_exception(AskTimeout("no answer before the ask's deadline"))
