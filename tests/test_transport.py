@@ -11,6 +11,7 @@ import psutil
 import pytest
 import zmq
 
+from agentflow.cluster import find_free_ports
 from protocols.wire import encode, encode_frame
 from runtime.actor import Actor
 from runtime.client import DirectAsks
@@ -66,16 +67,54 @@ def test_unknown_actor_and_handler_error_come_back_as_error_records(node, remote
     assert node.ref(remote.endpoint, "echo").ask("ok", timeout_s=5).get() == "ok"
 
 
-def test_ask_to_a_dead_node_times_out_at_its_deadline(node, remote):
+def test_asks_to_a_dead_node_fail_when_its_connection_drops_not_at_their_deadline(node, remote):
     ref = node.ref(remote.endpoint, "echo")
     assert ref.ask("alive", timeout_s=5).get() == "alive"
-    remote.kill()
+    in_flight = ref.ask({"sleep_s": 3}, timeout_s=10)
     started = time.monotonic()
-    future = ref.ask("anyone?", timeout_s=0.5)
-    with pytest.raises(AskTimeout):
-        future.get()
-    waited = time.monotonic() - started
-    assert 0.45 <= waited < 2.0
+    remote.kill()
+    with pytest.raises(RemoteError) as dropped:
+        in_flight.get()
+    assert dropped.value.kind == "peer_unreachable"
+    with pytest.raises(RemoteError) as refused:
+        ref.ask("anyone?", timeout_s=5).get()
+    assert refused.value.kind == "peer_unreachable"
+    assert time.monotonic() - started < 2.0
+    with pytest.raises(RemoteError) as never_up:
+        node.ref("tcp://127.0.0.1:1", "echo").ask("hello?", timeout_s=5).get()
+    assert never_up.value.kind == "peer_unreachable"
+
+
+def test_a_peer_that_comes_back_is_asked_again(node):
+    port = find_free_ports(1, offsets=(0,))[0]
+    first = NodeProcess("comes-back", port)
+    ref = node.ref(first.endpoint, "echo")
+    try:
+        assert ref.ask("one", timeout_s=5).get() == "one"
+        first.kill()
+        wait_for(lambda: _fails_fast(ref), 5, what="the drop to be seen")
+    finally:
+        first.stop()
+    second = NodeProcess("comes-back", port)
+    try:
+        assert wait_for(lambda: _answer_or_none(ref, "two"), 10, what="the peer to be reachable again") == "two"
+    finally:
+        second.stop()
+
+
+def _fails_fast(ref) -> bool:
+    try:
+        ref.ask("ping", timeout_s=1).get()
+    except RemoteError as exc:
+        return exc.kind == "peer_unreachable"
+    return False
+
+
+def _answer_or_none(ref, message):
+    try:
+        return ref.ask(message, timeout_s=1).get()
+    except RemoteError:
+        return None
 
 
 def test_direct_asks_answer_each_thread_and_drop_late_replies(node, remote):
