@@ -306,7 +306,7 @@ class Client:
     # ------------------------------------------------------------------ cluster view
 
     def status_of(self, endpoint: str, timeout_s: float = PER_TRY_TIMEOUT_S) -> dict | None:
-        """One master's own view, or None when it does not answer in time."""
+        """One master's own view, or None when it does not answer in time (or is unreachable)."""
         return self._statuses([endpoint], timeout_s)[0]
 
     def _statuses(self, endpoints: list[str], timeout_s: float) -> list[dict | None]:
@@ -316,7 +316,7 @@ class Client:
         for ask in asks:
             try:
                 views.append(ask.get())
-            except AskTimeout:
+            except (AskTimeout, RemoteError):  # silent, or its connection is refused (peer_unreachable)
                 views.append(None)
         return views
 
