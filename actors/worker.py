@@ -1,6 +1,6 @@
 """WorkerActor: a worker's side of the task protocol (protocols/tasks.py).
 
-    node.spawn(WorkerActor, config, name=WORKER, pinned=True).tell(Begin(on_drained))
+    node.spawn(WorkerActor, config, name=WORKER_ACTOR, pinned=True).tell(Begin(on_drained))
     agentflow worker --master-url tcp://127.0.0.1:6767     # a worker process (agentflow/worker.py)
 
 Rules of this module:
@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from protocols.names import SCHEDULER_ACTOR, WORKER_ACTOR
+from protocols.names import SCHEDULER_ACTOR
 from protocols.registry import WorkerInfo
 from protocols.tasks import (
     ERROR_DRAINING,

@@ -16,13 +16,25 @@ and ``protocols/`` (pure state machines and the wire format); imports point down
 
 from __future__ import annotations
 
+from actors.agent import AgentActor
 from agentflow.cluster import LocalCluster
+from protocols.agents import AgentMessage, MessageType
 from protocols.dag import TaskDependencyGraph, TaskNode, TaskPriority, TaskState, Workflow, WorkflowError, WorkflowState
 from protocols.queue import PriorityTaskQueue, QueueStats
 from protocols.raft import RaftConfig
 from protocols.registry import HealthCheckConfig, WorkerInfo, WorkerRegistry, WorkerResources, WorkerStatus
 from protocols.workflow import dump_workflow, parse_workflow
 from runtime.actor import Actor
+from runtime.agents import (
+    AgentCommunication,
+    AgentCommunicationError,
+    AgentError,
+    AgentExists,
+    AgentNotFound,
+    AgentUnavailable,
+    MailboxFull,
+    RequestTimeout,
+)
 from runtime.client import Client, ClusterUnavailable
 from runtime.future import AskTimeout, RemoteError
 from runtime.locks import AutoRenewLock, DistributedLock, LockLost, LockTimeout
@@ -30,6 +42,14 @@ from runtime.node import Node, Ref
 
 __all__ = [
     "Actor",
+    "AgentActor",
+    "AgentCommunication",
+    "AgentCommunicationError",
+    "AgentError",
+    "AgentExists",
+    "AgentMessage",
+    "AgentNotFound",
+    "AgentUnavailable",
     "AskTimeout",
     "AutoRenewLock",
     "Client",
@@ -39,12 +59,15 @@ __all__ = [
     "LocalCluster",
     "LockLost",
     "LockTimeout",
+    "MailboxFull",
+    "MessageType",
     "Node",
     "PriorityTaskQueue",
     "QueueStats",
     "RaftConfig",
     "Ref",
     "RemoteError",
+    "RequestTimeout",
     "TaskDependencyGraph",
     "TaskNode",
     "TaskPriority",

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from protocols.agents import DirectoryQuery
+from protocols.names import AGENTS_ACTOR
 from runtime.client import Client
 
 REPO = Path(__file__).resolve().parent.parent
@@ -143,6 +145,7 @@ class LocalCluster:
             args += master_options or []
             self.masters.append(ChildProcess(node_id, args, self.data_dir / f"{node_id}.log", port))
         self.workers: list[ChildProcess] = []
+        self.agents: list[ChildProcess] = []
 
     @property
     def master_url(self) -> str:
@@ -189,6 +192,18 @@ class LocalCluster:
             self._wait_registered(asker, [worker_id], timeout_s)
         return child
 
+    def add_agent(self, spec: str, agent_id: str, options: list[str] = (), timeout_s: float = 30.0) -> ChildProcess:
+        """Start an agent host (``agentflow agent run SPEC --agent-id ID OPTIONS``) and wait until
+        the agent is in the directory."""
+        args = ["agent", "run", spec, "--agent-id", agent_id, "--master-url", self.master_url, *options]
+        child = ChildProcess(f"agent-{agent_id}", args, self.data_dir / f"agent-{agent_id}.log").start()
+        self.agents.append(child)
+        with self._asker(None) as asker:
+            self._wait(lambda: any(e.agent_id == agent_id for e in asker.call(AGENTS_ACTOR, DirectoryQuery([agent_id]),
+                                                                               timeout_s=2).entries),
+                       timeout_s, f"agent {agent_id} to register")
+        return child
+
     def _asker(self, client: Client | None):
         """``client`` as a context that leaves it open, or a short-lived client of our own."""
         return Client(self.master_url, timeout_s=2.0) if client is None else contextlib.nullcontext(client)
@@ -209,7 +224,7 @@ class LocalCluster:
         (other than by a test's kill -9); an exception from ``condition`` counts as not yet."""
 
         def checked():
-            dead = [child.name for child in self.masters + self.workers if child.proc is not None
+            dead = [child.name for child in self.masters + self.workers + self.agents if child.proc is not None
                     and not child.alive() and child.proc.returncode != -signal.SIGKILL]
             if dead:
                 raise RuntimeError(f"{', '.join(dead)} exited while waiting for {what} (logs in {self.data_dir})")
@@ -224,11 +239,11 @@ class LocalCluster:
             raise TimeoutError(f"{exc} (logs in {self.data_dir})") from None
 
     def alive(self) -> bool:
-        return all(child.alive() for child in self.masters + self.workers)
+        return all(child.alive() for child in self.masters + self.workers + self.agents)
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Workers first (they drain), then the masters; SIGKILL whatever is left after the grace."""
-        for group in (self.workers, self.masters):
+        for group in (self.agents, self.workers, self.masters):
             for child in group:
                 child.terminate()
             deadline = time.monotonic() + grace_s
@@ -237,4 +252,4 @@ class LocalCluster:
 
     def logs(self) -> str:
         return "\n".join(f"--- {child.name}\n{child.log_path.read_text(errors='replace')}"
-                         for child in self.masters + self.workers if child.log_path.exists())
+                         for child in self.masters + self.workers + self.agents if child.log_path.exists())

@@ -17,10 +17,11 @@ import threading
 import time
 from typing import Any
 
+from actors.agent_directory import AgentDirectoryActor
 from actors.lock import LockActor
 from actors.raft import SNAPSHOT_EVERY_ENTRIES, RaftActor
 from actors.scheduler import SchedulerActor
-from protocols.names import LOCK_ACTOR, RAFT_ACTOR, SCHEDULER_ACTOR
+from protocols.names import AGENTS_ACTOR, LOCK_ACTOR, RAFT_ACTOR, SCHEDULER_ACTOR
 from protocols.control import Join, StatusQuery, TransferLeadership
 from protocols.raft import RaftConfig
 from protocols.wire import ErrorRecord, Redirect
@@ -68,12 +69,15 @@ class Master:
         os.makedirs(data_dir, exist_ok=True)
         self.storage_path = os.path.join(data_dir, f"{self.node_id.replace('/', '_').replace(':', '_')}.sqlite")
         raft_config, tick_s = raft_timing(heartbeat_ms, election_timeout_ms)  # bad options: before binding
-        self.node = Node(self.node_id, host=host, port=port, pub_port=pub_port).start()
+        # Its own node is a member of the cluster: agents may be hosted on a master too.
+        self.node = Node(self.node_id, host=host, port=port, pub_port=pub_port,
+                         master_urls=[f"tcp://{host}:{port}", *self.leader_endpoints]).start()
         self.http_port = port + 10 if http_port is None else http_port
         self.raft = self.node.spawn(RaftActor, self.storage_path, raft_config, tick_s, mode == "leader",
                                     self.http_port, snapshot_every_entries, name=RAFT_ACTOR, pinned=True)
         self.locks = self.node.spawn(LockActor, name=LOCK_ACTOR, pinned=True)  # watches "lock." applies
         self.scheduler = self.node.spawn(SchedulerActor, name=SCHEDULER_ACTOR, pinned=True)
+        self.agents = self.node.spawn(AgentDirectoryActor, name=AGENTS_ACTOR, pinned=True)
         self.http = HttpServer(host, self.http_port, self.stats).start() if self.http_port else None
         log.info("Master %s serves on %s (http %s, data %s)", self.node_id, self.node.endpoint,
                  self.http_port or "off", self.storage_path)

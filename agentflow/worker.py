@@ -76,7 +76,7 @@ def run_worker(
     resources = detect_resources(cpu_cores, memory_mb, gpu_count)
     worker_id = worker_id or default_worker_id()
     try:
-        node = Node(worker_id, host=host, port=port).start()
+        node = Node(worker_id, host=host, port=port, master_urls=endpoints).start()
     except Exception as exc:  # a taken port, a bad host: say so and exit
         log.error("Worker %s cannot listen on %s:%s: %s", worker_id, host, port, exc)
         return EXIT_FAILED

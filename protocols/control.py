@@ -1,7 +1,7 @@
 """The control plane's replicated state machine: what every master applies from the Raft log.
 
-Role: the composition of the pure states (the masters' directory, client sessions, locks; later
-workflows, queue, registry) behind one ``apply(index, data)``. The RaftActor calls it for each
+Role: the composition of the pure states (the masters' directory, client sessions, locks,
+workflows, the agent directory) behind one ``apply(index, data)``. The RaftActor calls it for each
 committed normal entry, in log order, on every master.
 
 Rules:
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from protocols.agents import AgentDirectory
 from protocols.dag import WorkflowTable
 from protocols.locks import LockTable
 from protocols.raft import ClientSessions
@@ -66,6 +67,7 @@ class ControlState:
         self.sessions = ClientSessions()
         self.locks = LockTable()
         self.workflows = WorkflowTable()
+        self.agents = AgentDirectory()
         self.last_applied = 0
 
     # ------------------------------------------------------------------ apply
@@ -104,6 +106,8 @@ class ControlState:
             applied = self.workflows.apply(command)
             return {"ok": applied.ok, "reason": applied.reason, "attempt": applied.attempt,
                     "ready": applied.ready, "released": applied.released, "finished": applied.finished}
+        if tag.startswith("agent."):
+            return self.agents.apply(command)
         if isinstance(command, SetMember):
             self.members[command.node_id] = command
             return True
@@ -121,6 +125,7 @@ class ControlState:
             "sessions": self.sessions.to_dict(),
             "locks": self.locks.to_snapshot(),
             "workflows": self.workflows.to_snapshot(),
+            "agents": self.agents.to_snapshot(),
         })
 
     @classmethod
@@ -134,6 +139,8 @@ class ControlState:
         state.sessions = ClientSessions.from_dict(snapshot["sessions"])
         state.locks = LockTable.from_snapshot(snapshot["locks"])
         state.workflows = WorkflowTable.from_snapshot(snapshot["workflows"])
+        if "agents" in snapshot:  # snapshots written before agents existed have none
+            state.agents = AgentDirectory.from_snapshot(snapshot["agents"])
         return state
 
 

@@ -8,3 +8,5 @@ RAFT_ACTOR = "raft"
 SCHEDULER_ACTOR = "scheduler"
 LOCK_ACTOR = "lock"
 WORKER_ACTOR = "worker"
+AGENTS_ACTOR = "agents"  # the agent directory on every master
+AGENT_HOST_ACTOR = "agent-host"  # on every node that hosts agents

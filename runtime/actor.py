@@ -60,6 +60,7 @@ class Actor(pykka.ThreadingActor):
 
     _inbound: InboundMessage | None = None
     mailbox: Any = None  # the node's delivery target for this actor (pykka actors)
+    default_mailbox_limit: int | None = None  # Node.spawn's mailbox_limit when it is given none
 
     @classmethod
     def actor_name(cls, *args: Any, **kwargs: Any) -> str:
@@ -68,6 +69,10 @@ class Actor(pykka.ThreadingActor):
 
     def after_spawn(self) -> None:
         """Runs on the spawning thread once the actor is reachable; raising undoes the spawn."""
+
+    def before_stop(self) -> None:
+        """Runs on the stopping thread (``Node.stop_actor`` or ``Node.stop``) before the actor
+        stops, while it can still talk; must not raise."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -182,7 +182,7 @@ class Client:
         own, started on first use; plain calls need none."""
         with self._node_lock:
             if self._node is None:
-                self._node = Node(self.client_id).start()
+                self._node = Node(self.client_id, master_urls=self.masters).start()
             return self._node
 
     def close(self) -> None:

@@ -169,6 +169,8 @@ class Node:
         stopped and the error raised here."""
         if name is None:
             name = actor_class.actor_name(*args, **kwargs)
+        if mailbox_limit is None:
+            mailbox_limit = actor_class.default_mailbox_limit
         if name in self.targets:
             raise ValueError(f"an actor named {name!r} already runs on {self.node_id}")
         _spawning.node, _spawning.name = self, name
@@ -197,6 +199,9 @@ class Node:
 
     def stop_actor(self, name: str, timeout_s: float = 5.0) -> None:
         """Stop one actor (its ``on_stop`` runs) and forget its name; a no-op if it is not here."""
+        actor = self._actors.get(name)
+        if actor is not None:
+            self._before_stop(actor)
         target = self.targets.pop(name, None)
         self._actors.pop(name, None)
         if isinstance(target, _PykkaTarget):
@@ -298,8 +303,17 @@ class Node:
 
     # ------------------------------------------------------------------ shutdown
 
+    @staticmethod
+    def _before_stop(actor: Actor) -> None:
+        try:
+            actor.before_stop()
+        except Exception:
+            pass  # it must not raise; a failure here must not keep the node from stopping
+
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop every actor, then the transport (and with it every socket and timer)."""
+        for actor in reversed(list(self._actors.values())):
+            self._before_stop(actor)
         for actor_ref in reversed(self._pykka_refs):
             try:
                 actor_ref.stop(block=True, timeout=timeout_s)
