@@ -310,8 +310,8 @@ class MessageHistory:
                 self.dropped += 1
 
     def query(self, limit: int, agent: str | None = None, msg_type: str | None = None) -> list[HistoryEntry]:
-        """Up to ``limit`` entries, newest last; only those sent or received by ``agent`` and of
-        ``msg_type`` when given."""
+        """The latest ``limit`` entries to arrive, ordered by their timestamps (newest last); only
+        those sent or received by ``agent`` and of ``msg_type`` when given."""
         found: list[HistoryEntry] = []
         for entry in reversed(self._entries.values()):
             if len(found) >= max(0, limit):
@@ -321,7 +321,8 @@ class MessageHistory:
             if msg_type is not None and entry.msg_type != msg_type:
                 continue
             found.append(entry)
-        found.reverse()
+        # Hosts publish in batches, so arrival order interleaves them: order by the senders' clocks.
+        found.sort(key=lambda entry: entry.timestamp_ms)
         return found
 
 
