@@ -40,19 +40,6 @@ from protocols.control import (
     WorkersRequest,
     WorkflowStatusRequest,
 )
-from protocols.dag import (
-    CancelWorkflow,
-    DispatchTask,
-    FinishTask,
-    RequeueTask,
-    SubmitWorkflow,
-    TaskState,
-    Workflow,
-    WorkflowError,
-    check_structure,
-    split_task_key,
-    task_key,
-)
 from protocols.names import RAFT_ACTOR, WORKER_ACTOR
 from protocols.queue import PriorityTaskQueue
 from protocols.raft import ClientSessions
@@ -72,6 +59,9 @@ from protocols.tasks import (
     WorkerWelcome,
 )
 from protocols.wire import ErrorRecord, Redirect, Tick
+from protocols.workflow_run import TaskState
+from protocols.workflow_spec import Workflow, WorkflowError, check_structure, split_task_key, task_key
+from protocols.workflow_table import CancelWorkflow, DispatchTask, FinishTask, RequeueTask, SubmitWorkflow
 from runtime.actor import Actor
 from runtime.future import Future
 from runtime.log import get_logger

@@ -19,7 +19,8 @@ from __future__ import annotations
 from actors.agent import AgentActor
 from agentflow.cluster import LocalCluster
 from protocols.agents import AgentMessage, MessageType
-from protocols.dag import TaskDependencyGraph, TaskNode, TaskPriority, TaskState, Workflow, WorkflowError, WorkflowState
+from protocols.workflow_run import TaskDependencyGraph, TaskState, WorkflowState
+from protocols.workflow_spec import TaskNode, TaskPriority, Workflow, WorkflowError
 from protocols.queue import PriorityTaskQueue, QueueStats
 from protocols.raft import RaftConfig
 from protocols.registry import HealthCheckConfig, WorkerInfo, WorkerRegistry, WorkerResources, WorkerStatus

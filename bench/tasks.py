@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Result, report  # noqa: E402
-from protocols.dag import TaskNode, TaskResources, Workflow  # noqa: E402
+from protocols.workflow_spec import TaskNode, TaskResources, Workflow  # noqa: E402
 from runtime.client import Client  # noqa: E402
 from agentflow.cluster import LocalCluster  # noqa: E402
 

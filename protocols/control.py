@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from protocols.agents import AgentDirectory
-from protocols.dag import WorkflowTable
+from protocols.workflow_table import WorkflowTable
 from protocols.locks import LockTable
 from protocols.raft import ClientSessions
 from protocols.wire import DecodeError, ErrorRecord, decode, encode, is_record, record, tag_of
@@ -186,7 +186,7 @@ class TransferLeadership:
 class SubmitWorkflowRequest:
     """A client submits a workflow; the leader's scheduler validates, then commits it."""
 
-    workflow: Any  # protocols.dag.Workflow
+    workflow: Any  # protocols.workflow_spec.Workflow
     client_id: str
     seq: int
 

@@ -30,7 +30,7 @@ import heapq
 from dataclasses import field
 from typing import Any, Callable
 
-from protocols.dag import TaskPriority, priority_name, priority_value
+from protocols.workflow_spec import TaskPriority, priority_name, priority_value
 from protocols.wire import record
 
 RETRY_PENALTY = 50

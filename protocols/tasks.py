@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import field
 from typing import Any
 
-from protocols.dag import task_kind
+from protocols.workflow_spec import task_kind
 from protocols.registry import WorkerInfo
 from protocols.wire import record
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from protocols.dag import (
+from protocols.workflow_spec import (
     TaskNode,
     TaskPriority,
     TaskResources,

@@ -263,8 +263,8 @@ class Client:
     # ------------------------------------------------------------------ workflows
 
     def submit_workflow(self, workflow: Any, timeout_s: float | None = None) -> str:
-        """Commit a workflow (a protocols.dag.Workflow); returns its id. Raises RemoteError
-        (kind ``invalid_workflow``, ``unplaceable``, ``rejected``) when the cluster refuses it."""
+        """Commit a workflow (a protocols.workflow_spec.Workflow); returns its id. Raises
+        RemoteError (kind ``invalid_workflow``, ``unplaceable``, ``rejected``) when the cluster refuses it."""
         command = self.next_command(None)
         # Validating, logging and applying a workflow takes time in proportion to its tasks (about
         # 30 us a task on three local masters); a retry before that only queues behind the first.

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from protocols.control import ClientCommand, ControlState
-from protocols.dag import SubmitWorkflow, TaskNode, Workflow
+from protocols.workflow_spec import TaskNode, Workflow
+from protocols.workflow_table import SubmitWorkflow
 from protocols.wire import encode
 
 

@@ -10,24 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocols import wire
-from protocols.dag import (
+from protocols.workflow_run import TaskDependencyGraph, TaskState, WorkflowState
+from protocols.workflow_spec import TaskNode, TaskPriority, Workflow, WorkflowError, priority_value, split_task_key, task_key
+from protocols.workflow_table import (
     CancelWorkflow,
     DispatchTask,
     FinishTask,
     ForgetWorkflow,
     RequeueTask,
     SubmitWorkflow,
-    TaskDependencyGraph,
-    TaskNode,
-    TaskPriority,
-    TaskState,
-    Workflow,
-    WorkflowError,
-    WorkflowState,
     WorkflowTable,
-    priority_value,
-    split_task_key,
-    task_key,
 )
 
 

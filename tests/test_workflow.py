@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocols import wire
-from protocols.dag import TaskResources, Workflow, WorkflowError
+from protocols.workflow_spec import TaskResources, Workflow, WorkflowError
 from protocols.workflow import dump_workflow, parse_workflow, workflow_to_document
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -12,7 +12,7 @@ import pytest
 
 from protocols.names import SCHEDULER_ACTOR
 from protocols.control import SubmitWorkflowRequest
-from protocols.dag import TaskNode, Workflow
+from protocols.workflow_spec import TaskNode, Workflow
 from protocols.workflow import parse_workflow
 from runtime.future import RemoteError
 from tests.procs import REPO, running_cluster, wait_for
