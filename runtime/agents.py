@@ -56,6 +56,7 @@ from protocols.agents import (
 )
 from protocols.names import AGENT_HOST_ACTOR, AGENTS_ACTOR
 from protocols.wire import EncodeError, ErrorRecord, encode
+from runtime.actor import current_actor_name
 from runtime.client import Client, ClusterUnavailable
 from runtime.future import AskTimeout, RemoteError
 
@@ -107,8 +108,13 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+_MESSAGE_ID_PREFIX = uuid.uuid4().hex[:16]
+_message_numbers = itertools.count(1)
+
+
 def new_message_id() -> str:
-    return uuid.uuid4().hex
+    """Unique across processes (a random per-process prefix) and cheap (no urandom per message)."""
+    return f"{_MESSAGE_ID_PREFIX}{next(_message_numbers):x}"
 
 
 class HistoryRecorder:
@@ -237,7 +243,7 @@ class AgentCommunication:
         AgentNotFound if the directory has no such agent; an undeliverable message is refused
         back to the sending agent as a ``Refused`` notice."""
         entry = self.directory.lookup(message.to_agent)
-        self.node.ref(entry.endpoint, entry.actor, entry.host_id).tell(message)
+        self.node.transport.send(entry.endpoint, entry.actor, message, current_actor_name())
 
     def deliver(self, message: AgentMessage, timeout_ms: int = DEFAULT_REQUEST_TIMEOUT_MS) -> None:
         """``send_to_agent`` that waits until the message is in the mailbox (what the CLI uses):
