@@ -295,7 +295,7 @@ class SchedulerActor(Actor):
             log.debug("Task %s dispatched to %s", task_id, worker_id)
             assignments.setdefault(worker_id, []).append(TaskAssignment(
                 workflow_id, task_id, attempt, task.command, task.call, list(task.args), dict(task.kwargs),
-                task.agent, task.timeout_s, env, inputs))
+                task.agent, task.timeout_s, env, inputs, task.agent_group))
         return commands, assignments
 
     def _send_assignments(self, assignments: dict[str, list[TaskAssignment]]) -> None:

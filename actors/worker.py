@@ -58,6 +58,7 @@ from protocols.tasks import (
 )
 from protocols.wire import Redirect, Tick
 from runtime.actor import Actor
+from runtime.agent_tasks import AgentTaskRunner
 from runtime.executor import DEFAULT_KILL_GRACE_S, TaskExecutor, finished_now
 from runtime.future import AskTimeout, RemoteError
 from runtime.log import get_logger
@@ -152,10 +153,14 @@ class WorkerActor(Actor):
         self.on_drained = message.on_drained
         self.self_ref = self.node.lookup(self.address)
         self_ref = self.self_ref
+        def on_finished(reports: list[TaskFinished]) -> None:
+            self_ref.tell(_Finished(reports))
+
         self.executor = TaskExecutor(
-            self.worker_id, lambda reports: self_ref.tell(_Finished(reports)),
-            kill_grace_s=self.config.kill_grace_s, call_slots=self.max_concurrent_tasks,
+            self.worker_id, on_finished, kill_grace_s=self.config.kill_grace_s, call_slots=self.max_concurrent_tasks,
         ).start()
+        if self.node.master_endpoints:  # a worker that knows its cluster runs agent tasks too
+            self.executor.agent_runner = AgentTaskRunner(self.worker_id, self.node, on_finished)
         self.timer_id = self.node.every(self.heartbeat_interval_s, self_ref, "heartbeat")
         self._send_hello()
 

@@ -34,7 +34,7 @@ from protocols.registry import WorkerInfo
 from protocols.wire import record
 
 ERROR_DRAINING = "worker draining"
-ERROR_AGENT_UNSUPPORTED = "agent tasks are not supported by this worker yet"
+ERROR_AGENT_UNSUPPORTED = "this worker runs no agent tasks (it was started without the masters to find agents through)"
 ERROR_CANCELLED = "cancelled"
 
 DEFAULT_HEARTBEAT_INTERVAL_MS = 1000
@@ -81,6 +81,7 @@ class TaskAssignment:
     timeout_s: float | None = None
     env: dict = field(default_factory=dict)
     inputs: dict = field(default_factory=dict)
+    agent_group: str | None = None
 
     @property
     def key(self) -> AttemptKey:
@@ -89,7 +90,7 @@ class TaskAssignment:
     @property
     def kind(self) -> str:
         """``"command"``, ``"call"``, ``"agent"`` or ``"noop"``."""
-        return task_kind(self.command, self.call, self.agent)
+        return task_kind(self.command, self.call, self.agent or self.agent_group)
 
 
 @record("task.assign")

@@ -7,7 +7,8 @@ The format (docs/ARCHITECTURE.md §4)::
       name: Deploy app              # optional, defaults to the id
       tasks:
         - task_id: build
-          command: "make build"     # or  call: "pkg.module:function" (+ args, kwargs)  or  agent: NAME
+          command: "make build"     # or  call: "pkg.module:function" (+ args, kwargs),
+                                    # or  agent: AGENT_ID  or  agent_group: GROUP (+ args, kwargs)
           priority: high            # urgent|high|medium|low or an integer (default medium)
           dependencies: []
           resources: {cpu: 1, memory_mb: 256, gpu: 0}
@@ -16,7 +17,7 @@ The format (docs/ARCHITECTURE.md §4)::
           capabilities: [bash]
           group: default
 
-A task with none of ``command``, ``call``, ``agent`` is a no-op marker (like Airflow's
+A task with none of ``command``, ``call``, ``agent``, ``agent_group`` is a no-op marker (like Airflow's
 EmptyOperator), so the seed's three-task example runs as written.
 
 Rules of this module:
@@ -25,7 +26,7 @@ Rules of this module:
 * Anything wrong raises ``WorkflowError`` that names the problem and the task (and the file,
   when given): unknown keys (with a suggestion), wrong types, a missing ``task_id``, duplicate
   ids, unknown dependencies, cycles (the tasks on it, in order), bad priorities, negative
-  resources, more than one of command/call/agent.
+  resources, more than one of command/call/agent/agent_group.
 * No randomness: a workflow without an id gets ``default_id`` from the caller, or else an id
   derived from the file's content (``wf-`` + 12 hex digits of its SHA-256).
 """
@@ -62,6 +63,7 @@ TASK_KEYS = (
     "args",
     "kwargs",
     "agent",
+    "agent_group",
     "priority",
     "dependencies",
     "resources",
@@ -115,7 +117,7 @@ def workflow_to_document(workflow: Workflow) -> dict:
     tasks = []
     for task in workflow.tasks:
         entry: dict[str, Any] = {"task_id": task.task_id}
-        for key in ("command", "call", "agent", "group", "timeout_s"):
+        for key in ("command", "call", "agent", "agent_group", "group", "timeout_s"):
             if getattr(task, key) is not None:
                 entry[key] = getattr(task, key)
         if task.args:
@@ -176,12 +178,13 @@ def _parse_task(value: Any, index: int, filename: str) -> TaskNode:
 
     _check_keys(value, TASK_KEYS, "task", task_id, filename)
 
-    runs = [key for key in ("command", "call", "agent") if value.get(key) is not None]
+    runs = [key for key in ("command", "call", "agent", "agent_group") if value.get(key) is not None]
     if len(runs) > 1:
-        raise fail(f"has both {runs[0]!r} and {runs[1]!r}; a task runs one of command, call or agent")
+        raise fail(f"has both {runs[0]!r} and {runs[1]!r}; a task runs one of command, call, agent or agent_group")
     command = _optional_str(value, "command", fail)
     call = _optional_str(value, "call", fail)
     agent = _optional_str(value, "agent", fail)
+    agent_group = _optional_str(value, "agent_group", fail)
     if call is not None and (":" not in call or call.startswith(":") or call.endswith(":")):
         raise fail(f"call must look like 'package.module:function', not {call!r}")
 
@@ -191,8 +194,8 @@ def _parse_task(value: Any, index: int, filename: str) -> TaskNode:
         raise fail(f"args must be a list, not {_type_name(args)}")
     if not isinstance(kwargs, dict) or not all(isinstance(key, str) for key in kwargs):
         raise fail("kwargs must be a mapping with string keys")
-    if (args or kwargs) and call is None and agent is None:
-        raise fail("args and kwargs go with call or agent")
+    if (args or kwargs) and call is None and agent is None and agent_group is None:
+        raise fail("args and kwargs go with call, agent or agent_group")
 
     try:
         priority = priority_value(value.get("priority", "medium"))
@@ -238,6 +241,7 @@ def _parse_task(value: Any, index: int, filename: str) -> TaskNode:
         timeout_s=float(timeout_s) if timeout_s is not None else None,
         capabilities=list(capabilities),
         group=group,
+        agent_group=agent_group,
     )
 
 

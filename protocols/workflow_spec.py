@@ -89,8 +89,10 @@ def task_kind(command: str | None, call: str | None, agent: str | None) -> str:
 
 @record("wf.task")
 class TaskNode:
-    """One task as declared. At most one of ``command``, ``call``, ``agent`` is set; a task
-    with none is a no-op marker (it completes as soon as it is ready, without a worker)."""
+    """One task as declared. At most one of ``command``, ``call``, ``agent`` and
+    ``agent_group`` is set; a task with none is a no-op marker (it completes as soon as it is
+    ready, without a worker). An agent task is a TaskRequest to that agent (or to one live
+    member of that agent group); the reply's content is the task's result."""
 
     task_id: str
     command: str | None = None
@@ -105,11 +107,12 @@ class TaskNode:
     timeout_s: float | None = None
     capabilities: list[str] = field(default_factory=list)
     group: str | None = None
+    agent_group: str | None = None  # the agent group one of whose live members gets the task
 
     @property
     def kind(self) -> str:
         """``"command"``, ``"call"``, ``"agent"`` or ``"noop"``."""
-        return task_kind(self.command, self.call, self.agent)
+        return task_kind(self.command, self.call, self.agent or self.agent_group)
 
     @property
     def is_noop(self) -> bool:
@@ -143,6 +146,7 @@ class TaskNode:
             "timeout_s": self.timeout_s,
             "capabilities": list(self.capabilities),
             "group": self.group,
+            "agent_group": self.agent_group,
         }
 
     @classmethod

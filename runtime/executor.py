@@ -1,7 +1,7 @@
 """Runs task attempts, each in its own OS process and process group, and reports how they ended.
 
     executor = TaskExecutor("worker1", on_finished=handle_reports).start()
-    report = executor.run(assignment)   # a TaskFinished now (no-op, agent, could not start) or None
+    report = executor.run(assignment)   # a TaskFinished now (no-op, could not start) or None
     ...                                 # None: on_finished([TaskFinished, ...]) gets it later
     executor.stop()
 
@@ -26,6 +26,8 @@ Rules of this module:
   enforces ``timeout_s`` and cancellations by SIGTERM to the whole process group then SIGKILL
   after ``kill_grace_s``, and hands every report that is ready to ``on_finished`` in one batch
   per wake-up. ``on_finished`` runs on the reaper thread: it must only hand the batch on.
+* An agent task goes to ``agent_runner`` (runtime/agent_tasks.py) when the worker set one; its
+  report comes through ``on_finished`` like a process's.
 * A task never outlives its report: when a shell task's main process has ended, whatever it
   left in its group is killed; a pool process that was killed (timeout, cancel), died
   mid-task (its task is reported failed), left processes or threads behind, or ran a task
@@ -201,6 +203,7 @@ class TaskExecutor:
         self.cwd = cwd
         self.call_slots = call_slots
         self.pool: CallPool | None = None
+        self.agent_runner: Any = None  # runs agent tasks (runtime/agent_tasks.py) when set
         self._lock = threading.Lock()
         self._new: list[_Execution] = []  # started, not yet seen by the reaper
         self._cancels: list[tuple[AttemptKey, str]] = []
@@ -235,13 +238,17 @@ class TaskExecutor:
             return sorted(self._keys)
 
     def run(self, assignment: TaskAssignment) -> TaskFinished | None:
-        """Start an attempt. Returns its report when it ends at once (a no-op, an agent task,
-        a process that cannot start); else None, and ``on_finished`` gets the report later."""
+        """Start an attempt. Returns its report when it ends at once (a no-op, a process that
+        cannot start, an agent task with no ``agent_runner``); else None, and ``on_finished``
+        gets the report later."""
         kind = assignment.kind
         if kind == "noop":
             return finished_now(self.worker_id, assignment, True)
         if kind == "agent":
-            return finished_now(self.worker_id, assignment, False, ERROR_AGENT_UNSUPPORTED)
+            if self.agent_runner is None:
+                return finished_now(self.worker_id, assignment, False, ERROR_AGENT_UNSUPPORTED)
+            self.agent_runner.run(assignment)  # reports through on_finished, like a process
+            return None
         with self._lock:
             if self._stopping or self._base_directory is None:
                 return finished_now(self.worker_id, assignment, False, "worker stopping")
@@ -267,6 +274,8 @@ class TaskExecutor:
 
     def cancel(self, key: AttemptKey, reason: str = ERROR_CANCELLED) -> bool:
         """Kill an attempt's process group; its report (with ``error=reason``) still comes."""
+        if self.agent_runner is not None and self.agent_runner.cancel(key, reason):
+            return True
         with self._lock:
             if key not in self._keys:
                 return False
@@ -278,6 +287,8 @@ class TaskExecutor:
         """Kill every task and pool process, wait for the reaper, remove the task files."""
         with self._lock:
             self._stopping = True
+        if self.agent_runner is not None:
+            self.agent_runner.stop()
         self._wake()
         if self._thread.is_alive():
             self._thread.join(timeout_s)

@@ -57,3 +57,20 @@ class Slow(AgentActor):
     def on_message(self, message):
         time.sleep(0.2)
         return "done"
+
+
+class Doubler(AgentActor):
+    """A workflow task's agent: doubles the sum of its inputs; remembers the attempts it saw."""
+
+    def __init__(self, agent_id: str, **options) -> None:
+        super().__init__(agent_id, **options)
+        self.attempts: list = []
+
+    def on_message(self, message):
+        if message.content == "attempts":
+            return self.attempts
+        task = message.content
+        self.attempts.append([task["task_id"], task["attempt"]])
+        if task["kwargs"].get("sleep_s"):
+            time.sleep(task["kwargs"]["sleep_s"])
+        return {"doubled": 2 * sum(task["inputs"].values()), "by": self.agent_id}

@@ -7,3 +7,7 @@ def produce(n: int) -> list[int]:
 
 def consume(inputs: dict) -> int:
     return sum(inputs["produce"]) * 2
+
+
+def total(inputs):
+    return inputs["solve"]["doubled"]

@@ -91,3 +91,21 @@ def test_message_types_take_the_seeds_names_and_requests_get_their_answer_type()
     with pytest.raises(ValueError, match="task_request"):
         message_type("shout")
     assert len(MessageType) == 10
+
+
+def test_agent_and_agent_group_tasks_parse_and_round_trip():
+    from protocols.workflow import WorkflowError, dump_workflow, parse_workflow
+
+    text = """
+workflow:
+  id: wf-agents
+  tasks:
+    - {task_id: ask, agent: planner, kwargs: {depth: 2}}
+    - {task_id: solve, agent_group: solvers, args: [1], dependencies: [ask]}
+"""
+    workflow = parse_workflow(text)
+    ask, solve = workflow.tasks
+    assert (ask.kind, ask.agent, solve.kind, solve.agent_group) == ("agent", "planner", "agent", "solvers")
+    assert parse_workflow(dump_workflow(workflow)) == workflow
+    with pytest.raises(WorkflowError, match="agent_group"):
+        parse_workflow("workflow: {id: w, tasks: [{task_id: t, command: 'true', agent_group: g}]}")

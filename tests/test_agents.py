@@ -6,6 +6,7 @@ the test process. The agents are in tests/agentfuncs.py.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -13,6 +14,7 @@ import pytest
 
 from agentflow import (
     AgentCommunication,
+    Client,
     AgentError,
     AgentExists,
     AgentNotFound,
@@ -21,6 +23,8 @@ from agentflow import (
     MessageType,
     Node,
     RequestTimeout,
+    Workflow,
+    parse_workflow,
 )
 from tests.agentfuncs import Echo
 from tests.procs import running_cluster, wait_for
@@ -171,3 +175,44 @@ def test_history_keeps_the_messages_newest_last(cluster, comm):
     requests = [e for e in found if e.msg_type == "task_request"]
     assert [e.content for e in requests][-5:] == [{"i": i} for i in range(5)]
     assert all(e.to_agent == "echo-history" for e in requests)
+
+
+def agent_workflow(workflow_id: str, solve: dict) -> Workflow:
+    return parse_workflow(json.dumps({"workflow": {"id": workflow_id, "tasks": [
+        {"task_id": "seed", "call": "builtins:int", "args": [21]},
+        {"task_id": "solve", "dependencies": ["seed"], **solve},
+        {"task_id": "report", "call": "tests.taskfuncs:total", "dependencies": ["solve"]},
+    ]}}))
+
+
+def test_a_workflow_task_run_by_an_agent_group_passes_its_result_on(cluster, comm):
+    cluster.add_agent("tests.agentfuncs:Doubler", "doubler-1", ["--group", "doublers"])
+    cluster.add_worker("agent-task-worker")
+    with Client(cluster.master_url, timeout_s=15) as client:
+        client.submit_workflow(agent_workflow("wf-agent-group", {"agent_group": "doublers"}))
+        status = client.wait_workflow("wf-agent-group", timeout_s=60)
+        assert status["state"] == "completed", status
+        assert status["tasks"]["solve"]["result"] == {"doubled": 42, "by": "doubler-1"}
+        assert status["tasks"]["report"]["result"] == 42
+        client.submit_workflow(agent_workflow("wf-agent-missing", {"agent": "nobody", "retries": 1}))
+        status = client.wait_workflow("wf-agent-missing", timeout_s=60)
+        assert status["state"] == "failed" and status["tasks"]["solve"]["attempts"] == 2
+        assert "AgentNotFound" in status["tasks"]["solve"]["error"]
+        assert status["tasks"]["report"]["state"] == "skipped"
+
+
+def test_an_agent_task_completes_across_a_kill_9_of_the_leader(tmp_path):
+    with running_cluster(tmp_path, client_timeout_s=20, masters=3, workers=1, first_port=38300) as (local, client):
+        local.add_agent("tests.agentfuncs:Doubler", "doubler")
+        client.submit_workflow(agent_workflow("wf-agent-failover", {"agent": "doubler", "kwargs": {"sleep_s": 1.5}}))
+        wait_for(lambda: client.workflow_status("wf-agent-failover")["tasks"]["solve"]["state"] == "running", 30,
+                 what="the agent task to run")
+        leader_id = client.cluster_status()["leader"]
+        local.by_id(leader_id).kill()
+        status = client.wait_workflow("wf-agent-failover", timeout_s=90)
+        assert status["state"] == "completed", status
+        assert status["tasks"]["report"]["result"] == 42
+        assert client.cluster_status()["leader"] != leader_id
+        with Node("asker", master_urls=local.master_url) as node:
+            attempts = AgentCommunication(node, "tester").request("doubler", "attempts", timeout_ms=5000).content
+        assert ["solve", 1] in attempts  # a re-sent request carries its attempt number

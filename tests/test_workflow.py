@@ -118,7 +118,7 @@ def test_missing_id_uses_default_or_content_hash():
         (["{task_id: a}", "{task_id: b, dependencies: [a, a]}"], "b", "twice"),
         (["{task_id: a, capabilities: bash}"], "a", "capabilities must be a list"),
         (["{task_id: a, dependecies: []}"], "a", "did you mean 'dependencies'"),
-        (["{task_id: a, command: ls, args: [1]}"], "a", "args and kwargs go with call or agent"),
+        (["{task_id: a, command: ls, args: [1]}"], "a", "args and kwargs go with call, agent or agent_group"),
         (["{task_id: a, call: 'm:f', kwargs: [1]}"], "a", "kwargs must be a mapping"),
         (["{task_id: a, resources: {memory_mb: 1.5}}"], "a", "memory_mb must be an integer"),
     ],
