@@ -111,8 +111,9 @@ class AgentActor(Actor):
     # ------------------------------------------------------------------ registration
 
     def entry(self) -> AgentEntry:
+        curve = self.node.curve
         return AgentEntry(self.agent_id, self.node.node_id, self.node.endpoint, self.node.pub_endpoint, self.group,
-                          list(self.subscriptions))
+                          list(self.subscriptions), curve.public_key.decode() if curve is not None else "")
 
     def after_spawn(self) -> None:
         host = host_of(self.node)

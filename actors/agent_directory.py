@@ -194,10 +194,11 @@ class AgentDirectoryActor(Actor):
     def _relay(self, message: Any) -> Any:
         if not isinstance(message, AgentMessage):
             return ErrorRecord("bad_request", "a broadcast carries an AgentMessage")
-        hosts = {entry.endpoint: entry.host_id for entry in self.directory.entries.values()
+        hosts = {entry.endpoint: entry for entry in self.directory.entries.values()
                  if message.msg_type in entry.subscriptions}
-        for endpoint, host_id in hosts.items():
-            self.node.ref(endpoint, AGENT_HOST_ACTOR, host_id).tell(message)
+        for endpoint, entry in hosts.items():
+            self.node.transport.know_server_key(endpoint, entry.public_key)
+            self.node.ref(endpoint, AGENT_HOST_ACTOR, entry.host_id).tell(message)
         return {"hosts": len(hosts)}
 
     # ------------------------------------------------------------------ every master
@@ -205,7 +206,9 @@ class AgentDirectoryActor(Actor):
     def _follow_history(self) -> None:
         """Subscribe to the history of every host in the directory, and no longer to gone ones."""
         publishers = set(self.directory.hosts().values())
+        keys = {entry.pub_endpoint: entry.public_key for entry in self.directory.entries.values()}
         for pub_endpoint in sorted(publishers - self._history_publishers):
+            self.node.transport.know_server_key(pub_endpoint, keys.get(pub_endpoint, ""))
             self.node.subscribe(pub_endpoint, HISTORY_TOPIC, self.me)
         for pub_endpoint in self._history_publishers - publishers:
             self.node.transport.unsubscribe_publisher(pub_endpoint)

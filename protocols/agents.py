@@ -23,6 +23,7 @@ caller's limits.
 from __future__ import annotations
 
 import collections
+import dataclasses
 from enum import Enum
 from typing import Any
 
@@ -107,8 +108,8 @@ class AgentMessage:
 
 @record("agent.entry")
 class AgentEntry:
-    """Where an agent lives: its host node and the host's endpoints, its group ("" for none)
-    and the message types it subscribes to."""
+    """Where an agent lives: its host node and the host's endpoints, its group ("" for none),
+    the message types it subscribes to, and the host's CURVE public key ("" without CURVE)."""
 
     agent_id: str
     host_id: str
@@ -116,6 +117,7 @@ class AgentEntry:
     pub_endpoint: str
     group: str
     subscriptions: list
+    public_key: str = ""
 
     @property
     def actor(self) -> str:
@@ -196,9 +198,7 @@ class AgentDirectory:
             current = self.entries.get(command.agent_id)
             if current is None or current.host_id != command.host_id:
                 return {"ok": False, "reason": "not_registered_here"}
-            self.entries[command.agent_id] = AgentEntry(current.agent_id, current.host_id, current.endpoint,
-                                                        current.pub_endpoint, current.group,
-                                                        list(command.subscriptions))
+            self.entries[command.agent_id] = dataclasses.replace(current, subscriptions=list(command.subscriptions))
             return self._changed({"ok": True})
         if isinstance(command, RemoveAgentHost):
             removed = self.on_host(command.host_id)
@@ -321,7 +321,9 @@ class MessageHistory:
             if msg_type is not None and entry.msg_type != msg_type:
                 continue
             found.append(entry)
-        # Hosts publish in batches, so arrival order interleaves them: order by the senders' clocks.
+        found.reverse()
+        # Hosts publish in batches, so arrivals interleave hosts: order by the senders' clocks
+        # (a stable sort: equal timestamps keep their arrival order).
         found.sort(key=lambda entry: entry.timestamp_ms)
         return found
 

@@ -186,7 +186,14 @@ class DirectoryCache:
 
     def replace(self, view: DirectoryView) -> None:
         entries = {entry.agent_id: entry for entry in view.entries if isinstance(entry, AgentEntry)}
+        for entry in entries.values():
+            self._know_keys(entry)
         self.entries, self.stats, self.version = entries, dict(view.stats), view.version
+
+    def _know_keys(self, entry: AgentEntry) -> None:
+        """With CURVE, connecting to a host needs its key: the directory carries it."""
+        self.node.transport.know_server_key(entry.endpoint, entry.public_key)
+        self.node.transport.know_server_key(entry.pub_endpoint, entry.public_key)
 
     def refresh(self, timeout_s: float = 2.0) -> None:
         """Read the whole directory from the leader (blocking)."""
@@ -203,6 +210,7 @@ class DirectoryCache:
             if not found:
                 raise AgentNotFound(f"no agent {agent_id!r} in the directory")
             entry = found[0]
+            self._know_keys(entry)
             self.entries = {**self.entries, agent_id: entry}
         return entry
 

@@ -42,6 +42,7 @@ from protocols.wire import ASK, ERROR, REPLY, DecodeError, ErrorRecord, Redirect
 from runtime.actor import current_actor_name
 from runtime.future import AskTimeout, RemoteError, reply_value
 from runtime.node import Node
+from runtime.security import CurveKeys
 
 FINAL_WORKFLOW_STATES = ("completed", "failed", "cancelled")
 RETRY_PAUSE_S = 0.05
@@ -73,8 +74,9 @@ class DirectAsks:
     delivered when it comes back.
     """
 
-    def __init__(self, node_id: str, endpoint: str) -> None:
+    def __init__(self, node_id: str, endpoint: str, curve: CurveKeys | None = None) -> None:
         self._node_id, self._endpoint = node_id, endpoint
+        self._curve = curve
         self._context = zmq.Context.instance()  # shared, never terminated: a Client left unclosed must not hang
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -117,6 +119,8 @@ class DirectAsks:
         if sock is None:
             sock = self._context.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            if self._curve is not None:
+                self._curve.client_options(sock)  # the masters' key: direct asks go to masters
             sock.connect(endpoint)
             sockets[endpoint] = sock
             with self._lock:
@@ -155,8 +159,9 @@ class _ThreadSockets(dict):
 
 class Client:
     def __init__(self, master_urls: str | list[str] | None, timeout_s: float = 5.0,
-                 client_id: str | None = None, node: Node | None = None) -> None:
+                 client_id: str | None = None, node: Node | None = None, curve: CurveKeys | None = None) -> None:
         self.masters = parse_master_urls(master_urls)
+        self.curve = node.curve if node is not None else curve
         self.timeout_s = timeout_s
         self.client_id = client_id or f"client-{uuid.uuid4().hex[:12]}"
         self._node = node
@@ -167,8 +172,8 @@ class Client:
         self._sessions = threading.local()
         self._session_ids = itertools.count(1)
         # Without a node the client listens nowhere: answers come back on the socket an ask left from.
-        self._direct = (DirectAsks(node.node_id, node.endpoint) if node is not None
-                        else DirectAsks(self.client_id, ""))
+        self._direct = (DirectAsks(node.node_id, node.endpoint, self.curve) if node is not None
+                        else DirectAsks(self.client_id, "", self.curve))
 
     def __enter__(self) -> Client:
         return self
@@ -182,7 +187,7 @@ class Client:
         own, started on first use; plain calls need none."""
         with self._node_lock:
             if self._node is None:
-                self._node = Node(self.client_id, master_urls=self.masters).start()
+                self._node = Node(self.client_id, master_urls=self.masters, curve=self.curve).start()
             return self._node
 
     def close(self) -> None:

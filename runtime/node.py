@@ -27,6 +27,7 @@ from protocols.wire import ASK, DEFAULT_MAX_FRAME_BYTES, TELL, Address, ErrorRec
 from runtime.actor import Actor, _spawning, current_actor_name
 from runtime.future import Future, RemoteError
 from runtime.messages import InboundBatch, InboundMessage
+from runtime.security import CurveKeys
 from runtime.transport import Transport
 
 DEFAULT_ASK_TIMEOUT_S = 5.0
@@ -130,6 +131,7 @@ class Node:
         pub_port: int | None = None,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         master_urls: str | list[str] | None = None,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.node_id = node_id or f"node-{uuid.uuid4().hex[:8]}"
         self.host = host
@@ -139,7 +141,9 @@ class Node:
         self.targets: dict[str, Any] = {}  # actor name -> delivery target: the transport's directory
         self._actors: dict[str, Actor] = {}
         self._pykka_refs: list[pykka.ActorRef] = []
-        self.transport = Transport(self.node_id, host, port, pub_port, max_frame_bytes, self.targets, self.counters)
+        self.curve = curve
+        self.transport = Transport(self.node_id, host, port, pub_port, max_frame_bytes, self.targets, self.counters,
+                                   curve)
         self.peers = self.transport.peers  # node_id -> endpoint, learned from frames
         self.endpoint = self.transport.endpoint
         self.pub_endpoint = self.transport.pub_endpoint

@@ -56,6 +56,7 @@ from protocols.wire import (
 from runtime.future import AskTimeout, RemoteError, settle
 from runtime.log import get_logger
 from runtime.messages import InboundMessage
+from runtime.security import CurveKeys, Gatekeeper
 from runtime.wakeup import WakePipe
 
 if TYPE_CHECKING:
@@ -75,8 +76,10 @@ _CALL = 3  # (_CALL, fn): run fn on the transport thread
 _ASK = 4  # (_ASK, endpoint, envelope, correlation_id, future)
 
 _correlation_ids = itertools.count(1)
-# What a connection's monitor reports: up, dropped, or refused (and retried).
-_WATCHED_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+# What a connection's monitor reports: up, dropped, refused (and retried), or our key refused.
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+_WATCHED_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | _HANDSHAKE_FAILED
 
 
 def _bind(sock: zmq.Socket, host: str, port: int) -> int:
@@ -93,7 +96,7 @@ class Transport(threading.Thread):
     ``pub_port`` None means PORT+100 for a fixed ``port``, any free port otherwise."""
 
     def __init__(self, node_id: str, host: str, port: int, pub_port: int | None, max_frame_bytes: int,
-                 targets: dict[str, Any], counters: collections.Counter) -> None:
+                 targets: dict[str, Any], counters: collections.Counter, curve: CurveKeys | None = None) -> None:
         super().__init__(name=f"agentflow-transport-{node_id}", daemon=True)
         self.node_id = node_id
         self.targets = targets
@@ -101,6 +104,10 @@ class Transport(threading.Thread):
         self.peers: dict[str, str] = {}  # node id -> endpoint, learned from frames
         self.max_frame_bytes = max_frame_bytes
         self._context = zmq.Context()
+        self.curve = curve
+        # endpoint -> the CURVE key its node authenticated with (runtime/security.py)
+        self.server_keys: dict[str, bytes] = {}
+        self.gatekeeper = Gatekeeper(self._context, curve) if curve is not None else None
         self._outbox: collections.deque = collections.deque()
         self._wake_pending = False
         self._wake_pipe = WakePipe()
@@ -128,12 +135,18 @@ class Transport(threading.Thread):
         # frames between the cap and this hard limit are read and counted as "oversize".
         self._router.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes * 2 + 1024)
         fixed_port = bool(port)
+        if curve is not None:
+            curve.server_options(self._router)
         port = _bind(self._router, host, port)
         self.endpoint = f"tcp://{host}:{port}"
         self._pub = self._socket(zmq.PUB)
+        if curve is not None:
+            curve.server_options(self._pub)
         pub_port = _bind(self._pub, host, pub_port if pub_port is not None else (port + 100 if fixed_port else 0))
         self.pub_endpoint = f"tcp://{host}:{pub_port}"
         self._sub = self._socket(zmq.SUB)
+        if curve is not None:
+            curve.client_options(self._sub)
         self._poller.register(self._router, zmq.POLLIN)
         self._poller.register(self._sub, zmq.POLLIN)
         self._poller.register(self._wake_pipe.fileno, zmq.POLLIN)
@@ -231,6 +244,8 @@ class Transport(threading.Thread):
             sock.close(linger=0)
         self._dealers.clear()
         self._monitors.clear()
+        if self.gatekeeper is not None:
+            self.gatekeeper.stop()
         self._context.term()
         self._wake_pipe.close()
 
@@ -246,16 +261,21 @@ class Transport(threading.Thread):
     # ------------------------------------------------------------------ inbound
 
     def _drain_router(self) -> None:
+        secure = self.curve is not None
         for _ in range(DRAIN_LIMIT):
             try:
-                parts = self._router.recv_multipart(zmq.NOBLOCK, copy=True)
+                # With CURVE, the frame object also says which key its sender authenticated with.
+                parts = self._router.recv_multipart(zmq.NOBLOCK, copy=not secure)
             except zmq.Again:
                 break
-            route = parts[0]
+            route = parts[0] if not secure else parts[0].bytes
             if len(parts) != 2:
                 self._reject(route, "bad_frame_count", f"{len(parts) - 1} frames")
                 continue
-            self._handle_frame(parts[1], route)
+            if secure:
+                self._handle_frame(parts[1].bytes, route, parts[1].get("User-Id").encode())
+            else:
+                self._handle_frame(parts[1], route)
 
     def _drain_dealer(self, sock: zmq.Socket) -> None:
         for _ in range(DRAIN_LIMIT):
@@ -269,7 +289,7 @@ class Transport(threading.Thread):
                 continue
             self._handle_frame(parts[0], None)
 
-    def _handle_frame(self, data: bytes, route: bytes | None) -> None:
+    def _handle_frame(self, data: bytes, route: bytes | None, peer_key: bytes | None = None) -> None:
         """Decode one frame and hand each local actor its part of it as one batch."""
         counters = self.counters
         counters["frames_in"] += 1
@@ -280,6 +300,8 @@ class Transport(threading.Thread):
             return
         if frame.endpoint:  # a client without a node of its own listens nowhere
             self.peers[frame.node_id] = frame.endpoint
+            if peer_key is not None:
+                self.server_keys[frame.endpoint] = peer_key
         counters["msgs_in"] += len(frame.envelopes)
         batches: dict[Any, list[InboundMessage]] = {}
         for env in frame.envelopes:
@@ -373,6 +395,8 @@ class Transport(threading.Thread):
             self._subscribers.append((topic, target))
         if pub_endpoint not in self._sub_endpoints:
             self._sub_endpoints.add(pub_endpoint)
+            if self.curve is not None:  # the server key a connection uses is the option's value at connect
+                self._sub.curve_serverkey = self.server_keys.get(pub_endpoint, self.curve.server_key)
             self._sub.connect(pub_endpoint)
 
     def unsubscribe_publisher(self, pub_endpoint: str) -> None:
@@ -502,6 +526,8 @@ class Transport(threading.Thread):
             sock.setsockopt(zmq.RECONNECT_IVL, 50)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
             monitor = sock.get_monitor_socket(_WATCHED_EVENTS)
+            if self.curve is not None:
+                self.curve.client_options(sock, self.server_keys.get(endpoint))
             sock.connect(endpoint)
             self._dealers[endpoint] = sock
             self._monitors[monitor] = endpoint
@@ -522,17 +548,40 @@ class Transport(threading.Thread):
                 return
             if event == zmq.EVENT_CONNECTED:
                 self._unreachable.discard(endpoint)
+            elif event & _HANDSHAKE_FAILED:
+                # Our key was refused: drop the socket, so the next message tries a fresh handshake
+                # (the peer may admit us once it reloads its keys).
+                self.counters["peer_refused_our_key"] += 1
+                self._fail_asks_to(endpoint, "the peer refused our key (CURVE)")
+                self._close_dealer(endpoint, monitor)
+                return
             elif endpoint not in self._unreachable:
                 self._unreachable.add(endpoint)
                 self.counters["peer_unreachable"] += 1
                 self._fail_asks_to(endpoint)
 
-    def _fail_asks_to(self, endpoint: str) -> None:
+    def _close_dealer(self, endpoint: str, monitor: zmq.Socket) -> None:
+        sock = self._dealers.pop(endpoint)
+        del self._monitors[monitor]
+        for closing in (sock, monitor):
+            self._poller.unregister(closing)
+        sock.disable_monitor()
+        monitor.close(linger=0)
+        sock.close(linger=0)
+
+    def _fail_asks_to(self, endpoint: str, why: str = "") -> None:
         lost = [cid for cid, asked in self._ask_endpoints.items() if asked == endpoint]
         for correlation_id in lost:
             future = self._pop_ask(correlation_id)
             if future is not None:
-                future.set_exception(RemoteError("peer_unreachable", f"the connection to {endpoint} dropped"))
+                future.set_exception(RemoteError("peer_unreachable",
+                                                 f"the connection to {endpoint} dropped{': ' + why if why else ''}"))
+
+    def know_server_key(self, endpoint: str, key: bytes | str) -> None:
+        """The CURVE key of the node at ``endpoint`` (from the agent directory, say): used when
+        this node first connects to it. Any thread; a no-op without CURVE."""
+        if self.curve is not None and key:
+            self.server_keys[endpoint] = key.encode() if isinstance(key, str) else key
 
     def _publish(self, topic: str, body: Any) -> None:
         seq = self._pub_seq.get(topic, 0) + 1

@@ -109,3 +109,11 @@ workflow:
     assert parse_workflow(dump_workflow(workflow)) == workflow
     with pytest.raises(WorkflowError, match="agent_group"):
         parse_workflow("workflow: {id: w, tasks: [{task_id: t, command: 'true', agent_group: g}]}")
+
+
+def test_history_orders_hosts_batches_by_timestamp_keeping_arrival_order_on_ties():
+    history = MessageHistory(capacity=10)
+    late_host = [HistoryEntry(f"late{i}", "a", "b", "notification", 10, None, i, 8, "h2") for i in range(2)]
+    early_host = [HistoryEntry(f"early{i}", "a", "b", "notification", 5, None, i, 8, "h1") for i in range(2)]
+    history.add(late_host + early_host)
+    assert [e.message_id for e in history.query(10)] == ["early0", "early1", "late0", "late1"]

@@ -1,0 +1,26 @@
+"""`agentflow keys generate DIR NAME`: CURVE keypairs in zmq.auth's certificate format."""
+
+from __future__ import annotations
+
+import typer
+
+from agentflow.cli.common import app, fail
+
+keys_app = typer.Typer(help="CURVE keys: encryption and authentication on every socket.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("generate")
+def keys_generate(directory: str = typer.Argument(..., help="Where to write the key files."),
+                  name: str = typer.Argument(..., help="Whose keys: masters, worker-1, alice, ...")) -> None:
+    """Write DIR/NAME.key (public: give it to whoever must admit you) and DIR/NAME.key_secret."""
+    from runtime.security import generate_keys
+
+    if not name or "/" in name:
+        fail(f"bad key name {name!r}: a plain file name, no '/'")
+    try:
+        public_file, secret_file = generate_keys(directory, name)
+    except OSError as exc:
+        fail(f"cannot write keys in {directory}: {exc.strerror}")
+    typer.echo(f"public key {public_file}\nsecret key {secret_file} (keep it private)")
+

@@ -1,0 +1,87 @@
+"""CurveZMQ: who may connect, at the runtime level (nodes in this process) and key files."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from agentflow import Actor, Node
+from agentflow.cli import app
+from runtime.future import RemoteError
+from runtime.security import CurveKeys, KeyFileError, check_bind, generate_keys
+from typer.testing import CliRunner
+
+from tests.procs import wait_for
+
+
+class Echo(Actor):
+    def receive(self, message):
+        return message
+
+
+@pytest.fixture
+def keys(tmp_path):
+    """A masters' keypair, an authorized client, an unknown one; the authorized-keys folder."""
+    for name in ("masters", "alice", "mallory"):
+        generate_keys(tmp_path, name)
+    authorized = tmp_path / "authorized"
+    authorized.mkdir()
+    shutil.copy(tmp_path / "alice.key", authorized)
+    return tmp_path
+
+
+def ask(node: Node, endpoint: str, message="hello", actor="echo"):
+    return node.ref(endpoint, actor).ask(message, timeout_s=3).get()
+
+
+def test_only_authorized_keys_get_in_and_masters_reach_back(keys):
+    masters = CurveKeys.load(keys / "masters.key_secret", authorized_keys_dir=keys / "authorized")
+    alice = CurveKeys.load(keys / "alice.key_secret", keys / "masters.key")
+    mallory = CurveKeys.load(keys / "mallory.key_secret", keys / "masters.key")
+    with Node("master", curve=masters) as master, Node("alice", curve=alice) as a, \
+            Node("mallory", curve=mallory) as m, Node("plain") as plain:
+        master.spawn(Echo, name="echo")
+        a.spawn(Echo, name="echo")
+        assert ask(a, master.endpoint) == "hello"
+        for outsider in (m, plain):
+            with pytest.raises(RemoteError) as refused:
+                ask(outsider, master.endpoint)
+            assert refused.value.kind == "peer_unreachable"
+        assert master.transport.gatekeeper.denied >= 1
+        # The master learned alice's key from her frames: it can connect back (a worker's case).
+        assert ask(master, a.endpoint, "back") == "back"
+
+
+def test_authorized_keys_are_read_again_on_reload(keys):
+    masters = CurveKeys.load(keys / "masters.key_secret", authorized_keys_dir=keys / "authorized")
+    mallory = CurveKeys.load(keys / "mallory.key_secret", keys / "masters.key")
+    with Node("master", curve=masters) as master, Node("mallory", curve=mallory) as m:
+        master.spawn(Echo, name="echo")
+        with pytest.raises(RemoteError):
+            ask(m, master.endpoint)
+        shutil.copy(keys / "mallory.key", keys / "authorized")
+        assert master.transport.gatekeeper.reload() == 3  # alice, mallory and the masters' own
+        # Its socket retries the handshake by itself; once the new list is read it gets in.
+        assert wait_for(lambda: _answer(m, master.endpoint), 10, what="mallory to be admitted") == "hello"
+
+
+def _answer(node, endpoint):
+    try:
+        return ask(node, endpoint)
+    except RemoteError:
+        return None
+
+
+def test_key_files_and_binding_rules(keys, tmp_path):
+    with pytest.raises(KeyFileError, match="no secret key"):
+        CurveKeys.load(keys / "alice.key")
+    with pytest.raises(KeyFileError, match="not a directory"):
+        CurveKeys.load(keys / "masters.key_secret", authorized_keys_dir=tmp_path / "missing")
+    check_bind("127.0.0.1", None, insecure=False)
+    with pytest.raises(ValueError, match="--insecure"):
+        check_bind("0.0.0.0", None, insecure=False)
+    check_bind("0.0.0.0", None, insecure=True)
+    result = CliRunner().invoke(app, ["keys", "generate", str(tmp_path / "new"), "bob"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "new" / "bob.key").exists() and (tmp_path / "new" / "bob.key_secret").stat().st_mode & 0o077 == 0
