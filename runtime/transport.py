@@ -45,18 +45,18 @@ from protocols.wire import (
     DecodeError,
     EncodeError,
     ErrorRecord,
-    Event,
     Refused,
     Tick,
-    decode,
     decode_frame,
-    encode,
     encode_frame,
 )
+from runtime.faults import FaultInjector
 from runtime.future import AskTimeout, RemoteError, settle
 from runtime.log import get_logger
+from runtime.events import EventSockets
 from runtime.messages import InboundMessage
 from runtime.security import CurveKeys, Gatekeeper
+from runtime.timers import TimerQueue
 from runtime.wakeup import WakePipe
 
 if TYPE_CHECKING:
@@ -108,6 +108,8 @@ class Transport(threading.Thread):
         # endpoint -> the CURVE key its node authenticated with (runtime/security.py)
         self.server_keys: dict[str, bytes] = {}
         self.gatekeeper = Gatekeeper(self._context, curve) if curve is not None else None
+        self.faults = FaultInjector.from_environment(node_id, counters)  # None unless a test configures faults
+        self._route_peers: dict[bytes, tuple[str, str]] = {}  # with faults: route -> (node id, endpoint)
         self._outbox: collections.deque = collections.deque()
         self._wake_pending = False
         self._wake_pipe = WakePipe()
@@ -118,13 +120,7 @@ class Transport(threading.Thread):
         self._asks: dict[int, Future] = {}
         self._ask_endpoints: dict[int, str] = {}  # correlation id -> endpoint, for asks in flight
         self._ask_deadlines: list[tuple[float, int]] = []
-        self._timers: list[tuple[float, int, Any]] = []
-        self._timer_ids = itertools.count(1)
-        self._cancelled_timers: set[int] = set()
-        self._pub_seq: dict[str, int] = {}
-        self._sub_last_seq: dict[tuple[str, str], int] = {}
-        self._subscribers: list[tuple[str, Any]] = []  # (topic prefix, deliver target)
-        self._sub_endpoints: set[str] = set()  # publishers the SUB socket is connected to
+        self._timers = TimerQueue()
         self._end_of_round_hooks: list[Callable[[], None]] = []
         self._last_logged: dict[tuple[str, str], float] = {}
         self._poller = zmq.Poller()
@@ -139,16 +135,16 @@ class Transport(threading.Thread):
             curve.server_options(self._router)
         port = _bind(self._router, host, port)
         self.endpoint = f"tcp://{host}:{port}"
-        self._pub = self._socket(zmq.PUB)
+        pub, sub = self._socket(zmq.PUB), self._socket(zmq.SUB)
         if curve is not None:
-            curve.server_options(self._pub)
-        pub_port = _bind(self._pub, host, pub_port if pub_port is not None else (port + 100 if fixed_port else 0))
+            curve.server_options(pub)
+            curve.client_options(sub)
+        pub_port = _bind(pub, host, pub_port if pub_port is not None else (port + 100 if fixed_port else 0))
         self.pub_endpoint = f"tcp://{host}:{pub_port}"
-        self._sub = self._socket(zmq.SUB)
-        if curve is not None:
-            curve.client_options(self._sub)
+        self._events = EventSockets(node_id, pub, sub, counters, max_frame_bytes, self._count_bad)
+        self._sub = sub
         self._poller.register(self._router, zmq.POLLIN)
-        self._poller.register(self._sub, zmq.POLLIN)
+        self._poller.register(sub, zmq.POLLIN)
         self._poller.register(self._wake_pipe.fileno, zmq.POLLIN)
 
     def _socket(self, kind: int) -> zmq.Socket:
@@ -212,13 +208,16 @@ class Transport(threading.Thread):
                     if sock is self._router:
                         self._drain_router()
                     elif sock is self._sub:
-                        self._drain_sub()
+                        for target, event in self._events.drain(DRAIN_LIMIT):
+                            self._deliver(target, [event])
                     elif sock == self._wake_pipe.fileno:
                         self._wake_pipe.drain()
                     elif sock in self._monitors:
                         self._drain_monitor(sock)
                     else:
                         self._drain_dealer(sock)
+                if self.faults is not None:
+                    self.faults.refresh()
                 self._flush_outbox()
                 self._run_due_timers()
                 if self._end_of_round_hooks:
@@ -240,7 +239,7 @@ class Transport(threading.Thread):
         for future in list(self._asks.values()):
             future.set_exception(AskTimeout("node stopped"))
         self._asks.clear()
-        for sock in [self._router, self._pub, self._sub, *self._monitors, *self._dealers.values()]:
+        for sock in [self._router, self._events.pub, self._sub, *self._monitors, *self._dealers.values()]:
             sock.close(linger=0)
         self._dealers.clear()
         self._monitors.clear()
@@ -252,10 +251,11 @@ class Transport(threading.Thread):
     def _poll_timeout_ms(self) -> int | None:
         if self._outbox:
             return 0
-        timers, deadlines = self._timers, self._ask_deadlines
-        if not (timers or deadlines):
+        dues = [self._timers.next_due(), self._ask_deadlines[0][0] if self._ask_deadlines else None,
+                self.faults.next_due() if self.faults is not None else None]
+        due = min((d for d in dues if d is not None), default=None)
+        if due is None:
             return None
-        due = min(timers[0][0] if timers else float("inf"), deadlines[0][0] if deadlines else float("inf"))
         return max(0, int((due - time.monotonic()) * 1000) + 1)
 
     # ------------------------------------------------------------------ inbound
@@ -298,6 +298,12 @@ class Transport(threading.Thread):
         except DecodeError as exc:
             self._reject(route, exc.reason, exc.detail)
             return
+        if self.faults is not None:
+            if self.faults.drops_from(frame.node_id, frame.endpoint):
+                counters["fault_dropped_in"] += len(frame.envelopes)
+                return
+            if route is not None:
+                self._route_peers[route] = (frame.node_id, frame.endpoint)
         if frame.endpoint:  # a client without a node of its own listens nowhere
             self.peers[frame.node_id] = frame.endpoint
             if peer_key is not None:
@@ -363,53 +369,13 @@ class Transport(threading.Thread):
             self._last_logged[key] = now
             log.warning("dropped a bad frame from peer %s: %s %s", peer, reason, detail[:120])
 
-    def _drain_sub(self) -> None:
-        for _ in range(DRAIN_LIMIT):
-            try:
-                parts = self._sub.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            try:
-                topic = parts[0].decode()
-                publisher, seq, body = decode(parts[1], self.max_frame_bytes)
-                if len(parts) != 2 or not isinstance(publisher, str) or not isinstance(seq, int):
-                    raise DecodeError("bad_shape", "event")
-            except (DecodeError, UnicodeDecodeError, ValueError, TypeError, IndexError):
-                self._count_bad("pub", "bad_event", "")
-                continue
-            last = self._sub_last_seq.get((publisher, topic))
-            gap = 0 if last is None else max(0, seq - last - 1)
-            if gap:
-                self.counters["event_gaps"] += gap
-            self._sub_last_seq[(publisher, topic)] = seq
-            message = InboundMessage(TELL, None, 0, Event(topic, publisher, seq, body, gap))
-            for prefix, target in self._subscribers:
-                if topic.startswith(prefix):
-                    self._deliver(target, [message])
-
     def _subscribe(self, pub_endpoint: str, topic: str, target: Any) -> None:
-        # One SUB socket for all publishers: a topic filter applies to every connected one.
-        if (topic, target) not in self._subscribers:
-            if all(known != topic for known, _ in self._subscribers):
-                self._sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
-            self._subscribers.append((topic, target))
-        if pub_endpoint not in self._sub_endpoints:
-            self._sub_endpoints.add(pub_endpoint)
-            if self.curve is not None:  # the server key a connection uses is the option's value at connect
-                self._sub.curve_serverkey = self.server_keys.get(pub_endpoint, self.curve.server_key)
-            self._sub.connect(pub_endpoint)
+        key = self.server_keys.get(pub_endpoint, self.curve.server_key) if self.curve is not None else None
+        self._events.subscribe(pub_endpoint, topic, target, key)
 
     def unsubscribe_publisher(self, pub_endpoint: str) -> None:
         """Stop receiving from ``pub_endpoint`` (a publisher that left)."""
-        self.call(lambda: self._disconnect_publisher(pub_endpoint))
-
-    def _disconnect_publisher(self, pub_endpoint: str) -> None:
-        if pub_endpoint in self._sub_endpoints:
-            self._sub_endpoints.discard(pub_endpoint)
-            try:
-                self._sub.disconnect(pub_endpoint)
-            except zmq.ZMQError:
-                pass
+        self.call(lambda: self._events.disconnect(pub_endpoint))
 
     # ------------------------------------------------------------------ outbound
 
@@ -472,13 +438,18 @@ class Transport(threading.Thread):
         elif op == _TO_ROUTE:
             to_routes.setdefault(item[1], []).append(item[2])
         else:
-            self._publish(item[1], item[2])
+            self._events.publish(item[1], item[2])
 
     def _send_grouped(self, to_peers: dict[str, list], to_routes: dict[bytes, list]) -> None:
+        faults = self.faults
+        if faults is not None:
+            nodes = {endpoint: node_id for node_id, endpoint in self.peers.items()}
         for endpoint, envelopes in to_peers.items():
-            self._send(self._dealer(endpoint), None, envelopes)
+            if faults is None or faults.let_through((nodes.get(endpoint, ""), endpoint), endpoint, envelopes):
+                self._send(self._dealer(endpoint), None, envelopes)
         for route, envelopes in to_routes.items():
-            self._send(self._router, route, envelopes)
+            if faults is None or faults.let_through(self._route_peers.get(route, ("", "")), route, envelopes):
+                self._send(self._router, route, envelopes)
         to_peers.clear()
         to_routes.clear()
 
@@ -583,46 +554,27 @@ class Transport(threading.Thread):
         if self.curve is not None and key:
             self.server_keys[endpoint] = key.encode() if isinstance(key, str) else key
 
-    def _publish(self, topic: str, body: Any) -> None:
-        seq = self._pub_seq.get(topic, 0) + 1
-        self._pub_seq[topic] = seq
-        try:
-            data = encode((self.node_id, seq, body))
-        except EncodeError as exc:
-            self._pub_seq[topic] = seq - 1
-            log.warning("cannot publish on %s: %s", topic, exc)
-            return
-        try:
-            self._pub.send_multipart((topic.encode(), data), zmq.NOBLOCK)
-        except zmq.Again:
-            self.counters["publish_dropped_hwm"] += 1
-
     # ------------------------------------------------------------------ timers and deadlines
 
     def add_timer(self, first_due: float, interval_s: float | None, target: Any, name: str) -> int:
         """Any thread: returns a timer id for ``cancel_timer``."""
-        timer_id = next(self._timer_ids)
-        self.call(lambda: heapq.heappush(self._timers, (first_due, timer_id, (interval_s, target, name))))
+        timer_id = self._timers.new_id()
+        self.call(lambda: self._timers.add(timer_id, first_due, interval_s, target, name))
         return timer_id
 
     def cancel_timer(self, timer_id: int) -> None:
-        self.call(lambda: self._cancelled_timers.add(timer_id))
+        self.call(lambda: self._timers.cancel(timer_id))
 
     def _run_due_timers(self) -> None:
         now = time.monotonic()
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            due, timer_id, (interval_s, target, name) = heapq.heappop(timers)
-            if timer_id in self._cancelled_timers:
-                self._cancelled_timers.discard(timer_id)
-                continue
+        if self.faults is not None:
+            for destination, envelopes in self.faults.due(now):
+                if isinstance(destination, str):
+                    self._send(self._dealer(destination), None, envelopes)
+                else:
+                    self._send(self._router, destination, envelopes)
+        for target, name in self._timers.pop_due(now):
             self._deliver(target, [InboundMessage(TELL, None, 0, Tick(name, int(now * 1000)))])
-            if interval_s is not None:
-                # Skip missed periods rather than firing a burst after a stall.
-                next_due = due + interval_s
-                if next_due <= now:
-                    next_due = now + interval_s
-                heapq.heappush(timers, (next_due, timer_id, (interval_s, target, name)))
         deadlines = self._ask_deadlines
         while deadlines and deadlines[0][0] <= now:
             _, correlation_id = heapq.heappop(deadlines)
