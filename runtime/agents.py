@@ -57,7 +57,7 @@ from protocols.agents import (
 from protocols.names import AGENT_HOST_ACTOR, AGENTS_ACTOR
 from protocols.wire import EncodeError, ErrorRecord, encode
 from runtime.actor import current_actor_name
-from runtime.client import Client, ClusterUnavailable
+from runtime.client import Client, ClusterUnavailable, PeerUnreachable
 from runtime.future import AskTimeout, RemoteError
 
 if TYPE_CHECKING:
@@ -295,12 +295,16 @@ class AgentCommunication:
             entry = self.directory.lookup(agent_id, timeout_s=max(0.05, timeout_ms / 1000))
         except ClusterUnavailable as exc:
             raise RequestTimeout(f"the directory did not answer: {exc}") from None
-        ref = self.node.ref(entry.endpoint, actor or entry.actor, entry.host_id)
+        # From this thread on a socket of its own (no hand-off to the transport thread and back).
         try:
-            answer = ref.ask(body, timeout_s=max(0.0, deadline - time.monotonic())).get()
+            answer = self.directory.client.ask_at(entry.endpoint, actor or entry.actor, body,
+                                                  max(0.0, deadline - time.monotonic()),
+                                                  entry.public_key.encode() if entry.public_key else None)
             if isinstance(answer, ErrorRecord):  # a refusal answered as a value (the host's Deliver)
                 raise RemoteError(answer.kind, answer.message)
             return answer
+        except PeerUnreachable as exc:
+            raise self._request_error(agent_id, entry, RemoteError("peer_unreachable", str(exc))) from None
         except AskTimeout:
             raise RequestTimeout(f"{agent_id} did not answer within {timeout_ms} ms") from None
         except RemoteError as exc:

@@ -25,6 +25,7 @@ import uuid
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from protocols.control import (
     CancelWorkflowRequest,
@@ -62,15 +63,21 @@ def parse_master_urls(text: str | list[str] | None) -> list[str]:
     return parse_endpoints(text)
 
 
+class PeerUnreachable(AskTimeout):
+    """The connection to the peer dropped or was refused while an ask waited (or before)."""
+
+
 class DirectAsks:
-    """Blocking asks sent from the calling thread, on a DEALER socket of its own per master.
+    """Blocking asks sent from the calling thread, on a DEALER socket of its own per peer.
 
     An ask through the node's transport costs two thread hand-offs (caller to transport thread,
-    and back): a round trip takes 245 us that way and 158 us this way, against 118 us for raw
-    pyzmq (bench/transport.py). A caller that blocks anyway needs neither hand-off: it sends,
-    polls its own socket until the deadline and reads the answer itself.
+    and back); a caller that blocks anyway needs neither: it sends, polls its own socket until
+    the deadline and reads the answer itself (bench/README.md has the round trips).
+    Each socket is watched (a ZeroMQ socket monitor), so an ask to a peer whose connection drops
+    or is refused ends at once with ``PeerUnreachable`` (an ``AskTimeout``: a client moves on
+    to the next master), and one whose key the peer refuses with RemoteError ``not_authorized``.
     A reply to an ask that timed out may still come in; it is told apart by its correlation id
-    and dropped. After a timeout the socket is closed, so asks queued for a dead master are not
+    and dropped. After a failed ask the socket is closed, so asks queued for a dead peer are not
     delivered when it comes back.
     """
 
@@ -80,22 +87,28 @@ class DirectAsks:
         self._context = zmq.Context.instance()  # shared, never terminated: a Client left unclosed must not hang
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._open: set[zmq.Socket] = set()  # every thread's sockets, for close()
+        self._open: set[_Connection] = set()  # every thread's connections, for close()
         self._ids = itertools.count(1)
 
-    def ask(self, endpoint: str, actor: str, message: Any, timeout_s: float) -> Any:
+    def ask(self, endpoint: str, actor: str, message: Any, timeout_s: float, server_key: bytes | None = None) -> Any:
         deadline = time.monotonic() + timeout_s
-        sock = self._socket(endpoint)
+        connection = self._connection(endpoint, server_key)
         correlation_id = next(self._ids)
         frame = encode_frame(self._node_id, self._endpoint, [(ASK, current_actor_name(), actor, correlation_id, message)])
+        failure: Exception | None = None
         try:
-            sock.send(frame, zmq.NOBLOCK)
-            while True:
+            connection.sock.send(frame, zmq.NOBLOCK)
+            while failure is None:
                 remaining_ms = math.ceil((deadline - time.monotonic()) * 1000)
-                if remaining_ms <= 0 or not sock.poll(remaining_ms):
+                ready = dict(connection.poller.poll(remaining_ms)) if remaining_ms > 0 else {}
+                if not ready:
                     break
+                if connection.monitor in ready:
+                    failure = connection.failure(endpoint)
+                if connection.sock not in ready:
+                    continue
                 try:
-                    envelopes = decode_frame(sock.recv()).envelopes
+                    envelopes = decode_frame(connection.sock.recv()).envelopes
                 except DecodeError:
                     continue
                 for envelope in envelopes:
@@ -105,46 +118,84 @@ class DirectAsks:
         except zmq.Again:
             pass
         self._discard(endpoint)
-        raise AskTimeout(f"no answer from {actor} at {endpoint} within {timeout_s:.3f} s")
+        raise failure or AskTimeout(f"no answer from {actor} at {endpoint} within {timeout_s:.3f} s")
 
     @property
     def open_socket_count(self) -> int:
         return len(self._open)
 
-    def _socket(self, endpoint: str) -> zmq.Socket:
-        sockets = getattr(self._local, "sockets", None)
-        if sockets is None:
-            sockets = self._local.sockets = _ThreadSockets(self)
-        sock = sockets.get(endpoint)
-        if sock is None:
-            sock = self._context.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            if self._curve is not None:
-                self._curve.client_options(sock)  # the masters' key: direct asks go to masters
-            sock.connect(endpoint)
-            sockets[endpoint] = sock
+    def _connection(self, endpoint: str, server_key: bytes | None) -> _Connection:
+        connections = getattr(self._local, "connections", None)
+        if connections is None:
+            connections = self._local.connections = _ThreadConnections(self)
+        connection = connections.get(endpoint)
+        if connection is None:
+            connection = connections[endpoint] = _Connection(self._context, endpoint, self._curve, server_key)
             with self._lock:
-                self._open.add(sock)
-        return sock
+                self._open.add(connection)
+        return connection
 
     def _discard(self, endpoint: str) -> None:
-        self._close(self._local.sockets.pop(endpoint))
+        self._close(self._local.connections.pop(endpoint))
 
-    def _close(self, sock: zmq.Socket) -> None:
+    def _close(self, connection: _Connection) -> None:
         with self._lock:
-            self._open.discard(sock)
-        sock.close()
+            self._open.discard(connection)
+        connection.close()
 
     def close(self) -> None:
         """Close every thread's sockets; only once no thread is asking any more."""
         with self._lock:
-            sockets, self._open = self._open, set()
-        for sock in sockets:
-            sock.close()
+            connections, self._open = self._open, set()
+        for connection in connections:
+            connection.close()
 
 
-class _ThreadSockets(dict):
-    """One thread's sockets (endpoint -> socket), closed when the thread ends and its
+_REFUSED = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+_LOST = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+
+
+class _Connection:
+    """One thread's DEALER to one peer, and the monitor that says when it drops."""
+
+    __slots__ = ("sock", "monitor", "poller")
+
+    def __init__(self, context: zmq.Context, endpoint: str, curve: CurveKeys | None, server_key: bytes | None) -> None:
+        self.sock = context.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            curve.client_options(self.sock, server_key)  # the masters' key unless told another
+        self.monitor = self.sock.get_monitor_socket(_LOST | _REFUSED)
+        self.sock.connect(endpoint)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.poller.register(self.monitor, zmq.POLLIN)
+
+    def failure(self, endpoint: str) -> Exception | None:
+        """What the monitor's events mean for an ask waiting on this connection, if anything."""
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                return None
+            if event & _REFUSED:
+                return RemoteError("not_authorized", f"{endpoint} refused this client's key (CURVE)")
+            if event & _LOST:
+                return PeerUnreachable(f"the connection to {endpoint} dropped or was refused")
+
+    def close(self) -> None:
+        if self.sock.closed:  # closed by DirectAsks.close() already (this runs again from __del__)
+            return
+        try:
+            self.sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self.monitor.close(linger=0)
+        self.sock.close(linger=0)
+
+
+class _ThreadConnections(dict):
+    """One thread's connections (endpoint -> _Connection), closed when the thread ends and its
     thread-local storage is dropped: a client used from many short-lived threads (a renewal
     thread per lock guard) keeps no socket of theirs open."""
 
@@ -153,8 +204,8 @@ class _ThreadSockets(dict):
         self.owner = owner
 
     def __del__(self) -> None:
-        for sock in self.values():
-            self.owner._close(sock)
+        for connection in self.values():
+            self.owner._close(connection)
 
 
 class Client:
@@ -244,6 +295,11 @@ class Client:
             if isinstance(answer, ErrorRecord):
                 raise RemoteError(answer.kind, answer.message)
             return answer
+
+    def ask_at(self, endpoint: str, actor: str, message: Any, timeout_s: float, server_key: bytes | None = None) -> Any:
+        """Ask ``actor`` at a known ``endpoint`` (not necessarily a master) from this thread, once:
+        no redirects, no retries. Raises AskTimeout, PeerUnreachable or RemoteError."""
+        return self._direct.ask(endpoint, actor, message, timeout_s, server_key)
 
     @staticmethod
     def _pause(deadline: float) -> None:
