@@ -17,7 +17,9 @@ Rules:
   removes it; if its host dies, the leader removes it once the host's lease runs out.
 * Its mailbox is bounded (``mailbox_limit``, default ``DEFAULT_MAILBOX_LIMIT``): a message that
   would go over it is refused to its sender (``MailboxFull`` for a request, a ``Refused`` notice
-  for an agent's plain send). Refusals are counted on the node.
+  for an agent's plain send). Refusals are counted on the node. Spawned ``pinned=True``, its
+  handler runs on the node's network thread instead (no hand-off, no queue): only for handlers
+  that never block.
 * ``on_message(message)`` handles every message; for a request its return value is the reply's
   content, like pykka's ``on_receive``. To answer later, return ``self.reply_later()`` and call
   ``self.reply(message, content)`` when the answer is ready. If the handler raises, a request

@@ -50,7 +50,8 @@ def load_agent_class(spec: str) -> type[AgentActor]:
 
 def run_agent(spec: str, agent_id: str, master_urls: str | list[str], *, group: str = "",
               subscriptions: list[str] | tuple[str, ...] = (), host: str = "127.0.0.1", port: int = 0,
-              node_id: str | None = None, mailbox_limit: int | None = None, stop: threading.Event | None = None) -> int:
+              node_id: str | None = None, mailbox_limit: int | None = None, pinned: bool = False,
+              stop: threading.Event | None = None) -> int:
     """Host one agent until SIGTERM/SIGINT (or ``stop``); returns the exit code."""
     configure_logging()
     try:
@@ -71,7 +72,7 @@ def run_agent(spec: str, agent_id: str, master_urls: str | list[str], *, group: 
     try:
         try:
             node.spawn(cls, agent_id=agent_id, group=group, subscriptions=list(subscriptions),
-                       mailbox_limit=mailbox_limit)
+                       mailbox_limit=mailbox_limit, pinned=pinned)
         except (AgentCommunicationError, RemoteError, ClusterUnavailable, ValueError) as exc:
             log.error("Agent %s cannot start: %s", agent_id, exc)
             return EXIT_FAILED

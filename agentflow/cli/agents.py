@@ -70,6 +70,8 @@ def agent_run(
     group: str = typer.Option("", "--group", help="Agents of one group share its requests."),
     subscribe: List[str] = typer.Option([], "--subscribe", help="A message type to receive broadcasts of."),
     mailbox_limit: Optional[int] = typer.Option(None, "--mailbox-limit", help="Default: 10,000 messages."),
+    pinned: bool = typer.Option(False, "--pinned", help="Run the handler on the node's network thread: "
+                                "no thread hand-off per message, for handlers that never block."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(0, "--port"),
     node_id: Optional[str] = typer.Option(None, "--node-id"),
@@ -80,7 +82,7 @@ def agent_run(
 
     types = [parse_type(t) for t in subscribe]
     raise typer.Exit(run_agent(spec, agent_id, master_url or "127.0.0.1:6767", group=group, subscriptions=types,
-                               host=host, port=port, node_id=node_id, mailbox_limit=mailbox_limit))
+                               host=host, port=port, node_id=node_id, mailbox_limit=mailbox_limit, pinned=pinned))
 
 
 @app.command()
