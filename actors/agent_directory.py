@@ -92,8 +92,9 @@ class AgentDirectoryActor(Actor):
     def receive(self, message: Any) -> Any:
         kind = type(message)
         if kind is Event:
-            if message.topic == HISTORY_TOPIC and isinstance(message.body, list):
-                self.history.add(message.body)
+            body = message.body
+            if message.topic == HISTORY_TOPIC and isinstance(body, dict) and isinstance(body.get("rows"), list):
+                self.history.add(str(body.get("host")), body["rows"])
             return None
         if kind is Applied:
             self._follow_history()

@@ -227,7 +227,7 @@ class AgentHostActor(Actor):
 
     def _publish_history(self) -> None:
         while True:
-            entries = self.cache.history.drain(HISTORY_BATCH)
-            if not entries:
+            rows = self.cache.history.drain(HISTORY_BATCH)
+            if not rows:
                 return
-            self.node.publish(HISTORY_TOPIC, entries)
+            self.node.publish(HISTORY_TOPIC, {"host": self.node.node_id, "rows": rows})

@@ -284,27 +284,41 @@ class HistoryEntry:
     host: str
 
 
+# A history row as hosts publish it: [message_id, from_agent, to_agent, msg_type, timestamp_ms,
+# correlation_id, content (None when left out), content_bytes]. Rows, not records: a host makes
+# one per message its agents handle, and a list costs a fraction of a record to build and encode.
+_ROW_TYPES = (str, str, str, str, int, (str, type(None)), object, int)
+
+
+def valid_history_row(row: Any) -> bool:
+    return (isinstance(row, list) and len(row) == len(_ROW_TYPES)
+            and all(isinstance(value, kind) for value, kind in zip(row, _ROW_TYPES)))
+
+
 class MessageHistory:
-    """A bounded ring of history entries, newest last; a message id is kept once."""
+    """A bounded ring of history rows with the host that recorded each, newest last; a message
+    (id, type, receiver) is kept once; malformed rows are counted and dropped."""
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError("the history capacity must be at least 1")
         self.capacity = capacity
-        self._entries: collections.OrderedDict[str, HistoryEntry] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[str, tuple[list, str]] = collections.OrderedDict()
         self.dropped = 0  # entries pushed out by newer ones
+        self.malformed = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, entries: list[HistoryEntry]) -> None:
-        for entry in entries:
-            if not isinstance(entry, HistoryEntry):
+    def add(self, host: str, rows: list) -> None:
+        for row in rows:
+            if not valid_history_row(row):
+                self.malformed += 1
                 continue
-            key = f"{entry.message_id}/{entry.msg_type}/{entry.to_agent}"
+            key = f"{row[0]}/{row[3]}/{row[2]}"
             if key in self._entries:
                 continue
-            self._entries[key] = entry
+            self._entries[key] = (row, host)
             if len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
                 self.dropped += 1
@@ -313,14 +327,14 @@ class MessageHistory:
         """The latest ``limit`` entries to arrive, ordered by their timestamps (newest last); only
         those sent or received by ``agent`` and of ``msg_type`` when given."""
         found: list[HistoryEntry] = []
-        for entry in reversed(self._entries.values()):
+        for row, host in reversed(self._entries.values()):
             if len(found) >= max(0, limit):
                 break
-            if agent is not None and agent not in (entry.from_agent, entry.to_agent):
+            if agent is not None and agent not in (row[1], row[2]):
                 continue
-            if msg_type is not None and entry.msg_type != msg_type:
+            if msg_type is not None and row[3] != msg_type:
                 continue
-            found.append(entry)
+            found.append(HistoryEntry(*row, host))
         found.reverse()
         # Hosts publish in batches, so arrivals interleave hosts: order by the senders' clocks
         # (a stable sort: equal timestamps keep their arrival order).

@@ -120,30 +120,33 @@ def new_message_id() -> str:
 class HistoryRecorder:
     """What a node's agents handled and answered, waiting for its agent host to publish it.
 
-    Agents (on their own threads) append; the host (on the transport thread) drains. A deque's
-    append and popleft are atomic, so neither side waits for the other; past
-    ``HISTORY_BUFFER_LIMIT`` entries the oldest go (``dropped`` counts them, approximately)."""
+    Agents (on their own threads) append the message itself: a message is immutable, so keeping
+    it costs an append, and the rows for the history are made later by the host (on the
+    transport thread), one batch at a time. A deque's append and popleft are atomic, so neither
+    side waits for the other; past ``HISTORY_BUFFER_LIMIT`` messages the oldest go (``dropped``
+    counts them, approximately)."""
 
     def __init__(self, host_id: str) -> None:
         self.host_id = host_id
-        self._entries: collections.deque[HistoryEntry] = collections.deque(maxlen=HISTORY_BUFFER_LIMIT)
+        self._messages: collections.deque[AgentMessage] = collections.deque(maxlen=HISTORY_BUFFER_LIMIT)
         self.dropped = 0
 
     def record(self, message: AgentMessage) -> None:
-        content, size = message.content, _encoded_size(message.content)
-        if size > HISTORY_CONTENT_LIMIT_BYTES:
-            content = None
-        if len(self._entries) == HISTORY_BUFFER_LIMIT:
+        if len(self._messages) == HISTORY_BUFFER_LIMIT:
             self.dropped += 1
-        self._entries.append(HistoryEntry(message.message_id, message.from_agent, message.to_agent, message.msg_type,
-                                          message.timestamp_ms, message.correlation_id, content, size, self.host_id))
+        self._messages.append(message)
 
-    def drain(self, limit: int) -> list[HistoryEntry]:
-        entries = self._entries
-        taken = []
-        while entries and len(taken) < limit:
-            taken.append(entries.popleft())
-        return taken
+    def drain(self, limit: int) -> list[list]:
+        """Up to ``limit`` history rows (``protocols.agents.HISTORY_ROW``), oldest first; a content
+        over ``HISTORY_CONTENT_LIMIT_BYTES`` is left out (its size is kept)."""
+        messages = self._messages
+        rows = []
+        while messages and len(rows) < limit:
+            m = messages.popleft()
+            size = _encoded_size(m.content)
+            rows.append([m.message_id, m.from_agent, m.to_agent, m.msg_type, m.timestamp_ms, m.correlation_id,
+                         m.content if size <= HISTORY_CONTENT_LIMIT_BYTES else None, size])
+        return rows
 
 
 def _encoded_size(content: Any) -> int:

@@ -71,16 +71,18 @@ def test_host_leases_expire_and_a_new_leader_grants_one_lease_of_grace():
         HostLeases(0)
 
 
-def history_entry(i: int, frm: str = "a", to: str = "b", kind: str = "notification") -> HistoryEntry:
-    return HistoryEntry(f"m{i}", frm, to, kind, i, None, i, 8, "h")
+def history_row(i: int, frm: str = "a", to: str = "b", kind: str = "notification", ts: int | None = None) -> list:
+    return [f"m{i}", frm, to, kind, i if ts is None else ts, None, i, 8]
 
 
 def test_history_is_bounded_deduplicated_and_filtered_newest_last():
     history = MessageHistory(capacity=5)
-    history.add([history_entry(i) for i in range(3)] + [history_entry(1)])
+    history.add("h", [history_row(i) for i in range(3)] + [history_row(1)])
     assert [e.message_id for e in history.query(10)] == ["m0", "m1", "m2"]
-    history.add([history_entry(i, frm="c", kind="task_request") for i in range(3, 7)] + ["not an entry"])
-    assert len(history) == 5 and history.dropped == 2
+    assert history.query(1)[0] == HistoryEntry("m2", "a", "b", "notification", 2, None, 2, 8, "h")
+    history.add("h", [history_row(i, frm="c", kind="task_request") for i in range(3, 7)]
+                + ["not a row", ["m9", "a", "b", "notification", "not a time", None, 0, 8]])
+    assert len(history) == 5 and history.dropped == 2 and history.malformed == 2
     assert [e.message_id for e in history.query(2)] == ["m5", "m6"]
     assert [e.message_id for e in history.query(10, agent="c", msg_type="task_request")] == ["m3", "m4", "m5", "m6"]
 
@@ -113,7 +115,7 @@ workflow:
 
 def test_history_orders_hosts_batches_by_timestamp_keeping_arrival_order_on_ties():
     history = MessageHistory(capacity=10)
-    late_host = [HistoryEntry(f"late{i}", "a", "b", "notification", 10, None, i, 8, "h2") for i in range(2)]
-    early_host = [HistoryEntry(f"early{i}", "a", "b", "notification", 5, None, i, 8, "h1") for i in range(2)]
-    history.add(late_host + early_host)
-    assert [e.message_id for e in history.query(10)] == ["early0", "early1", "late0", "late1"]
+    history.add("h2", [[f"late{i}", "a", "b", "notification", 10, None, i, 8] for i in range(2)])
+    history.add("h1", [[f"early{i}", "a", "b", "notification", 5, None, i, 8] for i in range(2)])
+    assert [(e.message_id, e.host) for e in history.query(10)] == [
+        ("early0", "h1"), ("early1", "h1"), ("late0", "h2"), ("late1", "h2")]
