@@ -223,8 +223,9 @@ class RaftActor(Actor):
         if self.core.role != LEADER:
             return self.redirect()
         if join.node_id in self.core.voters or join.node_id in self.core.learners:
+            # Known by its node id: a master back under a new address gets it recorded.
             known = self.state.members.get(join.node_id)
-            if known is None or known.endpoint != join.endpoint:
+            if known is None or (known.endpoint, known.http_port) != (join.endpoint, join.http_port):
                 self._propose_member(join.node_id, join.endpoint, join.http_port)
             return {"joined": True, "role": "voter" if join.node_id in self.core.voters else "learner"}
         self._propose_member(join.node_id, join.endpoint, join.http_port)
@@ -431,7 +432,8 @@ class RaftActor(Actor):
             "last_index": core.last_index,
             "voters": list(core.voters),
             "learners": list(core.learners),
-            "members": {m.node_id: m.endpoint for m in (self.state.members[k] for k in sorted(self.state.members))},
+            "members": {node_id: self.state.members[node_id].endpoint for node_id in sorted(self.state.members)
+                        if node_id in core.voters or node_id in core.learners},
             "stats": dict(core.stats),
         }
 

@@ -4,9 +4,20 @@ Role: composition only. ``Master`` builds a node and spawns the control-plane ac
 ``run_master`` runs one in the foreground until SIGTERM/SIGINT, then hands leadership over
 (if it leads) and stops everything it started.
 
-Rules: a master started with ``mode="leader"`` bootstraps a cluster of one when its data file
-is empty; ``mode="master"`` asks ``leader_url`` to add it (as a learner, promoted once caught
-up) when its data file is empty. With data on disk, both simply recover and rejoin.
+Rules:
+
+* A master started with ``mode="leader"`` bootstraps a cluster of one when its data file is
+  empty. So does one started with ``mode="master"`` whose advertised endpoint is the first of
+  its ``leader_url`` list, unless another master of that list already knows a leader: every
+  pod of a StatefulSet can run the same command, and the first one bootstraps.
+* Any other master asks the masters it knows (``leader_url``, then the members in its own
+  state, then the leader it hears from) to add it, first as a learner, promoted once caught
+  up; one started without ``leader_url`` waits until ``agentflow cluster add`` adds it.
+* A master is known by its node id, not its address: one that restarts with data on disk
+  under a new address (a pod rescheduled with a new IP) asks again until the committed
+  directory of members has its new endpoint (SetMember), then peers send to it there.
+* A ``leader_url`` name that does not resolve yet (a peer pod not scheduled yet) is waited
+  for, not an error.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ from protocols.names import AGENTS_ACTOR, LOCK_ACTOR, RAFT_ACTOR, SCHEDULER_ACTO
 from protocols.control import Join, StatusQuery, TransferLeadership
 from protocols.raft import RaftConfig
 from protocols.wire import ErrorRecord, Redirect
+from agentflow.addresses import advertised_address, parse_advertise, unresolved
 from runtime.client import parse_master_urls
 from runtime.future import AskTimeout, RemoteError
 from runtime.http import HttpServer
@@ -34,6 +46,7 @@ from runtime.node import Node
 log = get_logger("master")
 
 JOIN_RETRY_S = 0.2
+BOOTSTRAP_CHECK_S = 1.0  # how long the first master of --leader-url asks the others for a leader
 
 
 def raft_timing(heartbeat_ms: int, election_timeout_ms: tuple[int, int]) -> tuple[RaftConfig, float]:
@@ -55,25 +68,27 @@ class Master:
                  leader_url: str | None = None, data_dir: str | None = None, http_port: int | None = None,
                  pub_port: int | None = None, node_id: str | None = None, heartbeat_ms: int = 100,
                  election_timeout_ms: tuple[int, int] = (1000, 2000),
-                 snapshot_every_entries: int = SNAPSHOT_EVERY_ENTRIES) -> None:
+                 snapshot_every_entries: int = SNAPSHOT_EVERY_ENTRIES, advertise: str | None = None) -> None:
         if mode not in ("leader", "master"):
             raise ValueError(f"--mode must be leader or master, not {mode!r}")
         if snapshot_every_entries < 1:
             raise ValueError("--snapshot-every must be at least 1")
-        if mode == "master" and not leader_url:
-            raise ValueError("--mode master needs --leader-url (a member of the cluster to join)")
         self.mode = mode
         self.leader_endpoints = parse_master_urls(leader_url) if leader_url else []
-        self.node_id = node_id or f"{host}:{port}"
+        advertise_host, advertise_port = advertised_address(host, parse_advertise(advertise))
+        self.node_id = node_id or f"{advertise_host or host}:{advertise_port or port}"
         data_dir = data_dir or "agentflow-data"
         os.makedirs(data_dir, exist_ok=True)
         self.storage_path = os.path.join(data_dir, f"{self.node_id.replace('/', '_').replace(':', '_')}.sqlite")
         raft_config, tick_s = raft_timing(heartbeat_ms, election_timeout_ms)  # bad options: before binding
+        fresh = not os.path.exists(self.storage_path)
         # Its own node is a member of the cluster: agents may be hosted on a master too.
-        self.node = Node(self.node_id, host=host, port=port, pub_port=pub_port,
-                         master_urls=[f"tcp://{host}:{port}", *self.leader_endpoints]).start()
+        own = f"tcp://{advertise_host or host}:{advertise_port or port}"
+        self.node = Node(self.node_id, host=host, port=port, pub_port=pub_port, master_urls=[own, *self.leader_endpoints],
+                         advertise_host=advertise_host, advertise_port=advertise_port).start()
         self.http_port = port + 10 if http_port is None else http_port
-        self.raft = self.node.spawn(RaftActor, self.storage_path, raft_config, tick_s, mode == "leader",
+        bootstrap = mode == "leader" or (fresh and self._first_of_leader_url())
+        self.raft = self.node.spawn(RaftActor, self.storage_path, raft_config, tick_s, bootstrap,
                                     self.http_port, snapshot_every_entries, name=RAFT_ACTOR, pinned=True)
         self.locks = self.node.spawn(LockActor, name=LOCK_ACTOR, pinned=True)  # watches "lock." applies
         self.scheduler = self.node.spawn(SchedulerActor, name=SCHEDULER_ACTOR, pinned=True)
@@ -81,6 +96,25 @@ class Master:
         self.http = HttpServer(host, self.http_port, self.stats).start() if self.http_port else None
         log.info("Master %s serves on %s (http %s, data %s)", self.node_id, self.node.endpoint,
                  self.http_port or "off", self.storage_path)
+
+    def _first_of_leader_url(self) -> bool:
+        """Whether this master is the first one --leader-url names and none of the others it
+        names knows a leader (a first master that lost its data joins instead)."""
+        if not self.leader_endpoints or self.leader_endpoints[0] != self.node.endpoint:
+            return False
+        others = [e for e in self.leader_endpoints[1:] if e not in unresolved([e])]
+        asks = [self.node.ref(e, RAFT_ACTOR).ask(StatusQuery(), timeout_s=BOOTSTRAP_CHECK_S) for e in others]
+        for endpoint, ask in zip(others, asks):
+            try:
+                leader = ask.get().get("leader")
+            except (AskTimeout, RemoteError):
+                continue
+            if leader:
+                log.info("Master %s: %s knows leader %s; joining instead of bootstrapping",
+                         self.node_id, endpoint, leader)
+                return False
+        log.info("Master %s is the first of --leader-url: it bootstraps the cluster", self.node_id)
+        return True
 
     def status(self, timeout_s: float = 1.0) -> dict:
         return self.raft.ask(StatusQuery(), timeout_s=timeout_s).get()
@@ -93,16 +127,45 @@ class Master:
         return {"node_id": self.node_id, "serving": bool(raft and raft.get("leader")),
                 "raft": raft, "counters": self.node.stats()}
 
+    def registered(self, status: dict) -> bool:
+        """A voter whose committed member record, as applied here, has its current endpoint."""
+        return self.node_id in status["voters"] and status["members"].get(self.node_id) == self.node.endpoint
+
+    def _join_targets(self, status: dict) -> list[str]:
+        """Whom to ask: the leader this master hears from, --leader-url, the other members."""
+        members = status["members"]
+        leader = status["leader"]
+        first = [members.get(leader) or self.node.peers.get(leader)] if leader else []
+        others = [members[node_id] for node_id in sorted(members) if node_id != self.node_id]
+        mine = (self.node.endpoint,)
+        return [e for e in dict.fromkeys(first + self.leader_endpoints + others) if e and e not in mine]
+
     def join(self, stop: threading.Event, timeout_s: float | None = None) -> bool:
-        """Ask the cluster to add this master until it is a voter (or ``stop`` is set)."""
+        """Ask the cluster to add this master, or to record its new address, until it is a
+        registered voter (or ``stop`` is set, or ``timeout_s`` has passed)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         request = Join(self.node_id, self.node.endpoint, self.http_port)
-        endpoints = list(self.leader_endpoints)
+        hinted: list[str] = []
         turn = 0
+        waiting_for: list[str] = []
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-            if self.node_id in self.status()["voters"]:
+            status = self.status()
+            if self.registered(status):
                 return True
-            endpoint = endpoints[turn % len(endpoints)]
+            if status["leader"] == self.node_id:
+                stop.wait(JOIN_RETRY_S)  # it leads: it records its own address (RaftActor)
+                continue
+            targets = list(dict.fromkeys(hinted + self._join_targets(status)))
+            missing = unresolved(targets)
+            if missing != waiting_for:
+                waiting_for = missing
+                if missing:
+                    log.info("Master %s waits for %s to resolve", self.node_id, ", ".join(missing))
+            targets = [e for e in targets if e not in missing]
+            if not targets:
+                stop.wait(JOIN_RETRY_S)  # nobody to ask yet: a name to resolve, or `cluster add`
+                continue
+            endpoint = targets[turn % len(targets)]
             turn += 1
             try:
                 answer = self.node.ref(endpoint, RAFT_ACTOR).ask(request, timeout_s=2.0).get()
@@ -110,7 +173,7 @@ class Master:
                 log.debug("join via %s: %s", endpoint, exc)
                 answer = None
             if isinstance(answer, Redirect) and answer.leader_endpoint:
-                endpoints.insert(0, answer.leader_endpoint)
+                hinted = [answer.leader_endpoint]
                 turn = 0
                 continue
             if isinstance(answer, ErrorRecord):
@@ -141,10 +204,11 @@ def run_master(**options: Any) -> int:
         signal.signal(signum, lambda *_: stop.set())
     master = Master(**options)
     try:
-        if master.mode == "master" and master.node_id not in master.status()["voters"]:
-            log.info("Master %s joins the cluster via %s", master.node_id, ", ".join(master.leader_endpoints))
+        if not master.registered(master.status()):
+            log.info("Master %s registers %s with the cluster (via %s)", master.node_id, master.node.endpoint,
+                     ", ".join(master.leader_endpoints) or "the members it knows, or `agentflow cluster add`")
             if master.join(stop):
-                log.info("Master %s is a voter", master.node_id)
+                log.info("Master %s is a voter at %s", master.node_id, master.node.endpoint)
         stop.wait()
     finally:
         master.stop()

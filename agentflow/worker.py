@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import platform
 import signal
-import socket
 import threading
 import uuid
 from typing import Any, Callable
 
+from agentflow.addresses import advertised_address, parse_advertise
 from actors.worker import Begin, Drain, WorkerActor, WorkerConfig
 from protocols.names import WORKER_ACTOR
 from protocols.registry import WorkerInfo
@@ -42,13 +42,6 @@ def default_worker_id() -> str:
     return f"worker-{uuid.uuid4().hex[:8]}"
 
 
-def advertised_endpoint(endpoint: str, host: str) -> str:
-    """The endpoint masters should use: a wildcard bind is advertised under this host's name."""
-    if host in ("0.0.0.0", "*"):
-        return endpoint.replace(f"//{host}:", f"//{socket.getfqdn()}:", 1)
-    return endpoint
-
-
 def run_worker(
     master_urls: list[str] | str,
     *,
@@ -61,12 +54,14 @@ def run_worker(
     worker_id: str | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
+    advertise: str | None = None,
 ) -> int:
     """Run a worker in the foreground until it has drained after SIGTERM/SIGINT (exit 0), or a
     second signal stops it at once (exit 1). Exit 2 for bad arguments."""
     configure_logging()
     try:
         endpoints = parse_master_urls(master_urls)
+        advertise_host, advertise_port = advertised_address(host, parse_advertise(advertise))
     except ValueError as exc:
         log.error("%s", exc)
         return EXIT_USAGE
@@ -76,7 +71,8 @@ def run_worker(
     resources = detect_resources(cpu_cores, memory_mb, gpu_count)
     worker_id = worker_id or default_worker_id()
     try:
-        node = Node(worker_id, host=host, port=port, master_urls=endpoints).start()
+        node = Node(worker_id, host=host, port=port, master_urls=endpoints, advertise_host=advertise_host,
+                    advertise_port=advertise_port).start()
     except Exception as exc:  # a taken port, a bad host: say so and exit
         log.error("Worker %s cannot listen on %s:%s: %s", worker_id, host, port, exc)
         return EXIT_FAILED
@@ -88,7 +84,7 @@ def run_worker(
         capabilities=list(capabilities),
         max_concurrent_tasks=max_concurrent_tasks or max(1, int(resources.cpu_cores)),
         resources=resources,
-        address=advertised_endpoint(node.endpoint, host),
+        address=node.endpoint,  # the advertised one
     )
     wake = threading.Event()
     outcome: dict[str, Any] = {"signals": 0, "drained": False, "clean": False}

@@ -8,7 +8,8 @@
 
 Rules: an address ``(node_id, actor_name)`` names an actor anywhere; a ``Ref`` to it offers
 ``tell`` and ``ask`` whether the actor is local or remote, like a pykka ``ActorRef``. The
-node learns peers' endpoints from the frames they send. ``stop()`` ends every actor, timer,
+node learns peers' endpoints from the frames they send; its own, in every frame, is the
+advertised one (``advertise_host``/``advertise_port``) when given, else the bound one. ``stop()`` ends every actor, timer,
 thread and socket the node started.
 """
 
@@ -132,6 +133,8 @@ class Node:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         master_urls: str | list[str] | None = None,
         curve: CurveKeys | None = None,
+        advertise_host: str | None = None,
+        advertise_port: int | None = None,
     ) -> None:
         self.node_id = node_id or f"node-{uuid.uuid4().hex[:8]}"
         self.host = host
@@ -143,7 +146,7 @@ class Node:
         self._pykka_refs: list[pykka.ActorRef] = []
         self.curve = curve
         self.transport = Transport(self.node_id, host, port, pub_port, max_frame_bytes, self.targets, self.counters,
-                                   curve)
+                                   curve, advertise_host, advertise_port)
         self.peers = self.transport.peers  # node_id -> endpoint, learned from frames
         self.endpoint = self.transport.endpoint
         self.pub_endpoint = self.transport.pub_endpoint

@@ -96,7 +96,8 @@ class Transport(threading.Thread):
     ``pub_port`` None means PORT+100 for a fixed ``port``, any free port otherwise."""
 
     def __init__(self, node_id: str, host: str, port: int, pub_port: int | None, max_frame_bytes: int,
-                 targets: dict[str, Any], counters: collections.Counter, curve: CurveKeys | None = None) -> None:
+                 targets: dict[str, Any], counters: collections.Counter, curve: CurveKeys | None = None,
+                 advertise_host: str | None = None, advertise_port: int | None = None) -> None:
         super().__init__(name=f"agentflow-transport-{node_id}", daemon=True)
         self.node_id = node_id
         self.targets = targets
@@ -134,13 +135,15 @@ class Transport(threading.Thread):
         if curve is not None:
             curve.server_options(self._router)
         port = _bind(self._router, host, port)
-        self.endpoint = f"tcp://{host}:{port}"
+        # The endpoint in every frame is where peers answer: the advertised address when the
+        # bound one is not reachable from them (a wildcard bind, NAT, a pod behind a name).
+        self.endpoint = f"tcp://{advertise_host or host}:{advertise_port or port}"
         pub, sub = self._socket(zmq.PUB), self._socket(zmq.SUB)
         if curve is not None:
             curve.server_options(pub)
             curve.client_options(sub)
         pub_port = _bind(pub, host, pub_port if pub_port is not None else (port + 100 if fixed_port else 0))
-        self.pub_endpoint = f"tcp://{host}:{pub_port}"
+        self.pub_endpoint = f"tcp://{advertise_host or host}:{pub_port}"
         self._events = EventSockets(node_id, pub, sub, counters, max_frame_bytes, self._count_bad)
         self._sub = sub
         self._poller.register(self._router, zmq.POLLIN)

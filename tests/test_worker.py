@@ -320,7 +320,6 @@ def test_sigterm_drains_running_tasks_then_exits_0(cluster):
 
 
 def test_resources_are_detected_and_flags_override_them(tmp_path, monkeypatch):
-    from agentflow.worker import advertised_endpoint
     from runtime.resources import detect_gpus, detect_resources, parse_nvidia_smi
 
     assert parse_nvidia_smi("0, 16384 MiB\n1, 8192 MiB\ngarbage\n") == [(0, 16384), (1, 8192)]
@@ -336,5 +335,3 @@ def test_resources_are_detected_and_flags_override_them(tmp_path, monkeypatch):
     flagged = detect_resources(cpu_cores=0.5, memory_mb=300, gpu_count=0)
     assert (flagged.cpu_cores, flagged.memory_mb, flagged.gpu_count) == (0.5, 300, 0)
     assert flagged.memory_available_mb <= 300
-    assert advertised_endpoint("tcp://127.0.0.1:5", "127.0.0.1") == "tcp://127.0.0.1:5"
-    assert advertised_endpoint("tcp://0.0.0.0:5", "0.0.0.0") == f"tcp://{socket.getfqdn()}:5"

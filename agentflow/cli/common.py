@@ -24,6 +24,13 @@ app.add_typer(lock_app, name="lock")
 MasterUrl = typer.Option(None, "--master-url", envvar="AGENTFLOW_MASTER_URL",
                          help="Masters to talk to: a comma-separated list; any member will do.")
 JsonFlag = typer.Option(False, "--json", help="Print one JSON document and nothing else.")
+# Every node (master, worker, agent host) binds and advertises the same way (agentflow/addresses.py).
+BindHost = typer.Option("127.0.0.1", "--host", envvar="AGENTFLOW_HOST",
+                        help="The address to bind (0.0.0.0: every interface).")
+Advertise = typer.Option(None, "--advertise", envvar="AGENTFLOW_ADVERTISE",
+                         help="HOST[:PORT] the other nodes should use to reach this one (a DNS name, a NAT's "
+                              "address). Default: the bound address; for 0.0.0.0, this host name's address.")
+NodeId = typer.Option(None, "--node-id", envvar="AGENTFLOW_NODE_ID", help="This node's id in the cluster.")
 
 
 def fail(message: str, code: int = 2) -> None:

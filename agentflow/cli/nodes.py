@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from agentflow.cli.common import MasterUrl, app, fail
+from agentflow.cli.common import Advertise, BindHost, MasterUrl, NodeId, app, fail
 
 def tune_gc_for_serving() -> None:
     """Collect less often in a long-running master or worker: it allocates a few objects per
@@ -22,18 +22,26 @@ def tune_gc_for_serving() -> None:
 
 @app.command()
 def master(
-    mode: str = typer.Option("leader", "--mode", help="leader: bootstrap a new cluster; master: join one."),
-    port: int = typer.Option(6767, "--port"),
-    host: str = typer.Option("127.0.0.1", "--host"),
-    leader_url: Optional[str] = typer.Option(None, "--leader-url", help="A member of the cluster to join."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
-    http_port: Optional[int] = typer.Option(None, "--http-port", help="Default: PORT+10."),
-    pub_port: Optional[int] = typer.Option(None, "--pub-port", help="Default: PORT+100."),
-    node_id: Optional[str] = typer.Option(None, "--node-id"),
-    heartbeat_ms: int = typer.Option(100, "--heartbeat-ms", help="Raft heartbeat interval."),
-    election_timeout_ms: str = typer.Option("1000-2000", "--election-timeout-ms",
+    mode: str = typer.Option("leader", "--mode", envvar="AGENTFLOW_MODE",
+                             help="leader: bootstrap a new cluster; master: join one (or bootstrap it when this "
+                                  "master is the first of --leader-url)."),
+    port: int = typer.Option(6767, "--port", envvar="AGENTFLOW_PORT"),
+    host: str = BindHost,
+    advertise: Optional[str] = Advertise,
+    leader_url: Optional[str] = typer.Option(None, "--leader-url", envvar="AGENTFLOW_LEADER_URL",
+                                             help="Masters of the cluster to join, comma-separated (DNS names "
+                                                  "are waited for until they resolve). None: wait for "
+                                                  "`agentflow cluster add`."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", envvar="AGENTFLOW_DATA_DIR"),
+    http_port: Optional[int] = typer.Option(None, "--http-port", envvar="AGENTFLOW_HTTP_PORT",
+                                            help="Default: PORT+10."),
+    pub_port: Optional[int] = typer.Option(None, "--pub-port", envvar="AGENTFLOW_PUB_PORT", help="Default: PORT+100."),
+    node_id: Optional[str] = NodeId,
+    heartbeat_ms: int = typer.Option(100, "--heartbeat-ms", envvar="AGENTFLOW_HEARTBEAT_MS",
+                                     help="Raft heartbeat interval."),
+    election_timeout_ms: str = typer.Option("1000-2000", "--election-timeout-ms", envvar="AGENTFLOW_ELECTION_TIMEOUT_MS",
                                             help="Randomized election timeout range, MIN-MAX (the seed's: 5000-10000)."),
-    snapshot_every: int = typer.Option(100_000, "--snapshot-every",
+    snapshot_every: int = typer.Option(100_000, "--snapshot-every", envvar="AGENTFLOW_SNAPSHOT_EVERY",
                                        help="Snapshot the state and compact the log every N entries."),
 ) -> None:
     """Start a master (a member of the Raft group of the control plane)."""
@@ -49,7 +57,8 @@ def master(
             raise ValueError(f"--election-timeout-ms {election_timeout_ms!r}: expected MIN-MAX in ms, e.g. 1000-2000")
         code = run_master(mode=mode, port=port, host=host, leader_url=leader_url, data_dir=data_dir,
                           http_port=http_port, pub_port=pub_port, node_id=node_id, heartbeat_ms=heartbeat_ms,
-                          election_timeout_ms=(int(low), int(high or low)), snapshot_every_entries=snapshot_every)
+                          election_timeout_ms=(int(low), int(high or low)), snapshot_every_entries=snapshot_every,
+                          advertise=advertise)
     except ValueError as exc:
         fail(str(exc))
     except (zmq.ZMQError, OSError) as exc:
@@ -60,15 +69,20 @@ def master(
 @app.command()
 def worker(
     master_url: Optional[str] = MasterUrl,
-    cpu_cores: Optional[float] = typer.Option(None, "--cpu-cores"),
-    memory_mb: Optional[int] = typer.Option(None, "--memory-mb"),
-    gpu_count: Optional[int] = typer.Option(None, "--gpu-count"),
-    group: str = typer.Option("default", "--group"),
-    capability: List[str] = typer.Option([], "--capability"),
-    max_concurrent_tasks: Optional[int] = typer.Option(None, "--max-concurrent-tasks"),
-    worker_id: Optional[str] = typer.Option(None, "--worker-id"),
-    host: str = typer.Option("127.0.0.1", "--host", help="Where to listen for the masters' assignments."),
-    port: int = typer.Option(0, "--port", help="Default: any free port."),
+    cpu_cores: Optional[float] = typer.Option(None, "--cpu-cores", envvar="WORKER_CPU_CORES",
+                                              help="Default: detected."),
+    memory_mb: Optional[int] = typer.Option(None, "--memory-mb", envvar="WORKER_MEMORY_MB", help="Default: detected."),
+    gpu_count: Optional[int] = typer.Option(None, "--gpu-count", envvar="WORKER_GPU_COUNT",
+                                            help="Default: detected with nvidia-smi."),
+    group: str = typer.Option("default", "--group", envvar="WORKER_GROUP"),
+    capability: List[str] = typer.Option([], "--capability", envvar="WORKER_CAPABILITIES",
+                                         help="Repeatable; the variable is a space-separated list."),
+    max_concurrent_tasks: Optional[int] = typer.Option(None, "--max-concurrent-tasks", envvar="WORKER_MAX_CONCURRENT_TASKS"),
+    worker_id: Optional[str] = typer.Option(None, "--worker-id", envvar=["AGENTFLOW_WORKER_ID", "AGENTFLOW_NODE_ID"]),
+    host: str = BindHost,
+    advertise: Optional[str] = Advertise,
+    port: int = typer.Option(0, "--port", envvar="AGENTFLOW_PORT",
+                             help="Where to listen for the masters' assignments. Default: any free port."),
 ) -> None:
     """Start a worker that runs tasks for the cluster."""
     from agentflow.worker import run_worker
@@ -78,7 +92,7 @@ def worker(
     raise typer.Exit(run_worker(master_url or "127.0.0.1:6767", cpu_cores=cpu_cores, memory_mb=memory_mb,
                                 gpu_count=gpu_count, group=group, capabilities=capability,
                                 max_concurrent_tasks=max_concurrent_tasks, worker_id=worker_id,
-                                host=host, port=port))
+                                host=host, port=port, advertise=advertise))
 
 
 @app.command()

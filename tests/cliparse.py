@@ -1,0 +1,37 @@
+"""Run an `agentflow` command line through the real CLI (typer app, options, environment
+variables, the command's own checks) up to the point where it would start a node, and return
+what it would start it with. For tests of flags, environment variables and deployment manifests."""
+
+from __future__ import annotations
+
+import os
+
+from typer.testing import CliRunner
+
+from agentflow.cli import app
+
+
+def parse_node_command(argv: list[str], env: dict[str, str] | None = None, monkeypatch=None) -> tuple[int, dict, str]:
+    """``(exit code, the options run_master/run_worker was called with, output)``; ``{}`` when
+    the command stopped before starting anything (bad input)."""
+    import agentflow.cli.nodes
+    import agentflow.master
+    import agentflow.worker
+
+    seen: dict = {}
+
+    def fake_master(**options):
+        seen.update(options, process="master")
+        return 0
+
+    def fake_worker(master_urls, **options):
+        seen.update(options, master_urls=master_urls, process="worker")
+        return 0
+
+    monkeypatch.setattr(agentflow.master, "run_master", fake_master)
+    monkeypatch.setattr(agentflow.worker, "run_worker", fake_worker)
+    monkeypatch.setattr(agentflow.cli.nodes, "tune_gc_for_serving", lambda: None)
+    # Only the variables given count: the ones of the shell running the tests are unset.
+    environment: dict = {key: None for key in os.environ if key.startswith(("AGENTFLOW_", "WORKER_"))}
+    result = CliRunner().invoke(app, argv, env={**environment, **(env or {})})
+    return result.exit_code, seen, result.output
