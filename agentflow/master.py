@@ -49,6 +49,11 @@ JOIN_RETRY_S = 0.2
 BOOTSTRAP_CHECK_S = 1.0  # how long the first master of --leader-url asks the others for a leader
 
 
+def default_http_port(port: int, http_port: int | None) -> int:
+    """A master serves HTTP (/health, /metrics, /stats) on PORT+10 unless told otherwise (0: off)."""
+    return port + 10 if http_port is None else http_port
+
+
 def raft_timing(heartbeat_ms: int, election_timeout_ms: tuple[int, int]) -> tuple[RaftConfig, float]:
     """Raft counts time in ticks: one tick per heartbeat, the election timeout in whole heartbeats.
     The default is a 100 ms heartbeat and a 1-2 s election timeout; the seed's 1 s / 5-10 s is
@@ -86,7 +91,7 @@ class Master:
         own = f"tcp://{advertise_host or host}:{advertise_port or port}"
         self.node = Node(self.node_id, host=host, port=port, pub_port=pub_port, master_urls=[own, *self.leader_endpoints],
                          advertise_host=advertise_host, advertise_port=advertise_port).start()
-        self.http_port = port + 10 if http_port is None else http_port
+        self.http_port = default_http_port(port, http_port)
         bootstrap = mode == "leader" or (fresh and self._first_of_leader_url())
         self.raft = self.node.spawn(RaftActor, self.storage_path, raft_config, tick_s, bootstrap,
                                     self.http_port, snapshot_every_entries, name=RAFT_ACTOR, pinned=True)
