@@ -32,6 +32,7 @@ from protocols.control import (
     Join,
     Propose,
     Read,
+    RemoveMember,
     SetMember,
     StatusQuery,
     TransferLeadership,
@@ -177,6 +178,8 @@ class RaftActor(Actor):
             return self.status()
         if kind is Join:
             return self._join(message)
+        if kind is RemoveMember:
+            return self._remove(message.node_id)
         if kind is TransferLeadership:
             return self._transfer(message.to)
         if kind is Watch:
@@ -236,6 +239,25 @@ class RaftActor(Actor):
         answer = self.defer()
         self._pending[index] = (self.core.term, answer)
         log.info("Node %s adds %s (%s) as a learner", self.node.node_id, join.node_id, join.endpoint)
+        return answer
+
+    def _remove(self, node_id: str) -> Any:
+        if self.core.role != LEADER:
+            return self.redirect()
+        if node_id == self.node.node_id and len(self.core.voters) > 1:
+            # Removing itself would leave the group leaderless until an election: hand over first;
+            # the caller is told no leader is known yet and asks again, then the next leader.
+            self._transfer(None)
+            return Redirect(None, None)
+        try:
+            index = self.core.propose_conf_change(ConfChange.remove(node_id))
+        except NotLeader:
+            return self.redirect()
+        except ConfChangeRejected as exc:  # "busy": one change at a time, ask again
+            return ErrorRecord("busy" if "pending" in str(exc) else "rejected", str(exc))
+        answer = self.defer()
+        self._pending[index] = (self.core.term, answer)
+        log.info("Node %s removes %s from the cluster", self.node.node_id, node_id)
         return answer
 
     def _transfer(self, to: str | None) -> Any:

@@ -165,11 +165,20 @@ class Read:
 
 @record("ctl.join")
 class Join:
-    """A new master asks the leader to add it: first as a learner, promoted once caught up."""
+    """Add a master (it asks itself, or `agentflow cluster add` asks for it): first as a learner,
+    promoted once caught up. From a member already in the group: record its new address."""
 
     node_id: str
     endpoint: str
     http_port: int
+
+
+@record("ctl.remove_member")
+class RemoveMember:
+    """Take a master out of the Raft group (`agentflow cluster remove`): one membership change
+    through the log. The leader hands its leadership over first when it is the one removed."""
+
+    node_id: str
 
 
 @record("ctl.status")

@@ -30,8 +30,10 @@ from zmq.utils.monitor import recv_monitor_message
 from protocols.control import (
     CancelWorkflowRequest,
     ClientCommand,
+    Join,
     Propose,
     Read,
+    RemoveMember,
     StatusQuery,
     SubmitWorkflowRequest,
     WorkersRequest,
@@ -364,6 +366,28 @@ class Client:
                 raise TimeoutError(f"workflow {workflow_id} still {status['state']} after {timeout_s} s")
             time.sleep(poll_s)
 
+    # ------------------------------------------------------------------ membership
+
+    def add_master(self, node_id: str, endpoint: str, http_port: int, timeout_s: float | None = None) -> dict:
+        """Add a master to the Raft group as a learner (the leader promotes it once it has caught
+        up); returns ``{"voters", "learners"}`` or ``{"joined", "role"}`` for a member already."""
+        return self._change_members(Join(node_id, endpoint, http_port), timeout_s)
+
+    def remove_master(self, node_id: str, timeout_s: float | None = None) -> dict:
+        """Take a master out of the Raft group; returns ``{"voters", "learners"}`` after."""
+        return self._change_members(RemoveMember(node_id), timeout_s)
+
+    def _change_members(self, request: Any, timeout_s: float | None) -> dict:
+        """One membership change at a time: a ``busy`` leader is asked again until the deadline."""
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        while True:
+            try:
+                return self.call(RAFT_ACTOR, request, max(0.05, deadline - time.monotonic()))
+            except RemoteError as exc:
+                if exc.kind != "busy" or time.monotonic() >= deadline:
+                    raise
+            self._pause(deadline)
+
     # ------------------------------------------------------------------ cluster view
 
     def status_of(self, endpoint: str, timeout_s: float = PER_TRY_TIMEOUT_S) -> dict | None:
@@ -402,6 +426,9 @@ class Client:
             raise ClusterUnavailable(f"no master answered (tried {', '.join(self.masters)})")
         leaders = [v for v in views.values() if v["role"] == "leader"]
         leader = max(leaders, key=lambda v: v["term"]) if leaders else None
+        if leader is not None:  # a master that was removed but still runs is no member
+            members = {node_id: address for node_id, address in members.items()
+                       if node_id in leader["voters"] or node_id in leader["learners"]}
         out = []
         for node_id in sorted(members):
             view = views.get(node_id)

@@ -1,4 +1,4 @@
-"""`agentflow submit|status|cancel|workers|cluster`: workflows and the cluster's tables."""
+"""`agentflow submit|status|cancel|workers`: workflows and the workers' table."""
 
 from __future__ import annotations
 
@@ -127,16 +127,3 @@ def workers(json_output: bool = JsonFlag, master_url: Optional[str] = MasterUrl)
                 ((row["worker_id"], row["status"], row["group"], row["resources"]["cpu_cores"],
                   row["resources"]["memory_mb"], row["resources"]["gpu_count"],
                   f"{row['running']}/{row['max_concurrent_tasks']}") for row in rows))
-
-
-@app.command()
-def cluster(json_output: bool = JsonFlag, master_url: Optional[str] = MasterUrl) -> None:
-    """Show the masters: leader, term, roles, commit and applied index."""
-    view = ask_cluster(master_url, lambda client: client.cluster_status())
-    if json_output:
-        print_json(view)
-        return
-    print_table(f"cluster: leader {view['leader'] or '(none)'}, term {view['term']}",
-                ("id", "address", "role", "term", "commit", "applied"),
-                ((m["id"], m["address"], m["role"] or "unreachable", m["term"], m["commit_index"], m["last_applied"])
-                 for m in view["members"]))
