@@ -142,8 +142,7 @@ class Master:
         leader = status["leader"]
         first = [members.get(leader) or self.node.peers.get(leader)] if leader else []
         others = [members[node_id] for node_id in sorted(members) if node_id != self.node_id]
-        mine = (self.node.endpoint,)
-        return [e for e in dict.fromkeys(first + self.leader_endpoints + others) if e and e not in mine]
+        return [e for e in dict.fromkeys(first + self.leader_endpoints + others) if e and e != self.node.endpoint]
 
     def join(self, stop: threading.Event, timeout_s: float | None = None) -> bool:
         """Ask the cluster to add this master, or to record its new address, until it is a
