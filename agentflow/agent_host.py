@@ -17,6 +17,7 @@ import threading
 import uuid
 
 from actors.agent import AgentActor
+from agentflow.addresses import advertised_address, parse_advertise
 from runtime.agents import AgentCommunicationError
 from runtime.client import ClusterUnavailable
 from runtime.future import RemoteError
@@ -51,12 +52,14 @@ def load_agent_class(spec: str) -> type[AgentActor]:
 def run_agent(spec: str, agent_id: str, master_urls: str | list[str], *, group: str = "",
               subscriptions: list[str] | tuple[str, ...] = (), host: str = "127.0.0.1", port: int = 0,
               node_id: str | None = None, mailbox_limit: int | None = None, pinned: bool = False,
-              stop: threading.Event | None = None) -> int:
-    """Host one agent until SIGTERM/SIGINT (or ``stop``); returns the exit code."""
+              stop: threading.Event | None = None, advertise: str | None = None) -> int:
+    """Host one agent until SIGTERM/SIGINT (or ``stop``); returns the exit code. ``advertise``
+    (HOST[:PORT]) is the address other nodes reach it at (agentflow/addresses.py)."""
     configure_logging()
     try:
         cls = load_agent_class(spec)
-    except AgentSpecError as exc:
+        advertise_host, advertise_port = advertised_address(host, parse_advertise(advertise))
+    except (AgentSpecError, ValueError) as exc:
         log.error("%s", exc)
         return EXIT_USAGE
     stop = stop or threading.Event()
@@ -65,7 +68,8 @@ def run_agent(spec: str, agent_id: str, master_urls: str | list[str], *, group: 
         previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
     node_id = node_id or f"agent-host-{agent_id}-{uuid.uuid4().hex[:6]}"
     try:
-        node = Node(node_id, host=host, port=port, master_urls=master_urls).start()
+        node = Node(node_id, host=host, port=port, master_urls=master_urls, advertise_host=advertise_host,
+                    advertise_port=advertise_port).start()
     except Exception as exc:  # a bad master URL, a taken port
         log.error("Agent host %s cannot start: %s", node_id, exc)
         return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILED

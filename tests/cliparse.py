@@ -12,8 +12,9 @@ from agentflow.cli import app
 
 
 def parse_node_command(argv: list[str], env: dict[str, str] | None = None, monkeypatch=None) -> tuple[int, dict, str]:
-    """``(exit code, the options run_master/run_worker was called with, output)``; ``{}`` when
-    the command stopped before starting anything (bad input)."""
+    """``(exit code, the options run_master/run_worker/run_agent was called with, output)``;
+    ``{}`` when the command stopped before starting anything (bad input)."""
+    import agentflow.agent_host
     import agentflow.cli.nodes
     import agentflow.master
     import agentflow.worker
@@ -28,6 +29,11 @@ def parse_node_command(argv: list[str], env: dict[str, str] | None = None, monke
         seen.update(options, master_urls=master_urls, process="worker")
         return 0
 
+    def fake_agent_host(spec, agent_id, master_urls, **options):
+        seen.update(options, spec=spec, agent_id=agent_id, master_urls=master_urls, process="agent host")
+        return 0
+
+    monkeypatch.setattr(agentflow.agent_host, "run_agent", fake_agent_host)
     monkeypatch.setattr(agentflow.master, "run_master", fake_master)
     monkeypatch.setattr(agentflow.worker, "run_worker", fake_worker)
     monkeypatch.setattr(agentflow.cli.nodes, "tune_gc_for_serving", lambda: None)

@@ -84,6 +84,12 @@ def test_every_option_a_manifest_sets_comes_from_the_environment_and_flags_win(m
     assert (seen["cpu_cores"], seen["worker_id"]) == (4.0, "w2")
     _, seen, _ = parse_node_command(["worker"], {**env, "AGENTFLOW_WORKER_ID": "w7"}, monkeypatch)
     assert seen["worker_id"] == "w7"  # the more specific variable first
+    env = {"AGENTFLOW_MASTER_URL": "m0.svc:7000", "AGENTFLOW_HOST": "0.0.0.0", "AGENTFLOW_ADVERTISE": "10.1.2.4",
+           "AGENTFLOW_PORT": "7300", "AGENTFLOW_NODE_ID": "host-1"}
+    code, seen, output = parse_node_command(["agent", "run", "pkg.mod:Agent", "--agent-id", "a1"], env, monkeypatch)
+    assert code == 0, output
+    assert (seen["host"], seen["advertise"], seen["port"], seen["node_id"], seen["master_urls"]) == (
+        "0.0.0.0", "10.1.2.4", 7300, "host-1", "m0.svc:7000")
     code, _, output = parse_node_command(["master", "--port", "many"], {}, monkeypatch)
     assert code == 2 and "--port" in output
 

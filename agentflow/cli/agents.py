@@ -14,7 +14,7 @@ from typing import Iterator, List, Optional
 
 import typer
 
-from agentflow.cli.common import JsonFlag, MasterUrl, app, fail, print_json, print_table
+from agentflow.cli.common import Advertise, BindHost, JsonFlag, MasterUrl, NodeId, app, fail, print_json, print_table
 
 agent_app = typer.Typer(help="Host agents.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
@@ -72,9 +72,10 @@ def agent_run(
     mailbox_limit: Optional[int] = typer.Option(None, "--mailbox-limit", help="Default: 10,000 messages."),
     pinned: bool = typer.Option(False, "--pinned", help="Run the handler on the node's network thread: "
                                 "no thread hand-off per message, for handlers that never block."),
-    host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(0, "--port"),
-    node_id: Optional[str] = typer.Option(None, "--node-id"),
+    host: str = BindHost,
+    advertise: Optional[str] = Advertise,
+    port: int = typer.Option(0, "--port", envvar="AGENTFLOW_PORT", help="Default: any free port."),
+    node_id: Optional[str] = NodeId,
     master_url: Optional[str] = MasterUrl,
 ) -> None:
     """Host an agent in the foreground until Ctrl-C (it registers on start, leaves on stop)."""
@@ -82,7 +83,8 @@ def agent_run(
 
     types = [parse_type(t) for t in subscribe]
     raise typer.Exit(run_agent(spec, agent_id, master_url or "127.0.0.1:6767", group=group, subscriptions=types,
-                               host=host, port=port, node_id=node_id, mailbox_limit=mailbox_limit, pinned=pinned))
+                               host=host, port=port, node_id=node_id, mailbox_limit=mailbox_limit, pinned=pinned,
+                               advertise=advertise))
 
 
 @app.command()
