@@ -48,6 +48,7 @@ class NetnsHosts:
         self.prefix = prefix  # keeps these names apart from other tests' (at most 6 characters)
         self.subnet = subnet  # the first three octets of a /24
         self.bridge = f"{prefix}-br"
+        self.root_address = f"{subnet}.1"  # the root namespace's address on the bridge
         self.addresses = {name: f"{subnet}.{first_host + i}" for i, name in enumerate(names)}
         self._made: list[tuple[str, ...]] = []  # undo commands, run in reverse
 
@@ -71,7 +72,7 @@ class NetnsHosts:
     def _make(self) -> None:
         run("ip", "link", "add", self.bridge, "type", "bridge")
         self._made.append(("ip", "link", "del", self.bridge))
-        run("ip", "addr", "add", f"{self.subnet}.1/24", "dev", self.bridge)
+        run("ip", "addr", "add", f"{self.root_address}/24", "dev", self.bridge)
         run("ip", "link", "set", self.bridge, "up")
         for name, address in self.addresses.items():
             namespace, link = self.namespace(name), self._link(name)

@@ -1,7 +1,8 @@
-"""A cluster across hosts: three masters and two workers, each in a network namespace of its own
-(tests/netns_hosts.py), bound to that host's address and advertised by it; a workflow submitted
-from the root namespace; the leader's host cut off in the middle. The workflow completes, and the
-old leader rejoins once the cut heals."""
+"""A cluster across hosts: three masters, two workers and an agent host, each in a network
+namespace of its own (tests/netns_hosts.py), bound to that host's address and advertised by it;
+a workflow submitted and an agent asked from the root namespace; the leader's host cut off in the
+middle. The workflow completes, the agent still answers, and the old leader rejoins once the cut
+heals."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from tests.procs import wait_for
 pytestmark = pytest.mark.integration
 
 WHY_NOT = unavailable()
-MASTERS, WORKERS = ["m1", "m2", "m3"], ["w1", "w2"]
+MASTERS, WORKERS, AGENT_HOST = ["m1", "m2", "m3"], ["w1", "w2"], "a1"
 PORT = 34700  # every host has its own network stack: the same port on each
 WORKFLOW = """
 workflow:
@@ -29,9 +30,13 @@ workflow:
 
 @pytest.mark.skipif(WHY_NOT is not None, reason=f"no network namespaces here: {WHY_NOT}")
 def test_a_cluster_across_hosts_survives_the_leaders_host_being_cut_off(tmp_path):
-    with NetnsHosts("afd", "10.34.0", MASTERS + WORKERS) as hosts:
+    from runtime.agents import AgentCommunication
+    from runtime.node import Node
+
+    with NetnsHosts("afd", "10.34.0", MASTERS + WORKERS + [AGENT_HOST]) as hosts:
         address = hosts.addresses
         children: list[ChildProcess] = []
+        own_nodes: list = []
 
         def start(name: str, args: list[str]) -> ChildProcess:
             child = ChildProcess(name, args, tmp_path / f"{name}.log", PORT, wrapper=hosts.command(name)).start()
@@ -39,7 +44,7 @@ def test_a_cluster_across_hosts_survives_the_leaders_host_being_cut_off(tmp_path
             return child
 
         first = "m1.agentflow.test"  # a DNS name for --leader-url, from each host's /etc/hosts
-        for name in MASTERS + WORKERS:
+        for name in MASTERS + WORKERS + [AGENT_HOST]:
             hosts.set_hosts_file(name, {} if name == "m3" else {first: address["m1"]})
         master_urls = ",".join(f"{address[name]}:{PORT}" for name in MASTERS)
         common = ["--port", str(PORT), "--data-dir", str(tmp_path)]
@@ -56,6 +61,16 @@ def test_a_cluster_across_hosts_survives_the_leaders_host_being_cut_off(tmp_path
             for name in WORKERS:
                 start(name, ["worker", "--master-url", master_urls, "--worker-id", name, "--host", address[name],
                              "--port", str(PORT + 10)])
+            start(AGENT_HOST, ["agent", "run", "tests.agentfuncs:Echo", "--agent-id", "echo-1", "--host", "0.0.0.0",
+                               "--advertise", address[AGENT_HOST], "--port", str(PORT), "--master-url", master_urls])
+            # The root namespace's own node: agents answer it at its bridge address.
+            asker = Node("root-asker", host=hosts.root_address, master_urls=master_urls).start()
+            own_nodes.append(asker)
+            comm = AgentCommunication(asker, "tester")
+
+            def echo(n: int):
+                return wait_for(lambda: _answer(comm, n), 30, interval_s=0.2, what=f"echo-1 to answer request {n}")
+
             with Client(master_urls, timeout_s=20) as client:
                 def cluster_of_three():
                     view = client.cluster_status(timeout_s=2)
@@ -70,6 +85,7 @@ def test_a_cluster_across_hosts_survives_the_leaders_host_being_cut_off(tmp_path
                 assert {w["worker_id"]: w["address"] for w in client.workers()} == {
                     name: f"tcp://{address[name]}:{PORT + 10}" for name in WORKERS}
 
+                assert echo(1) == {"echo": {"n": 1}, "by": "echo-1"}
                 workflow = parse_workflow(WORKFLOW)
                 client.submit_workflow(workflow)
                 progress = wait_for(lambda: (lambda p: p if p["finished"] >= 2 else None)(
@@ -83,6 +99,7 @@ def test_a_cluster_across_hosts_survives_the_leaders_host_being_cut_off(tmp_path
                 assert all(task["state"] == "completed" for task in done["tasks"].values()), done
                 new_view = client.cluster_status(timeout_s=2)
                 assert new_view["leader"] not in (None, old_leader)
+                assert echo(2) == {"echo": {"n": 2}, "by": "echo-1"}  # while the old leader is cut off
 
                 hosts.heal(old_leader)
                 old_endpoint = f"tcp://{address[old_leader]}:{PORT}"
@@ -99,5 +116,19 @@ def test_a_cluster_across_hosts_survives_the_leaders_host_being_cut_off(tmp_path
                 print(f"--- {child.name}\n{child.log_path.read_text(errors='replace')}")
             raise
         finally:
+            for node in own_nodes:
+                node.stop()
             for child in reversed(children):
                 child.stop()
+
+
+def _answer(comm, n: int):
+    """The agent's reply, or None while it is not registered or reachable yet."""
+    from runtime.agents import AgentCommunicationError
+    from runtime.client import ClusterUnavailable
+    from runtime.future import RemoteError
+
+    try:
+        return comm.request("echo-1", {"n": n}, timeout_ms=3000).content
+    except (AgentCommunicationError, ClusterUnavailable, RemoteError):
+        return None
