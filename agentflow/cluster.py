@@ -73,14 +73,14 @@ def wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.05)
 
 
 class ChildProcess:
-    """One `agentflow` child (``python -m agentflow.cli ARGS``, after ``wrapper``, e.g. ``ip netns
-    exec NS``); ``start()`` again restarts it as it was."""
+    """One `agentflow` child (``python -m agentflow.cli ARGS``); ``start()`` again restarts it as it was.
+    ``prefix`` runs it through another command that execs it (``ip netns exec NS``)."""
 
     def __init__(self, name: str, args: list[str], log_path: Path, port: int | None = None,
-                 wrapper: list[str] = ()) -> None:
+                 prefix: list[str] | None = None) -> None:
         self.name = self.node_id = name
         self.args = args
-        self.wrapper = list(wrapper)
+        self.prefix = prefix or []
         self.log_path = log_path
         self.port = port
         self.proc: subprocess.Popen | None = None
@@ -95,7 +95,7 @@ class ChildProcess:
         env.setdefault("AGENTFLOW_LOG", "info")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(REPO)]))
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([*self.wrapper, sys.executable, "-m", "agentflow.cli", *self.args],
+        self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "agentflow.cli", *self.args],
                                      stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         return self
 

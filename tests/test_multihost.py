@@ -39,7 +39,7 @@ def test_a_cluster_across_hosts_survives_the_leaders_host_being_cut_off(tmp_path
         own_nodes: list = []
 
         def start(name: str, args: list[str]) -> ChildProcess:
-            child = ChildProcess(name, args, tmp_path / f"{name}.log", PORT, wrapper=hosts.command(name)).start()
+            child = ChildProcess(name, args, tmp_path / f"{name}.log", PORT, prefix=hosts.command(name)).start()
             children.append(child)
             return child
 
