@@ -23,11 +23,14 @@ def wait_for(condition, timeout_s: float, interval_s: float = 0.02, what: str = 
 
 
 @contextlib.contextmanager
-def running_cluster(data_dir, client_timeout_s: float = 15.0, **options):
+def running_cluster(data_dir, client_timeout_s: float = 15.0, prepare=None, **options):
     """A started ``LocalCluster(data_dir, **options)`` and a ``Client`` on it, as ``(cluster,
-    client)``. On the way out the client is closed and every process stopped; if the block
-    failed, the cluster's logs are printed first."""
+    client)``; ``prepare(cluster)`` may change the children's arguments before they start. On
+    the way out the client is closed and every process stopped; if the block failed, the
+    cluster's logs are printed first."""
     cluster = LocalCluster(data_dir, **options)
+    if prepare is not None:
+        prepare(cluster)
     client = Client(cluster.master_url, timeout_s=client_timeout_s)
     try:
         cluster.start(client)

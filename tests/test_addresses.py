@@ -148,24 +148,14 @@ def test_a_leader_url_that_does_not_resolve_yet_is_waited_for(tmp_path):
 @pytest.mark.integration
 def test_masters_started_alike_form_one_cluster_the_first_of_leader_url_bootstraps(tmp_path):
     """What every pod of the masters' StatefulSet runs: the same command, started in parallel."""
-    from agentflow.cluster import LocalCluster
-    from runtime.client import Client
+    def alike(cluster):
+        for master in cluster.masters:
+            master.args = ["master", "--mode", "master", "--port", str(master.port), "--node-id", master.node_id,
+                           "--data-dir", str(tmp_path), "--leader-url", cluster.master_url]
 
-    cluster = LocalCluster(tmp_path, masters=3, first_port=34100)
-    peers = cluster.master_url
-    for master in cluster.masters:
-        master.args = ["master", "--mode", "master", "--port", str(master.port), "--node-id", master.node_id,
-                       "--data-dir", str(tmp_path), "--leader-url", peers]
-    client = Client(peers, timeout_s=15)
-    try:
-        view = cluster.start(client)
+    with running_cluster(tmp_path, masters=3, first_port=34100, prepare=alike) as (cluster, client):
+        view = client.cluster_status()
         assert view["leader"] and sorted(m["id"] for m in view["members"]) == ["master-1", "master-2", "master-3"]
         first = client.status_of(cluster.masters[0].url)
         assert sorted(first["voters"]) == ["master-1", "master-2", "master-3"]
         assert "it bootstraps the cluster" in cluster.masters[0].log_path.read_text()
-    except BaseException:
-        print(cluster.logs())
-        raise
-    finally:
-        client.close()
-        cluster.stop()
