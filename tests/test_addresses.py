@@ -139,7 +139,7 @@ def test_a_leader_url_that_does_not_resolve_yet_is_waited_for(tmp_path):
                          tmp_path / "m-wait.log", 34090).start()
     try:
         wait_for(lambda: "waits for tcp://agentflow-master-0.invalid:6767 to resolve" in child.log_path.read_text(),
-                 30, interval_s=0.1, what="the waiting line in the log")
+                 60, interval_s=0.1, what="the waiting line in the log")
         assert child.alive()
     finally:
         child.stop()

@@ -40,10 +40,12 @@ def cli(*args: str) -> str:
 
 def test_scaling_the_masters_three_five_three_under_a_running_workflow_loses_nothing(tmp_path):
     with running_cluster(tmp_path, masters=3, workers=2, first_port=34400) as (cluster, client):
-        def voters() -> list[str]:
-            view = client.cluster_status(timeout_s=2)
-            leader = next(m for m in view["members"] if m["id"] == view["leader"])
-            return sorted(client.status_of(leader["address"])["voters"])
+        def voters_are(expected: list[str]) -> bool:
+            """The leader's voters are ``expected`` (False while no leader answers in time)."""
+            view = client.cluster_status(timeout_s=5)
+            leader = next((m for m in view["members"] if m["id"] == view["leader"]), None)
+            leader_view = client.status_of(leader["address"], 5.0) if leader else None
+            return leader_view is not None and sorted(leader_view["voters"]) == expected
 
         # Two more masters, started to wait for `cluster add` (no --leader-url).
         added = dict(zip(("master-4", "master-5"), find_free_ports(2, 34450)))
@@ -64,7 +66,8 @@ def test_scaling_the_masters_three_five_three_under_a_running_workflow_loses_not
         for node_id, port in added.items():
             out = cli("cluster", "add", node_id, f"127.0.0.1:{port}", "--master-url", cluster.master_url)
             assert f"{node_id} (tcp://127.0.0.1:{port}) is a voter" in out
-        assert voters() == ["master-1", "master-2", "master-3", "master-4", "master-5"]
+        wait_for(lambda: voters_are(["master-1", "master-2", "master-3", "master-4", "master-5"]), 30,
+                 what="five voters")
         submitted.append(parse_workflow(chains("wf-at-five", lanes=2, levels=2)))
         client.submit_workflow(submitted[-1])
         at_five.touch()
@@ -78,8 +81,9 @@ def test_scaling_the_masters_three_five_three_under_a_running_workflow_loses_not
             assert f"{node_id} removed" in out
             cluster.by_id(node_id).stop()
         staying = sorted(set(["master-1", "master-2", "master-3", "master-4", "master-5"]) - set(leaving))
-        assert voters() == staying
-        assert progress() == (12, 3)  # the workflow ran under both changes
+        wait_for(lambda: voters_are(staying), 30, what="three voters")
+        # The workflow ran under both changes: its gated level still runs, nothing after it yet.
+        wait_for(lambda: progress() == (12, 3), 30, what="the second gated level still running")
         view = client.cluster_status()
         assert view["leader"] in staying and sorted(m["id"] for m in view["members"]) == staying
         assert "still running" not in str(view)
