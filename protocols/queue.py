@@ -170,6 +170,14 @@ class PriorityTaskQueue:
             heapq.heappush(self._heap, heap_item)
         return taken
 
+    def restore(self, entry: QueueEntry) -> None:
+        """Put back an entry that ``dequeue_entry`` took, as it was: same score and the same
+        FIFO place among equals (its sequence number). A key queued again meanwhile wins."""
+        if entry.key in self._entries:
+            return
+        self._entries[entry.key] = entry
+        self._push(entry)
+
     def peek(self, now_ms: int | None = None) -> Any | None:
         """The item ``dequeue`` would return, without removing it."""
         self._drop_stale_top()

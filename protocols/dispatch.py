@@ -1,0 +1,823 @@
+"""The scheduler's decisions as a pure state machine: events in, instructions out.
+
+Role: ``DispatchState`` is what the SchedulerActor runs (in the style of distributed's
+worker_state_machine): the actor turns what arrives (workers' hellos, heartbeats and reports,
+clients' requests, applied commands, leadership changes, ticks, the queue's and the registry's
+replies) into the events below, calls ``handle(event)`` for each, then ``flush()`` once per batch
+of messages, and carries out the instructions it gets back: ``Propose`` to the Raft log,
+``Assign``/``Cancel`` to workers, ``Answer`` an ask, ``ToQueue``/``ToRegistry`` (one request each
+at most per flush, see protocols/rounds.py). It holds no clock, socket or thread. It reads the
+replicated state it is handed (the workflow table and the client sessions) and never writes it.
+
+Rules:
+
+* Every change of a task's state is a committed command (SubmitWorkflow, DispatchTask,
+  FinishTask, RequeueTask, CancelWorkflow); this state proposes them and reacts to what they did
+  (``Applied``). A task's assignment leaves with its DispatchTask proposal (one commit less per
+  hop); the attempt number is the one the entry will commit, and only that attempt can complete
+  the task: a late report of an older one is ignored. If the leader dies before the entry
+  commits, the next leader adopts the run when the worker reports it, or runs the task again
+  (at least once).
+* Every dispatch takes the highest-priority ready tasks that fit, in the queue's order
+  (priority, aging, retry penalty, then FIFO), on every path: a dispatch round, the dispatch
+  that leaves with a report's completion (the tasks that completion makes ready are merged
+  into the queue's order as *transient* candidates, so the chain costs one commit per hop),
+  a requeue, a new leader's rebuild. A candidate that fits nowhere does not stop the ones
+  behind it; a round looks at no more than ``MAX_SCANNED`` of them (or 4 per free slot).
+* Rounds: one in flight at a time (take from the queue, place with the registry, then one
+  Batch entry of finishes and DispatchTasks, one AssignTasks per worker). Reports and ready
+  tasks that arrive meanwhile wait for the next. A reported attempt frees its slot at once,
+  before its completion commits. A round is not retried while nothing changed since one that
+  could place nothing (``blocked``): aging never reorders queued tasks, so a tick alone cannot.
+* Soft state lives on the leader only: what is being dispatched, running tasks to be claimed,
+  the free-slot count the registry last gave plus the slots released since. A new leader
+  rebuilds the queue from the replicated task states, learns workers again from their
+  heartbeats (``known=False`` makes them say hello), and requeues running tasks nobody claims
+  within ``claim_grace_ms``.
+* A task runs on a worker; the design leaves room for other kinds (an agent's task would be an
+  instruction of its own, sent where the agent lives), decided in ``_assignment``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocols.dag import (
+    CancelWorkflow,
+    DispatchTask,
+    FinishTask,
+    RequeueTask,
+    SubmitWorkflow,
+    TaskState,
+    Workflow,
+    WorkflowError,
+    check_structure,
+    split_task_key,
+    task_key,
+)
+from protocols.rounds import Candidate, Queued, QueueReply, QueueRequest, RegistryReply, RegistryRequest
+from protocols.registry import TaskRequirements, WorkerInfo
+from protocols.tasks import (
+    ERROR_CANCELLED,
+    ERROR_DRAINING,
+    HeartbeatAck,
+    ReportsAccepted,
+    TaskAssignment,
+    TaskFinished,
+    WorkerHeartbeat,
+    WorkerWelcome,
+    attempt_key,
+)
+from protocols.wire import ErrorRecord, encode
+
+MAX_SCANNED = 64
+DEFAULT_MAX_RESULT_BYTES = 1024 * 1024
+
+
+@dataclass(slots=True)
+class DispatchConfig:
+    claim_grace_ms: int = 3000  # a new leader requeues running tasks nobody claimed by then
+    heartbeat_interval_ms: int = 1000  # told to workers in their welcome
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES  # a larger result fails its task
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(slots=True)
+class LeadershipChanged:
+    is_leader: bool
+    control: Any  # the replicated ControlState: ``workflows`` and ``sessions`` are read
+    now_ms: int
+
+
+@dataclass(slots=True)
+class Applied:
+    items: list  # (index, command, result), in log order
+    now_ms: int
+
+
+@dataclass(slots=True)
+class Hello:
+    info: WorkerInfo
+    reply: Any
+    now_ms: int
+
+
+@dataclass(slots=True)
+class Heartbeat:
+    heartbeat: WorkerHeartbeat
+    reply: Any
+    now_ms: int
+
+
+@dataclass(slots=True)
+class Reports:
+    worker_id: str
+    reports: list  # TaskFinished
+    reply: Any
+    now_ms: int
+
+
+@dataclass(slots=True)
+class Goodbye:
+    worker_id: str
+    now_ms: int
+
+
+@dataclass(slots=True)
+class Tick:
+    now_ms: int
+
+
+@dataclass(slots=True)
+class ClientRequest:
+    """A client's command in its session: ``kind`` is ``"submit"`` (``body``: the workflow,
+    still to be checked) or ``"cancel"`` (``body``: the workflow id)."""
+
+    kind: str
+    client_id: str
+    seq: int
+    body: Any
+    reply: Any
+    now_ms: int
+
+
+@dataclass(slots=True)
+class Committed:
+    """The client command ``(client_id, seq)`` committed with ``outcome``, or failed (``error``:
+    (kind, message))."""
+
+    client_id: str
+    seq: int
+    outcome: Any = None
+    error: tuple | None = None
+
+
+@dataclass(slots=True)
+class WorkersQuery:
+    reply: Any
+
+
+@dataclass(slots=True)
+class QueueQuery:
+    reply: Any
+    now_ms: int
+
+
+# --------------------------------------------------------------------------- instructions
+
+
+@dataclass(slots=True)
+class Propose:
+    """Commit ``commands`` as one Batch entry; once committed, answer each ``(reply, value)``."""
+
+    commands: list
+    answers: list = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ProposeClient:
+    """Commit a client's command in its session; tell ``Committed`` back when it did (or not)."""
+
+    client_id: str
+    seq: int
+    body: Any
+
+
+@dataclass(slots=True)
+class Assign:
+    worker_id: str
+    address: str
+    tasks: list  # TaskAssignment
+
+
+@dataclass(slots=True)
+class Cancel:
+    worker_id: str
+    address: str
+    tasks: list  # attempt keys
+
+
+@dataclass(slots=True)
+class Answer:
+    reply: Any
+    value: Any = None
+    error: tuple | None = None  # (kind, message): fail the ask instead
+
+
+@dataclass(slots=True)
+class ToQueue:
+    request: QueueRequest
+
+
+@dataclass(slots=True)
+class ToRegistry:
+    request: RegistryRequest
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def result_size(value: Any) -> int:
+    """About how many bytes ``value`` takes in the log (exact for anything but scalars)."""
+    kind = type(value)
+    if value is None or kind is bool or kind is int or kind is float:
+        return 9
+    if kind is bytes:
+        return len(value)
+    if kind is str and value.isascii():
+        return len(value)
+    try:
+        return len(encode(value))
+    except Exception:
+        return 0  # not encodable: the log refuses it on its own
+
+
+@dataclass(slots=True)
+class _Round:
+    """What one dispatch round carries: the reports' commands waiting to be proposed with the
+    round's dispatches, the answers owed once they commit, and the transient candidates."""
+
+    round_id: int = 0
+    now_ms: int = 0
+    commands: list = field(default_factory=list)
+    answers: list = field(default_factory=list)
+    transient: dict = field(default_factory=dict)  # key -> Queued
+    finishing: dict = field(default_factory=dict)  # workflow id -> {task id: (result, worker id)}
+    offered: int = 0
+    candidates: list = field(default_factory=list)
+
+
+class DispatchState:
+    """The scheduler's decisions; see the module docstring."""
+
+    def __init__(self, config: DispatchConfig | None = None) -> None:
+        self.config = config or DispatchConfig()
+        self.is_leader = False
+        self.control: Any = None
+        self._next_id = 0
+        self._requirements: dict[tuple, TaskRequirements] = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        self.addresses: dict[str, str] = {}  # workers known to this leader -> where they listen
+        self.dispatching: dict[str, tuple[str, int]] = {}  # key -> (worker, attempt), proposed, not applied
+        self.unclaimed: dict[str, int] = {}  # running task key -> deadline_ms (after a leader change)
+        self.client_commits: dict[tuple[str, int], list] = {}  # (client, seq) -> asks waiting for its commit
+        self.fit_checks: dict[int, tuple] = {}  # token -> the submission waiting for the registry
+        self.queries: dict[int, Any] = {}  # token -> the ask waiting for the queue or registry
+        self.free_slots = 0  # the registry's last word, plus the slots released since
+        self.queued = 0  # an upper bound on the queue's depth (its last word, plus what was sent since)
+        self.blocked = False  # the last round could place nothing and nothing changed since
+        self.scan = 0  # how many candidates the next round looks at, beyond the free slots
+        self.round: _Round | None = None  # the round in flight
+        self.next = _Round()  # what the next round carries
+        self.wanted = False
+        self._out: list = []
+        self._queue_request: QueueRequest | None = None
+        self._registry_request: RegistryRequest | None = None
+
+    # ------------------------------------------------------------------ the interface
+
+    def handle(self, event: Any) -> None:
+        handler = _HANDLERS.get(type(event))
+        if handler is None:
+            raise TypeError(f"not a dispatch event: {type(event).__name__}")
+        handler(self, event)
+
+    def flush(self) -> list:
+        """The instructions made since the last flush, in order; the queue's and the registry's
+        requests last (at most one each)."""
+        if self.is_leader and self.wanted and self.round is None:
+            self._start_round()
+        out, self._out = self._out, []
+        if self._queue_request is not None:
+            out.append(ToQueue(self._queue_request))
+            self._queue_request = None
+        if self._registry_request is not None:
+            out.append(ToRegistry(self._registry_request))
+            self._registry_request = None
+        return out
+
+    @property
+    def workflows(self):
+        return self.control.workflows
+
+    # ------------------------------------------------------------------ outgoing requests
+
+    def _to_queue(self) -> QueueRequest:
+        if self._queue_request is None:
+            self._queue_request = QueueRequest()
+        return self._queue_request
+
+    def _to_registry(self, now_ms: int) -> RegistryRequest:
+        if self._registry_request is None:
+            self._registry_request = RegistryRequest(now_ms=now_ms)
+        else:
+            self._registry_request.now_ms = max(self._registry_request.now_ms, now_ms)
+        return self._registry_request
+
+    def _token(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def _release(self, worker_id: str, key: str, now_ms: int) -> None:
+        self._to_registry(now_ms).releases.append((worker_id, key))
+        self.free_slots += 1
+        self.blocked = False
+
+    def _enqueue(self, graph, task_id: str, now_ms: int, finishing: dict | None = None) -> Queued:
+        run = graph.runs[task_id]
+        return Queued(self._candidate(graph, task_id, finishing), graph.tasks[task_id].priority, now_ms, run.failures)
+
+    def _queue_ready(self, items: list[Queued]) -> None:
+        if items:
+            self._to_queue().enqueue.extend(items)
+            self.queued += len(items)
+            self.blocked = False
+            self.wanted = True
+
+    def _requirements_of(self, task) -> TaskRequirements:
+        """``task.requirements``, shared between tasks of the same shape (made once, not per task)."""
+        resources = task.resources
+        shape = (resources.cpu, resources.memory_mb, resources.gpu, tuple(task.capabilities), task.group)
+        requirements = self._requirements.get(shape)
+        if requirements is None:
+            if len(self._requirements) > 1024:
+                self._requirements.clear()
+            requirements = self._requirements[shape] = task.requirements
+        return requirements
+
+    def _candidate(self, graph, task_id: str, finishing: dict | None) -> Candidate:
+        task = graph.tasks[task_id]
+        requirements = self._requirements_of(task)
+        prefer: list[str] = []
+        for dependency in task.dependencies:
+            if finishing is not None and dependency in finishing:
+                worker_id = finishing[dependency][1]
+            else:
+                worker_id = graph.runs[dependency].worker_id
+            if worker_id and worker_id not in prefer:
+                prefer.append(worker_id)
+        return Candidate(task_key(graph.workflow_id, task_id), requirements, tuple(prefer))
+
+    # ------------------------------------------------------------------ leadership
+
+    def _on_leadership(self, event: LeadershipChanged) -> None:
+        for waiters in self.client_commits.values():
+            for reply in waiters:
+                self._out.append(Answer(reply, error=("not_committed", "leadership changed; retry")))
+        for current in (self.round, self.next):
+            if current is not None:
+                for reply, _ in current.answers:
+                    self._out.append(Answer(reply, error=("not_committed", "leadership changed; retry")))
+        for reply in self.queries.values():
+            self._out.append(Answer(reply, error=("not_leader", "leadership changed; retry")))
+        self._reset()
+        self.is_leader = event.is_leader
+        self.control = event.control
+        self._to_queue().reset = True
+        self._to_registry(event.now_ms).reset = True
+        if not self.is_leader:
+            return
+        now_ms = event.now_ms
+        ready: list[Queued] = []
+        for graph in self.workflows.graphs.values():
+            if graph.is_workflow_completed():
+                continue
+            ready.extend(self._enqueue(graph, task_id, now_ms) for task_id in graph.get_ready_tasks())
+            for task_id, run in graph.runs.items():
+                if run.state is TaskState.RUNNING:
+                    self.unclaimed[task_key(graph.workflow_id, task_id)] = now_ms + self.config.claim_grace_ms
+        self._queue_ready(ready)
+
+    # ------------------------------------------------------------------ applied commands
+
+    def _on_applied(self, event: Applied) -> None:
+        if not self.is_leader:
+            return
+        now_ms = event.now_ms
+        workflows = self.workflows
+        cancels: dict[str, list[list]] = {}
+        removes: list[str] = []
+        ready: list[Queued] = []
+        for _, command, result in event.items:
+            if type(result) is not dict:
+                continue
+            kind = type(command)
+            if kind is DispatchTask:
+                key = task_key(command.workflow_id, command.task_id)
+                ours = self.dispatching.pop(key, None) is not None
+                if not result.get("ok"):
+                    self._to_registry(now_ms).releases.append((command.worker_id, key))
+                    self.free_slots += 1
+                    cancels.setdefault(command.worker_id, []).append(
+                        [command.workflow_id, command.task_id, command.attempt])
+                elif not ours:
+                    removes.append(key)  # queued here before a previous leader's dispatch of it committed
+            elif (kind is FinishTask or kind is RequeueTask) and result.get("ok"):
+                # Only the current attempt frees its reservation (a stale report must not free the
+                # slot of a newer attempt of the same task on another worker).
+                self._to_registry(now_ms).releases.append(("", task_key(command.workflow_id, command.task_id)))
+            for key in result.get("released", ()):
+                removes.append(key)
+                self._let_go(key, cancels, now_ms)
+            for key in result.get("ready", ()):
+                if key in self.dispatching:
+                    continue  # dispatched in the same entry (a transient candidate)
+                workflow_id, task_id = split_task_key(key)
+                graph = workflows.get(workflow_id)
+                if graph is not None:
+                    ready.append(self._enqueue(graph, task_id, now_ms))
+        if removes:
+            self._to_queue().remove.extend(removes)
+        self._queue_ready(ready)
+        for worker_id, keys in cancels.items():
+            self._cancel(worker_id, keys)
+        self.wanted = True
+
+    def _let_go(self, key: str, cancels: dict[str, list[list]], now_ms: int) -> None:
+        """A task left ready/running without finishing (cancelled, skipped): free its worker."""
+        workflow_id, task_id = split_task_key(key)
+        graph = self.workflows.get(workflow_id)
+        run = graph.runs.get(task_id) if graph is not None else None
+        if run is None or not run.worker_id:
+            return
+        cancels.setdefault(run.worker_id, []).append([workflow_id, task_id, run.attempts])
+        self._to_registry(now_ms).releases.append(("", key))
+
+    def _cancel(self, worker_id: str, keys: list) -> None:
+        address = self.addresses.get(worker_id)
+        if address:
+            self._out.append(Cancel(worker_id, address, keys))
+
+    # ------------------------------------------------------------------ workers
+
+    def _on_hello(self, event: Hello) -> None:
+        info = event.info
+        self.addresses[info.worker_id] = info.address
+        self._to_registry(event.now_ms).hellos.append(info)
+        self._out.append(Answer(event.reply, WorkerWelcome(info.worker_id, self.config.heartbeat_interval_ms)))
+        self.blocked = False
+        self.wanted = True
+
+    def _on_heartbeat(self, event: Heartbeat) -> None:
+        heartbeat, now_ms = event.heartbeat, event.now_ms
+        worker_id = heartbeat.worker_id
+        if worker_id not in self.addresses:
+            self._out.append(Answer(event.reply, HeartbeatAck(False, [])))
+            return
+        request = self._to_registry(now_ms)
+        request.heartbeats.append((worker_id, heartbeat.load if type(heartbeat.load) is dict else {},
+                                   bool(heartbeat.draining)))
+        workflows = self.workflows
+        cancel = []
+        for item in heartbeat.running:
+            attempt = attempt_key(item)
+            if attempt is None:
+                continue
+            workflow_id, task_id, number = attempt
+            graph = workflows.get(workflow_id)
+            run = graph.runs.get(task_id) if graph is not None else None
+            key = task_key(workflow_id, task_id)
+            if run is not None and run.state is TaskState.RUNNING and run.attempts == number \
+                    and run.worker_id == worker_id:
+                self.unclaimed.pop(key, None)
+                request.claims.append((worker_id, key, self._requirements_of(graph.tasks[task_id])))
+            elif run is not None and run.state is TaskState.READY and run.attempts + 1 == number \
+                    and key not in self.dispatching:
+                # A dispatch the previous leader sent but never committed: adopt the run.
+                self._to_queue().remove.append(key)
+                request.claims.append((worker_id, key, self._requirements_of(graph.tasks[task_id])))
+                self.dispatching[key] = (worker_id, number)
+                self._out.append(Propose([DispatchTask(workflow_id, task_id, number, worker_id, now_ms)]))
+            elif key not in self.dispatching:
+                cancel.append([workflow_id, task_id, number])
+        self._out.append(Answer(event.reply, HeartbeatAck(True, cancel)))
+
+    def _on_goodbye(self, event: Goodbye) -> None:
+        if event.worker_id in self.addresses:
+            self._worker_lost(event.worker_id, "worker said goodbye", event.now_ms)
+            self._to_registry(event.now_ms).goodbyes.append(event.worker_id)
+            del self.addresses[event.worker_id]
+
+    def _on_reports(self, event: Reports) -> None:
+        worker_id, now_ms = event.worker_id, event.now_ms
+        workflows = self.workflows
+        upcoming = self.next
+        counted = 0
+        for report in event.reports:
+            if type(report) is not TaskFinished:
+                continue
+            key = task_key(report.workflow_id, report.task_id)
+            graph = workflows.get(report.workflow_id)
+            run = graph.runs.get(report.task_id) if graph is not None else None
+            # The current attempt's slot is free now, before its completion commits (a run can
+            # even report before its own DispatchTask is applied: a hop faster than a commit).
+            current = run is not None and (
+                (run.state is TaskState.RUNNING and run.attempts == report.attempt and run.worker_id == worker_id)
+                or self.dispatching.get(key) == (worker_id, report.attempt))
+            if current:
+                self._release(worker_id, key, now_ms)
+            if report.error == ERROR_CANCELLED:
+                continue  # we cancelled it: a stale attempt or a cancelled workflow, not a failure
+            counted += 1
+            if report.error == ERROR_DRAINING:
+                upcoming.commands.append(RequeueTask(report.workflow_id, report.task_id, report.attempt,
+                                                     ERROR_DRAINING, now_ms))
+                continue
+            finish = self._finish_command(report, now_ms)
+            upcoming.commands.append(finish)
+            if current and finish.succeeded:
+                self._add_transients(graph, report.task_id, report.result, worker_id, upcoming, now_ms)
+        if not counted:
+            self._out.append(Answer(event.reply, ReportsAccepted(0)))
+            return
+        upcoming.answers.append((event.reply, ReportsAccepted(counted)))
+        upcoming.now_ms = max(upcoming.now_ms, now_ms)
+        self.wanted = True
+
+    def _finish_command(self, report: TaskFinished, now_ms: int) -> FinishTask:
+        ok, result, error = report.ok, report.result, report.error
+        if ok and result is not None:
+            size = result_size(result)
+            if size > self.config.max_result_bytes:
+                ok, result = False, None
+                error = (f"result too large: {size} bytes, above the limit of {self.config.max_result_bytes} "
+                         "(--max-result-bytes on the masters); return a path or a key instead")
+        return FinishTask(report.workflow_id, report.task_id, report.attempt, ok, now_ms, report.exit_code,
+                          result, error, report.stdout_tail, report.stderr_tail)
+
+    def _add_transients(self, graph, task_id: str, result: Any, worker_id: str, upcoming: _Round,
+                        now_ms: int) -> None:
+        """The dependents this completion will make ready become candidates of the next round."""
+        finishing = upcoming.finishing.setdefault(graph.workflow_id, {})
+        finishing[task_id] = (result, worker_id)
+        runs, tasks = graph.runs, graph.tasks
+        for child in graph.dependents.get(task_id, ()):
+            key = task_key(graph.workflow_id, child)
+            if runs[child].state is not TaskState.PENDING or key in self.dispatching or key in upcoming.transient:
+                continue
+            if all(dependency in finishing or runs[dependency].state is TaskState.COMPLETED
+                   for dependency in tasks[child].dependencies):
+                upcoming.transient[key] = self._enqueue(graph, child, now_ms, finishing)
+
+    def _on_tick(self, event: Tick) -> None:
+        if not self.is_leader:
+            return
+        now_ms = event.now_ms
+        self._to_registry(now_ms).check_health = True
+        if self.unclaimed:
+            expired = [key for key, deadline_ms in self.unclaimed.items() if deadline_ms <= now_ms]
+            requeues = []
+            for key in expired:
+                del self.unclaimed[key]
+                requeues.extend(self._requeue(key, "nobody claimed it after a leader change", now_ms))
+            if requeues:
+                self._out.append(Propose(requeues))
+        if not self.blocked and self.free_slots > 0 and self.queued > 0:
+            self.wanted = True
+
+    def _worker_lost(self, worker_id: str, reason: str, now_ms: int) -> None:
+        requeues = []
+        for graph in self.workflows.graphs.values():
+            if graph.is_workflow_completed():
+                continue
+            for task_id, run in graph.runs.items():
+                if run.state is TaskState.RUNNING and run.worker_id == worker_id:
+                    requeues.extend(self._requeue(task_key(graph.workflow_id, task_id), reason, now_ms))
+        if requeues:
+            self._out.append(Propose(requeues))
+
+    def _requeue(self, key: str, reason: str, now_ms: int) -> list:
+        workflow_id, task_id = split_task_key(key)
+        graph = self.workflows.get(workflow_id)
+        if graph is None or graph.runs[task_id].state is not TaskState.RUNNING:
+            return []
+        return [RequeueTask(workflow_id, task_id, graph.runs[task_id].attempts, reason, now_ms)]
+
+    # ------------------------------------------------------------------ rounds
+
+    def _start_round(self) -> None:
+        self.wanted = False
+        upcoming = self.next
+        transient = list(upcoming.transient.values())
+        take = min(max(self.free_slots, self.scan), self.queued + len(transient))
+        if self.free_slots <= 0 or take <= 0 or (self.blocked and not transient):
+            if upcoming.commands:
+                self._out.append(Propose(upcoming.commands, upcoming.answers))
+                self.next = _Round()
+            return
+        upcoming.round_id = self._token()
+        upcoming.offered = take
+        self.round, self.next = upcoming, _Round()
+        request = self._to_queue()
+        request.take_round, request.take_count, request.transient = upcoming.round_id, take, transient
+
+    def _on_queue_reply(self, reply: QueueReply) -> None:
+        if reply.stats_token:
+            waiting = self.queries.pop(reply.stats_token, None)
+            if waiting is not None:
+                stats = reply.stats
+                self._out.append(Answer(waiting, {"total": stats.total, "by_priority": dict(stats.by_priority),
+                                                  "oldest_wait_ms": stats.oldest_wait_ms,
+                                                  "oldest_task": stats.oldest_key}))
+        current = self.round
+        if not reply.take_round or current is None or reply.take_round != current.round_id:
+            return
+        self.queued = reply.depth
+        current.candidates = reply.candidates
+        if not reply.candidates:
+            self._complete_round(current, RegistryReply(free_slots=self.free_slots, place_round=current.round_id))
+            return
+        request = self._to_registry(current.now_ms)
+        request.place_round, request.place = current.round_id, reply.candidates
+
+    def _on_registry_reply(self, reply: RegistryReply) -> None:
+        if reply.free_slots > self.free_slots:
+            self.blocked = False
+            self.wanted = True
+        self.free_slots = reply.free_slots
+        for worker_id in reply.lost:
+            self._worker_lost(worker_id, "worker missed its heartbeats", reply.now_ms)
+        if reply.fit_token:
+            self._on_fit_checked(reply)
+        if reply.table_token:
+            waiting = self.queries.pop(reply.table_token, None)
+            if waiting is not None:
+                self._out.append(Answer(waiting, reply.table))
+        current = self.round
+        if reply.place_round and current is not None and reply.place_round == current.round_id:
+            self._complete_round(current, reply)
+
+    def _complete_round(self, current: _Round, reply: RegistryReply) -> None:
+        self.round = None
+        workflows = self.workflows
+        dispatches: list[DispatchTask] = []
+        assignments: dict[str, list[TaskAssignment]] = {}
+        leaving: list[str] = []
+        now_ms = current.now_ms
+        for placement in reply.placed:
+            key = placement.key
+            leaving.append(key)
+            workflow_id, task_id = split_task_key(key)
+            graph = workflows.get(workflow_id)
+            run = graph.runs.get(task_id) if graph is not None else None
+            wanted = run is not None and key not in self.dispatching and (
+                run.state is TaskState.READY or (run.state is TaskState.PENDING and key in current.transient))
+            if not wanted:
+                self._to_registry(now_ms).releases.append((placement.worker_id, key))
+                self.free_slots += 1
+                continue
+            attempt = run.attempts + 1
+            self.dispatching[key] = (placement.worker_id, attempt)
+            dispatches.append(DispatchTask(workflow_id, task_id, attempt, placement.worker_id, now_ms))
+            assignments.setdefault(placement.worker_id, []).append(
+                self._assignment(graph, task_id, attempt, placement.gpus, current.finishing.get(workflow_id)))
+        returned = sum(1 for candidate in current.candidates
+                       if candidate.key not in current.transient) - sum(
+                           1 for key in leaving if key not in current.transient)
+        self.queued += max(0, returned)
+        if current.candidates:
+            request = self._to_queue()
+            request.settle_round, request.settle_keys = current.round_id, leaving
+        commands = current.commands + dispatches
+        if commands:
+            self._out.append(Propose(commands, current.answers))
+        for worker_id, tasks in assignments.items():
+            address = self.addresses.get(worker_id, "")
+            self._out.append(Assign(worker_id, address, tasks))
+        # What next: more to place, a wider look past candidates that fit nowhere, or wait for a change.
+        if reply.unplaced and self.free_slots > 0:
+            wider = min(max(MAX_SCANNED, 4 * self.free_slots), 2 * current.offered, self.queued)
+            if wider > current.offered:
+                self.scan = wider
+                self.wanted = True
+            else:
+                self.scan = 0
+                self.blocked = True
+        else:
+            self.scan = 0
+            if self.free_slots > 0 and self.queued > 0:
+                self.wanted = True
+        if self.next.commands or self.next.transient:
+            self.wanted = True
+
+    def _assignment(self, graph, task_id: str, attempt: int, gpus: list, finishing: dict | None) -> TaskAssignment:
+        task = graph.tasks[task_id]
+        env = {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in gpus)} if gpus else {}
+        results = graph.results
+        inputs = {dependency: finishing[dependency][0] if finishing and dependency in finishing
+                  else results.get(dependency) for dependency in task.dependencies}
+        return TaskAssignment(graph.workflow_id, task_id, attempt, task.command, task.call, list(task.args),
+                              dict(task.kwargs), task.agent, task.timeout_s, env, inputs)
+
+    # ------------------------------------------------------------------ clients
+
+    def _on_client(self, event: ClientRequest) -> None:
+        sessions = self.control.sessions
+        status, previous = sessions.check(event.client_id, event.seq)
+        if status == sessions.DUPLICATE:
+            self._out.append(Answer(event.reply, previous))
+            return
+        if status == sessions.EXPIRED:
+            self._out.append(Answer(event.reply, ErrorRecord("session_expired", f"seq {event.seq} is too old")))
+            return
+        session_key = (event.client_id, event.seq)
+        waiting = self.client_commits.get(session_key)
+        if waiting is not None:
+            # A retry of a command still in flight waits for the same commit: a big workflow can
+            # take longer to log than the client's per-try timeout.
+            waiting.append(event.reply)
+            return
+        if event.kind == "submit":
+            body = self._submission(event.body, event, session_key)
+            if body is None:
+                return  # waiting for the registry's fit check
+        elif event.kind == "cancel" and isinstance(event.body, str):
+            body = CancelWorkflow(event.body, event.now_ms)
+        else:
+            body = ErrorRecord("bad_request", f"no client command {event.kind!r}")
+        if isinstance(body, ErrorRecord):
+            self._out.append(Answer(event.reply, body))
+            return
+        self.client_commits[session_key] = [event.reply]
+        self._out.append(ProposeClient(event.client_id, event.seq, body))
+
+    def _submission(self, workflow: Any, event: ClientRequest, session_key: tuple) -> Any:
+        """The SubmitWorkflow command, an ErrorRecord refusing it, or None while the registry
+        checks that every task could run on some registered worker."""
+        if not isinstance(workflow, Workflow):
+            return ErrorRecord("invalid_workflow", "the request carries no workflow")
+        try:
+            check_structure(workflow)
+        except WorkflowError as exc:
+            return ErrorRecord("invalid_workflow", str(exc))
+        if not self.addresses:
+            return SubmitWorkflow(workflow, event.now_ms)
+        shapes: dict[tuple, TaskRequirements] = {}
+        owners: dict[tuple, str] = {}
+        for task in workflow.tasks:
+            if task.is_noop:
+                continue
+            requirements = task.requirements
+            shape = (requirements.cpu, requirements.memory_mb, requirements.gpu,
+                     tuple(requirements.capabilities), requirements.group)
+            if shape not in shapes:
+                shapes[shape], owners[shape] = requirements, task.task_id
+        if not shapes:
+            return SubmitWorkflow(workflow, event.now_ms)
+        token = self._token()
+        self.fit_checks[token] = (event, session_key, [owners[shape] for shape in shapes])
+        self.client_commits[session_key] = [event.reply]
+        request = self._to_registry(event.now_ms)
+        request.fit_token, request.fit_checks = token, list(shapes.values())
+        return None
+
+    def _on_fit_checked(self, reply: RegistryReply) -> None:
+        waiting = self.fit_checks.pop(reply.fit_token, None)
+        if waiting is None:
+            return
+        event, session_key, owners = waiting
+        replies = self.client_commits.pop(session_key, [])
+        for task_id, problem in zip(owners, reply.fit_problems):
+            if problem:
+                refusal = ErrorRecord("unplaceable", f"task {task_id!r} can never run here: {problem}")
+                self._out.extend(Answer(each, refusal) for each in replies)
+                return
+        self.client_commits[session_key] = replies
+        self._out.append(ProposeClient(event.client_id, event.seq, SubmitWorkflow(event.body, event.now_ms)))
+
+    def _on_committed(self, event: Committed) -> None:
+        for reply in self.client_commits.pop((event.client_id, event.seq), []):
+            self._out.append(Answer(reply, event.outcome, event.error))
+
+    def _on_workers_query(self, event: WorkersQuery) -> None:
+        token = self._token()
+        self.queries[token] = event.reply
+        self._to_registry(0).table_token = token
+
+    def _on_queue_query(self, event: QueueQuery) -> None:
+        token = self._token()
+        self.queries[token] = event.reply
+        request = self._to_queue()
+        request.stats_token, request.now_ms = token, event.now_ms
+
+
+_HANDLERS = {
+    LeadershipChanged: DispatchState._on_leadership,
+    Applied: DispatchState._on_applied,
+    Hello: DispatchState._on_hello,
+    Heartbeat: DispatchState._on_heartbeat,
+    Goodbye: DispatchState._on_goodbye,
+    Reports: DispatchState._on_reports,
+    Tick: DispatchState._on_tick,
+    ClientRequest: DispatchState._on_client,
+    Committed: DispatchState._on_committed,
+    WorkersQuery: DispatchState._on_workers_query,
+    QueueQuery: DispatchState._on_queue_query,
+    QueueReply: DispatchState._on_queue_reply,
+    RegistryReply: DispatchState._on_registry_reply,
+}

@@ -1,0 +1,360 @@
+"""The scheduling policy, tested on the pure dispatch state (with the queue and registry services),
+in microseconds: placement, priorities on every path, retries, aging, draining, a worker's death,
+a leader change, locality, memory pressure, overload, result limits, and batching."""
+
+from __future__ import annotations
+
+from protocols.dispatch import DispatchConfig, LeadershipChanged
+from protocols.registry import HealthCheckConfig
+from tests.dispatchsim import DispatchSim, task
+
+RANKED = [("low", "low"), ("medium", "medium"), ("urgent", "urgent"), ("high", "high"), ("low2", "low")]
+EXPECTED = ["urgent", "high", "medium", "low", "low2"]
+
+
+def names(keys: list[str]) -> list[str]:
+    return [key.split("/", 1)[1] for key in keys]
+
+
+def ranked(deps=()):
+    return [task(name, deps, priority) for name, priority in RANKED]
+
+
+def run_one_at_a_time(sim: DispatchSim, worker_id: str, workflow_id: str, limit: int = 50) -> list[str]:
+    """Finish what ``worker_id`` runs, one task at a time, until it runs nothing; the order run."""
+    order = []
+    for _ in range(limit):
+        held = sim.holding(worker_id)
+        if not held:
+            return order
+        assert len(held) == 1
+        order.append(held[0].task_id)
+        sim.finish(worker_id, held[0].workflow_id, held[0].task_id)
+    raise AssertionError("still running after the limit")
+
+
+# --------------------------------------------------------------------------- placement
+
+
+def test_placement_checks_capabilities_group_and_free_resources():
+    sim = DispatchSim()
+    sim.worker("cpu", slots=4, cpu=4, memory_mb=1000)
+    sim.worker("gpu", slots=4, cpu=2, memory_mb=8000, gpus=2, group="gpus", capabilities=("cuda",))
+    sim.submit("wf", [task("needs-cuda", capabilities=("cuda",)), task("in-group", group="gpus"),
+                      task("big-memory", memory_mb=4000), task("many-cpus", cpu=3),
+                      task("two-gpus", gpu=2), task("plain")])
+    assert sim.running("gpu") == ["wf/needs-cuda", "wf/in-group", "wf/big-memory", "wf/two-gpus"]
+    assert sim.running("cpu") == ["wf/many-cpus", "wf/plain"]
+    env = {a.task_id: a.env for a in sim.assigned["gpu"]}
+    assert env["two-gpus"] == {"CUDA_VISIBLE_DEVICES": "0,1"} and env["plain" if False else "in-group"] == {}
+
+
+def test_gpu_tasks_run_only_on_gpu_workers_and_wait_for_a_free_gpu():
+    sim = DispatchSim()
+    sim.worker("cpu", slots=8)
+    sim.worker("gpu", slots=8, gpus=1)
+    sim.submit("wf", [task("g1", gpu=1), task("g2", gpu=1), task("c1")])
+    assert sim.running("gpu") == ["wf/g1"]
+    assert sim.state_of("wf", "g2") == "ready"
+    sim.finish("gpu", "wf", "g1")
+    assert sim.running("gpu") == ["wf/g2"]
+    assert all(a.task_id != "g2" for a in sim.assigned["cpu"])
+
+
+def test_an_unplaceable_task_is_refused_at_submit_with_the_reason():
+    sim = DispatchSim()
+    sim.worker("small", cpu=2, gpus=0)
+    ask = sim.submit("wf", [task("ok"), task("huge", gpu=4)])
+    assert ask.value.kind == "unplaceable" and "huge" in ask.value.message and "GPU" in ask.value.message
+    assert sim.control.workflows.get("wf") is None
+
+
+def test_a_task_that_fits_nowhere_now_does_not_stop_those_behind_it():
+    sim = DispatchSim()
+    sim.worker("w", slots=4, cpu=4)
+    sim.submit("wf-busy", [task("hog", cpu=3)])
+    sim.submit("wf", [task("wide", cpu=2, priority="urgent"), task("narrow", cpu=1, priority="low")])
+    assert sim.running("w") == ["wf-busy/hog", "wf/narrow"]
+    sim.finish("w", "wf-busy", "hog")
+    assert sim.running("w") == ["wf/narrow", "wf/wide"]
+
+
+# --------------------------------------------------------------------------- priorities, four paths
+
+
+def test_dispatch_round_takes_queued_tasks_by_priority():
+    sim = DispatchSim()
+    sim.worker("solo", slots=1)
+    sim.submit("wf-blocker", [task("block")])
+    sim.submit("wf", ranked())
+    sim.finish("solo", "wf-blocker", "block")
+    assert run_one_at_a_time(sim, "solo", "wf") == EXPECTED
+
+
+def test_fast_path_dependents_of_a_completion_run_by_priority():
+    sim = DispatchSim()
+    sim.worker("solo", slots=1)
+    sim.submit("wf", [task("block"), *ranked(("block",))])
+    sim.finish("solo", "wf", "block")
+    # urgent left with the completion, in the same entry as block's FinishTask
+    assert sim.rounds[-1] == ["wf/urgent"]
+    assert run_one_at_a_time(sim, "solo", "wf") == EXPECTED
+
+
+def test_fast_path_candidates_are_merged_with_the_queue_in_priority_order():
+    sim = DispatchSim()
+    sim.worker("solo", slots=1)
+    sim.submit("wf-a", [task("block"), task("child-low", ["block"], "low")])
+    sim.submit("wf-b", [task("queued-high", priority="high")])
+    sim.finish("solo", "wf-a", "block")
+    assert sim.running("solo") == ["wf-b/queued-high"]
+    sim.finish("solo", "wf-b", "queued-high")
+    assert sim.running("solo") == ["wf-a/child-low"]
+
+
+def test_a_requeued_task_after_a_worker_death_takes_its_place_by_priority():
+    health = HealthCheckConfig(heartbeat_interval_ms=1000, max_missed_heartbeats=3)
+    sim = DispatchSim(health=health)
+    sim.worker("doomed", slots=1)
+    sim.submit("wf-blocker", [task("block", priority="urgent")])
+    sim.advance(10)
+    sim.submit("wf", ranked())
+    sim.worker("heir", slots=0)  # registered, takes nothing yet
+    for _ in range(30):
+        sim.advance(100)
+        sim.heartbeat("heir")
+    assert sim.state_of("wf-blocker", "block") == "ready"
+    sim.worker("heir", slots=1)
+    order = run_one_at_a_time(sim, "heir", "wf")
+    # requeued after wf's urgent task had waited: FIFO among the two urgent ones
+    assert order == ["urgent", "block", *EXPECTED[1:]]
+    assert sim.control.workflows.get("wf-blocker").runs["block"].attempts == 2
+
+
+def test_a_new_leader_rebuilds_the_queue_in_priority_order():
+    sim = DispatchSim()
+    sim.worker("solo", slots=1)
+    sim.submit("wf-blocker", [task("block")])
+    sim.submit("wf", ranked())
+    sim.handle(LeadershipChanged(False, sim.control, sim.now_ms))
+    sim.handle(LeadershipChanged(True, sim.control, sim.now_ms))
+    ack = sim.heartbeat("solo", running=[["wf-blocker", "block", 1]])
+    assert ack.value.known is False
+    sim.worker("solo", slots=1)
+    sim.heartbeat("solo", running=[["wf-blocker", "block", 1]])
+    sim.finish("solo", "wf-blocker", "block")
+    assert run_one_at_a_time(sim, "solo", "wf") == EXPECTED
+
+
+# --------------------------------------------------------------------------- retries, aging, draining
+
+
+def test_retry_penalty_orders_a_retry_behind_a_fresh_task_of_the_same_priority():
+    sim = DispatchSim()
+    sim.worker("solo", slots=1)
+    sim.submit("wf", [task("block"), task("flaky", retries=1)])
+    sim.finish("solo", "wf", "block")
+    assert sim.running("solo") == ["wf/flaky"]
+    sim.submit("wf-fresh", [task("fresh")])
+    sim.finish("solo", "wf", "flaky", ok=False, error="boom")
+    assert sim.running("solo") == ["wf-fresh/fresh"]
+    sim.finish("solo", "wf-fresh", "fresh")
+    assert sim.running("solo") == ["wf/flaky"]
+    assert sim.control.workflows.get("wf").runs["flaky"].attempts == 2
+
+
+def test_aging_lets_a_long_waiting_low_task_pass_a_fresh_high_one():
+    sim = DispatchSim()
+    sim.worker("solo", slots=1)
+    sim.submit("wf-block", [task("block")])
+    sim.submit("wf-old", [task("old-low", priority="low")])
+    sim.now_ms += 51_000  # a low (250) task gains 10 points a second: 760 > 750 after 51 s
+    sim.submit("wf-new", [task("new-high", priority="high")])
+    sim.finish("solo", "wf-block", "block")
+    assert sim.running("solo") == ["wf-old/old-low"]
+
+
+def test_a_draining_worker_gets_no_new_tasks_and_its_refusals_are_requeued_without_a_failure():
+    sim = DispatchSim()
+    sim.worker("leaving", slots=2)
+    sim.worker("staying", slots=0)
+    sim.submit("wf", [task("a"), task("b")])
+    assert sorted(sim.running("leaving")) == ["wf/a", "wf/b"]
+    sim.heartbeat("leaving", draining=True)
+    attempt = sim.attempt_on("leaving", "wf", "b")
+    from protocols.tasks import ERROR_DRAINING, TaskFinished
+
+    sim.report("leaving", [TaskFinished("leaving", "wf", "b", attempt, False, None, None, ERROR_DRAINING, "", "", 0)])
+    assert sim.state_of("wf", "b") == "ready"
+    assert sim.control.workflows.get("wf").runs["b"].failures == 0
+    sim.finish("leaving", "wf", "a")
+    assert sim.running("leaving") == []
+    sim.worker("staying", slots=2)
+    assert sim.running("staying") == ["wf/b"]
+    assert [row["status"] for row in sim.workers()] == ["draining", "active"]
+
+
+def test_a_dead_workers_tasks_run_again_elsewhere_and_its_late_report_is_ignored():
+    sim = DispatchSim(health=HealthCheckConfig(heartbeat_interval_ms=100, max_missed_heartbeats=3))
+    sim.worker("a", slots=1)
+    sim.submit("wf", [task("t")])
+    assert sim.running("a") == ["wf/t"]
+    sim.worker("b", slots=1)
+    for _ in range(4):
+        sim.advance(100)
+        sim.heartbeat("b")
+    assert sim.running("b") == ["wf/t"]
+    sim.finish("a", "wf", "t")  # attempt 1, from the worker given up on
+    assert sim.state_of("wf", "t") == "running"
+    sim.finish("b", "wf", "t")
+    assert sim.state_of("wf", "t") == "completed"
+
+
+def test_a_goodbye_requeues_the_workers_running_tasks():
+    sim = DispatchSim()
+    sim.worker("a", slots=1)
+    sim.submit("wf", [task("t")])
+    sim.goodbye("a")
+    assert sim.state_of("wf", "t") == "ready"
+    assert [row["worker_id"] for row in sim.workers()] == []
+
+
+# --------------------------------------------------------------------------- leader changes
+
+
+def test_a_new_leader_keeps_claimed_runs_and_requeues_the_unclaimed_after_the_grace_period():
+    sim = DispatchSim(DispatchConfig(claim_grace_ms=3000))
+    sim.worker("w", slots=2)
+    sim.submit("wf", [task("claimed"), task("lost")])
+    sim.handle(LeadershipChanged(True, sim.control, sim.now_ms))
+    sim.worker("w", slots=2)
+    for _ in range(7):
+        sim.heartbeat("w", running=[["wf", "claimed", 1]])
+        sim.advance(500)
+        if sim.now_ms < 3000:
+            assert sim.control.workflows.get("wf").runs["lost"].attempts == 1
+    assert sim.state_of("wf", "claimed") == "running"
+    assert sim.state_of("wf", "lost") == "running"  # requeued, then placed on the free slot again
+    assert sim.control.workflows.get("wf").runs["lost"].attempts == 2
+    assert sim.running("w") == ["wf/claimed", "wf/lost"]
+
+
+def test_a_new_leader_adopts_a_run_whose_dispatch_never_committed():
+    sim = DispatchSim()
+    sim.auto_commit = False
+    sim.worker("w", slots=1)
+    sim.submit("wf", [task("t")])
+    sim.commit()  # the submission; its dispatch is proposed and sent, never committed
+    assert sim.proposals and sim.state_of("wf", "t") == "ready"
+    sim.proposals.clear()
+    sim.auto_commit = True
+    sim.handle(LeadershipChanged(True, sim.control, sim.now_ms))
+    sim.worker("w", slots=1)
+    sim.heartbeat("w", running=[["wf", "t", 1]])
+    assert sim.state_of("wf", "t") == "running"
+    assert sim.control.workflows.get("wf").runs["t"].attempts == 1
+    sim.finish("w", "wf", "t")
+    assert sim.state_of("wf", "t") == "completed"
+
+
+def test_a_follower_proposes_nothing():
+    sim = DispatchSim()
+    sim.handle(LeadershipChanged(False, sim.control, sim.now_ms))
+    sim.advance(1000)
+    assert sim.proposals == [] and sim.rounds == []
+
+
+# --------------------------------------------------------------------------- locality, pressure, load
+
+
+def test_a_task_prefers_the_worker_where_its_dependencies_ran_when_it_has_room():
+    sim = DispatchSim()
+    sim.worker("w1", slots=2)
+    sim.worker("w2", slots=2)
+    sim.submit("wf", [task("produce"), task("consume", ["produce"])])
+    producer = "w1" if sim.running("w1") else "w2"
+    sim.submit("wf-other", [task("busy")])  # least-loaded placement would now pick the other worker
+    sim.finish(producer, "wf", "produce", result="big")
+    assert "wf/consume" in sim.running(producer)
+    assignment = [a for a in sim.assigned[producer] if a.task_id == "consume"][0]
+    assert assignment.inputs == {"produce": "big"}
+
+
+def test_without_room_there_a_task_goes_to_the_same_group_before_a_less_loaded_worker():
+    sim = DispatchSim()
+    sim.worker("a-producer", slots=2, cpu=2, group="g", capabilities=("x",))
+    sim.worker("b-far", slots=4, cpu=4, group="other")
+    sim.worker("c-sibling", slots=4, cpu=4, group="g")
+    sim.submit("wf", [task("produce", capabilities=("x",)), task("hog", cpu=1, capabilities=("x",)),
+                      task("consume", ["produce"], cpu=2)])
+    assert sim.running("a-producer") == ["wf/produce", "wf/hog"]
+    sim.finish("a-producer", "wf", "produce")
+    assert sim.running("c-sibling") == ["wf/consume"]  # b-far, idle and first by id, is in another group
+
+
+def test_memory_pressure_stops_new_tasks_until_the_worker_recovers():
+    sim = DispatchSim()
+    sim.worker("w", slots=4)
+    sim.heartbeat("w", load={"memory_pressure": True, "memory_available_mb": 50})
+    sim.submit("wf", [task("t")])
+    assert sim.running("w") == [] and sim.state_of("wf", "t") == "ready"
+    assert sim.workers()[0]["memory_pressure"] is True
+    sim.heartbeat("w", load={"memory_pressure": False, "memory_available_mb": 900})
+    assert sim.running("w") == ["wf/t"]
+
+
+def test_least_loaded_placement_counts_cpu_load_as_well_as_slots():
+    sim = DispatchSim()
+    sim.worker("hot", slots=4)
+    sim.worker("cool", slots=4)
+    sim.heartbeat("hot", load={"cpu_percent": 95.0})
+    sim.heartbeat("cool", load={"cpu_percent": 5.0})
+    sim.submit("wf", [task("a"), task("b")])
+    assert sim.running("cool") == ["wf/a", "wf/b"]  # cool at 2/4 slots + 5% < hot at 0/4 + 95%
+
+
+def test_a_result_above_the_limit_fails_the_task_with_a_clear_error():
+    sim = DispatchSim(DispatchConfig(max_result_bytes=1000))
+    sim.worker("w", slots=1)
+    sim.submit("wf", [task("big"), task("after", ["big"])])
+    sim.finish("w", "wf", "big", result="x" * 5000)
+    run = sim.control.workflows.get("wf").runs["big"]
+    assert run.state.value == "failed" and run.result is None
+    assert "result too large: 5000 bytes, above the limit of 1000" in run.error
+    assert sim.state_of("wf", "after") == "skipped"
+
+
+# --------------------------------------------------------------------------- cancel, batching
+
+
+def test_cancelling_a_workflow_cancels_its_running_tasks_on_their_workers():
+    sim = DispatchSim()
+    sim.worker("w", slots=1)
+    sim.submit("wf", [task("t"), task("u")])
+    sim.cancel("wf")
+    assert sim.cancelled["w"] == [["wf", "t", 1]]
+    assert sim.state_of("wf", "u") == "cancelled"
+    sim.submit("wf2", [task("next")])
+    assert sim.running("w") == ["wf2/next"]
+
+
+def test_a_round_is_one_queue_request_one_registry_request_and_one_entry():
+    sim = DispatchSim()
+    for index in range(4):
+        sim.worker(f"w{index}", slots=4)
+    sim.submit("wf", [task(f"t{i}") for i in range(100)])
+    before = dict(sim.requests), len(sim.proposals), len(sim.rounds)
+    finished = [key for index in range(4) for key in sim.finish_all(f"w{index}")]
+    assert len(finished) == 16
+    # each batch of reports: one round (take, place, settle) and one Batch entry
+    assert sim.rounds[-4:] and all(len(keys) == 4 for keys in sim.rounds[-4:])
+    assert before[2] + 4 == len(sim.rounds)
+
+
+def test_queue_stats_count_by_priority_and_the_oldest_wait():
+    sim = DispatchSim()
+    sim.submit("wf", [task("a", priority="high"), task("b", priority="low"), task("c", priority=600)])
+    sim.now_ms += 1500
+    stats = sim.queue_stats()
+    assert stats["total"] == 3 and stats["oldest_wait_ms"] == 1500 and stats["oldest_task"] == "wf/a"
+    assert stats["by_priority"] == {"urgent": 0, "high": 1, "medium": 0, "low": 1, "600": 1}
