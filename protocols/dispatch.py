@@ -43,21 +43,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocols.dag import (
-    CancelWorkflow,
-    DispatchTask,
-    FinishTask,
-    RequeueTask,
-    SubmitWorkflow,
-    TaskState,
-    Workflow,
-    WorkflowError,
-    check_structure,
-    split_task_key,
-    task_key,
+from protocols.assignments import DEFAULT_MAX_RESULT_BYTES, TaskShapes, assignment, candidate, finish_command
+from protocols.client_commands import ClientCommands
+from protocols.dag import DispatchTask, FinishTask, RequeueTask, TaskState, split_task_key, task_key
+from protocols.dispatch_messages import (
+    Answer,
+    Applied,
+    Assign,
+    Cancel,
+    ClientRequest,
+    Committed,
+    Goodbye,
+    Heartbeat,
+    Hello,
+    LeadershipChanged,
+    Propose,
+    QueueQuery,
+    Reports,
+    Tick,
+    ToQueue,
+    ToRegistry,
+    WorkersQuery,
 )
-from protocols.rounds import Candidate, Queued, QueueReply, QueueRequest, RegistryReply, RegistryRequest
-from protocols.registry import TaskRequirements, WorkerInfo
+from protocols.rounds import Queued, QueueReply, QueueRequest, RegistryReply, RegistryRequest
 from protocols.tasks import (
     ERROR_CANCELLED,
     ERROR_DRAINING,
@@ -65,14 +73,11 @@ from protocols.tasks import (
     ReportsAccepted,
     TaskAssignment,
     TaskFinished,
-    WorkerHeartbeat,
     WorkerWelcome,
     attempt_key,
 )
-from protocols.wire import ErrorRecord, encode
 
 MAX_SCANNED = 64
-DEFAULT_MAX_RESULT_BYTES = 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -80,159 +85,6 @@ class DispatchConfig:
     claim_grace_ms: int = 3000  # a new leader requeues running tasks nobody claimed by then
     heartbeat_interval_ms: int = 1000  # told to workers in their welcome
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES  # a larger result fails its task
-
-
-# --------------------------------------------------------------------------- events
-
-
-@dataclass(slots=True)
-class LeadershipChanged:
-    is_leader: bool
-    control: Any  # the replicated ControlState: ``workflows`` and ``sessions`` are read
-    now_ms: int
-
-
-@dataclass(slots=True)
-class Applied:
-    items: list  # (index, command, result), in log order
-    now_ms: int
-
-
-@dataclass(slots=True)
-class Hello:
-    info: WorkerInfo
-    reply: Any
-    now_ms: int
-
-
-@dataclass(slots=True)
-class Heartbeat:
-    heartbeat: WorkerHeartbeat
-    reply: Any
-    now_ms: int
-
-
-@dataclass(slots=True)
-class Reports:
-    worker_id: str
-    reports: list  # TaskFinished
-    reply: Any
-    now_ms: int
-
-
-@dataclass(slots=True)
-class Goodbye:
-    worker_id: str
-    now_ms: int
-
-
-@dataclass(slots=True)
-class Tick:
-    now_ms: int
-
-
-@dataclass(slots=True)
-class ClientRequest:
-    """A client's command in its session: ``kind`` is ``"submit"`` (``body``: the workflow,
-    still to be checked) or ``"cancel"`` (``body``: the workflow id)."""
-
-    kind: str
-    client_id: str
-    seq: int
-    body: Any
-    reply: Any
-    now_ms: int
-
-
-@dataclass(slots=True)
-class Committed:
-    """The client command ``(client_id, seq)`` committed with ``outcome``, or failed (``error``:
-    (kind, message))."""
-
-    client_id: str
-    seq: int
-    outcome: Any = None
-    error: tuple | None = None
-
-
-@dataclass(slots=True)
-class WorkersQuery:
-    reply: Any
-
-
-@dataclass(slots=True)
-class QueueQuery:
-    reply: Any
-    now_ms: int
-
-
-# --------------------------------------------------------------------------- instructions
-
-
-@dataclass(slots=True)
-class Propose:
-    """Commit ``commands`` as one Batch entry; once committed, answer each ``(reply, value)``."""
-
-    commands: list
-    answers: list = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class ProposeClient:
-    """Commit a client's command in its session; tell ``Committed`` back when it did (or not)."""
-
-    client_id: str
-    seq: int
-    body: Any
-
-
-@dataclass(slots=True)
-class Assign:
-    worker_id: str
-    address: str
-    tasks: list  # TaskAssignment
-
-
-@dataclass(slots=True)
-class Cancel:
-    worker_id: str
-    address: str
-    tasks: list  # attempt keys
-
-
-@dataclass(slots=True)
-class Answer:
-    reply: Any
-    value: Any = None
-    error: tuple | None = None  # (kind, message): fail the ask instead
-
-
-@dataclass(slots=True)
-class ToQueue:
-    request: QueueRequest
-
-
-@dataclass(slots=True)
-class ToRegistry:
-    request: RegistryRequest
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def result_size(value: Any) -> int:
-    """About how many bytes ``value`` takes in the log (exact for anything but scalars)."""
-    kind = type(value)
-    if value is None or kind is bool or kind is int or kind is float:
-        return 9
-    if kind is bytes:
-        return len(value)
-    if kind is str and value.isascii():
-        return len(value)
-    try:
-        return len(encode(value))
-    except Exception:
-        return 0  # not encodable: the log refuses it on its own
 
 
 @dataclass(slots=True)
@@ -258,15 +110,14 @@ class DispatchState:
         self.is_leader = False
         self.control: Any = None
         self._next_id = 0
-        self._requirements: dict[tuple, TaskRequirements] = {}
+        self.shapes = TaskShapes()
         self._reset()
 
     def _reset(self) -> None:
         self.addresses: dict[str, str] = {}  # workers known to this leader -> where they listen
         self.dispatching: dict[str, tuple[str, int]] = {}  # key -> (worker, attempt), proposed, not applied
         self.unclaimed: dict[str, int] = {}  # running task key -> deadline_ms (after a leader change)
-        self.client_commits: dict[tuple[str, int], list] = {}  # (client, seq) -> asks waiting for its commit
-        self.fit_checks: dict[int, tuple] = {}  # token -> the submission waiting for the registry
+        self.clients = ClientCommands()
         self.queries: dict[int, Any] = {}  # token -> the ask waiting for the queue or registry
         self.free_slots = 0  # the registry's last word, plus the slots released since
         self.queued = 0  # an upper bound on the queue's depth (its last word, plus what was sent since)
@@ -328,9 +179,9 @@ class DispatchState:
         self.free_slots += 1
         self.blocked = False
 
-    def _enqueue(self, graph, task_id: str, now_ms: int, finishing: dict | None = None) -> Queued:
+    def _queued(self, graph, task_id: str, now_ms: int, finishing: dict | None = None) -> Queued:
         run = graph.runs[task_id]
-        return Queued(self._candidate(graph, task_id, finishing), graph.tasks[task_id].priority, now_ms, run.failures)
+        return Queued(candidate(graph, task_id, self.shapes, finishing), graph.tasks[task_id].priority, now_ms, run.failures)
 
     def _queue_ready(self, items: list[Queued]) -> None:
         if items:
@@ -339,36 +190,10 @@ class DispatchState:
             self.blocked = False
             self.wanted = True
 
-    def _requirements_of(self, task) -> TaskRequirements:
-        """``task.requirements``, shared between tasks of the same shape (made once, not per task)."""
-        resources = task.resources
-        shape = (resources.cpu, resources.memory_mb, resources.gpu, tuple(task.capabilities), task.group)
-        requirements = self._requirements.get(shape)
-        if requirements is None:
-            if len(self._requirements) > 1024:
-                self._requirements.clear()
-            requirements = self._requirements[shape] = task.requirements
-        return requirements
-
-    def _candidate(self, graph, task_id: str, finishing: dict | None) -> Candidate:
-        task = graph.tasks[task_id]
-        requirements = self._requirements_of(task)
-        prefer: list[str] = []
-        for dependency in task.dependencies:
-            if finishing is not None and dependency in finishing:
-                worker_id = finishing[dependency][1]
-            else:
-                worker_id = graph.runs[dependency].worker_id
-            if worker_id and worker_id not in prefer:
-                prefer.append(worker_id)
-        return Candidate(task_key(graph.workflow_id, task_id), requirements, tuple(prefer))
-
     # ------------------------------------------------------------------ leadership
 
     def _on_leadership(self, event: LeadershipChanged) -> None:
-        for waiters in self.client_commits.values():
-            for reply in waiters:
-                self._out.append(Answer(reply, error=("not_committed", "leadership changed; retry")))
+        self.clients.abandon(self._out)
         for current in (self.round, self.next):
             if current is not None:
                 for reply, _ in current.answers:
@@ -387,7 +212,7 @@ class DispatchState:
         for graph in self.workflows.graphs.values():
             if graph.is_workflow_completed():
                 continue
-            ready.extend(self._enqueue(graph, task_id, now_ms) for task_id in graph.get_ready_tasks())
+            ready.extend(self._queued(graph, task_id, now_ms) for task_id in graph.get_ready_tasks())
             for task_id, run in graph.runs.items():
                 if run.state is TaskState.RUNNING:
                     self.unclaimed[task_key(graph.workflow_id, task_id)] = now_ms + self.config.claim_grace_ms
@@ -430,7 +255,7 @@ class DispatchState:
                 workflow_id, task_id = split_task_key(key)
                 graph = workflows.get(workflow_id)
                 if graph is not None:
-                    ready.append(self._enqueue(graph, task_id, now_ms))
+                    ready.append(self._queued(graph, task_id, now_ms))
         if removes:
             self._to_queue().remove.extend(removes)
         self._queue_ready(ready)
@@ -485,12 +310,12 @@ class DispatchState:
             if run is not None and run.state is TaskState.RUNNING and run.attempts == number \
                     and run.worker_id == worker_id:
                 self.unclaimed.pop(key, None)
-                request.claims.append((worker_id, key, self._requirements_of(graph.tasks[task_id])))
+                request.claims.append((worker_id, key, self.shapes.of(graph.tasks[task_id])))
             elif run is not None and run.state is TaskState.READY and run.attempts + 1 == number \
                     and key not in self.dispatching:
                 # A dispatch the previous leader sent but never committed: adopt the run.
                 self._to_queue().remove.append(key)
-                request.claims.append((worker_id, key, self._requirements_of(graph.tasks[task_id])))
+                request.claims.append((worker_id, key, self.shapes.of(graph.tasks[task_id])))
                 self.dispatching[key] = (worker_id, number)
                 self._out.append(Propose([DispatchTask(workflow_id, task_id, number, worker_id, now_ms)]))
             elif key not in self.dispatching:
@@ -528,7 +353,7 @@ class DispatchState:
                 upcoming.commands.append(RequeueTask(report.workflow_id, report.task_id, report.attempt,
                                                      ERROR_DRAINING, now_ms))
                 continue
-            finish = self._finish_command(report, now_ms)
+            finish = finish_command(report, now_ms, self.config.max_result_bytes)
             upcoming.commands.append(finish)
             if current and finish.succeeded:
                 self._add_transients(graph, report.task_id, report.result, worker_id, upcoming, now_ms)
@@ -538,17 +363,6 @@ class DispatchState:
         upcoming.answers.append((event.reply, ReportsAccepted(counted)))
         upcoming.now_ms = max(upcoming.now_ms, now_ms)
         self.wanted = True
-
-    def _finish_command(self, report: TaskFinished, now_ms: int) -> FinishTask:
-        ok, result, error = report.ok, report.result, report.error
-        if ok and result is not None:
-            size = result_size(result)
-            if size > self.config.max_result_bytes:
-                ok, result = False, None
-                error = (f"result too large: {size} bytes, above the limit of {self.config.max_result_bytes} "
-                         "(--max-result-bytes on the masters); return a path or a key instead")
-        return FinishTask(report.workflow_id, report.task_id, report.attempt, ok, now_ms, report.exit_code,
-                          result, error, report.stdout_tail, report.stderr_tail)
 
     def _add_transients(self, graph, task_id: str, result: Any, worker_id: str, upcoming: _Round,
                         now_ms: int) -> None:
@@ -562,7 +376,7 @@ class DispatchState:
                 continue
             if all(dependency in finishing or runs[dependency].state is TaskState.COMPLETED
                    for dependency in tasks[child].dependencies):
-                upcoming.transient[key] = self._enqueue(graph, child, now_ms, finishing)
+                upcoming.transient[key] = self._queued(graph, child, now_ms, finishing)
 
     def _on_tick(self, event: Tick) -> None:
         if not self.is_leader:
@@ -643,7 +457,7 @@ class DispatchState:
         for worker_id in reply.lost:
             self._worker_lost(worker_id, "worker missed its heartbeats", reply.now_ms)
         if reply.fit_token:
-            self._on_fit_checked(reply)
+            self.clients.fit_checked(reply.fit_token, reply.fit_problems, self._out)
         if reply.table_token:
             waiting = self.queries.pop(reply.table_token, None)
             if waiting is not None:
@@ -675,7 +489,7 @@ class DispatchState:
             self.dispatching[key] = (placement.worker_id, attempt)
             dispatches.append(DispatchTask(workflow_id, task_id, attempt, placement.worker_id, now_ms))
             assignments.setdefault(placement.worker_id, []).append(
-                self._assignment(graph, task_id, attempt, placement.gpus, current.finishing.get(workflow_id)))
+                assignment(graph, task_id, attempt, placement.gpus, current.finishing.get(workflow_id)))
         returned = sum(1 for candidate in current.candidates
                        if candidate.key not in current.transient) - sum(
                            1 for key in leaving if key not in current.transient)
@@ -705,94 +519,16 @@ class DispatchState:
         if self.next.commands or self.next.transient:
             self.wanted = True
 
-    def _assignment(self, graph, task_id: str, attempt: int, gpus: list, finishing: dict | None) -> TaskAssignment:
-        task = graph.tasks[task_id]
-        env = {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in gpus)} if gpus else {}
-        results = graph.results
-        inputs = {dependency: finishing[dependency][0] if finishing and dependency in finishing
-                  else results.get(dependency) for dependency in task.dependencies}
-        return TaskAssignment(graph.workflow_id, task_id, attempt, task.command, task.call, list(task.args),
-                              dict(task.kwargs), task.agent, task.timeout_s, env, inputs)
-
-    # ------------------------------------------------------------------ clients
+    # ------------------------------------------------------------------ clients and queries
 
     def _on_client(self, event: ClientRequest) -> None:
-        sessions = self.control.sessions
-        status, previous = sessions.check(event.client_id, event.seq)
-        if status == sessions.DUPLICATE:
-            self._out.append(Answer(event.reply, previous))
-            return
-        if status == sessions.EXPIRED:
-            self._out.append(Answer(event.reply, ErrorRecord("session_expired", f"seq {event.seq} is too old")))
-            return
-        session_key = (event.client_id, event.seq)
-        waiting = self.client_commits.get(session_key)
-        if waiting is not None:
-            # A retry of a command still in flight waits for the same commit: a big workflow can
-            # take longer to log than the client's per-try timeout.
-            waiting.append(event.reply)
-            return
-        if event.kind == "submit":
-            body = self._submission(event.body, event, session_key)
-            if body is None:
-                return  # waiting for the registry's fit check
-        elif event.kind == "cancel" and isinstance(event.body, str):
-            body = CancelWorkflow(event.body, event.now_ms)
-        else:
-            body = ErrorRecord("bad_request", f"no client command {event.kind!r}")
-        if isinstance(body, ErrorRecord):
-            self._out.append(Answer(event.reply, body))
-            return
-        self.client_commits[session_key] = [event.reply]
-        self._out.append(ProposeClient(event.client_id, event.seq, body))
-
-    def _submission(self, workflow: Any, event: ClientRequest, session_key: tuple) -> Any:
-        """The SubmitWorkflow command, an ErrorRecord refusing it, or None while the registry
-        checks that every task could run on some registered worker."""
-        if not isinstance(workflow, Workflow):
-            return ErrorRecord("invalid_workflow", "the request carries no workflow")
-        try:
-            check_structure(workflow)
-        except WorkflowError as exc:
-            return ErrorRecord("invalid_workflow", str(exc))
-        if not self.addresses:
-            return SubmitWorkflow(workflow, event.now_ms)
-        shapes: dict[tuple, TaskRequirements] = {}
-        owners: dict[tuple, str] = {}
-        for task in workflow.tasks:
-            if task.is_noop:
-                continue
-            requirements = task.requirements
-            shape = (requirements.cpu, requirements.memory_mb, requirements.gpu,
-                     tuple(requirements.capabilities), requirements.group)
-            if shape not in shapes:
-                shapes[shape], owners[shape] = requirements, task.task_id
-        if not shapes:
-            return SubmitWorkflow(workflow, event.now_ms)
-        token = self._token()
-        self.fit_checks[token] = (event, session_key, [owners[shape] for shape in shapes])
-        self.client_commits[session_key] = [event.reply]
-        request = self._to_registry(event.now_ms)
-        request.fit_token, request.fit_checks = token, list(shapes.values())
-        return None
-
-    def _on_fit_checked(self, reply: RegistryReply) -> None:
-        waiting = self.fit_checks.pop(reply.fit_token, None)
-        if waiting is None:
-            return
-        event, session_key, owners = waiting
-        replies = self.client_commits.pop(session_key, [])
-        for task_id, problem in zip(owners, reply.fit_problems):
-            if problem:
-                refusal = ErrorRecord("unplaceable", f"task {task_id!r} can never run here: {problem}")
-                self._out.extend(Answer(each, refusal) for each in replies)
-                return
-        self.client_commits[session_key] = replies
-        self._out.append(ProposeClient(event.client_id, event.seq, SubmitWorkflow(event.body, event.now_ms)))
+        fit_check = self.clients.request(event, self.control.sessions, bool(self.addresses), self._out, self._token)
+        if fit_check is not None:
+            request = self._to_registry(event.now_ms)
+            request.fit_token, request.fit_checks = fit_check
 
     def _on_committed(self, event: Committed) -> None:
-        for reply in self.client_commits.pop((event.client_id, event.seq), []):
-            self._out.append(Answer(reply, event.outcome, event.error))
+        self.clients.committed(event, self._out)
 
     def _on_workers_query(self, event: WorkersQuery) -> None:
         token = self._token()

@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from protocols.dag import priority_name
 from protocols.queue import PriorityTaskQueue, QueueEntry, QueueStats
-from protocols.registry import HealthCheckConfig, PlacementError, TaskRequirements, WorkerInfo, WorkerRegistry
+from protocols.registry import HealthCheckConfig, PlacementError, TaskRequirements, WorkerRegistry
 
 
 @dataclass(slots=True)

@@ -19,15 +19,14 @@ from typing import Any
 
 from protocols.control import Batch, ClientCommand, ControlState
 from protocols.dag import TaskNode, TaskResources, Workflow, task_key
-from protocols.dispatch import (
+from protocols.dispatch import DispatchConfig, DispatchState
+from protocols.dispatch_messages import (
     Answer,
     Applied,
     Assign,
     Cancel,
     ClientRequest,
     Committed,
-    DispatchConfig,
-    DispatchState,
     Goodbye,
     Heartbeat,
     Hello,

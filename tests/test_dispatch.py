@@ -4,7 +4,8 @@ a leader change, locality, memory pressure, overload, result limits, and batchin
 
 from __future__ import annotations
 
-from protocols.dispatch import DispatchConfig, LeadershipChanged
+from protocols.dispatch import DispatchConfig
+from protocols.dispatch_messages import LeadershipChanged
 from protocols.registry import HealthCheckConfig
 from tests.dispatchsim import DispatchSim, task
 

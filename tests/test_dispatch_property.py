@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocols.dag import split_task_key
-from protocols.dispatch import LeadershipChanged
+from protocols.dispatch_messages import LeadershipChanged
 from protocols.queue import RETRY_PENALTY
 from protocols.registry import WorkerRegistry
 from tests.dispatchsim import DispatchSim, task
