@@ -58,6 +58,7 @@ from protocols.tasks import (
     WorkerHello,
     WorkerWelcome,
 )
+from protocols.views import workflow_document, workflow_list
 from protocols.wire import ErrorRecord, Redirect, Tick
 from protocols.workflow_run import TaskState
 from protocols.workflow_spec import Workflow, WorkflowError, check_structure, split_task_key, task_key
@@ -145,7 +146,7 @@ class SchedulerActor(Actor):
             return self._answer_client(message.client_id, message.seq,
                                        lambda: CancelWorkflow(message.workflow_id, monotonic_ms()))
         if kind is WorkflowStatusRequest:
-            return self.workflow_status(message.workflow_id, message.tasks)
+            return self.workflow_status(message.workflow_id, message.tasks, message.summary)
         if kind is WorkersRequest:
             return self.workers_table()
         return ErrorRecord("unknown_message", kind.__name__)
@@ -529,25 +530,13 @@ class SchedulerActor(Actor):
         commit.add_done_callback(done)
         return answer
 
-    def workflow_status(self, workflow_id: str | None, tasks: bool = True) -> Any:
+    def workflow_status(self, workflow_id: str | None, tasks: bool = True, summary: bool = False) -> Any:
         if workflow_id is None:
-            return [{"workflow_id": graph.workflow_id, "name": graph.workflow.name, "state": graph.state.value,
-                     "progress": graph.progress()} for graph in self.workflows.graphs.values()]
+            return workflow_list(self.workflows)
         graph = self.workflows.get(workflow_id)
         if graph is None:
             return ErrorRecord("unknown_workflow", f"no workflow {workflow_id!r}")
-        status = {"workflow_id": workflow_id, "name": graph.workflow.name, "state": graph.state.value,
-                  "progress": graph.progress()}
-        if not tasks:
-            return status
-        return {
-            **status,
-            "tasks": {task_id: {"state": run.state.value, "attempts": run.attempts, "worker": run.worker_id or None,
-                                "exit_code": run.exit_code, "error": run.error or None,
-                                "result": run.result, "stdout_tail": run.stdout_tail,
-                                "stderr_tail": run.stderr_tail}
-                      for task_id, run in graph.runs.items()},
-        }
+        return workflow_document(graph, tasks, summary)
 
     def workers_table(self) -> list[dict]:
         rows = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 # Each module registers its commands on import; the order here is the order of `agentflow --help`.
-from agentflow.cli import nodes, workflows, cluster, top, agents, locks, keys  # noqa: F401, I001
+from agentflow.cli import nodes, workflows, queue, cluster, top, agents, locks, keys  # noqa: F401, I001
 from agentflow.cli.common import app
 
 __all__ = ["app", "main", "master_main", "worker_main"]
