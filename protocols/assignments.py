@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocols.dag import FinishTask, TaskNode, task_key
+from protocols.workflow_spec import TaskNode, task_key
+from protocols.workflow_table import FinishTask
 from protocols.registry import TaskRequirements
 from protocols.rounds import Candidate
 from protocols.tasks import TaskAssignment, TaskFinished

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from protocols.dag import CancelWorkflow, SubmitWorkflow, Workflow, WorkflowError, check_structure
+from protocols.workflow_spec import Workflow, WorkflowError, check_structure
+from protocols.workflow_table import CancelWorkflow, SubmitWorkflow
 from protocols.dispatch_messages import Answer, ClientRequest, Committed, ProposeClient
 from protocols.registry import TaskRequirements
 from protocols.wire import ErrorRecord

@@ -45,7 +45,6 @@ from typing import Any
 
 from protocols.assignments import DEFAULT_MAX_RESULT_BYTES, TaskShapes, assignment, candidate, finish_command
 from protocols.client_commands import ClientCommands
-from protocols.dag import DispatchTask, FinishTask, RequeueTask, TaskState, split_task_key, task_key
 from protocols.dispatch_messages import (
     Answer,
     Applied,
@@ -76,6 +75,9 @@ from protocols.tasks import (
     WorkerWelcome,
     attempt_key,
 )
+from protocols.workflow_run import TaskState
+from protocols.workflow_spec import split_task_key, task_key
+from protocols.workflow_table import DispatchTask, FinishTask, RequeueTask
 
 MAX_SCANNED = 64
 

@@ -28,7 +28,7 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from protocols.dag import priority_name
+from protocols.workflow_spec import priority_name
 from protocols.queue import PriorityTaskQueue, QueueEntry, QueueStats
 from protocols.registry import HealthCheckConfig, PlacementError, TaskRequirements, WorkerRegistry
 

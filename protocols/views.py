@@ -11,7 +11,7 @@ longest chain of tasks not finished yet, which bounds how many more steps the wo
 
 from __future__ import annotations
 
-from protocols.dag import TaskDependencyGraph, TaskState
+from protocols.workflow_run import TaskDependencyGraph, TaskState
 
 SUMMARY_LIMIT = 20
 

@@ -41,7 +41,7 @@ from protocols.control import (
     WorkersRequest,
     WorkflowStatusRequest,
 )
-from protocols.dag import priority_value
+from protocols.workflow_spec import priority_value
 from protocols.names import RAFT_ACTOR, SCHEDULER_ACTOR
 from protocols.tasks import parse_master_urls as parse_endpoints
 from protocols.wire import ASK, ERROR, REPLY, DecodeError, ErrorRecord, Redirect, decode_frame, encode, encode_frame

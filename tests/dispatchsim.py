@@ -18,7 +18,7 @@ import collections
 from typing import Any
 
 from protocols.control import Batch, ClientCommand, ControlState
-from protocols.dag import TaskNode, TaskResources, Workflow, task_key
+from protocols.workflow_spec import TaskNode, TaskResources, Workflow, task_key
 from protocols.dispatch import DispatchConfig, DispatchState
 from protocols.dispatch_messages import (
     Answer,
@@ -49,7 +49,7 @@ from protocols.wire import encode
 def task(task_id: str, deps: tuple[str, ...] | list[str] = (), priority: str | int = "medium", *,
          cpu: float = 0.0, memory_mb: int = 0, gpu: int = 0, capabilities: tuple[str, ...] = (),
          group: str | None = None, retries: int = 0, command: str = "true") -> TaskNode:
-    from protocols.dag import priority_value
+    from protocols.workflow_spec import priority_value
 
     return TaskNode(task_id, command=command, priority=priority_value(priority), dependencies=list(deps),
                     resources=TaskResources(cpu, memory_mb, gpu), retries=retries,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocols.dag import split_task_key
+from protocols.workflow_spec import split_task_key
 from protocols.dispatch_messages import LeadershipChanged
 from protocols.queue import RETRY_PENALTY
 from protocols.registry import WorkerRegistry

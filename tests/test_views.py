@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from protocols.dag import TaskDependencyGraph, TaskNode, Workflow
+from protocols.workflow_run import TaskDependencyGraph
+from protocols.workflow_spec import TaskNode, Workflow
 from protocols.views import remaining_critical_path, workflow_document
 
 

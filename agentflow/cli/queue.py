@@ -26,7 +26,7 @@ def reprioritize(workflow_id: str = typer.Argument(...), task_id: str = typer.Ar
                  priority: str = typer.Argument(..., help="urgent, high, medium, low or an integer."),
                  master_url: Optional[str] = MasterUrl) -> None:
     """Change the priority of a task that has not finished (it keeps its place in time)."""
-    from protocols.dag import priority_name, priority_value
+    from protocols.workflow_spec import priority_name, priority_value
 
     try:
         value = priority_value(int(priority) if priority.lstrip("-").isdigit() else priority)
