@@ -1,7 +1,7 @@
 """Clients' commands on the leader: their sessions, retries in flight, and the checks they pass.
 
 Role: the part of the dispatch state (protocols/dispatch.py) that turns a client's request
-(submit, cancel) into the command to commit in its session, or the error refusing it, and
+(submit, cancel, reprioritize) into the command to commit in its session, or the error refusing it, and
 answers every ask that waits for that commit. Pure: instructions go into the list it is given.
 
 Rules:
@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from protocols.workflow_spec import Workflow, WorkflowError, check_structure
-from protocols.workflow_table import CancelWorkflow, SubmitWorkflow
+from protocols.workflow_table import CancelWorkflow, ReprioritizeTask, SubmitWorkflow
 from protocols.dispatch_messages import Answer, ClientRequest, Committed, ProposeClient
 from protocols.registry import TaskRequirements
 from protocols.wire import ErrorRecord
@@ -55,6 +55,8 @@ class ClientCommands:
                 fit_check = (token, [requirements for requirements, _ in shapes.values()])
         elif event.kind == "cancel" and isinstance(event.body, str):
             body = CancelWorkflow(event.body, event.now_ms)
+        elif event.kind == "reprioritize":
+            body = self._reprioritization(event.body)
         else:
             body = ErrorRecord("bad_request", f"no client command {event.kind!r}")
         if isinstance(body, ErrorRecord):
@@ -85,6 +87,18 @@ class ClientCommands:
                     if shape not in shapes:
                         shapes[shape] = (task.requirements, task.task_id)
         return SubmitWorkflow(workflow, event.now_ms), shapes
+
+    @staticmethod
+    def _reprioritization(body: Any) -> Any:
+        """``(workflow_id, task_id, priority)`` as the command that changes it (the table refuses
+        an unknown workflow or task, or one already finished)."""
+        try:
+            workflow_id, task_id, priority = body
+        except (TypeError, ValueError):
+            return ErrorRecord("bad_request", "reprioritize needs a workflow id, a task id and a priority")
+        if not (isinstance(workflow_id, str) and isinstance(task_id, str) and type(priority) is int):
+            return ErrorRecord("bad_request", "reprioritize needs a workflow id, a task id and a priority")
+        return ReprioritizeTask(workflow_id, task_id, priority)
 
     def fit_checked(self, token: int, problems: list, out: list) -> None:
         """The registry's answer to a fit check: propose the submission, or refuse it."""

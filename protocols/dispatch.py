@@ -64,6 +64,7 @@ from protocols.dispatch_messages import (
     ToRegistry,
     WorkersQuery,
 )
+from protocols.retention import RetentionPolicy
 from protocols.rounds import Queued, QueueReply, QueueRequest, RegistryReply, RegistryRequest
 from protocols.tasks import (
     ERROR_CANCELLED,
@@ -77,7 +78,7 @@ from protocols.tasks import (
 )
 from protocols.workflow_run import TaskState
 from protocols.workflow_spec import split_task_key, task_key
-from protocols.workflow_table import DispatchTask, FinishTask, RequeueTask
+from protocols.workflow_table import DispatchTask, FinishTask, ForgetWorkflow, ReprioritizeTask, RequeueTask
 
 MAX_SCANNED = 64
 
@@ -87,6 +88,7 @@ class DispatchConfig:
     claim_grace_ms: int = 3000  # a new leader requeues running tasks nobody claimed by then
     heartbeat_interval_ms: int = 1000  # told to workers in their welcome
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES  # a larger result fails its task
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)  # which finished workflows to forget
 
 
 @dataclass(slots=True)
@@ -120,6 +122,7 @@ class DispatchState:
         self.dispatching: dict[str, tuple[str, int]] = {}  # key -> (worker, attempt), proposed, not applied
         self.unclaimed: dict[str, int] = {}  # running task key -> deadline_ms (after a leader change)
         self.clients = ClientCommands()
+        self.forgetting: set[str] = set()  # workflows whose ForgetWorkflow is on its way
         self.queries: dict[int, Any] = {}  # token -> the ask waiting for the queue or registry
         self.free_slots = 0  # the registry's last word, plus the slots released since
         self.queued = 0  # an upper bound on the queue's depth (its last word, plus what was sent since)
@@ -248,6 +251,12 @@ class DispatchState:
                 # Only the current attempt frees its reservation (a stale report must not free the
                 # slot of a newer attempt of the same task on another worker).
                 self._to_registry(now_ms).releases.append(("", task_key(command.workflow_id, command.task_id)))
+            elif kind is ReprioritizeTask and result.get("ok"):
+                self._to_queue().reprioritize.append((task_key(command.workflow_id, command.task_id),
+                                                      command.priority))
+                self.blocked = False
+            elif kind is ForgetWorkflow:
+                self.forgetting.discard(command.workflow_id)
             for key in result.get("released", ()):
                 removes.append(key)
                 self._let_go(key, cancels, now_ms)
@@ -395,6 +404,10 @@ class DispatchState:
                 self._out.append(Propose(requeues))
         if not self.blocked and self.free_slots > 0 and self.queued > 0:
             self.wanted = True
+        forget = self.config.retention.to_forget(self.workflows.finished, now_ms, self.forgetting)
+        if forget:
+            self.forgetting.update(forget)
+            self._out.append(Propose([ForgetWorkflow(workflow_id) for workflow_id in forget]))
 
     def _worker_lost(self, worker_id: str, reason: str, now_ms: int) -> None:
         requeues = []

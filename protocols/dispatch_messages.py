@@ -68,7 +68,8 @@ class Tick:
 @dataclass(slots=True)
 class ClientRequest:
     """A client's command in its session: ``kind`` is ``"submit"`` (``body``: the workflow,
-    still to be checked) or ``"cancel"`` (``body``: the workflow id)."""
+    still to be checked), ``"cancel"`` (the workflow id) or ``"reprioritize"`` (the workflow
+    id, the task id and the new priority)."""
 
     kind: str
     client_id: str

@@ -193,6 +193,13 @@ class DispatchSim:
         self.handle(ClientRequest("cancel", "client", self.seq, workflow_id, ask, self.now_ms))
         return ask
 
+    def reprioritize(self, workflow_id: str, task_id: str, priority: int) -> Ask:
+        self.seq += 1
+        ask = Ask("reprioritize")
+        self.handle(ClientRequest("reprioritize", "client", self.seq, (workflow_id, task_id, priority), ask,
+                                  self.now_ms))
+        return ask
+
     def report(self, worker_id: str, reports: list[TaskFinished]) -> Ask:
         ask = Ask("reports")
         self.handle(Reports(worker_id, reports, ask, self.now_ms))
