@@ -31,10 +31,15 @@ from typing import Any
 from actors.agent_directory import AgentDirectoryActor
 from actors.lock import LockActor
 from actors.raft import SNAPSHOT_EVERY_ENTRIES, RaftActor
+from actors.queue import QueueActor
+from actors.registry import RegistryActor
 from actors.scheduler import SchedulerActor
-from protocols.names import AGENTS_ACTOR, LOCK_ACTOR, RAFT_ACTOR, SCHEDULER_ACTOR
+from protocols.assignments import DEFAULT_MAX_RESULT_BYTES
 from protocols.control import Join, StatusQuery, TransferLeadership
+from protocols.dispatch import DispatchConfig
+from protocols.names import AGENTS_ACTOR, LOCK_ACTOR, QUEUE_ACTOR, RAFT_ACTOR, REGISTRY_ACTOR, SCHEDULER_ACTOR
 from protocols.raft import RaftConfig
+from protocols.retention import DEFAULT_RETAIN_MS, DEFAULT_RETAIN_WORKFLOWS, RetentionPolicy
 from protocols.wire import ErrorRecord, Redirect
 from agentflow.addresses import advertised_address, parse_advertise, unresolved
 from runtime.client import parse_master_urls
@@ -73,11 +78,17 @@ class Master:
                  leader_url: str | None = None, data_dir: str | None = None, http_port: int | None = None,
                  pub_port: int | None = None, node_id: str | None = None, heartbeat_ms: int = 100,
                  election_timeout_ms: tuple[int, int] = (1000, 2000),
-                 snapshot_every_entries: int = SNAPSHOT_EVERY_ENTRIES, advertise: str | None = None) -> None:
+                 snapshot_every_entries: int = SNAPSHOT_EVERY_ENTRIES, advertise: str | None = None,
+                 retain_workflows: int = DEFAULT_RETAIN_WORKFLOWS, retain_s: float = DEFAULT_RETAIN_MS / 1000,
+                 max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> None:
         if mode not in ("leader", "master"):
             raise ValueError(f"--mode must be leader or master, not {mode!r}")
         if snapshot_every_entries < 1:
             raise ValueError("--snapshot-every must be at least 1")
+        if retain_workflows < 0 or retain_s < 0:
+            raise ValueError("--retain-workflows and --retain-s must not be negative")
+        if max_result_bytes < 1:
+            raise ValueError("--max-result-bytes must be at least 1")
         self.mode = mode
         self.leader_endpoints = parse_master_urls(leader_url) if leader_url else []
         advertise_host, advertise_port = advertised_address(host, parse_advertise(advertise))
@@ -96,7 +107,12 @@ class Master:
         self.raft = self.node.spawn(RaftActor, self.storage_path, raft_config, tick_s, bootstrap,
                                     self.http_port, snapshot_every_entries, name=RAFT_ACTOR, pinned=True)
         self.locks = self.node.spawn(LockActor, name=LOCK_ACTOR, pinned=True)  # watches "lock." applies
-        self.scheduler = self.node.spawn(SchedulerActor, name=SCHEDULER_ACTOR, pinned=True)
+        # The scheduler's two services first: it looks them up when it starts.
+        self.queue = self.node.spawn(QueueActor, name=QUEUE_ACTOR, pinned=True)
+        self.registry = self.node.spawn(RegistryActor, name=REGISTRY_ACTOR, pinned=True)
+        dispatch = DispatchConfig(max_result_bytes=max_result_bytes,
+                                  retention=RetentionPolicy(retain_workflows, int(retain_s * 1000)))
+        self.scheduler = self.node.spawn(SchedulerActor, config=dispatch, name=SCHEDULER_ACTOR, pinned=True)
         self.agents = self.node.spawn(AgentDirectoryActor, name=AGENTS_ACTOR, pinned=True)
         self.http = HttpServer(host, self.http_port, self.stats).start() if self.http_port else None
         log.info("Master %s serves on %s (http %s, data %s)", self.node_id, self.node.endpoint,

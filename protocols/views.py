@@ -7,6 +7,7 @@ and each task's error, result and output tails). The summary stays small whateve
 workflow's size: progress with the counts by state, the failed and the running tasks (at most
 ``limit`` of each, and how many there are), and the critical path's remaining part: the
 longest chain of tasks not finished yet, which bounds how many more steps the workflow takes.
+A workflow the retention policy forgot answers with its tombstone: final state, size, when.
 """
 
 from __future__ import annotations
@@ -33,6 +34,18 @@ def workflow_document(graph: TaskDependencyGraph, tasks: bool = True, summary: b
                       "exit_code": run.exit_code, "error": run.error or None, "result": run.result,
                       "stdout_tail": run.stdout_tail, "stderr_tail": run.stderr_tail}
             for task_id, run in graph.runs.items()}
+    return document
+
+
+def forgotten_document(workflow_id: str, tombstone: dict, tasks: bool = True) -> dict:
+    """A workflow the retention policy forgot: its final state and size, ``"forgotten": True``;
+    its tasks are gone (``"tasks": {}`` when asked for)."""
+    total = tombstone.get("tasks", 0)
+    document = {"workflow_id": workflow_id, "name": tombstone.get("name", ""), "state": tombstone.get("state"),
+                "forgotten": True, "finished_ms": tombstone.get("finished_ms"),
+                "progress": {"total": total, "finished": total, "fraction_done": 1.0, "counts": {}}}
+    if tasks:
+        document["tasks"] = {}
     return document
 
 

@@ -43,6 +43,11 @@ def master(
                                             help="Randomized election timeout range, MIN-MAX (the seed's: 5000-10000)."),
     snapshot_every: int = typer.Option(100_000, "--snapshot-every", envvar="AGENTFLOW_SNAPSHOT_EVERY",
                                        help="Snapshot the state and compact the log every N entries."),
+    retain_workflows: int = typer.Option(1000, "--retain-workflows",
+                                         help="Keep at most the N most recently finished workflows."),
+    retain_s: float = typer.Option(86_400.0, "--retain-s", help="Forget a finished workflow S seconds after it ended."),
+    max_result_bytes: int = typer.Option(1024 * 1024, "--max-result-bytes",
+                                         help="A task whose result is larger fails (results go through the Raft log)."),
 ) -> None:
     """Start a master (a member of the Raft group of the control plane)."""
     from agentflow.master import run_master
@@ -58,7 +63,8 @@ def master(
         code = run_master(mode=mode, port=port, host=host, leader_url=leader_url, data_dir=data_dir,
                           http_port=http_port, pub_port=pub_port, node_id=node_id, heartbeat_ms=heartbeat_ms,
                           election_timeout_ms=(int(low), int(high or low)), snapshot_every_entries=snapshot_every,
-                          advertise=advertise)
+                          advertise=advertise, retain_workflows=retain_workflows, retain_s=retain_s,
+                          max_result_bytes=max_result_bytes)
     except ValueError as exc:
         fail(str(exc))
     except (zmq.ZMQError, OSError) as exc:
