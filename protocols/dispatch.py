@@ -66,6 +66,7 @@ from protocols.dispatch_messages import (
 )
 from protocols.retention import RetentionPolicy
 from protocols.rounds import Queued, QueueReply, QueueRequest, RegistryReply, RegistryRequest
+from protocols.running import RunningIndex
 from protocols.tasks import (
     ERROR_CANCELLED,
     ERROR_DRAINING,
@@ -121,6 +122,7 @@ class DispatchState:
         self.addresses: dict[str, str] = {}  # workers known to this leader -> where they listen
         self.dispatching: dict[str, tuple[str, int]] = {}  # key -> (worker, attempt), proposed, not applied
         self.unclaimed: dict[str, int] = {}  # running task key -> deadline_ms (after a leader change)
+        self.running = RunningIndex()  # where each running task runs, as applied
         self.clients = ClientCommands()
         self.forgetting: set[str] = set()  # workflows whose ForgetWorkflow is on its way
         self.queries: dict[int, Any] = {}  # token -> the ask waiting for the queue or registry
@@ -220,7 +222,9 @@ class DispatchState:
             ready.extend(self._queued(graph, task_id, now_ms) for task_id in graph.get_ready_tasks())
             for task_id, run in graph.runs.items():
                 if run.state is TaskState.RUNNING:
-                    self.unclaimed[task_key(graph.workflow_id, task_id)] = now_ms + self.config.claim_grace_ms
+                    key = task_key(graph.workflow_id, task_id)
+                    self.unclaimed[key] = now_ms + self.config.claim_grace_ms
+                    self.running.running(key, run.worker_id or "", run.attempts)
         self._queue_ready(ready)
 
     # ------------------------------------------------------------------ applied commands
@@ -245,12 +249,16 @@ class DispatchState:
                     self.free_slots += 1
                     cancels.setdefault(command.worker_id, []).append(
                         [command.workflow_id, command.task_id, command.attempt])
-                elif not ours:
+                    continue
+                self.running.running(key, command.worker_id, command.attempt)
+                if not ours:
                     removes.append(key)  # queued here before a previous leader's dispatch of it committed
             elif (kind is FinishTask or kind is RequeueTask) and result.get("ok"):
                 # Only the current attempt frees its reservation (a stale report must not free the
                 # slot of a newer attempt of the same task on another worker).
-                self._to_registry(now_ms).releases.append(("", task_key(command.workflow_id, command.task_id)))
+                key = task_key(command.workflow_id, command.task_id)
+                self._to_registry(now_ms).releases.append(("", key))
+                self.running.not_running(key)
             elif kind is ReprioritizeTask and result.get("ok"):
                 self._to_queue().reprioritize.append((task_key(command.workflow_id, command.task_id),
                                                       command.priority))
@@ -260,6 +268,7 @@ class DispatchState:
             for key in result.get("released", ()):
                 removes.append(key)
                 self._let_go(key, cancels, now_ms)
+                self.running.not_running(key)
             for key in result.get("ready", ()):
                 if key in self.dispatching:
                     continue  # dispatched in the same entry (a transient candidate)
@@ -332,6 +341,17 @@ class DispatchState:
             elif key not in self.dispatching:
                 cancel.append([workflow_id, task_id, number])
         self._out.append(Answer(event.reply, HeartbeatAck(True, cancel)))
+        self._reconcile(worker_id, heartbeat.running, now_ms)
+
+    def _reconcile(self, worker_id: str, held: list, now_ms: int) -> None:
+        """Requeue what the log says runs on this worker and it no longer holds (protocols/running.py)."""
+        if worker_id not in self.running.on_worker:
+            return
+        listed = {key for key in map(attempt_key, held) if key is not None}
+        requeues = [command for key in self.running.lost(worker_id, listed)
+                    for command in self._requeue(key, "its worker does not have it", now_ms)]
+        if requeues:
+            self._out.append(Propose(requeues))
 
     def _on_goodbye(self, event: Goodbye) -> None:
         if event.worker_id in self.addresses:
@@ -411,12 +431,8 @@ class DispatchState:
 
     def _worker_lost(self, worker_id: str, reason: str, now_ms: int) -> None:
         requeues = []
-        for graph in self.workflows.graphs.values():
-            if graph.is_workflow_completed():
-                continue
-            for task_id, run in graph.runs.items():
-                if run.state is TaskState.RUNNING and run.worker_id == worker_id:
-                    requeues.extend(self._requeue(task_key(graph.workflow_id, task_id), reason, now_ms))
+        for key in self.running.tasks_on(worker_id):
+            requeues.extend(self._requeue(key, reason, now_ms))
         if requeues:
             self._out.append(Propose(requeues))
 

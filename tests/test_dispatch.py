@@ -223,21 +223,39 @@ def test_a_goodbye_requeues_the_workers_running_tasks():
 # --------------------------------------------------------------------------- leader changes
 
 
-def test_a_new_leader_keeps_claimed_runs_and_requeues_the_unclaimed_after_the_grace_period():
+def test_a_new_leader_keeps_claimed_runs_and_requeues_the_unlisted_and_the_unclaimed():
     sim = DispatchSim(DispatchConfig(claim_grace_ms=3000))
-    sim.worker("w", slots=2)
-    sim.submit("wf", [task("claimed"), task("lost")])
+    sim.worker("w", slots=2, capabilities=("y",))
+    sim.worker("zz-gone", slots=1, capabilities=("x",))
+    sim.submit("wf", [task("claimed", capabilities=("y",)), task("lost", capabilities=("y",)),
+                      task("orphan", capabilities=("x",))])
+    assert sim.running("zz-gone") == ["wf/orphan"] and sorted(sim.running("w")) == ["wf/claimed", "wf/lost"]
     sim.handle(LeadershipChanged(True, sim.control, sim.now_ms))
-    sim.worker("w", slots=2)
-    for _ in range(7):
-        sim.heartbeat("w", running=[["wf", "claimed", 1]])
-        sim.advance(500)
-        if sim.now_ms < 3000:
-            assert sim.control.workflows.get("wf").runs["lost"].attempts == 1
-    assert sim.state_of("wf", "claimed") == "running"
-    assert sim.state_of("wf", "lost") == "running"  # requeued, then placed on the free slot again
-    assert sim.control.workflows.get("wf").runs["lost"].attempts == 2
-    assert sim.running("w") == ["wf/claimed", "wf/lost"]
+    sim.worker("w", slots=2, capabilities=("y",))  # zz-gone never comes back
+    attempts = lambda task_id: sim.control.workflows.get("wf").runs[task_id].attempts  # noqa: E731
+    sim.heartbeat("w", running=[["wf", "claimed", 1]])
+    assert attempts("lost") == 1  # one heartbeat may have left before an assignment arrived
+    sim.advance(1000)
+    sim.heartbeat("w", running=[["wf", "claimed", 1]])
+    assert attempts("lost") == 2 and "wf/lost" in sim.running("w")  # requeued, and placed again
+    assert attempts("orphan") == 1
+    for _ in range(3):
+        sim.advance(1000)
+        sim.heartbeat("w", running=[list(a.key) for a in sim.holding("w")])
+    assert attempts("claimed") == 1 and sim.state_of("wf", "orphan") == "ready"  # its worker never came back
+
+
+def test_a_task_its_worker_does_not_have_is_requeued_after_two_heartbeats():
+    sim = DispatchSim()
+    sim.worker("w", slots=1)
+    sim.submit("wf", [task("t")])
+    assert sim.running("w") == ["wf/t"]  # the assignment is lost on the way: w never lists it
+    sim.heartbeat("w", running=[])
+    sim.heartbeat("w", running=[])
+    run = sim.control.workflows.get("wf").runs["t"]
+    assert run.attempts == 2 and run.state.value == "running" and run.failures == 0
+    sim.finish("w", "wf", "t")
+    assert sim.state_of("wf", "t") == "completed"
 
 
 def test_a_new_leader_adopts_a_run_whose_dispatch_never_committed():
