@@ -79,6 +79,7 @@ class DispatchSim:
         self.proposals: list[Any] = []  # Propose / ProposeClient not committed yet
         self.assigned: dict[str, list] = collections.defaultdict(list)  # worker -> every assignment, in order
         self.cancelled: dict[str, list] = collections.defaultdict(list)
+        self._latest: dict[str, dict] = collections.defaultdict(dict)  # worker -> task -> its last assignment
         self.rounds: list[list[str]] = []  # the keys each proposal dispatched, in order
         self.requests = collections.Counter()  # "queue" / "registry" requests sent
         self.seq = 0
@@ -124,6 +125,9 @@ class DispatchSim:
                     self.rounds.append(dispatched)
         elif kind is Assign:
             self.assigned[instruction.worker_id].extend(instruction.tasks)
+            latest = self._latest[instruction.worker_id]
+            for assignment in instruction.tasks:
+                latest[(assignment.workflow_id, assignment.task_id)] = assignment
         elif kind is Cancel:
             self.cancelled[instruction.worker_id].extend(instruction.tasks)
         elif kind is Answer:
@@ -239,12 +243,15 @@ class DispatchSim:
     def holding(self, worker_id: str) -> list:
         """The attempts assigned to ``worker_id`` that are still running on it, as the log says."""
         held = []
-        for assignment in self.assigned[worker_id]:
+        latest = self._latest[worker_id]
+        for task, assignment in list(latest.items()):
             graph = self.control.workflows.get(assignment.workflow_id)
             run = graph.runs[assignment.task_id] if graph else None
             if run is not None and run.state.value == "running" and run.attempts == assignment.attempt \
                     and run.worker_id == worker_id:
                 held.append(assignment)
+            elif run is None or run.state.is_finished:
+                del latest[task]
         return held
 
     def running(self, worker_id: str) -> list[str]:
