@@ -40,6 +40,7 @@ Rules:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +83,8 @@ from protocols.workflow_spec import split_task_key, task_key
 from protocols.workflow_table import DispatchTask, FinishTask, ForgetWorkflow, ReprioritizeTask, RequeueTask
 
 MAX_SCANNED = 64
+
+scheduler_log = logging.getLogger("agentflow.scheduler")
 
 
 @dataclass(slots=True)
@@ -504,6 +507,7 @@ class DispatchState:
         assignments: dict[str, list[TaskAssignment]] = {}
         leaving: list[str] = []
         now_ms = current.now_ms
+        debug = scheduler_log.isEnabledFor(logging.DEBUG)
         for placement in reply.placed:
             key = placement.key
             leaving.append(key)
@@ -519,6 +523,8 @@ class DispatchState:
             attempt = run.attempts + 1
             self.dispatching[key] = (placement.worker_id, attempt)
             dispatches.append(DispatchTask(workflow_id, task_id, attempt, placement.worker_id, now_ms))
+            if debug:
+                scheduler_log.debug("Task %s dispatched to %s", key, placement.worker_id)
             assignments.setdefault(placement.worker_id, []).append(
                 assignment(graph, task_id, attempt, placement.gpus, current.finishing.get(workflow_id)))
         returned = sum(1 for candidate in current.candidates

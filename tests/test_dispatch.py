@@ -377,3 +377,22 @@ def test_queue_stats_count_by_priority_and_the_oldest_wait():
     stats = sim.queue_stats()
     assert stats["total"] == 3 and stats["oldest_wait_ms"] == 1500 and stats["oldest_task"] == "wf/a"
     assert stats["by_priority"] == {"urgent": 0, "high": 1, "medium": 0, "low": 1, "600": 1}
+
+
+def test_the_per_task_lines_are_logged_at_debug_and_an_unhealthy_worker_at_info(caplog):
+    import logging
+
+    sim = DispatchSim(health=HealthCheckConfig(heartbeat_interval_ms=100, max_missed_heartbeats=3))
+    sim.worker("w", slots=1)
+    with caplog.at_level(logging.DEBUG, logger="agentflow"):
+        sim.submit("wf", [task("a"), task("b", ["a"])])
+        sim.finish("w", "wf", "a")
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert "Task wf/a dispatched to w" in debug and "Task wf/b dispatched to w" in debug
+    assert "Task b is ready (all dependencies completed)" in debug
+    assert any(line.startswith("Worker w selected (least loaded: 0% of slots") for line in debug)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="agentflow"):
+        sim.advance(400)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records if "unhealthy" in r.getMessage()] == [
+        (logging.INFO, "Worker w marked as unhealthy after 3 failures")]
