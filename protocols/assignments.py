@@ -8,8 +8,9 @@ becomes (with the result size limit). Pure.
 Rules:
 
 * Locality: a task prefers the workers where its dependencies ran (their results are there),
-  the worker that ran most of them first, then dependency order; the registry takes the first
-  preferred worker with room, else one in its group, else the least loaded.
+  or those its ``locality:`` hint names, the worker that ran most of them first, then
+  dependency order (``locality: none``: no preference); the registry takes the first preferred
+  worker with room, else one in its group, else the least loaded.
 * A result larger than ``max_result_bytes`` (as encoded for the log) is not logged: the task
   fails with an error that says so and what to do instead (retries apply as for any failure).
 """
@@ -56,7 +57,7 @@ def candidate(graph, task_id: str, shapes: TaskShapes, finishing: Finishing | No
 
 def preferred_workers(graph, task: TaskNode, finishing: Finishing | None) -> tuple:
     counts: dict[str, int] = {}
-    for dependency in task.dependencies:
+    for dependency in task.dependencies if task.locality is None else task.locality:
         if finishing is not None and dependency in finishing:
             worker_id = finishing[dependency][1]
         else:

@@ -48,12 +48,13 @@ from protocols.wire import encode
 
 def task(task_id: str, deps: tuple[str, ...] | list[str] = (), priority: str | int = "medium", *,
          cpu: float = 0.0, memory_mb: int = 0, gpu: int = 0, capabilities: tuple[str, ...] = (),
-         group: str | None = None, retries: int = 0, command: str = "true") -> TaskNode:
+         group: str | None = None, retries: int = 0, command: str = "true",
+         locality: list | None = None) -> TaskNode:
     from protocols.workflow_spec import priority_value
 
     return TaskNode(task_id, command=command, priority=priority_value(priority), dependencies=list(deps),
                     resources=TaskResources(cpu, memory_mb, gpu), retries=retries,
-                    capabilities=list(capabilities), group=group)
+                    capabilities=list(capabilities), group=group, locality=locality)
 
 
 class Ask:

@@ -396,3 +396,17 @@ def test_the_per_task_lines_are_logged_at_debug_and_an_unhealthy_worker_at_info(
         sim.advance(400)
     assert [(r.levelno, r.getMessage()) for r in caplog.records if "unhealthy" in r.getMessage()] == [
         (logging.INFO, "Worker w marked as unhealthy after 3 failures")]
+
+
+def test_a_locality_hint_picks_which_dependencies_to_follow_or_none():
+    sim = DispatchSim()
+    sim.worker("w1", slots=4, capabilities=("one",))
+    sim.worker("w2", slots=4, capabilities=("two",))
+    sim.submit("wf", [task("small", capabilities=("one",)), task("big", capabilities=("two",)),
+                      task("hog1", capabilities=("two",)), task("hog2", capabilities=("two",)),
+                      task("follow-big", ["small", "big"], locality=["big"]),
+                      task("anywhere", ["big"], locality=[])])
+    sim.finish("w1", "wf", "small")
+    sim.finish("w2", "wf", "big")
+    assert "wf/follow-big" in sim.running("w2")  # where big ran, though w2 is the busier
+    assert sim.running("w1") == ["wf/anywhere"]  # no preference: the least loaded
