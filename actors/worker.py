@@ -26,6 +26,9 @@ Rules of this module:
   ``WorkerGoodbye`` and exit 0 (exit 1 if some reports were still unaccepted after
   ``report_grace_s``). A second signal kills the running tasks and exits 1. The goodbye is a
   tell, so it is best effort: a master that misses it sees the heartbeats stop.
+* Results of its tasks from 16 KiB up are kept (``ResultCache``, 256 MiB by default, oldest
+  out first) for the later tasks the scheduler places here on purpose (data locality): their
+  assignments name them in ``local_inputs`` instead of carrying them.
 * Nothing is logged per task at info level.
 """
 
@@ -33,13 +36,15 @@ from __future__ import annotations
 
 import collections
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
+from protocols.assignments import DEFAULT_RESULT_CACHE_BYTES, ResultCache
 from protocols.names import SCHEDULER_ACTOR
 from protocols.registry import WorkerInfo
 from protocols.tasks import (
     ERROR_DRAINING,
+    ERROR_INPUTS_MISSING,
     AssignTasks,
     AttemptKey,
     CancelTasks,
@@ -84,6 +89,7 @@ class WorkerConfig:
     ask_timeout_s: float | None = None
     kill_grace_s: float = DEFAULT_KILL_GRACE_S
     report_grace_s: float = 10.0
+    result_cache_bytes: int = DEFAULT_RESULT_CACHE_BYTES  # results kept for later tasks here (locality)
 
 
 # Messages the worker tells itself (local only, never on the wire).
@@ -131,6 +137,7 @@ class WorkerActor(Actor):
         self.waiting: collections.deque[TaskAssignment] = collections.deque()
         self.running: dict[AttemptKey, TaskAssignment] = {}
         self.unacked: dict[AttemptKey, TaskFinished] = {}  # reports not yet accepted, in order
+        self.results = ResultCache(config.result_cache_bytes)
         self.in_flight = {"hello": False, "heartbeat": False}  # reports count their batches instead
         self.reports_sent: set = set()  # keys of unacknowledged reports on their way to a master
         self.report_batches_in_flight = 0
@@ -218,11 +225,26 @@ class WorkerActor(Actor):
             if not isinstance(task, TaskAssignment) or task.key in held:
                 continue  # a duplicate assignment: the attempt is already ours
             held.add(task.key)
+            if task.local_inputs:
+                task = self._with_local_inputs(task, refused)
+            if task is None:
+                continue
             if self.draining:
                 refused.append(finished_now(self.worker_id, task, False, ERROR_DRAINING))
             else:
                 self.waiting.append(task)
         self._start_waiting(refused)
+
+    def _with_local_inputs(self, task: TaskAssignment, refused: list[TaskFinished]) -> TaskAssignment | None:
+        """The assignment with the results it names in ``local_inputs`` taken from this worker's
+        cache; None (and an ERROR_INPUTS_MISSING report: it is sent again in full) if one is gone."""
+        inputs = dict(task.inputs)
+        for dependency in task.local_inputs:
+            if (task.workflow_id, dependency) not in self.results:
+                refused.append(finished_now(self.worker_id, task, False, ERROR_INPUTS_MISSING))
+                return None
+            inputs[dependency] = self.results.get(task.workflow_id, dependency)
+        return replace(task, inputs=inputs, local_inputs=[])
 
     def _start_waiting(self, reports: list[TaskFinished]) -> None:
         """Start waiting attempts while slots are free; report the ones that ended at once."""
@@ -240,6 +262,8 @@ class WorkerActor(Actor):
     def _on_finished(self, reports: list[TaskFinished]) -> None:
         for report in reports:
             self.running.pop(report.key, None)
+            if report.ok and report.result is not None:
+                self.results.put(report.workflow_id, report.task_id, report.result)
         self._add_reports(reports)
         self._start_waiting([])
         self._check_drained()

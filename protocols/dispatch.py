@@ -71,6 +71,7 @@ from protocols.running import RunningIndex
 from protocols.tasks import (
     ERROR_CANCELLED,
     ERROR_DRAINING,
+    ERROR_INPUTS_MISSING,
     HeartbeatAck,
     ReportsAccepted,
     TaskAssignment,
@@ -126,6 +127,7 @@ class DispatchState:
         self.dispatching: dict[str, tuple[str, int]] = {}  # key -> (worker, attempt), proposed, not applied
         self.unclaimed: dict[str, int] = {}  # running task key -> deadline_ms (after a leader change)
         self.running = RunningIndex()  # where each running task runs, as applied
+        self.ship_inputs: set[str] = set()  # tasks to send with every input (their worker had lost some)
         self.clients = ClientCommands()
         self.forgetting: set[str] = set()  # workflows whose ForgetWorkflow is on its way
         self.queries: dict[int, Any] = {}  # token -> the ask waiting for the queue or registry
@@ -272,6 +274,7 @@ class DispatchState:
                 removes.append(key)
                 self._let_go(key, cancels, now_ms)
                 self.running.not_running(key)
+                self.ship_inputs.discard(key)
             for key in result.get("ready", ()):
                 if key in self.dispatching:
                     continue  # dispatched in the same entry (a transient candidate)
@@ -383,9 +386,12 @@ class DispatchState:
             if report.error == ERROR_CANCELLED:
                 continue  # we cancelled it: a stale attempt or a cancelled workflow, not a failure
             counted += 1
-            if report.error == ERROR_DRAINING:
+            if report.error == ERROR_DRAINING or report.error == ERROR_INPUTS_MISSING:
+                # It never ran: back to the queue without a failure (sent again with every input).
+                if report.error == ERROR_INPUTS_MISSING:
+                    self.ship_inputs.add(key)
                 upcoming.commands.append(RequeueTask(report.workflow_id, report.task_id, report.attempt,
-                                                     ERROR_DRAINING, now_ms))
+                                                     report.error, now_ms))
                 continue
             finish = finish_command(report, now_ms, self.config.max_result_bytes)
             upcoming.commands.append(finish)
@@ -526,7 +532,9 @@ class DispatchState:
             if debug:
                 scheduler_log.debug("Task %s dispatched to %s", key, placement.worker_id)
             assignments.setdefault(placement.worker_id, []).append(
-                assignment(graph, task_id, attempt, placement.gpus, current.finishing.get(workflow_id)))
+                assignment(graph, task_id, attempt, placement.worker_id, placement.gpus,
+                           current.finishing.get(workflow_id), ship_all=key in self.ship_inputs))
+            self.ship_inputs.discard(key)
         returned = sum(1 for candidate in current.candidates
                        if candidate.key not in current.transient) - sum(
                            1 for key in leaving if key not in current.transient)

@@ -410,3 +410,21 @@ def test_a_locality_hint_picks_which_dependencies_to_follow_or_none():
     sim.finish("w2", "wf", "big")
     assert "wf/follow-big" in sim.running("w2")  # where big ran, though w2 is the busier
     assert sim.running("w1") == ["wf/anywhere"]  # no preference: the least loaded
+
+
+def test_a_big_input_made_on_the_same_worker_stays_there_and_is_sent_in_full_if_it_was_lost():
+    from protocols.tasks import ERROR_INPUTS_MISSING, TaskFinished
+
+    sim = DispatchSim()
+    sim.worker("w", slots=2)
+    sim.submit("wf", [task("big"), task("small"), task("use", ["big", "small"])])
+    sim.finish("w", "wf", "small", result="tiny")
+    sim.finish("w", "wf", "big", result="x" * 100_000)
+    first = [a for a in sim.assigned["w"] if a.task_id == "use"][-1]
+    assert first.local_inputs == ["big"] and first.inputs == {"small": "tiny"}
+    sim.report("w", [TaskFinished("w", "wf", "use", first.attempt, False, None, None, ERROR_INPUTS_MISSING,
+                                  "", "", 0)])
+    again = [a for a in sim.assigned["w"] if a.task_id == "use"][-1]
+    assert again.attempt == first.attempt + 1 and again.local_inputs == []
+    assert again.inputs == {"big": "x" * 100_000, "small": "tiny"}
+    assert sim.control.workflows.get("wf").runs["use"].failures == 0

@@ -80,3 +80,15 @@ def test_claims_reserve_what_workers_run_and_fit_checks_explain_refusals():
                                            fit_checks=[NEEDS, TaskRequirements(gpu=1)]))
     assert reply.free_slots == 0
     assert reply.fit_token == 3 and reply.fit_problems[0] is None and "GPU" in reply.fit_problems[1]
+
+
+def test_a_result_cache_keeps_big_results_up_to_its_bound_oldest_out_first():
+    from protocols.assignments import LOCAL_INPUT_MIN_BYTES, ResultCache
+
+    cache = ResultCache(max_bytes=3 * LOCAL_INPUT_MIN_BYTES)
+    cache.put("wf", "small", "x")  # small results travel in assignments: not kept
+    for name in ("a", "b", "c", "d"):
+        cache.put("wf", name, "y" * LOCAL_INPUT_MIN_BYTES)
+    assert ("wf", "small") not in cache and ("wf", "a") not in cache
+    assert [name for name in "bcd" if ("wf", name) in cache] == ["b", "c", "d"]
+    assert cache.bytes == 3 * LOCAL_INPUT_MIN_BYTES and cache.get("wf", "d") == "y" * LOCAL_INPUT_MIN_BYTES
