@@ -26,6 +26,9 @@ Rules of this module:
   ``WorkerGoodbye`` and exit 0 (exit 1 if some reports were still unaccepted after
   ``report_grace_s``). A second signal kills the running tasks and exits 1. The goodbye is a
   tell, so it is best effort: a master that misses it sees the heartbeats stop.
+* Memory pressure: each heartbeat samples the memory available to it (runtime/resources.py,
+  ``MemoryWatch``) and says whether it is under pressure; entering it retires the idle task
+  processes (and keeps none after its task) until it recovers; the scheduler sends nothing new.
 * Results of its tasks from 16 KiB up are kept (``ResultCache``, 256 MiB by default, oldest
   out first) for the later tasks the scheduler places here on purpose (data locality): their
   assignments name them in ``local_inputs`` instead of carrying them.
@@ -68,7 +71,7 @@ from runtime.executor import DEFAULT_KILL_GRACE_S, TaskExecutor, finished_now
 from runtime.future import AskTimeout, RemoteError
 from runtime.log import get_logger
 from runtime.node import Ref
-from runtime.resources import current_load
+from runtime.resources import MemoryWatch, current_load, default_pressure_threshold_mb
 
 log = get_logger("worker")
 
@@ -90,6 +93,7 @@ class WorkerConfig:
     kill_grace_s: float = DEFAULT_KILL_GRACE_S
     report_grace_s: float = 10.0
     result_cache_bytes: int = DEFAULT_RESULT_CACHE_BYTES  # results kept for later tasks here (locality)
+    memory_pressure_mb: int | None = None  # under this much available memory: pressure (None: 10%, <= 512 MB)
 
 
 # Messages the worker tells itself (local only, never on the wire).
@@ -138,6 +142,9 @@ class WorkerActor(Actor):
         self.running: dict[AttemptKey, TaskAssignment] = {}
         self.unacked: dict[AttemptKey, TaskFinished] = {}  # reports not yet accepted, in order
         self.results = ResultCache(config.result_cache_bytes)
+        memory_mb = config.info.resources.memory_mb
+        self.memory = MemoryWatch(memory_mb, config.memory_pressure_mb if config.memory_pressure_mb is not None
+                                  else default_pressure_threshold_mb(memory_mb))
         self.in_flight = {"hello": False, "heartbeat": False}  # reports count their batches instead
         self.reports_sent: set = set()  # keys of unacknowledged reports on their way to a master
         self.report_batches_in_flight = 0
@@ -351,9 +358,22 @@ class WorkerActor(Actor):
 
     def _send_heartbeat(self) -> None:
         if not self.in_flight["heartbeat"] and not self.drained:
-            load = current_load(len(self.running))
+            was_pressed = self.memory.under_pressure
+            load = current_load(len(self.running), self.memory)
+            if self.memory.under_pressure != was_pressed:
+                self._on_memory_pressure(load["memory_available_mb"])
             self.in_flight["heartbeat"] = True
             self._ask_master("heartbeat", WorkerHeartbeat(self.worker_id, self.held(), load, self.draining))
+
+    def _on_memory_pressure(self, available_mb: int) -> None:
+        pressed = self.memory.under_pressure
+        retired = self.executor.recycle_processes(pressed) if self.executor is not None else 0
+        if pressed:
+            log.info("Worker %s under memory pressure (%d MB available, under %d MB): %d idle task processes "
+                     "retired, no new tasks until it recovers", self.worker_id, available_mb,
+                     self.memory.threshold_mb, retired)
+        else:
+            log.info("Worker %s recovered from memory pressure (%d MB available)", self.worker_id, available_mb)
 
     def _send_reports(self) -> None:
         """Send the reports not on their way yet, in batches; up to MAX_REPORT_BATCHES_IN_FLIGHT wait

@@ -89,6 +89,12 @@ def worker(
     advertise: Optional[str] = Advertise,
     port: int = typer.Option(0, "--port", envvar="AGENTFLOW_PORT",
                              help="Where to listen for the masters' assignments. Default: any free port."),
+    memory_pressure_mb: Optional[int] = typer.Option(
+        None, "--memory-pressure-mb", envvar="WORKER_MEMORY_PRESSURE_MB",
+        help="Under this much available memory take no new tasks and retire idle task processes "
+             "(default: 10% of --memory-mb, at most 512)."),
+    result_cache_mb: int = typer.Option(256, "--result-cache-mb", envvar="WORKER_RESULT_CACHE_MB",
+                                        help="Results kept here for later tasks placed here (data locality)."),
 ) -> None:
     """Start a worker that runs tasks for the cluster."""
     from agentflow.worker import run_worker
@@ -98,7 +104,8 @@ def worker(
     raise typer.Exit(run_worker(master_url or "127.0.0.1:6767", cpu_cores=cpu_cores, memory_mb=memory_mb,
                                 gpu_count=gpu_count, group=group, capabilities=capability,
                                 max_concurrent_tasks=max_concurrent_tasks, worker_id=worker_id,
-                                host=host, port=port, advertise=advertise))
+                                host=host, port=port, advertise=advertise, memory_pressure_mb=memory_pressure_mb,
+                                result_cache_mb=result_cache_mb))
 
 
 @app.command()

@@ -90,6 +90,11 @@ def last_line(text: str | None) -> str:
 
 def print_status(status_doc: dict) -> None:
     """The summary (when the document has one), then the task table (when it has the tasks)."""
+    if status_doc.get("forgotten"):
+        typer.echo(f"{status_doc['workflow_id']}: {status_doc['state']}, then forgotten "
+                   f"({status_doc['progress']['total']:,} tasks; the masters keep the most recently finished "
+                   "workflows: --retain-workflows, --retain-s)")
+        return
     if "summary" in status_doc:
         print_summary(status_doc)
     if "tasks" in status_doc:
@@ -144,7 +149,7 @@ def status(workflow_id: Optional[str] = typer.Argument(None),
 
     def summary_and_table(client) -> dict:
         status_doc = client.workflow_status(workflow_id, tasks=all_tasks, summary=True)
-        if not all_tasks and status_doc["progress"]["total"] <= SMALL_WORKFLOW_TASKS:
+        if not all_tasks and not status_doc.get("forgotten") and status_doc["progress"]["total"] <= SMALL_WORKFLOW_TASKS:
             status_doc["tasks"] = client.workflow_status(workflow_id)["tasks"]
         return status_doc
 
