@@ -12,27 +12,13 @@ memory with another actor: what it knows comes in requests, what it says goes ou
 
 from __future__ import annotations
 
-from typing import Any
-
 from protocols.names import SCHEDULER_ACTOR
 from protocols.rounds import QueueRequest, QueueService
-from protocols.wire import ErrorRecord
-from runtime.actor import Actor
+from runtime.actor import ServiceActor
 
 
-class QueueActor(Actor):
+class QueueActor(ServiceActor):
+    request_type = QueueRequest
+
     def __init__(self, aging_ms_per_point: int | None = None, reply_to: str = SCHEDULER_ACTOR) -> None:
-        super().__init__()
-        self.service = QueueService(aging_ms_per_point)
-        self.reply_to = reply_to
-        self._scheduler = None
-
-    def receive(self, message: Any) -> Any:
-        if type(message) is not QueueRequest:
-            return ErrorRecord("unknown_message", type(message).__name__)
-        reply = self.service.handle(message)
-        if reply is not None:
-            if self._scheduler is None:
-                self._scheduler = self.node.lookup((self.node.node_id, self.reply_to))
-            self._scheduler.tell(reply)
-        return None
+        super().__init__(QueueService(aging_ms_per_point), reply_to)

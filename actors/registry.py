@@ -13,27 +13,14 @@ memory with another actor: what it knows comes in requests, what it says goes ou
 
 from __future__ import annotations
 
-from typing import Any
-
 from protocols.names import SCHEDULER_ACTOR
 from protocols.registry import HealthCheckConfig
 from protocols.rounds import RegistryRequest, RegistryService
-from protocols.wire import ErrorRecord
-from runtime.actor import Actor
+from runtime.actor import ServiceActor
 
 
-class RegistryActor(Actor):
+class RegistryActor(ServiceActor):
+    request_type = RegistryRequest
+
     def __init__(self, health: HealthCheckConfig | None = None, reply_to: str = SCHEDULER_ACTOR) -> None:
-        super().__init__()
-        self.service = RegistryService(health)
-        self.reply_to = reply_to
-        self._scheduler = None
-
-    def receive(self, message: Any) -> Any:
-        if type(message) is not RegistryRequest:
-            return ErrorRecord("unknown_message", type(message).__name__)
-        reply = self.service.handle(message)
-        if self._scheduler is None:
-            self._scheduler = self.node.lookup((self.node.node_id, self.reply_to))
-        self._scheduler.tell(reply)
-        return None
+        super().__init__(RegistryService(health), reply_to)

@@ -1,41 +1,37 @@
 """The scheduler's decisions as a pure state machine: events in, instructions out.
 
 Role: ``DispatchState`` is what the SchedulerActor runs (in the style of distributed's
-worker_state_machine): the actor turns what arrives (workers' hellos, heartbeats and reports,
-clients' requests, applied commands, leadership changes, ticks, the queue's and the registry's
-replies) into the events below, calls ``handle(event)`` for each, then ``flush()`` once per batch
-of messages, and carries out the instructions it gets back: ``Propose`` to the Raft log,
-``Assign``/``Cancel`` to workers, ``Answer`` an ask, ``ToQueue``/``ToRegistry`` (one request each
-at most per flush, see protocols/rounds.py). It holds no clock, socket or thread. It reads the
-replicated state it is handed (the workflow table and the client sessions) and never writes it.
+worker_state_machine): the actor makes an event (protocols/dispatch_messages.py) of everything
+that arrives, calls ``handle(event)`` for each and ``flush()`` once per batch of messages, and
+carries out the instructions it gets back: ``Propose`` to the Raft log, ``Assign``/``Cancel``
+to workers, ``Answer`` an ask, ``ToQueue``/``ToRegistry`` (one request each at most per flush,
+protocols/rounds.py). No clock, socket or thread; it reads the replicated state it is handed
+(the workflow table, the client sessions) and never writes it.
 
 Rules:
 
-* Every change of a task's state is a committed command (SubmitWorkflow, DispatchTask,
-  FinishTask, RequeueTask, CancelWorkflow); this state proposes them and reacts to what they did
-  (``Applied``). A task's assignment leaves with its DispatchTask proposal (one commit less per
-  hop); the attempt number is the one the entry will commit, and only that attempt can complete
-  the task: a late report of an older one is ignored. If the leader dies before the entry
-  commits, the next leader adopts the run when the worker reports it, or runs the task again
-  (at least once).
-* Every dispatch takes the highest-priority ready tasks that fit, in the queue's order
-  (priority, aging, retry penalty, then FIFO), on every path: a dispatch round, the dispatch
-  that leaves with a report's completion (the tasks that completion makes ready are merged
-  into the queue's order as *transient* candidates, so the chain costs one commit per hop),
-  a requeue, a new leader's rebuild. A candidate that fits nowhere does not stop the ones
-  behind it; a round looks at no more than ``MAX_SCANNED`` of them (or 4 per free slot).
+* Every change of a task's state is a committed command that this state proposes; it reacts
+  to what they did (``Applied``). An assignment leaves with its DispatchTask proposal (one
+  commit less per hop); only the attempt the entry commits can complete the task. If the
+  leader dies before the entry commits, the next adopts the run when the worker reports it,
+  or runs the task again (at least once).
+* Every dispatch takes the highest-ranked ready tasks that fit, in the queue's order
+  (priority, aging, retry penalty, then FIFO), on every path: a round, the dispatch that leaves
+  with a report's completion (the tasks it makes ready join the queue's order as *transient*
+  candidates, so a chain costs one commit per hop), a requeue, a new leader's rebuild. One
+  that fits nowhere does not stop those behind it; a round looks at ``MAX_SCANNED`` at most
+  (or 4 per free slot).
 * Rounds: one in flight at a time (take from the queue, place with the registry, then one
-  Batch entry of finishes and DispatchTasks, one AssignTasks per worker). Reports and ready
-  tasks that arrive meanwhile wait for the next. A reported attempt frees its slot at once,
-  before its completion commits. A round is not retried while nothing changed since one that
-  could place nothing (``blocked``): aging never reorders queued tasks, so a tick alone cannot.
-* Soft state lives on the leader only: what is being dispatched, running tasks to be claimed,
-  the free-slot count the registry last gave plus the slots released since. A new leader
-  rebuilds the queue from the replicated task states, learns workers again from their
-  heartbeats (``known=False`` makes them say hello), and requeues running tasks nobody claims
-  within ``claim_grace_ms``.
-* A task runs on a worker; the design leaves room for other kinds (an agent's task would be an
-  instruction of its own, sent where the agent lives), decided in ``_assignment``.
+  Batch entry of finishes and DispatchTasks, one AssignTasks per worker); what arrives
+  meanwhile waits for the next. A reported attempt frees its slot at once. A round that could
+  place nothing is not retried until something changed (``blocked``): aging never reorders
+  queued tasks, so a tick alone cannot.
+* Soft state lives on the leader: what is being dispatched, where tasks run (running.py), the
+  free slots the registry last gave plus those released since. A new leader rebuilds the
+  queue from the replicated states, learns workers from their heartbeats (``known=False``
+  makes them say hello), requeues running tasks nobody claims within ``claim_grace_ms``.
+* A task runs on a worker; another kind (an agent's task) would be an instruction of its own,
+  decided where ``assignment`` is.
 """
 
 from __future__ import annotations
@@ -46,39 +42,14 @@ from typing import Any
 
 from protocols.assignments import DEFAULT_MAX_RESULT_BYTES, TaskShapes, assignment, candidate, finish_command
 from protocols.client_commands import ClientCommands
-from protocols.dispatch_messages import (
-    Answer,
-    Applied,
-    Assign,
-    Cancel,
-    ClientRequest,
-    Committed,
-    Goodbye,
-    Heartbeat,
-    Hello,
-    LeadershipChanged,
-    Propose,
-    QueueQuery,
-    Reports,
-    Tick,
-    ToQueue,
-    ToRegistry,
-    WorkersQuery,
-)
+from protocols.dispatch_messages import (Answer, Applied, Assign, Cancel, ClientRequest, Committed, Goodbye,
+    Heartbeat, Hello, LeadershipChanged, Propose, QueueQuery, Reports, Tick, ToQueue, ToRegistry,
+    WorkersQuery)
 from protocols.retention import RetentionPolicy
 from protocols.rounds import Queued, QueueReply, QueueRequest, RegistryReply, RegistryRequest
 from protocols.running import RunningIndex
-from protocols.tasks import (
-    ERROR_CANCELLED,
-    ERROR_DRAINING,
-    ERROR_INPUTS_MISSING,
-    HeartbeatAck,
-    ReportsAccepted,
-    TaskAssignment,
-    TaskFinished,
-    WorkerWelcome,
-    attempt_key,
-)
+from protocols.tasks import (ERROR_CANCELLED, ERROR_DRAINING, ERROR_INPUTS_MISSING, HeartbeatAck,
+    ReportsAccepted, TaskAssignment, TaskFinished, WorkerWelcome, attempt_key)
 from protocols.workflow_run import TaskState
 from protocols.workflow_spec import split_task_key, task_key
 from protocols.workflow_table import DispatchTask, FinishTask, ForgetWorkflow, ReprioritizeTask, RequeueTask
