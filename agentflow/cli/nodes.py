@@ -43,10 +43,11 @@ def master(
                                             help="Randomized election timeout range, MIN-MAX (the seed's: 5000-10000)."),
     snapshot_every: int = typer.Option(100_000, "--snapshot-every", envvar="AGENTFLOW_SNAPSHOT_EVERY",
                                        help="Snapshot the state and compact the log every N entries."),
-    retain_workflows: int = typer.Option(1000, "--retain-workflows",
+    retain_workflows: int = typer.Option(1000, "--retain-workflows", envvar="AGENTFLOW_RETAIN_WORKFLOWS",
                                          help="Keep at most the N most recently finished workflows."),
-    retain_s: float = typer.Option(86_400.0, "--retain-s", help="Forget a finished workflow S seconds after it ended."),
-    max_result_bytes: int = typer.Option(1024 * 1024, "--max-result-bytes",
+    retain_s: float = typer.Option(86_400.0, "--retain-s", envvar="AGENTFLOW_RETAIN_S",
+                                   help="Forget a finished workflow S seconds after it ended."),
+    max_result_bytes: int = typer.Option(1024 * 1024, "--max-result-bytes", envvar="AGENTFLOW_MAX_RESULT_BYTES",
                                          help="A task whose result is larger fails (results go through the Raft log)."),
 ) -> None:
     """Start a master (a member of the Raft group of the control plane)."""
