@@ -4,8 +4,8 @@ Role: owns the ``WorkerRegistry`` (through ``protocols.rounds.RegistryService``)
 heartbeats and load (memory pressure included), health checks, drains and goodbyes, resource
 reservations, placing a dispatch round's candidates, fit checks for submissions, the workers'
 table. Its one client is the scheduler, which sends it at most one ``RegistryRequest`` per batch
-of messages it handles; every request is answered with a ``RegistryReply`` (it carries the free
-slots back), told to the scheduler of this node.
+of messages it handles; a request that may change the free capacity (more than releases) or
+asks something is answered with a ``RegistryReply``, told to the scheduler of this node.
 
 Rules: spawned pinned, beside the scheduler, so a round costs no thread hand-off; it shares no
 memory with another actor: what it knows comes in requests, what it says goes out in replies.

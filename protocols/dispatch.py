@@ -100,6 +100,7 @@ class DispatchState:
         self.unclaimed: dict[str, int] = {}  # running task key -> deadline_ms (after a leader change)
         self.running = RunningIndex()  # where each running task runs, as applied
         self.ship_inputs: set[str] = set()  # tasks to send with every input (their worker had lost some)
+        self.released: set[str] = set()  # tasks whose slot their report freed, their finish not applied yet
         self.clients = ClientCommands()
         self.forgetting: set[str] = set()  # workflows whose ForgetWorkflow is on its way
         self.queries: dict[int, Any] = {}  # token -> the ask waiting for the queue or registry
@@ -112,6 +113,7 @@ class DispatchState:
         self.wanted = False
         self._out: list = []
         self._queue_request: QueueRequest | None = None
+        self._settle_later = 0  # a round whose loan all left: settled by the next queue request
         self._registry_request: RegistryRequest | None = None
 
     # ------------------------------------------------------------------ the interface
@@ -131,8 +133,13 @@ class DispatchState:
         if self._queue_request is not None:
             out.append(ToQueue(self._queue_request))
             self._queue_request = None
-        if self._registry_request is not None:
-            out.append(ToRegistry(self._registry_request))
+        request = self._registry_request
+        # Releases wait for the placement of a round under way (they go first in it): one
+        # message to the registry per round, not two.
+        if request is not None and (self.round is None or self.round.candidates or request.hellos
+                                    or request.heartbeats or request.goodbyes or request.check_health
+                                    or request.fit_token or request.table_token or request.reset):
+            out.append(ToRegistry(request))
             self._registry_request = None
         return out
 
@@ -144,7 +151,8 @@ class DispatchState:
 
     def _to_queue(self) -> QueueRequest:
         if self._queue_request is None:
-            self._queue_request = QueueRequest()
+            self._queue_request = QueueRequest(settle_round=self._settle_later)
+            self._settle_later = 0
         return self._queue_request
 
     def _to_registry(self, now_ms: int) -> RegistryRequest:
@@ -159,6 +167,9 @@ class DispatchState:
         return self._next_id
 
     def _release(self, worker_id: str, key: str, now_ms: int) -> None:
+        """Free a task's reservation (``worker_id`` "": wherever it is held). Counted as a free
+        slot at once: the registry does not answer releases (an upper bound; its next answer
+        corrects it)."""
         self._to_registry(now_ms).releases.append((worker_id, key))
         self.free_slots += 1
         self.blocked = False
@@ -222,8 +233,7 @@ class DispatchState:
                 key = task_key(command.workflow_id, command.task_id)
                 ours = self.dispatching.pop(key, None) is not None
                 if not result.get("ok"):
-                    self._to_registry(now_ms).releases.append((command.worker_id, key))
-                    self.free_slots += 1
+                    self._release(command.worker_id, key, now_ms)
                     cancels.setdefault(command.worker_id, []).append(
                         [command.workflow_id, command.task_id, command.attempt])
                     continue
@@ -234,8 +244,13 @@ class DispatchState:
                 # Only the current attempt frees its reservation (a stale report must not free the
                 # slot of a newer attempt of the same task on another worker).
                 key = task_key(command.workflow_id, command.task_id)
-                self._to_registry(now_ms).releases.append(("", key))
+                if key in self.released:
+                    self.released.discard(key)  # its slot was freed when its report came
+                else:
+                    self._release("", key, now_ms)
                 self.running.not_running(key)
+            elif kind is FinishTask or kind is RequeueTask:
+                self.released.discard(task_key(command.workflow_id, command.task_id))
             elif kind is ReprioritizeTask and result.get("ok"):
                 self._to_queue().reprioritize.append((task_key(command.workflow_id, command.task_id),
                                                       command.priority))
@@ -269,7 +284,7 @@ class DispatchState:
         if run is None or not run.worker_id:
             return
         cancels.setdefault(run.worker_id, []).append([workflow_id, task_id, run.attempts])
-        self._to_registry(now_ms).releases.append(("", key))
+        self._release("", key, now_ms)
 
     def _cancel(self, worker_id: str, keys: list) -> None:
         address = self.addresses.get(worker_id)
@@ -308,7 +323,8 @@ class DispatchState:
             if run is not None and run.state is TaskState.RUNNING and run.attempts == number \
                     and run.worker_id == worker_id:
                 self.unclaimed.pop(key, None)
-                request.claims.append((worker_id, key, self.shapes.of(graph.tasks[task_id])))
+                if key not in self.released:  # (a reported one's slot is free already)
+                    request.claims.append((worker_id, key, self.shapes.of(graph.tasks[task_id])))
             elif run is not None and run.state is TaskState.READY and run.attempts + 1 == number \
                     and key not in self.dispatching:
                 # A dispatch the previous leader sent but never committed: adopt the run.
@@ -355,6 +371,7 @@ class DispatchState:
                 or self.dispatching.get(key) == (worker_id, report.attempt))
             if current:
                 self._release(worker_id, key, now_ms)
+                self.released.add(key)
             if report.error == ERROR_CANCELLED:
                 continue  # we cancelled it: a stale attempt or a cancelled workflow, not a failure
             counted += 1
@@ -499,8 +516,7 @@ class DispatchState:
             wanted = run is not None and key not in self.dispatching and (
                 run.state is TaskState.READY or (run.state is TaskState.PENDING and key in current.transient))
             if not wanted:
-                self._to_registry(now_ms).releases.append((placement.worker_id, key))
-                self.free_slots += 1
+                self._release(placement.worker_id, key, now_ms)
                 continue
             attempt = run.attempts + 1
             self.dispatching[key] = (placement.worker_id, attempt)
@@ -511,13 +527,15 @@ class DispatchState:
                 assignment(graph, task_id, attempt, placement.worker_id, placement.gpus,
                            current.finishing.get(workflow_id), ship_all=key in self.ship_inputs))
             self.ship_inputs.discard(key)
-        returned = sum(1 for candidate in current.candidates
-                       if candidate.key not in current.transient) - sum(
-                           1 for key in leaving if key not in current.transient)
-        self.queued += max(0, returned)
-        if current.candidates:
+        placed = set(leaving)
+        returning = [candidate.key for candidate in current.candidates
+                     if candidate.key not in placed and candidate.key not in current.transient]
+        self.queued += len(returning)
+        if returning or self._queue_request is not None:
             request = self._to_queue()
-            request.settle_round, request.settle_keys = current.round_id, leaving
+            request.settle_round, request.settle_return = current.round_id, returning
+        elif current.candidates:
+            self._settle_later = current.round_id  # nothing goes back: it rides on the next request
         commands = current.commands + dispatches
         if commands:
             self._out.append(Propose(commands, current.answers))

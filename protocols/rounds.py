@@ -11,16 +11,17 @@ Rules:
   at most one request per batch of messages it handles, carrying every update of that batch
   (enqueue, remove, release, heartbeats, ...), never one message per task. A request gets one
   reply when it asks a question (``take``, ``place``, stats, fit checks, the workers' table);
-  a registry request always gets one, because it carries the free capacity back.
+  a registry request gets one whenever the free capacity may have changed in a way the
+  scheduler cannot count itself (anything but releases and claims: it adds a slot per release).
 * A request's parts are applied in a fixed order (the order of the fields below), so one
   request can settle the last round and open the next.
 * A round: the queue *lends* the top ``take_count`` candidates (its own, merged in queue order
   with the round's ``transient`` ones: tasks that reports on their way to the log will make
   ready); the registry places them in that order, each on the best worker it fits now, and
-  stops when no slot is left; the queue is then told which keys leave (``settle_keys``:
-  placed, or no longer wanted). The rest of the loan goes back in its place (same score and
-  FIFO position); transient candidates that were not placed vanish (the log makes them ready
-  and the scheduler enqueues them then).
+  stops when no slot is left; the loan is then settled: the keys in ``settle_return`` (not
+  placed, still wanted) go back in their place (same score and FIFO position), the rest of it
+  leaves. Transient candidates never go back (the log makes them ready and the scheduler
+  enqueues them then). A settle with nothing to return rides on the scheduler's next request.
 * Nothing here reads a clock: times come in requests.
 * These messages never leave the process (plain classes, not wire records).
 """
@@ -59,8 +60,8 @@ class Queued:
 @dataclass(slots=True)
 class QueueRequest:
     reset: bool = False  # forget everything first (a new leader)
-    settle_round: int = 0  # close this round's loan: ``settle_keys`` leave, the rest goes back
-    settle_keys: list = field(default_factory=list)
+    settle_round: int = 0  # close this round's loan: ``settle_return`` go back, the rest leaves
+    settle_return: list = field(default_factory=list)
     remove: list = field(default_factory=list)  # keys no longer ready
     enqueue: list = field(default_factory=list)  # Queued items
     reprioritize: list = field(default_factory=list)  # (key, priority) pairs
@@ -100,7 +101,7 @@ class QueueService:
             self._loans.clear()
             self._transient.clear()
         if request.settle_round and request.settle_round == self._loan_round:
-            self._settle(request.settle_keys)
+            self._settle(request.settle_return)
         for key in request.remove:
             if not queue.remove(key):
                 self._loans.pop(key, None)  # lent right now: it will not come back
@@ -124,7 +125,7 @@ class QueueService:
 
     def _lend(self, request: QueueRequest) -> list[Candidate]:
         if self._loans:
-            self._settle(())  # an unsettled loan (its round was abandoned) goes back first
+            self._settle(self._loans)  # an unsettled loan (its round was abandoned) goes back whole
         queue = self.queue
         self._loan_round = request.take_round
         for item in request.transient:
@@ -144,11 +145,10 @@ class QueueService:
             self._transient.discard(key)
         return lent
 
-    def _settle(self, leaving) -> None:
-        for key in leaving:
-            self._loans.pop(key, None)
-        for key, entry in self._loans.items():
-            if key not in self._transient:
+    def _settle(self, returning) -> None:
+        for key in returning:
+            entry = self._loans.get(key)
+            if entry is not None and key not in self._transient:
                 self.queue.restore(entry)
         self._loans.clear()
         self._transient.clear()
@@ -183,6 +183,9 @@ class Placement:
 
 @dataclass(slots=True)
 class RegistryRequest:
+    """Applied in the order of its fields; answered (``RegistryReply``) unless it carries only
+    releases and claims."""
+
     reset: bool = False  # forget every worker first (a new leader)
     now_ms: int = 0
     hellos: list = field(default_factory=list)  # WorkerInfo
@@ -219,7 +222,7 @@ class RegistryService:
         self.health = health or HealthCheckConfig()
         self.registry = WorkerRegistry(self.health)
 
-    def handle(self, request: RegistryRequest) -> RegistryReply:
+    def handle(self, request: RegistryRequest) -> RegistryReply | None:
         if request.reset:
             self.registry = WorkerRegistry(self.health)
         registry = self.registry
@@ -250,6 +253,9 @@ class RegistryService:
         if request.table_token:
             reply.table_token = request.table_token
             reply.table = workers_table(registry)
+        if not (request.reset or request.hellos or request.heartbeats or request.goodbyes or request.check_health
+                or request.fit_token or request.place_round or request.table_token):
+            return None  # releases and claims only: nothing the scheduler does not know
         reply.free_slots = registry.free_slot_count()
         return reply
 

@@ -115,8 +115,9 @@ class DispatchSim:
             reply = self.registry.handle(instruction.request)
             if instruction.request.place_round and self.on_place is not None:
                 self.on_place(instruction.request, reply)
-            self.dispatch.handle(reply)
-            work.extend(self.dispatch.flush())
+            if reply is not None:
+                self.dispatch.handle(reply)
+                work.extend(self.dispatch.flush())
         elif kind is Propose or kind is ProposeClient:
             self.proposals.append(instruction)
             if kind is Propose:

@@ -365,7 +365,7 @@ def test_a_round_is_one_queue_request_one_registry_request_and_one_entry():
     before = dict(sim.requests), len(sim.proposals), len(sim.rounds)
     finished = [key for index in range(4) for key in sim.finish_all(f"w{index}")]
     assert len(finished) == 16
-    # each batch of reports: one round (take, place, settle) and one Batch entry
+    # each batch of reports: one round (take with the last settle, place) and one Batch entry
     assert sim.rounds[-4:] and all(len(keys) == 4 for keys in sim.rounds[-4:])
     assert before[2] + 4 == len(sim.rounds)
 

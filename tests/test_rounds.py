@@ -22,7 +22,7 @@ def test_a_loan_goes_back_in_its_place_except_what_left():
     reply = service.handle(QueueRequest(take_round=1, take_count=3))
     assert keys(reply.candidates) == ["a", "b", "c"] and reply.depth == 1
     service.handle(QueueRequest(enqueue=[queued("e")]))  # queued while the loan is out: behind a, c
-    service.handle(QueueRequest(settle_round=1, settle_keys=["b"]))
+    service.handle(QueueRequest(settle_round=1, settle_return=["a", "c"]))
     reply = service.handle(QueueRequest(take_round=2, take_count=10))
     assert keys(reply.candidates) == ["a", "c", "e", "d"]
 
@@ -34,7 +34,7 @@ def test_transient_candidates_merge_in_queue_order_and_vanish_unless_taken():
                                         transient=[queued("fresh-urgent", 1000), queued("fresh-medium", 500)]))
     assert keys(reply.candidates) == ["fresh-urgent", "queued-high"]
     assert "fresh-medium" not in service.queue  # not lent: gone (the log makes it ready later)
-    service.handle(QueueRequest(settle_round=1, settle_keys=[]))  # nothing placed
+    service.handle(QueueRequest(settle_round=1, settle_return=["fresh-urgent", "queued-high"]))  # nothing placed
     assert keys(e.item for e in service.queue.entries()) == ["queued-high", "queued-low"]
 
 
@@ -43,7 +43,7 @@ def test_removing_or_requeueing_a_lent_key_keeps_the_old_entry_from_coming_back(
     service.handle(QueueRequest(enqueue=[queued("a"), queued("b")]))
     service.handle(QueueRequest(take_round=1, take_count=2))
     service.handle(QueueRequest(remove=["a"], enqueue=[queued("b", priority=100, now_ms=5)],
-                                settle_round=1, settle_keys=[]))
+                                settle_round=1, settle_return=["a", "b"]))
     assert [(e.key, e.base_priority) for e in service.queue.entries()] == [("b", 100)]
 
 
@@ -69,8 +69,8 @@ def test_the_registry_places_in_order_until_no_slot_is_left_and_says_what_is_fre
     reply = service.handle(RegistryRequest(place_round=1, place=candidates))
     assert [(p.key, p.worker_id) for p in reply.placed] == [("a", "w1"), ("b", "w2"), ("c", "w1")]
     assert reply.unplaced == ["d"] and reply.free_slots == 0
-    reply = service.handle(RegistryRequest(releases=[("w1", "a"), ("", "b"), ("w2", "c")]))
-    assert reply.free_slots == 2  # c is held by w1, not w2: that release does nothing
+    assert service.handle(RegistryRequest(releases=[("w1", "a"), ("", "b"), ("w2", "c")])) is None  # nothing asked
+    assert service.handle(RegistryRequest(table_token=1)).free_slots == 2  # c is held by w1, not w2
 
 
 def test_claims_reserve_what_workers_run_and_fit_checks_explain_refusals():
