@@ -108,10 +108,10 @@ class Master:
                                     self.http_port, snapshot_every_entries, name=RAFT_ACTOR, pinned=True)
         self.locks = self.node.spawn(LockActor, name=LOCK_ACTOR, pinned=True)  # watches "lock." applies
         # The scheduler's two services first: it looks them up when it starts.
-        self.queue = self.node.spawn(QueueActor, name=QUEUE_ACTOR, pinned=True)
-        self.registry = self.node.spawn(RegistryActor, name=REGISTRY_ACTOR, pinned=True)
         dispatch = DispatchConfig(max_result_bytes=max_result_bytes,
                                   retention=RetentionPolicy(retain_workflows, int(retain_s * 1000)))
+        self.queue = self.node.spawn(QueueActor, dispatch.aging_ms_per_point, name=QUEUE_ACTOR, pinned=True)
+        self.registry = self.node.spawn(RegistryActor, name=REGISTRY_ACTOR, pinned=True)
         self.scheduler = self.node.spawn(SchedulerActor, config=dispatch, name=SCHEDULER_ACTOR, pinned=True)
         self.agents = self.node.spawn(AgentDirectoryActor, name=AGENTS_ACTOR, pinned=True)
         self.http = HttpServer(host, self.http_port, self.stats).start() if self.http_port else None

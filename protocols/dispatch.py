@@ -26,12 +26,10 @@ Rules:
   meanwhile waits for the next. A reported attempt frees its slot at once. A round that could
   place nothing is not retried until something changed (``blocked``): aging never reorders
   queued tasks, so a tick alone cannot.
-* Soft state lives on the leader: what is being dispatched, where tasks run (running.py), the
-  free slots the registry last gave plus those released since. A new leader rebuilds the
-  queue from the replicated states, learns workers from their heartbeats (``known=False``
-  makes them say hello), requeues running tasks nobody claims within ``claim_grace_ms``.
-* A task runs on a worker; another kind (an agent's task) would be an instruction of its own,
-  decided where ``assignment`` is.
+* Soft state lives on the leader (what is being dispatched, where tasks run, the free slots).
+  A new leader rebuilds the queue from the replicated states, learns workers from their
+  heartbeats, requeues running tasks nobody claims within ``claim_grace_ms``.
+* A task runs on a worker; another kind (an agent's) would be an instruction of its own.
 """
 
 from __future__ import annotations
@@ -45,8 +43,9 @@ from protocols.client_commands import ClientCommands
 from protocols.dispatch_messages import (Answer, Applied, Assign, Cancel, ClientRequest, Committed, Goodbye,
     Heartbeat, Hello, LeadershipChanged, Propose, QueueQuery, Reports, Tick, ToQueue, ToRegistry,
     WorkersQuery)
+from protocols.queue import DEFAULT_AGING_MS_PER_POINT, order_key
 from protocols.retention import RetentionPolicy
-from protocols.rounds import Queued, QueueReply, QueueRequest, RegistryReply, RegistryRequest
+from protocols.rounds import Queued, QueueDepthBound, QueueReply, QueueRequest, RegistryReply, RegistryRequest
 from protocols.running import RunningIndex
 from protocols.tasks import (ERROR_CANCELLED, ERROR_DRAINING, ERROR_INPUTS_MISSING, HeartbeatAck,
     ReportsAccepted, TaskAssignment, TaskFinished, WorkerWelcome, attempt_key)
@@ -65,6 +64,7 @@ class DispatchConfig:
     heartbeat_interval_ms: int = 1000  # told to workers in their welcome
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES  # a larger result fails its task
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)  # which finished workflows to forget
+    aging_ms_per_point: int = DEFAULT_AGING_MS_PER_POINT  # the queue's (for ordering without it)
 
 
 @dataclass(slots=True)
@@ -81,6 +81,7 @@ class _Round:
     unblocked: dict = field(default_factory=dict)  # workflow id -> {task id: its dependencies in finishing}
     offered: int = 0
     candidates: list = field(default_factory=list)
+    direct: bool = False  # placed without the queue (it was empty)
 
 
 class DispatchState:
@@ -91,6 +92,7 @@ class DispatchState:
         self.is_leader = False
         self.control: Any = None
         self._next_id = 0
+        self._queue_depth = QueueDepthBound()  # (a new leader's reset keeps its count)
         self.shapes = TaskShapes()
         self._reset()
 
@@ -105,7 +107,7 @@ class DispatchState:
         self.forgetting: set[str] = set()  # workflows whose ForgetWorkflow is on its way
         self.queries: dict[int, Any] = {}  # token -> the ask waiting for the queue or registry
         self.free_slots = 0  # the registry's last word, plus the slots released since
-        self.queued = 0  # an upper bound on the queue's depth (its last word, plus what was sent since)
+        self._queue_depth.reset()
         self.blocked = False  # the last round could place nothing and nothing changed since
         self.scan = 0  # how many candidates the next round looks at, beyond the free slots
         self.round: _Round | None = None  # the round in flight
@@ -131,7 +133,9 @@ class DispatchState:
             self._start_round()
         out, self._out = self._out, []
         if self._queue_request is not None:
-            out.append(ToQueue(self._queue_request))
+            request = self._queue_request
+            self._queue_depth.sent(request)
+            out.append(ToQueue(request))
             self._queue_request = None
         request = self._registry_request
         # Releases wait for the placement of a round under way (they go first in it): one
@@ -146,6 +150,11 @@ class DispatchState:
     @property
     def workflows(self):
         return self.control.workflows
+
+    @property
+    def queued(self) -> int:
+        """An upper bound on the queue's depth (0: nothing is queued)."""
+        return self._queue_depth.bound(self._queue_request)
 
     # ------------------------------------------------------------------ outgoing requests
 
@@ -181,7 +190,6 @@ class DispatchState:
     def _queue_ready(self, items: list[Queued]) -> None:
         if items:
             self._to_queue().enqueue.extend(items)
-            self.queued += len(items)
             self.blocked = False
             self.wanted = True
 
@@ -273,7 +281,8 @@ class DispatchState:
             self._to_queue().remove.extend(removes)
         self._queue_ready(ready)
         for worker_id, keys in cancels.items():
-            self._cancel(worker_id, keys)
+            if self.addresses.get(worker_id):
+                self._out.append(Cancel(worker_id, self.addresses[worker_id], keys))
         self.wanted = True
 
     def _let_go(self, key: str, cancels: dict[str, list[list]], now_ms: int) -> None:
@@ -285,11 +294,6 @@ class DispatchState:
             return
         cancels.setdefault(run.worker_id, []).append([workflow_id, task_id, run.attempts])
         self._release("", key, now_ms)
-
-    def _cancel(self, worker_id: str, keys: list) -> None:
-        address = self.addresses.get(worker_id)
-        if address:
-            self._out.append(Cancel(worker_id, address, keys))
 
     # ------------------------------------------------------------------ workers
 
@@ -460,21 +464,27 @@ class DispatchState:
         upcoming.round_id = self._token()
         upcoming.offered = take
         self.round, self.next = upcoming, _Round()
+        if self.queued == 0:
+            # Nothing waits in the queue (an upper bound of 0): the transient candidates are the
+            # whole order, and go to the registry without a trip through the queue (two hops less
+            # on each hop of a chain). Ordered by the queue's own rule, ties in arrival order.
+            aging = self.config.aging_ms_per_point
+            transient.sort(key=lambda item: order_key(item.priority, item.now_ms, item.retries, aging))
+            upcoming.direct = True
+            upcoming.candidates = [item.candidate for item in transient[:take]]
+            request = self._to_registry(upcoming.now_ms)
+            request.place_round, request.place = upcoming.round_id, upcoming.candidates
+            return
         request = self._to_queue()
         request.take_round, request.take_count, request.transient = upcoming.round_id, take, transient
 
     def _on_queue_reply(self, reply: QueueReply) -> None:
-        if reply.stats_token:
-            waiting = self.queries.pop(reply.stats_token, None)
-            if waiting is not None:
-                stats = reply.stats
-                self._out.append(Answer(waiting, {"total": stats.total, "by_priority": dict(stats.by_priority),
-                                                  "oldest_wait_ms": stats.oldest_wait_ms,
-                                                  "oldest_task": stats.oldest_key}))
+        self._queue_depth.replied(reply)
+        if reply.stats_token and reply.stats_token in self.queries:
+            self._out.append(Answer(self.queries.pop(reply.stats_token), reply.stats))
         current = self.round
         if not reply.take_round or current is None or reply.take_round != current.round_id:
             return
-        self.queued = reply.depth
         current.candidates = reply.candidates
         if not reply.candidates:
             self._complete_round(current, RegistryReply(free_slots=self.free_slots, place_round=current.round_id))
@@ -530,8 +540,9 @@ class DispatchState:
         placed = set(leaving)
         returning = [candidate.key for candidate in current.candidates
                      if candidate.key not in placed and candidate.key not in current.transient]
-        self.queued += len(returning)
-        if returning or self._queue_request is not None:
+        if current.direct:
+            pass  # the queue lent nothing
+        elif returning or self._queue_request is not None:
             request = self._to_queue()
             request.settle_round, request.settle_return = current.round_id, returning
         elif current.candidates:
@@ -581,18 +592,8 @@ class DispatchState:
         request.stats_token, request.now_ms = token, event.now_ms
 
 
-_HANDLERS = {
-    LeadershipChanged: DispatchState._on_leadership,
-    Applied: DispatchState._on_applied,
-    Hello: DispatchState._on_hello,
-    Heartbeat: DispatchState._on_heartbeat,
-    Goodbye: DispatchState._on_goodbye,
-    Reports: DispatchState._on_reports,
-    Tick: DispatchState._on_tick,
-    ClientRequest: DispatchState._on_client,
-    Committed: DispatchState._on_committed,
-    WorkersQuery: DispatchState._on_workers_query,
-    QueueQuery: DispatchState._on_queue_query,
-    QueueReply: DispatchState._on_queue_reply,
-    RegistryReply: DispatchState._on_registry_reply,
-}
+_HANDLERS = {event: getattr(DispatchState, "_on_" + name) for event, name in (
+    (LeadershipChanged, "leadership"), (Applied, "applied"), (Hello, "hello"), (Heartbeat, "heartbeat"),
+    (Goodbye, "goodbye"), (Reports, "reports"), (Tick, "tick"), (ClientRequest, "client"), (Committed, "committed"),
+    (WorkersQuery, "workers_query"), (QueueQuery, "queue_query"), (QueueReply, "queue_reply"),
+    (RegistryReply, "registry_reply"))}

@@ -59,6 +59,7 @@ class Queued:
 
 @dataclass(slots=True)
 class QueueRequest:
+    added_through: int = 0  # the items this and every earlier request added (the scheduler's count), echoed
     reset: bool = False  # forget everything first (a new leader)
     settle_round: int = 0  # close this round's loan: ``settle_return`` go back, the rest leaves
     settle_return: list = field(default_factory=list)
@@ -74,11 +75,41 @@ class QueueRequest:
 
 @dataclass(slots=True)
 class QueueReply:
+    added_through: int = 0  # the request's: its depth covers every request up to it
     take_round: int = 0
     candidates: list = field(default_factory=list)  # Candidate, in queue order
     depth: int = 0  # items queued after the take (the loan excluded)
     stats_token: int = 0
-    stats: QueueStats | None = None
+    stats: dict | None = None  # `agentflow queue --json`: total, by_priority, oldest_wait_ms, oldest_task
+
+
+class QueueDepthBound:
+    """The scheduler's upper bound on the queue's depth: the queue's last answer, plus what the
+    requests after the one answered add (enqueued or given back). Replies may cross requests
+    sent since: each echoes how many items had been added up to its request. Exact when
+    nothing was removed, so 0 means nothing is queued."""
+
+    def __init__(self) -> None:
+        self.added = 0  # items every request so far added
+        self.depth = 0  # the queue's last answer ...
+        self.answered = 0  # ... once this many had been added
+
+    def reset(self) -> None:
+        """The next request resets the queue (a new leader)."""
+        self.added += 1  # so that every answer from before the reset counts fewer
+        self.depth, self.answered = 0, self.added
+
+    def sent(self, request: QueueRequest) -> None:
+        self.added += len(request.enqueue) + len(request.settle_return)
+        request.added_through = self.added
+
+    def replied(self, reply: QueueReply) -> None:
+        if reply.added_through >= self.answered:
+            self.depth, self.answered = reply.depth, reply.added_through
+
+    def bound(self, building: QueueRequest | None) -> int:
+        pending = len(building.enqueue) + len(building.settle_return) if building is not None else 0
+        return self.depth + self.added - self.answered + pending
 
 
 class QueueService:
@@ -114,13 +145,15 @@ class QueueService:
                 self._loans[key] = QueueEntry(key, old.item, int(priority), old.enqueued_ms, old.retries, old.seq)
         reply = None
         if request.take_round:
-            reply = QueueReply(request.take_round, self._lend(request))
+            reply = QueueReply(request.added_through, request.take_round, self._lend(request))
             reply.depth = len(queue)
         if request.stats_token:
-            reply = reply or QueueReply()
+            reply = reply or QueueReply(request.added_through)
             reply.depth = len(queue)
             reply.stats_token = request.stats_token
-            reply.stats = self.stats(request.now_ms)
+            stats = self.stats(request.now_ms)
+            reply.stats = {"total": stats.total, "by_priority": dict(stats.by_priority),
+                           "oldest_wait_ms": stats.oldest_wait_ms, "oldest_task": stats.oldest_key}
         return reply
 
     def _lend(self, request: QueueRequest) -> list[Candidate]:

@@ -68,11 +68,10 @@ class Ask:
 
 
 class DispatchSim:
-    def __init__(self, config: DispatchConfig | None = None, health: HealthCheckConfig | None = None,
-                 aging_ms_per_point: int | None = None) -> None:
+    def __init__(self, config: DispatchConfig | None = None, health: HealthCheckConfig | None = None) -> None:
         self.control = ControlState()
         self.dispatch = DispatchState(config)
-        self.queue = QueueService(aging_ms_per_point)
+        self.queue = QueueService(self.dispatch.config.aging_ms_per_point)
         self.registry = RegistryService(health)
         self.now_ms = 0
         self.index = 0
@@ -85,6 +84,8 @@ class DispatchSim:
         self.requests = collections.Counter()  # "queue" / "registry" requests sent
         self.seq = 0
         self.on_place: Any = None  # called with (request, reply) after each placement, to check it
+        self.hold_queue_replies = False  # keep the queue's replies until release_replies()
+        self.held_replies: list = []
         self.handle(LeadershipChanged(True, self.control, self.now_ms))
 
     # ------------------------------------------------------------------ driving
@@ -107,7 +108,9 @@ class DispatchSim:
         if kind is ToQueue:
             self.requests["queue"] += 1
             reply = self.queue.handle(instruction.request)
-            if reply is not None:
+            if reply is not None and self.hold_queue_replies:
+                self.held_replies.append(reply)  # answered later, after what comes meanwhile
+            elif reply is not None:
                 self.dispatch.handle(reply)
                 work.extend(self.dispatch.flush())
         elif kind is ToRegistry:
@@ -137,6 +140,11 @@ class DispatchSim:
             ask.done, ask.value, ask.error = True, instruction.value, instruction.error
         else:
             raise AssertionError(f"unexpected instruction {instruction!r}")
+
+    def release_replies(self) -> None:
+        replies, self.held_replies = self.held_replies, []
+        for reply in replies:
+            self.handle(reply)
 
     def commit(self) -> None:
         """Commit every proposal made so far (with ``auto_commit`` off)."""

@@ -428,3 +428,17 @@ def test_a_big_input_made_on_the_same_worker_stays_there_and_is_sent_in_full_if_
     assert again.attempt == first.attempt + 1 and again.local_inputs == []
     assert again.inputs == {"big": "x" * 100_000, "small": "tiny"}
     assert sim.control.workflows.get("wf").runs["use"].failures == 0
+
+
+def test_a_queue_reply_that_crossed_later_enqueues_does_not_hide_them():
+    sim = DispatchSim()
+    sim.worker("w", slots=1)
+    sim.submit("wf-a", [task("t1"), task("t2")])
+    sim.hold_queue_replies = True
+    sim.finish("w", "wf-a", "t1")  # its round borrows t2 from the queue; the answer is on its way
+    sim.submit("wf-b", [task("u")])  # enqueued by a later request, before that answer arrives
+    sim.hold_queue_replies = False
+    sim.release_replies()
+    assert sim.running("w") == ["wf-a/t2"]
+    sim.finish("w", "wf-a", "t2")
+    assert sim.running("w") == ["wf-b/u"]  # the answer said the queue was empty after t2; u came after

@@ -47,27 +47,34 @@ operations = st.lists(st.one_of(
 def check_round(sim: DispatchSim):
     def check(request, reply):
         service = sim.queue
-        entries = [*service.queue._entries.values(),
-                   *(entry for key, entry in service._loans.items())]
         aging = service.queue.aging_ms_per_point
+        current = sim.dispatch.round
+        if current.direct:  # the queue was empty: the round's transient candidates are the whole order
+            assert len(service.queue) == 0
+            ranked_items = [(item.candidate.key, item.priority, item.now_ms, item.retries, index, item.candidate)
+                            for index, item in enumerate(current.transient.values())]
+        else:
+            entries = [*service.queue._entries.values(), *service._loans.values()]
+            ranked_items = [(e.key, e.base_priority, e.enqueued_ms, e.retries, e.seq, e.item) for e in entries]
 
-        def score(entry):  # the queue's rule, as its docstring states it
-            return entry.base_priority + (sim.now_ms - entry.enqueued_ms) / aging - RETRY_PENALTY * entry.retries
+        def score(item):  # the queue's rule, as its docstring states it
+            _, priority, enqueued_ms, retries, _, _ = item
+            return priority + (sim.now_ms - enqueued_ms) / aging - RETRY_PENALTY * retries
 
-        ranked = sorted(entries, key=lambda e: (-score(e), e.seq))
+        ranked = sorted(ranked_items, key=lambda item: (-score(item), item[4]))
         placed = {placement.key for placement in reply.placed}
-        rank = {entry.key: index for index, entry in enumerate(ranked)}
+        rank = {item[0]: index for index, item in enumerate(ranked)}
         last_placed = max((rank[key] for key in placed), default=0)
-        for entry in ranked[:last_placed]:
-            if entry.key in placed:
+        for key, _, _, _, _, candidate in ranked[:last_placed]:
+            if key in placed:
                 continue
             # When its turn came, only the tasks ranked above it had been placed: it fit nowhere.
             then = WorkerRegistry.from_snapshot(sim.registry.registry.to_snapshot())
             for placement in reply.placed:
-                if rank[placement.key] > rank[entry.key]:
+                if rank[placement.key] > rank[key]:
                     then.release(placement.worker_id, placement.key)
-            worker = then.select(entry.item.requirements)
-            assert worker is None, f"{entry.key} was passed over but fit on {worker}"
+            worker = then.select(candidate.requirements)
+            assert worker is None, f"{key} was passed over but fit on {worker}"
     return check
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from protocols.registry import TaskRequirements, WorkerInfo, WorkerResources
-from protocols.rounds import Candidate, Queued, QueueRequest, QueueService, RegistryRequest, RegistryService
+from protocols.rounds import (Candidate, Queued, QueueDepthBound, QueueRequest, QueueService, RegistryRequest,
+    RegistryService)
 
 NEEDS = TaskRequirements()
 
@@ -47,13 +48,36 @@ def test_removing_or_requeueing_a_lent_key_keeps_the_old_entry_from_coming_back(
     assert [(e.key, e.base_priority) for e in service.queue.entries()] == [("b", 100)]
 
 
+def test_the_depth_bound_counts_what_requests_add_after_the_one_answered():
+    service, bound = QueueService(), QueueDepthBound()
+
+    def send(request):
+        bound.sent(request)
+        return service.handle(request)
+
+    send(QueueRequest(enqueue=[queued("a"), queued("b")]))
+    crossing = send(QueueRequest(take_round=1, take_count=2))  # answered: nothing left behind the loan
+    send(QueueRequest(enqueue=[queued("c")]))  # sent before that answer arrives
+    bound.replied(crossing)
+    assert bound.bound(None) == 1 == len(service.queue)
+    send(QueueRequest(settle_round=1, settle_return=["a"], remove=["c"]))
+    assert bound.bound(None) == 2 and len(service.queue) == 1  # removes are not counted: an upper bound
+    stale = send(QueueRequest(stats_token=1))
+    bound.reset()  # a new leader: its next request resets the queue
+    send(QueueRequest(reset=True, enqueue=[queued("d")]))
+    bound.replied(stale)  # an answer about the queue before the reset tells nothing now
+    assert bound.bound(QueueRequest(enqueue=[queued("e")])) == 2  # d, and e in the request being made
+    bound.replied(send(QueueRequest(stats_token=2)))
+    assert bound.bound(None) == 1 == len(service.queue)
+
+
 def test_stats_count_what_is_lent():
     service = QueueService()
     service.handle(QueueRequest(enqueue=[queued("a", 750, now_ms=10), queued("b", 250, now_ms=20)]))
     service.handle(QueueRequest(take_round=1, take_count=1))
     reply = service.handle(QueueRequest(stats_token=7, now_ms=100))
-    assert reply.stats_token == 7 and reply.stats.total == 2 and reply.stats.oldest_key == "a"
-    assert reply.stats.oldest_wait_ms == 90 and reply.stats.by_priority["high"] == 1
+    assert reply.stats_token == 7 and reply.stats["total"] == 2 and reply.stats["oldest_task"] == "a"
+    assert reply.stats["oldest_wait_ms"] == 90 and reply.stats["by_priority"]["high"] == 1
 
 
 def info(worker_id: str, slots: int = 2) -> WorkerInfo:
