@@ -42,6 +42,7 @@ from runtime.future import AskTimeout, RemoteError
 from runtime.http import HttpServer
 from runtime.log import get_logger
 from runtime.node import Node
+from runtime.security import CurveKeys
 
 log = get_logger("master")
 
@@ -73,7 +74,8 @@ class Master:
                  leader_url: str | None = None, data_dir: str | None = None, http_port: int | None = None,
                  pub_port: int | None = None, node_id: str | None = None, heartbeat_ms: int = 100,
                  election_timeout_ms: tuple[int, int] = (1000, 2000),
-                 snapshot_every_entries: int = SNAPSHOT_EVERY_ENTRIES, advertise: str | None = None) -> None:
+                 snapshot_every_entries: int = SNAPSHOT_EVERY_ENTRIES, advertise: str | None = None,
+                 curve: CurveKeys | None = None) -> None:
         if mode not in ("leader", "master"):
             raise ValueError(f"--mode must be leader or master, not {mode!r}")
         if snapshot_every_entries < 1:
@@ -90,7 +92,7 @@ class Master:
         # Its own node is a member of the cluster: agents may be hosted on a master too.
         own = f"tcp://{advertise_host or host}:{advertise_port or port}"
         self.node = Node(self.node_id, host=host, port=port, pub_port=pub_port, master_urls=[own, *self.leader_endpoints],
-                         advertise_host=advertise_host, advertise_port=advertise_port).start()
+                         advertise_host=advertise_host, advertise_port=advertise_port, curve=curve).start()
         self.http_port = default_http_port(port, http_port)
         bootstrap = mode == "leader" or (fresh and self._first_of_leader_url())
         self.raft = self.node.spawn(RaftActor, self.storage_path, raft_config, tick_s, bootstrap,
@@ -207,6 +209,10 @@ def run_master(**options: Any) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     master = Master(**options)
+    gatekeeper = master.node.transport.gatekeeper
+    if gatekeeper is not None:  # SIGHUP: read the authorized keys again
+        signal.signal(signal.SIGHUP, lambda *_: log.info("Master %s admits %d keys", master.node_id,
+                                                          gatekeeper.reload()))
     try:
         if not master.registered(master.status()):
             log.info("Master %s registers %s with the cluster (via %s)", master.node_id, master.node.endpoint,

@@ -23,6 +23,7 @@ from protocols.registry import WorkerInfo
 from protocols.tasks import parse_master_urls
 from runtime.log import configure_logging, get_logger
 from runtime.node import Node, Ref
+from runtime.security import CurveKeys
 from runtime.resources import detect_resources
 
 log = get_logger("worker")
@@ -55,6 +56,7 @@ def run_worker(
     host: str = "127.0.0.1",
     port: int = 0,
     advertise: str | None = None,
+    curve: CurveKeys | None = None,
 ) -> int:
     """Run a worker in the foreground until it has drained after SIGTERM/SIGINT (exit 0), or a
     second signal stops it at once (exit 1). Exit 2 for bad arguments."""
@@ -72,7 +74,7 @@ def run_worker(
     worker_id = worker_id or default_worker_id()
     try:
         node = Node(worker_id, host=host, port=port, master_urls=endpoints, advertise_host=advertise_host,
-                    advertise_port=advertise_port).start()
+                    advertise_port=advertise_port, curve=curve).start()
     except Exception as exc:  # a taken port, a bad host: say so and exit
         log.error("Worker %s cannot listen on %s:%s: %s", worker_id, host, port, exc)
         return EXIT_FAILED

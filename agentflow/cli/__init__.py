@@ -11,17 +11,18 @@ import sys
 
 # Each module registers its commands on import; the order here is the order of `agentflow --help`.
 from agentflow.cli import nodes, workflows, cluster, top, agents, locks, keys  # noqa: F401, I001
-from agentflow.cli.common import app
+from agentflow.cli.common import app, hoist_security_options
 
 __all__ = ["app", "main", "master_main", "worker_main"]
 
 
 def main() -> None:
+    sys.argv = [sys.argv[0], *hoist_security_options(sys.argv[1:])]
     app()
 
 
 def _run_subcommand(name: str) -> None:
-    sys.argv = [sys.argv[0], name, *sys.argv[1:]]
+    sys.argv = [sys.argv[0], *hoist_security_options([name, *sys.argv[1:]])]
     app()
 
 

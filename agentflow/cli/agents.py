@@ -14,7 +14,19 @@ from typing import Iterator, List, Optional
 
 import typer
 
-from agentflow.cli.common import Advertise, BindHost, JsonFlag, MasterUrl, NodeId, app, fail, print_json, print_table
+from agentflow.cli.common import (
+    Advertise,
+    BindHost,
+    JsonFlag,
+    MasterUrl,
+    NodeId,
+    app,
+    check_bind,
+    curve_keys,
+    fail,
+    print_json,
+    print_table,
+)
 
 agent_app = typer.Typer(help="Host agents.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
@@ -48,7 +60,7 @@ def communication(master_url: Optional[str]) -> Iterator:
     from runtime.node import Node
 
     try:
-        node = Node(master_urls=master_url or "127.0.0.1:6767").start()
+        node = Node(master_urls=master_url or "127.0.0.1:6767", curve=curve_keys("client")).start()
     except ValueError as exc:
         fail(str(exc))
     try:
@@ -82,9 +94,11 @@ def agent_run(
     from agentflow.agent_host import run_agent
 
     types = [parse_type(t) for t in subscribe]
+    keys = curve_keys("agent host")
+    check_bind(host, keys)
     raise typer.Exit(run_agent(spec, agent_id, master_url or "127.0.0.1:6767", group=group, subscriptions=types,
                                host=host, port=port, node_id=node_id, mailbox_limit=mailbox_limit, pinned=pinned,
-                               advertise=advertise))
+                               advertise=advertise, curve=keys))
 
 
 @app.command()

@@ -55,12 +55,67 @@ def print_json(document) -> None:
     typer.echo(json.dumps(document, indent=2, sort_keys=False, default=str))
 
 
+# The security options of this invocation (set by the main callback; see hoist_security_options).
+SECURITY: dict = {"curve_secret_key": None, "curve_server_key": None, "authorized_keys": None, "insecure": False}
+_SECURITY_OPTIONS = ("--curve-secret-key", "--curve-server-key", "--authorized-keys")
+
+
+def hoist_security_options(argv: list[str]) -> list[str]:
+    """The security options are the app's own (they apply to every command), so typer wants them
+    before the command; users write them anywhere. Move them to the front, stopping at ``--``."""
+    front, rest = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        name = arg.split("=", 1)[0]
+        if name in _SECURITY_OPTIONS:
+            takes_next = "=" not in arg and i + 1 < len(argv)
+            front.extend(argv[i:i + 2] if takes_next else [arg])
+            i += 2 if takes_next else 1
+            continue
+        (front if arg == "--insecure" else rest).append(arg)
+        i += 1
+    return front + rest
+
+
+def curve_keys(role: str):
+    """This process's CurveKeys (None without --curve-secret-key). ``role`` "master": its key is
+    the masters' key; any other node or client needs the masters' public key too."""
+    from runtime.security import CurveKeys, KeyFileError
+
+    secret = SECURITY["curve_secret_key"]
+    if secret is None:
+        if SECURITY["curve_server_key"] or SECURITY["authorized_keys"]:
+            fail("--curve-server-key and --authorized-keys need --curve-secret-key (this node's own key)")
+        return None
+    server = None if role == "master" else SECURITY["curve_server_key"]
+    if role != "master" and server is None:
+        fail("--curve-secret-key needs --curve-server-key too: the masters' public key (NAME.key)")
+    try:
+        return CurveKeys.load(secret, server, SECURITY["authorized_keys"])
+    except KeyFileError as exc:
+        fail(str(exc))
+
+
+def check_bind(host: str, keys) -> None:
+    """Without keys a node listens on loopback only, unless --insecure (exit 2 otherwise)."""
+    from runtime.security import check_bind as check
+
+    try:
+        check(host, keys, SECURITY["insecure"])
+    except ValueError as exc:
+        fail(str(exc))
+
+
 def connect(master_url: Optional[str]):
     """A Client for the masters named by --master-url / AGENTFLOW_MASTER_URL (bad input: exit 2)."""
     from runtime.client import Client
 
     try:
-        return Client(master_url or "127.0.0.1:6767")
+        return Client(master_url or "127.0.0.1:6767", curve=curve_keys("client"))
     except ValueError as exc:
         fail(str(exc))
 
@@ -83,7 +138,21 @@ def not_built(capability: str) -> None:
 
 
 @app.callback()
-def main_callback() -> None:
+def main_callback(
+    curve_secret_key: Optional[str] = typer.Option(
+        None, "--curve-secret-key", envvar="AGENTFLOW_CURVE_SECRET_KEY",
+        help="This node's (or client's) CURVE secret key file, NAME.key_secret: encrypt and authenticate."),
+    curve_server_key: Optional[str] = typer.Option(
+        None, "--curve-server-key", envvar="AGENTFLOW_CURVE_SERVER_KEY",
+        help="The masters' public key file (NAME.key); not needed on masters."),
+    authorized_keys: Optional[str] = typer.Option(
+        None, "--authorized-keys", envvar="AGENTFLOW_AUTHORIZED_KEYS",
+        help="Masters and agent hosts: admit only the public keys (*.key) in this directory; SIGHUP re-reads it."),
+    insecure: bool = typer.Option(False, "--insecure", envvar="AGENTFLOW_INSECURE",
+                                  help="Allow listening beyond 127.0.0.1 without CURVE keys (anyone can connect)."),
+) -> None:
+    SECURITY.update(curve_secret_key=curve_secret_key, curve_server_key=curve_server_key,
+                    authorized_keys=authorized_keys, insecure=insecure)
     try:
         configure_logging()
     except ValueError as exc:

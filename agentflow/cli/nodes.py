@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from agentflow.cli.common import Advertise, BindHost, MasterUrl, NodeId, app, fail
+from agentflow.cli.common import Advertise, BindHost, MasterUrl, NodeId, app, check_bind, curve_keys, fail
 
 def tune_gc_for_serving() -> None:
     """Collect less often in a long-running master or worker: it allocates a few objects per
@@ -47,6 +47,8 @@ def master(
     """Start a master (a member of the Raft group of the control plane)."""
     from agentflow.master import run_master
 
+    keys = curve_keys("master")
+    check_bind(host, keys)
     tune_gc_for_serving()
 
     import zmq
@@ -58,7 +60,7 @@ def master(
         code = run_master(mode=mode, port=port, host=host, leader_url=leader_url, data_dir=data_dir,
                           http_port=http_port, pub_port=pub_port, node_id=node_id, heartbeat_ms=heartbeat_ms,
                           election_timeout_ms=(int(low), int(high or low)), snapshot_every_entries=snapshot_every,
-                          advertise=advertise)
+                          advertise=advertise, curve=keys)
     except ValueError as exc:
         fail(str(exc))
     except (zmq.ZMQError, OSError) as exc:
@@ -87,12 +89,14 @@ def worker(
     """Start a worker that runs tasks for the cluster."""
     from agentflow.worker import run_worker
 
+    keys = curve_keys("worker")
+    check_bind(host, keys)
     tune_gc_for_serving()
 
     raise typer.Exit(run_worker(master_url or "127.0.0.1:6767", cpu_cores=cpu_cores, memory_mb=memory_mb,
                                 gpu_count=gpu_count, group=group, capabilities=capability,
                                 max_concurrent_tasks=max_concurrent_tasks, worker_id=worker_id,
-                                host=host, port=port, advertise=advertise))
+                                host=host, port=port, advertise=advertise, curve=keys))
 
 
 @app.command()
