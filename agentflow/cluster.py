@@ -25,6 +25,7 @@ from pathlib import Path
 from protocols.agents import DirectoryQuery
 from protocols.names import AGENTS_ACTOR
 from runtime.client import Client
+from runtime.security import CurveKeys
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -130,7 +131,8 @@ class ChildProcess:
 
 class LocalCluster:
     def __init__(self, data_dir: str | Path, masters: int = 3, workers: int = 0, first_port: int | None = None,
-                 worker_options: list[str] | None = None, master_options: list[str] | None = None) -> None:
+                 worker_options: list[str] | None = None, master_options: list[str] | None = None,
+                 client_curve: CurveKeys | None = None) -> None:
         if masters < 1:
             raise ValueError("--masters must be at least 1")
         if workers < 0:
@@ -148,6 +150,7 @@ class LocalCluster:
             args += master_options or []
             self.masters.append(ChildProcess(node_id, args, self.data_dir / f"{node_id}.log", port))
         self.workers: list[ChildProcess] = []
+        self.client_curve = client_curve  # the keys of the clients this launcher makes (CURVE clusters)
         self.agents: list[ChildProcess] = []
 
     @property
@@ -209,7 +212,9 @@ class LocalCluster:
 
     def _asker(self, client: Client | None):
         """``client`` as a context that leaves it open, or a short-lived client of our own."""
-        return Client(self.master_url, timeout_s=2.0) if client is None else contextlib.nullcontext(client)
+        if client is not None:
+            return contextlib.nullcontext(client)
+        return Client(self.master_url, timeout_s=2.0, curve=self.client_curve)
 
     def _start_worker(self, worker_id: str, options: list[str]) -> ChildProcess:
         args = ["worker", "--master-url", self.master_url, "--worker-id", worker_id, *options]
