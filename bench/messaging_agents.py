@@ -1,0 +1,76 @@
+"""The agents bench/messaging.py runs on AgentFlow's side (issue 11's agent API), and the host
+process that runs several of them in one node.
+
+    agentflow agent run bench.messaging_agents:Sleeper --agent-id victim --master-url URL
+    python bench/messaging_agents.py MASTER_URL      # echo, counter and sub0..sub7 in one node
+
+Imported only once ``agentflow`` exports the agent API (bench/messaging.py checks first).
+The request contents the agents answer: COUNT asks a counter or a subscriber for its count.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agentflow import AgentActor, MessageType  # noqa: E402
+
+COUNT = "count?"
+SUBSCRIBERS = 8
+
+
+class Echo(AgentActor):
+    def on_message(self, message):
+        return message.content
+
+
+class Counter(AgentActor):
+    """Counts the messages it is sent; a COUNT request answers the count."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.count = 0
+
+    def on_message(self, message):
+        if message.content == COUNT:
+            return self.count
+        self.count += 1
+        return None
+
+
+class Subscriber(Counter):
+    """A counter that also receives every NOTIFICATION broadcast."""
+
+    def on_start(self) -> None:
+        self.comm.subscribe(self.agent_id, [MessageType.NOTIFICATION])
+
+
+class Sleeper(AgentActor):
+    """Holds every request for a minute: the call in flight when its host is killed."""
+
+    def on_message(self, message):
+        time.sleep(60)
+        return message.content
+
+
+def serve(master_url: str) -> None:
+    """One host process (a node of its own) with the echo, counter and 8 subscriber agents, as
+    AutoGen's second worker runtime hosts them; "ready" on stdout once all are spawned, until
+    stdin closes."""
+    from agentflow import Node
+
+    node = Node("bench-agents", master_url=master_url).start()
+    node.spawn(Echo, agent_id="echo")
+    node.spawn(Counter, agent_id="counter")
+    for i in range(SUBSCRIBERS):
+        node.spawn(Subscriber, agent_id=f"sub{i}")
+    print("ready", flush=True)
+    sys.stdin.read()
+    node.stop()
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])
