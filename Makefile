@@ -27,7 +27,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/raft.py --json bench/results/raft.json
 	$(BIN)/python bench/tasks.py --json bench/results/tasks.json
 	$(BIN)/python bench/locks.py --json bench/results/locks.json
+	$(BIN)/python bench/messaging.py --json bench/results/messaging.json
 	$(BIN)/python bench/executor.py --json bench/results/executor.json
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-peers build *.egg-info

@@ -2,7 +2,7 @@
 and the peers' own virtual environments.
 
 A peer whose pins clash with ours (AutoGen, Ray, the etcd3 client's protobuf) runs in its own venv under
-bench/.venvs/NAME, created through pip on first use, as a child process that prints one JSON document;
+.venv-peers/NAME, created through pip on first use, as a child process that prints one JSON document;
 every such child runs under a deadline and in its own process group, killed whole when the deadline
 passes.
 """
@@ -99,12 +99,12 @@ def report(benchmark: str, results: list[Result], json_path: str | None, **extra
 
 # --------------------------------------------------------------------------- peers in their own venvs
 
-VENVS = Path(__file__).resolve().parent / ".venvs"
+VENVS = Path(__file__).resolve().parent.parent / ".venv-peers"
 PEERS = Path(__file__).resolve().parent / "peers"
 
 
 def peer_python(name: str, requirements: list[str], timeout_s: float = 1800) -> tuple[str | None, str]:
-    """(the python of bench/.venvs/NAME with ``requirements`` installed, "") or (None, why not).
+    """(the python of .venv-peers/NAME with ``requirements`` installed, "") or (None, why not).
 
     The venv is made on first use (and again when the requirements change) with pip from the registry."""
     venv = VENVS / name

@@ -5,7 +5,8 @@ process that runs several of them in one node.
     python bench/messaging_agents.py MASTER_URL      # echo, counter and sub0..sub7 in one node
 
 Imported only once ``agentflow`` exports the agent API (bench/messaging.py checks first).
-The request contents the agents answer: COUNT asks a counter or a subscriber for its count.
+Requests every agent answers at once: PING (is it up?), and COUNT to a counter or a subscriber
+(its count).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agentflow import AgentActor, MessageType  # noqa: E402
 
 COUNT = "count?"
+PING = "ping?"
 SUBSCRIBERS = 8
 
 
@@ -35,7 +37,7 @@ class Counter(AgentActor):
         self.count = 0
 
     def on_message(self, message):
-        if message.content == COUNT:
+        if message.content == COUNT or message.content == PING:
             return self.count
         self.count += 1
         return None
@@ -52,7 +54,8 @@ class Sleeper(AgentActor):
     """Holds every request for a minute: the call in flight when its host is killed."""
 
     def on_message(self, message):
-        time.sleep(60)
+        if message.content != PING:
+            time.sleep(60)
         return message.content
 
 

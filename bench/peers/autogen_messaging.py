@@ -1,4 +1,4 @@
-"""AutoGen's distributed gRPC runtime in the messaging benchmark (runs in bench/.venvs/autogen).
+"""AutoGen's distributed gRPC runtime in the messaging benchmark (runs in .venv-peers/autogen).
 
     python autogen_messaging.py run --requests N --messages N --broadcasts N --error-deadline-s S
 

@@ -1,5 +1,5 @@
 """Standard-library helpers for the peers' benchmark scripts, which run in the peers' own venvs
-(bench/.venvs/NAME) and so import nothing of AgentFlow's: a free port, helper processes started
+(.venv-peers/NAME) and so import nothing of AgentFlow's: a free port, helper processes started
 with a deadline on their "ready" line, percentiles, and the one JSON line a script ends with.
 """
 

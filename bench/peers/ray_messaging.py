@@ -1,4 +1,4 @@
-"""Ray named actors in the messaging benchmark (runs in bench/.venvs/ray).
+"""Ray named actors in the messaging benchmark (runs in .venv-peers/ray).
 
     python ray_messaging.py --requests N --messages N --broadcasts N --error-deadline-s S
 
