@@ -372,7 +372,7 @@ def agentflow_killed_host_error_ms(setup: AgentflowSetup) -> tuple[float, str, f
     def in_flight() -> None:
         try:
             setup.comm.request("victim", PAYLOAD, timeout_ms=int(deadline_s * 1000) + 1000)
-            outcome.append((0.0, "answered (no error)"))
+            outcome.append(((time.perf_counter() - killed_at[0]) * 1000, "answered (no error)"))
         except Exception as exc:
             outcome.append(((time.perf_counter() - killed_at[0]) * 1000, type(exc).__name__))
 
@@ -427,23 +427,31 @@ def best_peer(systems: dict, key: str) -> tuple[str, list[float]]:
     return label, system["runs"][key]
 
 
-def collect(name: str, run, runs: int) -> dict:
-    """{"name", "runs": {measure: [values], error: [kinds]}, "failure"} of ``runs`` runs of ``run``."""
-    documents, failure = [], None
+def collect(runners: dict, runs: int) -> dict[str, dict]:
+    """Run every system once per round, ``runs`` rounds (the shared machine's load drifts: each
+    system sees the same drift); per system {"name", "runs": {measure: [values]}, "failure"}. A
+    system that fails is reported with its error and not run again; the others go on."""
+    documents: dict[str, list[dict]] = {name: [] for name in runners}
+    failures: dict[str, str | None] = {name: None for name in runners}
     for i in range(runs):
-        try:
-            documents.append(run())
-            print(f"{name} run {i + 1}/{runs} done", file=sys.stderr, flush=True)
-        except Exception as exc:  # one system's failure is reported, the others still run
-            failure = f"{type(exc).__name__}: {exc}"
-            print(f"{name} run {i + 1}/{runs} failed: {failure}", file=sys.stderr, flush=True)
-            break
-    per_key: dict[str, list] = {}
-    for document in documents:
-        for key, value in document.items():
-            per_key.setdefault(key, []).append(value)
-    label = documents[0].get("peer", name) if documents else name
-    return {"name": label, "runs": per_key, "failure": failure}
+        for name, run in runners.items():
+            if failures[name]:
+                continue
+            try:
+                documents[name].append(run())
+                print(f"{name} run {i + 1}/{runs} done", file=sys.stderr, flush=True)
+            except Exception as exc:
+                failures[name] = f"{type(exc).__name__}: {exc}"
+                print(f"{name} run {i + 1}/{runs} failed: {failures[name]}", file=sys.stderr, flush=True)
+    systems = {}
+    for name, found in documents.items():
+        per_key: dict[str, list] = {}
+        for document in found:
+            for key, value in document.items():
+                per_key.setdefault(key, []).append(value)
+        systems[name] = {"name": found[0].get("peer", name) if found else name, "runs": per_key,
+                         "failure": failures[name]}
+    return systems
 
 
 def main() -> None:
@@ -462,15 +470,15 @@ def main() -> None:
         return serve_raw_subscribers(args.serve[1], int(args.serve[2]))
     os.environ.setdefault("AGENTFLOW_LOG", "warning")
 
-    systems: dict[str, dict] = {}
     missing = agentflow_missing()
-    for name in args.only:
-        if name == "agentflow" and missing:
-            systems[name] = {"name": "agentflow", "runs": {}, "failure": missing}
-            continue
-        run = {"raw": lambda: {"peer": "raw pyzmq+msgpack", **raw_run(args)},
-               "agentflow": lambda: agentflow_run(args)}.get(name) or (lambda n=name: peer_run(n, args))
-        systems[name] = collect(name, run, args.runs)
+    runners = {"raw": lambda: {"peer": "raw pyzmq+msgpack", **raw_run(args)},
+               "agentflow": lambda: agentflow_run(args),
+               **{name: (lambda n=name: peer_run(n, args)) for name in PEER_SCRIPTS}}
+    systems = collect({name: runners[name] for name in args.only if not (name == "agentflow" and missing)},
+                      args.runs)
+    if "agentflow" in args.only and missing:
+        systems["agentflow"] = {"name": "agentflow", "runs": {}, "failure": missing}
+    systems = {name: systems[name] for name in args.only}  # the table's column order
 
     af = systems.get("agentflow", {"runs": {}})["runs"]
     raw = systems.get("raw", {"name": "raw pyzmq+msgpack", "runs": {}})
@@ -522,7 +530,9 @@ def print_systems(detail: dict) -> None:
     table.add_column("measure")
     for system in detail.values():
         table.add_column(system["name"])
-    for key, (unit, _) in [("msgs_per_s_1_per_frame", ("msgs/s", True)), *MEASURES.items()]:
+    extra = [("msgs_per_s_1_per_frame", ("msgs/s", True)), ("actor_to_actor_p50_us", ("us", False)),
+             ("actor_to_actor_p99_us", ("us", False))]
+    for key, (unit, _) in [*MEASURES.items(), *extra]:
         cells = []
         for system in detail.values():
             value = system.get(key)
