@@ -46,7 +46,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -55,7 +54,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.common import PEERS, Result, peer_python, percentile, report, run_child  # noqa: E402
-from bench.peers.child import read_line  # noqa: E402
+from bench.peers.child import read_line, run_contenders, sequential_pairs  # noqa: E402
 from agentflow.cluster import LocalCluster, find_free_ports  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -221,25 +220,6 @@ class EtcdCluster:
                 proc.wait(10)
 
 
-# =========================================================================== one client, sequential pairs
-
-
-def sequential_pairs(acquire, release, pairs: int) -> tuple[float, list[float]]:
-    """(pairs/s, per-pair microseconds) of ``pairs`` acquire+release pairs, one at a time."""
-    for _ in range(20):  # warm-up: connections, leader cache, code paths
-        assert acquire() and release()
-    samples = []
-    started = time.perf_counter()
-    for _ in range(pairs):
-        begin = time.perf_counter()
-        if not acquire():
-            raise RuntimeError("an uncontended acquire failed")
-        if not release():
-            raise RuntimeError("a release of a held lock failed")
-        samples.append((time.perf_counter() - begin) * 1e6)
-    return pairs / (time.perf_counter() - started), samples
-
-
 # =========================================================================== contending clients (child processes)
 
 
@@ -251,62 +231,25 @@ def contend(system: str, address: str, seconds: float, name: str, threads: int, 
         from runtime.locks import DistributedLock
 
         client = Client(address, timeout_s=30)
-
-        def make(i: int):
-            lock = DistributedLock(client, f"{name}-{i}", TTL_S)
-            return (lambda key: lock.acquire_blocking(key, max_duration_s=30)), lock.release, lambda: None
-
-        close = client.close
+        locks = [DistributedLock(client, f"{name}-{i}", TTL_S) for i in range(threads)]
+        pairs = [(lambda key, lock=lock: lock.acquire_blocking(key, max_duration_s=30), lock.release)
+                 for lock in locks]
+        closers = [client.close]
     else:
-        def make(i: int):
-            redis = RedisLock(int(address))
+        redis_locks = [RedisLock(int(address)) for _ in range(threads)]
 
+        def spin(lock: RedisLock):
             def acquire(key: str) -> bool:
-                while not redis.acquire(key):
+                while not lock.acquire(key):
                     pass  # retry at once: the peer's best case for throughput
                 return True
+            return acquire
 
-            return acquire, redis.release, redis.close
-
-        close = lambda: None  # noqa: E731
-    clients = [make(i) for i in range(threads)]
-    lock_keys = [KEY if keys == "one" else f"{KEY}-{name}-{i}" for i in range(threads)]
-    counts = [0] * threads
-    errors: list[BaseException] = []
-    go = threading.Event()
-
-    def loop(i: int) -> None:
-        acquire, release, _ = clients[i]
-        key = lock_keys[i]
-        try:
-            go.wait(60)
-            end = time.monotonic() + seconds
-            while time.monotonic() < end:
-                if not acquire(key):
-                    raise RuntimeError(f"{name}-{i}: no grant within 30 s")
-                if not release(key):
-                    raise RuntimeError(f"{name}-{i} lost a lock it held")
-                counts[i] += 1
-        except BaseException as exc:
-            errors.append(exc)
-
-    for (acquire, release, _), key in zip(clients, lock_keys):  # warm-up
-        if not (acquire(key) and release(key)):
-            raise RuntimeError("a warm-up pair failed")
-    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
-    for worker in workers:
-        worker.start()
-    print(json.dumps({"ready": True}), flush=True)
-    sys.stdin.readline()
-    go.set()
-    for worker in workers:
-        worker.join(seconds + 60)
-    if errors or any(worker.is_alive() for worker in workers):
-        raise SystemExit(f"{system} contender {name}: {errors[:1] or 'a client still waits'}")
-    print(json.dumps({"pairs": sum(counts)}), flush=True)
-    for _, _, close_one in clients:
-        close_one()
-    close()
+        pairs = [(spin(lock), lock.release) for lock in redis_locks]
+        closers = [lock.close for lock in redis_locks]
+    run_contenders(pairs, [KEY if keys == "one" else f"{KEY}-{name}-{i}" for i in range(threads)], seconds, name)
+    for close in closers:
+        close()
 
 
 def contending_pairs_per_s(argv, processes: int, seconds: float) -> float:

@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.common import PEERS, Result, peer_python, report, run_child  # noqa: E402
-from bench.peers.child import PAYLOAD, percentile, read_line  # noqa: E402
+from bench.peers.child import PAYLOAD, error_figures, read_line, request_figures  # noqa: E402
 from bench.transport import raw_asks, raw_pipelined, start_server, stop_raw_server  # noqa: E402
 
 SUBSCRIBERS = 8
@@ -158,9 +158,7 @@ def raw_run(args) -> dict:
         return {
             "msgs_per_s": raw_pipelined(endpoint, args.messages * 5, PER_FRAME),
             "msgs_per_s_1_per_frame": raw_pipelined(endpoint, args.messages, 1),
-            "request_p50_us": percentile(samples, 0.5),
-            "request_p99_us": percentile(samples, 0.99),
-            "round_trips_per_s": len(samples) / (sum(samples) / 1e6),
+            **request_figures(samples),
             "broadcast_msgs_per_s": raw_broadcasts_per_s(args.broadcasts * 20),
         }
     finally:
@@ -363,8 +361,8 @@ def agentflow_unknown_agent_error_ms(setup: AgentflowSetup) -> tuple[float, str]
         lambda: setup.comm.request("nosuch", PAYLOAD, timeout_ms=int(deadline_s * 1000)), deadline_s)
 
 
-def agentflow_killed_host_error_ms(setup: AgentflowSetup) -> tuple[float, str, float, str]:
-    """(ms to the in-flight request's error, its error, ms to a later request's error, its error)."""
+def agentflow_killed_host_error_ms(setup: AgentflowSetup) -> tuple[tuple[float, str], tuple[float, str]]:
+    """((ms to the in-flight request's error, its error), (ms to a later request's error, its error))."""
     deadline_s = setup.args.error_deadline_s
     outcome: list[tuple[float, str]] = []
     killed_at: list[float] = []
@@ -386,27 +384,21 @@ def agentflow_killed_host_error_ms(setup: AgentflowSetup) -> tuple[float, str, f
         raise RuntimeError(f"the in-flight request to a killed host did not end within {deadline_s + 5} s")
     after = agentflow_time_to_error_ms(
         lambda: setup.comm.request("victim", PAYLOAD, timeout_ms=int(deadline_s * 1000)), deadline_s)
-    return (*outcome[0], *after)
+    return outcome[0], after
 
 
 def agentflow_run(args) -> dict:
     with AgentflowSetup(args) as setup:
         samples = agentflow_request_samples(setup)
-        unknown_ms, unknown_error = agentflow_unknown_agent_error_ms(setup)
+        unknown = agentflow_unknown_agent_error_ms(setup)
         result = {
-            "request_p50_us": percentile(samples, 0.5),
-            "request_p99_us": percentile(samples, 0.99),
-            "round_trips_per_s": len(samples) / (sum(samples) / 1e6),
+            **request_figures(samples),
             "pipelined_requests_per_s": agentflow_pipelined_requests_per_s(setup),
             "msgs_per_s": agentflow_msgs_per_s(setup),
             "broadcast_msgs_per_s": agentflow_broadcast_msgs_per_s(setup),
-            "unknown_agent_error_ms": unknown_ms,
-            "unknown_agent_error": unknown_error,
         }
-        killed = agentflow_killed_host_error_ms(setup)
-        result.update(zip(("killed_host_error_ms", "killed_host_error", "call_after_kill_error_ms",
-                           "call_after_kill_error"), killed))
-    return {"peer": "agentflow", **result}
+        killed, after = agentflow_killed_host_error_ms(setup)
+    return {"peer": "agentflow", **result, **error_figures(unknown, killed, after)}
 
 
 # =========================================================================== the document

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from child import PAYLOAD, Helper, emit, free_port, percentile, wait_stdin_closed  # noqa: E402
+from child import PAYLOAD, Helper, emit, free_port, error_figures, request_figures, wait_stdin_closed  # noqa: E402
 
 from autogen_core import (  # noqa: E402
     AgentId,
@@ -212,7 +212,7 @@ async def measure_with(runtime, args, victim: Helper) -> dict:
         await wait_count(runtime, AgentId(f"sub{i}", "default"), args.broadcasts, 120)
     broadcasts_per_s = args.broadcasts / (time.perf_counter() - started)
 
-    unknown_ms, unknown_error = await time_to_error_ms(
+    unknown = await time_to_error_ms(
         runtime.send_message(payload, AgentId("nosuch", "default")), wait_s)
 
     # A request in flight to the victim when its worker is killed, then a request after the kill.
@@ -220,22 +220,15 @@ async def measure_with(runtime, args, victim: Helper) -> dict:
     await asyncio.sleep(0.3)  # let it reach the victim's handler
     victim.kill9()
     killed_at = time.perf_counter()
-    killed_ms, killed_error = await time_to_error_ms(in_flight, wait_s, killed_at)
-    after_ms, after_error = await time_to_error_ms(
+    killed = await time_to_error_ms(in_flight, wait_s, killed_at)
+    after = await time_to_error_ms(
         runtime.send_message(payload, AgentId("victim", "default")), wait_s)
     return {
-        "request_p50_us": percentile(samples, 0.5),
-        "request_p99_us": percentile(samples, 0.99),
-        "round_trips_per_s": len(samples) / (sum(samples) / 1e6),
+        **request_figures(samples),
         "pipelined_requests_per_s": pipelined_requests_per_s,
         "msgs_per_s": msgs_per_s,
         "broadcast_msgs_per_s": broadcasts_per_s,
-        "unknown_agent_error_ms": unknown_ms,
-        "unknown_agent_error": unknown_error,
-        "killed_host_error_ms": killed_ms,
-        "killed_host_error": killed_error,
-        "call_after_kill_error_ms": after_ms,
-        "call_after_kill_error": after_error,
+        **error_figures(unknown, killed, after),
     }
 
 

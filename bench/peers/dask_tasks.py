@@ -10,7 +10,6 @@ Every wait has a timeout. Prints one JSON line with each workload's runs.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ import time
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from child import emit  # noqa: E402
+from child import emit, task_arguments  # noqa: E402
 
 import dask  # noqa: E402
 from distributed import Client, LocalCluster, wait  # noqa: E402
@@ -31,12 +30,7 @@ def noop(*_args):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--tasks", type=int, default=10_000)
-    parser.add_argument("--chain", type=int, default=500)
-    parser.add_argument("--fanout", type=int, default=5_000)
-    args = parser.parse_args()
+    args = task_arguments()
     logging.getLogger("distributed").setLevel(logging.CRITICAL)  # its shutdown chatter is not a result
     runs: dict[str, list[float]] = {"noop": [], "chain": [], "fanout": []}
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,

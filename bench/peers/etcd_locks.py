@@ -18,17 +18,15 @@ as AgentFlow's clients do. Two recipes:
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from child import emit, percentile  # noqa: E402
+from child import emit, percentile, run_contenders, sequential_pairs  # noqa: E402
 
 import etcd3  # noqa: E402
 from etcd3 import exceptions  # noqa: E402
@@ -90,61 +88,16 @@ def sequential(endpoints: str, pairs: int, recipe: str) -> None:
     else:
         library = client.lock("bench-one", ttl=LEASE_TTL_S)
         acquire, release = (lambda: library.acquire(timeout=30)), library.release
-    for _ in range(20):
-        if not (acquire() and release()):
-            raise RuntimeError("an uncontended warm-up pair failed")
-    samples = []
-    started = time.perf_counter()
-    for _ in range(pairs):
-        begin = time.perf_counter()
-        if not acquire():
-            raise RuntimeError("an uncontended acquire failed")
-        if not release():
-            raise RuntimeError("a release of a held lock failed")
-        samples.append((time.perf_counter() - begin) * 1e6)
-    per_s = pairs / (time.perf_counter() - started)
+    per_s, samples = sequential_pairs(acquire, release, pairs)
     emit({"per_s": per_s, "p50": percentile(samples, 0.5), "p99": percentile(samples, 0.99)})
     client.close()
 
 
 def contend(endpoints: str, seconds: float, name: str, threads: int, keys: str) -> None:
-    """Like bench/locks.py's contender: "ready" when warmed up, then "go" on stdin, then
-    {"pairs": N} summed over ``threads`` clients (own connection each) after ``seconds``."""
-    clients = [leader_client(endpoints) for _ in range(threads)]
-    locks = [SessionLock(client) for client in clients]
-    lock_keys = [KEY if keys == "one" else f"/bench-lock/{name}-{i}" for i in range(threads)]
-    counts = [0] * threads
-    errors: list[BaseException] = []
-    go = threading.Event()
-
-    def loop(i: int) -> None:
-        lock, key = locks[i], lock_keys[i]
-        try:
-            go.wait(60)
-            end = time.monotonic() + seconds
-            while time.monotonic() < end:
-                if not lock.acquire(key):
-                    raise RuntimeError(f"{name}-{i}: no grant within 30 s")
-                if not lock.release(key):
-                    raise RuntimeError(f"{name}-{i} lost a lock it held")
-                counts[i] += 1
-        except BaseException as exc:
-            errors.append(exc)
-
-    for lock, key in zip(locks, lock_keys):
-        if not (lock.acquire(key) and lock.release(key)):
-            raise RuntimeError("a warm-up pair failed")
-    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
-    for worker in workers:
-        worker.start()
-    print(json.dumps({"ready": True}), flush=True)
-    sys.stdin.readline()
-    go.set()
-    for worker in workers:
-        worker.join(seconds + 60)
-    if errors or any(worker.is_alive() for worker in workers):
-        raise SystemExit(f"etcd contender {name}: {errors[:1] or 'a client still waits'}")
-    print(json.dumps({"pairs": sum(counts)}), flush=True)
+    """bench/locks.py's contender on etcd: ``threads`` clients, a connection and session each."""
+    locks = [SessionLock(leader_client(endpoints)) for _ in range(threads)]
+    run_contenders([(lock.acquire, lock.release) for lock in locks],
+                   [KEY if keys == "one" else f"/bench-lock/{name}-{i}" for i in range(threads)], seconds, name)
     # Closing the clients would crash etcd3's watch threads on the closed channel: just leave.
     os._exit(0)
 

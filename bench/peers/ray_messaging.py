@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from child import PAYLOAD, emit, percentile, ray_init, ray_local_only  # noqa: E402
+from child import PAYLOAD, emit, percentile, error_figures, ray_init, ray_local_only, request_figures  # noqa: E402
 
 ray_local_only()
 import ray  # noqa: E402
@@ -126,30 +126,23 @@ def measure(args) -> dict:
     broadcasts_per_s = args.broadcasts / (time.perf_counter() - started)
     assert counts == [args.broadcasts] * SUBSCRIBERS, counts
 
-    unknown_ms, unknown_error = time_to_error_ms(lambda: ray.get_actor("nosuch", namespace=NAMESPACE), wait_s)
+    unknown = time_to_error_ms(lambda: ray.get_actor("nosuch", namespace=NAMESPACE), wait_s)
 
     victim_pid = ray.get(victim.pid.remote(), timeout=wait_s)
     in_flight = victim.hold.remote(PAYLOAD)
     time.sleep(0.3)  # let it reach the actor
     os.kill(victim_pid, signal.SIGKILL)
     killed_at = time.perf_counter()
-    killed_ms, killed_error = time_to_error_ms(lambda: ray.get(in_flight, timeout=wait_s), wait_s, killed_at)
-    after_ms, after_error = time_to_error_ms(lambda: ray.get(victim.echo.remote(PAYLOAD), timeout=wait_s), wait_s)
+    killed = time_to_error_ms(lambda: ray.get(in_flight, timeout=wait_s), wait_s, killed_at)
+    after = time_to_error_ms(lambda: ray.get(victim.echo.remote(PAYLOAD), timeout=wait_s), wait_s)
     return {
-        "request_p50_us": percentile(samples, 0.5),
-        "request_p99_us": percentile(samples, 0.99),
-        "round_trips_per_s": len(samples) / (sum(samples) / 1e6),
+        **request_figures(samples),
         "actor_to_actor_p50_us": percentile(actor_samples, 0.5),
         "actor_to_actor_p99_us": percentile(actor_samples, 0.99),
         "pipelined_requests_per_s": pipelined_requests_per_s,
         "msgs_per_s": msgs_per_s,
         "broadcast_msgs_per_s": broadcasts_per_s,
-        "unknown_agent_error_ms": unknown_ms,
-        "unknown_agent_error": unknown_error,
-        "killed_host_error_ms": killed_ms,
-        "killed_host_error": killed_error,
-        "call_after_kill_error_ms": after_ms,
-        "call_after_kill_error": after_error,
+        **error_figures(unknown, killed, after),
         "actors": len(owned) + 1,
     }
 

@@ -10,14 +10,13 @@ workload's runs.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from child import emit, ray_init, ray_local_only  # noqa: E402
+from child import emit, ray_init, ray_local_only, task_arguments  # noqa: E402
 
 ray_local_only()
 import ray  # noqa: E402
@@ -31,12 +30,7 @@ def noop(*_args):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--tasks", type=int, default=10_000)
-    parser.add_argument("--chain", type=int, default=500)
-    parser.add_argument("--fanout", type=int, default=5_000)
-    args = parser.parse_args()
+    args = task_arguments()
     ray_init(ray)
     runs: dict[str, list[float]] = {"noop": [], "chain": [], "fanout": []}
     try:
