@@ -39,7 +39,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import msgpack
@@ -183,12 +182,11 @@ def peer_run(name: str, args) -> dict:
     return run_child([python, str(PEERS / script), *head, *common], PEER_RUN_TIMEOUT_S)
 
 
-# =========================================================================== AgentFlow (issue 11's agent API)
-# One function per measure, written against the API as issue 11 and the lead describe it:
-#   AgentCommunication: send_to_agent(message), broadcast(message), subscribe(agent_id, types),
-#   request(to_agent, content, timeout_ms) -> AgentMessage, raising AgentNotFound,
-#   AgentUnavailable, AgentError or RequestTimeout. The agents are in bench/messaging_agents.py.
-# Until agentflow exports it, agentflow_missing() says so and the rows report "not built".
+# =========================================================================== AgentFlow (the agent API)
+# One function per measure, through AgentCommunication (runtime/agents.py): send_to_agent,
+# broadcast, request(to_agent, content, timeout_ms) -> AgentMessage, raising AgentNotFound,
+# AgentUnavailable, AgentError, MailboxFull or RequestTimeout. The agents are in
+# bench/messaging_agents.py. Where agentflow exports no agent API, the rows report "not built".
 
 
 def agentflow_missing() -> str | None:
@@ -197,13 +195,6 @@ def agentflow_missing() -> str | None:
     absent = [name for name in ("AgentActor", "AgentCommunication", "AgentMessage", "MessageType")
               if not hasattr(agentflow, name)]
     return f"not built (agentflow exports no {', '.join(absent)} yet)" if absent else None
-
-
-def agentflow_message(to_agent: str, msg_type, content, from_agent: str = "bench-caller"):
-    from agentflow import AgentMessage
-
-    return AgentMessage(message_id=uuid.uuid4().hex, from_agent=from_agent, to_agent=to_agent, msg_type=msg_type,
-                        content=content, timestamp_ms=int(time.time() * 1000), correlation_id=None)
 
 
 class AgentflowSetup:
@@ -236,8 +227,12 @@ class AgentflowSetup:
                  "--agent-id", "victim", "--master-url", url], stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, env=env)
             self.procs.append(self.victim)
-            # The caller: a node of our own, and its AgentCommunication (the API's exact form may change).
-            self.node = Node("bench-caller", master_url=url).start()
+            # The caller: an agent too, on a node of our own (a broadcast leaves through its host's
+            # PUB socket, which the subscribers' hosts connect to once the directory lists it).
+            from bench.messaging_agents import Counter
+
+            self.node = Node("bench-caller", master_urls=url).start()
+            self.node.spawn(Counter, agent_id="bench-caller")
             self.comm = AgentCommunication(self.node, agent_id="bench-caller")
             for agent_id in ("echo", "counter", *(f"sub{i}" for i in range(SUBSCRIBERS)), "victim"):
                 self.wait_for_agent(agent_id, 60)
@@ -293,8 +288,8 @@ def agentflow_msgs_per_s(setup: AgentflowSetup) -> float:
     base = comm.request("counter", COUNT, timeout_ms=5000).content
     started = time.perf_counter()
     for _ in range(messages):
-        comm.send_to_agent(agentflow_message("counter", MessageType.NOTIFICATION, PAYLOAD))
-    agentflow_count(comm, "counter", base + messages, 120)
+        comm.send_to_agent(comm.message("counter", PAYLOAD, MessageType.NOTIFICATION))
+    agentflow_count(comm, "counter", base + messages, 60)
     return messages / (time.perf_counter() - started)
 
 
@@ -336,13 +331,27 @@ def agentflow_pipelined_requests_per_s(setup: AgentflowSetup) -> float:
 
 def agentflow_broadcast_msgs_per_s(setup: AgentflowSetup) -> float:
     from agentflow import MessageType
+    from bench.messaging_agents import COUNT
 
     comm, broadcasts = setup.comm, setup.args.broadcasts
+    subscribers = [f"sub{i}" for i in range(SUBSCRIBERS)]
+
+    def counts() -> list[int]:
+        return [comm.request(agent, COUNT, timeout_ms=5000).content for agent in subscribers]
+
+    # PUB/SUB: broadcast until every subscriber's host has connected to ours and heard one.
+    deadline = time.monotonic() + 30
+    while min(counts()) == 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError("a subscriber heard no broadcast within 30 s")
+        comm.broadcast(comm.message("", PAYLOAD, MessageType.NOTIFICATION))
+        time.sleep(0.05)
+    base = counts()
     started = time.perf_counter()
     for _ in range(broadcasts):
-        comm.broadcast(agentflow_message("*", MessageType.NOTIFICATION, PAYLOAD))
-    for i in range(SUBSCRIBERS):
-        agentflow_count(comm, f"sub{i}", broadcasts, 120)
+        comm.broadcast(comm.message("", PAYLOAD, MessageType.NOTIFICATION))
+    for agent, before in zip(subscribers, base):
+        agentflow_count(comm, agent, before + broadcasts, 60)
     return broadcasts / (time.perf_counter() - started)
 
 

@@ -3,8 +3,6 @@ process that runs several of them in one node.
 
     agentflow agent run bench.messaging_agents:Sleeper --agent-id victim --master-url URL
     python bench/messaging_agents.py MASTER_URL      # echo, counter and sub0..sub7 in one node
-
-Imported only once ``agentflow`` exports the agent API (bench/messaging.py checks first).
 Requests every agent answers at once: PING (is it up?), and COUNT to a counter or a subscriber
 (its count).
 """
@@ -22,6 +20,7 @@ from agentflow import AgentActor, MessageType  # noqa: E402
 COUNT = "count?"
 PING = "ping?"
 SUBSCRIBERS = 8
+BURST_MAILBOX_LIMIT = 1_000_000
 
 
 class Echo(AgentActor):
@@ -43,13 +42,6 @@ class Counter(AgentActor):
         return None
 
 
-class Subscriber(Counter):
-    """A counter that also receives every NOTIFICATION broadcast."""
-
-    def on_start(self) -> None:
-        self.comm.subscribe(self.agent_id, [MessageType.NOTIFICATION])
-
-
 class Sleeper(AgentActor):
     """Holds every request for a minute: the call in flight when its host is killed."""
 
@@ -60,16 +52,18 @@ class Sleeper(AgentActor):
 
 
 def serve(master_url: str) -> None:
-    """One host process (a node of its own) with the echo, counter and 8 subscriber agents, as
-    AutoGen's second worker runtime hosts them; "ready" on stdout once all are spawned, until
-    stdin closes."""
+    """One host process (a node of its own) with the echo, counter and 8 subscriber agents (counters
+    that receive every NOTIFICATION broadcast), as AutoGen's second worker runtime hosts them;
+    "ready" on stdout once all are spawned (and so registered), until stdin closes. The counters'
+    mailboxes hold a whole pipelined burst, as the peers' unbounded queues do."""
     from agentflow import Node
 
-    node = Node("bench-agents", master_url=master_url).start()
+    node = Node("bench-agents", master_urls=master_url).start()
     node.spawn(Echo, agent_id="echo")
-    node.spawn(Counter, agent_id="counter")
+    node.spawn(Counter, agent_id="counter", mailbox_limit=BURST_MAILBOX_LIMIT)
     for i in range(SUBSCRIBERS):
-        node.spawn(Subscriber, agent_id=f"sub{i}")
+        node.spawn(Counter, agent_id=f"sub{i}", subscriptions=[MessageType.NOTIFICATION],
+                   mailbox_limit=BURST_MAILBOX_LIMIT)
     print("ready", flush=True)
     sys.stdin.read()
     node.stop()
