@@ -21,8 +21,9 @@ Systems: raw pyzmq+msgpack (the ceiling: DEALER/ROUTER echo with 64 messages per
 1000, the one-outstanding round trip, and a PUB to 8 SUB sockets in one other process, 64
 messages per frame; raw has no agents, so no error rows); AutoGen's distributed gRPC runtime and
 Ray named actors, each in its own venv under .venv-peers (bench/peers/*.py; set up through pip
-on first use); AgentFlow through its agent API (issue 11: ``AgentCommunication``), reported as
-"not built" (null) until ``agentflow`` exports it. Rows compare AgentFlow with the raw ceiling
+on first use); AgentFlow through its agent API (``AgentCommunication``; "not built", null, where
+``agentflow`` exports none), whose pipelined requests come from 8 threads (a request blocks its
+caller; AutoGen keeps 500 in flight, Ray all of them). Rows compare AgentFlow with the raw ceiling
 or with the better of AutoGen and Ray in this run; the per-system detail goes to the JSON's
 "systems". Every wait has a deadline; each peer's run is a child killed whole at its deadline.
 """
@@ -48,7 +49,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.common import PEERS, Result, peer_python, report, run_child  # noqa: E402
-from bench.peers.child import PAYLOAD, error_figures, read_line, request_figures  # noqa: E402
+from bench.peers.child import PAYLOAD, error_figures, percentile, read_line, request_figures  # noqa: E402
 from bench.transport import raw_asks, raw_pipelined, start_server, stop_raw_server  # noqa: E402
 
 SUBSCRIBERS = 8
@@ -65,6 +66,7 @@ MEASURES = {
     "pipelined_requests_per_s": ("requests/s", True),
     "request_p50_us": ("us", False),
     "request_p99_us": ("us", False),
+    "actor_to_actor_p50_us": ("us", False),  # agent to agent: a request from inside an agent
     "round_trips_per_s": ("requests/s", True),
     "broadcast_msgs_per_s": ("broadcasts/s", True),
     "unknown_agent_error_ms": ("ms", False),
@@ -229,10 +231,10 @@ class AgentflowSetup:
             self.procs.append(self.victim)
             # The caller: an agent too, on a node of our own (a broadcast leaves through its host's
             # PUB socket, which the subscribers' hosts connect to once the directory lists it).
-            from bench.messaging_agents import Counter
+            from bench.messaging_agents import Relay
 
             self.node = Node("bench-caller", master_urls=url).start()
-            self.node.spawn(Counter, agent_id="bench-caller")
+            self.node.spawn(Relay, agent_id="bench-caller")
             self.comm = AgentCommunication(self.node, agent_id="bench-caller")
             for agent_id in ("echo", "counter", *(f"sub{i}" for i in range(SUBSCRIBERS)), "victim"):
                 self.wait_for_agent(agent_id, 60)
@@ -303,6 +305,13 @@ def agentflow_request_samples(setup: AgentflowSetup) -> list[float]:
         comm.request("echo", PAYLOAD, timeout_ms=5000)
         samples.append((time.perf_counter() - started) * 1e6)
     return samples
+
+
+def agentflow_agent_to_agent_samples(setup: AgentflowSetup) -> list[float]:
+    """Sequential requests from inside the caller's agent to the echo agent (it times them)."""
+    requests = setup.args.requests
+    return setup.comm.request("bench-caller", {"relay": requests, "payload": PAYLOAD},
+                              timeout_ms=requests * 5000).content
 
 
 def agentflow_pipelined_requests_per_s(setup: AgentflowSetup) -> float:
@@ -400,8 +409,11 @@ def agentflow_run(args) -> dict:
     with AgentflowSetup(args) as setup:
         samples = agentflow_request_samples(setup)
         unknown = agentflow_unknown_agent_error_ms(setup)
+        relayed = agentflow_agent_to_agent_samples(setup)
         result = {
             **request_figures(samples),
+            "actor_to_actor_p50_us": percentile(relayed, 0.5),
+            "actor_to_actor_p99_us": percentile(relayed, 0.99),
             "pipelined_requests_per_s": agentflow_pipelined_requests_per_s(setup),
             "msgs_per_s": agentflow_msgs_per_s(setup),
             "broadcast_msgs_per_s": agentflow_broadcast_msgs_per_s(setup),
@@ -498,6 +510,8 @@ def main() -> None:
         row("agent_request_p50_us", "request_p50_us", raw_rtt),
         row("agent_request_p50_us_vs_peer", "request_p50_us", best_peer(systems, "request_p50_us")),
         row("agent_request_p99_us_vs_peer", "request_p99_us", best_peer(systems, "request_p99_us")),
+        row("agent_to_agent_request_p50_us_vs_peer", "actor_to_actor_p50_us",
+            best_peer(systems, "actor_to_actor_p50_us")),
         row("agent_round_trips_per_s_vs_peer", "round_trips_per_s", best_peer(systems, "round_trips_per_s")),
         row("agent_pipelined_requests_per_s_vs_peer", "pipelined_requests_per_s",
             best_peer(systems, "pipelined_requests_per_s")),
@@ -531,8 +545,7 @@ def print_systems(detail: dict) -> None:
     table.add_column("measure")
     for system in detail.values():
         table.add_column(system["name"])
-    extra = [("msgs_per_s_1_per_frame", ("msgs/s", True)), ("actor_to_actor_p50_us", ("us", False)),
-             ("actor_to_actor_p99_us", ("us", False))]
+    extra = [("msgs_per_s_1_per_frame", ("msgs/s", True)), ("actor_to_actor_p99_us", ("us", False))]
     for key, (unit, _) in [*MEASURES.items(), *extra]:
         cells = []
         for system in detail.values():

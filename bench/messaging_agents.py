@@ -42,6 +42,21 @@ class Counter(AgentActor):
         return None
 
 
+class Relay(Counter):
+    """The caller's own agent: a request {"relay": N} times N sequential requests from inside this
+    agent to the echo agent (agent to agent) and answers their microseconds."""
+
+    def on_message(self, message):
+        if isinstance(message.content, dict) and "relay" in message.content:
+            samples = []
+            for _ in range(message.content["relay"]):
+                started = time.perf_counter()
+                self.comm.request("echo", message.content["payload"], timeout_ms=5000)
+                samples.append((time.perf_counter() - started) * 1e6)
+            return samples
+        return super().on_message(message)
+
+
 class Sleeper(AgentActor):
     """Holds every request for a minute: the call in flight when its host is killed."""
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -115,20 +116,25 @@ def main() -> None:
     os.environ.setdefault("AGENTFLOW_LOG", "warn")
 
     runs: dict[str, list[float]] = {"noop": [], "chain": [], "fanout": []}
-    with tempfile.TemporaryDirectory(prefix="agentflow-bench-") as directory:
-        local = LocalCluster(directory, masters=3, workers=2,
-                             worker_options=["--max-concurrent-tasks", str(args.slots)])
-        try:
-            local.start()
-            with Client(local.master_url, timeout_s=30) as client:
-                agentflow_wall_s(client, agentflow_workflow("independent", 10))  # warm up
-                for run in range(args.runs):
-                    runs["noop"].append(args.tasks / agentflow_wall_s(client, agentflow_workflow("independent", args.tasks)))
-                    runs["chain"].append(agentflow_wall_s(client, agentflow_workflow("chain", args.chain)) * 1000 / args.chain)
-                    runs["fanout"].append(agentflow_wall_s(client, agentflow_workflow("fanout", args.fanout)))
-                    print(f"agentflow run {run + 1}/{args.runs} done", file=sys.stderr)
-        finally:
-            local.stop()
+    directory = tempfile.mkdtemp(prefix="agentflow-bench-")
+    local = LocalCluster(directory, masters=3, workers=2, worker_options=["--max-concurrent-tasks", str(args.slots)])
+    finished = False
+    try:
+        local.start()
+        with Client(local.master_url, timeout_s=30) as client:
+            agentflow_wall_s(client, agentflow_workflow("independent", 10))  # warm up
+            for run in range(args.runs):
+                runs["noop"].append(args.tasks / agentflow_wall_s(client, agentflow_workflow("independent", args.tasks)))
+                runs["chain"].append(agentflow_wall_s(client, agentflow_workflow("chain", args.chain)) * 1000 / args.chain)
+                runs["fanout"].append(agentflow_wall_s(client, agentflow_workflow("fanout", args.fanout)))
+                print(f"agentflow run {run + 1}/{args.runs} done", file=sys.stderr)
+        finished = True
+    finally:
+        local.stop()
+        if finished:
+            shutil.rmtree(directory, ignore_errors=True)
+        else:
+            print(f"agentflow failed: its masters' and workers' logs are kept in {directory}", file=sys.stderr)
 
     peers = {name: peer_runs(name, args) for name in ("ray", "dask")}
     metrics = {"noop": ("noop_tasks_per_s", "tasks/s", True), "chain": ("chain_ms_per_hop", "ms", False),
