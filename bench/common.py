@@ -22,6 +22,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from bench.peers.child import percentile  # noqa: F401 - the benchmarks' one percentile, also here
+
 
 @dataclass
 class Result:
@@ -62,11 +64,6 @@ class Result:
             "runs": [round(r, 3) for r in self.runs],
             "peer_runs": [round(r, 3) for r in self.peer_runs],
         }
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def report(benchmark: str, results: list[Result], json_path: str | None, **extra) -> dict:
@@ -128,11 +125,11 @@ def peer_python(name: str, requirements: list[str], timeout_s: float = 1800) -> 
     return str(python), ""
 
 
-def run_child(argv: list[str], timeout_s: float, env: dict | None = None) -> dict:
+def run_child(argv: list[str], timeout_s: float) -> dict:
     """Run a child that prints one JSON document as its last stdout line; kill its whole process group
     (a peer's helpers too) if it is not done within ``timeout_s``. Raises RuntimeError naming the failure."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            text=True, start_new_session=True, env=env)
+                            text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:

@@ -443,19 +443,17 @@ def best_peer(systems: dict, key: str) -> tuple[str, list[float]]:
 def collect(runners: dict, runs: int) -> dict[str, dict]:
     """Run every system once per round, ``runs`` rounds (the shared machine's load drifts: each
     system sees the same drift); per system {"name", "runs": {measure: [values]}, "failure"}. A
-    system that fails is reported with its error and not run again; the others go on."""
+    failed run is reported (run number and error) and the rounds go on."""
     documents: dict[str, list[dict]] = {name: [] for name in runners}
-    failures: dict[str, str | None] = {name: None for name in runners}
+    failures: dict[str, list[str]] = {name: [] for name in runners}
     for i in range(runs):
         for name, run in runners.items():
-            if failures[name]:
-                continue
             try:
                 documents[name].append(run())
                 print(f"{name} run {i + 1}/{runs} done", file=sys.stderr, flush=True)
             except Exception as exc:
-                failures[name] = f"{type(exc).__name__}: {exc}"
-                print(f"{name} run {i + 1}/{runs} failed: {failures[name]}", file=sys.stderr, flush=True)
+                failures[name].append(f"run {i + 1}: {type(exc).__name__}: {exc}")
+                print(f"{name} {failures[name][-1]}", file=sys.stderr, flush=True)
     systems = {}
     for name, found in documents.items():
         per_key: dict[str, list] = {}
@@ -463,7 +461,7 @@ def collect(runners: dict, runs: int) -> dict[str, dict]:
             for key, value in document.items():
                 per_key.setdefault(key, []).append(value)
         systems[name] = {"name": found[0].get("peer", name) if found else name, "runs": per_key,
-                         "failure": failures[name]}
+                         "failure": "; ".join(failures[name]) or None}
     return systems
 
 

@@ -32,19 +32,17 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Result, percentile, report  # noqa: E402
-from bench.peers.child import read_line  # noqa: E402
+from bench.peers.child import PAYLOAD, read_line  # noqa: E402
 from runtime.actor import Actor  # noqa: E402
 from runtime.client import DirectAsks  # noqa: E402
 from runtime.node import Node  # noqa: E402
 
-PAYLOAD = {"task_id": "task-000123", "op": "run", "priority": 500, "args": [1, 2, 3],
-           "kwargs": {"x": 1}, "worker": "worker-7", "attempt": 1}
 RECV_TIMEOUT_S = 10.0  # no reply for this long: the benchmark fails, naming the wait
 
 
 # --------------------------------------------------------------------------- servers (child process)
 
-def server_socket(context: zmq.Context) -> tuple[zmq.Socket, str]:
+def server_socket(context: zmq.Context) -> zmq.Socket:
     """A ROUTER that never drops a reply: no send high-water mark (a client bounds what it has in
     flight), and ROUTER_MANDATORY so a reply to a route that is gone fails instead of vanishing."""
     sock = context.socket(zmq.ROUTER)
@@ -54,7 +52,7 @@ def server_socket(context: zmq.Context) -> tuple[zmq.Socket, str]:
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     print(f"tcp://127.0.0.1:{port}", flush=True)
-    return sock, f"tcp://127.0.0.1:{port}"
+    return sock
 
 
 def reply(sock: zmq.Socket, route: bytes, data: bytes) -> None:
@@ -67,7 +65,7 @@ def reply(sock: zmq.Socket, route: bytes, data: bytes) -> None:
 def serve_raw_echo() -> None:
     """Decodes and re-encodes every frame it echoes, as a raw server doing real work would."""
     context = zmq.Context()
-    sock, _ = server_socket(context)
+    sock = server_socket(context)
     while True:
         route, data = sock.recv_multipart()
         message = msgpack.unpackb(data)
@@ -80,7 +78,7 @@ def serve_raw_echo() -> None:
 
 def serve_raw() -> None:
     context = zmq.Context()
-    sock, _ = server_socket(context)
+    sock = server_socket(context)
     count = 0
     while True:
         route, data = sock.recv_multipart()

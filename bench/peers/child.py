@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Callable
 
-# The message every system carries in the messaging benchmark (bench/transport.py's PAYLOAD).
+# The message every system carries in the transport and messaging benchmarks.
 PAYLOAD = {"task_id": "task-000123", "op": "run", "priority": 500, "args": [1, 2, 3],
            "kwargs": {"x": 1}, "worker": "worker-7", "attempt": 1}
 
