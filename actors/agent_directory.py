@@ -49,7 +49,9 @@ from runtime.log import get_logger
 
 log = get_logger("agent")
 
-DEFAULT_HOST_LEASE_MS = 2000
+# Hosts heartbeat every 0.5 s. A host that dies is found out sooner, by its dropped connections;
+# the lease is for a host the network cut off, and must outlast a stall of a loaded machine.
+DEFAULT_HOST_LEASE_MS = 5000
 DEFAULT_HISTORY_SIZE = 10_000
 TICK_S = 0.25
 PROPOSE_TIMEOUT_S = 5.0
