@@ -30,17 +30,19 @@ from typing import Any
 
 from actors.agent_directory import AgentDirectoryActor
 from actors.lock import LockActor
+from actors.observer import ObserverActor
 from actors.raft import SNAPSHOT_EVERY_ENTRIES, RaftActor
 from actors.scheduler import SchedulerActor
-from protocols.names import AGENTS_ACTOR, LOCK_ACTOR, RAFT_ACTOR, SCHEDULER_ACTOR
+from protocols.names import AGENTS_ACTOR, LOCK_ACTOR, OBSERVER_ACTOR, RAFT_ACTOR, SCHEDULER_ACTOR
 from protocols.control import Join, StatusQuery, TransferLeadership
 from protocols.raft import RaftConfig
 from protocols.wire import ErrorRecord, Redirect
 from agentflow.addresses import advertised_address, parse_advertise, unresolved
 from runtime.client import parse_master_urls
 from runtime.future import AskTimeout, RemoteError
-from runtime.http import HttpServer
+from runtime.http import HttpServer, on_node_thread
 from runtime.log import get_logger
+from runtime.metrics import MasterMetrics
 from runtime.node import Node
 from runtime.security import CurveKeys
 
@@ -100,7 +102,14 @@ class Master:
         self.locks = self.node.spawn(LockActor, name=LOCK_ACTOR, pinned=True)  # watches "lock." applies
         self.scheduler = self.node.spawn(SchedulerActor, name=SCHEDULER_ACTOR, pinned=True)
         self.agents = self.node.spawn(AgentDirectoryActor, name=AGENTS_ACTOR, pinned=True)
-        self.http = HttpServer(host, self.http_port, self.stats).start() if self.http_port else None
+        self.metrics = MasterMetrics(self.stats)
+        self.node.actor(RAFT_ACTOR).storage.on_commit_s = self.metrics.fsync.observe
+        self.observer = self.node.spawn(ObserverActor, self.metrics, name=OBSERVER_ACTOR, pinned=True)
+        try:
+            self.http = HttpServer(host, self.http_port, self.metrics.registry, self.stats).start() if self.http_port else None
+        except OSError:
+            self.node.stop()
+            raise
         log.info("Master %s serves on %s (http %s, data %s)", self.node_id, self.node.endpoint,
                  self.http_port or "off", self.storage_path)
 
@@ -126,13 +135,11 @@ class Master:
     def status(self, timeout_s: float = 1.0) -> dict:
         return self.raft.ask(StatusQuery(), timeout_s=timeout_s).get()
 
-    def stats(self) -> dict:
-        try:
-            raft = self.status()
-        except AskTimeout:
-            raft = None
-        return {"node_id": self.node_id, "serving": bool(raft and raft.get("leader")),
-                "raft": raft, "counters": self.node.stats()}
+    def stats(self) -> dict | None:
+        """The observer's snapshot document (actors/observer.py), or None if the node's thread
+        did not get to it within a second."""
+        observer = self.node.actor(OBSERVER_ACTOR)
+        return on_node_thread(self.node, observer.snapshot)
 
     def registered(self, status: dict) -> bool:
         """A voter whose committed member record, as applied here, has its current endpoint."""

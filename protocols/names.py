@@ -10,3 +10,4 @@ LOCK_ACTOR = "lock"
 WORKER_ACTOR = "worker"
 AGENTS_ACTOR = "agents"  # the agent directory on every master
 AGENT_HOST_ACTOR = "agent-host"  # on every node that hosts agents
+OBSERVER_ACTOR = "observer"

@@ -296,6 +296,7 @@ class Transport(threading.Thread):
         """Decode one frame and hand each local actor its part of it as one batch."""
         counters = self.counters
         counters["frames_in"] += 1
+        counters["bytes_in"] += len(data)
         try:
             frame = decode_frame(data, self.max_frame_bytes)
         except DecodeError as exc:
@@ -485,6 +486,7 @@ class Transport(threading.Thread):
                 continue
             counters["frames_out"] += 1
             counters["msgs_out"] += len(chunk)
+            counters["bytes_out"] += len(data)
 
     def _fail_unencodable(self, envelope: tuple, exc: Exception) -> None:
         self.counters["encode_errors"] += 1
