@@ -84,6 +84,7 @@ class WorkerConfig:
     ask_timeout_s: float | None = None
     kill_grace_s: float = DEFAULT_KILL_GRACE_S
     report_grace_s: float = 10.0
+    on_reports: Callable[[list[TaskFinished]], None] | None = None  # metrics: each finished batch
 
 
 # Messages the worker tells itself (local only, never on the wire).
@@ -238,6 +239,8 @@ class WorkerActor(Actor):
             self._add_reports(reports)
 
     def _on_finished(self, reports: list[TaskFinished]) -> None:
+        if self.config.on_reports is not None:
+            self.config.on_reports(reports)
         for report in reports:
             self.running.pop(report.key, None)
         self._add_reports(reports)

@@ -78,12 +78,13 @@ class ChildProcess:
     ``prefix`` runs it through another command that execs it (``ip netns exec NS``)."""
 
     def __init__(self, name: str, args: list[str], log_path: Path, port: int | None = None,
-                 prefix: list[str] | None = None) -> None:
+                 prefix: list[str] | None = None, http_port: int | None = None) -> None:
         self.name = self.node_id = name
         self.args = args
         self.prefix = prefix or []
         self.log_path = log_path
         self.port = port
+        self.http_port = http_port  # /metrics, /health, /stats
         self.proc: subprocess.Popen | None = None
         self._log = None
 
@@ -148,7 +149,7 @@ class LocalCluster:
             args = ["master", "--port", str(port), "--node-id", node_id, "--data-dir", str(self.data_dir)]
             args += ["--mode", "leader"] if i == 0 else ["--mode", "master", "--leader-url", f"127.0.0.1:{ports[0]}"]
             args += master_options or []
-            self.masters.append(ChildProcess(node_id, args, self.data_dir / f"{node_id}.log", port))
+            self.masters.append(ChildProcess(node_id, args, self.data_dir / f"{node_id}.log", port, port + 10))
         self.workers: list[ChildProcess] = []
         self.client_curve = client_curve  # the keys of the clients this launcher makes (CURVE clusters)
         self.agents: list[ChildProcess] = []
@@ -217,8 +218,10 @@ class LocalCluster:
         return Client(self.master_url, timeout_s=2.0, curve=self.client_curve)
 
     def _start_worker(self, worker_id: str, options: list[str]) -> ChildProcess:
-        args = ["worker", "--master-url", self.master_url, "--worker-id", worker_id, *options]
-        child = ChildProcess(worker_id, args, self.data_dir / f"{worker_id}.log").start()
+        http_port = find_free_ports(1, offsets=(0,))[0]
+        args = ["worker", "--master-url", self.master_url, "--worker-id", worker_id, "--http-port", str(http_port),
+                *options]
+        child = ChildProcess(worker_id, args, self.data_dir / f"{worker_id}.log", http_port=http_port).start()
         self.workers.append(child)
         return child
 
@@ -245,6 +248,12 @@ class LocalCluster:
             return wait_until(checked, timeout_s, what, interval_s=0.1)
         except TimeoutError as exc:
             raise TimeoutError(f"{exc} (logs in {self.data_dir})") from None
+
+    def http_targets(self) -> list[tuple[str, str, str]]:
+        """``(node id, "master"|"worker", "127.0.0.1:HTTP_PORT")`` of every node: what a
+        Prometheus scrapes."""
+        return ([(m.node_id, "master", f"127.0.0.1:{m.http_port}") for m in self.masters]
+                + [(w.node_id, "worker", f"127.0.0.1:{w.http_port}") for w in self.workers])
 
     def alive(self) -> bool:
         return all(child.alive() for child in self.masters + self.workers + self.agents)

@@ -85,6 +85,8 @@ def worker(
     advertise: Optional[str] = Advertise,
     port: int = typer.Option(0, "--port", envvar="AGENTFLOW_PORT",
                              help="Where to listen for the masters' assignments. Default: any free port."),
+    http_port: Optional[int] = typer.Option(None, "--http-port", envvar="AGENTFLOW_HTTP_PORT",
+                                            help="/metrics, /health, /stats. Default: PORT+10 with --port, else none; 0: none."),
 ) -> None:
     """Start a worker that runs tasks for the cluster."""
     from agentflow.worker import run_worker
@@ -96,7 +98,7 @@ def worker(
     raise typer.Exit(run_worker(master_url or "127.0.0.1:6767", cpu_cores=cpu_cores, memory_mb=memory_mb,
                                 gpu_count=gpu_count, group=group, capabilities=capability,
                                 max_concurrent_tasks=max_concurrent_tasks, worker_id=worker_id,
-                                host=host, port=port, advertise=advertise, curve=keys))
+                                host=host, port=port, advertise=advertise, curve=keys, http_port=http_port))
 
 
 @app.command()
