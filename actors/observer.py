@@ -43,6 +43,7 @@ from runtime.actor import Actor
 from runtime.metrics import MasterMetrics
 
 EVENTS_KEPT = 50
+REJOIN_GRACE_S = 3.0  # three heartbeats: how long a new leader takes to hear from every worker
 PENDING_BATCHES_KEPT = 10_000  # proposal batches timed at once; older ones are not timed
 
 
@@ -59,6 +60,7 @@ class ObserverActor(Actor):
         self._event_ids = itertools.count(1)
         self._timer_id: int | None = None
         self._leadership: tuple[bool, int] | None = None
+        self._leader_since_s = 0.0
         self._workers: dict[str, str] = {}  # worker id -> status, at the last tick
         # What the last round left in the Raft core.
         self._leader_seen: str | None = None
@@ -120,6 +122,7 @@ class ObserverActor(Actor):
         self._leadership = (is_leader, term)
         if is_leader:
             self._workers = {}
+            self._leader_since_s = time.monotonic()
             self.publish("election", f"{self.node.node_id} became leader for term {term}", term=term)
         elif self._was_leader:
             self.publish("election", f"{self.node.node_id} is no longer leader (term {term})", term=term)
@@ -129,7 +132,9 @@ class ObserverActor(Actor):
         for worker_id, status in now.items():
             before = self._workers.get(worker_id)
             if before is None:
-                self.publish("worker", f"worker {worker_id} joined", worker=worker_id)
+                # A new leader learns every worker again from its heartbeats: that is not news.
+                if time.monotonic() - self._leader_since_s >= REJOIN_GRACE_S:
+                    self.publish("worker", f"worker {worker_id} joined", worker=worker_id)
             elif status == "offline" and before != "offline":
                 self.metrics.workers_lost.inc()
                 self.publish("worker", f"worker {worker_id} lost (missed its heartbeats)", worker=worker_id)

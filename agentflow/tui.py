@@ -29,7 +29,6 @@ from typing import Any, Iterator
 
 from rich.console import Group, RenderableType
 from rich.panel import Panel
-from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
@@ -217,15 +216,17 @@ def _duration(seconds: float | None) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
-def _bar(fraction: float, width: int = 10) -> ProgressBar:
-    return ProgressBar(total=1.0, completed=min(1.0, max(0.0, fraction)), width=width)
+def _bar(fraction: float, width: int = 10, style: str = "green") -> Text:
+    """A bar that reads the same in colour and as plain text (a pane capture, --once)."""
+    fraction = min(1.0, max(0.0, fraction))
+    filled = round(fraction * width)
+    return Text.assemble(("█" * filled, style), ("░" * (width - filled), "dim"))
 
 
-def _meter(fraction: float) -> RenderableType:
-    """A short bar and its percentage."""
-    grid = Table.grid(padding=(0, 1))
-    grid.add_row(_bar(fraction), f"{100 * min(1.0, max(0.0, fraction)):3.0f}%")
-    return grid
+def _meter(fraction: float) -> Text:
+    """A short bar and its percentage, red from 90%."""
+    fraction = min(1.0, max(0.0, fraction))
+    return Text.assemble(_bar(fraction, style="red" if fraction >= 0.9 else "green"), f" {100 * fraction:3.0f}%")
 
 
 def header(frame: Frame, view: ViewState) -> RenderableType:
@@ -331,7 +332,7 @@ def workflows_panel(leader: dict | None, view: ViewState, limit: int) -> Rendera
         state = row["state"]
         style = {"completed": "green", "failed": "red", "running": "cyan", "cancelled": "yellow"}.get(state, "")
         table.add_row(row["workflow_id"], Text(state, style=style),
-                      Group(_bar(row["finished"] / row["total"] if row["total"] else 1.0, 20)),
+                      _bar(row["finished"] / row["total"] if row["total"] else 1.0, 20, style),
                       f"{row['finished']}/{row['total']}", str(counts.get("running", 0)),
                       str(counts.get("failed", 0)), _duration(row.get("elapsed_s")),
                       "-" if state != "running" and state != "pending" else _duration(row.get("eta_s")))

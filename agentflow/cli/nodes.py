@@ -106,6 +106,7 @@ def up(
     masters: int = typer.Option(3, "--masters"),
     workers: int = typer.Option(2, "--workers"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    port: int = typer.Option(6767, "--port", help="The first master's port (the next free ones follow)."),
 ) -> None:
     """Run a local cluster in the foreground; Ctrl-C stops it."""
     import signal
@@ -116,7 +117,7 @@ def up(
 
     directory = data_dir or tempfile.mkdtemp(prefix="agentflow-up-")
     try:
-        local = LocalCluster(directory, masters=masters, workers=workers, first_port=6767)
+        local = LocalCluster(directory, masters=masters, workers=workers, first_port=port)
     except ValueError as exc:
         fail(str(exc))
     stop = threading.Event()
@@ -126,11 +127,19 @@ def up(
         local.start()
         typer.echo(f"AgentFlow is up: {masters} masters, {workers} workers; data and logs in {directory}")
         typer.echo(f"  export AGENTFLOW_MASTER_URL={local.master_url}")
-        typer.echo("  agentflow submit examples/diamond.yaml --wait     (Ctrl-C stops the cluster)")
+        typer.echo("  agentflow submit examples/diamond.yaml --wait")
+        typer.echo("  agentflow top                                     (Ctrl-C stops the cluster)")
+        typer.echo("  metrics: " + " ".join(f"http://{target}/metrics" for _, _, target in local.http_targets()))
+        reported: set[str] = set()
         while not stop.wait(0.5):
-            if not local.alive():
-                typer.echo("a process of the cluster exited; stopping (see the logs)", err=True)
-                break
+            for child in local.masters + local.workers:
+                if not child.alive() and child.name not in reported:
+                    reported.add(child.name)
+                    typer.echo(f"{child.name} exited (code {child.proc.returncode}); the others go on "
+                               f"(log: {child.log_path})", err=True)
+            if not any(master.alive() for master in local.masters):
+                typer.echo("agentflow: every master has exited; stopping", err=True)
+                raise typer.Exit(1)
     except (RuntimeError, TimeoutError) as exc:
         typer.echo(f"agentflow: {exc}", err=True)
         raise typer.Exit(1)
