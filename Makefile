@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo soak bench clean
+BENCH_STAMP := $(VENV)/.bench-installed
+
+.PHONY: test demo soak bench prometheus clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +23,12 @@ soak: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/agentflow demo
 
-bench: $(STAMP)
+# The benchmarks' Python peers (PySyncObj, Dask distributed, ...): the `bench` extra of pyproject.toml.
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	mkdir -p bench/results
 	$(BIN)/python bench/transport.py --json bench/results/transport.json
 	$(BIN)/python bench/raft.py --json bench/results/raft.json
@@ -29,6 +36,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/locks.py --json bench/results/locks.json
 	$(BIN)/python bench/messaging.py --json bench/results/messaging.json
 	$(BIN)/python bench/executor.py --json bench/results/executor.json
+
+# A real Prometheus (Debian's: apt-get install prometheus) scrapes a local cluster and is queried.
+prometheus: $(STAMP)
+	$(BIN)/python -m agentflow.prometheus
 
 clean:
 	rm -rf $(VENV) .venv-peers build *.egg-info
