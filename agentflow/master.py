@@ -91,25 +91,32 @@ class Master:
         self.storage_path = os.path.join(data_dir, f"{self.node_id.replace('/', '_').replace(':', '_')}.sqlite")
         raft_config, tick_s = raft_timing(heartbeat_ms, election_timeout_ms)  # bad options: before binding
         fresh = not os.path.exists(self.storage_path)
+        self.recovered = not fresh  # from a data file of an earlier run
         # Its own node is a member of the cluster: agents may be hosted on a master too.
         own = f"tcp://{advertise_host or host}:{advertise_port or port}"
         self.node = Node(self.node_id, host=host, port=port, pub_port=pub_port, master_urls=[own, *self.leader_endpoints],
                          advertise_host=advertise_host, advertise_port=advertise_port, curve=curve).start()
         self.http_port = default_http_port(port, http_port)
         bootstrap = mode == "leader" or (fresh and self._first_of_leader_url())
-        self.raft = self.node.spawn(RaftActor, self.storage_path, raft_config, tick_s, bootstrap,
-                                    self.http_port, snapshot_every_entries, name=RAFT_ACTOR, pinned=True)
-        self.locks = self.node.spawn(LockActor, name=LOCK_ACTOR, pinned=True)  # watches "lock." applies
-        self.scheduler = self.node.spawn(SchedulerActor, name=SCHEDULER_ACTOR, pinned=True)
-        self.agents = self.node.spawn(AgentDirectoryActor, name=AGENTS_ACTOR, pinned=True)
         self.metrics = MasterMetrics(self.stats)
-        self.node.actor(RAFT_ACTOR).storage.on_commit_s = self.metrics.fsync.observe
-        self.observer = self.node.spawn(ObserverActor, self.metrics, name=OBSERVER_ACTOR, pinned=True)
+        self.http: HttpServer | None = None
         try:
-            self.http = HttpServer(host, self.http_port, self.metrics.registry, self.stats).start() if self.http_port else None
-        except OSError:
+            if self.http_port:  # bound now (a taken port fails before anything starts), served below
+                self.http = HttpServer(host, self.http_port, self.metrics.registry, self.stats)
+            self.raft = self.node.spawn(RaftActor, self.storage_path, raft_config, tick_s, bootstrap,
+                                        self.http_port, snapshot_every_entries, name=RAFT_ACTOR, pinned=True)
+            self.locks = self.node.spawn(LockActor, name=LOCK_ACTOR, pinned=True)  # watches "lock." applies
+            self.scheduler = self.node.spawn(SchedulerActor, name=SCHEDULER_ACTOR, pinned=True)
+            self.agents = self.node.spawn(AgentDirectoryActor, name=AGENTS_ACTOR, pinned=True)
+            self.node.actor(RAFT_ACTOR).storage.on_commit_s = self.metrics.fsync.observe
+            self.observer = self.node.spawn(ObserverActor, self.metrics, name=OBSERVER_ACTOR, pinned=True)
+        except BaseException:
+            if self.http is not None:
+                self.http.stop()
             self.node.stop()
             raise
+        if self.http is not None:
+            self.http.start()
         log.info("Master %s serves on %s (http %s, data %s)", self.node_id, self.node.endpoint,
                  self.http_port or "off", self.storage_path)
 

@@ -56,10 +56,6 @@ def worker_snapshot(node: Node) -> dict:
             "memory_available_bytes": psutil.virtual_memory().available}
 
 
-def metrics_snapshot(node: Node) -> Callable[[], dict | None]:
-    return lambda: on_node_thread(node, lambda: worker_snapshot(node))
-
-
 def default_worker_id() -> str:
     return f"worker-{uuid.uuid4().hex[:8]}"
 
@@ -127,9 +123,9 @@ def run_worker(
         outcome["signals"] += 1
         wake.set()
 
-    metrics = WorkerMetrics(metrics_snapshot(node))
+    metrics = WorkerMetrics(lambda: on_node_thread(node, lambda: worker_snapshot(node)))
     try:
-        http = HttpServer(host, http_port, metrics.registry, metrics_snapshot(node)).start() if http_port else None
+        http = HttpServer(host, http_port, metrics.registry, metrics.snapshot_provider).start() if http_port else None
     except OSError as exc:
         node.stop()
         log.error("Worker %s cannot serve HTTP on %s:%s: %s (choose another --http-port, or 0 for none)",

@@ -117,6 +117,7 @@ class _SnapshotCollector:
 
 class _Metrics:
     def __init__(self, snapshot_provider: Callable[[], dict | None], families: Callable[[dict], Iterator[Metric]]):
+        self.snapshot_provider = snapshot_provider
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         self.registry.register(_SnapshotCollector(snapshot_provider, families))

@@ -17,6 +17,7 @@ from runtime.future import RemoteError
 from runtime.log import configure_logging
 
 app = typer.Typer(help="AgentFlow: distributed parallel execution of agents and tasks.",
+                  pretty_exceptions_enable=False,  # an unexpected error is one line (agentflow.cli.main)
                   no_args_is_help=True, add_completion=False)
 lock_app = typer.Typer(help="Distributed locks with fencing tokens.", no_args_is_help=True)
 app.add_typer(lock_app, name="lock")
@@ -31,6 +32,15 @@ Advertise = typer.Option(None, "--advertise", envvar="AGENTFLOW_ADVERTISE",
                          help="HOST[:PORT] the other nodes should use to reach this one (a DNS name, a NAT's "
                               "address). Default: the bound address; for 0.0.0.0, this host name's address.")
 NodeId = typer.Option(None, "--node-id", envvar="AGENTFLOW_NODE_ID", help="This node's id in the cluster.")
+
+
+UNREACHABLE_FIX = ("is the cluster up? Start one with `agentflow up`, or point --master-url / "
+                   "AGENTFLOW_MASTER_URL at one of its masters")
+
+
+def unreachable(exc: Exception) -> str:
+    """The one line for a cluster that does not answer: what was tried, and the fix."""
+    return f"{exc}: {UNREACHABLE_FIX}"
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -128,7 +138,9 @@ def ask_cluster(master_url: Optional[str], request, also: tuple[type[Exception],
             return request(client)
         except RemoteError as exc:
             fail(exc.message, code=1)
-        except (ClusterUnavailable, *also) as exc:
+        except ClusterUnavailable as exc:
+            fail(unreachable(exc), code=1)
+        except also as exc:
             fail(str(exc), code=1)
 
 

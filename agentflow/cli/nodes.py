@@ -46,6 +46,7 @@ def master(
 ) -> None:
     """Start a master (a member of the Raft group of the control plane)."""
     from agentflow.master import run_master
+    from runtime.storage import StorageError
 
     keys = curve_keys("master")
     check_bind(host, keys)
@@ -63,8 +64,15 @@ def master(
                           advertise=advertise, curve=keys)
     except ValueError as exc:
         fail(str(exc))
-    except (zmq.ZMQError, OSError) as exc:
-        fail(f"master cannot start on {host}:{port}: {exc}", code=1)
+    except StorageError as exc:
+        fail(f"{exc}: this data is not this master's (another cluster's, or not AgentFlow's); "
+             "pass another --data-dir or --node-id, or move the file away", code=1)
+    except zmq.ZMQError as exc:
+        fail(f"master cannot listen on {host}:{port}: {exc}; choose another --port (or --pub-port), "
+             "or stop what uses it", code=1)
+    except OSError as exc:
+        fail(f"master cannot serve HTTP on {host}:{http_port or port + 10}: {exc}; choose another --http-port "
+             "(0 for none), or stop what uses it", code=1)
     raise typer.Exit(code)
 
 
@@ -148,9 +156,17 @@ def up(
         typer.echo("AgentFlow stopped")
 
 
+NEXT_COMMANDS = (
+    ("agentflow up", "3 masters and 2 workers, until Ctrl-C"),
+    ("agentflow top", "the live view (another terminal; q quits)"),
+    ("agentflow submit examples/diamond.yaml --wait", "a workflow on it"),
+)
+
+
 @app.command()
 def demo() -> None:
     """Bring up a local cluster, run the example workflows, print a summary, stop it."""
+    import collections
     import tempfile
     from pathlib import Path
 
@@ -172,21 +188,41 @@ def demo() -> None:
             console.print(f"cluster up in {time.perf_counter() - started:.1f} s: 3 masters "
                           f"({local.master_url}), 2 workers")
             table = Table(title="AgentFlow demo")
-            for column in ("workflow", "tasks", "state", "wall time", "what happened"):
+            for column in ("workflow", "tasks", "state", "wall time", "ran on", "what happened"):
                 table.add_column(column)
+            by_worker: collections.Counter[str] = collections.Counter()
+            failures: list[str] = []
             with Client(local.master_url, timeout_s=10) as client:
                 for name in files:
                     workflow = parse_workflow((examples / name).read_text(), filename=name)
                     started = time.perf_counter()
                     client.submit_workflow(workflow)
                     status_doc = client.wait_workflow(workflow.workflow_id, timeout_s=60)
-                    states = [f"{task_id}={task['state']}" for task_id, task in status_doc["tasks"].items()]
+                    tasks = status_doc["tasks"]
+                    workers = collections.Counter(task["worker"] for task in tasks.values() if task["worker"])
+                    by_worker.update(workers)
+                    states = collections.Counter(task["state"] for task in tasks.values())
                     table.add_row(workflow.workflow_id, str(len(workflow.tasks)), status_doc["state"],
-                                  f"{(time.perf_counter() - started) * 1000:.0f} ms", ", ".join(states))
+                                  f"{(time.perf_counter() - started) * 1000:.0f} ms",
+                                  ", ".join(f"{w} ({n})" for w, n in sorted(workers.items())) or "no-op tasks",
+                                  ", ".join(f"{n} {state}" for state, n in states.most_common()))
+                    failures += [f"{workflow.workflow_id}/{task_id} {task['state']} after {task['attempts']} "
+                                 f"attempt(s), exit code {task['exit_code']}"
+                                 for task_id, task in tasks.items() if task["state"] == "failed"]
                 view = client.cluster_status()
             console.print(table)
-            console.print(f"leader {view['leader']} at term {view['term']}; "
-                          "failing_branch fails by design (its flaky task exits 3 on both attempts)")
+            console.print(f"[b]Where it ran:[/b] {len(files)} workflows, "
+                          f"{sum(by_worker.values())} task runs on {len(by_worker)} workers "
+                          f"({', '.join(f'{w}: {n}' for w, n in sorted(by_worker.items()))}); "
+                          f"the 3 masters agreed through Raft, leader {view['leader']} at term {view['term']}.")
+            if failures:
+                console.print(f"[b]What failed, by design:[/b] {'; '.join(failures)}. The flaky task exits 3 "
+                              "on purpose: it was retried once (retries: 1), then marked failed, so its "
+                              "dependent 'publish' was skipped and the workflow ended failed, while the "
+                              "independent 'docs' branch still completed.")
+            console.print("[b]Next, try:[/b]")
+            for command, what in NEXT_COMMANDS:
+                console.print(f"  [cyan]{command}[/cyan]  [dim]# {what}[/dim]")
         except (RuntimeError, TimeoutError) as exc:
             console.print(f"[red]demo failed: {exc}[/red]")
             raise typer.Exit(1)
