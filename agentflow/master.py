@@ -201,6 +201,24 @@ class Master:
             stop.wait(JOIN_RETRY_S)
         return False
 
+    def check_same_cluster(self, timeout_s: float = 2.0) -> None:
+        """A master that recovered a membership from its data file, told to join ``leader_url``:
+        if that cluster answers and does not count this master in, the file is another
+        cluster's (ValueError saying so). No answer proves nothing: go on."""
+        for endpoint in self.leader_endpoints:
+            try:
+                view = self.node.ref(endpoint, RAFT_ACTOR).ask(StatusQuery(), timeout_s=timeout_s).get()
+            except (AskTimeout, RemoteError):
+                continue
+            if not isinstance(view, dict) or view.get("id") == self.node_id or not view.get("voters"):
+                continue  # itself, or a master that has not joined anything yet
+            if self.node_id not in view.get("voters", []) + view.get("learners", []):
+                raise ValueError(
+                    f"{self.storage_path} holds the Raft log of another cluster (its members: "
+                    f"{', '.join(self.status()['voters'])}), but the cluster at {endpoint} is "
+                    f"{', '.join(view.get('voters', []))}: pass another --data-dir (or --node-id), or move the file away")
+            return
+
     def stop(self, transfer_timeout_s: float = 2.0) -> None:
         """Hand leadership to another voter when leading, then stop every thread and socket."""
         try:
@@ -228,7 +246,10 @@ def run_master(**options: Any) -> int:
         signal.signal(signal.SIGHUP, lambda *_: log.info("Master %s admits %d keys", master.node_id,
                                                           gatekeeper.reload()))
     try:
-        if not master.registered(master.status()):
+        status = master.status()
+        if master.mode == "master" and master.recovered and master.node_id in status["voters"]:
+            master.check_same_cluster()  # before it registers anywhere
+        if not master.registered(status):
             log.info("Master %s registers %s with the cluster (via %s)", master.node_id, master.node.endpoint,
                      ", ".join(master.leader_endpoints) or "the members it knows, or `agentflow cluster add`")
             if master.join(stop):
