@@ -45,6 +45,9 @@ def start_worker(node: Node, config: WorkerConfig, on_drained: Callable[[bool], 
 
 def worker_snapshot(node: Node) -> dict:
     """The worker's document for /stats, /health and /metrics (on the node's thread)."""
+    if WORKER_ACTOR not in node.targets:  # HTTP is up a moment before the actor
+        return {"node_id": node.node_id, "kind": "worker", "role": "worker", "serving": False,
+                "reason": "starting", "counters": node.stats()}
     actor = node.actor(WORKER_ACTOR)
     serving = actor.registered and not actor.draining
     reason = ("draining" if actor.draining else f"registered with {actor.master_endpoint}" if actor.registered

@@ -36,7 +36,7 @@ HEALTH_KEYS = ("node_id", "role", "leader", "term")
 
 def on_node_thread(node: Any, build: Callable[[], Any], timeout_s: float = SNAPSHOT_TIMEOUT_S) -> Any:
     """``build()`` run on ``node``'s transport thread (where its pinned actors live), its result
-    returned here; None if that thread did not get to it within ``timeout_s``."""
+    returned here; None if that thread did not get to it within ``timeout_s``, or it failed."""
     future = Future(time.monotonic() + timeout_s)
 
     def run() -> None:
@@ -49,6 +49,9 @@ def on_node_thread(node: Any, build: Callable[[], Any], timeout_s: float = SNAPS
     try:
         return future.get(timeout_s)
     except AskTimeout:
+        return None
+    except Exception as exc:
+        log.debug("building the snapshot failed: %r", exc)
         return None
 
 
