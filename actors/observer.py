@@ -27,13 +27,15 @@ import time
 from typing import Any
 
 from actors.raft import Applied, LeadershipChanged, Watch
-from protocols.dag import DispatchTask, FinishTask, RequeueTask, SubmitWorkflow, TaskState
+from protocols.workflow_run import TaskState
+from protocols.workflow_table import DispatchTask, FinishTask, RequeueTask, SubmitWorkflow
 from protocols.locks import Acquire, LockGranted, LockOutcome
-from protocols.names import LOCK_ACTOR, RAFT_ACTOR, SCHEDULER_ACTOR
+from protocols.names import AGENTS_ACTOR, LOCK_ACTOR, RAFT_ACTOR, SCHEDULER_ACTOR
 from protocols.overview import (
     WORKFLOW_LIMIT,
     OverviewRequest,
     agent_rows,
+    agents_summary,
     tasks_by_state,
     workflow_rows,
     workflows_by_state,
@@ -77,6 +79,7 @@ class ObserverActor(Actor):
         self.raft_actor = self.node.actor(RAFT_ACTOR)
         self.scheduler = self.node.actor(SCHEDULER_ACTOR)
         self.lock_actor = self.node.actor(LOCK_ACTOR)
+        self.agent_directory = self.node.actor(AGENTS_ACTOR)
         raft = self.node.lookup((self.node.node_id, RAFT_ACTOR))
         raft.tell(Watch("wf.", me))
         raft.tell(Watch("lock.", me))
@@ -268,7 +271,8 @@ class ObserverActor(Actor):
             "raft": raft, "counters": self.node.stats(),
             "tasks": tasks_by_state(state.workflows), "workflows": workflows_by_state(state.workflows),
             "locks": {"held": len(state.locks.list_locks(lock_now_ms)), "waiting": len(state.locks.waiting())},
-            "agents": agent_rows(state),
+            "agents": agent_rows(state.agents, self.agent_directory.stats),
+            "agents_summary": agents_summary(state.agents, self.agent_directory.stats),
             "events": list(self.events),
         }
         if is_leader:

@@ -86,6 +86,7 @@ class ClusterPoller:
         self._events: dict[str, dict] = {}  # id -> event, every one seen (bounded below)
         self.addresses: dict[str, str] = {}  # node id -> endpoint, learned from the answers
         self._finished: collections.deque[tuple[float, int]] = collections.deque()
+        self._agent_messages: dict[str, tuple[float, int]] = {}  # agent id -> (when, messages handled)
         self._last_leader_s: float | None = None
 
     def close(self) -> None:
@@ -131,6 +132,7 @@ class ClusterPoller:
         leader = max(leaders, key=lambda s: s.get("term", 0)) if leaders else None
         if leader is not None:
             self._last_leader_s = now
+            self._agent_rates(leader.get("agents") or [], now)
         return Frame(time.time(), dict(sorted(masters.items())), dict(self.addresses), leader,
                      sorted(self._events.values(), key=lambda e: e.get("time_s", 0), reverse=True)[:EVENTS_KEPT],
                      self._rate(masters, now), self._last_leader_s)
@@ -142,6 +144,16 @@ class ClusterPoller:
         if len(self._events) > 2 * EVENTS_KEPT:
             newest = sorted(self._events.values(), key=lambda e: e.get("time_s", 0))[-EVENTS_KEPT:]
             self._events = {str(e["id"]): e for e in newest}
+
+    def _agent_rates(self, rows: list[dict], now: float) -> None:
+        """Each agent row gets ``messages_per_s`` from its handled count at the last refresh."""
+        for row in rows:
+            total = row.get("messages_total")
+            before = self._agent_messages.get(row["agent_id"])
+            if total is not None:
+                if before is not None and now > before[0] and total >= before[1]:
+                    row["messages_per_s"] = (total - before[1]) / (now - before[0])
+                self._agent_messages[row["agent_id"]] = (now, total)
 
     def _rate(self, masters: dict[str, dict | None], now: float) -> float | None:
         """Finished tasks per second over the last few seconds, from the replicated counts (the
@@ -248,7 +260,7 @@ def header(frame: Frame, view: ViewState) -> RenderableType:
         rate = "-" if frame.tasks_per_s is None else f"{frame.tasks_per_s:.1f}"
         text.append(f"  leader {leader['node_id']}  term {raft.get('term')}  commit {raft.get('commit_index')}"
                     f"  {rate} tasks/s  workers {alive_workers}/{sum(by_status.values())}"
-                    f"  agents {len(leader.get('agents') or [])}  masters {len(alive)}/{len(frame.masters)}")
+                    f"  agents {(leader.get('agents_summary') or {}).get('total', 0)}  masters {len(alive)}/{len(frame.masters)}")
     text.append("   ")
     if view.paused:
         text.append(" PAUSED ", style="bold black on yellow")
@@ -354,7 +366,8 @@ def agents_panel(leader: dict | None, limit: int) -> RenderableType:
     for agent in agents[:limit]:
         rate = agent.get("messages_per_s")
         table.add_row(str(agent.get("agent_id")), str(agent.get("host", "")), str(agent.get("group", "")),
-                      str(agent.get("mailbox_depth", 0)), "-" if rate is None else f"{rate:.1f}")
+                      "-" if agent.get("mailbox_depth") is None else str(agent["mailbox_depth"]),
+                      "-" if rate is None else f"{rate:.1f}")
     return Panel(table, title="[b]a[/b]gents", title_align="left")
 
 

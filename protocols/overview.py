@@ -5,18 +5,22 @@ Role: pure functions over the replicated state (protocols/control.py) that the o
 ``agentflow top`` all read. Pure: time comes in as ``now_ms``; nothing here does I/O.
 
 Rules: everything is bounded for a view, not a dump: at most ``limit`` workflows (the unfinished
-ones first, in submit order, then the latest finished), no per-task lists.
+ones first, in submit order, then the latest finished) and ``AGENT_ROWS`` agents, no per-task
+lists; counts cover everything.
 """
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from typing import Any
 
-from protocols.dag import TaskDependencyGraph, TaskState, WorkflowState, WorkflowTable
+from protocols.workflow_run import TaskDependencyGraph, TaskState, WorkflowState
+from protocols.workflow_table import WorkflowTable
 from protocols.wire import record
 
 WORKFLOW_LIMIT = 20
+AGENT_ROWS = 100
 
 
 @record("obs.overview")
@@ -85,11 +89,28 @@ def workflow_rows(table: WorkflowTable, now_ms: int, limit: int = WORKFLOW_LIMIT
     return [workflow_row(graph, now_ms) for graph in unfinished + finished]
 
 
-def agent_rows(state: Any) -> list[dict[str, Any]]:
-    """The agents hook: rows ``{"agent_id", "host", "group", "mailbox_depth", "messages_total",
-    "refusals_total", "messages_per_s"}`` from the replicated agent directory, once
-    ``ControlState`` has one (an ``agents`` attribute with a ``rows()`` method); [] until then.
-    ``agentflow top``'s agents panel and the ``agentflow_agent*`` metrics show whatever it returns."""
-    directory = getattr(state, "agents", None)
-    rows = getattr(directory, "rows", None)
-    return list(rows()) if callable(rows) else []
+def agent_rows(directory: Any, stats: dict, limit: int = AGENT_ROWS) -> list[dict[str, Any]]:
+    """The first ``limit`` agents of the directory (protocols/agents.py), in registration order:
+    ``{"agent_id", "host", "group", "mailbox_depth", "messages_total"}``, the figures from the
+    hosts' last heartbeats (``stats``: agent id -> {"mailbox_depth", "messages_handled"}; the
+    leader's; None where no heartbeat told them)."""
+    rows = []
+    for agent_id, entry in itertools.islice(directory.entries.items(), max(0, limit)):
+        figures = stats.get(agent_id) or {}
+        rows.append({"agent_id": agent_id, "host": entry.host_id, "group": entry.group,
+                     "mailbox_depth": figures.get("mailbox_depth"), "messages_total": figures.get("messages_handled")})
+    return rows
+
+
+def agents_summary(directory: Any, stats: dict) -> dict[str, Any]:
+    """Every agent counted: by group ("" for none), their mailboxes' depth and the messages they
+    handled, summed."""
+    by_group: dict[str, int] = {}
+    depth = handled = 0
+    for agent_id, entry in directory.entries.items():
+        by_group[entry.group] = by_group.get(entry.group, 0) + 1
+        figures = stats.get(agent_id) or {}
+        depth += int(figures.get("mailbox_depth") or 0)
+        handled += int(figures.get("messages_handled") or 0)
+    return {"total": len(directory.entries), "by_group": dict(sorted(by_group.items())),
+            "mailbox_depth": depth, "messages_total": handled}

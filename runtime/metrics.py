@@ -205,25 +205,14 @@ def master_families(snapshot: dict) -> Iterator[Metric]:
     if locks is not None:
         yield from _gauge("agentflow_locks_held", "Live lock leases", locks["held"])
         yield from _gauge("agentflow_lock_waiters", "Owners queued for a held lock", locks["waiting"])
-    agents = snapshot.get("agents")
-    if agents:  # filled once the agent directory exists (protocols/overview.py, agent_rows)
-        yield _labelled_gauge("agentflow_agents", "Registered agents, by group", "group",
-                              _count_by(agents, "group"))
-        yield from _gauge("agentflow_agent_mailbox_depth", "Messages waiting in agents' mailboxes",
-                          sum(int(a.get("mailbox_depth") or 0) for a in agents))
-        for key, name, documentation in (("messages_total", "messages", "Messages delivered to agents"),
-                                         ("refusals_total", "refusals", "Messages agents refused")):
-            family = CounterMetricFamily(f"agentflow_agent_{name}", documentation)
-            family.add_metric([], sum(int(a.get(key) or 0) for a in agents))
-            yield family
-
-
-def _count_by(rows: list[dict], key: str) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for row in rows:
-        value = str(row.get(key) or "")
-        counts[value] = counts.get(value, 0) + 1
-    return counts
+    agents = snapshot.get("agents_summary")
+    if agents is not None:
+        yield _labelled_gauge("agentflow_agents", "Agents in the directory, by group", "group", agents["by_group"])
+        yield from _gauge("agentflow_agent_mailbox_depth", "Messages waiting in agents' mailboxes (hosts' last heartbeats)",
+                          agents["mailbox_depth"])
+        # A gauge: the sum over the agents now in the directory falls when one of them leaves.
+        yield from _gauge("agentflow_agent_messages_handled", "Messages the agents in the directory have handled",
+                          agents["messages_total"])
 
 
 class WorkerMetrics(_Metrics):

@@ -28,7 +28,7 @@ MASTER_FAMILIES = {
     "agentflow_workflows", "agentflow_tasks_finished", "agentflow_task_dispatch_latency_seconds",
     "agentflow_task_run_duration_seconds", "agentflow_transport_messages", "agentflow_transport_bytes",
     "agentflow_transport_decode_errors", "agentflow_locks_held", "agentflow_lock_acquire_duration_seconds",
-    "agentflow_lock_grants", "process_cpu_seconds",
+    "agentflow_lock_grants", "agentflow_agents", "process_cpu_seconds",
 }
 LEADER_FAMILIES = {"agentflow_queue_depth", "agentflow_queue_oldest_wait_seconds", "agentflow_workers",
                    "agentflow_worker_slot_utilisation_ratio"}
@@ -87,7 +87,7 @@ def test_snapshot_families_render_cleanly_without_a_cluster():
                 "queue": {"by_priority": {"high": 2}, "oldest_wait_s": 0.5},
                 "workers": {"by_status": {"active": 1}, "slots_total": 4, "slots_used": 1},
                 "locks": {"held": 1, "waiting": 0},
-                "agents": [{"agent_id": "a1", "group": "g", "mailbox_depth": 2, "messages_total": 5}]}
+                "agents_summary": {"total": 1, "by_group": {"g": 1}, "mailbox_depth": 2, "messages_total": 5}}
 
     class Collector:
         def collect(self):
@@ -98,7 +98,7 @@ def test_snapshot_families_render_cleanly_without_a_cluster():
     registry.register(Collector())
     text = generate_latest(registry).decode()
     assert 'agentflow_transport_decode_errors_total{reason="too_big"} 1.0' in text
-    assert 'agentflow_queue_depth{priority="high"} 2.0' in text and "agentflow_agent_messages_total 5.0" in text
+    assert 'agentflow_queue_depth{priority="high"} 2.0' in text and "agentflow_agent_messages_handled 5.0" in text
     if shutil.which("promtool"):
         assert promtool_problems(text) == ""
 

@@ -159,7 +159,8 @@ def up(
 NEXT_COMMANDS = (
     ("agentflow up", "3 masters and 2 workers, until Ctrl-C"),
     ("agentflow top", "the live view (another terminal; q quits)"),
-    ("agentflow submit examples/diamond.yaml --wait", "a workflow on it"),
+    ("agentflow agent run examples.agents.pipeline:Solver --agent-id solver-1 --group solvers",
+     "an agent on it (the rest of the example: examples/agents/pipeline.py)"),
 )
 
 
