@@ -29,10 +29,19 @@ def last_line(result: subprocess.CompletedProcess) -> str:
 
 
 def test_nothing_answering_at_the_master_url_says_how_to_start_a_cluster():
-    for command in (["status"], ["workers"], ["lock", "show", "k"]):
+    for command in (["status"], ["workers"], ["lock", "show", "k"], ["agents"]):
         result = agentflow(*command, "--master-url", "127.0.0.1:1")
         assert result.returncode == 1
         assert "no leader answered" in last_line(result) and "agentflow up" in last_line(result)
+
+
+@pytest.mark.integration
+def test_an_agent_that_does_not_exist_says_how_to_list_them(tmp_path):
+    with running_cluster(tmp_path, masters=1, first_port=31840) as (cluster, _):
+        result = agentflow("send", "nobody", "--type", "notification", "--content", '"hi"',
+                           "--master-url", cluster.master_url)
+        assert result.returncode == 1
+        assert "no agent 'nobody'" in last_line(result) and "agentflow agents" in last_line(result)
 
 
 def test_a_port_in_use_names_the_port_and_the_option(tmp_path):

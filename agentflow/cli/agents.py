@@ -26,6 +26,7 @@ from agentflow.cli.common import (
     fail,
     print_json,
     print_table,
+    unreachable,
 )
 
 agent_app = typer.Typer(help="Host agents.", no_args_is_help=True)
@@ -54,7 +55,7 @@ def parse_type(text: str) -> str:
 @contextlib.contextmanager
 def communication(master_url: Optional[str]) -> Iterator:
     """An AgentCommunication on a node of this process's own; errors are one line, exit 1."""
-    from runtime.agents import AgentCommunication, AgentCommunicationError
+    from runtime.agents import AgentCommunication, AgentCommunicationError, AgentNotFound
     from runtime.client import ClusterUnavailable
     from runtime.future import RemoteError
     from runtime.node import Node
@@ -65,12 +66,14 @@ def communication(master_url: Optional[str]) -> Iterator:
         fail(str(exc))
     try:
         yield AgentCommunication(node, "cli")
+    except AgentNotFound as exc:
+        fail(f"{exc} (`agentflow agents` lists the agents there are)", code=1)
     except AgentCommunicationError as exc:
         fail(str(exc), code=1)
     except RemoteError as exc:
         fail(exc.message, code=1)
     except ClusterUnavailable as exc:
-        fail(str(exc), code=1)
+        fail(unreachable(exc), code=1)
     finally:
         node.stop()
 
