@@ -120,14 +120,14 @@ class ObserverActor(Actor):
         self.node.publish(f"event.{kind}", event)
 
     def _on_leadership(self, is_leader: bool, term: int) -> None:
-        if self._leadership == (is_leader, term):
+        previous, self._leadership = self._leadership, (is_leader, term)
+        if previous == self._leadership:
             return  # told once per watch
-        self._leadership = (is_leader, term)
         if is_leader:
             self._workers = {}
             self._leader_since_s = time.monotonic()
             self.publish("election", f"{self.node.node_id} became leader for term {term}", term=term)
-        elif self._was_leader:
+        elif previous is not None and previous[0]:
             self.publish("election", f"{self.node.node_id} is no longer leader (term {term})", term=term)
 
     def _check_workers(self) -> None:

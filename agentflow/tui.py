@@ -86,7 +86,7 @@ class ClusterPoller:
         self._events: dict[str, dict] = {}  # id -> event, every one seen (bounded below)
         self.addresses: dict[str, str] = {}  # node id -> endpoint, learned from the answers
         self._finished: collections.deque[tuple[float, int]] = collections.deque()
-        self._agent_messages: dict[str, tuple[float, int]] = {}  # agent id -> (when, messages handled)
+        self._agent_messages: dict[str, tuple[float, int, float | None]] = {}  # id -> (since, count, rate)
         self._last_leader_s: float | None = None
 
     def close(self) -> None:
@@ -146,14 +146,20 @@ class ClusterPoller:
             self._events = {str(e["id"]): e for e in newest}
 
     def _agent_rates(self, rows: list[dict], now: float) -> None:
-        """Each agent row gets ``messages_per_s`` from its handled count at the last refresh."""
+        """Each agent row gets ``messages_per_s``: its handled count (from its host's heartbeats,
+        about once a second) against the one seen at least half a rate window earlier."""
+        kept: dict[str, tuple[float, int, float | None]] = {}
         for row in rows:
             total = row.get("messages_total")
-            before = self._agent_messages.get(row["agent_id"])
-            if total is not None:
-                if before is not None and now > before[0] and total >= before[1]:
-                    row["messages_per_s"] = (total - before[1]) / (now - before[0])
-                self._agent_messages[row["agent_id"]] = (now, total)
+            if total is None:
+                continue
+            since, base, rate = self._agent_messages.get(row["agent_id"], (now, total, None))
+            if now - since >= RATE_WINDOW_S / 2 or total < base:
+                rate = max(0, total - base) / (now - since) if now > since else None
+                since, base = now, total
+            kept[row["agent_id"]] = (since, base, rate)
+            row["messages_per_s"] = rate
+        self._agent_messages = kept  # agents that left are forgotten
 
     def _rate(self, masters: dict[str, dict | None], now: float) -> float | None:
         """Finished tasks per second over the last few seconds, from the replicated counts (the
