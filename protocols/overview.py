@@ -1,4 +1,4 @@
-"""The operator's view of the control plane: counts, workflow progress and ETAs, the agents hook.
+"""The operator's view of the control plane: counts, workflow progress and ETAs, agent rows.
 
 Role: pure functions over the replicated state (protocols/control.py) that the observer actor
 (actors/observer.py) puts into its snapshot document, which ``/stats``, ``/metrics`` and
