@@ -149,7 +149,7 @@ class LocalCluster:
             args = ["master", "--port", str(port), "--node-id", node_id, "--data-dir", str(self.data_dir)]
             args += ["--mode", "leader"] if i == 0 else ["--mode", "master", "--leader-url", f"127.0.0.1:{ports[0]}"]
             args += master_options or []
-            self.masters.append(ChildProcess(node_id, args, self.data_dir / f"{node_id}.log", port, port + 10))
+            self.masters.append(ChildProcess(node_id, args, self.data_dir / f"{node_id}.log", port, http_port=port + 10))
         self.workers: list[ChildProcess] = []
         self.client_curve = client_curve  # the keys of the clients this launcher makes (CURVE clusters)
         self.agents: list[ChildProcess] = []

@@ -102,7 +102,7 @@ class Master:
         self.http: HttpServer | None = None
         try:
             if self.http_port:  # bound now (a taken port fails before anything starts), served below
-                self.http = HttpServer(host, self.http_port, self.metrics.registry, self.stats)
+                self.http = HttpServer(host, self.http_port, self.stats, self.metrics.registry)
             self.raft = self.node.spawn(RaftActor, self.storage_path, raft_config, tick_s, bootstrap,
                                         self.http_port, snapshot_every_entries, name=RAFT_ACTOR, pinned=True)
             self.locks = self.node.spawn(LockActor, name=LOCK_ACTOR, pinned=True)  # watches "lock." applies

@@ -128,7 +128,7 @@ def run_worker(
 
     metrics = WorkerMetrics(lambda: on_node_thread(node, lambda: worker_snapshot(node)))
     try:
-        http = HttpServer(host, http_port, metrics.registry, metrics.snapshot_provider).start() if http_port else None
+        http = HttpServer(host, http_port, metrics.snapshot_provider, metrics.registry).start() if http_port else None
     except OSError as exc:
         node.stop()
         log.error("Worker %s cannot serve HTTP on %s:%s: %s (choose another --http-port, or 0 for none)",

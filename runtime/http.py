@@ -1,12 +1,12 @@
 """HTTP on each master and worker: ``/metrics``, ``/health``, ``/health/live`` and ``/stats``.
 
-    server = HttpServer("127.0.0.1", 6777, metrics.registry, snapshot).start()   # ... server.stop()
+    server = HttpServer("127.0.0.1", 6777, snapshot, metrics.registry).start()   # ... server.stop()
 
 Role: a read-only window for operators, probes and scrapers, on a small server thread of its own.
 It never reads actors' state itself: ``snapshot()`` builds the node's document on the node's own
 thread (``on_node_thread``) and answers within a deadline, or None.
 
-* ``/metrics``: the Prometheus text of ``registry`` (runtime/metrics.py).
+* ``/metrics``: the Prometheus text of ``registry`` (runtime/metrics.py; none: empty).
 * ``/health``: readiness. 200 when the node serves, 503 otherwise, with a JSON body
   ``{"status": "serving"|"not serving", "reason", "node_id", "role", ...}`` either way. What
   "serves" means is the snapshot's ``serving`` (on a master: it knows a leader of its own term).
@@ -64,7 +64,9 @@ def health_document(snapshot: dict | None) -> tuple[int, dict]:
 
 
 class HttpServer:
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, snapshot: Callable[[], dict | None]) -> None:
+    def __init__(self, host: str, port: int, snapshot: Callable[[], dict | None],
+                 registry: CollectorRegistry | None = None) -> None:
+        registry = registry if registry is not None else CollectorRegistry()  # (an empty /metrics)
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
                 try:
