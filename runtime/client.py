@@ -275,9 +275,14 @@ class Client:
             tried.append(endpoint)
             try:
                 answer = self._direct.ask(endpoint, actor, message, min(remaining, per_try_timeout_s))
-            except AskTimeout:
+            except AskTimeout as exc:
                 self._suspects[endpoint] = time.monotonic() + SUSPECT_S
                 self._leader_endpoint = None
+                now = time.monotonic()
+                if isinstance(exc, PeerUnreachable) and all(self._suspects.get(m, 0.0) > now for m in self.masters):
+                    # Every master refused at once: without a pause a cluster that is down is asked
+                    # in a tight loop, a new socket each time, until ZeroMQ runs out of sockets.
+                    self._pause(deadline)
                 continue
             except RemoteError as exc:
                 if exc.kind != "not_committed":

@@ -79,7 +79,7 @@ def test_every_option_a_manifest_sets_comes_from_the_environment_and_flags_win(m
     assert seen == {"process": "worker", "master_urls": "m0.svc:7000,m1.svc:7000", "cpu_cores": 1.5,
                     "memory_mb": 2048, "gpu_count": 1, "group": "gpu", "capabilities": ["bash", "cuda"],
                     "max_concurrent_tasks": 3, "worker_id": "w1", "host": "0.0.0.0", "advertise": "10.1.2.3",
-                    "port": 7200, "curve": None}
+                    "port": 7200, "curve": None, "http_port": None}
     _, seen, _ = parse_node_command(["worker", "--cpu-cores", "4", "--worker-id", "w2"],
                                     {**env, "AGENTFLOW_WORKER_ID": "w7"}, monkeypatch)
     assert (seen["cpu_cores"], seen["worker_id"]) == (4.0, "w2")
