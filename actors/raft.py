@@ -21,6 +21,7 @@ Rules:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import time
@@ -175,7 +176,7 @@ class RaftActor(Actor):
         if kind is Read:
             return self._read(message)
         if kind is StatusQuery:
-            return self.status()
+            return self.status(message.digest)
         if kind is Join:
             return self._join(message)
         if kind is RemoveMember:
@@ -440,9 +441,9 @@ class RaftActor(Actor):
 
     # ------------------------------------------------------------------ status
 
-    def status(self) -> dict:
+    def status(self, digest: bool = False) -> dict:
         core = self.core
-        return {
+        status = {
             "id": self.node.node_id,
             "address": self.node.endpoint,
             "http_port": self.http_port,
@@ -458,6 +459,9 @@ class RaftActor(Actor):
                         if node_id in core.voters or node_id in core.learners},
             "stats": dict(core.stats),
         }
+        if digest:
+            status["state_digest"] = hashlib.blake2b(self.state.to_snapshot(), digest_size=16).hexdigest()
+        return status
 
 
 def _tag(command: Any) -> str:

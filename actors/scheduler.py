@@ -545,7 +545,8 @@ class SchedulerActor(Actor):
             "tasks": {task_id: {"state": run.state.value, "attempts": run.attempts, "worker": run.worker_id or None,
                                 "exit_code": run.exit_code, "error": run.error or None,
                                 "result": run.result, "stdout_tail": run.stdout_tail,
-                                "stderr_tail": run.stderr_tail}
+                                "stderr_tail": run.stderr_tail, "started_ms": run.started_ms,
+                                "finished_ms": run.finished_ms}
                       for task_id, run in graph.runs.items()},
         }
 

@@ -183,7 +183,11 @@ class RemoveMember:
 
 @record("ctl.status")
 class StatusQuery:
-    """This master's own view: role, term, commit and applied index, leader, members."""
+    """This master's own view: role, term, commit and applied index, leader, members; with
+    ``digest``, also a hash of its replicated state at ``last_applied`` (chaos tests compare
+    masters with it; computing it encodes the whole state, so it is never asked by default)."""
+
+    digest: bool = False
 
 
 @record("ctl.transfer")

@@ -1,0 +1,172 @@
+"""The history checkers on histories written by hand: each accepts a known-good history and
+finds the violation in a known-bad one (a checker that cannot fail proves nothing)."""
+
+from __future__ import annotations
+
+import random
+
+from tests.chaos.history import History, Op
+from tests.chaos.linearizability import check_part
+from tests.chaos.lockcheck import check_invariants, check_linearizable
+
+
+def op(process, kind, invoke, complete, result, **args) -> Op:
+    return Op(process, kind, args, float(invoke), None if complete is None else float(complete), result)
+
+
+def numbered(ops: list[Op]) -> list[Op]:
+    for position, each in enumerate(ops):
+        each.id = position
+    return ops
+
+
+def granted(token):
+    return {"type": "granted", "token": token}
+
+
+# --------------------------------------------------------------------------- the search itself
+
+
+class Register:
+    """A read/write register, the textbook model for linearizability checkers."""
+
+    def init(self):
+        return 0
+
+    def step(self, state, o):
+        if o.kind == "write":
+            return [o.args["value"]]
+        if o.pending or o.result["value"] == state:
+            return [state]
+        return []
+
+    def partition(self, ops):
+        return {"register": ops}
+
+
+def test_register_history_with_overlapping_calls_is_linearizable():
+    ops = numbered([
+        op("a", "write", 0, 10, {}, value=1),
+        op("b", "read", 5, 15, {"value": 0}),   # overlaps the write: may come first
+        op("c", "read", 12, 20, {"value": 1}),
+    ])
+    assert check_part(ops, Register()).ok
+
+
+def test_register_read_of_an_overwritten_value_is_not_linearizable():
+    ops = numbered([
+        op("a", "write", 0, 10, {}, value=1),
+        op("a", "write", 11, 20, {}, value=2),
+        op("b", "read", 25, 30, {"value": 1}),  # both writes completed before it started
+    ])
+    verdict = check_part(ops, Register())
+    assert verdict.ok is False
+    assert "NOT linearizable" in verdict.explain()
+    assert verdict.stuck_at and verdict.stuck_at[-1].id == 2
+
+
+def test_pending_write_may_take_effect_late_or_never():
+    late = numbered([
+        op("a", "write", 0, None, None, value=7),   # timed out: unknown outcome
+        op("b", "read", 50, 60, {"value": 0}),
+        op("b", "read", 70, 80, {"value": 7}),       # took effect after all, between the reads
+    ])
+    assert check_part(late, Register()).ok
+    never = numbered([op("a", "write", 0, None, None, value=7), op("b", "read", 50, 60, {"value": 0})])
+    assert check_part(never, Register()).ok
+    impossible = numbered([op("a", "write", 0, None, None, value=7), op("b", "read", 50, 60, {"value": 8})])
+    assert check_part(impossible, Register()).ok is False
+
+
+def test_search_gives_up_rather_than_running_for_ever():
+    rng = random.Random(3)
+    ops = numbered([op(f"p{i}", "write", rng.random(), 1000 + rng.random(), {}, value=i) for i in range(40)]
+                   + [op("r", "read", 2000, 2001, {"value": -1})])
+    verdict = check_part(ops, Register(), max_steps=5_000)
+    assert verdict.ok is None and "gave up" in verdict.explain()
+
+
+# --------------------------------------------------------------------------- locks
+
+KEY = "k"
+
+
+def good_lock_history() -> list[Op]:
+    """Two owners take turns: a release, an expiry, renewals, reads, a denied try, a stale
+    token refused, and an acquire of unknown outcome that took effect."""
+    return numbered([
+        op("a", "acquire", 0, 5, granted(10), key=KEY, owner="a", ttl_ms=1000),
+        op("b", "acquire", 6, 9, {"type": "denied", "holder": "a"}, key=KEY, owner="b", ttl_ms=1000),
+        op("a", "renew", 400, 405, {"type": "renewed", "token": 10}, key=KEY, owner="a", token=10, ttl_ms=1000),
+        op("c", "read", 410, 412, {"type": "info", "holder": "a", "token": 10}, key=KEY),
+        op("a", "release", 500, 510, {"type": "released"}, key=KEY, owner="a", token=10),
+        op("b", "acquire", 505, 520, granted(14), key=KEY, owner="b", ttl_ms=300),  # overlaps the release
+        op("a", "release", 600, 601, {"type": "not_held", "reason": "not_owner"}, key=KEY, owner="a", token=10),
+        # b never renews: its lease (lower bound 505 + 300) expires, then a takes it again
+        op("a", "acquire", 900, 905, granted(20), key=KEY, owner="a", ttl_ms=1000),
+        op("b", "renew", 910, 915, {"type": "not_held", "reason": "not_owner"}, key=KEY, owner="b", token=14,
+           ttl_ms=300),
+        op("a", "release", 950, 960, {"type": "released"}, key=KEY, owner="a", token=20),
+        op("c", "acquire", 970, None, None, key=KEY, owner="c", ttl_ms=5000),          # timed out...
+        op("b", "read", 2000, 2001, {"type": "info", "holder": "c", "token": 31}, key=KEY),  # ...but took effect
+        op("b", "acquire", 2002, 2003, {"type": "denied", "holder": "c"}, key=KEY, owner="b", ttl_ms=300),
+    ])
+
+
+def test_linearizability_checker_accepts_a_known_good_lock_history():
+    verdicts = check_linearizable(good_lock_history())
+    assert [v.ok for v in verdicts] == [True], [v.explain() for v in verdicts]
+    assert check_invariants(good_lock_history()) == []
+
+
+def test_linearizability_checker_finds_a_grant_while_the_lease_is_live():
+    """The planted bug "grant without checking expiry": b gets the key 200 ms into a's 1 s lease."""
+    bad = numbered([
+        op("a", "acquire", 0, 5, granted(10), key=KEY, owner="a", ttl_ms=1000),
+        op("b", "acquire", 200, 210, granted(12), key=KEY, owner="b", ttl_ms=1000),
+        op("a", "renew", 300, 305, {"type": "renewed", "token": 10}, key=KEY, owner="a", token=10, ttl_ms=1000),
+    ])
+    [verdict] = check_linearizable(bad)
+    assert verdict.ok is False
+    assert any(o.id == 1 for o in verdict.stuck_at), verdict.explain()
+    problems = check_invariants(bad)
+    assert any("two holders at once" in p for p in problems), problems
+
+
+def test_linearizability_checker_finds_lost_release_and_stale_read():
+    lost_release = numbered([
+        op("a", "acquire", 0, 5, granted(10), key=KEY, owner="a", ttl_ms=60_000),
+        op("a", "release", 10, 15, {"type": "released"}, key=KEY, owner="a", token=10),
+        op("b", "acquire", 20, 25, {"type": "denied", "holder": "a"}, key=KEY, owner="b", ttl_ms=1000),
+    ])
+    assert check_linearizable(lost_release)[0].ok is False
+    stale_read = numbered([
+        op("a", "acquire", 0, 5, granted(10), key=KEY, owner="a", ttl_ms=60_000),
+        op("a", "release", 10, 15, {"type": "released"}, key=KEY, owner="a", token=10),
+        op("b", "acquire", 20, 25, granted(12), key=KEY, owner="b", ttl_ms=60_000),
+        op("c", "read", 30, 35, {"type": "info", "holder": "a", "token": 10}, key=KEY),
+    ])
+    assert check_linearizable(stale_read)[0].ok is False
+
+
+def test_invariants_find_tokens_going_backwards_and_a_token_on_two_keys():
+    backwards = numbered([
+        op("a", "acquire", 0, 5, granted(20), key=KEY, owner="a", ttl_ms=10),
+        op("b", "acquire", 100, 105, granted(15), key=KEY, owner="b", ttl_ms=10),
+    ])
+    assert any("backwards" in p for p in check_invariants(backwards))
+    assert check_linearizable(backwards)[0].ok is False
+    shared = numbered([
+        op("a", "acquire", 0, 5, granted(20), key="x", owner="a", ttl_ms=10),
+        op("b", "acquire", 100, 105, granted(20), key="y", owner="b", ttl_ms=10),
+    ])
+    assert any("two keys" in p for p in check_invariants(shared))
+
+
+def test_a_history_survives_a_dump_and_load(tmp_path):
+    history = History()
+    history.ops = good_lock_history()
+    history.dump(tmp_path / "h.jsonl")
+    again = History.load(tmp_path / "h.jsonl").ops
+    assert again == history.ops
+    assert [v.ok for v in check_linearizable(again)] == [True]
