@@ -154,7 +154,7 @@ def _candidates(head: _Event) -> list[Op]:
     while event is not None and event.is_call:
         found.append(event.op)
         event = event.next
-    if event is not None:
+    if event is not None and event.op not in found:
         found.append(event.op)
     return found
 

@@ -58,6 +58,8 @@ class EpisodeResult:
     tasks: int = 0
     runs: int = 0
     entries_replayed: int = 0
+    leader_terms: int = 0  # distinct terms in which the monitor saw a leader
+    retried_tasks: int = 0  # tasks that needed more than one attempt
     violations: list[str] = field(default_factory=list)
 
 
@@ -83,15 +85,22 @@ class NetnsCluster(LocalCluster):
 
 
 class ChaosRun:
-    def __init__(self, kind: str, data_dir: Path, first_port: int = FIRST_PORT) -> None:
-        self.kind, self.data_dir = kind, Path(data_dir)
+    """One cluster for a series of episodes: with ``namespaces``, 5 masters each in a network
+    namespace (every fault kind can run); without, 3 masters on 127.0.0.1 (process faults only)."""
+
+    def __init__(self, data_dir: Path, first_port: int = FIRST_PORT, namespaces: bool = False) -> None:
+        self.data_dir = Path(data_dir)
         self.network: netns.Network | None = None
-        if kind in faults.NETWORK_KINDS:
+        if namespaces:
             reason = netns.unavailable_reason()
             if reason:
                 raise NetnsUnavailable(reason)
             self.network = netns.Network()
-            self.cluster = NetnsCluster(self.network, self.data_dir, masters=5, workers=2, port=first_port)
+            try:
+                self.cluster = NetnsCluster(self.network, self.data_dir, masters=5, workers=2, port=first_port)
+            except BaseException:
+                self.network.close()
+                raise
         else:
             self.cluster = LocalCluster(self.data_dir, masters=3, workers=2, first_port=first_port,
                                         master_options=MASTER_OPTIONS)
@@ -135,18 +144,18 @@ class ChaosRun:
 
     # ------------------------------------------------------------------ one episode
 
-    def episode(self, seed: int) -> EpisodeResult:
+    def episode(self, kind: str, seed: int) -> EpisodeResult:
         started = time.monotonic()
-        fault = faults.schedule(self.kind, seed)
-        rng = random.Random(f"workload/{self.kind}/{seed}")
+        fault = faults.schedule(kind, seed)
+        rng = random.Random(f"workload/{kind}/{seed}")
         history = History()
         url = self.cluster.master_url
         keys = [f"s{seed}-k{i}" for i in range(2)]
         clients = [LockClient(f"s{seed}-o{i}", keys, url, history, random.Random(rng.random()), CALL_TIMEOUT_S)
                    for i in range(3)]
-        clients.append(WorkflowClient(f"s{seed}-wf", str(self.run_log), f"{self.kind}-{seed}", url, history,
+        clients.append(WorkflowClient(f"s{seed}-wf", str(self.run_log), f"{kind}-{seed}", url, history,
                                       random.Random(rng.random()), CALL_TIMEOUT_S + 2))
-        result = EpisodeResult(self.kind, seed, fault.describe(), 0.0)
+        result = EpisodeResult(kind, seed, fault.describe(), 0.0)
         target = faults.Target(self.cluster, self.leader_id, self.network, getattr(self.cluster, "hosts", None))
         monitor_client = Client(url, timeout_s=2.0)
         heal = None
@@ -166,13 +175,14 @@ class ChaosRun:
                     result.violations += client.errors
                 result.violations += self._after_heal(history, result)
             result.violations += monitor.problems()
+            result.leader_terms = len(monitor.leaders)
         finally:
             if heal is not None:
                 heal()
             monitor_client.close()
         result.seconds = round(time.monotonic() - started, 2)
         if result.violations:
-            history.dump(self.data_dir / f"{self.kind}-{seed}.history.jsonl")
+            history.dump(self.data_dir / f"{kind}-{seed}.history.jsonl")
         return result
 
     def _after_heal(self, history: History, result: EpisodeResult) -> list[str]:
@@ -200,9 +210,11 @@ class ChaosRun:
         result.workflows = len(submits)
         result.workflows_unknown = sum(op.pending for op in submits)
         result.tasks = sum(len(op.args["tasks"]) for op in submits)
-        prefix = f"{self.kind}-{result.seed}-"
+        prefix = f"{result.kind}-{result.seed}-"
         result.runs = sum(1 for key in runs if key[0].startswith(prefix))
         result.entries_replayed = self.replay.entries_checked
+        result.retried_tasks = sum(1 for status in statuses.values() if status
+                                   for task in status["tasks"].values() if task.get("attempts", 0) > 1)
         return problems
 
     def _final_statuses(self, submits, timeout_s: float) -> dict[str, dict | None]:
@@ -230,10 +242,11 @@ class NetnsUnavailable(Exception):
 
 def run_kind(kind: str, seeds: list[int], data_dir: Path, first_port: int = FIRST_PORT,
              on_result=None) -> list[EpisodeResult]:
+    """``seeds`` episodes of one fault kind on one new cluster (in namespaces for network kinds)."""
     results = []
-    with ChaosRun(kind, data_dir, first_port) as run:
+    with ChaosRun(data_dir, first_port, namespaces=kind in faults.NETWORK_KINDS) as run:
         for seed in seeds:
-            result = run.episode(seed)
+            result = run.episode(kind, seed)
             results.append(result)
             if on_result is not None:
                 on_result(result)
@@ -265,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "ok" if not result.violations else f"{len(result.violations)} VIOLATIONS"
         print(f"{result.kind:22} seed {result.seed:3}  {result.seconds:5.1f} s  lock ops {result.lock_ops:4}"
               f" ({result.lock_ops_unknown} unknown)  workflows {result.workflows:2} tasks {result.tasks:3}"
-              f"  {verdict}", flush=True)
+              f" (retried {result.retried_tasks:2})  leader terms {result.leader_terms}  {verdict}", flush=True)
         for violation in result.violations:
             print("    " + violation.replace("\n", "\n    "), flush=True)
 
