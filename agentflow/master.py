@@ -47,6 +47,10 @@ from runtime.security import CurveKeys
 log = get_logger("master")
 
 JOIN_RETRY_S = 0.2
+# A restarted master re-applies its log on the transport thread before it answers anything: with
+# 8,200 entries that took over a second on a loaded machine, and the 1 s ask made the master exit
+# ("cannot start") in a chaos run. Start-up asks wait this long.
+RECOVERY_S = 120.0
 BOOTSTRAP_CHECK_S = 1.0  # how long the first master of --leader-url asks the others for a leader
 
 
@@ -155,7 +159,7 @@ class Master:
         turn = 0
         waiting_for: list[str] = []
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-            status = self.status()
+            status = self.status(RECOVERY_S)
             if self.registered(status):
                 return True
             if status["leader"] == self.node_id:
@@ -214,7 +218,7 @@ def run_master(**options: Any) -> int:
         signal.signal(signal.SIGHUP, lambda *_: log.info("Master %s admits %d keys", master.node_id,
                                                           gatekeeper.reload()))
     try:
-        if not master.registered(master.status()):
+        if not master.registered(master.status(RECOVERY_S)):
             log.info("Master %s registers %s with the cluster (via %s)", master.node_id, master.node.endpoint,
                      ", ".join(master.leader_endpoints) or "the members it knows, or `agentflow cluster add`")
             if master.join(stop):

@@ -52,12 +52,15 @@ def _time_of(op: Op) -> float:
 
 
 class LockModel:
-    """One key's lock. A state is ``("free", max_token)`` or
-    ``("held", holder, token, lower_bound_ms, max_token)``; a token is None when it came in an
-    answer we never saw (an acquire of unknown outcome)."""
+    """One key's lock. A state is ``("free", max_token, lapsed_holder)`` or
+    ``("held", holder, token, lower_bound_ms, max_token)``. ``lapsed_holder`` is the owner whose
+    lease lapsed without a command removing it yet: its own next release or renew is answered
+    ``expired`` (the leader's periodic ExpireLocks, which clients never see, may remove it first:
+    then ``free``). A token is None when it came in an answer we never saw (an acquire of
+    unknown outcome)."""
 
     def init(self) -> Hashable:
-        return (FREE, 0)
+        return (FREE, 0, None)
 
     def partition(self, ops: list[Op]) -> dict[Any, list[Op]]:
         parts: dict[Any, list[Op]] = defaultdict(list)
@@ -67,18 +70,13 @@ class LockModel:
         return parts
 
     def step(self, state: Hashable, op: Op) -> Iterable[Hashable]:
-        # Before ``op`` takes effect, a lease past its lower bound may have expired: (state, who expired).
-        candidates = [(state, None)]
+        # Before ``op`` takes effect, a lease past its lower bound may have lapsed.
+        candidates = [state]
         if state[0] == HELD and _time_of(op) >= state[3]:
-            candidates.append(((FREE, state[4]), state[1]))
+            candidates.append((FREE, state[4], state[1]))
         results = [op.result] if not op.pending else self._possible_results(op)
-        out = []
-        for before, expired_holder in candidates:
-            for result in results:
-                after = self._apply(before, expired_holder, op, result)
-                if after is not None:
-                    out.append(after)
-        return out
+        return [after for before in candidates for result in results
+                if (after := self._apply(before, op, result)) is not None]
 
     @staticmethod
     def _possible_results(op: Op) -> list[dict]:
@@ -91,53 +89,55 @@ class LockModel:
             return [{"type": "renewed", "token": None}, {"type": "not_held", "reason": None}]
         return [{"type": "any"}]
 
-    def _apply(self, state: tuple, expired_holder: str | None, op: Op, result: dict) -> tuple | None:
+    def _apply(self, state: tuple, op: Op, result: dict) -> tuple | None:
         owner = op.args.get("owner")
         kind, answer = op.kind, result.get("type")
+        held = state[0] == HELD
         if kind == "read":
             if answer == "any":
                 return state
             if answer == "free":
-                return state if state[0] == FREE else None
-            if state[0] != HELD or state[1] != result["holder"] or not _same_token(state[2], result["token"]):
+                return None if held else state
+            if not held or state[1] != result["holder"] or not _same_token(state[2], result["token"]):
                 return None
-            return (HELD, state[1], result["token"], state[3], max(_max_token(state), result["token"]))
+            return (HELD, state[1], result["token"], state[3], max(state[4], result["token"]))
         if kind == "acquire":
             token = result.get("token")
             if answer == "granted":
-                if state[0] == FREE:
-                    if token is not None and token <= _max_token(state):
+                if not held:
+                    if token is not None and token <= state[1]:
                         return None  # fencing tokens must grow
-                    return (HELD, owner, token, _lower_bound(op), _max_token(state) if token is None else token)
+                    return (HELD, owner, token, _lower_bound(op), state[1] if token is None else token)
                 if state[1] != owner or not _same_token(state[2], token):
                     return None  # granted while another holds it
-                return (HELD, owner, state[2] if token is None else token, max(state[3], _lower_bound(op)), state[4])
+                # The holder's re-acquire is a renewal: the lease ends ttl after it (sooner, maybe).
+                return (HELD, owner, state[2] if token is None else token, _lower_bound(op), state[4])
             if answer == "denied":
-                if state[0] != HELD or state[1] == owner:
+                if not held or state[1] == owner:
                     return None
                 return state if result.get("holder") in (None, state[1]) else None
             return None
         # release and renew: the holder's own calls, checked against the holder and its token
-        holds = state[0] == HELD and state[1] == owner and _same_token(state[2], op.args.get("token"))
+        holds = held and state[1] == owner and _same_token(state[2], op.args.get("token"))
         if answer in ("released", "renewed"):
             if not holds or not _same_token(state[2], result.get("token")):
                 return None
             if answer == "released":
-                return (FREE, state[4])
-            return (HELD, owner, state[2] if result.get("token") is None else result["token"],
-                    max(state[3], _lower_bound(op)), state[4])
+                return (FREE, state[4], None)
+            return (HELD, owner, state[2] if result.get("token") is None else result["token"], _lower_bound(op),
+                    state[4])
         if answer == "not_held":
             reason = result.get("reason")
             if reason is None:  # unknown outcome: refused, for whatever reason
                 return state
-            if reason == "expired":
-                return state if expired_holder == owner else None
-            if reason == "free":
-                return state if state[0] == FREE and expired_holder != owner else None
+            if reason in ("expired", "free"):
+                if held or (reason == "expired" and state[2] != owner):
+                    return None
+                return (FREE, state[1], None) if state[2] == owner else state
             if reason == "not_owner":
-                return state if state[0] == HELD and state[1] != owner else None
+                return state if held and state[1] != owner else None
             if reason == "stale_token":
-                return state if state[0] == HELD and state[1] == owner and not holds else None
+                return state if held and state[1] == owner and not holds else None
             return None
         return None
 
@@ -192,7 +192,8 @@ def _overlapping_holders(key: str, by_token: dict[int, list[Op]], ops: list[Op])
                 confirmed.append(op)
             elif op.kind == "release" and op.args.get("token") in (token, None):
                 release_starts.append(op.invoke_ms)
-        end = max(op.invoke_ms + op.args["ttl_ms"] for op in confirmed) - SLACK_MS
+        latest = max(confirmed, key=lambda op: op.invoke_ms)  # each grant or renewal sets the lease anew
+        end = latest.invoke_ms + latest.args["ttl_ms"] - SLACK_MS
         if release_starts:
             end = min(end, min(release_starts))
         windows.append((token, owner, start, end))

@@ -189,7 +189,7 @@ class ChaosRun:
         problems: list[str] = []
         try:
             self.cluster.wait_healthy(self.client, len(self.cluster.masters), 30.0)
-        except TimeoutError as exc:
+        except (TimeoutError, RuntimeError) as exc:  # RuntimeError: a node exited
             return [f"the cluster did not recover: {exc}"]
         submits = history.of_kind("submit")
         statuses = self._final_statuses(submits, 60.0)
@@ -244,12 +244,20 @@ def run_kind(kind: str, seeds: list[int], data_dir: Path, first_port: int = FIRS
              on_result=None) -> list[EpisodeResult]:
     """``seeds`` episodes of one fault kind on one new cluster (in namespaces for network kinds)."""
     results = []
-    with ChaosRun(data_dir, first_port, namespaces=kind in faults.NETWORK_KINDS) as run:
-        for seed in seeds:
-            result = run.episode(kind, seed)
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
+    remaining = list(seeds)
+    attempt = 0
+    while remaining:
+        # A cluster that lost a node for good (a violation, reported) is replaced for the next seeds.
+        attempt += 1
+        with ChaosRun(Path(data_dir) / f"cluster-{attempt}", first_port,
+                      namespaces=kind in faults.NETWORK_KINDS) as run:
+            while remaining:
+                result = run.episode(kind, remaining.pop(0))
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
+                if not run.cluster.alive():
+                    break
     return results
 
 

@@ -170,3 +170,33 @@ def test_a_history_survives_a_dump_and_load(tmp_path):
     again = History.load(tmp_path / "h.jsonl").ops
     assert again == history.ops
     assert [v.ok for v in check_linearizable(again)] == [True]
+
+
+def test_lock_model_follows_what_the_lock_table_really_does():
+    """Two histories from real runs that a first, too strict model refused: a read finds a
+    lapsed lease free and the holder's next renewal is answered "expired" (the lease is still in
+    the table until a command removes it); a holder's re-acquire with a shorter TTL shortens its
+    lease, so another owner may get the key before the first TTL would have run out."""
+    lapsed = numbered([
+        op("a", "acquire", 0, 5, granted(10), key=KEY, owner="a", ttl_ms=300),
+        op("b", "read", 400, 410, {"type": "free"}, key=KEY),
+        op("a", "renew", 420, 425, {"type": "not_held", "reason": "expired"}, key=KEY, owner="a", token=10,
+           ttl_ms=300),
+    ])
+    shortened = numbered([
+        op("a", "acquire", 0, 5, granted(10), key=KEY, owner="a", ttl_ms=2000),
+        op("a", "acquire", 20, 25, granted(10), key=KEY, owner="a", ttl_ms=300),
+        op("b", "acquire", 330, 335, granted(14), key=KEY, owner="b", ttl_ms=300),
+    ])
+    for history in (lapsed, shortened):
+        assert [v.ok for v in check_linearizable(history)] == [True]
+        assert check_invariants(history) == []
+    # ...but not "expired" for an owner whose lease was released, nor a grant inside the short TTL
+    assert check_linearizable(numbered([
+        op("a", "acquire", 0, 5, granted(10), key=KEY, owner="a", ttl_ms=300),
+        op("a", "release", 10, 15, {"type": "released"}, key=KEY, owner="a", token=10),
+        op("a", "renew", 420, 425, {"type": "not_held", "reason": "expired"}, key=KEY, owner="a", token=10,
+           ttl_ms=300),
+    ]))[0].ok is False
+    assert check_invariants(numbered(shortened[:2] + [
+        op("b", "acquire", 200, 205, granted(14), key=KEY, owner="b", ttl_ms=300)]))
