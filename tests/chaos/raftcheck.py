@@ -25,7 +25,7 @@ from protocols.dag import DispatchTask, FinishTask, RequeueTask, SubmitWorkflow
 from protocols.names import RAFT_ACTOR
 from protocols.raft import ENTRY_NORMAL
 from runtime.client import Client
-from runtime.future import AskTimeout
+from runtime.future import AskTimeout, RemoteError
 
 
 def statuses(client: Client, endpoints: list[str], digest: bool = False, timeout_s: float = 1.0) -> list[dict | None]:
@@ -34,7 +34,7 @@ def statuses(client: Client, endpoints: list[str], digest: bool = False, timeout
     for ask in asks:
         try:
             out.append(ask.get())
-        except AskTimeout:
+        except (AskTimeout, RemoteError):
             out.append(None)
     return out
 
