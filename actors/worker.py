@@ -134,6 +134,7 @@ class WorkerActor(Actor):
         self.in_flight = {"hello": False, "heartbeat": False}  # reports count their batches instead
         self.reports_sent: set = set()  # keys of unacknowledged reports on their way to a master
         self.report_batches_in_flight = 0
+        self.report_again: set = set()  # reported attempts assigned to us again (see _on_assign)
         self.redirects_this_tick = 0
         self.report_deadline_s: float | None = None
         self.executor: TaskExecutor | None = None
@@ -216,6 +217,11 @@ class WorkerActor(Actor):
         refused: list[TaskFinished] = []
         for task in message.tasks:
             if not isinstance(task, TaskAssignment) or task.key in held:
+                if isinstance(task, TaskAssignment) and task.key in self.unacked:
+                    # Ran and reported already, yet assigned again: a leader lost our first
+                    # dispatch, refused the report (the task was not running) and dispatched the
+                    # same attempt number to us. Report it once more, after that dispatch.
+                    self.report_again.add(task.key)
                 continue  # a duplicate assignment: the attempt is already ours
             held.add(task.key)
             if self.draining:
@@ -352,8 +358,9 @@ class WorkerActor(Actor):
             accepted = answer.error is None and isinstance(answer.value, ReportsAccepted)
             for key in answer.keys:
                 self.reports_sent.discard(key)  # accepted: gone below; otherwise: sent again
-                if accepted:
+                if accepted and key not in self.report_again:
                     self.unacked.pop(key, None)
+                self.report_again.discard(key)
         else:
             self.in_flight[answer.kind] = False
         if answer.error is not None:

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from agentflow.cluster import ChildProcess, LocalCluster, wait_until
-from runtime.client import Client
+from runtime.client import Client, ClusterUnavailable
 from runtime.future import RemoteError
 from tests import netns
 from tests.chaos import faults, lockcheck, raftcheck
@@ -140,7 +140,13 @@ class ChaosRun:
         return [master.url for master in self.cluster.masters]
 
     def leader_id(self) -> str:
-        return wait_until(lambda: self.client.cluster_status(timeout_s=2)["leader"], 20.0, "a leader")
+        def leader() -> str | None:
+            try:
+                return self.client.cluster_status(timeout_s=2)["leader"]
+            except ClusterUnavailable:
+                return None
+
+        return wait_until(leader, 30.0, "a leader to aim the fault at")
 
     # ------------------------------------------------------------------ one episode
 
@@ -164,9 +170,13 @@ class ChaosRun:
                 for client in clients:
                     client.start()
                 time.sleep(fault.lead_in_s)
-                heal = faults.inject(fault, target)
-                time.sleep(fault.hold_s)
-                heal()
+                try:
+                    heal = faults.inject(fault, target)
+                except TimeoutError as exc:  # no leader for 30 s before the fault: unavailable
+                    result.violations.append(str(exc))
+                else:
+                    time.sleep(fault.hold_s)
+                    heal()
                 time.sleep(SETTLE_S)
                 for client in clients:
                     client.stop()
@@ -275,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0-49")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--json", default=None, help="write every episode's result here")
+    parser.add_argument("--first-port", type=int, default=FIRST_PORT, help="kind N uses ports from here + 200 N")
     args = parser.parse_args(argv)
     kinds = faults.KINDS if args.kind == "all" else args.kind.split(",")
     seeds = parse_seeds(args.seeds)
@@ -293,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     for position, kind in enumerate(kinds):
         try:
-            all_results += run_kind(kind, seeds, base / kind, FIRST_PORT + 200 * position, show)
+            all_results += run_kind(kind, seeds, base / kind, args.first_port + 200 * position, show)
         except NetnsUnavailable as exc:
             skipped[kind] = str(exc)
             print(f"{kind}: skipped: {exc}", flush=True)
