@@ -174,7 +174,7 @@ def _load(text: str, filename: str) -> Any:
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(error, "problem", None) or str(error)
+            problem = " ".join((getattr(error, "problem", None) or str(error)).split())  # one line (a ReaderError has 2)
             raise WorkflowError(f"not valid YAML: {problem}{where}", None, filename) from None
     except RecursionError:  # both parsers recurse per level of nesting
         raise WorkflowError("nested too deeply", None, filename) from None

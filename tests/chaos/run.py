@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -287,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="write every episode's result here")
     parser.add_argument("--first-port", type=int, default=FIRST_PORT, help="kind N uses ports from here + 200 N")
     args = parser.parse_args(argv)
+    # Stopped from outside (SIGTERM, or SIGINT in the background, where it is ignored by
+    # default): unwind, so every process, namespace and veth is removed on the way out.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.default_int_handler)
     kinds = faults.KINDS if args.kind == "all" else args.kind.split(",")
     seeds = parse_seeds(args.seeds)
     base = Path(args.data_dir or tempfile.mkdtemp(prefix="agentflow-chaos-"))
