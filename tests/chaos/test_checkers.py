@@ -200,3 +200,20 @@ def test_lock_model_follows_what_the_lock_table_really_does():
     ]))[0].ok is False
     assert check_invariants(numbered(shortened[:2] + [
         op("b", "acquire", 200, 205, granted(14), key=KEY, owner="b", ttl_ms=300)]))
+
+
+# --------------------------------------------------------------------------- agents (checker ready, workload to come)
+
+
+def test_agent_checker_finds_a_hung_request_and_out_of_order_delivery():
+    from tests.chaos.agentcheck import check_deadlines, check_pair_order
+
+    def request(seq, complete, deadline=1000):
+        return op("a", "request", 0, complete, None if complete is None else {"answered_by_seq": seq},
+                  sender="a", receiver="b", seq=seq, deadline_ms=deadline)
+
+    good = numbered([request(1, 100), request(2, 1200)])
+    assert check_deadlines(good) == [] and check_pair_order({"b": [("a", 1), ("a", 2), ("c", 1)]}) == []
+    hung = numbered([request(1, None), request(2, 5000)])
+    assert len(check_deadlines(hung)) == 2
+    assert check_pair_order({"b": [("a", 2), ("a", 1)]}) and check_pair_order({"b": [("a", 1), ("a", 1)]})
