@@ -21,7 +21,7 @@ import time
 from collections import defaultdict
 
 from protocols.control import ControlState, StatusQuery
-from protocols.dag import DispatchTask, FinishTask, RequeueTask, SubmitWorkflow
+from protocols.workflow_table import DispatchTask, FinishTask, RequeueTask, SubmitWorkflow
 from protocols.names import RAFT_ACTOR
 from protocols.raft import ENTRY_NORMAL
 from runtime.client import Client

@@ -26,7 +26,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from protocols.dag import DispatchTask, FinishTask, RequeueTask
+from protocols.workflow_table import DispatchTask, FinishTask, RequeueTask
 
 FINAL = ("completed", "failed", "cancelled")
 

@@ -17,7 +17,7 @@ import random
 import threading
 from typing import Any
 
-from protocols.dag import TaskNode, Workflow
+from protocols.workflow_spec import TaskNode, TaskResources, Workflow
 from protocols.locks import Acquire, LockCall, LockDenied, LockGranted, LockInfo, LockNotHeld, LockReleased, \
     LockRenewed, LockShow, Release, Renew
 from protocols.names import LOCK_ACTOR
@@ -137,7 +137,7 @@ class WorkflowClient(_Worker):
             dependencies[task_id] = deps
             tasks.append(TaskNode(task_id, call="tests.chaos.taskfuncs:run", dependencies=deps,
                                   kwargs={"log": self.run_log, "sleep_s": round(self.rng.uniform(0.02, 0.6), 3)},
-                                  resources=_small()))
+                                  resources=TaskResources(cpu=0.1)))
         op = self.history.invoke(self.name, "submit", workflow_id=workflow_id, tasks=dependencies)
         try:
             self.client.submit_workflow(Workflow(workflow_id, tasks=tasks), timeout_s=self.call_timeout_s)
@@ -146,9 +146,3 @@ class WorkflowClient(_Worker):
         else:
             self.history.complete(op, {"ok": True})
         self._stop_event.wait(self.every_s)
-
-
-def _small():
-    from protocols.dag import TaskResources
-
-    return TaskResources(cpu=0.1)

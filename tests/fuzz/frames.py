@@ -32,18 +32,19 @@ from typing import Any
 import msgpack
 
 import protocols.control  # noqa: F401  (every module that registers records)
-import protocols.dag  # noqa: F401
+import protocols.agents  # noqa: F401
 import protocols.locks  # noqa: F401
 import protocols.raft  # noqa: F401
 import protocols.registry  # noqa: F401
 import protocols.tasks  # noqa: F401
+import protocols.workflow_table  # noqa: F401
 from protocols import wire
 from protocols.control import ClientCommand, Propose, Read, StatusQuery, SubmitWorkflowRequest, WorkflowStatusRequest
-from protocols.dag import TaskNode, Workflow
+from protocols.workflow_spec import TaskNode, Workflow
 from protocols.locks import Acquire, LockCall, LockShow, Release
-from protocols.names import LOCK_ACTOR, RAFT_ACTOR, SCHEDULER_ACTOR, WORKER_ACTOR
+from protocols.names import AGENT_HOST_ACTOR, AGENTS_ACTOR, LOCK_ACTOR, RAFT_ACTOR, SCHEDULER_ACTOR, WORKER_ACTOR
 
-ACTORS = (RAFT_ACTOR, SCHEDULER_ACTOR, LOCK_ACTOR, WORKER_ACTOR, "nobody", "")
+ACTORS = (RAFT_ACTOR, SCHEDULER_ACTOR, LOCK_ACTOR, WORKER_ACTOR, AGENTS_ACTOR, AGENT_HOST_ACTOR, "nobody", "")
 SAFE_COMMANDS = ("true", "exit 3", ":", "echo fuzz")
 CATEGORIES = {"random": 2, "mutated": 4, "record": 6, "value": 2, "header": 2, "parts": 1, "replay": 1}
 RECORD_CLASSES = [wire._tag_to_class[tag] for tag in sorted(wire._tag_to_class)]

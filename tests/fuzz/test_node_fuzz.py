@@ -23,7 +23,7 @@ import pytest
 import zmq
 
 from agentflow.cluster import ChildProcess, LocalCluster, find_free_ports
-from protocols.dag import TaskNode, Workflow
+from protocols.workflow_spec import TaskNode, Workflow
 from protocols.wire import DecodeError, decode_frame
 from runtime.client import Client
 from runtime.locks import DistributedLock

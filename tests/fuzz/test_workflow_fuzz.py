@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocols import wire
-from protocols.dag import SubmitWorkflow, WorkflowError, WorkflowTable
+from protocols.workflow_spec import WorkflowError
+from protocols.workflow_table import SubmitWorkflow, WorkflowTable
 from protocols.workflow import RESOURCE_KEYS, TASK_KEYS, WORKFLOW_KEYS, parse_workflow, workflow_from_document
 from tests.procs import REPO, running_cluster
 
