@@ -37,7 +37,7 @@ from runtime.future import RemoteError
 from tests import netns
 from tests.chaos import faults, lockcheck, raftcheck
 from tests.chaos.history import History
-from tests.chaos.workflowcheck import FINAL, check_workflows, read_runs
+from tests.chaos.workflowcheck import FINAL, check_workflows, read_runs, runs_after_completion
 from tests.chaos.workload import LockClient, WorkflowClient
 
 MASTER_OPTIONS = ["--heartbeat-ms", "50", "--election-timeout-ms", "-".join(map(str, faults.ELECTION_TIMEOUT_MS))]
@@ -61,6 +61,7 @@ class EpisodeResult:
     entries_replayed: int = 0
     leader_terms: int = 0  # distinct terms in which the monitor saw a leader
     retried_tasks: int = 0  # tasks that needed more than one attempt
+    runs_after_completion: int = 0  # executions of a task after it completed (at-least-once)
     violations: list[str] = field(default_factory=list)
 
 
@@ -222,7 +223,8 @@ class ChaosRun:
         result.workflows_unknown = sum(op.pending for op in submits)
         result.tasks = sum(len(op.args["tasks"]) for op in submits)
         prefix = f"{result.kind}-{result.seed}-"
-        result.runs = sum(1 for key in runs if key[0].startswith(prefix))
+        result.runs = sum(len(task_runs) for key, task_runs in runs.items() if key[0].startswith(prefix))
+        result.runs_after_completion = runs_after_completion(statuses, runs)
         result.entries_replayed = self.replay.entries_checked
         result.retried_tasks = sum(1 for status in statuses.values() if status
                                    for task in status["tasks"].values() if task.get("attempts", 0) > 1)
@@ -302,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "ok" if not result.violations else f"{len(result.violations)} VIOLATIONS"
         print(f"{result.kind:22} seed {result.seed:3}  {result.seconds:5.1f} s  lock ops {result.lock_ops:4}"
               f" ({result.lock_ops_unknown} unknown)  workflows {result.workflows:2} tasks {result.tasks:3}"
-              f" (retried {result.retried_tasks:2})  leader terms {result.leader_terms}  {verdict}", flush=True)
+              f" (retried {result.retried_tasks:2}, reran {result.runs_after_completion})  leader terms"
+              f" {result.leader_terms}  {verdict}", flush=True)
         for violation in result.violations:
             print("    " + violation.replace("\n", "\n    "), flush=True)
 

@@ -217,3 +217,38 @@ def test_agent_checker_finds_a_hung_request_and_out_of_order_delivery():
     hung = numbered([request(1, None), request(2, 5000)])
     assert len(check_deadlines(hung)) == 2
     assert check_pair_order({"b": [("a", 2), ("a", 1)]}) and check_pair_order({"b": [("a", 1), ("a", 1)]})
+
+
+# --------------------------------------------------------------------------- workflows
+
+
+def test_workflow_checker_accepts_a_good_run_and_finds_stale_completion_lost_tasks_and_order():
+    from protocols.workflow_table import DispatchTask, FinishTask
+    from tests.chaos.workflowcheck import check_workflows
+
+    submit = op("w", "submit", 0, 5, {"ok": True}, workflow_id="wf", tasks={"a": [], "b": ["a"]})
+
+    def task(attempts, started, finished, worker="w1"):
+        return {"state": "completed", "attempts": attempts, "worker": worker, "started_ms": started,
+                "finished_ms": finished}
+
+    status = {"state": "completed", "tasks": {"a": task(1, 10, 100), "b": task(1, 100, 200)}}
+    ok = {"ok": True}
+    commands = [(2, DispatchTask("wf", "a", 1, "w1", 10), ok), (3, FinishTask("wf", "a", 1, True, 100), ok),
+                (3, DispatchTask("wf", "b", 1, "w1", 100), ok), (4, FinishTask("wf", "b", 1, True, 200), ok)]
+    runs = {("wf", "a", 1): [{"pid": 1, "start": 11, "end": 90}], ("wf", "b", 1): [{"pid": 1, "start": 101, "end": 190}]}
+    assert check_workflows([submit], {"wf": status}, {"wf": commands}, runs) == []
+
+    # completed by attempt 1 after attempt 2 was dispatched (the planted bug's signature)
+    stale = commands[:1] + [(3, DispatchTask("wf", "a", 2, "w2", 50), ok), (4, FinishTask("wf", "a", 1, True, 100), ok)]
+    stale_status = {"state": "completed", "tasks": {"a": task(2, 50, 100, "w2"), "b": status["tasks"]["b"]}}
+    problems = check_workflows([submit], {"wf": stale_status}, {"wf": stale + commands[2:]}, runs)
+    assert any("by attempt 1 while the current attempt was 2" in p for p in problems), problems
+
+    # acknowledged, then unknown to the cluster; a task that never ran; a dependent run too early
+    assert check_workflows([submit], {"wf": None}, {}, {})[0].endswith("unknown to the cluster")
+    assert any("no run had ended" in p for p in check_workflows([submit], {"wf": status}, {"wf": commands},
+                                                              {("wf", "b", 1): runs[("wf", "b", 1)]}))
+    early = {**runs, ("wf", "b", 1): [{"pid": 2, "start": 50, "end": 190}]}
+    assert any("before a's completing run ended" in p
+               for p in check_workflows([submit], {"wf": status}, {"wf": commands}, early))

@@ -9,14 +9,16 @@ Three records are read, each kept by someone else:
 * the committed log, replayed (``raftcheck.LogReplay.workflow_commands``): every applied
   DispatchTask, FinishTask and RequeueTask with its result;
 * the tasks' own run records (``tests/chaos/taskfuncs.py``): one line when a run starts and
-  one when it ends, with its attempt, on the machine's monotonic clock.
+  one when it ends, with its attempt and process, on the machine's monotonic clock.
 
 The rules checked: every acknowledged workflow exists and reached a final state, ``completed``
 (the workload's tasks never fail); no task of it is lost (every task completed and has a run
 record of its completing attempt that started and ended); each task's completion was applied
 exactly once, by its current attempt (the attempt of the last accepted dispatch), and nothing
 was accepted for it after it completed; the status agrees with the log; and every task started
-(by the leader's clock and by its own record) after each of its dependencies finished.
+(by the leader's clock, and its completing run by its own record) after each of its
+dependencies' completing run ended. Runs that start after their task completed (a deposed
+leader's dispatch: execution is at-least-once) are counted, not failed.
 A workflow whose submission has an unknown outcome may be absent; if present, the same rules hold.
 """
 
@@ -29,22 +31,45 @@ from pathlib import Path
 from protocols.workflow_table import DispatchTask, FinishTask, RequeueTask
 
 FINAL = ("completed", "failed", "cancelled")
+CLOCK_SLACK_MS = 2  # the leader stamps whole milliseconds
 
 
-def read_runs(path: Path) -> dict[tuple[str, str, int], dict]:
-    """(workflow, task, attempt) -> {"start": ms, "end": ms or None} from the run records."""
-    runs: dict[tuple[str, str, int], dict] = {}
+def read_runs(path: Path) -> dict[tuple[str, str, int], list[dict]]:
+    """(workflow, task, attempt) -> its runs, each ``{"pid", "start": ms, "end": ms or None}``
+    from the run records. One attempt number can run more than once: a deposed leader's
+    dispatch leaves before its entry commits, and the next leader reuses the number."""
+    runs: dict[tuple[str, str, int], dict[int, dict]] = {}
     if not path.exists():
-        return runs
+        return {}
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue  # a line cut by a kill -9 mid-write
-        key = (record["wf"], record["task"], record["attempt"])
-        run = runs.setdefault(key, {"start": None, "end": None})
+        by_pid = runs.setdefault((record["wf"], record["task"], record["attempt"]), {})
+        run = by_pid.setdefault(record["pid"], {"pid": record["pid"], "start": None, "end": None})
         run[record["event"]] = record["t"]
-    return runs
+    return {key: list(by_pid.values()) for key, by_pid in runs.items()}
+
+
+def completing_run(runs: list[dict], finished_ms: float) -> dict | None:
+    """The run that can have made the completion: started and ended before the leader took its
+    report (the earliest such end, the permissive choice when an attempt ran twice)."""
+    ended = [run for run in runs if run["start"] is not None and run["end"] is not None
+             and run["end"] <= finished_ms + CLOCK_SLACK_MS]
+    return min(ended, key=lambda run: run["end"], default=None)
+
+
+def runs_after_completion(statuses: dict[str, dict | None], runs: dict) -> int:
+    """Executions that started after their task had completed (at-least-once: a deposed
+    leader's dispatch); counted, not a violation."""
+    count = 0
+    for (workflow_id, task_id, _), task_runs in runs.items():
+        status = statuses.get(workflow_id)
+        task = status["tasks"].get(task_id) if status and status.get("tasks") else None
+        if task and task["state"] == "completed" and task.get("finished_ms") is not None:
+            count += sum(1 for run in task_runs if run["start"] is not None and run["start"] > task["finished_ms"])
+    return count
 
 
 def check_workflows(submits: list, statuses: dict[str, dict | None], commands: dict[str, list],
@@ -102,11 +127,11 @@ def _check_one(tasks: dict[str, list[str]], status: dict, commands: list, runs: 
             problems.append(f"task {task_id}: status says attempt {task_status['attempts']} on "
                             f"{task_status['worker']}, the log attempt {attempt} on {worker}")
         if finished_by:
-            completing[task_id] = finished_by[0][1]
-            run = runs.get((workflow_id, task_id, finished_by[0][1]))
-            if run is None or run["start"] is None or run["end"] is None:
-                problems.append(f"task {task_id}: completed by attempt {finished_by[0][1]}, which never ran to its "
-                                f"end (run record {run})")
+            run = completing_run(runs.get((workflow_id, task_id, finished_by[0][1]), []), task_status["finished_ms"])
+            completing[task_id] = run
+            if run is None:
+                problems.append(f"task {task_id}: completed by attempt {finished_by[0][1]}, of which no run had "
+                                f"ended by then ({runs.get((workflow_id, task_id, finished_by[0][1]))})")
     for task_id, dependencies in tasks.items():
         mine = status["tasks"].get(task_id)
         if mine is None or mine["state"] != "completed":
@@ -119,10 +144,8 @@ def _check_one(tasks: dict[str, list[str]], status: dict, commands: list, runs: 
             if mine["started_ms"] < theirs["finished_ms"]:
                 problems.append(f"task {task_id} dispatched at {mine['started_ms']} before its dependency "
                                 f"{dependency} finished at {theirs['finished_ms']}")
-            my_run = runs.get((workflow_id, task_id, completing.get(task_id)))
-            their_run = runs.get((workflow_id, dependency, completing.get(dependency)))
-            if my_run and their_run and my_run["start"] is not None and their_run["end"] is not None \
-                    and my_run["start"] < their_run["end"]:
+            my_run, their_run = completing.get(task_id), completing.get(dependency)
+            if my_run and their_run and my_run["start"] < their_run["end"]:
                 problems.append(f"task {task_id} started running at {my_run['start']:.0f} before {dependency}'s "
                                 f"completing run ended at {their_run['end']:.0f}")
     return problems
