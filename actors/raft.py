@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import time
 from typing import Any
 
 from protocols.control import (
@@ -67,6 +66,29 @@ from runtime.storage import RaftStorage
 log = get_logger("raft")
 
 _RAFT_MESSAGES = frozenset(MESSAGE_TYPES)
+# Terms and indexes come from the network, and SQLite keeps 63-bit integers: a forged vote in
+# term 2**63 - 1 made a master elect itself in term 2**63 and exit, unable to write it (fuzzing).
+MAX_RAFT_NUMBER = 2**62
+
+
+def _numbers_in_range(record: Any) -> bool:
+    """Every integer of a Raft message, its entries and its snapshot meta is in [0, 2**62)."""
+    for name in type(record).__slots__:
+        value = getattr(record, name)
+        kind = type(value)
+        if kind is int:
+            if not 0 <= value < MAX_RAFT_NUMBER:
+                return False
+        elif kind is list:  # entries: their term and index are all a follower stores of them
+            for item in value:
+                if type(item) is Entry:
+                    if not (0 <= item.term < MAX_RAFT_NUMBER and 0 <= item.index < MAX_RAFT_NUMBER):
+                        return False
+                elif is_record(item) and not _numbers_in_range(item):
+                    return False
+        elif is_record(value) and not _numbers_in_range(value):
+            return False
+    return True
 _LEADER_EARLY_MESSAGES = frozenset((AppendEntries, Heartbeat, InstallSnapshot, TimeoutNow))
 
 
@@ -164,6 +186,9 @@ class RaftActor(Actor):
     def receive(self, message: Any) -> Any:
         kind = type(message)
         if kind in _RAFT_MESSAGES:
+            if not _numbers_in_range(message):
+                self.node.count("raft_out_of_range")
+                return None
             self.core.step(message)
             return None
         if kind is Tick:
@@ -390,10 +415,9 @@ class RaftActor(Actor):
             return
         applied = self.core.applied_index
         waiting = []
-        now_ms = int(time.monotonic() * 1000)
         for index, answer, read in self._reads:
             if index <= applied:
-                answer.resolve(read_query(self.state, read.query, read.args, now_ms))
+                answer.resolve(read_query(self.state, read.query, read.args))
             else:
                 waiting.append((index, answer, read))
         self._reads = waiting

@@ -20,7 +20,8 @@ Rules of this module:
   ``MAX_REPORT_BATCHES_IN_FLIGHT`` batches wait for their commits at once) and kept until
   ``ReportsAccepted``.
 * At most ``max_concurrent_tasks`` task processes run at once; further assignments wait in
-  arrival order. An attempt already held (waiting, running or reported) is not taken twice.
+  arrival order. An attempt already held (waiting, running or reported) is not taken twice;
+  one assigned again after it ran (a late or reissued assignment) is reported again, not rerun.
 * Draining (first SIGTERM or SIGINT): no new work; waiting and newly assigned attempts are
   reported as not run (``ERROR_DRAINING``); running ones finish and are reported; then a
   ``WorkerGoodbye`` and exit 0 (exit 1 if some reports were still unaccepted after
@@ -69,6 +70,7 @@ log = get_logger("worker")
 
 MAX_REPORTS_PER_BATCH = 1000
 MAX_REPORT_BATCHES_IN_FLIGHT = 8
+MAX_REMEMBERED_REPORTS = 10_000  # accepted reports kept, to answer a late duplicate assignment
 MAX_REDIRECTS_PER_TICK = 4  # stale leaders pointing at each other must not make us spin
 
 
@@ -135,6 +137,7 @@ class WorkerActor(Actor):
         self.reports_sent: set = set()  # keys of unacknowledged reports on their way to a master
         self.report_batches_in_flight = 0
         self.report_again: set = set()  # reported attempts assigned to us again (see _on_assign)
+        self.reported: collections.OrderedDict = collections.OrderedDict()  # accepted reports, the latest
         self.redirects_this_tick = 0
         self.report_deadline_s: float | None = None
         self.executor: TaskExecutor | None = None
@@ -216,12 +219,17 @@ class WorkerActor(Actor):
         held = set(self._held_keys())
         refused: list[TaskFinished] = []
         for task in message.tasks:
-            if not isinstance(task, TaskAssignment) or task.key in held:
-                if isinstance(task, TaskAssignment) and task.key in self.unacked:
-                    # Ran and reported already, yet assigned again: a leader lost our first
-                    # dispatch, refused the report (the task was not running) and dispatched the
-                    # same attempt number to us. Report it once more, after that dispatch.
+            if isinstance(task, TaskAssignment) and (task.key in self.unacked or task.key in self.reported):
+                # Ran and reported already, yet assigned again: a deposed leader's assignment
+                # delivered late, or a leader that lost our dispatch and refused the report
+                # dispatched the same attempt number to us. Not run twice: reported once more.
+                if task.key in self.unacked:
                     self.report_again.add(task.key)
+                else:
+                    self.unacked[task.key] = self.reported.pop(task.key)
+                    self._send_reports()
+                continue
+            if not isinstance(task, TaskAssignment) or task.key in held:
                 continue  # a duplicate assignment: the attempt is already ours
             held.add(task.key)
             if self.draining:
@@ -358,8 +366,10 @@ class WorkerActor(Actor):
             accepted = answer.error is None and isinstance(answer.value, ReportsAccepted)
             for key in answer.keys:
                 self.reports_sent.discard(key)  # accepted: gone below; otherwise: sent again
-                if accepted and key not in self.report_again:
-                    self.unacked.pop(key, None)
+                if accepted and key not in self.report_again and key in self.unacked:
+                    self.reported[key] = self.unacked.pop(key)
+                    if len(self.reported) > MAX_REMEMBERED_REPORTS:
+                        self.reported.popitem(last=False)
                 self.report_again.discard(key)
         else:
             self.in_flight[answer.kind] = False

@@ -235,12 +235,13 @@ class WorkersRequest:
     """The worker table as `agentflow workers --json` prints it."""
 
 
-def read_query(state: ControlState, query: str, args: dict, now_ms: int) -> Any:
-    """Evaluate a read against the applied state (the caller has made it linearizable)."""
+def read_query(state: ControlState, query: str, args: dict) -> Any:
+    """Evaluate a read against the applied state (the caller has made it linearizable). Leases
+    are read at the replicated clock, as the commands after the read will see them."""
     if query == "lock":
-        return state.locks.check_lock(str(args.get("key", "")), now_ms)
+        return state.locks.check_lock(str(args.get("key", "")), state.locks.clock_ms)
     if query == "locks":
-        return state.locks.list_locks(now_ms)
+        return state.locks.list_locks(state.locks.clock_ms)
     if query == "members":
         return [state.members[node_id] for node_id in sorted(state.members)]
     return ErrorRecord("unknown_query", query)

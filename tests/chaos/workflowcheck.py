@@ -36,28 +36,32 @@ CLOCK_SLACK_MS = 2  # the leader stamps whole milliseconds
 
 def read_runs(path: Path) -> dict[tuple[str, str, int], list[dict]]:
     """(workflow, task, attempt) -> its runs, each ``{"pid", "start": ms, "end": ms or None}``
-    from the run records. One attempt number can run more than once: a deposed leader's
-    dispatch leaves before its entry commits, and the next leader reuses the number."""
-    runs: dict[tuple[str, str, int], dict[int, dict]] = {}
+    from the run records, in file order (an end closes its process's open run). One attempt
+    number can run more than once: a deposed leader's dispatch leaves before its entry commits,
+    and the next leader reuses the number."""
+    runs: dict[tuple[str, str, int], list[dict]] = {}
     if not path.exists():
-        return {}
+        return runs
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue  # a line cut by a kill -9 mid-write
-        by_pid = runs.setdefault((record["wf"], record["task"], record["attempt"]), {})
-        run = by_pid.setdefault(record["pid"], {"pid": record["pid"], "start": None, "end": None})
-        run[record["event"]] = record["t"]
-    return {key: list(by_pid.values()) for key, by_pid in runs.items()}
+        task_runs = runs.setdefault((record["wf"], record["task"], record["attempt"]), [])
+        if record["event"] == "start":
+            task_runs.append({"pid": record["pid"], "start": record["t"], "end": None})
+            continue
+        open_runs = [run for run in task_runs if run["pid"] == record["pid"] and run["end"] is None]
+        if open_runs:
+            open_runs[-1]["end"] = record["t"]
+    return runs
 
 
-def completing_run(runs: list[dict], finished_ms: float) -> dict | None:
-    """The run that can have made the completion: started and ended before the leader took its
-    report (the earliest such end, the permissive choice when an attempt ran twice)."""
-    ended = [run for run in runs if run["start"] is not None and run["end"] is not None
-             and run["end"] <= finished_ms + CLOCK_SLACK_MS]
-    return min(ended, key=lambda run: run["end"], default=None)
+def completing_runs(runs: list[dict], finished_ms: float) -> list[dict]:
+    """The runs that can have made the completion: started and ended before the leader took the
+    report (more than one when an attempt number ran twice)."""
+    return [run for run in runs if run["start"] is not None and run["end"] is not None
+            and run["end"] <= finished_ms + CLOCK_SLACK_MS]
 
 
 def runs_after_completion(statuses: dict[str, dict | None], runs: dict) -> int:
@@ -127,9 +131,10 @@ def _check_one(tasks: dict[str, list[str]], status: dict, commands: list, runs: 
             problems.append(f"task {task_id}: status says attempt {task_status['attempts']} on "
                             f"{task_status['worker']}, the log attempt {attempt} on {worker}")
         if finished_by:
-            run = completing_run(runs.get((workflow_id, task_id, finished_by[0][1]), []), task_status["finished_ms"])
-            completing[task_id] = run
-            if run is None:
+            candidates = completing_runs(runs.get((workflow_id, task_id, finished_by[0][1]), []),
+                                         task_status["finished_ms"])
+            completing[task_id] = candidates
+            if not candidates:
                 problems.append(f"task {task_id}: completed by attempt {finished_by[0][1]}, of which no run had "
                                 f"ended by then ({runs.get((workflow_id, task_id, finished_by[0][1]))})")
     for task_id, dependencies in tasks.items():
@@ -144,8 +149,11 @@ def _check_one(tasks: dict[str, list[str]], status: dict, commands: list, runs: 
             if mine["started_ms"] < theirs["finished_ms"]:
                 problems.append(f"task {task_id} dispatched at {mine['started_ms']} before its dependency "
                                 f"{dependency} finished at {theirs['finished_ms']}")
-            my_run, their_run = completing.get(task_id), completing.get(dependency)
-            if my_run and their_run and my_run["start"] < their_run["end"]:
-                problems.append(f"task {task_id} started running at {my_run['start']:.0f} before {dependency}'s "
-                                f"completing run ended at {their_run['end']:.0f}")
+            mine_runs, their_runs = completing.get(task_id), completing.get(dependency)
+            if mine_runs and their_runs:  # violated only if no pairing of the candidates is in order
+                latest_start = max(run["start"] for run in mine_runs)
+                earliest_end = min(run["end"] for run in their_runs)
+                if latest_start < earliest_end:
+                    problems.append(f"task {task_id} started running at {latest_start:.0f} before {dependency}'s "
+                                    f"completing run ended at {earliest_end:.0f}")
     return problems

@@ -83,7 +83,11 @@ def blast(endpoint: str, count: int, seed: int, peer_every: int = 5_000) -> coll
                     decode_frame(parts[0])
                 except DecodeError as exc:
                     sent[f"rejected_{exc.reason}"] += 1
-            sock.send_multipart(parts)
+            try:
+                sock.send_multipart(parts)
+            except zmq.Again:
+                raise AssertionError(f"{endpoint} stopped reading: 10 s without taking a frame, after {number} "
+                                     f"frames ({dict(sent)})") from None
             while sock.poll(0):  # answers to our asks: read and dropped
                 sock.recv_multipart()
     finally:

@@ -182,6 +182,7 @@ def test_every_record_class_is_reachable_by_the_generator():
 
 
 @pytest.mark.fuzz
+@pytest.mark.timeout(3600)
 @LONG
 @given(st.binary(max_size=65_536))
 def test_long_random_bytes(data):
@@ -189,6 +190,7 @@ def test_long_random_bytes(data):
 
 
 @pytest.mark.fuzz
+@pytest.mark.timeout(3600)
 @LONG
 @given(mutations())
 def test_long_mutated_frames(mutation):
@@ -196,6 +198,7 @@ def test_long_mutated_frames(mutation):
 
 
 @pytest.mark.fuzz
+@pytest.mark.timeout(3600)
 @settings(max_examples=2_000, deadline=None)
 @given(st.integers(0, 2**32))
 def test_long_hostile_frames_and_entries(seed):

@@ -86,6 +86,7 @@ def test_mutated_example_files_are_parsed_or_refused_in_one_line(text, edits):
 
 
 @pytest.mark.fuzz
+@pytest.mark.timeout(3600)
 @LONG
 @given(documents)
 def test_long_documents(document):
