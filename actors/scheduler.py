@@ -398,10 +398,7 @@ class SchedulerActor(Actor):
         for report in reports.reports:
             if self._runs_elsewhere(reports.worker_id, report):
                 continue  # a deposed leader's dispatch of an attempt number reissued to another worker
-            adopted = self._adopt_finished(reports.worker_id, report, now_ms)
-            if adopted is not None:
-                commands.append(adopted)
-            elif self._free_slot(reports.worker_id, report) and report.ok:
+            if self._free_slot(reports.worker_id, report) and report.ok:
                 succeeded.append(report)
             if report.error == ERROR_CANCELLED:
                 continue  # we cancelled it: a stale attempt or a cancelled workflow, not a failure
@@ -449,20 +446,6 @@ class SchedulerActor(Actor):
             return dispatching[1] == report.attempt and dispatching[0] != worker_id
         return (run is not None and run.state is TaskState.RUNNING and run.attempts == report.attempt
                 and run.worker_id != worker_id)
-
-    def _adopt_finished(self, worker_id: str, report: Any, now_ms: int) -> DispatchTask | None:
-        """The DispatchTask that makes a run of a lost dispatch count (its leader went before the
-        entry committed: the task is ready again, this its next attempt), as heartbeats adopt
-        running ones. Without it the same attempt number went out again and, to the same worker,
-        hung (chaos: pause_leader)."""
-        graph = self.workflows.get(report.workflow_id)
-        run = graph.runs.get(report.task_id) if graph is not None else None
-        key = task_key(report.workflow_id, report.task_id)
-        if run is None or run.state is not TaskState.READY or run.attempts + 1 != report.attempt \
-                or key not in self.queue or report.error in (ERROR_CANCELLED, ERROR_DRAINING):
-            return None
-        self.queue.remove(key)
-        return DispatchTask(report.workflow_id, report.task_id, report.attempt, worker_id, now_ms)
 
     def _free_slot(self, worker_id: str, report: Any) -> bool:
         """A worker that reports the current attempt of a running task has that slot free now:

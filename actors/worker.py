@@ -21,7 +21,7 @@ Rules of this module:
   ``ReportsAccepted``.
 * At most ``max_concurrent_tasks`` task processes run at once; further assignments wait in
   arrival order. An attempt already held (waiting, running or reported) is not taken twice;
-  one assigned again after it ran (a late or reissued assignment) is reported again, not rerun.
+  one assigned again while its report is on its way runs again once that report is answered.
 * Draining (first SIGTERM or SIGINT): no new work; waiting and newly assigned attempts are
   reported as not run (``ERROR_DRAINING``); running ones finish and are reported; then a
   ``WorkerGoodbye`` and exit 0 (exit 1 if some reports were still unaccepted after
@@ -70,7 +70,6 @@ log = get_logger("worker")
 
 MAX_REPORTS_PER_BATCH = 1000
 MAX_REPORT_BATCHES_IN_FLIGHT = 8
-MAX_REMEMBERED_REPORTS = 10_000  # accepted reports kept, to answer a late duplicate assignment
 MAX_REDIRECTS_PER_TICK = 4  # stale leaders pointing at each other must not make us spin
 
 
@@ -136,8 +135,7 @@ class WorkerActor(Actor):
         self.in_flight = {"hello": False, "heartbeat": False}  # reports count their batches instead
         self.reports_sent: set = set()  # keys of unacknowledged reports on their way to a master
         self.report_batches_in_flight = 0
-        self.report_again: set = set()  # reported attempts assigned to us again (see _on_assign)
-        self.reported: collections.OrderedDict = collections.OrderedDict()  # accepted reports, the latest
+        self.rerun_after_ack: dict[AttemptKey, TaskAssignment] = {}  # see _on_assign
         self.redirects_this_tick = 0
         self.report_deadline_s: float | None = None
         self.executor: TaskExecutor | None = None
@@ -219,15 +217,12 @@ class WorkerActor(Actor):
         held = set(self._held_keys())
         refused: list[TaskFinished] = []
         for task in message.tasks:
-            if isinstance(task, TaskAssignment) and (task.key in self.unacked or task.key in self.reported):
-                # Ran and reported already, yet assigned again: a deposed leader's assignment
-                # delivered late, or a leader that lost our dispatch and refused the report
-                # dispatched the same attempt number to us. Not run twice: reported once more.
-                if task.key in self.unacked:
-                    self.report_again.add(task.key)
-                else:
-                    self.unacked[task.key] = self.reported.pop(task.key)
-                    self._send_reports()
+            if isinstance(task, TaskAssignment) and task.key in self.unacked:
+                # Ran, and its report is on its way, yet assigned again: a leader lost the first
+                # dispatch (its report will be refused) and dispatched the same attempt number
+                # to us. Run it again once that report is answered (the first run may have used
+                # results the cluster never committed), or the task hangs.
+                self.rerun_after_ack[task.key] = task
                 continue
             if not isinstance(task, TaskAssignment) or task.key in held:
                 continue  # a duplicate assignment: the attempt is already ours
@@ -366,11 +361,14 @@ class WorkerActor(Actor):
             accepted = answer.error is None and isinstance(answer.value, ReportsAccepted)
             for key in answer.keys:
                 self.reports_sent.discard(key)  # accepted: gone below; otherwise: sent again
-                if accepted and key not in self.report_again and key in self.unacked:
-                    self.reported[key] = self.unacked.pop(key)
-                    if len(self.reported) > MAX_REMEMBERED_REPORTS:
-                        self.reported.popitem(last=False)
-                self.report_again.discard(key)
+                if accepted:
+                    self.unacked.pop(key, None)
+                    rerun = self.rerun_after_ack.pop(key, None)
+                    if rerun is not None and self.draining:
+                        self._add_reports([finished_now(self.worker_id, rerun, False, ERROR_DRAINING)])
+                    elif rerun is not None:
+                        self.waiting.append(rerun)
+                        self._start_waiting([])
         else:
             self.in_flight[answer.kind] = False
         if answer.error is not None:
