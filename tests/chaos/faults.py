@@ -91,6 +91,11 @@ def _signal(child, signum: int) -> None:
         os.kill(child.proc.pid, signum)
 
 
+def resume(child) -> None:
+    """SIGCONT, for the way out: a paused process cannot act on SIGTERM."""
+    _signal(child, signal.SIGCONT)
+
+
 def inject(fault: Fault, target: Target) -> Callable[[], None]:
     """Start ``fault``; returns its ``heal``."""
     kind, cluster = fault.kind, target.cluster

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import defaultdict
 
-from protocols.control import ControlState, StatusQuery
+from protocols.control import Batch, ControlState, StatusQuery
 from protocols.workflow_table import DispatchTask, FinishTask, RequeueTask, SubmitWorkflow
 from protocols.names import RAFT_ACTOR
 from protocols.raft import ENTRY_NORMAL
@@ -103,7 +103,7 @@ class LogReplay:
                 continue
             command, result = self.state.apply(index, data)
             for sub, sub_result in _flatten(command, result):
-                if isinstance(sub, (SubmitWorkflow,)):
+                if isinstance(sub, SubmitWorkflow):
                     self.workflow_commands[sub.workflow.workflow_id].append((index, sub, sub_result))
                 elif isinstance(sub, (DispatchTask, FinishTask, RequeueTask)):
                     self.workflow_commands[sub.workflow_id].append((index, sub, sub_result))
@@ -117,8 +117,6 @@ class LogReplay:
 
 
 def _flatten(command, result):
-    from protocols.control import Batch
-
     if isinstance(command, Batch):
         return list(zip(command.commands, result))
     return [] if command is None else [(command, result)]

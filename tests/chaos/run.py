@@ -126,8 +126,7 @@ class ChaosRun:
     def close(self) -> None:
         try:
             for child in self.cluster.masters + self.cluster.workers:
-                if child.alive():
-                    faults._signal(child, faults.signal.SIGCONT)  # a paused process cannot take SIGTERM
+                faults.resume(child)
             if self.network is not None:
                 self.network.heal()
             if self.client is not None:
