@@ -68,7 +68,7 @@ def blast(endpoint: str, count: int, seed: int, peer_every: int = 5_000) -> coll
         for number in range(count):
             if number % peer_every == 0:
                 if sock is not None:
-                    sock.close(linger=0)
+                    sock.close(linger=10_000)  # what is queued still goes: every frame counted is sent
                 sock = context.socket(zmq.DEALER)
                 sock.setsockopt(zmq.LINGER, 0)
                 sock.setsockopt(zmq.SNDTIMEO, 10_000)
@@ -92,7 +92,7 @@ def blast(endpoint: str, count: int, seed: int, peer_every: int = 5_000) -> coll
                 sock.recv_multipart()
     finally:
         if sock is not None:
-            sock.close(linger=0)
+            sock.close(linger=10_000)
         context.term()
     return sent
 
