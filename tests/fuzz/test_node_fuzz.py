@@ -4,7 +4,7 @@ frames (tests/fuzz/frames.py) on their ROUTER sockets, from peers that come and 
 Checked afterwards: both processes are alive; the master counted every frame it could not
 decode, by reason (as many as the same codec rejects here); it still serves (a status, a lock,
 a workflow that runs on the fuzzed worker); and neither process's memory grew without bound.
-`make test` sends 20,000 frames to each; `make fuzz` (marker ``fuzz``) 500,000 to each, a million in all.
+`make test` sends 10,000 frames to each; `make fuzz` (marker ``fuzz``) 500,000 to each, a million in all.
 
 The worker runs with an empty PATH: today any peer can hand it a task (CURVE will close that),
 and fuzzed frames may carry a shell command.
@@ -158,8 +158,8 @@ def run_fuzz(tmp_path, frames_per_target: int, port: int = PORT) -> dict:
 
 
 @pytest.mark.timeout(300)
-def test_twenty_thousand_hostile_frames_crash_nothing_and_every_bad_frame_is_counted(tmp_path):
-    report = run_fuzz(tmp_path, 20_000)
+def test_hostile_frames_crash_nothing_and_every_bad_frame_is_counted(tmp_path):
+    report = run_fuzz(tmp_path, 10_000)
     print(json.dumps(report, indent=1))
     for name, samples in report["memory_mb"].items():
         assert samples[-1] - samples[0] < 150, (name, samples)
