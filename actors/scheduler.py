@@ -125,8 +125,8 @@ class SchedulerActor(Actor):
         if kind is LeadershipChanged:
             self._on_leadership(message.is_leader)
             return None
-        if kind in (WorkerHello, WorkerHeartbeat, TasksFinished, SubmitWorkflowRequest,
-                    CancelWorkflowRequest, WorkersRequest) and not self.is_leader:
+        if kind in (WorkerHello, WorkerHeartbeat, TasksFinished, SubmitWorkflowRequest, CancelWorkflowRequest,
+                    WorkersRequest, WorkflowStatusRequest) and not self.is_leader:  # a lagging follower said "unknown"
             return self._redirect()
         if kind is WorkerHeartbeat:
             return self._on_heartbeat(message)

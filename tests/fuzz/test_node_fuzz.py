@@ -24,7 +24,7 @@ import zmq
 
 from agentflow.cluster import ChildProcess, LocalCluster, find_free_ports
 from protocols.workflow_spec import TaskNode, Workflow
-from protocols.wire import DecodeError, decode_frame
+from protocols.wire import ASK, DecodeError, decode_frame, encode_frame
 from runtime.client import Client
 from runtime.locks import DistributedLock
 from tests.fuzz.frames import CATEGORIES, HostileFrames
@@ -33,6 +33,7 @@ from tests.procs import wait_for
 pytestmark = pytest.mark.integration
 
 PORT = 32050  # the master from 32050 (http +10, pub +100), its worker from PORT + 20
+BARRIER_ID = 2**62  # a correlation id no hostile frame uses
 
 
 @contextlib.contextmanager
@@ -68,7 +69,8 @@ def blast(endpoint: str, count: int, seed: int, peer_every: int = 5_000) -> coll
         for number in range(count):
             if number % peer_every == 0:
                 if sock is not None:
-                    sock.close(linger=10_000)  # what is queued still goes: every frame counted is sent
+                    barrier(sock)
+                    sock.close(linger=0)
                 sock = context.socket(zmq.DEALER)
                 sock.setsockopt(zmq.LINGER, 0)
                 sock.setsockopt(zmq.SNDTIMEO, 10_000)
@@ -92,9 +94,25 @@ def blast(endpoint: str, count: int, seed: int, peer_every: int = 5_000) -> coll
                 sock.recv_multipart()
     finally:
         if sock is not None:
-            sock.close(linger=10_000)
+            barrier(sock)
+            sock.close(linger=0)
         context.term()
     return sent
+
+
+def barrier(sock: zmq.Socket, timeout_s: float = 60.0) -> None:
+    """Ask the node something on this connection and wait for the answer: then it has read
+    every frame sent before (a connection is read in order), and closing loses none."""
+    sock.send(encode_frame("fuzzer", "", [(ASK, "fuzz", "nobody", BARRIER_ID, None)]))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if sock.poll(100):
+            try:
+                if any(e.correlation_id == BARRIER_ID for e in decode_frame(sock.recv()).envelopes):
+                    return
+            except DecodeError:
+                continue
+    raise AssertionError(f"no answer to the barrier within {timeout_s} s")
 
 
 def master_counters(cluster: LocalCluster) -> dict:
