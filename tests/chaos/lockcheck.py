@@ -177,26 +177,27 @@ def check_invariants(ops: list[Op]) -> list[str]:
 
 
 def _overlapping_holders(key: str, by_token: dict[int, list[Op]], ops: list[Op]) -> list[str]:
-    """Windows in which two owners each had reason to believe they held ``key``."""
+    """Windows in which two owners each had reason to believe they held ``key``. A grant or
+    renewal sets the lease to end TTL after its invocation (maybe sooner than before); one of
+    unknown outcome may have done so too, so the holder counts on no more than that; starting a
+    release ends the holder's claim."""
     windows = []
     for token, grant_ops in sorted(by_token.items()):
         owner = grant_ops[0].args["owner"]
         start = min(op.complete_ms for op in grant_ops)
-        confirmed = list(grant_ops)
-        release_starts = []
-        for op in ops:
-            if op.args.get("key") != key or op.args.get("owner") != owner or op.invoke_ms < start:
-                continue
-            if op.kind == "renew" and not op.pending and op.result["type"] == "renewed" \
-                    and op.result.get("token") == token:
-                confirmed.append(op)
-            elif op.kind == "release" and op.args.get("token") in (token, None):
-                release_starts.append(op.invoke_ms)
-        latest = max(confirmed, key=lambda op: op.invoke_ms)  # each grant or renewal sets the lease anew
-        end = latest.invoke_ms + latest.args["ttl_ms"] - SLACK_MS
-        if release_starts:
-            end = min(end, min(release_starts))
-        windows.append((token, owner, start, end))
+        end = None
+        for op in sorted((op for op in ops if op.args.get("key") == key and op.args.get("owner") == owner
+                          and op.invoke_ms >= min(g.invoke_ms for g in grant_ops)), key=lambda op: op.invoke_ms):
+            lease_end = op.invoke_ms + op.args.get("ttl_ms", 0) - SLACK_MS
+            confirmed = not op.pending and op.result.get("token") == token \
+                and op.result["type"] in ("granted", "renewed")
+            if confirmed:
+                end = lease_end
+            elif end is not None and op.pending and op.kind in ("acquire", "renew"):
+                end = min(end, lease_end)
+            elif end is not None and op.kind == "release" and op.args.get("token") in (token, None):
+                end = min(end, op.invoke_ms)
+        windows.append((token, owner, start, end if end is not None else start))
     problems = []
     for position, (token_a, owner_a, _, end_a) in enumerate(windows):
         for token_b, owner_b, start_b, _ in windows[position + 1:]:
