@@ -87,7 +87,7 @@ def test_mutated_example_files_are_parsed_or_refused_in_one_line(text, edits):
 
 @pytest.mark.fuzz
 @pytest.mark.timeout(3600)
-@LONG
+@settings(LONG, max_examples=3_000)  # each one dumps and parses YAML and JSON: ~0.3 s on a loaded machine
 @given(documents)
 def test_long_documents(document):
     parses_or_refuses(json.dumps({"workflow": document}, default=str), "wf.json")
