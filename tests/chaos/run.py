@@ -70,8 +70,10 @@ class NetnsCluster(LocalCluster):
     port: each namespace has its own); workers stay in the host namespace, on the bridge."""
 
     def __init__(self, network: netns.Network, data_dir: Path, masters: int, workers: int, port: int) -> None:
+        # No CURVE keys here (the second half of issue 14 tests them): --insecure lets a node listen
+        # beyond 127.0.0.1, on the namespaces' addresses.
         super().__init__(data_dir, masters=masters, workers=workers, first_port=port,
-                         worker_options=["--host", network.gateway])
+                         worker_options=["--host", network.gateway, "--insecure"])
         self.hosts: dict[str, netns.Host] = {}
         first_address = None
         for position, master in enumerate(self.masters):
@@ -79,7 +81,7 @@ class NetnsCluster(LocalCluster):
             self.hosts[master.node_id] = host
             first_address = first_address or host.address
             args = ["master", "--host", host.address, "--port", str(port), "--node-id", master.node_id,
-                    "--data-dir", str(self.data_dir), *MASTER_OPTIONS]
+                    "--data-dir", str(self.data_dir), "--insecure", *MASTER_OPTIONS]
             args += ["--mode", "leader"] if position == 0 else ["--mode", "master", "--leader-url",
                                                                 f"{first_address}:{port}"]
             self.masters[position] = ChildProcess(master.node_id, args, master.log_path, port, host=host.address,
