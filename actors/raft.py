@@ -21,9 +21,9 @@ Rules:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
-import time
 from typing import Any
 
 from protocols.control import (
@@ -66,6 +66,29 @@ from runtime.storage import RaftStorage
 log = get_logger("raft")
 
 _RAFT_MESSAGES = frozenset(MESSAGE_TYPES)
+# Terms and indexes come from the network, and SQLite keeps 63-bit integers: a forged vote in
+# term 2**63 - 1 made a master elect itself in term 2**63 and exit, unable to write it (fuzzing).
+MAX_RAFT_NUMBER = 2**62
+
+
+def _numbers_in_range(record: Any) -> bool:
+    """Every integer of a Raft message, its entries and its snapshot meta is in [0, 2**62)."""
+    for name in type(record).__slots__:
+        value = getattr(record, name)
+        kind = type(value)
+        if kind is int:
+            if not 0 <= value < MAX_RAFT_NUMBER:
+                return False
+        elif kind is list:  # entries: their term and index are all a follower stores of them
+            for item in value:
+                if type(item) is Entry:
+                    if not (0 <= item.term < MAX_RAFT_NUMBER and 0 <= item.index < MAX_RAFT_NUMBER):
+                        return False
+                elif is_record(item) and not _numbers_in_range(item):
+                    return False
+        elif is_record(value) and not _numbers_in_range(value):
+            return False
+    return True
 _LEADER_EARLY_MESSAGES = frozenset((AppendEntries, Heartbeat, InstallSnapshot, TimeoutNow))
 
 
@@ -163,6 +186,9 @@ class RaftActor(Actor):
     def receive(self, message: Any) -> Any:
         kind = type(message)
         if kind in _RAFT_MESSAGES:
+            if not _numbers_in_range(message):
+                self.node.count("raft_out_of_range")
+                return None
             self.core.step(message)
             return None
         if kind is Tick:
@@ -175,7 +201,7 @@ class RaftActor(Actor):
         if kind is Read:
             return self._read(message)
         if kind is StatusQuery:
-            return self.status()
+            return self.status(message.digest)
         if kind is Join:
             return self._join(message)
         if kind is RemoveMember:
@@ -389,10 +415,9 @@ class RaftActor(Actor):
             return
         applied = self.core.applied_index
         waiting = []
-        now_ms = int(time.monotonic() * 1000)
         for index, answer, read in self._reads:
             if index <= applied:
-                answer.resolve(read_query(self.state, read.query, read.args, now_ms))
+                answer.resolve(read_query(self.state, read.query, read.args))
             else:
                 waiting.append((index, answer, read))
         self._reads = waiting
@@ -440,9 +465,9 @@ class RaftActor(Actor):
 
     # ------------------------------------------------------------------ status
 
-    def status(self) -> dict:
+    def status(self, digest: bool = False) -> dict:
         core = self.core
-        return {
+        status = {
             "id": self.node.node_id,
             "address": self.node.endpoint,
             "http_port": self.http_port,
@@ -458,6 +483,9 @@ class RaftActor(Actor):
                         if node_id in core.voters or node_id in core.learners},
             "stats": dict(core.stats),
         }
+        if digest:
+            status["state_digest"] = hashlib.blake2b(self.state.to_snapshot(), digest_size=16).hexdigest()
+        return status
 
 
 def _tag(command: Any) -> str:

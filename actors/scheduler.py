@@ -86,6 +86,7 @@ class SchedulerActor(Actor):
         self.registry = WorkerRegistry(self.health)
         self._dispatching: dict[str, tuple[str, int]] = {}  # key -> (worker, attempt), not yet applied
         self._unclaimed: dict[str, int] = {}  # running task key -> deadline_ms (after a leader change)
+        self._unheld: dict[str, dict[str, int]] = {}  # worker -> running key its heartbeats omit -> since_ms
         self._client_commits: dict[tuple[str, int], Future] = {}  # (client id, seq) -> its commit in flight
         self._timer_id: int | None = None
 
@@ -124,8 +125,8 @@ class SchedulerActor(Actor):
         if kind is LeadershipChanged:
             self._on_leadership(message.is_leader)
             return None
-        if kind in (WorkerHello, WorkerHeartbeat, TasksFinished, SubmitWorkflowRequest,
-                    CancelWorkflowRequest, WorkersRequest) and not self.is_leader:
+        if kind in (WorkerHello, WorkerHeartbeat, TasksFinished, SubmitWorkflowRequest, CancelWorkflowRequest,
+                    WorkersRequest, WorkflowStatusRequest) and not self.is_leader:  # a lagging follower said "unknown"
             return self._redirect()
         if kind is WorkerHeartbeat:
             return self._on_heartbeat(message)
@@ -158,6 +159,7 @@ class SchedulerActor(Actor):
         self.registry = WorkerRegistry(self.health)
         self._dispatching.clear()
         self._unclaimed.clear()
+        self._unheld.clear()
         if not is_leader:
             return
         now_ms = monotonic_ms()
@@ -357,6 +359,7 @@ class SchedulerActor(Actor):
         if heartbeat.draining:
             self.registry.set_worker_status(heartbeat.worker_id, WorkerStatus.DRAINING)
         cancel = []
+        listed = set()
         for item in heartbeat.running:
             try:
                 workflow_id, task_id, attempt = item
@@ -365,6 +368,7 @@ class SchedulerActor(Actor):
             graph = self.workflows.get(workflow_id)
             run = graph.runs.get(task_id) if graph is not None else None
             key = task_key(workflow_id, task_id)
+            listed.add(key)
             if (run is not None and run.state is TaskState.RUNNING and run.attempts == attempt
                     and run.worker_id == heartbeat.worker_id):
                 self._unclaimed.pop(key, None)
@@ -379,8 +383,22 @@ class SchedulerActor(Actor):
                 self._adopt(graph, task_id, heartbeat.worker_id, attempt)
             elif key not in self._dispatching:
                 cancel.append([workflow_id, task_id, attempt])
+        self._requeue_unheld(heartbeat.worker_id, listed, now_ms)  # lost assignments hung tasks (chaos)
         self._dispatch()
         return HeartbeatAck(True, cancel)
+
+    def _requeue_unheld(self, worker_id: str, listed: set, now_ms: int) -> None:
+        """Requeue what runs on ``worker_id`` by the log but its heartbeats omitted for the grace period."""
+        before, unheld = self._unheld.get(worker_id, {}), {}
+        for key in self.registry.workers[worker_id].reservations:
+            graph = self.workflows.get(split_task_key(key)[0])
+            run = graph.runs.get(split_task_key(key)[1]) if graph is not None else None
+            if key not in listed and key not in self._dispatching and run is not None \
+                    and run.state is TaskState.RUNNING and run.worker_id == worker_id:
+                unheld[key] = before.get(key, now_ms)
+        self._unheld[worker_id] = unheld
+        for key in [key for key, since_ms in unheld.items() if now_ms - since_ms > self.claim_grace_ms]:
+            self._requeue(key, "its worker does not hold it", now_ms)
 
     def _adopt(self, graph, task_id: str, worker_id: str, attempt: int) -> None:
         key = task_key(graph.workflow_id, task_id)
@@ -396,6 +414,8 @@ class SchedulerActor(Actor):
         commands = []
         succeeded = []
         for report in reports.reports:
+            if self._runs_elsewhere(reports.worker_id, report):
+                continue  # a deposed leader's dispatch; the attempt number was reissued elsewhere
             if self._free_slot(reports.worker_id, report) and report.ok:
                 succeeded.append(report)
             if report.error == ERROR_CANCELLED:
@@ -433,6 +453,16 @@ class SchedulerActor(Actor):
         self._send_assignments(assignments)
         self._dispatch()
         return answer
+
+    def _runs_elsewhere(self, worker_id: str, report: Any) -> bool:
+        """Whether the reported attempt runs (or is dispatched) on another worker: not this run's to finish."""
+        graph = self.workflows.get(report.workflow_id)
+        run = graph.runs.get(report.task_id) if graph is not None else None
+        dispatching = self._dispatching.get(task_key(report.workflow_id, report.task_id))
+        if dispatching is not None:
+            return dispatching[1] == report.attempt and dispatching[0] != worker_id
+        return (run is not None and run.state is TaskState.RUNNING and run.attempts == report.attempt
+                and run.worker_id != worker_id)
 
     def _free_slot(self, worker_id: str, report: Any) -> bool:
         """A worker that reports the current attempt of a running task has that slot free now:
@@ -545,7 +575,8 @@ class SchedulerActor(Actor):
             "tasks": {task_id: {"state": run.state.value, "attempts": run.attempts, "worker": run.worker_id or None,
                                 "exit_code": run.exit_code, "error": run.error or None,
                                 "result": run.result, "stdout_tail": run.stdout_tail,
-                                "stderr_tail": run.stderr_tail}
+                                "stderr_tail": run.stderr_tail, "started_ms": run.started_ms,
+                                "finished_ms": run.finished_ms}
                       for task_id, run in graph.runs.items()},
         }
 

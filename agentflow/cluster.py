@@ -75,22 +75,24 @@ def wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.05)
 
 class ChildProcess:
     """One `agentflow` child (``python -m agentflow.cli ARGS``); ``start()`` again restarts it as it was.
-    ``prefix`` runs it through another command that execs it (``ip netns exec NS``)."""
+    ``prefix`` runs it through another command that execs it (``ip netns exec NS``); ``host`` is
+    where it listens."""
 
     def __init__(self, name: str, args: list[str], log_path: Path, port: int | None = None,
-                 prefix: list[str] | None = None, http_port: int | None = None) -> None:
+                 prefix: list[str] | None = None, http_port: int | None = None, host: str = "127.0.0.1") -> None:
         self.name = self.node_id = name
         self.args = args
         self.prefix = prefix or []
         self.log_path = log_path
         self.port = port
         self.http_port = http_port  # /metrics, /health, /stats
+        self.host = host
         self.proc: subprocess.Popen | None = None
         self._log = None
 
     @property
     def url(self) -> str:
-        return f"tcp://127.0.0.1:{self.port}"
+        return f"tcp://{self.host}:{self.port}"
 
     def start(self) -> ChildProcess:
         env = dict(os.environ)
@@ -156,7 +158,7 @@ class LocalCluster:
 
     @property
     def master_url(self) -> str:
-        return ",".join(f"127.0.0.1:{master.port}" for master in self.masters)
+        return ",".join(f"{master.host}:{master.port}" for master in self.masters)
 
     def by_id(self, node_id: str) -> ChildProcess:
         return next(master for master in self.masters if master.node_id == node_id)

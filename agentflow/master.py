@@ -49,6 +49,10 @@ from runtime.security import CurveKeys
 log = get_logger("master")
 
 JOIN_RETRY_S = 0.2
+# A restarted master re-applies its log on the transport thread before it answers anything: with
+# 8,200 entries that took over a second on a loaded machine, and the 1 s ask made the master exit
+# ("cannot start") in a chaos run. Start-up asks wait this long.
+RECOVERY_S = 120.0
 BOOTSTRAP_CHECK_S = 1.0  # how long the first master of --leader-url asks the others for a leader
 
 
@@ -169,7 +173,7 @@ class Master:
         turn = 0
         waiting_for: list[str] = []
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-            status = self.status()
+            status = self.status(RECOVERY_S)
             if self.registered(status):
                 return True
             if status["leader"] == self.node_id:
@@ -246,7 +250,7 @@ def run_master(**options: Any) -> int:
         signal.signal(signal.SIGHUP, lambda *_: log.info("Master %s admits %d keys", master.node_id,
                                                           gatekeeper.reload()))
     try:
-        status = master.status()
+        status = master.status(RECOVERY_S)  # a long log is re-applied before the first answer
         if master.mode == "master" and master.recovered and master.node_id in status["voters"]:
             master.check_same_cluster()  # before it registers anywhere
         if not master.registered(status):

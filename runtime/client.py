@@ -337,6 +337,8 @@ class Client:
         # Validating, logging and applying a workflow takes time in proportion to its tasks (about
         # 30 us a task on three local masters); a retry before that only queues behind the first.
         per_try_timeout_s = PER_TRY_TIMEOUT_S + SUBMIT_S_PER_TASK * len(workflow.tasks)
+        if timeout_s is None:  # the client's deadline must leave room for a few tries of a big one
+            timeout_s = max(self.timeout_s, 3 * per_try_timeout_s)
         result = self.call(SCHEDULER_ACTOR, SubmitWorkflowRequest(workflow, command.client_id, command.seq), timeout_s,
                            per_try_timeout_s=per_try_timeout_s)
         if not result.get("ok"):

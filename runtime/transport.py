@@ -370,6 +370,8 @@ class Transport(threading.Thread):
         now = time.monotonic()
         key = (peer, reason)
         if now - self._last_logged.get(key, -LOG_EVERY_S) >= LOG_EVERY_S:
+            if len(self._last_logged) >= 10_000:  # a key per connection, and connections are free
+                self._last_logged.clear()
             self._last_logged[key] = now
             log.warning("dropped a bad frame from peer %s: %s %s", peer, reason, detail[:120])
 
@@ -450,7 +452,13 @@ class Transport(threading.Thread):
             nodes = {endpoint: node_id for node_id, endpoint in self.peers.items()}
         for endpoint, envelopes in to_peers.items():
             if faults is None or faults.let_through((nodes.get(endpoint, ""), endpoint), endpoint, envelopes):
-                self._send(self._dealer(endpoint), None, envelopes)
+                try:
+                    sock = self._dealer(endpoint)
+                except zmq.ZMQError:  # an endpoint from the network (a Join, a member) libzmq refuses
+                    self.counters["send_bad_endpoint"] += len(envelopes)
+                    self._fail_asks_to(endpoint, "not an endpoint libzmq takes")
+                    continue
+                self._send(sock, None, envelopes)
         for route, envelopes in to_routes.items():
             if faults is None or faults.let_through(self._route_peers.get(route, ("", "")), route, envelopes):
                 self._send(self._router, route, envelopes)
@@ -504,7 +512,12 @@ class Transport(threading.Thread):
             monitor = sock.get_monitor_socket(_WATCHED_EVENTS)
             if self.curve is not None:
                 self.curve.client_options(sock, self.server_keys.get(endpoint))
-            sock.connect(endpoint)
+            try:
+                sock.connect(endpoint)  # one bad endpoint once stopped a master's Raft loop (fuzzing)
+            except zmq.ZMQError:
+                monitor.close(linger=0)
+                sock.close(linger=0)
+                raise
             self._dealers[endpoint] = sock
             self._monitors[monitor] = endpoint
             self._poller.register(sock, zmq.POLLIN)

@@ -36,6 +36,8 @@ def submit(
             text = handle.read()
     except OSError as exc:
         fail(f"cannot read {file}: {exc.strerror}")
+    except UnicodeDecodeError as exc:
+        fail(f"{file} is not UTF-8 text (byte {exc.start})")
     try:
         workflow = parse_workflow(text, filename=file, default_id=f"wf-{uuid.uuid4().hex[:12]}")
     except WorkflowError as exc:
