@@ -16,13 +16,11 @@ Rules of this module (docs/ARCHITECTURE.md §2 and §5 rule 7):
 * Bytes from the network never raise out of it: bad frames are counted by reason, logged once
   per peer per minute, and dropped; an ask for an actor that is not here is answered with an
   ``unknown_actor`` error record.
-* It also runs the node's timers and fails asks whose deadline has passed, so nothing else
-  sleeps in a loop.
-* It watches each outbound connection (a ZeroMQ socket monitor): when a peer's connection
-  drops, or a connection to it is refused, the asks waiting on that peer fail at once with
-  ``peer_unreachable`` (a process that died is known in milliseconds, not at a timeout), and
-  new asks to it fail the same way until it is connected again. Tells are queued and
-  delivered on reconnection, as ZeroMQ does.
+* It runs the node's timers and fails asks past their deadline: nothing else sleeps in a loop.
+* It watches each outbound connection (a socket monitor): when a peer's connection drops or is
+  refused, the asks waiting on that peer fail at once with ``peer_unreachable`` (a dead process
+  is known in milliseconds, not at a timeout), and so do new asks until it reconnects. Tells
+  are queued and delivered on reconnection, as ZeroMQ does.
 """
 
 from __future__ import annotations

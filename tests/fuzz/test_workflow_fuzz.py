@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from protocols import wire
 from protocols.workflow_spec import WorkflowError
 from protocols.workflow_table import SubmitWorkflow, WorkflowTable
-from protocols.workflow import RESOURCE_KEYS, TASK_KEYS, WORKFLOW_KEYS, parse_workflow, workflow_from_document
+from protocols.workflow import RESOURCE_KEYS, TASK_KEYS, parse_workflow, workflow_from_document
 from tests.procs import REPO, running_cluster
 
 QUICK = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
