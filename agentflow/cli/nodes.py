@@ -164,6 +164,36 @@ NEXT_COMMANDS = (
 )
 
 
+def demo_agents(master_url: str) -> str:
+    """examples/agents/pipeline.py on a node of the demo's own: a planner splits a job among a
+    group of two solvers and tells a reviewer; what happened, in one line."""
+    import importlib.util
+    from pathlib import Path
+
+    from runtime.agents import AgentCommunication
+    from runtime.node import Node
+
+    # The example is a file of the repository, not part of the installed package.
+    path = Path(__file__).resolve().parents[2] / "examples" / "agents" / "pipeline.py"
+    spec = importlib.util.spec_from_file_location("agentflow_demo_pipeline", path)
+    pipeline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pipeline)
+    Planner, Reviewer, Solver = pipeline.Planner, pipeline.Reviewer, pipeline.Solver
+
+    started = time.perf_counter()
+    with Node("demo-agents", master_urls=master_url) as node:
+        for agent_id in ("solver-1", "solver-2"):
+            node.spawn(Solver, agent_id=agent_id, group="solvers")
+        node.spawn(Reviewer, agent_id="reviewer")
+        node.spawn(Planner, agent_id="planner")
+        comm = AgentCommunication(node, "demo")
+        answer = comm.request("planner", {"numbers": list(range(1, 9)), "parts": 4}, timeout_ms=10_000).content
+        review = comm.request("reviewer", {}, timeout_ms=10_000).content
+    return (f"the planner split 1..8 into {answer['parts']} parts for the group 'solvers' "
+            f"({' and '.join(review['solvers'])} answered), the reviewer saw {review['parts_reviewed']} "
+            f"parts, total {answer['total']}, in {(time.perf_counter() - started) * 1000:.0f} ms.")
+
+
 @app.command()
 def demo() -> None:
     """Bring up a local cluster, run the example workflows, print a summary, stop it."""
@@ -211,11 +241,13 @@ def demo() -> None:
                                  f"attempt(s), exit code {task['exit_code']}"
                                  for task_id, task in tasks.items() if task["state"] == "failed"]
                 view = client.cluster_status()
+            agents_line = demo_agents(local.master_url)
             console.print(table)
             console.print(f"[b]Where it ran:[/b] {len(files)} workflows, "
                           f"{sum(by_worker.values())} task runs on {len(by_worker)} workers "
                           f"({', '.join(f'{w}: {n}' for w, n in sorted(by_worker.items()))}); "
                           f"the 3 masters agreed through Raft, leader {view['leader']} at term {view['term']}.")
+            console.print(f"[b]Agents:[/b] {agents_line}")
             if failures:
                 console.print(f"[b]What failed, by design:[/b] {'; '.join(failures)}. The flaky task exits 3 "
                               "on purpose: it was retried once (retries: 1), then marked failed, so its "
