@@ -117,12 +117,10 @@ class RaftActor(Actor):
         self._read_seq = 0
         self._watchers: list[Watch] = []
         self._peer_refs: dict[str, tuple[str, Any]] = {}
-        self._was_leader = False
+        self._leading = False  # as the last Ready's soft state said
         self._in_ready = False
         self._timer_id: int | None = None
         stored = self.storage.load()
-        self._synced_term_vote = ((stored.hard_state.term, stored.hard_state.vote)
-                                  if stored.hard_state is not None else (0, None))
         rng = random.Random(seed)
         if stored.hard_state is None and stored.snapshot is None and not stored.entries:
             voters = [self.node.node_id] if bootstrap else []
@@ -268,12 +266,11 @@ class RaftActor(Actor):
         self._in_ready = True
         try:
             while True:
+                was_leading = self._leading
                 self._ready_loop()
-                is_leader = self.core.role == LEADER
-                if is_leader == self._was_leader:
+                if self._leading == was_leading:
                     return
-                self._was_leader = is_leader
-                self._on_leadership_changed(is_leader)  # may propose: loop again
+                self._on_leadership_changed(self._leading)  # may propose: loop again
         finally:
             self._in_ready = False
 
@@ -281,12 +278,14 @@ class RaftActor(Actor):
         core = self.core
         while core.has_ready():
             ready = core.ready()
+            if ready.soft_state is not None:
+                self._leading = ready.soft_state.role == LEADER
             if ready.snapshot is not None:
                 self.state = ControlState.from_snapshot(ready.snapshot.data)
                 log.info("Node %s installed the leader's snapshot at index %d", self.node.node_id,
                          ready.snapshot.meta.index)
             later = ready.messages
-            if core.role == LEADER:
+            if self._leading:
                 # A leader's appends and heartbeats may leave before its own write: it counts
                 # itself in a quorum only for what it has persisted (thesis 10.2.1, as etcd does),
                 # so its fsync and the followers' run in parallel. Flush them now, since this
@@ -316,13 +315,11 @@ class RaftActor(Actor):
     def _persist(self, ready) -> None:
         """One transaction for what this Ready must make durable.
 
-        A hard state that differs from the stored one only by its commit index is written with
-        the next entries, not on its own: the commit index can always be learned again from the
-        leader (or, alone, by committing a new entry), so losing it loses nothing, and skipping
-        it halves the fsyncs per command."""
-        hard_state = ready.hard_state
-        term_or_vote_changed = hard_state is not None and (hard_state.term, hard_state.vote) != self._synced_term_vote
-        if not (ready.entries or ready.snapshot is not None or term_or_vote_changed):
+        A Ready that need not be synced (its hard state differs from the stored one only by its
+        commit index) writes nothing: the commit index goes with the next entries. It can always
+        be learned again from the leader (or, alone, by committing a new entry), so losing it
+        loses nothing, and skipping it halves the fsyncs per command."""
+        if not ready.must_sync:
             return
         core = self.core
         try:
@@ -332,7 +329,6 @@ class RaftActor(Actor):
             # (Raft's failure model), and let its supervisor restart it from the file.
             log.critical("Node %s cannot write its Raft log; exiting", self.node.node_id, exc_info=True)
             os._exit(70)
-        self._synced_term_vote = (core.term, core.vote)
 
     def _apply(self, entries: list[Entry]) -> None:
         applied: list[tuple[int, Any, Any]] = []

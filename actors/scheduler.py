@@ -42,7 +42,7 @@ from protocols.control import (
 )
 from protocols.names import RAFT_ACTOR, WORKER_ACTOR
 from protocols.queue import PriorityTaskQueue
-from protocols.raft import ClientSessions
+from protocols.sessions import ClientSessions
 from protocols.registry import HealthCheckConfig, PlacementError, WorkerRegistry, WorkerStatus
 from protocols.tasks import (
     ERROR_CANCELLED,

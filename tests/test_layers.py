@@ -18,10 +18,7 @@ IMPURE_MODULES = {"time", "random", "threading", "socket", "zmq", "pykka", "sqli
                   "asyncio", "select", "selectors", "multiprocessing", "os", "datetime", "uuid", "secrets"}
 MAX_LINES = 600
 # Modules allowed over MAX_LINES, each with why splitting it would hurt more than it helps.
-LONG_MODULE_ALLOWANCE = {
-    "protocols/raft.py": "to be split into protocols/raft/ (issue 13)",
-    "tests/test_raft_core.py": "to be split with protocols/raft/ (issue 13)",
-}
+LONG_MODULE_ALLOWANCE: dict[str, str] = {}
 
 
 def imported_modules(path: Path, top_level_only: bool = False) -> list[tuple[int, str]]:
