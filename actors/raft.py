@@ -15,8 +15,10 @@ Rules:
   quorum only for what it has persisted).
 * A proposal is answered only once its entry is applied; if another leader's entry takes its
   index, the proposer is told ``not_committed`` and retries (client sessions make that safe).
-* Other actors watch applied commands by tag prefix (``Watch``) and hear of leadership
-  changes; they never touch the core.
+* Other actors reach it only through the ``ControlPlane`` the master hands them: they propose,
+  read and watch by message (applied commands by tag prefix, and leadership changes), and read
+  what it publishes there (its replicated state, the leader named by its last Ready). They
+  never touch the core.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from protocols.raft import (
 )
 from protocols.wire import ErrorRecord, Redirect, Tick, encode, is_record, tag_of
 from runtime.actor import Actor, Deferred
+from runtime.future import Future
 from runtime.log import get_logger
 from runtime.storage import RaftStorage
 
@@ -84,8 +87,67 @@ class Applied:
 
 
 class LeadershipChanged:
-    def __init__(self, is_leader: bool, term: int, state: ControlState) -> None:
-        self.is_leader, self.term, self.state = is_leader, term, state
+    """This master started or stopped leading (in ``term``). Local only."""
+
+    def __init__(self, is_leader: bool, term: int) -> None:
+        self.is_leader, self.term = is_leader, term
+
+
+# How long a proposal may wait for its answer. It is answered when applied, or failed when the
+# leadership is lost; this bounds the rest.
+PROPOSE_TIMEOUT_S = 10.0
+
+
+class ControlPlane:
+    """What the master hands each control-plane actor it spawns: the one way to propose, to read
+    the replicated state, to find the leader and to watch what is applied.
+
+    ``propose``, ``read`` and ``watch`` are messages to the RaftActor. ``state`` and ``redirect()``
+    read what the RaftActor last published (it is the only writer: the replicated state as
+    applied on this master, and the leader named by its last Ready): read them on the transport
+    thread only, which is the one that applies (the actors handed a ControlPlane are pinned).
+    """
+
+    def __init__(self, node: Any, raft_name: str = RAFT_ACTOR) -> None:
+        self.node = node
+        self.raft_name = raft_name
+        self.state = ControlState()  # replaced by the RaftActor
+        self.leader_id: str | None = None
+        self._raft: Any = None
+
+    def propose(self, command: Any, timeout_s: float = PROPOSE_TIMEOUT_S) -> Future:
+        """Commit ``command`` (a record, or bytes already encoded). The future gets its apply result
+        once applied here, or a ``Redirect`` at once on a master that does not lead; it fails with
+        ``not_committed`` if the leadership changes first (retry: client sessions make it safe).
+        Every proposal of one transport round shares one Raft write."""
+        return self._raft_ref().ask(Propose(command), timeout_s)
+
+    def read(self, query: str, args: dict, timeout_s: float = PROPOSE_TIMEOUT_S) -> Future:
+        """A linearizable read (``protocols.control.read_query``), or a ``Redirect``."""
+        return self._raft_ref().ask(Read(query, args), timeout_s)
+
+    def watch(self, prefix: str, ref: Any) -> None:
+        """Tell ``ref`` the commands applied whose tag starts with ``prefix`` (``Applied``), and
+        every change of this master's leadership (``LeadershipChanged``)."""
+        self._raft_ref().tell(Watch(prefix, ref))
+
+    def redirect(self) -> Redirect:
+        """Where the leader is, as far as this master knows (None while an election runs)."""
+        leader = self.leader_id
+        return Redirect(leader, self.endpoint_of(leader) if leader else None)
+
+    def endpoint_of(self, node_id: str | None) -> str | None:
+        if node_id is None:
+            return None
+        if node_id == self.node.node_id:
+            return self.node.endpoint
+        member = self.state.members.get(node_id)
+        return member.endpoint if member is not None else self.node.peers.get(node_id)
+
+    def _raft_ref(self) -> Any:
+        if self._raft is None:
+            self._raft = self.node.lookup((self.node.node_id, self.raft_name))
+        return self._raft
 
 
 # etcd's default --snapshot-count. A snapshot encodes the whole state on this thread: with 46,000
@@ -96,6 +158,7 @@ SNAPSHOT_EVERY_ENTRIES = 100_000
 class RaftActor(Actor):
     def __init__(
         self,
+        control: ControlPlane,
         storage_path: str,
         config: RaftConfig | None = None,
         tick_s: float = 0.1,
@@ -110,7 +173,8 @@ class RaftActor(Actor):
         self.http_port = http_port
         self.snapshot_every_entries = snapshot_every_entries
         self.storage = RaftStorage(storage_path)
-        self.state = ControlState()
+        self.control = control  # this actor publishes its state and the leader there
+        self.state = control.state = ControlState()
         self._pending: dict[int, tuple[int, Deferred]] = {}  # index -> (term, answer)
         self._reads: list[tuple[int, Deferred, Read]] = []  # waiting for applied >= index
         self._read_contexts: dict[bytes, tuple[Deferred, Read]] = {}
@@ -130,7 +194,7 @@ class RaftActor(Actor):
             if stored.snapshot is not None:
                 s = stored.snapshot
                 snapshot = Snapshot(SnapshotMeta(s.index, s.term, list(s.voters), list(s.learners)), s.data)
-                self.state = ControlState.from_snapshot(s.data)
+                self.state = control.state = ControlState.from_snapshot(s.data)
             hard_state = None
             if stored.hard_state is not None:
                 h = stored.hard_state
@@ -183,10 +247,8 @@ class RaftActor(Actor):
         return ErrorRecord("unknown_message", type(message).__name__)
 
     def redirect(self) -> Redirect:
-        """What a follower answers a client with: where the leader is, as far as it knows (other
-        pinned actors of this master answer with it too)."""
-        leader = self.core.leader_id
-        return Redirect(leader, self._endpoint_of(leader) if leader else None)
+        """What a follower answers a client with: where the leader is, as far as it knows."""
+        return self.control.redirect()
 
     def _propose(self, body: Any) -> Any:
         # A client sends its command already encoded: the leader logs those bytes as they are.
@@ -280,8 +342,9 @@ class RaftActor(Actor):
             ready = core.ready()
             if ready.soft_state is not None:
                 self._leading = ready.soft_state.role == LEADER
+                self.control.leader_id = ready.soft_state.leader_id
             if ready.snapshot is not None:
-                self.state = ControlState.from_snapshot(ready.snapshot.data)
+                self.state = self.control.state = ControlState.from_snapshot(ready.snapshot.data)
                 log.info("Node %s installed the leader's snapshot at index %d", self.node.node_id,
                          ready.snapshot.meta.index)
             later = ready.messages
@@ -388,20 +451,12 @@ class RaftActor(Actor):
                 answer.fail("not_committed", "this master lost the leadership; retry")
             self._pending.clear()
         for watch in self._watchers:
-            watch.ref.tell(LeadershipChanged(is_leader, self.core.term, self.state))
+            watch.ref.tell(LeadershipChanged(is_leader, self.core.term))
 
     # ------------------------------------------------------------------ peers
 
-    def _endpoint_of(self, node_id: str | None) -> str | None:
-        if node_id is None:
-            return None
-        if node_id == self.node.node_id:
-            return self.node.endpoint
-        member = self.state.members.get(node_id)
-        return member.endpoint if member is not None else self.node.peers.get(node_id)
-
     def _send(self, message: Any) -> None:
-        endpoint = self._endpoint_of(message.dst)
+        endpoint = self.control.endpoint_of(message.dst)
         if endpoint is None:
             self.node.count("raft_unknown_peer")
             return

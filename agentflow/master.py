@@ -1,6 +1,7 @@
 """A master process: the node, its actors, its HTTP window, and joining the Raft group.
 
-Role: composition only. ``Master`` builds a node and spawns the control-plane actors on it;
+Role: composition only. ``Master`` builds a node and spawns the control-plane actors on it,
+handing each the ``ControlPlane`` through which it proposes, reads and watches;
 ``run_master`` runs one in the foreground until SIGTERM/SIGINT, then hands leadership over
 (if it leads) and stops everything it started.
 
@@ -19,7 +20,7 @@ from typing import Any
 
 from actors.agent_directory import AgentDirectoryActor
 from actors.lock import LockActor
-from actors.raft import SNAPSHOT_EVERY_ENTRIES, RaftActor
+from actors.raft import SNAPSHOT_EVERY_ENTRIES, ControlPlane, RaftActor
 from actors.scheduler import SchedulerActor
 from protocols.names import AGENTS_ACTOR, LOCK_ACTOR, RAFT_ACTOR, SCHEDULER_ACTOR
 from protocols.control import Join, StatusQuery, TransferLeadership
@@ -73,10 +74,13 @@ class Master:
         self.node = Node(self.node_id, host=host, port=port, pub_port=pub_port,
                          master_urls=[f"tcp://{host}:{port}", *self.leader_endpoints]).start()
         self.http_port = port + 10 if http_port is None else http_port
-        self.raft = self.node.spawn(RaftActor, self.storage_path, raft_config, tick_s, mode == "leader",
+        # The RaftActor publishes its state and leader in the control plane; the other actors
+        # propose, read and watch through it (they are all pinned: one thread).
+        control = ControlPlane(self.node, RAFT_ACTOR)
+        self.raft = self.node.spawn(RaftActor, control, self.storage_path, raft_config, tick_s, mode == "leader",
                                     self.http_port, snapshot_every_entries, name=RAFT_ACTOR, pinned=True)
-        self.locks = self.node.spawn(LockActor, name=LOCK_ACTOR, pinned=True)  # watches "lock." applies
-        self.scheduler = self.node.spawn(SchedulerActor, name=SCHEDULER_ACTOR, pinned=True)
+        self.locks = self.node.spawn(LockActor, control, name=LOCK_ACTOR, pinned=True)  # watches "lock." applies
+        self.scheduler = self.node.spawn(SchedulerActor, control, name=SCHEDULER_ACTOR, pinned=True)
         self.agents = self.node.spawn(AgentDirectoryActor, name=AGENTS_ACTOR, pinned=True)
         self.http = HttpServer(host, self.http_port, self.stats).start() if self.http_port else None
         log.info("Master %s serves on %s (http %s, data %s)", self.node_id, self.node.endpoint,
