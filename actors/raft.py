@@ -247,8 +247,10 @@ class RaftActor(Actor):
         return ErrorRecord("unknown_message", type(message).__name__)
 
     def redirect(self) -> Redirect:
-        """What a follower answers a client with: where the leader is, as far as it knows."""
-        return self.control.redirect()
+        """What a follower answers a client with: where the leader is, as far as its core knows
+        now (the ControlPlane's redirect names the leader of the last Ready)."""
+        leader = self.core.leader_id
+        return Redirect(leader, self.control.endpoint_of(leader) if leader else None)
 
     def _propose(self, body: Any) -> Any:
         # A client sends its command already encoded: the leader logs those bytes as they are.

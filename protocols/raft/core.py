@@ -108,7 +108,7 @@ class RaftCore(Replication):
 
         self._term = 0
         self._vote: str | None = None
-        self._persisted_hard_state = HardState(0, None, 0)
+        self._reported_hard_state = HardState(0, None, 0)  # as the last Ready handed it out
 
         self._role = FOLLOWER
         self._leader_id: str | None = None
@@ -151,7 +151,7 @@ class RaftCore(Replication):
         self._note_appended(self._log.entries)
         if hard_state is not None:
             self._term, self._vote = hard_state.term, hard_state.vote
-        self._persisted_hard_state = HardState(self._term, self._vote, self._log.committed)
+        self._reported_hard_state = HardState(self._term, self._vote, self._log.committed)
 
     # ------------------------------------------------------------------ read-only properties
 
@@ -323,9 +323,9 @@ class RaftCore(Replication):
         ``ready()``."""
         self._flush_appends()
         log = self._log
-        persisted = self._persisted_hard_state
+        reported = self._reported_hard_state
         hard_state: HardState | None = HardState(self._term, self._vote, log.committed)
-        if hard_state == persisted:
+        if hard_state == reported:
             hard_state = None
         soft_state = None
         if self._soft_state_changed():
@@ -333,7 +333,7 @@ class RaftCore(Replication):
         entries = log.unstable_entries()
         snapshot = log.pending_snapshot
         must_sync = bool(entries) or snapshot is not None or (
-            hard_state is not None and (hard_state.term != persisted.term or hard_state.vote != persisted.vote))
+            hard_state is not None and (hard_state.term != reported.term or hard_state.vote != reported.vote))
         messages, self._messages = self._messages, []
         read_states, self._read_states = self._read_states, []
         return Ready(hard_state, entries, snapshot, messages, log.next_committed_entries(), read_states,
@@ -343,7 +343,7 @@ class RaftCore(Replication):
         """``ready`` has been persisted, sent and applied."""
         log = self._log
         if ready.hard_state is not None:
-            self._persisted_hard_state = ready.hard_state
+            self._reported_hard_state = ready.hard_state
         if ready.snapshot is not None:
             log.snapshot_persisted(ready.snapshot)
         if ready.entries:
@@ -355,9 +355,9 @@ class RaftCore(Replication):
             self._on_commit_advanced()
 
     def _hard_state_changed(self) -> bool:
-        persisted = self._persisted_hard_state
-        return (persisted.term != self._term or persisted.vote != self._vote
-                or persisted.commit != self._log.committed)
+        reported = self._reported_hard_state
+        return (reported.term != self._term or reported.vote != self._vote
+                or reported.commit != self._log.committed)
 
     def _soft_state_changed(self) -> bool:
         reported = self._soft_state
