@@ -148,8 +148,7 @@ class AgentHostActor(Actor):
         if entry is None:
             return ErrorRecord("unknown_actor", f"no agent {message.to_agent!r} on {self.node.node_id}")
         depth, _ = self.node.mailbox_depth(entry.actor)
-        target = self.node.targets.get(entry.actor)
-        limit = getattr(target, "limit", None)
+        limit = self.node.mailbox_limit(entry.actor)
         if limit is not None and depth >= limit:
             self.node.count("refused_mailbox_full")
             return ErrorRecord("mailbox_full", f"{message.to_agent}'s mailbox is full")

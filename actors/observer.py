@@ -1,8 +1,9 @@
 """ObserverActor: what an operator sees of a master: metrics, events, and the snapshot document.
 
 Role: one per master, pinned (on the transport thread, beside the RaftActor, the scheduler and
-the lock actor, whose state it reads without a hand-off or a lock). It only watches; it never
-proposes or changes anything:
+the lock actor). It only watches; it never proposes or changes anything. What it reads of the
+actors beside it comes in ``ObserverSources``, read-only callables the master's composition
+builds (it never looks another actor up), and the replicated state from the ControlPlane:
 
 * It watches applied ``wf.`` and ``lock.`` commands and leadership changes (``Watch``), and on
   the leader counts them into runtime/metrics.py (dispatch latency from ready to assigned, run
@@ -24,13 +25,13 @@ from __future__ import annotations
 import collections
 import itertools
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
-from actors.raft import Applied, LeadershipChanged, Watch
+from actors.raft import Applied, ControlPlane, LeadershipChanged
 from protocols.workflow_run import TaskState
 from protocols.workflow_table import DispatchTask, FinishTask, RequeueTask, SubmitWorkflow
 from protocols.locks import Acquire, LockGranted, LockOutcome
-from protocols.names import AGENTS_ACTOR, LOCK_ACTOR, RAFT_ACTOR, SCHEDULER_ACTOR
 from protocols.overview import (
     WORKFLOW_LIMIT,
     OverviewRequest,
@@ -53,9 +54,24 @@ def monotonic_ms() -> int:
     return int(time.monotonic() * 1000)
 
 
+@dataclass(frozen=True)
+class ObserverSources:
+    """Read-only views of the actors beside the observer, called on their (the transport) thread."""
+
+    raft_core: Callable[[], Any]  # the RaftCore: leader_id, commit_index, last_index, first_index
+    raft_status: Callable[[], dict]
+    lock_clock_ms: Callable[[], int]  # the lock actor's clock (its leases' time)
+    agent_stats: Callable[[], Any]  # the agent directory's per-agent message counters
+    queue_stats: Callable[[int], Any]  # now_ms -> QueueStats (the leader's queue)
+    workers_table: Callable[[], list]  # the leader's worker rows
+
+
 class ObserverActor(Actor):
-    def __init__(self, metrics: MasterMetrics, tick_s: float = 0.5) -> None:
+    def __init__(self, control: ControlPlane, sources: ObserverSources, metrics: MasterMetrics,
+                 tick_s: float = 0.5) -> None:
         super().__init__()
+        self.control = control
+        self.sources = sources
         self.metrics = metrics
         self.tick_s = tick_s
         self.events: collections.deque[dict] = collections.deque(maxlen=EVENTS_KEPT)
@@ -76,14 +92,9 @@ class ObserverActor(Actor):
 
     def on_start(self) -> None:
         me = self.node.lookup(self.address)
-        self.raft_actor = self.node.actor(RAFT_ACTOR)
-        self.scheduler = self.node.actor(SCHEDULER_ACTOR)
-        self.lock_actor = self.node.actor(LOCK_ACTOR)
-        self.agent_directory = self.node.actor(AGENTS_ACTOR)
-        raft = self.node.lookup((self.node.node_id, RAFT_ACTOR))
-        raft.tell(Watch("wf.", me))
-        raft.tell(Watch("lock.", me))
-        core = self.raft_actor.core
+        self.control.watch("wf.", me)
+        self.control.watch("lock.", me)
+        core = self.sources.raft_core()
         self._commit_seen, self._last_seen, self._first_seen = core.commit_index, core.last_index, core.first_index
         self.node.transport.add_end_of_round_hook(self._after_round)
         self._timer_id = self.node.every(self.tick_s, me, "observer")
@@ -131,7 +142,7 @@ class ObserverActor(Actor):
             self.publish("election", f"{self.node.node_id} is no longer leader (term {term})", term=term)
 
     def _check_workers(self) -> None:
-        now = {row["worker_id"]: row["status"] for row in self.scheduler.workers_table()}
+        now = {row["worker_id"]: row["status"] for row in self.sources.workers_table()}
         for worker_id, status in now.items():
             before = self._workers.get(worker_id)
             if before is None:
@@ -151,7 +162,7 @@ class ObserverActor(Actor):
 
     def _on_applied(self, items: list[tuple[int, Any, Any]]) -> None:
         metrics = self.metrics
-        workflows = self.raft_actor.state.workflows
+        workflows = self.control.state.workflows
         for index, command, result in items:
             kind = type(command)
             if kind is Acquire or isinstance(result, LockOutcome):
@@ -210,7 +221,7 @@ class ObserverActor(Actor):
         reply = outcome.reply
         if type(command) is Acquire and isinstance(reply, LockGranted) and reply.token == index:
             grants.append(reply)  # a new lease (a holder's re-acquire keeps its older token)
-            self.metrics.lock_acquire.observe(max(0, self.lock_actor.now_ms() - command.now_ms) / 1000)
+            self.metrics.lock_acquire.observe(max(0, self.sources.lock_clock_ms() - command.now_ms) / 1000)
         for grant in grants:
             self.metrics.lock_grants.inc()
             self.publish("lock", f"lock {grant.key} granted to {grant.owner} (token {grant.token})", key=grant.key)
@@ -218,7 +229,7 @@ class ObserverActor(Actor):
     # ------------------------------------------------------------------ the Raft core, once per round
 
     def _after_round(self) -> None:
-        core = self.raft_actor.core
+        core = self.sources.raft_core()
         leader, commit, last, first = core.leader_id, core.commit_index, core.last_index, core.first_index
         is_leader = leader == self.node.node_id
         if leader is not None and leader != self._leader_seen:
@@ -249,8 +260,8 @@ class ObserverActor(Actor):
     def snapshot(self, workflow_limit: int = WORKFLOW_LIMIT) -> dict:
         """This master's document: raft, transport counters, the replicated state's counts, and
         on the leader the soft state (queue, workers, workflow rows); the latest events."""
-        core = self.raft_actor.core
-        raft = self.raft_actor.status()
+        core = self.sources.raft_core()
+        raft = self.sources.raft_status()
         is_leader = raft["role"] == "leader"
         raft["snapshot_index"] = core.first_index - 1
         raft["proposals_pending"] = max(0, core.last_index - core.commit_index) if is_leader else 0
@@ -262,8 +273,8 @@ class ObserverActor(Actor):
             reason = f"leads term {term}"
         else:
             reason = f"follows {leader} in term {term}"
-        state = self.raft_actor.state
-        lock_now_ms = self.lock_actor.now_ms()
+        state = self.control.state
+        lock_now_ms = self.sources.lock_clock_ms()
         document = {
             "node_id": self.node.node_id, "kind": "master", "role": raft["role"], "leader": leader, "term": term,
             "serving": leader is not None, "reason": reason,
@@ -271,13 +282,13 @@ class ObserverActor(Actor):
             "raft": raft, "counters": self.node.stats(),
             "tasks": tasks_by_state(state.workflows), "workflows": workflows_by_state(state.workflows),
             "locks": {"held": len(state.locks.list_locks(lock_now_ms)), "waiting": len(state.locks.waiting())},
-            "agents": agent_rows(state.agents, self.agent_directory.stats),
-            "agents_summary": agents_summary(state.agents, self.agent_directory.stats),
+            "agents": agent_rows(state.agents, self.sources.agent_stats()),
+            "agents_summary": agents_summary(state.agents, self.sources.agent_stats()),
             "events": list(self.events),
         }
         if is_leader:
-            queue = self.scheduler.queue.stats(monotonic_ms())
-            rows = self.scheduler.workers_table()
+            queue = self.sources.queue_stats(monotonic_ms())
+            rows = self.sources.workers_table()
             by_status = {status: 0 for status in ("active", "busy", "draining", "offline")}
             for row in rows:
                 by_status[row["status"]] = by_status.get(row["status"], 0) + 1

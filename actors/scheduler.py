@@ -21,8 +21,8 @@ Rules:
 * Batches: one Batch log entry per dispatch round and per report batch, one AssignTasks per
   worker per round, never more tasks than the worker's free capacity (no prefetch, so
   priorities hold). A reported attempt frees its slot at once, before its completion commits.
-* Spawned pinned, like the RaftActor: it reads the replicated state directly (same thread) and
-  never blocks.
+* Spawned pinned, like the RaftActor: it reads the replicated state through the
+  ``ControlPlane`` the master hands it (same thread), proposes only through it, and never blocks.
 """
 
 from __future__ import annotations
@@ -30,19 +30,18 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from actors.raft import Applied, LeadershipChanged, Watch
+from actors.raft import Applied, ControlPlane, LeadershipChanged
 from protocols.control import (
     Batch,
     CancelWorkflowRequest,
     ClientCommand,
-    Propose,
     SubmitWorkflowRequest,
     WorkersRequest,
     WorkflowStatusRequest,
 )
-from protocols.names import RAFT_ACTOR, WORKER_ACTOR
+from protocols.names import WORKER_ACTOR
 from protocols.queue import PriorityTaskQueue
-from protocols.raft import ClientSessions
+from protocols.sessions import ClientSessions
 from protocols.registry import HealthCheckConfig, PlacementError, WorkerRegistry, WorkerStatus
 from protocols.tasks import (
     ERROR_CANCELLED,
@@ -75,9 +74,10 @@ def monotonic_ms() -> int:
 
 
 class SchedulerActor(Actor):
-    def __init__(self, tick_s: float = 0.1, health: HealthCheckConfig | None = None,
+    def __init__(self, control: ControlPlane, tick_s: float = 0.1, health: HealthCheckConfig | None = None,
                  claim_grace_ms: int = 3000) -> None:
         super().__init__()
+        self.control = control
         self.tick_s = tick_s
         self.health = health or HealthCheckConfig()
         self.claim_grace_ms = claim_grace_ms
@@ -94,9 +94,7 @@ class SchedulerActor(Actor):
 
     def on_start(self) -> None:
         me = self.node.lookup(self.address)
-        self.raft_actor = self.node.actor(RAFT_ACTOR)
-        self.raft = self.node.lookup((self.node.node_id, RAFT_ACTOR))
-        self.raft.tell(Watch("wf.", me))
+        self.control.watch("wf.", me)
         self._timer_id = self.node.every(self.tick_s, me, "scheduler")
 
     def on_stop(self) -> None:
@@ -105,10 +103,10 @@ class SchedulerActor(Actor):
 
     @property
     def workflows(self):
-        return self.raft_actor.state.workflows
+        return self.control.state.workflows
 
     def _redirect(self) -> Redirect:
-        return self.raft_actor.redirect()
+        return self.control.redirect()
 
     # ------------------------------------------------------------------ messages
 
@@ -260,7 +258,7 @@ class SchedulerActor(Actor):
         self.queue.dequeue_batch(free, accept=place, max_scanned=max(64, free * 4), drop=no_longer_ready)
         if placed:
             commands, assignments = self._assignments(placed, now_ms, {})
-            self.raft.tell(Propose(Batch(commands)))
+            self.control.propose(Batch(commands))
             self._send_assignments(assignments)
 
     def _place(self, graph, task_id: str) -> tuple[str, list[int]] | None:
@@ -407,7 +405,7 @@ class SchedulerActor(Actor):
         except PlacementError:
             pass
         self._dispatching[key] = (worker_id, attempt)
-        self.raft.tell(Propose(Batch([DispatchTask(graph.workflow_id, task_id, attempt, worker_id, monotonic_ms())])))
+        self.control.propose(Batch([DispatchTask(graph.workflow_id, task_id, attempt, worker_id, monotonic_ms())]))
 
     def _on_reports(self, reports: TasksFinished) -> Any:
         now_ms = monotonic_ms()
@@ -449,7 +447,7 @@ class SchedulerActor(Actor):
             else:
                 answer.resolve(ReportsAccepted(len(commands)))
 
-        self.raft.ask(Propose(Batch(commands)), timeout_s=10).add_done_callback(committed)
+        self.control.propose(Batch(commands)).add_done_callback(committed)
         self._send_assignments(assignments)
         self._dispatch()
         return answer
@@ -507,7 +505,7 @@ class SchedulerActor(Actor):
         if graph is None or graph.runs[task_id].state is not TaskState.RUNNING:
             return
         log.info("Task %s goes back to the queue: %s", task_id, reason)
-        self.raft.tell(Propose(RequeueTask(workflow_id, task_id, graph.runs[task_id].attempts, reason, now_ms)))
+        self.control.propose(RequeueTask(workflow_id, task_id, graph.runs[task_id].attempts, reason, now_ms))
 
     # ------------------------------------------------------------------ clients
 
@@ -534,7 +532,7 @@ class SchedulerActor(Actor):
         of one still in flight waits for the same commit: a big workflow can take longer to log
         than the client's per-try timeout, and each copy would cost as much as the first to
         check and log (the log would drop it as a duplicate only after committing it)."""
-        status, previous = self.raft_actor.state.sessions.check(client_id, seq)
+        status, previous = self.control.state.sessions.check(client_id, seq)
         if status == ClientSessions.DUPLICATE:
             return previous
         if status == ClientSessions.EXPIRED:
@@ -545,8 +543,7 @@ class SchedulerActor(Actor):
             body = make_body()
             if isinstance(body, ErrorRecord):
                 return body
-            commit = self._client_commits[session_key] = self.raft.ask(
-                Propose(ClientCommand(client_id, seq, body)), timeout_s=10)
+            commit = self._client_commits[session_key] = self.control.propose(ClientCommand(client_id, seq, body))
             commit.add_done_callback(lambda _: self._client_commits.pop(session_key, None))
         answer = self.defer()
 

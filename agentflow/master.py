@@ -1,6 +1,7 @@
 """A master process: the node, its actors, its HTTP window, and joining the Raft group.
 
-Role: composition only. ``Master`` builds a node and spawns the control-plane actors on it;
+Role: composition only. ``Master`` builds a node and spawns the control-plane actors on it,
+handing each the ``ControlPlane`` through which it proposes, reads and watches;
 ``run_master`` runs one in the foreground until SIGTERM/SIGINT, then hands leadership over
 (if it leads) and stops everything it started.
 
@@ -30,8 +31,8 @@ from typing import Any
 
 from actors.agent_directory import AgentDirectoryActor
 from actors.lock import LockActor
-from actors.observer import ObserverActor
-from actors.raft import SNAPSHOT_EVERY_ENTRIES, RaftActor
+from actors.observer import ObserverActor, ObserverSources
+from actors.raft import SNAPSHOT_EVERY_ENTRIES, ControlPlane, RaftActor
 from actors.scheduler import SchedulerActor
 from protocols.names import AGENTS_ACTOR, LOCK_ACTOR, OBSERVER_ACTOR, RAFT_ACTOR, SCHEDULER_ACTOR
 from protocols.control import Join, StatusQuery, TransferLeadership
@@ -107,13 +108,17 @@ class Master:
         try:
             if self.http_port:  # bound now (a taken port fails before anything starts), served below
                 self.http = HttpServer(host, self.http_port, self.stats, self.metrics.registry)
-            self.raft = self.node.spawn(RaftActor, self.storage_path, raft_config, tick_s, bootstrap,
+            # The RaftActor publishes its state and leader in the control plane; the other actors
+            # propose, read and watch through it (they are all pinned: one thread).
+            control = ControlPlane(self.node, RAFT_ACTOR)
+            self.raft = self.node.spawn(RaftActor, control, self.storage_path, raft_config, tick_s, bootstrap,
                                         self.http_port, snapshot_every_entries, name=RAFT_ACTOR, pinned=True)
-            self.locks = self.node.spawn(LockActor, name=LOCK_ACTOR, pinned=True)  # watches "lock." applies
-            self.scheduler = self.node.spawn(SchedulerActor, name=SCHEDULER_ACTOR, pinned=True)
-            self.agents = self.node.spawn(AgentDirectoryActor, name=AGENTS_ACTOR, pinned=True)
+            self.locks = self.node.spawn(LockActor, control, name=LOCK_ACTOR, pinned=True)  # watches "lock." applies
+            self.scheduler = self.node.spawn(SchedulerActor, control, name=SCHEDULER_ACTOR, pinned=True)
+            self.agents = self.node.spawn(AgentDirectoryActor, control, name=AGENTS_ACTOR, pinned=True)
             self.node.actor(RAFT_ACTOR).storage.on_commit_s = self.metrics.fsync.observe
-            self.observer = self.node.spawn(ObserverActor, self.metrics, name=OBSERVER_ACTOR, pinned=True)
+            self.observer = self.node.spawn(ObserverActor, control, self._observer_sources(), self.metrics,
+                                            name=OBSERVER_ACTOR, pinned=True)
         except BaseException:
             if self.http is not None:
                 self.http.stop()
@@ -123,6 +128,14 @@ class Master:
             self.http.start()
         log.info("Master %s serves on %s (http %s, data %s)", self.node_id, self.node.endpoint,
                  self.http_port or "off", self.storage_path)
+
+    def _observer_sources(self) -> ObserverSources:
+        """What the observer reads of the actors beside it (all pinned: read on their thread)."""
+        raft, locks = self.node.actor(RAFT_ACTOR), self.node.actor(LOCK_ACTOR)
+        scheduler, agents = self.node.actor(SCHEDULER_ACTOR), self.node.actor(AGENTS_ACTOR)
+        return ObserverSources(raft_core=lambda: raft.core, raft_status=raft.status, lock_clock_ms=locks.now_ms,
+                               agent_stats=lambda: agents.stats, queue_stats=lambda now_ms: scheduler.queue.stats(now_ms),
+                               workers_table=scheduler.workers_table)
 
     def _first_of_leader_url(self) -> bool:
         """Whether this master is the first one --leader-url names and none of the others it

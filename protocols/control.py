@@ -22,7 +22,7 @@ from typing import Any
 from protocols.agents import AgentDirectory
 from protocols.workflow_table import WorkflowTable
 from protocols.locks import LockTable
-from protocols.raft import ClientSessions
+from protocols.sessions import ClientSessions
 from protocols.wire import DecodeError, ErrorRecord, decode, encode, is_record, record, tag_of
 
 SNAPSHOT_VERSION = 1
