@@ -14,6 +14,7 @@ and answers from the state:
 
 Rules: requests that need the leader's view are redirected by followers. A new leader gives
 every host it inherits one full lease before it can expire. Spawned pinned; it never blocks.
+It proposes, watches and reads the directory through the ``ControlPlane`` the master hands it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from actors.raft import Applied, LeadershipChanged, Watch
+from actors.raft import Applied, ControlPlane, LeadershipChanged
 from protocols.agents import (
     AgentHostAck,
     AgentHostHeartbeat,
@@ -40,8 +41,7 @@ from protocols.agents import (
     UnregisterAgent,
     UnregisterAgentRequest,
 )
-from protocols.control import Propose
-from protocols.names import AGENT_HOST_ACTOR, RAFT_ACTOR
+from protocols.names import AGENT_HOST_ACTOR
 from protocols.wire import ErrorRecord, Event, Tick
 from runtime.actor import Actor
 from runtime.agents import HISTORY_TOPIC
@@ -49,7 +49,9 @@ from runtime.log import get_logger
 
 log = get_logger("agent")
 
-DEFAULT_HOST_LEASE_MS = 2000
+# Hosts heartbeat every 0.5 s. A host that dies is found out sooner, by its dropped connections;
+# the lease is for a host the network cut off, and must outlast a stall of a loaded machine.
+DEFAULT_HOST_LEASE_MS = 5000
 DEFAULT_HISTORY_SIZE = 10_000
 TICK_S = 0.25
 PROPOSE_TIMEOUT_S = 5.0
@@ -62,8 +64,10 @@ def monotonic_ms() -> int:
 
 
 class AgentDirectoryActor(Actor):
-    def __init__(self, host_lease_ms: int = DEFAULT_HOST_LEASE_MS, history_size: int = DEFAULT_HISTORY_SIZE) -> None:
+    def __init__(self, control: ControlPlane, host_lease_ms: int = DEFAULT_HOST_LEASE_MS,
+                 history_size: int = DEFAULT_HISTORY_SIZE) -> None:
         super().__init__()
+        self.control = control
         self.leases = HostLeases(host_lease_ms)
         self.history = MessageHistory(history_size)
         self.is_leader = False
@@ -73,9 +77,7 @@ class AgentDirectoryActor(Actor):
 
     def on_start(self) -> None:
         self.me = self.node.lookup(self.address)
-        self.raft_actor = self.node.actor(RAFT_ACTOR)
-        self.raft = self.node.lookup((self.node.node_id, RAFT_ACTOR))
-        self.raft.tell(Watch("agent.", self.me))
+        self.control.watch("agent.", self.me)
         self._timer_id = self.node.every(TICK_S, self.me, "agents")
         self._follow_history()
 
@@ -85,7 +87,7 @@ class AgentDirectoryActor(Actor):
 
     @property
     def directory(self):
-        return self.raft_actor.state.agents
+        return self.control.state.agents
 
     # ------------------------------------------------------------------ messages
 
@@ -109,7 +111,7 @@ class AgentDirectoryActor(Actor):
         if kind is HistoryRequest:
             return self.history.query(message.limit, message.agent, message.msg_type)
         if kind in _LEADER_ONLY and not self.is_leader:
-            return self.raft_actor.redirect()
+            return self.control.redirect()
         if kind is AgentHostHeartbeat:
             return self._on_heartbeat(message)
         if kind is DirectoryQuery:
@@ -182,7 +184,7 @@ class AgentDirectoryActor(Actor):
                 result = ErrorRecord(getattr(exc, "kind", "not_committed"), str(exc))
             on_applied(result)
 
-        self.raft.ask(Propose(command), timeout_s=PROPOSE_TIMEOUT_S).add_done_callback(done)
+        self.control.propose(command, PROPOSE_TIMEOUT_S).add_done_callback(done)
 
     def _view(self, agent_ids: list | None) -> DirectoryView:
         if agent_ids is None:

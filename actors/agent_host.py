@@ -5,7 +5,9 @@ Role: everything a node does for its agents that is not one agent's business:
 * heartbeats to the leader's agent directory (``AgentHostHeartbeat``, with each agent's mailbox
   depth), which is the host's lease: a host that stops heartbeating loses its agents;
 * keeps the node's ``DirectoryCache`` fresh: the heartbeat's answer carries the directory's
-  version, and a new version fetches the whole directory;
+  version, and a new version fetches the whole directory; an agent of this host that the
+  directory no longer lists (its lease ran out while the host was stalled, say) is registered
+  again;
 * broadcasts: subscribes the node's SUB socket to every host's PUB endpoint for the message
   types its agents subscribe to, and hands each broadcast to those agents with the number of
   messages missed from that publisher before it;
@@ -31,6 +33,7 @@ from protocols.agents import (
     Deliver,
     DirectoryQuery,
     DirectoryView,
+    RegisterAgentRequest,
 )
 from protocols.names import AGENT_HOST_ACTOR, AGENTS_ACTOR
 from protocols.wire import ErrorRecord, Event, Redirect, Tick
@@ -145,8 +148,7 @@ class AgentHostActor(Actor):
         if entry is None:
             return ErrorRecord("unknown_actor", f"no agent {message.to_agent!r} on {self.node.node_id}")
         depth, _ = self.node.mailbox_depth(entry.actor)
-        target = self.node.targets.get(entry.actor)
-        limit = getattr(target, "limit", None)
+        limit = self.node.mailbox_limit(entry.actor)
         if limit is not None and depth >= limit:
             self.node.count("refused_mailbox_full")
             return ErrorRecord("mailbox_full", f"{message.to_agent}'s mailbox is full")
@@ -205,9 +207,24 @@ class AgentHostActor(Actor):
                 if entry is not None and entry.host_id == self.node.node_id:
                     self.hosted[agent_id] = entry
             missing = {agent_id: entry for agent_id, entry in self.hosted.items() if agent_id not in self.cache.entries}
-            if missing:  # registered here and not yet in the leader's answer
+            if missing:  # registered here, and not in the leader's answer: not yet, or dropped
                 self.cache.entries = {**self.cache.entries, **missing}
+                self._register_again(missing)
             self._follow_subscriptions()
+
+    def _register_again(self, missing: dict[str, AgentEntry]) -> None:
+        """Agents alive here that the directory dropped register again (one ask each; a refusal,
+        another host having taken the id meanwhile, is logged and left alone)."""
+        for agent_id, entry in missing.items():
+            def registered(future, agent_id=agent_id) -> None:
+                try:
+                    future.get(0)
+                except Exception as exc:  # noqa: BLE001 - the next refresh tries again
+                    log.info("Agent %s could not register again: %s", agent_id, exc)
+
+            endpoint = self.leader_endpoint or self.masters[self._turn % len(self.masters)]
+            self.node.ref(endpoint, AGENTS_ACTOR).ask(RegisterAgentRequest(entry),
+                                                      timeout_s=ASK_TIMEOUT_S).add_done_callback(registered)
 
     # ------------------------------------------------------------------ broadcasts and history
 

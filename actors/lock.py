@@ -8,8 +8,9 @@ leader's clock), answers them from the apply results, holds a queued waiter's an
 Rules:
 
 * Spawned pinned (the transport thread, like the RaftActor): no thread hand-off between the two,
-  and it never blocks. Proposals made while handling one wake-up of the transport go to the
-  RaftActor as one batch, so they share one SQLite commit (ARCHITECTURE §5 rule 7).
+  and it never blocks. It talks to the RaftActor only through the ``ControlPlane`` the master
+  hands it (propose, read, watch, the replicated state, redirect); every proposal of one
+  transport round shares one SQLite commit (ARCHITECTURE §5 rule 7).
 * Clients' commands arrive wrapped in ``ClientCommand`` and are proposed as they are (only
   ``now_ms`` is stamped), so a retried command is applied once. Clients may not propose
   ``ExpireLocks`` or ``ExtendAllLeases``: only the leader's clock ends leases.
@@ -30,8 +31,8 @@ import dataclasses
 import time
 from typing import Any, Callable
 
-from actors.raft import Applied, LeadershipChanged, Watch
-from protocols.control import ClientCommand, ControlState, Propose, Read
+from actors.raft import Applied, ControlPlane, LeadershipChanged
+from protocols.control import ClientCommand
 from protocols.locks import (
     CLIENT_LOCK_COMMANDS,
     Acquire,
@@ -44,9 +45,8 @@ from protocols.locks import (
     LockQueued,
     LockShow,
 )
-from protocols.names import RAFT_ACTOR
-from protocols.wire import ASK, ErrorRecord, Redirect, Tick
-from runtime.actor import Actor, Deferred, InboundMessage
+from protocols.wire import ErrorRecord, Redirect, Tick
+from runtime.actor import Actor, Deferred
 from runtime.future import Future, RemoteError
 from runtime.log import get_logger
 
@@ -64,13 +64,13 @@ def monotonic_ms() -> int:
 
 
 class LockActor(Actor):
-    def __init__(self, tick_s: float = 0.1, abandon_ms: int = 3000) -> None:
+    def __init__(self, control: ControlPlane, tick_s: float = 0.1, abandon_ms: int = 3000) -> None:
         super().__init__()
+        self.control = control
         self.tick_s = tick_s
         self.abandon_ms = abandon_ms
         self._clock_offset_ms = 0
         self._is_leader = False
-        self._state: ControlState | None = None
         self._term = 0
         self._extended_term: int | None = None  # the term whose ExtendAllLeases has applied
         self._expire_in_flight = False
@@ -78,19 +78,13 @@ class LockActor(Actor):
         self._held: dict[tuple[str, str], list[tuple[int, Deferred, LockQueued]]] = {}
         self._waiter_seen_ms: dict[tuple[str, str], int] = {}
         self._last_sweep_ms = 0
-        self._outgoing: list[InboundMessage] = []
-        self._flush_scheduled = False
-        self._raft_target: Any = None
-        self._raft_actor: Any = None
         self._timer_id: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     def on_start(self) -> None:
         me = self.node.lookup(self.address)
-        self._raft_target = self.node.targets[RAFT_ACTOR]
-        self._raft_actor = self.node.actor(RAFT_ACTOR)  # pinned on this thread too: read directly
-        self.node.lookup((self.node.node_id, RAFT_ACTOR)).tell(Watch(LOCK_WATCH_PREFIX, me))
+        self.control.watch(LOCK_WATCH_PREFIX, me)
         self._timer_id = self.node.every(self.tick_s, me, "lock")
 
     def on_stop(self) -> None:
@@ -163,8 +157,8 @@ class LockActor(Actor):
         reply = result.reply if isinstance(result, LockOutcome) else result
         if isinstance(reply, ErrorRecord):
             answer.fail(reply.kind, reply.message)
-        elif isinstance(reply, LockQueued) and wait_until_ms and self._is_leader and self._state is not None:
-            info = self._state.locks.check_lock(reply.key, 0)  # 0: the entry as it stands, due or not
+        elif isinstance(reply, LockQueued) and wait_until_ms and self._is_leader:
+            info = self.control.state.locks.check_lock(reply.key, 0)  # 0: the entry as it stands, due or not
             if info is not None and info.holder == reply.owner:
                 # A retried command answered from its session: the grant came in the meantime.
                 answer.resolve(LockGranted(info.key, info.holder, info.token, info.expires_ms))
@@ -188,43 +182,28 @@ class LockActor(Actor):
             except (RemoteError, TimeoutError) as exc:
                 answer.fail("not_committed", f"the read index was not confirmed: {exc}; retry")
                 return
-            if isinstance(result, Redirect) or self._state is None:
-                answer.resolve(result if isinstance(result, Redirect) else Redirect(None, None))
+            if isinstance(result, Redirect):
+                answer.resolve(result)
                 return
             # The read index is applied: the table is at least as new as any acknowledged write.
-            now_ms = self.now_ms()
-            locks = self._state.locks
+            # Its leases are read at the replicated clock, not this master's: a renewal stamped
+            # before now but committed after this read would otherwise find alive a lease this
+            # read called free (a chaos run's lock history caught it: pause_leader seed 8).
+            locks = self.control.state.locks
+            now_ms = locks.clock_ms
             answer.resolve(locks.check_lock(key, now_ms) if key is not None else locks.list_locks(now_ms))
 
-        self._send_to_raft(Read("members", {}), answer_read)
+        self.control.read("members", {}, PROPOSE_TIMEOUT_S).add_done_callback(answer_read)
         return answer
 
     def _redirect(self) -> Redirect:
-        """Name the leader from the RaftActor's view (same thread; None while an election is under
-        way, or while this master leads but has not been told so yet: the client pauses and asks
-        again)."""
-        redirect = self._raft_actor.redirect()
+        """Name the leader as this master knows it (None while an election is under way, or while
+        this master leads but has not been told so yet: the client pauses and asks again)."""
+        redirect = self.control.redirect()
         return Redirect(None, None) if redirect.leader_id == self.node.node_id else redirect
 
-    # ------------------------------------------------------------------ proposals to the RaftActor
-
     def _propose(self, body: Any, on_done: Callable[[Future], None]) -> None:
-        self._send_to_raft(Propose(body), on_done)
-
-    def _send_to_raft(self, message: Any, on_done: Callable[[Future], None]) -> None:
-        future = Future(time.monotonic() + PROPOSE_TIMEOUT_S)
-        future.add_done_callback(on_done)
-        self._outgoing.append(InboundMessage(ASK, self.address, 0, message, future=future))
-        if not self._flush_scheduled:
-            # Runs after the transport has handed out everything it drained in this wake-up.
-            self._flush_scheduled = True
-            self.node.transport.call(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        batch, self._outgoing = self._outgoing, []
-        if batch:
-            self._raft_target.deliver(batch)  # one batch: one Ready, one SQLite transaction
+        self.control.propose(body, PROPOSE_TIMEOUT_S).add_done_callback(on_done)
 
     # ------------------------------------------------------------------ replicated events
 
@@ -250,11 +229,10 @@ class LockActor(Actor):
     def _leadership_changed(self, change: LeadershipChanged) -> None:
         self._is_leader = change.is_leader
         self._term = change.term
-        self._state = change.state
         self._expire_in_flight = False
         self._waiter_seen_ms.clear()
         if change.is_leader:
-            self._clock_at_least(change.state.locks.clock_ms)
+            self._clock_at_least(self.control.state.locks.clock_ms)
             term = change.term
 
             def extended(future: Future) -> None:
@@ -277,13 +255,13 @@ class LockActor(Actor):
     # ------------------------------------------------------------------ ticks
 
     def _tick(self) -> None:
-        if not self._is_leader or self._state is None:
+        if not self._is_leader:
             return
         now_ms = self.now_ms()
         self._release_due_held_answers(now_ms)
         if self._extended_term != self._term:
             return
-        locks = self._state.locks
+        locks = self.control.state.locks
         if not self._expire_in_flight:
             next_expiry_ms = locks.next_expiry_ms()
             if next_expiry_ms is not None and next_expiry_ms <= now_ms:
@@ -311,7 +289,7 @@ class LockActor(Actor):
 
     def _cancel_abandoned_waiters(self, now_ms: int) -> None:
         """Queued owners that stopped asking (a dead client) leave the queue before their turn."""
-        waiting = self._state.locks.waiting()
+        waiting = self.control.state.locks.waiting()
         queued = set(waiting)
         for where in waiting:  # in table order: the proposals go out in the same order every time
             if where in self._held:

@@ -15,15 +15,17 @@ Rules:
   quorum only for what it has persisted).
 * A proposal is answered only once its entry is applied; if another leader's entry takes its
   index, the proposer is told ``not_committed`` and retries (client sessions make that safe).
-* Other actors watch applied commands by tag prefix (``Watch``) and hear of leadership
-  changes; they never touch the core.
+* Other actors reach it only through the ``ControlPlane`` the master hands them: they propose,
+  read and watch by message (applied commands by tag prefix, and leadership changes), and read
+  what it publishes there (its replicated state, the leader named by its last Ready). They
+  never touch the core.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
-import time
 from typing import Any
 
 from protocols.control import (
@@ -60,12 +62,36 @@ from protocols.raft import (
 )
 from protocols.wire import ErrorRecord, Redirect, Tick, encode, is_record, tag_of
 from runtime.actor import Actor, Deferred
+from runtime.future import Future
 from runtime.log import get_logger
 from runtime.storage import RaftStorage
 
 log = get_logger("raft")
 
 _RAFT_MESSAGES = frozenset(MESSAGE_TYPES)
+# Terms and indexes come from the network, and SQLite keeps 63-bit integers: a forged vote in
+# term 2**63 - 1 made a master elect itself in term 2**63 and exit, unable to write it (fuzzing).
+MAX_RAFT_NUMBER = 2**62
+
+
+def _numbers_in_range(record: Any) -> bool:
+    """Every integer of a Raft message, its entries and its snapshot meta is in [0, 2**62)."""
+    for name in type(record).__slots__:
+        value = getattr(record, name)
+        kind = type(value)
+        if kind is int:
+            if not 0 <= value < MAX_RAFT_NUMBER:
+                return False
+        elif kind is list:  # entries: their term and index are all a follower stores of them
+            for item in value:
+                if type(item) is Entry:
+                    if not (0 <= item.term < MAX_RAFT_NUMBER and 0 <= item.index < MAX_RAFT_NUMBER):
+                        return False
+                elif is_record(item) and not _numbers_in_range(item):
+                    return False
+        elif is_record(value) and not _numbers_in_range(value):
+            return False
+    return True
 _LEADER_EARLY_MESSAGES = frozenset((AppendEntries, Heartbeat, InstallSnapshot, TimeoutNow))
 
 
@@ -85,8 +111,67 @@ class Applied:
 
 
 class LeadershipChanged:
-    def __init__(self, is_leader: bool, term: int, state: ControlState) -> None:
-        self.is_leader, self.term, self.state = is_leader, term, state
+    """This master started or stopped leading (in ``term``). Local only."""
+
+    def __init__(self, is_leader: bool, term: int) -> None:
+        self.is_leader, self.term = is_leader, term
+
+
+# How long a proposal may wait for its answer. It is answered when applied, or failed when the
+# leadership is lost; this bounds the rest.
+PROPOSE_TIMEOUT_S = 10.0
+
+
+class ControlPlane:
+    """What the master hands each control-plane actor it spawns: the one way to propose, to read
+    the replicated state, to find the leader and to watch what is applied.
+
+    ``propose``, ``read`` and ``watch`` are messages to the RaftActor. ``state`` and ``redirect()``
+    read what the RaftActor last published (it is the only writer: the replicated state as
+    applied on this master, and the leader named by its last Ready): read them on the transport
+    thread only, which is the one that applies (the actors handed a ControlPlane are pinned).
+    """
+
+    def __init__(self, node: Any, raft_name: str = RAFT_ACTOR) -> None:
+        self.node = node
+        self.raft_name = raft_name
+        self.state = ControlState()  # replaced by the RaftActor
+        self.leader_id: str | None = None
+        self._raft: Any = None
+
+    def propose(self, command: Any, timeout_s: float = PROPOSE_TIMEOUT_S) -> Future:
+        """Commit ``command`` (a record, or bytes already encoded). The future gets its apply result
+        once applied here, or a ``Redirect`` at once on a master that does not lead; it fails with
+        ``not_committed`` if the leadership changes first (retry: client sessions make it safe).
+        Every proposal of one transport round shares one Raft write."""
+        return self._raft_ref().ask(Propose(command), timeout_s)
+
+    def read(self, query: str, args: dict, timeout_s: float = PROPOSE_TIMEOUT_S) -> Future:
+        """A linearizable read (``protocols.control.read_query``), or a ``Redirect``."""
+        return self._raft_ref().ask(Read(query, args), timeout_s)
+
+    def watch(self, prefix: str, ref: Any) -> None:
+        """Tell ``ref`` the commands applied whose tag starts with ``prefix`` (``Applied``), and
+        every change of this master's leadership (``LeadershipChanged``)."""
+        self._raft_ref().tell(Watch(prefix, ref))
+
+    def redirect(self) -> Redirect:
+        """Where the leader is, as far as this master knows (None while an election runs)."""
+        leader = self.leader_id
+        return Redirect(leader, self.endpoint_of(leader) if leader else None)
+
+    def endpoint_of(self, node_id: str | None) -> str | None:
+        if node_id is None:
+            return None
+        if node_id == self.node.node_id:
+            return self.node.endpoint
+        member = self.state.members.get(node_id)
+        return member.endpoint if member is not None else self.node.peers.get(node_id)
+
+    def _raft_ref(self) -> Any:
+        if self._raft is None:
+            self._raft = self.node.lookup((self.node.node_id, self.raft_name))
+        return self._raft
 
 
 # etcd's default --snapshot-count. A snapshot encodes the whole state on this thread: with 46,000
@@ -97,6 +182,7 @@ SNAPSHOT_EVERY_ENTRIES = 100_000
 class RaftActor(Actor):
     def __init__(
         self,
+        control: ControlPlane,
         storage_path: str,
         config: RaftConfig | None = None,
         tick_s: float = 0.1,
@@ -111,19 +197,18 @@ class RaftActor(Actor):
         self.http_port = http_port
         self.snapshot_every_entries = snapshot_every_entries
         self.storage = RaftStorage(storage_path)
-        self.state = ControlState()
+        self.control = control  # this actor publishes its state and the leader there
+        self.state = control.state = ControlState()
         self._pending: dict[int, tuple[int, Deferred]] = {}  # index -> (term, answer)
         self._reads: list[tuple[int, Deferred, Read]] = []  # waiting for applied >= index
         self._read_contexts: dict[bytes, tuple[Deferred, Read]] = {}
         self._read_seq = 0
         self._watchers: list[Watch] = []
         self._peer_refs: dict[str, tuple[str, Any]] = {}
-        self._was_leader = False
+        self._leading = False  # as the last Ready's soft state said
         self._in_ready = False
         self._timer_id: int | None = None
         stored = self.storage.load()
-        self._synced_term_vote = ((stored.hard_state.term, stored.hard_state.vote)
-                                  if stored.hard_state is not None else (0, None))
         rng = random.Random(seed)
         if stored.hard_state is None and stored.snapshot is None and not stored.entries:
             voters = [self.node.node_id] if bootstrap else []
@@ -133,7 +218,7 @@ class RaftActor(Actor):
             if stored.snapshot is not None:
                 s = stored.snapshot
                 snapshot = Snapshot(SnapshotMeta(s.index, s.term, list(s.voters), list(s.learners)), s.data)
-                self.state = ControlState.from_snapshot(s.data)
+                self.state = control.state = ControlState.from_snapshot(s.data)
             hard_state = None
             if stored.hard_state is not None:
                 h = stored.hard_state
@@ -163,6 +248,9 @@ class RaftActor(Actor):
     def receive(self, message: Any) -> Any:
         kind = type(message)
         if kind in _RAFT_MESSAGES:
+            if not _numbers_in_range(message):
+                self.node.count("raft_out_of_range")
+                return None
             self.core.step(message)
             return None
         if kind is Tick:
@@ -175,7 +263,7 @@ class RaftActor(Actor):
         if kind is Read:
             return self._read(message)
         if kind is StatusQuery:
-            return self.status()
+            return self.status(message.digest)
         if kind is Join:
             return self._join(message)
         if kind is RemoveMember:
@@ -188,10 +276,10 @@ class RaftActor(Actor):
         return ErrorRecord("unknown_message", type(message).__name__)
 
     def redirect(self) -> Redirect:
-        """What a follower answers a client with: where the leader is, as far as it knows (other
-        pinned actors of this master answer with it too)."""
+        """What a follower answers a client with: where the leader is, as far as its core knows
+        now (the ControlPlane's redirect names the leader of the last Ready)."""
         leader = self.core.leader_id
-        return Redirect(leader, self._endpoint_of(leader) if leader else None)
+        return Redirect(leader, self.control.endpoint_of(leader) if leader else None)
 
     def _propose(self, body: Any) -> Any:
         # A client sends its command already encoded: the leader logs those bytes as they are.
@@ -291,12 +379,11 @@ class RaftActor(Actor):
         self._in_ready = True
         try:
             while True:
+                was_leading = self._leading
                 self._ready_loop()
-                is_leader = self.core.role == LEADER
-                if is_leader == self._was_leader:
+                if self._leading == was_leading:
                     return
-                self._was_leader = is_leader
-                self._on_leadership_changed(is_leader)  # may propose: loop again
+                self._on_leadership_changed(self._leading)  # may propose: loop again
         finally:
             self._in_ready = False
 
@@ -304,12 +391,15 @@ class RaftActor(Actor):
         core = self.core
         while core.has_ready():
             ready = core.ready()
+            if ready.soft_state is not None:
+                self._leading = ready.soft_state.role == LEADER
+                self.control.leader_id = ready.soft_state.leader_id
             if ready.snapshot is not None:
-                self.state = ControlState.from_snapshot(ready.snapshot.data)
+                self.state = self.control.state = ControlState.from_snapshot(ready.snapshot.data)
                 log.info("Node %s installed the leader's snapshot at index %d", self.node.node_id,
                          ready.snapshot.meta.index)
             later = ready.messages
-            if core.role == LEADER:
+            if self._leading:
                 # A leader's appends and heartbeats may leave before its own write: it counts
                 # itself in a quorum only for what it has persisted (thesis 10.2.1, as etcd does),
                 # so its fsync and the followers' run in parallel. Flush them now, since this
@@ -339,13 +429,11 @@ class RaftActor(Actor):
     def _persist(self, ready) -> None:
         """One transaction for what this Ready must make durable.
 
-        A hard state that differs from the stored one only by its commit index is written with
-        the next entries, not on its own: the commit index can always be learned again from the
-        leader (or, alone, by committing a new entry), so losing it loses nothing, and skipping
-        it halves the fsyncs per command."""
-        hard_state = ready.hard_state
-        term_or_vote_changed = hard_state is not None and (hard_state.term, hard_state.vote) != self._synced_term_vote
-        if not (ready.entries or ready.snapshot is not None or term_or_vote_changed):
+        A Ready that need not be synced (its hard state differs from the stored one only by its
+        commit index) writes nothing: the commit index goes with the next entries. It can always
+        be learned again from the leader (or, alone, by committing a new entry), so losing it
+        loses nothing, and skipping it halves the fsyncs per command."""
+        if not ready.must_sync:
             return
         core = self.core
         try:
@@ -355,7 +443,6 @@ class RaftActor(Actor):
             # (Raft's failure model), and let its supervisor restart it from the file.
             log.critical("Node %s cannot write its Raft log; exiting", self.node.node_id, exc_info=True)
             os._exit(70)
-        self._synced_term_vote = (core.term, core.vote)
 
     def _apply(self, entries: list[Entry]) -> None:
         applied: list[tuple[int, Any, Any]] = []
@@ -389,10 +476,9 @@ class RaftActor(Actor):
             return
         applied = self.core.applied_index
         waiting = []
-        now_ms = int(time.monotonic() * 1000)
         for index, answer, read in self._reads:
             if index <= applied:
-                answer.resolve(read_query(self.state, read.query, read.args, now_ms))
+                answer.resolve(read_query(self.state, read.query, read.args))
             else:
                 waiting.append((index, answer, read))
         self._reads = waiting
@@ -415,20 +501,12 @@ class RaftActor(Actor):
                 answer.fail("not_committed", "this master lost the leadership; retry")
             self._pending.clear()
         for watch in self._watchers:
-            watch.ref.tell(LeadershipChanged(is_leader, self.core.term, self.state))
+            watch.ref.tell(LeadershipChanged(is_leader, self.core.term))
 
     # ------------------------------------------------------------------ peers
 
-    def _endpoint_of(self, node_id: str | None) -> str | None:
-        if node_id is None:
-            return None
-        if node_id == self.node.node_id:
-            return self.node.endpoint
-        member = self.state.members.get(node_id)
-        return member.endpoint if member is not None else self.node.peers.get(node_id)
-
     def _send(self, message: Any) -> None:
-        endpoint = self._endpoint_of(message.dst)
+        endpoint = self.control.endpoint_of(message.dst)
         if endpoint is None:
             self.node.count("raft_unknown_peer")
             return
@@ -440,9 +518,9 @@ class RaftActor(Actor):
 
     # ------------------------------------------------------------------ status
 
-    def status(self) -> dict:
+    def status(self, digest: bool = False) -> dict:
         core = self.core
-        return {
+        status = {
             "id": self.node.node_id,
             "address": self.node.endpoint,
             "http_port": self.http_port,
@@ -458,6 +536,9 @@ class RaftActor(Actor):
                         if node_id in core.voters or node_id in core.learners},
             "stats": dict(core.stats),
         }
+        if digest:
+            status["state_digest"] = hashlib.blake2b(self.state.to_snapshot(), digest_size=16).hexdigest()
+        return status
 
 
 def _tag(command: Any) -> str:

@@ -5,20 +5,21 @@ It turns what arrives (workers' hellos, heartbeats and reports, clients' request
 commands, leadership changes, ticks, the QueueActor's and RegistryActor's replies) into events;
 after each batch of messages it carries out the state's instructions: proposals to the
 RaftActor, assignments and cancels to workers, answers to asks, and at most one request each to
-the QueueActor and the RegistryActor. On every master it answers status reads from its copy of
-the replicated table (protocols/views.py); on a follower it answers workers and clients with a
-Redirect to the leader.
+the QueueActor and the RegistryActor. The leader answers status reads from the replicated
+table (protocols/views.py); a follower answers workers and clients with a Redirect to the
+leader (status too: a follower still catching up would call an acknowledged workflow unknown).
 
 Rules:
 
 * Spawned pinned, like the RaftActor, the QueueActor and the RegistryActor: a dispatch round
   (queue, registry, proposal) runs within one transport round, without a thread hand-off, and
   the Raft entry it proposes shares that round's SQLite commit. It never blocks. It reads the
-  replicated state of the RaftActor on the same thread (``node.actor(RAFT_ACTOR)``) and
-  proposes by telling it ``Propose``.
-* Time: the clock it stamps commands with continues, when it becomes the leader, from the
-  workflow table's latest time (a new leader's monotonic clock is not the old one's), so every
-  time in the table, and the ages retention looks at, stay on one timeline.
+  replicated state through the ``ControlPlane`` the master hands it (same thread), and proposes
+  and watches only through it.
+* Time: the clock it stamps commands with is the machine's monotonic clock, moved ahead when it
+  becomes the leader if the workflow table's latest time is later (another machine's clock), as
+  the LockActor's is: every time in the table, and the ages retention looks at, stay on one
+  timeline that never goes back.
 * Nothing is logged per task above debug.
 """
 
@@ -27,13 +28,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from actors.raft import Applied, LeadershipChanged, Watch
+from actors.raft import Applied, ControlPlane, LeadershipChanged
 from protocols import dispatch_messages as events
 from protocols.control import (
     Batch,
     CancelWorkflowRequest,
     ClientCommand,
-    Propose,
     QueueStatsRequest,
     ReprioritizeRequest,
     SubmitWorkflowRequest,
@@ -41,7 +41,7 @@ from protocols.control import (
     WorkflowStatusRequest,
 )
 from protocols.dispatch import DispatchConfig, DispatchState
-from protocols.names import QUEUE_ACTOR, RAFT_ACTOR, REGISTRY_ACTOR, WORKER_ACTOR
+from protocols.names import QUEUE_ACTOR, REGISTRY_ACTOR, WORKER_ACTOR
 from protocols.registry import WorkerInfo
 from protocols.rounds import QueueReply, RegistryReply
 from protocols.tasks import AssignTasks, CancelTasks, TasksFinished, WorkerGoodbye, WorkerHeartbeat, WorkerHello
@@ -52,9 +52,9 @@ from runtime.log import get_logger
 
 log = get_logger("scheduler")
 
-PROPOSE_TIMEOUT_S = 10.0
 _FROM_WORKERS_AND_CLIENTS = (WorkerHello, WorkerHeartbeat, TasksFinished, SubmitWorkflowRequest,
-                             CancelWorkflowRequest, ReprioritizeRequest, WorkersRequest, QueueStatsRequest)
+                             CancelWorkflowRequest, ReprioritizeRequest, WorkersRequest, QueueStatsRequest,
+                             WorkflowStatusRequest)
 
 
 def monotonic_ms() -> int:
@@ -62,8 +62,9 @@ def monotonic_ms() -> int:
 
 
 class SchedulerActor(Actor):
-    def __init__(self, tick_s: float = 0.1, config: DispatchConfig | None = None) -> None:
+    def __init__(self, control: ControlPlane, tick_s: float = 0.1, config: DispatchConfig | None = None) -> None:
         super().__init__()
+        self.control = control
         self.tick_s = tick_s
         self.state = DispatchState(config)
         self._clock_offset_ms = 0
@@ -73,11 +74,9 @@ class SchedulerActor(Actor):
 
     def on_start(self) -> None:
         self.me = self.node.lookup(self.address)
-        self.raft_actor = self.node.actor(RAFT_ACTOR)
-        self.raft = self.node.lookup((self.node.node_id, RAFT_ACTOR))
         self.queue = self.node.lookup((self.node.node_id, QUEUE_ACTOR))
         self.registry = self.node.lookup((self.node.node_id, REGISTRY_ACTOR))
-        self.raft.tell(Watch("wf.", self.me))
+        self.control.watch("wf.", self.me)
         self._timer_id = self.node.every(self.tick_s, self.me, "scheduler")
 
     def on_stop(self) -> None:
@@ -89,7 +88,7 @@ class SchedulerActor(Actor):
 
     @property
     def workflows(self):
-        return self.raft_actor.state.workflows
+        return self.control.state.workflows
 
     # ------------------------------------------------------------------ messages
 
@@ -113,8 +112,6 @@ class SchedulerActor(Actor):
             return None
         if kind is LeadershipChanged:
             return self._on_leadership(message)
-        if kind is WorkflowStatusRequest:
-            return self.workflow_status(message.workflow_id, message.tasks, message.summary)
         if kind is WorkerGoodbye:
             if state.is_leader:
                 state.handle(events.Goodbye(message.worker_id, self.now_ms()))
@@ -122,7 +119,9 @@ class SchedulerActor(Actor):
         if kind not in _FROM_WORKERS_AND_CLIENTS:
             return ErrorRecord("unknown_message", kind.__name__)
         if not state.is_leader:
-            return self.raft_actor.redirect()
+            return self.control.redirect()
+        if kind is WorkflowStatusRequest:
+            return self.workflow_status(message.workflow_id, message.tasks, message.summary)
         return self._from_worker_or_client(kind, message)
 
     def _from_worker_or_client(self, kind: type, message: Any) -> Any:
@@ -152,9 +151,9 @@ class SchedulerActor(Actor):
 
     def _on_leadership(self, message: LeadershipChanged) -> None:
         if message.is_leader:
-            # Continue the table's timeline from its latest time (see the module docstring).
-            self._clock_offset_ms = message.state.workflows.clock_ms - monotonic_ms() + 1
-        self.state.handle(events.LeadershipChanged(message.is_leader, message.state, self.now_ms()))
+            # Never behind the table's latest time (see the module docstring).
+            self._clock_offset_ms += max(0, self.workflows.clock_ms - self.now_ms())
+        self.state.handle(events.LeadershipChanged(message.is_leader, self.control.state, self.now_ms()))
         if message.is_leader:
             log.info("Scheduler on %s leads: %d ready tasks queued, %d running tasks to be claimed",
                      self.node.node_id, self.state.queued, len(self.state.unclaimed))
@@ -199,11 +198,10 @@ class SchedulerActor(Actor):
         self.node.ref(address, WORKER_ACTOR, worker_id).tell(message)
 
     def _propose(self, instruction: events.Propose) -> None:
-        proposal = Propose(Batch(instruction.commands))
+        proposal = self.control.propose(Batch(instruction.commands))
         answers = instruction.answers
         if not answers:
-            self.raft.tell(proposal)
-            return
+            return  # the outcome shows in what is applied
 
         def committed(future) -> None:
             try:
@@ -215,7 +213,7 @@ class SchedulerActor(Actor):
             for reply, value in answers:
                 reply.resolve(outcome if isinstance(outcome, Redirect) else value)
 
-        self.raft.ask(proposal, timeout_s=PROPOSE_TIMEOUT_S).add_done_callback(committed)
+        proposal.add_done_callback(committed)
 
     def _propose_client(self, instruction: events.ProposeClient) -> None:
         client_id, seq, me = instruction.client_id, instruction.seq, self.me
@@ -226,8 +224,7 @@ class SchedulerActor(Actor):
             except Exception as exc:
                 me.tell(events.Committed(client_id, seq, None, (getattr(exc, "kind", "not_committed"), str(exc))))
 
-        command = Propose(ClientCommand(client_id, seq, instruction.body))
-        self.raft.ask(command, timeout_s=PROPOSE_TIMEOUT_S).add_done_callback(committed)
+        self.control.propose(ClientCommand(client_id, seq, instruction.body)).add_done_callback(committed)
 
     # ------------------------------------------------------------------ reads
 

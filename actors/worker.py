@@ -20,7 +20,8 @@ Rules of this module:
   ``MAX_REPORT_BATCHES_IN_FLIGHT`` batches wait for their commits at once) and kept until
   ``ReportsAccepted``.
 * At most ``max_concurrent_tasks`` task processes run at once; further assignments wait in
-  arrival order. An attempt already held (waiting, running or reported) is not taken twice.
+  arrival order. An attempt already held (waiting, running or reported) is not taken twice;
+  one assigned again while its report is on its way runs again once that report is answered.
 * Draining (first SIGTERM or SIGINT): no new work; waiting and newly assigned attempts are
   reported as not run (``ERROR_DRAINING``); running ones finish and are reported; then a
   ``WorkerGoodbye`` and exit 0 (exit 1 if some reports were still unaccepted after
@@ -94,6 +95,7 @@ class WorkerConfig:
     report_grace_s: float = 10.0
     result_cache_bytes: int = DEFAULT_RESULT_CACHE_BYTES  # results kept for later tasks here (locality)
     memory_pressure_mb: int | None = None  # under this much available memory: pressure (None: 10%, <= 512 MB)
+    on_reports: Callable[[list[TaskFinished]], None] | None = None  # metrics: each finished batch
 
 
 # Messages the worker tells itself (local only, never on the wire).
@@ -148,6 +150,7 @@ class WorkerActor(Actor):
         self.in_flight = {"hello": False, "heartbeat": False}  # reports count their batches instead
         self.reports_sent: set = set()  # keys of unacknowledged reports on their way to a master
         self.report_batches_in_flight = 0
+        self.rerun_after_ack: dict[AttemptKey, TaskAssignment] = {}  # see _on_assign
         self.redirects_this_tick = 0
         self.report_deadline_s: float | None = None
         self.executor: TaskExecutor | None = None
@@ -229,6 +232,13 @@ class WorkerActor(Actor):
         held = set(self._held_keys())
         refused: list[TaskFinished] = []
         for task in message.tasks:
+            if isinstance(task, TaskAssignment) and task.key in self.unacked:
+                # Ran, and its report is on its way, yet assigned again: a leader lost the first
+                # dispatch (its report will be refused) and dispatched the same attempt number
+                # to us. Run it again once that report is answered (the first run may have used
+                # results the cluster never committed), or the task hangs.
+                self.rerun_after_ack[task.key] = task
+                continue
             if not isinstance(task, TaskAssignment) or task.key in held:
                 continue  # a duplicate assignment: the attempt is already ours
             held.add(task.key)
@@ -267,6 +277,8 @@ class WorkerActor(Actor):
             self._add_reports(reports)
 
     def _on_finished(self, reports: list[TaskFinished]) -> None:
+        if self.config.on_reports is not None:
+            self.config.on_reports(reports)
         for report in reports:
             self.running.pop(report.key, None)
             if report.ok and report.result is not None:
@@ -398,6 +410,12 @@ class WorkerActor(Actor):
                 self.reports_sent.discard(key)  # accepted: gone below; otherwise: sent again
                 if accepted:
                     self.unacked.pop(key, None)
+                    rerun = self.rerun_after_ack.pop(key, None)
+                    if rerun is not None and self.draining:
+                        self._add_reports([finished_now(self.worker_id, rerun, False, ERROR_DRAINING)])
+                    elif rerun is not None:
+                        self.waiting.append(rerun)
+                        self._start_waiting([])
         else:
             self.in_flight[answer.kind] = False
         if answer.error is not None:

@@ -23,6 +23,7 @@ from runtime.client import ClusterUnavailable
 from runtime.future import RemoteError
 from runtime.log import configure_logging, get_logger
 from runtime.node import Node
+from runtime.security import CurveKeys
 
 log = get_logger("agent")
 
@@ -52,7 +53,8 @@ def load_agent_class(spec: str) -> type[AgentActor]:
 def run_agent(spec: str, agent_id: str, master_urls: str | list[str], *, group: str = "",
               subscriptions: list[str] | tuple[str, ...] = (), host: str = "127.0.0.1", port: int = 0,
               node_id: str | None = None, mailbox_limit: int | None = None, pinned: bool = False,
-              stop: threading.Event | None = None, advertise: str | None = None) -> int:
+              stop: threading.Event | None = None, advertise: str | None = None,
+              curve: CurveKeys | None = None) -> int:
     """Host one agent until SIGTERM/SIGINT (or ``stop``); returns the exit code. ``advertise``
     (HOST[:PORT]) is the address other nodes reach it at (agentflow/addresses.py)."""
     configure_logging()
@@ -69,7 +71,7 @@ def run_agent(spec: str, agent_id: str, master_urls: str | list[str], *, group: 
     node_id = node_id or f"agent-host-{agent_id}-{uuid.uuid4().hex[:6]}"
     try:
         node = Node(node_id, host=host, port=port, master_urls=master_urls, advertise_host=advertise_host,
-                    advertise_port=advertise_port).start()
+                    advertise_port=advertise_port, curve=curve).start()
     except Exception as exc:  # a bad master URL, a taken port
         log.error("Agent host %s cannot start: %s", node_id, exc)
         return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILED

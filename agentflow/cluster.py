@@ -25,6 +25,7 @@ from pathlib import Path
 from protocols.agents import DirectoryQuery
 from protocols.names import AGENTS_ACTOR
 from runtime.client import Client
+from runtime.security import CurveKeys
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -74,21 +75,24 @@ def wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.05)
 
 class ChildProcess:
     """One `agentflow` child (``python -m agentflow.cli ARGS``); ``start()`` again restarts it as it was.
-    ``prefix`` runs it through another command that execs it (``ip netns exec NS``)."""
+    ``prefix`` runs it through another command that execs it (``ip netns exec NS``); ``host`` is
+    where it listens."""
 
     def __init__(self, name: str, args: list[str], log_path: Path, port: int | None = None,
-                 prefix: list[str] | None = None) -> None:
+                 prefix: list[str] | None = None, http_port: int | None = None, host: str = "127.0.0.1") -> None:
         self.name = self.node_id = name
         self.args = args
         self.prefix = prefix or []
         self.log_path = log_path
         self.port = port
+        self.http_port = http_port  # /metrics, /health, /stats
+        self.host = host
         self.proc: subprocess.Popen | None = None
         self._log = None
 
     @property
     def url(self) -> str:
-        return f"tcp://127.0.0.1:{self.port}"
+        return f"tcp://{self.host}:{self.port}"
 
     def start(self) -> ChildProcess:
         env = dict(os.environ)
@@ -130,7 +134,8 @@ class ChildProcess:
 
 class LocalCluster:
     def __init__(self, data_dir: str | Path, masters: int = 3, workers: int = 0, first_port: int | None = None,
-                 worker_options: list[str] | None = None, master_options: list[str] | None = None) -> None:
+                 worker_options: list[str] | None = None, master_options: list[str] | None = None,
+                 client_curve: CurveKeys | None = None) -> None:
         if masters < 1:
             raise ValueError("--masters must be at least 1")
         if workers < 0:
@@ -146,13 +151,14 @@ class LocalCluster:
             args = ["master", "--port", str(port), "--node-id", node_id, "--data-dir", str(self.data_dir)]
             args += ["--mode", "leader"] if i == 0 else ["--mode", "master", "--leader-url", f"127.0.0.1:{ports[0]}"]
             args += master_options or []
-            self.masters.append(ChildProcess(node_id, args, self.data_dir / f"{node_id}.log", port))
+            self.masters.append(ChildProcess(node_id, args, self.data_dir / f"{node_id}.log", port, http_port=port + 10))
         self.workers: list[ChildProcess] = []
+        self.client_curve = client_curve  # the keys of the clients this launcher makes (CURVE clusters)
         self.agents: list[ChildProcess] = []
 
     @property
     def master_url(self) -> str:
-        return ",".join(f"127.0.0.1:{master.port}" for master in self.masters)
+        return ",".join(f"{master.host}:{master.port}" for master in self.masters)
 
     def by_id(self, node_id: str) -> ChildProcess:
         return next(master for master in self.masters if master.node_id == node_id)
@@ -209,11 +215,15 @@ class LocalCluster:
 
     def _asker(self, client: Client | None):
         """``client`` as a context that leaves it open, or a short-lived client of our own."""
-        return Client(self.master_url, timeout_s=2.0) if client is None else contextlib.nullcontext(client)
+        if client is not None:
+            return contextlib.nullcontext(client)
+        return Client(self.master_url, timeout_s=2.0, curve=self.client_curve)
 
     def _start_worker(self, worker_id: str, options: list[str]) -> ChildProcess:
-        args = ["worker", "--master-url", self.master_url, "--worker-id", worker_id, *options]
-        child = ChildProcess(worker_id, args, self.data_dir / f"{worker_id}.log").start()
+        http_port = find_free_ports(1, offsets=(0,))[0]
+        args = ["worker", "--master-url", self.master_url, "--worker-id", worker_id, "--http-port", str(http_port),
+                *options]
+        child = ChildProcess(worker_id, args, self.data_dir / f"{worker_id}.log", http_port=http_port).start()
         self.workers.append(child)
         return child
 
@@ -240,6 +250,12 @@ class LocalCluster:
             return wait_until(checked, timeout_s, what, interval_s=0.1)
         except TimeoutError as exc:
             raise TimeoutError(f"{exc} (logs in {self.data_dir})") from None
+
+    def http_targets(self) -> list[tuple[str, str, str]]:
+        """``(node id, "master"|"worker", "127.0.0.1:HTTP_PORT")`` of every node: what a
+        Prometheus scrapes."""
+        return ([(m.node_id, "master", f"127.0.0.1:{m.http_port}") for m in self.masters]
+                + [(w.node_id, "worker", f"127.0.0.1:{w.http_port}") for w in self.workers])
 
     def alive(self) -> bool:
         return all(child.alive() for child in self.masters + self.workers + self.agents)

@@ -1,6 +1,7 @@
 """A master process: the node, its actors, its HTTP window, and joining the Raft group.
 
-Role: composition only. ``Master`` builds a node and spawns the control-plane actors on it;
+Role: composition only. ``Master`` builds a node and spawns the control-plane actors on it,
+handing each the ``ControlPlane`` through which it proposes, reads and watches;
 ``run_master`` runs one in the foreground until SIGTERM/SIGINT, then hands leadership over
 (if it leads) and stops everything it started.
 
@@ -30,27 +31,36 @@ from typing import Any
 
 from actors.agent_directory import AgentDirectoryActor
 from actors.lock import LockActor
-from actors.raft import SNAPSHOT_EVERY_ENTRIES, RaftActor
+from actors.observer import ObserverActor, ObserverSources
 from actors.queue import QueueActor
+from actors.raft import SNAPSHOT_EVERY_ENTRIES, ControlPlane, RaftActor
 from actors.registry import RegistryActor
 from actors.scheduler import SchedulerActor
 from protocols.assignments import DEFAULT_MAX_RESULT_BYTES
 from protocols.control import Join, StatusQuery, TransferLeadership
 from protocols.dispatch import DispatchConfig
-from protocols.names import AGENTS_ACTOR, LOCK_ACTOR, QUEUE_ACTOR, RAFT_ACTOR, REGISTRY_ACTOR, SCHEDULER_ACTOR
+from protocols.names import (AGENTS_ACTOR, LOCK_ACTOR, OBSERVER_ACTOR, QUEUE_ACTOR, RAFT_ACTOR, REGISTRY_ACTOR,
+    SCHEDULER_ACTOR)
 from protocols.raft import RaftConfig
 from protocols.retention import DEFAULT_RETAIN_MS, DEFAULT_RETAIN_WORKFLOWS, RetentionPolicy
+from protocols.rounds import workers_table
 from protocols.wire import ErrorRecord, Redirect
 from agentflow.addresses import advertised_address, parse_advertise, unresolved
 from runtime.client import parse_master_urls
 from runtime.future import AskTimeout, RemoteError
-from runtime.http import HttpServer
+from runtime.http import HttpServer, on_node_thread
 from runtime.log import get_logger
+from runtime.metrics import MasterMetrics
 from runtime.node import Node
+from runtime.security import CurveKeys
 
 log = get_logger("master")
 
 JOIN_RETRY_S = 0.2
+# A restarted master re-applies its log on the transport thread before it answers anything: with
+# 8,200 entries that took over a second on a loaded machine, and the 1 s ask made the master exit
+# ("cannot start") in a chaos run. Start-up asks wait this long.
+RECOVERY_S = 120.0
 BOOTSTRAP_CHECK_S = 1.0  # how long the first master of --leader-url asks the others for a leader
 
 
@@ -79,8 +89,8 @@ class Master:
                  pub_port: int | None = None, node_id: str | None = None, heartbeat_ms: int = 100,
                  election_timeout_ms: tuple[int, int] = (1000, 2000),
                  snapshot_every_entries: int = SNAPSHOT_EVERY_ENTRIES, advertise: str | None = None,
-                 retain_workflows: int = DEFAULT_RETAIN_WORKFLOWS, retain_s: float = DEFAULT_RETAIN_MS / 1000,
-                 max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> None:
+                 curve: CurveKeys | None = None, retain_workflows: int = DEFAULT_RETAIN_WORKFLOWS,
+                 retain_s: float = DEFAULT_RETAIN_MS / 1000, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> None:
         if mode not in ("leader", "master"):
             raise ValueError(f"--mode must be leader or master, not {mode!r}")
         if snapshot_every_entries < 1:
@@ -98,25 +108,53 @@ class Master:
         self.storage_path = os.path.join(data_dir, f"{self.node_id.replace('/', '_').replace(':', '_')}.sqlite")
         raft_config, tick_s = raft_timing(heartbeat_ms, election_timeout_ms)  # bad options: before binding
         fresh = not os.path.exists(self.storage_path)
+        self.recovered = not fresh  # from a data file of an earlier run
         # Its own node is a member of the cluster: agents may be hosted on a master too.
         own = f"tcp://{advertise_host or host}:{advertise_port or port}"
         self.node = Node(self.node_id, host=host, port=port, pub_port=pub_port, master_urls=[own, *self.leader_endpoints],
-                         advertise_host=advertise_host, advertise_port=advertise_port).start()
+                         advertise_host=advertise_host, advertise_port=advertise_port, curve=curve).start()
         self.http_port = default_http_port(port, http_port)
         bootstrap = mode == "leader" or (fresh and self._first_of_leader_url())
-        self.raft = self.node.spawn(RaftActor, self.storage_path, raft_config, tick_s, bootstrap,
-                                    self.http_port, snapshot_every_entries, name=RAFT_ACTOR, pinned=True)
-        self.locks = self.node.spawn(LockActor, name=LOCK_ACTOR, pinned=True)  # watches "lock." applies
-        # The scheduler's two services first: it looks them up when it starts.
-        dispatch = DispatchConfig(max_result_bytes=max_result_bytes,
-                                  retention=RetentionPolicy(retain_workflows, int(retain_s * 1000)))
-        self.queue = self.node.spawn(QueueActor, dispatch.aging_ms_per_point, name=QUEUE_ACTOR, pinned=True)
-        self.registry = self.node.spawn(RegistryActor, name=REGISTRY_ACTOR, pinned=True)
-        self.scheduler = self.node.spawn(SchedulerActor, config=dispatch, name=SCHEDULER_ACTOR, pinned=True)
-        self.agents = self.node.spawn(AgentDirectoryActor, name=AGENTS_ACTOR, pinned=True)
-        self.http = HttpServer(host, self.http_port, self.stats).start() if self.http_port else None
+        self.metrics = MasterMetrics(self.stats)
+        self.http: HttpServer | None = None
+        try:
+            if self.http_port:  # bound now (a taken port fails before anything starts), served below
+                self.http = HttpServer(host, self.http_port, self.stats, self.metrics.registry)
+            # The RaftActor publishes its state and leader in the control plane; the other actors
+            # propose, read and watch through it (they are all pinned: one thread).
+            control = ControlPlane(self.node, RAFT_ACTOR)
+            self.raft = self.node.spawn(RaftActor, control, self.storage_path, raft_config, tick_s, bootstrap,
+                                        self.http_port, snapshot_every_entries, name=RAFT_ACTOR, pinned=True)
+            self.locks = self.node.spawn(LockActor, control, name=LOCK_ACTOR, pinned=True)  # watches "lock." applies
+            # The scheduler's two services first: it looks them up when it starts.
+            dispatch = DispatchConfig(max_result_bytes=max_result_bytes,
+                                      retention=RetentionPolicy(retain_workflows, int(retain_s * 1000)))
+            self.queue = self.node.spawn(QueueActor, dispatch.aging_ms_per_point, name=QUEUE_ACTOR, pinned=True)
+            self.registry = self.node.spawn(RegistryActor, name=REGISTRY_ACTOR, pinned=True)
+            self.scheduler = self.node.spawn(SchedulerActor, control, config=dispatch, name=SCHEDULER_ACTOR,
+                                             pinned=True)
+            self.agents = self.node.spawn(AgentDirectoryActor, control, name=AGENTS_ACTOR, pinned=True)
+            self.node.actor(RAFT_ACTOR).storage.on_commit_s = self.metrics.fsync.observe
+            self.observer = self.node.spawn(ObserverActor, control, self._observer_sources(), self.metrics,
+                                            name=OBSERVER_ACTOR, pinned=True)
+        except BaseException:
+            if self.http is not None:
+                self.http.stop()
+            self.node.stop()
+            raise
+        if self.http is not None:
+            self.http.start()
         log.info("Master %s serves on %s (http %s, data %s)", self.node_id, self.node.endpoint,
                  self.http_port or "off", self.storage_path)
+
+    def _observer_sources(self) -> ObserverSources:
+        """What the observer reads of the actors beside it (all pinned: read on their thread)."""
+        raft, locks = self.node.actor(RAFT_ACTOR), self.node.actor(LOCK_ACTOR)
+        queue, registry = self.node.actor(QUEUE_ACTOR).service, self.node.actor(REGISTRY_ACTOR).service
+        scheduler, agents = self.node.actor(SCHEDULER_ACTOR), self.node.actor(AGENTS_ACTOR)
+        return ObserverSources(raft_core=lambda: raft.core, raft_status=raft.status, lock_clock_ms=locks.now_ms,
+                               agent_stats=lambda: agents.stats, queue_stats=queue.stats,
+                               scheduler_clock_ms=scheduler.now_ms, workers_table=lambda: workers_table(registry.registry))
 
     def _first_of_leader_url(self) -> bool:
         """Whether this master is the first one --leader-url names and none of the others it
@@ -140,13 +178,11 @@ class Master:
     def status(self, timeout_s: float = 1.0) -> dict:
         return self.raft.ask(StatusQuery(), timeout_s=timeout_s).get()
 
-    def stats(self) -> dict:
-        try:
-            raft = self.status()
-        except AskTimeout:
-            raft = None
-        return {"node_id": self.node_id, "serving": bool(raft and raft.get("leader")),
-                "raft": raft, "counters": self.node.stats()}
+    def stats(self) -> dict | None:
+        """The observer's snapshot document (actors/observer.py), or None if the node's thread
+        did not get to it within a second."""
+        observer = self.node.actor(OBSERVER_ACTOR)
+        return on_node_thread(self.node, observer.snapshot)
 
     def registered(self, status: dict) -> bool:
         """A voter whose committed member record, as applied here, has its current endpoint."""
@@ -169,7 +205,7 @@ class Master:
         turn = 0
         waiting_for: list[str] = []
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-            status = self.status()
+            status = self.status(RECOVERY_S)
             if self.registered(status):
                 return True
             if status["leader"] == self.node_id:
@@ -201,6 +237,24 @@ class Master:
             stop.wait(JOIN_RETRY_S)
         return False
 
+    def check_same_cluster(self, timeout_s: float = 2.0) -> None:
+        """A master that recovered a membership from its data file, told to join ``leader_url``:
+        if that cluster answers and does not count this master in, the file is another
+        cluster's (ValueError saying so). No answer proves nothing: go on."""
+        for endpoint in self.leader_endpoints:
+            try:
+                view = self.node.ref(endpoint, RAFT_ACTOR).ask(StatusQuery(), timeout_s=timeout_s).get()
+            except (AskTimeout, RemoteError):
+                continue
+            if not isinstance(view, dict) or view.get("id") == self.node_id or not view.get("voters"):
+                continue  # itself, or a master that has not joined anything yet
+            if self.node_id not in view.get("voters", []) + view.get("learners", []):
+                raise ValueError(
+                    f"{self.storage_path} holds the Raft log of another cluster (its members: "
+                    f"{', '.join(self.status()['voters'])}), but the cluster at {endpoint} is "
+                    f"{', '.join(view.get('voters', []))}: pass another --data-dir (or --node-id), or move the file away")
+            return
+
     def stop(self, transfer_timeout_s: float = 2.0) -> None:
         """Hand leadership to another voter when leading, then stop every thread and socket."""
         try:
@@ -223,8 +277,15 @@ def run_master(**options: Any) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     master = Master(**options)
+    gatekeeper = master.node.transport.gatekeeper
+    if gatekeeper is not None:  # SIGHUP: read the authorized keys again
+        signal.signal(signal.SIGHUP, lambda *_: log.info("Master %s admits %d keys", master.node_id,
+                                                          gatekeeper.reload()))
     try:
-        if not master.registered(master.status()):
+        status = master.status(RECOVERY_S)  # a long log is re-applied before the first answer
+        if master.mode == "master" and master.recovered and master.node_id in status["voters"]:
+            master.check_same_cluster()  # before it registers anywhere
+        if not master.registered(status):
             log.info("Master %s registers %s with the cluster (via %s)", master.node_id, master.node.endpoint,
                      ", ".join(master.leader_endpoints) or "the members it knows, or `agentflow cluster add`")
             if master.join(stop):

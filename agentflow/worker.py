@@ -16,14 +16,19 @@ import threading
 import uuid
 from typing import Any, Callable
 
+import psutil
+
 from agentflow.addresses import advertised_address, parse_advertise
 from actors.worker import Begin, Drain, WorkerActor, WorkerConfig
 from protocols.assignments import DEFAULT_RESULT_CACHE_BYTES
 from protocols.names import WORKER_ACTOR
 from protocols.registry import WorkerInfo
 from protocols.tasks import parse_master_urls
+from runtime.http import HttpServer, on_node_thread
 from runtime.log import configure_logging, get_logger
+from runtime.metrics import WorkerMetrics
 from runtime.node import Node, Ref
+from runtime.security import CurveKeys
 from runtime.resources import detect_resources
 
 log = get_logger("worker")
@@ -37,6 +42,22 @@ def start_worker(node: Node, config: WorkerConfig, on_drained: Callable[[bool], 
     ref = node.spawn(WorkerActor, config, name=WORKER_ACTOR, pinned=True)
     ref.tell(Begin(on_drained))
     return ref
+
+
+def worker_snapshot(node: Node) -> dict:
+    """The worker's document for /stats, /health and /metrics (on the node's thread)."""
+    if WORKER_ACTOR not in node.targets:  # HTTP is up a moment before the actor
+        return {"node_id": node.node_id, "kind": "worker", "role": "worker", "serving": False,
+                "reason": "starting", "counters": node.stats()}
+    actor = node.actor(WORKER_ACTOR)
+    serving = actor.registered and not actor.draining
+    reason = ("draining" if actor.draining else f"registered with {actor.master_endpoint}" if actor.registered
+              else f"not welcomed by a leader yet (trying {actor.master_endpoint})")
+    return {"node_id": node.node_id, "kind": "worker", "role": "worker", "serving": serving, "reason": reason,
+            "registered": actor.registered, "draining": actor.draining, "master": actor.master_endpoint,
+            "slots": actor.max_concurrent_tasks, "running": len(actor.running), "waiting": len(actor.waiting),
+            "unacked": len(actor.unacked), "counters": node.stats(),
+            "memory_available_bytes": psutil.virtual_memory().available}
 
 
 def default_worker_id() -> str:
@@ -58,9 +79,14 @@ def run_worker(
     advertise: str | None = None,
     memory_pressure_mb: int | None = None,
     result_cache_mb: int = DEFAULT_RESULT_CACHE_BYTES // (1024 * 1024),
+    curve: CurveKeys | None = None,
+    http_port: int | None = None,
 ) -> int:
     """Run a worker in the foreground until it has drained after SIGTERM/SIGINT (exit 0), or a
-    second signal stops it at once (exit 1). Exit 2 for bad arguments."""
+    second signal stops it at once (exit 1). Exit 2 for bad arguments.
+
+    ``http_port`` serves /metrics, /health and /stats; None means PORT+10 when ``port`` is fixed
+    and no HTTP when the port is chosen at random; 0 means no HTTP."""
     configure_logging()
     try:
         endpoints = parse_master_urls(master_urls)
@@ -78,10 +104,13 @@ def run_worker(
     worker_id = worker_id or default_worker_id()
     try:
         node = Node(worker_id, host=host, port=port, master_urls=endpoints, advertise_host=advertise_host,
-                    advertise_port=advertise_port).start()
+                    advertise_port=advertise_port, curve=curve).start()
     except Exception as exc:  # a taken port, a bad host: say so and exit
-        log.error("Worker %s cannot listen on %s:%s: %s", worker_id, host, port, exc)
+        log.error("Worker %s cannot listen on %s:%s: %s (choose another --port, or stop what uses it)",
+                  worker_id, host, port, exc)
         return EXIT_FAILED
+    if http_port is None:
+        http_port = port + 10 if port else 0
     info = WorkerInfo(
         worker_id=worker_id,
         name=worker_id,
@@ -103,10 +132,18 @@ def run_worker(
         outcome["signals"] += 1
         wake.set()
 
+    metrics = WorkerMetrics(lambda: on_node_thread(node, lambda: worker_snapshot(node)))
+    try:
+        http = HttpServer(host, http_port, metrics.snapshot_provider, metrics.registry).start() if http_port else None
+    except OSError as exc:
+        node.stop()
+        log.error("Worker %s cannot serve HTTP on %s:%s: %s (choose another --http-port, or 0 for none)",
+                  worker_id, host, http_port, exc)
+        return EXIT_FAILED
     previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         config = WorkerConfig(info=info, master_endpoints=endpoints, memory_pressure_mb=memory_pressure_mb,
-                              result_cache_bytes=result_cache_mb * 1024 * 1024)
+                              result_cache_bytes=result_cache_mb * 1024 * 1024, on_reports=metrics.observe_reports)
         ref = start_worker(node, config, on_drained)
         log.info("Worker %s at %s: %g cpu, %d MB, %d GPUs, %d slots; masters %s", worker_id, node.endpoint,
                  resources.cpu_cores, resources.memory_mb, resources.gpu_count, info.max_concurrent_tasks,
@@ -121,6 +158,8 @@ def run_worker(
                 drain_sent = True
                 ref.tell(Drain())
     finally:
+        if http is not None:
+            http.stop()
         node.stop()  # stops the actor, whose executor kills whatever still runs
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -1,15 +1,28 @@
-"""Shared pieces of the benchmarks: medians, the JSON document of docs/ARCHITECTURE.md §6, the rich table."""
+"""Shared pieces of the benchmarks: medians, the JSON document of docs/ARCHITECTURE.md §6, the rich table,
+and the peers' own virtual environments.
+
+A peer whose pins clash with ours (AutoGen, Ray, the etcd3 client's protobuf) runs in its own venv under
+.venv-peers/NAME, created through pip on first use, as a child process that prints one JSON document;
+every such child runs under a deadline and in its own process group, killed whole when the deadline
+passes.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import signal
 import statistics
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from bench.peers.child import percentile  # noqa: F401 - the benchmarks' one percentile, also here
 
 
 @dataclass
@@ -22,8 +35,9 @@ class Result:
     peer_runs: list[float] = field(default_factory=list)
 
     @property
-    def agentflow(self) -> float:
-        return statistics.median(self.runs)
+    def agentflow(self) -> float | None:
+        """None while AgentFlow's side is not built (its row is reported, with no figure)."""
+        return statistics.median(self.runs) if self.runs else None
 
     @property
     def peer_value(self) -> float | None:
@@ -33,7 +47,7 @@ class Result:
     def ratio(self) -> float | None:
         """Above 1 always means AgentFlow is ahead."""
         peer = self.peer_value
-        if peer is None or peer == 0 or self.agentflow == 0:
+        if peer is None or peer == 0 or not self.agentflow:
             return None
         return self.agentflow / peer if self.higher_is_better else peer / self.agentflow
 
@@ -43,7 +57,7 @@ class Result:
             "metric": self.metric,
             "unit": self.unit,
             "higher_is_better": self.higher_is_better,
-            "agentflow": round(self.agentflow, 3),
+            "agentflow": None if self.agentflow is None else round(self.agentflow, 3),
             "peer": self.peer,
             "peer_value": None if self.peer_value is None else round(self.peer_value, 3),
             "ratio": None if ratio is None else round(ratio, 3),
@@ -52,16 +66,14 @@ class Result:
         }
 
 
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def report(benchmark: str, results: list[Result], json_path: str | None) -> dict:
+def report(benchmark: str, results: list[Result], json_path: str | None, **extra) -> dict:
+    """Print the table and write the document; ``extra`` keys (a benchmark's per-system detail) go
+    into the document after "results"."""
     document = {
         "benchmark": benchmark,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "results": [r.to_json() for r in results],
+        **extra,
     }
     table = Table(title=f"{benchmark} (median of runs)")
     for column in ("metric", "agentflow", "peer", "peer value", "ratio (>1: agentflow ahead)"):
@@ -70,7 +82,7 @@ def report(benchmark: str, results: list[Result], json_path: str | None) -> dict
         ratio = r.ratio
         table.add_row(
             f"{r.metric} [{r.unit}]",
-            f"{r.agentflow:,.1f}",
+            "not built" if r.agentflow is None else f"{r.agentflow:,.1f}",
             r.peer,
             "missing" if r.peer_value is None else f"{r.peer_value:,.1f}",
             "-" if ratio is None else f"{ratio:.2f}x",
@@ -80,3 +92,57 @@ def report(benchmark: str, results: list[Result], json_path: str | None) -> dict
         with open(json_path, "w") as out:
             json.dump(document, out, indent=2)
     return document
+
+
+# --------------------------------------------------------------------------- peers in their own venvs
+
+VENVS = Path(__file__).resolve().parent.parent / ".venv-peers"
+PEERS = Path(__file__).resolve().parent / "peers"
+
+
+def peer_python(name: str, requirements: list[str], timeout_s: float = 1800) -> tuple[str | None, str]:
+    """(the python of .venv-peers/NAME with ``requirements`` installed, "") or (None, why not).
+
+    The venv is made on first use (and again when the requirements change) with pip from the registry."""
+    venv = VENVS / name
+    python = venv / "bin" / "python"
+    stamp = venv / ".requirements"
+    wanted = "\n".join(requirements) + "\n"
+    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return str(python), ""
+    print(f"setting up {venv}: pip install {' '.join(requirements)} (once) ...", file=sys.stderr, flush=True)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=300,
+                       capture_output=True)
+        done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                               *requirements], timeout=timeout_s, capture_output=True, text=True)
+    except (subprocess.SubprocessError, OSError) as exc:
+        return None, f"could not set up {venv}: {exc}"
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["?"])[-1]
+        return None, f"pip install {' '.join(requirements)} failed: {tail}"
+    stamp.write_text(wanted)
+    return str(python), ""
+
+
+def run_child(argv: list[str], timeout_s: float) -> dict:
+    """Run a child that prints one JSON document as its last stdout line; kill its whole process group
+    (a peer's helpers too) if it is not done within ``timeout_s``. Raises RuntimeError naming the failure."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+        raise RuntimeError(f"{Path(argv[1]).name} {' '.join(argv[2:])}: no result within {timeout_s:.0f} s (killed)")
+    finally:
+        try:  # whatever the child left behind in its group (Ray's raylet, a worker runtime) goes too
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = " | ".join(err.strip().splitlines()[-3:])
+        raise RuntimeError(f"{Path(argv[1]).name} {' '.join(argv[2:])} exited {proc.returncode}: {tail}")
+    return json.loads(lines[-1])

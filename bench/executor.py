@@ -78,13 +78,13 @@ def stdlib_tasks_per_s(kind: str, tasks: int, slots: int) -> float:
     """The same load through the standard library (the pool is started and warmed up first)."""
     if kind == "call":
         with concurrent.futures.ProcessPoolExecutor(slots) as pool:
-            list(pool.map(int, range(slots)))  # start the processes
+            list(pool.map(int, range(slots), timeout=60))  # start the processes
             started_s = time.perf_counter()
-            list(pool.map(int, range(tasks), chunksize=1))
+            list(pool.map(int, range(tasks), chunksize=1, timeout=600))
             return tasks / (time.perf_counter() - started_s)
     with concurrent.futures.ThreadPoolExecutor(slots) as pool:
         started_s = time.perf_counter()
-        list(pool.map(lambda _: subprocess.run(["true"], check=True), range(tasks)))
+        list(pool.map(lambda _: subprocess.run(["true"], check=True, timeout=60), range(tasks), timeout=600))
         return tasks / (time.perf_counter() - started_s)
 
 

@@ -1,33 +1,39 @@
-"""Lock benchmark: AgentFlow's replicated locks (3 masters) vs a Redis SET NX PX lock, same run.
+"""Lock benchmark: AgentFlow's replicated locks (3 masters) vs etcd (3 members), with Redis as a reference.
 
-    .venv/bin/python bench/locks.py [--runs 3] [--pairs 500] [--seconds 4] [--clients 8] [--json FILE]
-                                    [--data-dir DIR]
+    .venv/bin/python bench/locks.py [--runs 3] [--pairs 500] [--seconds 4] [--clients 8] [--keys 64]
+                                    [--json FILE] [--data-dir DIR]
 
 A *pair* is one acquire plus one release of the same key, measured end to end by the client.
 
 * One client: ``--pairs`` sequential pairs from this process: pairs/s, p50 and p99 per pair.
+* Contending clients: ``--clients`` processes (8) loop on one key for ``--seconds``; pairs/s is
+  the sum of their completed pairs over the time. AgentFlow clients wait in the lock's FIFO queue
+  (``acquire_blocking``: the grant is pushed to them); etcd clients watch the key from the
+  holder's revision; Redis clients retry ``SET NX`` at once when it fails (no sleep: the peer's
+  best case for throughput).
+* Many independent locks: ``--keys`` clients (64: 8 processes of 8 threads, a connection or
+  session each) each on a key of its own, for ``--seconds``: ``lock_pairs_per_s_64_keys``.
 * The lock layer's ceiling, in the same run: pairs of two plain Raft commits (``Noop`` through
   ``Client.propose``), reported as ``lock_pairs_per_s_vs_raft_noop_pairs`` (its "peer" is AgentFlow's
   own Raft, not another system).
-* Contending clients: ``--clients`` processes (8) loop on one key for ``--seconds``; pairs/s is
-  the sum of their completed pairs over the time. AgentFlow clients wait in the lock's FIFO queue
-  (``acquire_blocking``: the grant is pushed to them); Redis clients retry ``SET NX`` at once
-  when it fails (no sleep: the peer's best case for throughput).
 
 AgentFlow: three master processes started by agentflow/cluster.py (``agentflow master``), a fresh
 cluster per run; every acquire and release is a Raft command durable in SQLite (WAL,
-synchronous=FULL: an fsync) on a majority before it is answered. Masters log at warning level
-(the lock table logs each grant at info). ``--data-dir`` puts the masters' SQLite files
-elsewhere; the default is a temporary directory on the disk, so the figures include its fsync.
+synchronous=FULL: an fsync) on a majority before it is answered. Masters log at warning level.
+``--data-dir`` puts the masters' and etcd's data elsewhere; the default is a temporary directory
+on the disk, so the figures include its fsync.
 
-Peer: ``redis-server`` (found on PATH) on 127.0.0.1 with persistence off (``--save ""
---appendonly no``: nothing replicated, nothing fsync'd), spoken to with a minimal RESP client over
-a socket (no client library is needed or added): ``SET key token NX PX ttl`` to acquire and a Lua
-compare-and-delete (``EVALSHA``) to release. When redis-server is not installed the peer is
-reported missing (``peer_value: null``). The same Redis is also run durable (``--appendonly yes
---appendfsync always``: every write fsynced before it is answered, as AgentFlow's are, though on
-one node and not replicated), reported as the ``*_vs_durable_redis`` rows. Every process started
-here is stopped here.
+Peer: etcd (``etcd`` on PATH; Debian's etcd-server 3.4), three members on 127.0.0.1 with its
+default fsync of every Raft write, a fresh cluster per run, driven by the Python etcd3 client in
+its own venv (.venv-peers/etcd3, made through pip on first use) with the session recipe of
+bench/peers/etcd_locks.py (one lease per client, two transactions per pair: etcd's best case);
+the etcd3 package's own ``Lock`` (a lease per acquire) is measured too, for the one-client
+figures. Reference rows: ``redis-server`` on one node, with persistence off (``--save ""
+--appendonly no``: the issue 5 comparison, nothing replicated or fsynced) and durable
+(``--appendonly yes --appendfsync always``), spoken to with a minimal RESP client (``SET key
+token NX PX ttl`` and a Lua compare-and-delete). A peer whose binary is missing is reported
+missing (``peer_value: null``) with how to install it, and the other rows still run. Every
+process started here is stopped here, and every wait has a deadline.
 """
 
 from __future__ import annotations
@@ -47,7 +53,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import Result, percentile, report  # noqa: E402
+from bench.common import PEERS, Result, peer_python, percentile, report, run_child  # noqa: E402
+from bench.peers.child import read_line, run_contenders, sequential_pairs  # noqa: E402
 from agentflow.cluster import LocalCluster, find_free_ports  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -161,79 +168,103 @@ class RedisServer:
                 self.proc.wait(10)
 
 
-# =========================================================================== one client, sequential pairs
+# =========================================================================== etcd (3 members)
 
 
-def sequential_pairs(acquire, release, pairs: int) -> tuple[float, list[float]]:
-    """(pairs/s, per-pair microseconds) of ``pairs`` acquire+release pairs, one at a time."""
-    for _ in range(20):  # warm-up: connections, leader cache, code paths
-        assert acquire() and release()
-    samples = []
-    started = time.perf_counter()
-    for _ in range(pairs):
-        begin = time.perf_counter()
-        if not acquire():
-            raise RuntimeError("an uncontended acquire failed")
-        if not release():
-            raise RuntimeError("a release of a held lock failed")
-        samples.append((time.perf_counter() - begin) * 1e6)
-    return pairs / (time.perf_counter() - started), samples
+ETCD_INSTALL = "apt-get install etcd-server etcd-client"
+ETCD_REQUIREMENTS = ["etcd3==0.12.0", "protobuf<4"]  # etcd3's generated code predates protobuf 4
+
+
+def etcd_version() -> str | None:
+    binary = shutil.which("etcd")
+    if binary is None:
+        return None
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
+    return "etcd " + out.split()[2] if out.startswith("etcd Version:") else "etcd ?"
+
+
+class EtcdCluster:
+    """Three etcd members on 127.0.0.1, each fsyncing its Raft log (etcd's default)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        ports = find_free_ports(3, offsets=(0, 1))  # each member's client and peer port
+        names = [f"etcd-{i + 1}" for i in range(3)]
+        initial = ",".join(f"{name}=http://{HOST}:{port + 1}" for name, port in zip(names, ports))
+        self.endpoints = ",".join(f"{HOST}:{port}" for port in ports)
+        self.procs = []
+        for name, port in zip(names, ports):
+            client, peer = f"http://{HOST}:{port}", f"http://{HOST}:{port + 1}"
+            self.procs.append(subprocess.Popen(
+                ["etcd", "--name", name, "--data-dir", str(data_dir / name), "--listen-client-urls", client,
+                 "--advertise-client-urls", client, "--listen-peer-urls", peer, "--initial-advertise-peer-urls",
+                 peer, "--initial-cluster", initial, "--initial-cluster-state", "new", "--initial-cluster-token",
+                 data_dir.name, "--logger", "zap", "--log-level", "error"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL))
+        deadline = time.monotonic() + 60
+        while subprocess.run(["etcdctl", "--endpoints", self.endpoints, "--command-timeout=2s", "endpoint", "health"],
+                             capture_output=True, env=dict(os.environ, ETCDCTL_API="3"), timeout=30).returncode:
+            if time.monotonic() > deadline or any(proc.poll() is not None for proc in self.procs):
+                self.stop()
+                raise RuntimeError("the etcd members did not become healthy within 60 s")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
 
 
 # =========================================================================== contending clients (child processes)
 
 
-def contend(system: str, address: str, seconds: float, name: str) -> None:
-    """Child: loop acquire+release on KEY for ``seconds`` after "go" on stdin; print the count."""
+def contend(system: str, address: str, seconds: float, name: str, threads: int, keys: str) -> None:
+    """Child: ``threads`` clients loop acquire+release, all on KEY (``keys`` "one") or each on a key
+    of its own, for ``seconds`` after "go" on stdin; prints their summed count."""
     if system == "agentflow":
         from runtime.client import Client
         from runtime.locks import DistributedLock
 
         client = Client(address, timeout_s=30)
-        lock = DistributedLock(client, name, TTL_S)
-
-        def acquire() -> bool:
-            return lock.acquire_blocking(KEY, max_duration_s=30)
-
-        release = lambda: lock.release(KEY)  # noqa: E731
-        close = client.close
+        locks = [DistributedLock(client, f"{name}-{i}", TTL_S) for i in range(threads)]
+        pairs = [(lambda key, lock=lock: lock.acquire_blocking(key, max_duration_s=30), lock.release)
+                 for lock in locks]
+        closers = [client.close]
     else:
-        redis = RedisLock(int(address))
+        redis_locks = [RedisLock(int(address)) for _ in range(threads)]
 
-        def acquire() -> bool:
-            while not redis.acquire(KEY):
-                pass  # retry at once: the peer's best case for throughput
-            return True
+        def spin(lock: RedisLock):
+            def acquire(key: str) -> bool:
+                while not lock.acquire(key):
+                    pass  # retry at once: the peer's best case for throughput
+                return True
+            return acquire
 
-        release = lambda: redis.release(KEY)  # noqa: E731
-        close = redis.close
-    acquire() and release()  # warm-up
-    print(json.dumps({"ready": True}), flush=True)
-    sys.stdin.readline()
-    pairs = 0
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        acquire()
-        if not release():
-            raise RuntimeError(f"{name} lost a lock it held")
-        pairs += 1
-    print(json.dumps({"pairs": pairs}), flush=True)
-    close()
+        pairs = [(spin(lock), lock.release) for lock in redis_locks]
+        closers = [lock.close for lock in redis_locks]
+    run_contenders(pairs, [KEY if keys == "one" else f"{KEY}-{name}-{i}" for i in range(threads)], seconds, name)
+    for close in closers:
+        close()
 
 
-def contending_pairs_per_s(system: str, address: str, clients: int, seconds: float) -> float:
+def contending_pairs_per_s(argv, processes: int, seconds: float) -> float:
+    """Start ``processes`` contenders (``argv(name)`` each), wait until all are ready, say "go" to
+    all, and sum their pairs over ``seconds``. Every read has a deadline."""
     env = dict(os.environ, PYTHONPATH=str(REPO), AGENTFLOW_LOG="warning")
-    procs = [subprocess.Popen([sys.executable, __file__, "--contend", system, address, str(seconds), f"c{i}"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)
-             for i in range(clients)]
+    procs = [subprocess.Popen(argv(f"c{i}"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
+                              env=env) for i in range(processes)]
     try:
         for proc in procs:
-            if not json.loads(proc.stdout.readline() or "{}").get("ready"):
-                raise RuntimeError(f"a {system} contender did not start")
+            read_line(proc, 120, "a contender", '{"ready"')
         for proc in procs:
             proc.stdin.write("go\n")
             proc.stdin.flush()
-        counts = [json.loads(proc.stdout.readline())["pairs"] for proc in procs]
+        counts = [json.loads(read_line(proc, seconds + 90, "a contender", '{"pairs"'))["pairs"] for proc in procs]
     finally:
         for proc in procs:
             try:
@@ -247,6 +278,19 @@ def contending_pairs_per_s(system: str, address: str, clients: int, seconds: flo
                 proc.wait(10)
             proc.stdout.close()
     return sum(counts) / seconds
+
+
+def ours(system: str, address: str, seconds: float, threads: int, keys: str):
+    """The argv maker of this file's own contenders (AgentFlow and Redis)."""
+    return lambda name: [sys.executable, __file__, "--contend", system, address, str(seconds), name, str(threads),
+                         keys]
+
+
+def contended_runs(args, argv_maker) -> dict:
+    """The contending figures: ``--clients`` processes on one key, ``--keys`` clients on their own keys."""
+    per_process = max(1, args.keys // 8)
+    return {"contended": contending_pairs_per_s(argv_maker(1, "one"), args.clients, args.seconds),
+            "keys": contending_pairs_per_s(argv_maker(per_process, "own"), args.keys // per_process, args.seconds)}
 
 
 # =========================================================================== runs
@@ -268,13 +312,14 @@ def run_agentflow(args, work_dir: Path) -> dict:
         # The lock layer's ceiling: two plain Raft commits (Noop through Client.propose) per "pair".
         noop = lambda: client.propose(Noop(0)) == 0  # noqa: E731
         raft_per_s, _ = sequential_pairs(noop, noop, args.pairs)
-        contended = contending_pairs_per_s("agentflow", cluster.master_url, args.clients, args.seconds)
+        url = cluster.master_url
+        contended = contended_runs(args, lambda threads, keys: ours("agentflow", url, args.seconds, threads, keys))
     finally:
         client.close()
         cluster.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
-    return {"per_s": per_s, "p50": percentile(samples, 0.5), "p99": percentile(samples, 0.99), "contended": contended,
-            "raft_noop_pairs_per_s": raft_per_s}
+    return {"per_s": per_s, "p50": percentile(samples, 0.5), "p99": percentile(samples, 0.99),
+            "raft_noop_pairs_per_s": raft_per_s, **contended}
 
 
 def run_redis(args, work_dir: Path, durable: bool = False) -> dict:
@@ -283,59 +328,99 @@ def run_redis(args, work_dir: Path, durable: bool = False) -> dict:
         lock = RedisLock(server.port)
         per_s, samples = sequential_pairs(lambda: lock.acquire(KEY), lambda: lock.release(KEY), args.pairs)
         lock.close()
-        contended = contending_pairs_per_s("redis", str(server.port), args.clients, args.seconds)
+        port = str(server.port)
+        contended = contended_runs(args, lambda threads, keys: ours("redis", port, args.seconds, threads, keys))
     finally:
         server.stop()
-    return {"per_s": per_s, "p50": percentile(samples, 0.5), "p99": percentile(samples, 0.99), "contended": contended}
+    return {"per_s": per_s, "p50": percentile(samples, 0.5), "p99": percentile(samples, 0.99), **contended}
+
+
+def run_etcd(args, work_dir: Path, python: str) -> dict:
+    data_dir = Path(tempfile.mkdtemp(prefix="etcd-", dir=args.data_dir or work_dir))
+    cluster = EtcdCluster(data_dir)
+    script = str(PEERS / "etcd_locks.py")
+    try:
+        one = run_child([python, script, "sequential", cluster.endpoints, str(args.pairs), "session"], 300)
+        library = run_child([python, script, "sequential", cluster.endpoints, str(args.pairs), "library"], 300)
+        endpoints = cluster.endpoints
+        contended = contended_runs(args, lambda threads, keys: lambda name: [
+            python, script, "contend", endpoints, str(args.seconds), name, str(threads), keys])
+    finally:
+        cluster.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return {**one, "library_per_s": library["per_s"], "library_p50": library["p50"], **contended}
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--contend":
-        contend(sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[5])
+        system, address, seconds, name, threads, keys = sys.argv[2:8]
+        contend(system, address, float(seconds), name, int(threads), keys)
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--pairs", type=int, default=500, help="sequential pairs of the one-client figures")
-    parser.add_argument("--seconds", type=float, default=4.0, help="duration of the contending-clients figure")
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--data-dir", default=None, help="where the masters' SQLite files go (default: a temp dir)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="duration of each contending figure")
+    parser.add_argument("--clients", type=int, default=8, help="contending client processes on one key")
+    parser.add_argument("--keys", type=int, default=64, help="clients on keys of their own (8 processes)")
+    parser.add_argument("--data-dir", default=None, help="where the masters' and etcd's files go (default: a temp dir)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    peer = redis_version()
+    redis = redis_version()
+    etcd = etcd_version()
+    etcd_python, why = peer_python("etcd3", ETCD_REQUIREMENTS) if etcd else (None, "")
+    if etcd is None:
+        print(f"etcd is not installed ({ETCD_INSTALL}): its rows are reported missing", file=sys.stderr)
+    elif etcd_python is None:
+        print(f"no etcd3 client venv ({why}): the etcd rows are reported missing", file=sys.stderr)
+    if redis is None:
+        print("redis-server is not installed (apt-get install redis-server): its rows are reported missing",
+              file=sys.stderr)
     work_dir = Path(tempfile.mkdtemp(prefix="bench-locks-"))
-    agentflow_runs, redis_runs, durable_runs = [], [], []
+    runs: dict[str, list[dict]] = {"agentflow": [], "etcd": [], "redis": [], "redis-fsync": []}
     try:
         for run in range(args.runs):
-            agentflow_runs.append(run_agentflow(args, work_dir))
-            if peer is not None:
-                redis_runs.append(run_redis(args, work_dir))
-                durable_runs.append(run_redis(args, work_dir, durable=True))
-            print(f"run {run + 1}: agentflow {agentflow_runs[-1]}" + (f" redis {redis_runs[-1]}" if redis_runs else "")
-                  + (f" redis-fsync {durable_runs[-1]}" if durable_runs else ""), flush=True)
+            runs["agentflow"].append(run_agentflow(args, work_dir))
+            if etcd_python:
+                runs["etcd"].append(run_etcd(args, work_dir, etcd_python))
+            if redis is not None:
+                runs["redis"].append(run_redis(args, work_dir))
+                runs["redis-fsync"].append(run_redis(args, work_dir, durable=True))
+            print(f"run {run + 1}: " + " ".join(f"{name} {found[-1]}" for name, found in runs.items() if found),
+                  flush=True)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    peer_name = peer or "redis (not installed)"
-    results = [
-        Result("lock_pairs_per_s", "pairs/s", True, [r["per_s"] for r in agentflow_runs], peer_name,
-               [r["per_s"] for r in redis_runs]),
-        Result("lock_pair_p50_us", "us", False, [r["p50"] for r in agentflow_runs], peer_name,
-               [r["p50"] for r in redis_runs]),
-        Result("lock_pair_p99_us", "us", False, [r["p99"] for r in agentflow_runs], peer_name,
-               [r["p99"] for r in redis_runs]),
-        Result(f"lock_pairs_per_s_{args.clients}_clients", "pairs/s", True, [r["contended"] for r in agentflow_runs],
-               peer_name, [r["contended"] for r in redis_runs]),
-    ]
-    # The same peer made durable (one node, every write fsynced, still nothing replicated).
-    durable_name = f"{peer_name}, appendfsync always"
-    results.append(Result("lock_pairs_per_s_vs_durable_redis", "pairs/s", True, [r["per_s"] for r in agentflow_runs],
-                          durable_name, [r["per_s"] for r in durable_runs]))
-    results.append(Result(f"lock_pairs_per_s_{args.clients}_clients_vs_durable_redis", "pairs/s", True,
-                          [r["contended"] for r in agentflow_runs], durable_name,
-                          [r["contended"] for r in durable_runs]))
+
+    etcd_name = f"{etcd} (3 members, fsync), etcd3 client, session lock" if etcd_python else \
+        f"etcd (missing: {ETCD_INSTALL})" if etcd is None else "etcd (no etcd3 client venv)"
+    redis_name = redis or "redis (missing: apt-get install redis-server)"
+    durable_name = f"{redis_name}, appendfsync always"
+    keys = f"lock_pairs_per_s_{args.keys}_keys"
+    contended = f"lock_pairs_per_s_{args.clients}_clients"
+
+    def rows(suffix: str, peer: str, peer_runs: list[dict]) -> list[Result]:
+        def of(field: str, found: list[dict]) -> list[float]:
+            return [r[field] for r in found]
+
+        af = runs["agentflow"]
+        return [
+            Result(f"lock_pairs_per_s{suffix}", "pairs/s", True, of("per_s", af), peer, of("per_s", peer_runs)),
+            Result(f"lock_pair_p50_us{suffix}", "us", False, of("p50", af), peer, of("p50", peer_runs)),
+            Result(f"lock_pair_p99_us{suffix}", "us", False, of("p99", af), peer, of("p99", peer_runs)),
+            Result(f"{contended}{suffix}", "pairs/s", True, of("contended", af), peer, of("contended", peer_runs)),
+            Result(f"{keys}{suffix}", "pairs/s", True, of("keys", af), peer, of("keys", peer_runs)),
+        ]
+
+    results = rows("", etcd_name, runs["etcd"])
+    results.append(Result("lock_pairs_per_s_vs_etcd3_library_lock", "pairs/s", True,
+                          [r["per_s"] for r in runs["agentflow"]], f"{etcd or 'etcd'}, the etcd3 package's Lock"
+                          " (a lease per acquire)", [r["library_per_s"] for r in runs["etcd"]]))
+    results += rows("_vs_redis", f"{redis_name} (no persistence, one node)", runs["redis"])
+    results += rows("_vs_durable_redis", f"{durable_name} (one node)", runs["redis-fsync"])
     # Not a peer: how close the lock layer comes to the Raft commits under it (ratio near 1: it adds little).
-    results.append(Result("lock_pairs_per_s_vs_raft_noop_pairs", "pairs/s", True, [r["per_s"] for r in agentflow_runs],
-                          "agentflow raft: 2 Noop commits", [r["raft_noop_pairs_per_s"] for r in agentflow_runs]))
+    results.append(Result("lock_pairs_per_s_vs_raft_noop_pairs", "pairs/s", True,
+                          [r["per_s"] for r in runs["agentflow"]], "agentflow raft: 2 Noop commits",
+                          [r["raft_noop_pairs_per_s"] for r in runs["agentflow"]]))
     report("locks", results, args.json)
 
 

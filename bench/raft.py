@@ -322,7 +322,7 @@ def agentflow_failover(node, masters: list, leader, urls: list[str]) -> tuple[fl
     go = threading.Event()
 
     def stock_writer() -> None:
-        go.wait()
+        go.wait(60)
         stock.propose(Noop("after-kill-stock"), timeout_s=30)
         stock_result["t"] = time.monotonic()
 

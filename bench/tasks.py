@@ -1,19 +1,26 @@
-"""Task benchmark: AgentFlow (3 masters, Raft on, 2 workers) vs Dask distributed, side by side.
+"""Task benchmark: AgentFlow (3 masters, Raft on, 2 workers) vs Ray and Dask, side by side.
 
     .venv/bin/python bench/tasks.py [--runs 3] [--tasks 10000] [--chain 500] [--fanout 5000] [--json FILE]
 
-Workloads, each run on both systems in the same run:
+Workloads, each run on every system in the same run:
 * ``noop_tasks_per_s``: N independent tasks calling a function that does nothing;
 * ``chain_ms_per_hop``: a chain of dependent tasks, wall time divided by its length;
 * ``fanout_5000_s``: one root, 5,000 children, one join, wall time.
-Every AgentFlow completion is committed through Raft. Dask runs LocalCluster(n_workers=2,
-threads_per_worker=1) when installed (reported missing otherwise, never invented).
+Every AgentFlow completion is committed through Raft. Peers, each a child process under a
+deadline (bench/peers/): Ray with its defaults on 127.0.0.1 (one worker process per core), in
+its own venv (.venv-peers/ray, made through pip on first use); Dask LocalCluster(n_workers=2,
+threads_per_worker=1) from the project's ``bench`` extra. A row's peer is the best of them in
+this run, and the ``_vs_ray`` and ``_vs_dask`` rows compare with each; a peer that is not
+installed is reported missing, never invented.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -22,17 +29,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Result, report  # noqa: E402
+from bench.common import PEERS, Result, peer_python, report, run_child  # noqa: E402
 from protocols.workflow_spec import TaskNode, TaskResources, Workflow  # noqa: E402
 from runtime.client import Client  # noqa: E402
 from agentflow.cluster import LocalCluster  # noqa: E402
 
 NOOP_CALL = "builtins:int"  # int() -> 0: a function call that does nothing, importable everywhere
 NO_RESOURCES = TaskResources(cpu=0.0)  # placement by slots only: a no-op reserves nothing
-
-
-def noop(*_args):
-    return 0
 
 
 # --------------------------------------------------------------------------- AgentFlow
@@ -63,40 +66,39 @@ def agentflow_wall_s(client: Client, workflow: Workflow) -> float:
     return elapsed
 
 
-# --------------------------------------------------------------------------- Dask
+# --------------------------------------------------------------------------- peers
+
+PEER_RUN_TIMEOUT_S = 1800
+WORKLOADS = ("noop", "chain", "fanout")
 
 
-def dask_runs(args, runs: int) -> tuple[str, dict[str, list[float]]] | None:
-    try:
-        import dask
-        from distributed import Client as DaskClient, LocalCluster as DaskCluster
-    except ImportError:
-        return None
-    import logging
+def peer_runs(name: str, args) -> tuple[str, dict[str, list[float]]]:
+    """(the peer's name and version, its runs per workload); no runs, and why, when it cannot run."""
+    if name == "ray":
+        python, why = peer_python("ray", ["ray==2.60.0"])
+    elif importlib.util.find_spec("distributed") is None:
+        python, why = None, "not installed: pip install -e '.[bench]'"
+    else:
+        python, why = sys.executable, ""
+    if python is not None:
+        try:
+            found = run_child([python, str(PEERS / f"{name}_tasks.py"), "--runs", str(args.runs), "--tasks",
+                               str(args.tasks), "--chain", str(args.chain), "--fanout", str(args.fanout)],
+                              PEER_RUN_TIMEOUT_S)
+            return found["peer"], {workload: found[workload] for workload in WORKLOADS}
+        except RuntimeError as exc:
+            why = str(exc)
+    print(f"{name}: {why}", file=sys.stderr)
+    return f"{name} ({why})", {workload: [] for workload in WORKLOADS}
 
-    logging.getLogger("distributed").setLevel(logging.CRITICAL)  # its shutdown chatter is not a result
-    results: dict[str, list[float]] = {"noop": [], "chain": [], "fanout": []}
-    with DaskCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            DaskClient(cluster) as client:
-        client.submit(noop, 0).result()
-        for _ in range(runs):
-            started = time.perf_counter()
-            client.gather(client.map(noop, range(args.tasks), pure=False))
-            results["noop"].append(args.tasks / (time.perf_counter() - started))
 
-            started = time.perf_counter()
-            future = client.submit(noop, 0, pure=False)
-            for _ in range(args.chain - 1):
-                future = client.submit(noop, future, pure=False)
-            future.result()
-            results["chain"].append((time.perf_counter() - started) * 1000 / args.chain)
-
-            started = time.perf_counter()
-            root = client.submit(noop, 0, pure=False)
-            children = [client.submit(noop, root, i, pure=False) for i in range(args.fanout)]
-            client.submit(noop, *children, pure=False).result()
-            results["fanout"].append(time.perf_counter() - started)
-    return f"dask {dask.__version__}", results
+def best_peer(peers: dict[str, tuple[str, dict]], workload: str, higher_is_better: bool) -> tuple[str, list[float]]:
+    measured = [(statistics.median(runs[workload]), name, runs[workload]) for name, runs in peers.values()
+                if runs[workload]]
+    if not measured:
+        return " / ".join(name for name, _ in peers.values()), []
+    _, name, runs = (max if higher_is_better else min)(measured, key=lambda m: m[0])
+    return name, runs
 
 
 # --------------------------------------------------------------------------- main
@@ -114,28 +116,34 @@ def main() -> None:
     os.environ.setdefault("AGENTFLOW_LOG", "warn")
 
     runs: dict[str, list[float]] = {"noop": [], "chain": [], "fanout": []}
-    with tempfile.TemporaryDirectory(prefix="agentflow-bench-") as directory:
-        local = LocalCluster(directory, masters=3, workers=2, first_port=26767,
-                             worker_options=["--max-concurrent-tasks", str(args.slots)])
-        try:
-            local.start()
-            with Client(local.master_url, timeout_s=30) as client:
-                agentflow_wall_s(client, agentflow_workflow("independent", 10))  # warm up
-                for run in range(args.runs):
-                    runs["noop"].append(args.tasks / agentflow_wall_s(client, agentflow_workflow("independent", args.tasks)))
-                    runs["chain"].append(agentflow_wall_s(client, agentflow_workflow("chain", args.chain)) * 1000 / args.chain)
-                    runs["fanout"].append(agentflow_wall_s(client, agentflow_workflow("fanout", args.fanout)))
-                    print(f"agentflow run {run + 1}/{args.runs} done", file=sys.stderr)
-        finally:
-            local.stop()
+    directory = tempfile.mkdtemp(prefix="agentflow-bench-")
+    local = LocalCluster(directory, masters=3, workers=2, worker_options=["--max-concurrent-tasks", str(args.slots)])
+    finished = False
+    try:
+        local.start()
+        with Client(local.master_url, timeout_s=30) as client:
+            agentflow_wall_s(client, agentflow_workflow("independent", 10))  # warm up
+            for run in range(args.runs):
+                runs["noop"].append(args.tasks / agentflow_wall_s(client, agentflow_workflow("independent", args.tasks)))
+                runs["chain"].append(agentflow_wall_s(client, agentflow_workflow("chain", args.chain)) * 1000 / args.chain)
+                runs["fanout"].append(agentflow_wall_s(client, agentflow_workflow("fanout", args.fanout)))
+                print(f"agentflow run {run + 1}/{args.runs} done", file=sys.stderr)
+        finished = True
+    finally:
+        local.stop()
+        if finished:
+            shutil.rmtree(directory, ignore_errors=True)
+        else:
+            print(f"agentflow failed: its masters' and workers' logs are kept in {directory}", file=sys.stderr)
 
-    peer = dask_runs(args, args.runs)
-    peer_name, peer_runs = peer if peer else ("dask (not installed)", {"noop": [], "chain": [], "fanout": []})
-    results = [
-        Result("noop_tasks_per_s", "tasks/s", True, runs["noop"], peer_name, peer_runs["noop"]),
-        Result("chain_ms_per_hop", "ms", False, runs["chain"], peer_name, peer_runs["chain"]),
-        Result(f"fanout_{args.fanout}_s", "s", False, runs["fanout"], peer_name, peer_runs["fanout"]),
-    ]
+    peers = {name: peer_runs(name, args) for name in ("ray", "dask")}
+    metrics = {"noop": ("noop_tasks_per_s", "tasks/s", True), "chain": ("chain_ms_per_hop", "ms", False),
+               "fanout": (f"fanout_{args.fanout}_s", "s", False)}
+    results = []
+    for suffix, choose in (("", None), ("_vs_ray", "ray"), ("_vs_dask", "dask")):
+        for workload, (metric, unit, higher) in metrics.items():
+            name, found = best_peer(peers if choose is None else {choose: peers[choose]}, workload, higher)
+            results.append(Result(metric + suffix, unit, higher, runs[workload], name, found))
     report("tasks", results, args.json_path)
 
 

@@ -9,6 +9,11 @@ In one run, against servers in other processes on 127.0.0.1:
 * AgentFlow: pipelined remote ``tell`` to a counting actor, and ``ask`` from a user thread to a
   pinned echo actor and to a pykka (threaded) echo actor; and the blocking ask every ``Client``
   call makes (``runtime.client.DirectAsks``: sent and answered on the caller's own socket).
+
+Nothing here waits without a deadline: a client's receive gives up after RECV_TIMEOUT_S with an
+error naming what it waited for, and the servers' ROUTERs never drop a reply (no send high-water
+mark, ROUTER_MANDATORY), so a lost reply cannot be what a figure measures, nor leave a client
+waiting.
 """
 
 from __future__ import annotations
@@ -27,40 +32,53 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Result, percentile, report  # noqa: E402
+from bench.peers.child import PAYLOAD, read_line  # noqa: E402
 from runtime.actor import Actor  # noqa: E402
 from runtime.client import DirectAsks  # noqa: E402
 from runtime.node import Node  # noqa: E402
 
-PAYLOAD = {"task_id": "task-000123", "op": "run", "priority": 500, "args": [1, 2, 3],
-           "kwargs": {"x": 1}, "worker": "worker-7", "attempt": 1}
+RECV_TIMEOUT_S = 10.0  # no reply for this long: the benchmark fails, naming the wait
 
 
 # --------------------------------------------------------------------------- servers (child process)
 
+def server_socket(context: zmq.Context) -> zmq.Socket:
+    """A ROUTER that never drops a reply: no send high-water mark (a client bounds what it has in
+    flight), and ROUTER_MANDATORY so a reply to a route that is gone fails instead of vanishing."""
+    sock = context.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    print(f"tcp://127.0.0.1:{port}", flush=True)
+    return sock
+
+
+def reply(sock: zmq.Socket, route: bytes, data: bytes) -> None:
+    try:
+        sock.send_multipart([route, data])
+    except zmq.ZMQError:  # EHOSTUNREACH: that client has gone; its reply has no one to reach
+        pass
+
+
 def serve_raw_echo() -> None:
     """Decodes and re-encodes every frame it echoes, as a raw server doing real work would."""
     context = zmq.Context()
-    sock = context.socket(zmq.ROUTER)
-    sock.setsockopt(zmq.LINGER, 0)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    print(f"tcp://127.0.0.1:{port}", flush=True)
+    sock = server_socket(context)
     while True:
         route, data = sock.recv_multipart()
         message = msgpack.unpackb(data)
         if message == "quit":
             break
-        sock.send_multipart([route, msgpack.packb(message)])
+        reply(sock, route, msgpack.packb(message))
     sock.close()
     context.term()
 
 
 def serve_raw() -> None:
     context = zmq.Context()
-    sock = context.socket(zmq.ROUTER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVHWM, 0)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    print(f"tcp://127.0.0.1:{port}", flush=True)
+    sock = server_socket(context)
     count = 0
     while True:
         route, data = sock.recv_multipart()
@@ -70,12 +88,12 @@ def serve_raw() -> None:
         elif isinstance(message, list):  # a batch of one-way messages
             count += len(message)
         elif message == "report":
-            sock.send_multipart([route, msgpack.packb(count)])
+            reply(sock, route, msgpack.packb(count))
             count = 0
         elif message == "quit":
             break
         else:  # an ask: echo it
-            sock.send_multipart([route, data])
+            reply(sock, route, data)
     sock.close()
     context.term()
 
@@ -114,7 +132,23 @@ def serve_agentflow() -> None:
 def start_server(role: str) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, __file__, "--serve", role], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
-    return proc, proc.stdout.readline().strip()
+    return proc, read_line(proc, 30, f"the {role} server", "tcp://")
+
+
+def client_socket(context: zmq.Context, endpoint: str) -> zmq.Socket:
+    """A DEALER whose receives give up after RECV_TIMEOUT_S (zmq.Again; see ``recv``)."""
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, int(RECV_TIMEOUT_S * 1000))
+    sock.connect(endpoint)
+    return sock
+
+
+def recv(sock: zmq.Socket, what: str) -> bytes:
+    try:
+        return sock.recv()
+    except zmq.Again:
+        raise RuntimeError(f"no {what} within {RECV_TIMEOUT_S:g} s") from None
 
 
 def stop_raw_server(endpoint: str) -> None:
@@ -129,12 +163,10 @@ def stop_raw_server(endpoint: str) -> None:
 
 def raw_tells(endpoint: str, messages: int, per_frame: int) -> float:
     context = zmq.Context()
-    sock = context.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
+    sock = client_socket(context, endpoint)
     sock.setsockopt(zmq.SNDHWM, 0)
-    sock.connect(endpoint)
     sock.send(msgpack.packb("warm"))
-    sock.recv()
+    recv(sock, "warm-up echo")
     started = time.perf_counter()
     if per_frame == 1:
         for _ in range(messages):
@@ -143,9 +175,10 @@ def raw_tells(endpoint: str, messages: int, per_frame: int) -> float:
         for _ in range(messages // per_frame):
             sock.send(msgpack.packb([PAYLOAD] * per_frame))
     sock.send(msgpack.packb("report"))
-    received = msgpack.unpackb(sock.recv())
+    received = msgpack.unpackb(recv(sock, "count of one-way messages"))
     elapsed = time.perf_counter() - started
-    assert received == messages // per_frame * per_frame, received
+    if received != messages // per_frame * per_frame:
+        raise RuntimeError(f"the raw server counted {received} of {messages // per_frame * per_frame} messages")
     sock.close()
     context.term()
     return received / elapsed
@@ -154,9 +187,7 @@ def raw_tells(endpoint: str, messages: int, per_frame: int) -> float:
 def raw_pipelined(endpoint: str, messages: int, per_frame: int, window: int = 1000) -> float:
     """Round trips/s with up to ``window`` messages outstanding (the probe's raw measure)."""
     context = zmq.Context()
-    sock = context.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
+    sock = client_socket(context, endpoint)
     frame = msgpack.packb(PAYLOAD if per_frame == 1 else [PAYLOAD] * per_frame)
     frames = messages // per_frame
     window_frames = max(1, window // per_frame)
@@ -166,7 +197,7 @@ def raw_pipelined(endpoint: str, messages: int, per_frame: int, window: int = 10
         while sent < frames and sent - received < window_frames:
             sock.send(frame)
             sent += 1
-        msgpack.unpackb(sock.recv())
+        msgpack.unpackb(recv(sock, f"echo ({received} of {frames} frames back)"))
         received += 1
     elapsed = time.perf_counter() - started
     sock.close()
@@ -186,13 +217,11 @@ def round_trips_us(ask: Callable[[int], Any], asks: int) -> list[float]:
 
 def raw_asks(endpoint: str, asks: int) -> list[float]:
     context = zmq.Context()
-    sock = context.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
+    sock = client_socket(context, endpoint)
 
     def ask(i: int) -> None:
         sock.send(msgpack.packb(i))
-        msgpack.unpackb(sock.recv())
+        msgpack.unpackb(recv(sock, "reply to a round trip"))
 
     samples = round_trips_us(ask, asks)
     sock.close()
@@ -207,22 +236,26 @@ def agentflow_tells(node: Node, endpoint: str, actor: str, messages: int) -> flo
     for _ in range(messages):
         ref.tell(PAYLOAD)
     received = 0
+    deadline = time.monotonic() + 60
     while received < messages:
-        received += ref.ask("report", timeout_s=30).get()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{actor} counted {received} of {messages} tells after 60 s (sender dropped "
+                               f"{node.stats().get('send_dropped_hwm', 0)} at its high-water mark)")
+        received += ref.ask("report", timeout_s=RECV_TIMEOUT_S).get()
     return messages / (time.perf_counter() - started)
 
 
 def agentflow_asks(node: Node, endpoint: str, actor: str, asks: int) -> list[float]:
     ref = node.ref(endpoint, actor)
-    ref.ask("warm", timeout_s=10).get()
-    return round_trips_us(lambda i: ref.ask(i, timeout_s=10).get(), asks)
+    ref.ask("warm", timeout_s=RECV_TIMEOUT_S).get()
+    return round_trips_us(lambda i: ref.ask(i, timeout_s=RECV_TIMEOUT_S).get(), asks)
 
 
 def direct_asks(node: Node, endpoint: str, actor: str, asks: int) -> list[float]:
     direct = DirectAsks(node.node_id, node.endpoint)
     try:
-        direct.ask(endpoint, actor, "warm", 10)
-        return round_trips_us(lambda i: direct.ask(endpoint, actor, i, 10), asks)
+        direct.ask(endpoint, actor, "warm", RECV_TIMEOUT_S)
+        return round_trips_us(lambda i: direct.ask(endpoint, actor, i, RECV_TIMEOUT_S), asks)
     finally:
         direct.close()
 

@@ -22,7 +22,7 @@ from typing import Any
 from protocols.agents import AgentDirectory
 from protocols.workflow_table import WorkflowTable
 from protocols.locks import LockTable
-from protocols.raft import ClientSessions
+from protocols.sessions import ClientSessions
 from protocols.wire import DecodeError, ErrorRecord, decode, encode, is_record, record, tag_of
 
 SNAPSHOT_VERSION = 1
@@ -85,13 +85,23 @@ class ControlState:
             return None, ErrorRecord("bad_command", str(exc))
         if isinstance(command, ClientCommand):
             status, result = self.sessions.check_and_record(
-                command.client_id, command.seq, index, lambda: self._dispatch(index, command.body))
+                command.client_id, command.seq, index, lambda: self._dispatch_safely(index, command.body))
             if status == ClientSessions.NEW:
                 return command.body, result
             if status == ClientSessions.EXPIRED:
                 return None, ErrorRecord("session_expired", f"seq {command.seq} is too old")
             return None, result  # a duplicate: the first result
-        return command, self._dispatch(index, command)
+        return command, self._dispatch_safely(index, command)
+
+    def _dispatch_safely(self, index: int, command: Any) -> Any:
+        """``_dispatch``, with any exception turned into the command's error result. Any client
+        can propose any record (fuzzing found two that raised: a Batch of two lock commands, a
+        workflow's part such as ``wf.resources`` sent as a command); raising here would stop
+        every master at this entry, while every master computing the same error goes on."""
+        try:
+            return self._dispatch(index, command)
+        except Exception as exc:
+            return ErrorRecord("bad_command", f"{type(command).__name__}: {type(exc).__name__}")
 
     def _dispatch(self, index: int, command: Any) -> Any:
         if not is_record(command):
@@ -183,7 +193,11 @@ class RemoveMember:
 
 @record("ctl.status")
 class StatusQuery:
-    """This master's own view: role, term, commit and applied index, leader, members."""
+    """This master's own view: role, term, commit and applied index, leader, members; with
+    ``digest``, also a hash of its replicated state at ``last_applied`` (chaos tests compare
+    masters with it; computing it encodes the whole state, so it is never asked by default)."""
+
+    digest: bool = False
 
 
 @record("ctl.transfer")
@@ -239,12 +253,13 @@ class ReprioritizeRequest:
     seq: int
 
 
-def read_query(state: ControlState, query: str, args: dict, now_ms: int) -> Any:
-    """Evaluate a read against the applied state (the caller has made it linearizable)."""
+def read_query(state: ControlState, query: str, args: dict) -> Any:
+    """Evaluate a read against the applied state (the caller has made it linearizable). Leases
+    are read at the replicated clock, as the commands after the read will see them."""
     if query == "lock":
-        return state.locks.check_lock(str(args.get("key", "")), now_ms)
+        return state.locks.check_lock(str(args.get("key", "")), state.locks.clock_ms)
     if query == "locks":
-        return state.locks.list_locks(now_ms)
+        return state.locks.list_locks(state.locks.clock_ms)
     if query == "members":
         return [state.members[node_id] for node_id in sorted(state.members)]
     return ErrorRecord("unknown_query", query)

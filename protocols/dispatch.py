@@ -46,7 +46,7 @@ from protocols.dispatch_messages import (Answer, Applied, Assign, Cancel, Client
 from protocols.queue import DEFAULT_AGING_MS_PER_POINT, order_key
 from protocols.retention import RetentionPolicy
 from protocols.rounds import Queued, QueueDepthBound, QueueReply, QueueRequest, RegistryReply, RegistryRequest
-from protocols.running import RunningIndex
+from protocols.running import CANCEL, CLAIM, RunningIndex, held_attempts, runs_elsewhere
 from protocols.tasks import (ERROR_CANCELLED, ERROR_DRAINING, ERROR_INPUTS_MISSING, HeartbeatAck,
     ReportsAccepted, TaskAssignment, TaskFinished, WorkerWelcome, attempt_key)
 from protocols.workflow_run import TaskState
@@ -60,7 +60,7 @@ scheduler_log = logging.getLogger("agentflow.scheduler")
 
 @dataclass(slots=True)
 class DispatchConfig:
-    claim_grace_ms: int = 3000  # a new leader requeues running tasks nobody claimed by then
+    claim_grace_ms: int = 3000  # running tasks nobody claims by then (new leader) or held (worker) are requeued
     heartbeat_interval_ms: int = 1000  # told to workers in their welcome
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES  # a larger result fails its task
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)  # which finished workflows to forget
@@ -93,6 +93,7 @@ class DispatchState:
         self.control: Any = None
         self._next_id = 0
         self._queue_depth = QueueDepthBound()  # (a new leader's reset keeps its count)
+        self.now_ms = 0  # the latest time an event brought: a round's (its dispatches are stamped with it)
         self.shapes = TaskShapes()
         self._reset()
 
@@ -115,7 +116,6 @@ class DispatchState:
         self.wanted = False
         self._out: list = []
         self._queue_request: QueueRequest | None = None
-        self._settle_later = 0  # a round whose loan all left: settled by the next queue request
         self._registry_request: RegistryRequest | None = None
 
     # ------------------------------------------------------------------ the interface
@@ -124,6 +124,9 @@ class DispatchState:
         handler = _HANDLERS.get(type(event))
         if handler is None:
             raise TypeError(f"not a dispatch event: {type(event).__name__}")
+        now_ms = getattr(event, "now_ms", 0)
+        if now_ms > self.now_ms:
+            self.now_ms = now_ms
         handler(self, event)
 
     def flush(self) -> list:
@@ -160,8 +163,7 @@ class DispatchState:
 
     def _to_queue(self) -> QueueRequest:
         if self._queue_request is None:
-            self._queue_request = QueueRequest(settle_round=self._settle_later)
-            self._settle_later = 0
+            self._queue_request = QueueRequest()
         return self._queue_request
 
     def _to_registry(self, now_ms: int) -> RegistryRequest:
@@ -314,30 +316,22 @@ class DispatchState:
         request = self._to_registry(now_ms)
         request.heartbeats.append((worker_id, heartbeat.load if type(heartbeat.load) is dict else {},
                                    bool(heartbeat.draining)))
-        workflows = self.workflows
         cancel = []
-        for item in heartbeat.running:
-            attempt = attempt_key(item)
-            if attempt is None:
-                continue
-            workflow_id, task_id, number = attempt
-            graph = workflows.get(workflow_id)
-            run = graph.runs.get(task_id) if graph is not None else None
+        for verdict, workflow_id, task_id, number, graph in held_attempts(
+                self.workflows, worker_id, heartbeat.running, self.dispatching):
             key = task_key(workflow_id, task_id)
-            if run is not None and run.state is TaskState.RUNNING and run.attempts == number \
-                    and run.worker_id == worker_id:
+            if verdict is CANCEL:
+                cancel.append([workflow_id, task_id, number])
+                continue
+            if verdict is CLAIM:
                 self.unclaimed.pop(key, None)
-                if key not in self.released:  # (a reported one's slot is free already)
-                    request.claims.append((worker_id, key, self.shapes.of(graph.tasks[task_id])))
-            elif run is not None and run.state is TaskState.READY and run.attempts + 1 == number \
-                    and key not in self.dispatching:
-                # A dispatch the previous leader sent but never committed: adopt the run.
+                if key in self.released:
+                    continue  # a reported one's slot is free already
+            else:  # ADOPT
                 self._to_queue().remove.append(key)
-                request.claims.append((worker_id, key, self.shapes.of(graph.tasks[task_id])))
                 self.dispatching[key] = (worker_id, number)
                 self._out.append(Propose([DispatchTask(workflow_id, task_id, number, worker_id, now_ms)]))
-            elif key not in self.dispatching:
-                cancel.append([workflow_id, task_id, number])
+            request.claims.append((worker_id, key, self.shapes.of(graph.tasks[task_id])))
         self._out.append(Answer(event.reply, HeartbeatAck(True, cancel)))
         self._reconcile(worker_id, heartbeat.running, now_ms)
 
@@ -346,7 +340,7 @@ class DispatchState:
         if worker_id not in self.running.on_worker:
             return
         listed = {key for key in map(attempt_key, held) if key is not None}
-        requeues = [command for key in self.running.lost(worker_id, listed)
+        requeues = [command for key in self.running.lost(worker_id, listed, now_ms, self.config.claim_grace_ms)
                     for command in self._requeue(key, "its worker does not have it", now_ms)]
         if requeues:
             self._out.append(Propose(requeues))
@@ -368,11 +362,14 @@ class DispatchState:
             key = task_key(report.workflow_id, report.task_id)
             graph = workflows.get(report.workflow_id)
             run = graph.runs.get(report.task_id) if graph is not None else None
+            dispatching = self.dispatching.get(key)
+            if runs_elsewhere(run, dispatching, worker_id, report.attempt):
+                continue
             # The current attempt's slot is free now, before its completion commits (a run can
             # even report before its own DispatchTask is applied: a hop faster than a commit).
             current = run is not None and (
                 (run.state is TaskState.RUNNING and run.attempts == report.attempt and run.worker_id == worker_id)
-                or self.dispatching.get(key) == (worker_id, report.attempt))
+                or dispatching == (worker_id, report.attempt))
             if current:
                 self._release(worker_id, key, now_ms)
                 self.released.add(key)
@@ -463,6 +460,7 @@ class DispatchState:
             return
         upcoming.round_id = self._token()
         upcoming.offered = take
+        upcoming.now_ms = self.now_ms
         self.round, self.next = upcoming, _Round()
         if self.queued == 0:
             # Nothing waits in the queue (an upper bound of 0): the transient candidates are the
@@ -540,13 +538,9 @@ class DispatchState:
         placed = set(leaving)
         returning = [candidate.key for candidate in current.candidates
                      if candidate.key not in placed and candidate.key not in current.transient]
-        if current.direct:
-            pass  # the queue lent nothing
-        elif returning or self._queue_request is not None:
-            request = self._to_queue()
+        if current.candidates and not current.direct:  # (a direct round borrowed nothing)
+            request = self._to_queue()  # at once, so that the queue's stats are exact when it is idle
             request.settle_round, request.settle_return = current.round_id, returning
-        elif current.candidates:
-            self._settle_later = current.round_id  # nothing goes back: it rides on the next request
         commands = current.commands + dispatches
         if commands:
             self._out.append(Propose(commands, current.answers))

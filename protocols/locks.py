@@ -48,6 +48,10 @@ from protocols.wire import ErrorRecord, record
 log = logging.getLogger("agentflow.lock")
 
 SNAPSHOT_VERSION = 1
+# Times and TTLs above this (about 285 years in ms) are refused: a clock plus a TTL must stay
+# within msgpack's 64-bit integers, or the table could no longer be snapshotted (fuzzing found a
+# TTL of 2**64-1 that did just that).
+MAX_MS = 2**53
 
 
 # --------------------------------------------------------------------------- commands
@@ -256,8 +260,8 @@ def _invalid(command: Any) -> str | None:
     if not isinstance(owner, str) or not owner:
         return "invalid: owner must be a non-empty string"
     ttl_ms = getattr(command, "ttl_ms", 1)
-    if not isinstance(ttl_ms, int) or isinstance(ttl_ms, bool) or ttl_ms <= 0:
-        return "invalid: ttl_ms must be a positive integer"
+    if not isinstance(ttl_ms, int) or isinstance(ttl_ms, bool) or not 0 < ttl_ms <= MAX_MS:
+        return f"invalid: ttl_ms must be a positive integer up to {MAX_MS}"
     return None
 
 
@@ -286,7 +290,7 @@ class LockTable:
         return LockOutcome(reply, effects.grants, effects.expired)
 
     def _advance_clock(self, now_ms: Any) -> int:
-        if isinstance(now_ms, int) and not isinstance(now_ms, bool) and now_ms > self.clock_ms:
+        if isinstance(now_ms, int) and not isinstance(now_ms, bool) and self.clock_ms < now_ms <= MAX_MS:
             self.clock_ms = now_ms
         return self.clock_ms
 

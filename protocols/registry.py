@@ -5,8 +5,7 @@ Rules of this module:
 * It is pure and deterministic: time comes in as ``now_ms``; workers are kept in registration
   order and every choice breaks ties by worker id, so the same inputs give the same answer.
 * The scheduler keeps the table as the leader's soft state (workers register again with a new
-  leader). The ``registry.*`` command records and ``apply`` would replicate membership through
-  the log; nothing proposes them yet.
+  leader); nothing of it goes through the log.
 * Health: a worker whose last heartbeat is ``max_missed_heartbeats`` intervals old (3 x 1000 ms
   by default) is marked ``offline`` by ``check_health``; its next heartbeat brings it back.
 * Placement (``select``): a worker qualifies when it is ``active`` or ``busy`` with a free slot
@@ -182,26 +181,6 @@ class WorkerEntry:
         )
 
 
-# --------------------------------------------------------------------------- commands
-
-
-@record("registry.register")
-class RegisterWorker:
-    info: WorkerInfo
-    now_ms: int
-
-
-@record("registry.unregister")
-class UnregisterWorker:
-    worker_id: str
-
-
-@record("registry.set_status")
-class SetWorkerStatus:
-    worker_id: str
-    status: str
-
-
 class WorkerRegistry:
     """The table of workers. See the module docstring for the rules."""
 
@@ -259,22 +238,6 @@ class WorkerRegistry:
         if entry.status is WorkerStatus.ACTIVE:
             self._update_busy(entry)
         return True
-
-    def apply(self, command: RegisterWorker | UnregisterWorker | SetWorkerStatus) -> bool:
-        """Apply a replicated membership command; False if it does not apply."""
-        if isinstance(command, RegisterWorker):
-            self.register(command.info, command.now_ms)
-            return True
-        if isinstance(command, UnregisterWorker):
-            known = command.worker_id in self.workers
-            self.unregister(command.worker_id)
-            return known
-        if isinstance(command, SetWorkerStatus):
-            try:
-                return self.set_worker_status(command.worker_id, command.status)
-            except ValueError:
-                return False
-        return False
 
     # ----------------------------------------------------------------- health
 

@@ -7,9 +7,10 @@ Rules:
   others, oldest first (the table lists them in the order they finished), at most
   ``MAX_FORGETS_PER_CALL`` at a time so that no entry grows big. Every master applies the same
   commands, so every master forgets the same workflows; a forgotten one leaves a tombstone.
-* Time is the table's: the scheduler stamps commands with a clock that continues from the
-  table's latest time across leader changes, so a workflow's age is measured on one timeline
-  (a failover's gap only makes it look younger: kept longer, never forgotten early).
+* Time is the table's: the scheduler stamps commands with its machine's monotonic clock, moved
+  ahead to the table's latest time when a new leader's runs behind, so the timeline never goes
+  back. On one machine ages are exact; a new leader on a machine whose clock is ahead makes
+  finished workflows look older by the difference (forgotten that much earlier).
 * Defaults: 1,000 workflows and one day, whichever is smaller.
 """
 

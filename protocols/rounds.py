@@ -21,7 +21,7 @@ Rules:
   stops when no slot is left; the loan is then settled: the keys in ``settle_return`` (not
   placed, still wanted) go back in their place (same score and FIFO position), the rest of it
   leaves. Transient candidates never go back (the log makes them ready and the scheduler
-  enqueues them then). A settle with nothing to return rides on the scheduler's next request.
+  enqueues them then).
 * Nothing here reads a clock: times come in requests.
 * These messages never leave the process (plain classes, not wire records).
 """

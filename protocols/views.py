@@ -32,7 +32,8 @@ def workflow_document(graph: TaskDependencyGraph, tasks: bool = True, summary: b
         document["tasks"] = {
             task_id: {"state": run.state.value, "attempts": run.attempts, "worker": run.worker_id or None,
                       "exit_code": run.exit_code, "error": run.error or None, "result": run.result,
-                      "stdout_tail": run.stdout_tail, "stderr_tail": run.stderr_tail}
+                      "stdout_tail": run.stdout_tail, "stderr_tail": run.stderr_tail,
+                      "started_ms": run.started_ms, "finished_ms": run.finished_ms}
             for task_id, run in graph.runs.items()}
     return document
 

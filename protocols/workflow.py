@@ -167,19 +167,35 @@ def _parse_locality(value: Any, fail) -> list | None:
     raise fail("locality must be none, a dependency's task id, or a list of them")
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML without aliases: ``*name`` shares a node, so nine lines of aliases nesting nine deep
+    stand for 9**9 strings, which validating and encoding expand (a "billion laughs" file kept
+    `agentflow submit` busy for minutes). No workflow needs one."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in workflow files",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
 def _load(text: str, filename: str) -> Any:
-    if filename.endswith(".json") or text.lstrip().startswith("{"):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as error:
-            raise WorkflowError(f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}", None, filename) from None
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error)
-        raise WorkflowError(f"not valid YAML: {problem}{where}", None, filename) from None
+        if filename.endswith(".json") or text.lstrip().startswith("{"):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as error:
+                raise WorkflowError(f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}", None,
+                                    filename) from None
+        try:
+            return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+            problem = " ".join((getattr(error, "problem", None) or str(error)).split())  # one line (a ReaderError has 2)
+            raise WorkflowError(f"not valid YAML: {problem}{where}", None, filename) from None
+    except RecursionError:  # both parsers recurse per level of nesting
+        raise WorkflowError("nested too deeply", None, filename) from None
 
 
 def _parse_task(value: Any, index: int, filename: str) -> TaskNode:

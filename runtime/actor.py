@@ -122,6 +122,8 @@ class Actor(pykka.ThreadingActor):
                     if inbound.kind == ASK:
                         self.node.answer(inbound, None, ErrorRecord("handler_error", repr(exc)))
                     continue
+                if type(result) is ErrorRecord:
+                    self.node.count(f"rejected_{result.kind}")  # every refusal counted, by reason
                 if inbound.kind == ASK and not isinstance(result, Deferred):
                     self.node.answer(inbound, result)
         finally:

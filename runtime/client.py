@@ -278,9 +278,14 @@ class Client:
             tried.append(endpoint)
             try:
                 answer = self._direct.ask(endpoint, actor, message, min(remaining, per_try_timeout_s))
-            except AskTimeout:
+            except AskTimeout as exc:
                 self._suspects[endpoint] = time.monotonic() + SUSPECT_S
                 self._leader_endpoint = None
+                now = time.monotonic()
+                if isinstance(exc, PeerUnreachable) and all(self._suspects.get(m, 0.0) > now for m in self.masters):
+                    # Every master refused at once: without a pause a cluster that is down is asked
+                    # in a tight loop, a new socket each time, until ZeroMQ runs out of sockets.
+                    self._pause(deadline)
                 continue
             except RemoteError as exc:
                 if exc.kind != "not_committed":
@@ -335,6 +340,8 @@ class Client:
         # Validating, logging and applying a workflow takes time in proportion to its tasks (about
         # 30 us a task on three local masters); a retry before that only queues behind the first.
         per_try_timeout_s = PER_TRY_TIMEOUT_S + SUBMIT_S_PER_TASK * len(workflow.tasks)
+        if timeout_s is None:  # the client's deadline must leave room for a few tries of a big one
+            timeout_s = max(self.timeout_s, 3 * per_try_timeout_s)
         result = self.call(SCHEDULER_ACTOR, SubmitWorkflowRequest(workflow, command.client_id, command.seq), timeout_s,
                            per_try_timeout_s=per_try_timeout_s)
         if not result.get("ok"):

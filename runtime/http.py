@@ -1,87 +1,93 @@
-"""HTTP on each master: ``/metrics`` (Prometheus text), ``/health`` and ``/stats`` (JSON).
+"""HTTP on each master and worker: ``/metrics``, ``/health``, ``/health/live`` and ``/stats``.
 
-Role: a read-only window for operators and scrapers. It runs its own small server thread and
-never touches actors' state directly: it calls ``stats_provider()``, which asks the actors
-with a deadline. ``/health`` answers 200 when the node is serving (it answered in time and
-knows a leader), 503 otherwise, with the same JSON body either way.
+    server = HttpServer("127.0.0.1", 6777, snapshot, metrics.registry).start()   # ... server.stop()
+
+Role: a read-only window for operators, probes and scrapers, on a small server thread of its own.
+It never reads actors' state itself: ``snapshot()`` builds the node's document on the node's own
+thread (``on_node_thread``) and answers within a deadline, or None.
+
+* ``/metrics``: the Prometheus text of ``registry`` (runtime/metrics.py; none: empty).
+* ``/health``: readiness. 200 when the node serves, 503 otherwise, with a JSON body
+  ``{"status": "serving"|"not serving", "reason", "node_id", "role", ...}`` either way. What
+  "serves" means is the snapshot's ``serving`` (on a master: it knows a leader of its own term).
+* ``/health/live``: liveness, 200 while the process and this thread run.
+* ``/stats``: the snapshot document itself (JSON), 503 when the node did not answer in time.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-from prometheus_client.core import CollectorRegistry, GaugeMetricFamily
-from prometheus_client.exposition import generate_latest
+from prometheus_client import CollectorRegistry
 
+from runtime.future import AskTimeout, Future
 from runtime.log import get_logger
+from runtime.metrics import CONTENT_TYPE, render
 
 log = get_logger("http")
 
+SNAPSHOT_TIMEOUT_S = 1.0
+HEALTH_KEYS = ("node_id", "role", "leader", "term")
 
-class _StatsCollector:
-    """Turns the stats document into Prometheus gauges at scrape time."""
 
-    def __init__(self, stats_provider: Callable[[], dict]) -> None:
-        self.stats_provider = stats_provider
+def on_node_thread(node: Any, build: Callable[[], Any], timeout_s: float = SNAPSHOT_TIMEOUT_S) -> Any:
+    """``build()`` run on ``node``'s transport thread (where its pinned actors live), its result
+    returned here; None if that thread did not get to it within ``timeout_s``, or it failed."""
+    future = Future(time.monotonic() + timeout_s)
 
-    def collect(self):
-        stats = self.stats_provider()
-        node = stats.get("node_id", "")
-        raft = stats.get("raft") or {}
-        for key in ("term", "commit_index", "last_applied", "last_index"):
-            if key in raft:
-                gauge = GaugeMetricFamily(f"agentflow_raft_{key}", f"Raft {key} of this master", labels=["node"])
-                gauge.add_metric([node], raft[key])
-                yield gauge
-        leader = GaugeMetricFamily("agentflow_raft_is_leader", "1 when this master leads", labels=["node"])
-        leader.add_metric([node], 1 if raft.get("role") == "leader" else 0)
-        yield leader
-        counters = GaugeMetricFamily("agentflow_node_counter", "Transport and actor counters",
-                                     labels=["node", "counter"])
-        for name, value in sorted((stats.get("counters") or {}).items()):
-            counters.add_metric([node, name], value)
-        yield counters
-        for section, values in sorted(stats.items()):
-            if section in ("raft", "counters") or not isinstance(values, dict):
-                continue
-            family = GaugeMetricFamily(f"agentflow_{section}", f"{section} figures", labels=["node", "name"])
-            for name, value in sorted(values.items()):
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    family.add_metric([node, name], value)
-            yield family
+    def run() -> None:
+        try:
+            future.set_result(build())
+        except Exception as exc:  # reported to the caller, never fatal to the node's thread
+            future.set_exception(exc)
+
+    node.transport.call(run)
+    try:
+        return future.get(timeout_s)
+    except AskTimeout:
+        return None
+    except Exception as exc:
+        log.debug("building the snapshot failed: %r", exc)
+        return None
+
+
+def health_document(snapshot: dict | None) -> tuple[int, dict]:
+    if snapshot is None:
+        return 503, {"status": "not serving", "reason": f"the node did not answer within {SNAPSHOT_TIMEOUT_S} s"}
+    body = {"status": "serving" if snapshot.get("serving") else "not serving", "reason": snapshot.get("reason", "")}
+    body.update({key: snapshot[key] for key in HEALTH_KEYS if key in snapshot})
+    return (200 if snapshot.get("serving") else 503), body
 
 
 class HttpServer:
-    def __init__(self, host: str, port: int, stats_provider: Callable[[], dict]) -> None:
-        registry = CollectorRegistry()
-        registry.register(_StatsCollector(stats_provider))
-
+    def __init__(self, host: str, port: int, snapshot: Callable[[], dict | None],
+                 registry: CollectorRegistry | None = None) -> None:
+        registry = registry if registry is not None else CollectorRegistry()  # (an empty /metrics)
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
                 try:
-                    path = self.path.split("?", 1)[0]
+                    path = self.path.split("?", 1)[0].rstrip("/") or "/"
                     if path == "/metrics":
-                        self._send(200, "text/plain; version=0.0.4", generate_latest(registry))
-                    elif path in ("/health", "/stats"):
-                        stats = stats_provider()
-                        serving = bool(stats.get("serving"))
-                        raft = stats.get("raft") or {}
-                        body: Any = stats if path == "/stats" else {
-                            "status": "serving" if serving else "not serving",
-                            "node_id": stats.get("node_id"),
-                            "role": raft.get("role"),
-                            "leader": raft.get("leader"),
-                        }
-                        code = 200 if path == "/stats" or serving else 503
-                        self._send(code, "application/json", json.dumps(body, default=str).encode())
+                        self._send(200, CONTENT_TYPE, render(registry))
+                    elif path == "/health":
+                        self._json(*health_document(snapshot()))
+                    elif path == "/health/live":
+                        self._json(200, {"status": "alive"})
+                    elif path == "/stats":
+                        document = snapshot()
+                        self._json(200, document) if document is not None else self._json(*health_document(None))
                     else:
-                        self._send(404, "application/json", b'{"error": "not found"}')
-                except Exception as exc:  # a scrape must never take the node down
+                        self._json(404, {"error": "not found", "paths": ["/metrics", "/health", "/health/live", "/stats"]})
+                except Exception as exc:  # a request must never take the node down
                     log.debug("http %s failed: %r", self.path, exc)
-                    self._send(500, "application/json", json.dumps({"error": repr(exc)}).encode())
+                    self._json(500, {"error": repr(exc)})
+
+            def _json(self, code: int, body: Any) -> None:
+                self._send(code, "application/json", json.dumps(body, default=str).encode())
 
             def _send(self, code: int, content_type: str, body: bytes) -> None:
                 self.send_response(code)
@@ -104,6 +110,7 @@ class HttpServer:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for serve_forever, which must have started
+            self._server.shutdown()
+            self._thread.join(5)
         self._server.server_close()
-        self._thread.join(5)

@@ -226,6 +226,10 @@ class Node:
         target = self.targets.get(name)
         return (target.depth, target.handled) if isinstance(target, _PykkaTarget) else (0, 0)
 
+    def mailbox_limit(self, name: str) -> int | None:
+        """The bound of a local actor's mailbox, or None (unbounded, pinned, or no such actor)."""
+        return getattr(self.targets.get(name), "limit", None)
+
     def actor(self, name: str) -> Actor:
         """The local actor object (for tests and in-process composition)."""
         return self._actors[name]

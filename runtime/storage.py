@@ -36,8 +36,9 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 SCHEMA_VERSION = 1
 # "AFRS": AgentFlow Raft Store, in the SQLite header, so we never write into someone else's file.
@@ -151,6 +152,8 @@ class RaftStorage:
 
     def __init__(self, path: str) -> None:
         self.path = os.fspath(path)
+        # Called with the seconds each save's COMMIT (the fsync) took: the fsync histogram.
+        self.on_commit_s: Callable[[float], None] | None = None
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per save.
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -279,7 +282,10 @@ class RaftStorage:
                     "INSERT OR REPLACE INTO hard_state (id, term, vote, commit_index) VALUES (0, ?, ?, ?)",
                     (hard_state.term, hard_state.vote, hard_state.commit),
                 )
+            started_s = time.perf_counter()
             db.execute("COMMIT")
+            if self.on_commit_s is not None:
+                self.on_commit_s(time.perf_counter() - started_s)
         except BaseException as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")

@@ -16,13 +16,11 @@ Rules of this module (docs/ARCHITECTURE.md §2 and §5 rule 7):
 * Bytes from the network never raise out of it: bad frames are counted by reason, logged once
   per peer per minute, and dropped; an ask for an actor that is not here is answered with an
   ``unknown_actor`` error record.
-* It also runs the node's timers and fails asks whose deadline has passed, so nothing else
-  sleeps in a loop.
-* It watches each outbound connection (a ZeroMQ socket monitor): when a peer's connection
-  drops, or a connection to it is refused, the asks waiting on that peer fail at once with
-  ``peer_unreachable`` (a process that died is known in milliseconds, not at a timeout), and
-  new asks to it fail the same way until it is connected again. Tells are queued and
-  delivered on reconnection, as ZeroMQ does.
+* It runs the node's timers and fails asks past their deadline: nothing else sleeps in a loop.
+* It watches each outbound connection (a socket monitor): when a peer's connection drops or is
+  refused, the asks waiting on that peer fail at once with ``peer_unreachable`` (a dead process
+  is known in milliseconds, not at a timeout), and so do new asks until it reconnects. Tells
+  are queued and delivered on reconnection, as ZeroMQ does.
 """
 
 from __future__ import annotations
@@ -296,6 +294,7 @@ class Transport(threading.Thread):
         """Decode one frame and hand each local actor its part of it as one batch."""
         counters = self.counters
         counters["frames_in"] += 1
+        counters["bytes_in"] += len(data)
         try:
             frame = decode_frame(data, self.max_frame_bytes)
         except DecodeError as exc:
@@ -369,6 +368,8 @@ class Transport(threading.Thread):
         now = time.monotonic()
         key = (peer, reason)
         if now - self._last_logged.get(key, -LOG_EVERY_S) >= LOG_EVERY_S:
+            if len(self._last_logged) >= 10_000:  # a key per connection, and connections are free
+                self._last_logged.clear()
             self._last_logged[key] = now
             log.warning("dropped a bad frame from peer %s: %s %s", peer, reason, detail[:120])
 
@@ -449,7 +450,13 @@ class Transport(threading.Thread):
             nodes = {endpoint: node_id for node_id, endpoint in self.peers.items()}
         for endpoint, envelopes in to_peers.items():
             if faults is None or faults.let_through((nodes.get(endpoint, ""), endpoint), endpoint, envelopes):
-                self._send(self._dealer(endpoint), None, envelopes)
+                try:
+                    sock = self._dealer(endpoint)
+                except zmq.ZMQError:  # an endpoint from the network (a Join, a member) libzmq refuses
+                    self.counters["send_bad_endpoint"] += len(envelopes)
+                    self._fail_asks_to(endpoint, "not an endpoint libzmq takes")
+                    continue
+                self._send(sock, None, envelopes)
         for route, envelopes in to_routes.items():
             if faults is None or faults.let_through(self._route_peers.get(route, ("", "")), route, envelopes):
                 self._send(self._router, route, envelopes)
@@ -485,6 +492,7 @@ class Transport(threading.Thread):
                 continue
             counters["frames_out"] += 1
             counters["msgs_out"] += len(chunk)
+            counters["bytes_out"] += len(data)
 
     def _fail_unencodable(self, envelope: tuple, exc: Exception) -> None:
         self.counters["encode_errors"] += 1
@@ -502,7 +510,12 @@ class Transport(threading.Thread):
             monitor = sock.get_monitor_socket(_WATCHED_EVENTS)
             if self.curve is not None:
                 self.curve.client_options(sock, self.server_keys.get(endpoint))
-            sock.connect(endpoint)
+            try:
+                sock.connect(endpoint)  # one bad endpoint once stopped a master's Raft loop (fuzzing)
+            except zmq.ZMQError:
+                monitor.close(linger=0)
+                sock.close(linger=0)
+                raise
             self._dealers[endpoint] = sock
             self._monitors[monitor] = endpoint
             self._poller.register(sock, zmq.POLLIN)

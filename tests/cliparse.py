@@ -14,7 +14,10 @@ from agentflow.cli import app
 def parse_node_command(argv: list[str], env: dict[str, str] | None = None, monkeypatch=None) -> tuple[int, dict, str]:
     """``(exit code, the options run_master/run_worker/run_agent was called with, output)``;
     ``{}`` when the command stopped before starting anything (bad input)."""
+    import zmq
+
     import agentflow.agent_host
+    from runtime.security import CurveKeys
     import agentflow.cli.nodes
     import agentflow.master
     import agentflow.worker
@@ -33,6 +36,13 @@ def parse_node_command(argv: list[str], env: dict[str, str] | None = None, monke
         seen.update(options, spec=spec, agent_id=agent_id, master_urls=master_urls, process="agent host")
         return 0
 
+    def fake_keys(secret_key_file, server_key_file=None, authorized_keys_dir=None):
+        # The manifests name files inside their containers: check the names, make keys of our own.
+        seen["curve_files"] = (str(secret_key_file), server_key_file and str(server_key_file), authorized_keys_dir)
+        public, secret = zmq.curve_keypair()
+        return CurveKeys(public, secret, public, authorized_keys_dir, frozenset())
+
+    monkeypatch.setattr(CurveKeys, "load", staticmethod(fake_keys))
     monkeypatch.setattr(agentflow.agent_host, "run_agent", fake_agent_host)
     monkeypatch.setattr(agentflow.master, "run_master", fake_master)
     monkeypatch.setattr(agentflow.worker, "run_worker", fake_worker)

@@ -23,15 +23,15 @@ def wait_for(condition, timeout_s: float, interval_s: float = 0.02, what: str = 
 
 
 @contextlib.contextmanager
-def running_cluster(data_dir, client_timeout_s: float = 15.0, prepare=None, **options):
+def running_cluster(data_dir, client_timeout_s: float = 15.0, prepare=None, curve=None, **options):
     """A started ``LocalCluster(data_dir, **options)`` and a ``Client`` on it, as ``(cluster,
     client)``; ``prepare(cluster)`` may change the children's arguments before they start. On
     the way out the client is closed and every process stopped; if the block failed, the
     cluster's logs are printed first."""
-    cluster = LocalCluster(data_dir, **options)
+    cluster = LocalCluster(data_dir, client_curve=curve, **options)
     if prepare is not None:
         prepare(cluster)
-    client = Client(cluster.master_url, timeout_s=client_timeout_s)
+    client = Client(cluster.master_url, timeout_s=client_timeout_s, curve=curve)
     try:
         cluster.start(client)
         yield cluster, client

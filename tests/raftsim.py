@@ -1,4 +1,4 @@
-"""A deterministic simulated Raft cluster, for the safety and liveness tests of protocols/raft.py.
+"""A deterministic simulated Raft cluster, for the safety and liveness tests of protocols/raft/.
 
 Everything is driven by one seeded ``random.Random``: the network (drops, duplicates, delays,
 hence reordering; partitions that come and go), crashes and restarts, client proposals, reads,
@@ -12,7 +12,10 @@ restarts from SQLite. After every step the safety properties of the Raft paper a
 * leader completeness: a new leader has every entry known to be committed;
 * state machine safety: every node applies the same entries in the same order, without gaps
   (checked with a running digest of the applied commands at each index);
-* ReadIndex: a read state is never older than a commit that was known when the read began.
+* ReadIndex: a read state is never older than a commit that was known when the read began;
+* Ready: its soft state reports every change of term, role and leader (and its ``must_sync``
+  is what the disk honours: a vote or an entry lost to a Ready that was not synced breaks
+  the checks above).
 
 At the end the network heals (no loss, in order), every node restarts, and a command must
 commit and be applied everywhere within a bounded number of ticks (liveness).
@@ -45,6 +48,7 @@ from protocols.raft import (
     RaftCore,
     Ready,
     Snapshot,
+    SoftState,
 )
 from protocols.wire import decode, encode
 
@@ -80,18 +84,25 @@ def sim_config() -> RaftConfig:
 
 
 class Disk:
-    """What one node persisted: its hard state, log and snapshot."""
+    """What one node persisted: its hard state, log and snapshot. Like the RaftActor, it writes
+    only the Readys that must be synced: a change of the commit index alone waits for the next
+    write (so a restart may come back with an older commit index)."""
 
     def __init__(self) -> None:
         self.hard_state: HardState | None = None
         self.entries: list[Entry] = []
         self.snapshot: Snapshot | None = None
+        self.reported: HardState | None = None  # the newest hard state a Ready reported
 
     @property
     def first_index(self) -> int:
         return (self.snapshot.meta.index if self.snapshot else 0) + 1
 
     def save(self, ready: Ready) -> None:
+        if ready.hard_state is not None:
+            self.reported = ready.hard_state
+        if not ready.must_sync:
+            return
         if ready.snapshot is not None:
             self.snapshot = ready.snapshot
             self.entries = []
@@ -99,8 +110,7 @@ class Disk:
             # Overwrite a conflicting suffix: drop everything from the first new index on.
             del self.entries[max(0, ready.entries[0].index - self.first_index):]
             self.entries.extend(ready.entries)
-        if ready.hard_state is not None:
-            self.hard_state = ready.hard_state
+        self.hard_state = self.reported
 
     def compact(self, snapshot: Snapshot) -> None:
         drop = snapshot.meta.index - self.first_index + 1
@@ -134,6 +144,7 @@ class SimNode:
     disk: Disk = field(default_factory=Disk)
     machine: StateMachine = field(default_factory=StateMachine)
     commit_seen: int = 0  # commit index at the last check, since the last restart
+    soft_state: SoftState | None = None  # as its Readys reported it (the start is not reported)
 
 
 class Cluster:
@@ -178,6 +189,7 @@ class Cluster:
                              entries=list(disk.entries), snapshot=disk.snapshot)
         node.machine = StateMachine()
         node.commit_seen = 0
+        node.soft_state = SoftState(node.core.term, node.core.role, node.core.leader_id)
         if disk.snapshot is not None:
             node.machine.restore(disk.snapshot.data)
 
@@ -336,6 +348,7 @@ class Cluster:
             if core is None or not core.has_ready():
                 return
             ready = core.ready()
+            self.check_soft_state(node, ready)
             self.check_new_entries(core, ready.entries)
             node.disk.save(ready)
             if faulty and self.rng.random() < self.faults.crash_mid_ready:
@@ -386,6 +399,15 @@ class Cluster:
                              f"last={core.last_index} first={core.first_index} voters={core.voters} "
                              f"learners={core.learners} stats={core.stats}")
         return "\n".join(lines)
+
+    def check_soft_state(self, node: SimNode, ready: Ready) -> None:
+        """A Ready reports every change of term, role or leader since the previous one."""
+        if ready.soft_state is not None:
+            node.soft_state = ready.soft_state
+        core = node.core
+        if node.soft_state != SoftState(core.term, core.role, core.leader_id):
+            self.fail(f"{node.node_id}'s Readys say {node.soft_state}, but it is {core.role} in term "
+                      f"{core.term} led by {core.leader_id}")
 
     def check_new_entries(self, core: RaftCore, entries: list[Entry]) -> None:
         if not entries:

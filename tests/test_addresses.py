@@ -59,39 +59,42 @@ def test_every_option_a_manifest_sets_comes_from_the_environment_and_flags_win(m
     env = {"AGENTFLOW_MODE": "master", "AGENTFLOW_PORT": "7000", "AGENTFLOW_HOST": "0.0.0.0",
            "AGENTFLOW_ADVERTISE": "m1.svc", "AGENTFLOW_LEADER_URL": "m0.svc:7000", "AGENTFLOW_DATA_DIR": "/data",
            "AGENTFLOW_HTTP_PORT": "7010", "AGENTFLOW_NODE_ID": "m1", "AGENTFLOW_HEARTBEAT_MS": "200",
-           "AGENTFLOW_ELECTION_TIMEOUT_MS": "2000-4000", "AGENTFLOW_SNAPSHOT_EVERY": "5000"}
+           "AGENTFLOW_ELECTION_TIMEOUT_MS": "2000-4000", "AGENTFLOW_SNAPSHOT_EVERY": "5000",
+           "AGENTFLOW_INSECURE": "1"}  # 0.0.0.0 without CURVE keys is refused otherwise
     code, seen, output = parse_node_command(["master"], env, monkeypatch)
     assert code == 0, output
     assert seen == {"process": "master", "mode": "master", "port": 7000, "host": "0.0.0.0", "advertise": "m1.svc",
                     "leader_url": "m0.svc:7000", "data_dir": "/data", "http_port": 7010, "pub_port": None,
                     "node_id": "m1", "heartbeat_ms": 200, "election_timeout_ms": (2000, 4000),
-                    "snapshot_every_entries": 5000}
+                    "snapshot_every_entries": 5000, "curve": None}
     code, seen, _ = parse_node_command(["master", "--port", "7100", "--node-id", "m9"], env, monkeypatch)
     assert (seen["port"], seen["node_id"], seen["mode"]) == (7100, "m9", "master")
 
     env = {"AGENTFLOW_MASTER_URL": "m0.svc:7000,m1.svc:7000", "WORKER_CPU_CORES": "1.5", "WORKER_MEMORY_MB": "2048",
            "WORKER_GPU_COUNT": "1", "WORKER_GROUP": "gpu", "WORKER_CAPABILITIES": "bash cuda",
            "WORKER_MAX_CONCURRENT_TASKS": "3", "AGENTFLOW_NODE_ID": "w1", "AGENTFLOW_HOST": "0.0.0.0",
-           "AGENTFLOW_ADVERTISE": "10.1.2.3", "AGENTFLOW_PORT": "7200"}
+           "AGENTFLOW_ADVERTISE": "10.1.2.3", "AGENTFLOW_PORT": "7200", "AGENTFLOW_INSECURE": "1"}
     code, seen, output = parse_node_command(["worker"], env, monkeypatch)
     assert code == 0, output
     assert seen == {"process": "worker", "master_urls": "m0.svc:7000,m1.svc:7000", "cpu_cores": 1.5,
                     "memory_mb": 2048, "gpu_count": 1, "group": "gpu", "capabilities": ["bash", "cuda"],
                     "max_concurrent_tasks": 3, "worker_id": "w1", "host": "0.0.0.0", "advertise": "10.1.2.3",
-                    "port": 7200}
+                    "port": 7200, "curve": None, "http_port": None}
     _, seen, _ = parse_node_command(["worker", "--cpu-cores", "4", "--worker-id", "w2"],
                                     {**env, "AGENTFLOW_WORKER_ID": "w7"}, monkeypatch)
     assert (seen["cpu_cores"], seen["worker_id"]) == (4.0, "w2")
     _, seen, _ = parse_node_command(["worker"], {**env, "AGENTFLOW_WORKER_ID": "w7"}, monkeypatch)
     assert seen["worker_id"] == "w7"  # the more specific variable first
     env = {"AGENTFLOW_MASTER_URL": "m0.svc:7000", "AGENTFLOW_HOST": "0.0.0.0", "AGENTFLOW_ADVERTISE": "10.1.2.4",
-           "AGENTFLOW_PORT": "7300", "AGENTFLOW_NODE_ID": "host-1"}
+           "AGENTFLOW_PORT": "7300", "AGENTFLOW_NODE_ID": "host-1", "AGENTFLOW_INSECURE": "1"}
     code, seen, output = parse_node_command(["agent", "run", "pkg.mod:Agent", "--agent-id", "a1"], env, monkeypatch)
     assert code == 0, output
     assert (seen["host"], seen["advertise"], seen["port"], seen["node_id"], seen["master_urls"]) == (
         "0.0.0.0", "10.1.2.4", 7300, "host-1", "m0.svc:7000")
     code, _, output = parse_node_command(["master", "--port", "many"], {}, monkeypatch)
     assert code == 2 and "--port" in output
+    code, seen, output = parse_node_command(["master", "--host", "0.0.0.0"], {}, monkeypatch)
+    assert code == 2 and seen == {} and "--insecure" in output
 
 
 def test_bad_advertise_is_one_line_and_exit_2(tmp_path):

@@ -129,7 +129,7 @@ def test_a_request_to_a_killed_host_fails_fast_and_the_agent_leaves_the_director
         comm.request("victim", "after the kill", timeout_ms=5000)
     assert time.monotonic() - started < 1.0
     # Its host's lease runs out: the directory drops it, and it is not found at all.
-    wait_for(lambda: all(e.agent_id != "victim" for e in comm.agents().entries), 10, what="the lease to run out")
+    wait_for(lambda: all(e.agent_id != "victim" for e in comm.agents().entries), 20, what="the lease to run out")
     with pytest.raises(AgentNotFound):
         comm.request("victim", "gone", timeout_ms=5000)
 
@@ -216,3 +216,17 @@ def test_an_agent_task_completes_across_a_kill_9_of_the_leader(tmp_path):
         with Node("asker", master_urls=local.master_url) as node:
             attempts = AgentCommunication(node, "tester").request("doubler", "attempts", timeout_ms=5000).content
         assert ["solve", 1] in attempts  # a re-sent request carries its attempt number
+
+
+def test_a_live_host_whose_agents_the_directory_dropped_registers_them_again(cluster, comm):
+    from protocols.agents import RemoveAgentHost
+
+    cluster.add_agent("tests.agentfuncs:Echo", "comeback")
+    host_id = comm.directory.lookup("comeback").host_id
+    with Client(cluster.master_url, timeout_s=10) as client:
+        client.propose(RemoveAgentHost(host_id, "a test pretends its lease ran out"))
+    assert all(e.agent_id != "comeback" for e in comm.agents().entries)
+    wait_for(lambda: any(e.agent_id == "comeback" for e in comm.agents().entries), 15, interval_s=0.1,
+             what="the host to register its agent again")
+    comm.directory.forget("comeback")
+    assert comm.request("comeback", "back", timeout_ms=5000).content["echo"] == "back"

@@ -35,6 +35,7 @@ def test_demo_runs_the_examples_on_a_local_cluster():
     assert result.exit_code == 0, result.output
     assert "wf-diamond" in result.output and "completed" in result.output
     assert "skipped" in result.output  # the failing branch's dependent
+    assert "total 36" in result.output  # the agents example
 
 
 def test_master_timing_is_configurable_and_checked():

@@ -5,6 +5,9 @@
 * No import cycle inside a folder (a module-level import; a lazy import inside a function is
   how a command loads what only it needs, and cannot form a cycle at import time).
 * No module over MAX_LINES lines, except the few listed with their reason.
+* Actors talk only by messages: nothing in actors/ takes another actor's object
+  (``node.actor(...)``) or a delivery target (``node.targets``); what an actor needs from the
+  RaftActor comes through the ControlPlane the composition hands it.
 """
 
 from __future__ import annotations
@@ -18,10 +21,7 @@ IMPURE_MODULES = {"time", "random", "threading", "socket", "zmq", "pykka", "sqli
                   "asyncio", "select", "selectors", "multiprocessing", "os", "datetime", "uuid", "secrets"}
 MAX_LINES = 600
 # Modules allowed over MAX_LINES, each with why splitting it would hurt more than it helps.
-LONG_MODULE_ALLOWANCE = {
-    "protocols/raft.py": "to be split into protocols/raft/ (issue 13)",
-    "tests/test_raft_core.py": "to be split with protocols/raft/ (issue 13)",
-}
+LONG_MODULE_ALLOWANCE: dict[str, str] = {}
 
 
 def imported_modules(path: Path, top_level_only: bool = False) -> list[tuple[int, str]]:
@@ -69,6 +69,35 @@ def test_protocols_are_pure():
     # `random` may appear only as the type of a passed-in generator (the Raft core's).
     allowed = {line for line in impure if line.endswith("imports random") and "raft" in line}
     assert not set(impure) - allowed, "protocols/ must stay pure:\n" + "\n".join(sorted(set(impure) - allowed))
+
+
+def reaches_into_other_actors(source: str, name: str) -> list[str]:
+    """``node.actor(...)`` calls and ``node.targets`` uses in ``source`` (``node`` or ``x.node``)."""
+    tree = ast.parse(source, filename=name)
+    calls = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute) or node.attr not in ("actor", "targets"):
+            continue
+        owner = node.value
+        if not ((isinstance(owner, ast.Name) and owner.id == "node")
+                or (isinstance(owner, ast.Attribute) and owner.attr == "node")):
+            continue
+        if node.attr == "targets" or id(node) in calls:
+            found.append(f"{name}:{node.lineno} uses node.{node.attr}")
+    return found
+
+
+def test_actors_only_talk_by_messages():
+    reaching = [line for path in source_files("actors")
+                for line in reaches_into_other_actors(path.read_text(), str(path.relative_to(REPO)))]
+    assert not reaching, "actors reaching into other actors:\n" + "\n".join(reaching)
+
+
+def test_the_actor_rule_finds_what_it_forbids():
+    sample = ("def f(self, node):\n    self.node.actor('raft')\n    node.targets['x']\n"
+              "    self.node.actors\n    node.lookup(('n', 'raft'))\n    self.node.actor\n")
+    assert reaches_into_other_actors(sample, "sample") == ["sample:2 uses node.actor", "sample:3 uses node.targets"]
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str]:

@@ -1,8 +1,8 @@
 """A cluster across hosts: three masters, two workers and an agent host, each in a network
-namespace of its own (tests/netns_hosts.py), bound to that host's address and advertised by it;
-a workflow submitted and an agent asked from the root namespace; the leader's host cut off in the
-middle. The workflow completes, the agent still answers, and the old leader rejoins once the cut
-heals."""
+namespace of its own (tests/netns_hosts.py), bound to that host's address and advertised by it,
+every socket encrypted and authenticated with CURVE keys; a workflow submitted and an agent asked
+from the root namespace; the leader's host cut off in the middle. The workflow completes, the
+agent still answers, and the old leader rejoins once the cut heals."""
 
 from __future__ import annotations
 
@@ -30,8 +30,24 @@ workflow:
 
 @pytest.mark.skipif(WHY_NOT is not None, reason=f"no network namespaces here: {WHY_NOT}")
 def test_a_cluster_across_hosts_survives_the_leaders_host_being_cut_off(tmp_path):
+    import shutil
+
     from runtime.agents import AgentCommunication
     from runtime.node import Node
+    from runtime.security import CurveKeys, generate_keys
+
+    keys, authorized = tmp_path / "keys", tmp_path / "keys" / "authorized"
+    for name in ("masters", "workers", "agents", "tester"):
+        generate_keys(keys, name)
+    authorized.mkdir()
+    for name in ("workers", "agents", "tester"):
+        shutil.copy(keys / f"{name}.key", authorized)
+    as_master = ["--curve-secret-key", str(keys / "masters.key_secret"), "--authorized-keys", str(authorized)]
+
+    def as_node(name: str) -> list[str]:
+        return ["--curve-secret-key", str(keys / f"{name}.key_secret"), "--curve-server-key", str(keys / "masters.key")]
+
+    tester = CurveKeys.load(keys / "tester.key_secret", keys / "masters.key")
 
     with NetnsHosts("afd", "10.34.0", MASTERS + WORKERS + [AGENT_HOST]) as hosts:
         address = hosts.addresses
@@ -47,7 +63,7 @@ def test_a_cluster_across_hosts_survives_the_leaders_host_being_cut_off(tmp_path
         for name in MASTERS + WORKERS + [AGENT_HOST]:
             hosts.set_hosts_file(name, {} if name == "m3" else {first: address["m1"]})
         master_urls = ",".join(f"{address[name]}:{PORT}" for name in MASTERS)
-        common = ["--port", str(PORT), "--data-dir", str(tmp_path)]
+        common = ["--port", str(PORT), "--data-dir", str(tmp_path), *as_master]
         try:
             start("m1", ["master", "--mode", "leader", "--node-id", "m1", "--host", address["m1"], *common])
             masters = {"m1": children[0]}
@@ -60,18 +76,19 @@ def test_a_cluster_across_hosts_survives_the_leaders_host_being_cut_off(tmp_path
             hosts.set_hosts_file("m3", {first: address["m1"]})  # the name appears: m3 joins
             for name in WORKERS:
                 start(name, ["worker", "--master-url", master_urls, "--worker-id", name, "--host", address[name],
-                             "--port", str(PORT + 10)])
+                             "--port", str(PORT + 10), *as_node("workers")])
             start(AGENT_HOST, ["agent", "run", "tests.agentfuncs:Echo", "--agent-id", "echo-1", "--host", "0.0.0.0",
-                               "--advertise", address[AGENT_HOST], "--port", str(PORT), "--master-url", master_urls])
+                               "--advertise", address[AGENT_HOST], "--port", str(PORT), "--master-url", master_urls,
+                               *as_node("agents"), "--authorized-keys", str(authorized)])
             # The root namespace's own node: agents answer it at its bridge address.
-            asker = Node("root-asker", host=hosts.root_address, master_urls=master_urls).start()
+            asker = Node("root-asker", host=hosts.root_address, master_urls=master_urls, curve=tester).start()
             own_nodes.append(asker)
             comm = AgentCommunication(asker, "tester")
 
             def echo(n: int):
                 return wait_for(lambda: _answer(comm, n), 30, interval_s=0.2, what=f"echo-1 to answer request {n}")
 
-            with Client(master_urls, timeout_s=20) as client:
+            with Client(master_urls, timeout_s=20, curve=tester) as client:
                 def cluster_of_three():
                     view = client.cluster_status(timeout_s=2)
                     voters = [m for m in view["members"] if m["role"] in ("leader", "follower")]

@@ -1,5 +1,5 @@
 """The priority queue: order, FIFO, aging, retry penalty, remove/reprioritize, batches,
-snapshots, replicated commands, and properties over random operation sequences."""
+snapshots, and properties over random operation sequences."""
 
 from __future__ import annotations
 
@@ -9,16 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocols import wire
-from protocols.queue import (
-    DEFAULT_AGING_MS_PER_POINT,
-    RETRY_PENALTY,
-    Enqueue,
-    PriorityTaskQueue,
-    QueueStats,
-    Remove,
-    Reprioritize,
-    apply_queue_command,
-)
+from protocols.queue import DEFAULT_AGING_MS_PER_POINT, RETRY_PENALTY, PriorityTaskQueue, QueueStats
 
 
 def drain(queue: PriorityTaskQueue, now_ms: int = 0) -> list:
@@ -202,22 +193,6 @@ def test_entries_lists_pop_order():
     queue.enqueue("b", "high", 0)
     queue.reprioritize("a", "urgent", 0)
     assert [entry.key for entry in queue.entries()] == ["a", "b"]
-
-
-def test_replicated_commands_give_the_same_order_everywhere():
-    commands = [
-        Enqueue("a", "a", 500, 0),
-        Enqueue("b", {"x": 1}, 750, 1),
-        Enqueue("c", "c", 250, 2, retries=1),
-        Reprioritize("c", 1000, 3),
-        Remove("a"),
-        Remove("zzz"),
-    ]
-    queues = [PriorityTaskQueue(), PriorityTaskQueue()]
-    for queue in queues:
-        results = [apply_queue_command(queue, wire.decode(wire.encode(command))) for command in commands]
-        assert results == [True, True, True, True, True, False]
-    assert drain(queues[0]) == drain(queues[1]) == ["c", {"x": 1}]
 
 
 def test_ten_thousand_enqueues_and_dequeues_are_fast():

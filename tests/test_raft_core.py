@@ -1,15 +1,12 @@
-"""Unit tests of protocols/raft.py: one rule per test, on a hand-driven network (``Net``)."""
+"""Unit tests of the Raft core (protocols/raft/): elections, replication, snapshots, ReadIndex,
+timing, and what a Ready reports. One rule per test, on a hand-driven network (tests/raftnet.py)."""
 
 from __future__ import annotations
 
-import ast
 import logging
 import random
-from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from protocols import wire
 from protocols.raft import (
@@ -18,9 +15,7 @@ from protocols.raft import (
     ENTRY_NORMAL,
     AppendEntries,
     AppendResponse,
-    ClientSessions,
     ConfChange,
-    ConfChangeRejected,
     Entry,
     HardState,
     Heartbeat,
@@ -31,129 +26,10 @@ from protocols.raft import (
     RaftCore,
     RequestVote,
     SnapshotMeta,
-    TimeoutNow,
+    SoftState,
     VoteResponse,
 )
-from tests.raftsim import Disk
-
-IDS = ["n1", "n2", "n3"]
-
-
-class Net:
-    """Cores wired together by hand: ``settle()`` persists each Ready, then delivers every message
-    whose endpoints are not isolated, until nothing is left to do."""
-
-    def __init__(self, ids=IDS, config: RaftConfig | None = None, seed: int = 0, voters=None) -> None:
-        self.config = config or RaftConfig()
-        self.voters = list(ids) if voters is None else voters
-        self.cores: dict[str, RaftCore] = {}
-        self.disks: dict[str, Disk] = {}
-        self.applied: dict[str, list[Entry]] = {}
-        self.read_states: dict[str, list] = {}
-        self.isolated: set[str] = set()
-        self.queue: list = []
-        self.seed = seed
-        for node_id in ids:
-            self.add(node_id, self.voters)
-
-    def add(self, node_id: str, voters: list[str]) -> RaftCore:
-        rng = random.Random(f"{self.seed}-{node_id}")
-        self.cores[node_id] = RaftCore(node_id, voters, self.config, rng)
-        self.disks[node_id] = Disk()
-        self.applied[node_id] = []
-        self.read_states[node_id] = []
-        return self.cores[node_id]
-
-    def restart(self, node_id: str) -> RaftCore:
-        disk = self.disks[node_id]
-        self.cores[node_id] = RaftCore(node_id, self.voters, self.config, random.Random(1),
-                                       hard_state=disk.hard_state, entries=list(disk.entries),
-                                       snapshot=disk.snapshot)
-        self.applied[node_id] = []
-        return self.cores[node_id]
-
-    def process(self) -> None:
-        for node_id, core in sorted(self.cores.items()):
-            while core.has_ready():
-                ready = core.ready()
-                self.disks[node_id].save(ready)
-                self.queue.extend(ready.messages)
-                self.applied[node_id].extend(ready.committed_entries)
-                self.read_states[node_id].extend(ready.read_states)
-                core.advance(ready)
-
-    def deliver(self) -> None:
-        messages, self.queue = self.queue, []
-        for message in messages:
-            if message.src in self.isolated or message.dst in self.isolated:
-                continue
-            if message.dst in self.cores:
-                self.cores[message.dst].step(message)
-
-    def settle(self, rounds: int = 100) -> None:
-        for _ in range(rounds):
-            self.process()
-            if not self.queue:
-                return
-            self.deliver()
-        raise AssertionError("network did not settle")
-
-    def tick(self, count: int = 1, only: list[str] | None = None) -> None:
-        for _ in range(count):
-            for node_id, core in sorted(self.cores.items()):
-                if only is None or node_id in only:
-                    core.tick()
-            self.settle()
-
-    def elect(self, node_id: str) -> RaftCore:
-        core = self.cores[node_id]
-        for _ in range(100):
-            if core.role == "leader":
-                return core
-            core.tick()
-            self.settle()
-        raise AssertionError(f"{node_id} not elected")
-
-    def leader(self) -> RaftCore:
-        leaders = [c for c in self.cores.values() if c.role == "leader"]
-        assert len(leaders) == 1, [(c.node_id, c.role, c.term) for c in self.cores.values()]
-        return leaders[0]
-
-    def commands(self, node_id: str) -> list[bytes]:
-        return [e.data for e in self.applied[node_id] if e.kind == ENTRY_NORMAL]
-
-
-def restored(node_id: str, log_terms: list[int], term: int, voters=IDS, vote=None, commit=None,
-             config: RaftConfig | None = None) -> RaftCore:
-    """A core restored with the bootstrap entries followed by entries of ``log_terms``."""
-    entries = [Entry(1, i + 1, ENTRY_CONF_CHANGE, wire.encode(ConfChange("add_voter", v)))
-               for i, v in enumerate(voters)]
-    for t in log_terms:
-        entries.append(Entry(t, len(entries) + 1, ENTRY_NORMAL, f"t{t}".encode()))
-    hard_state = HardState(term, vote, len(voters) if commit is None else commit)
-    return RaftCore(node_id, voters, config or RaftConfig(), random.Random(0), hard_state=hard_state,
-                    entries=entries)
-
-
-def make_leader(core: RaftCore) -> None:
-    """Run an election for ``core`` in which every peer grants its (pre-)vote."""
-    for _ in range(100):
-        core.tick()
-        for message in drain(core):
-            if isinstance(message, RequestVote):
-                core.step(VoteResponse(message.dst, core.node_id, message.term, True, message.pre_vote))
-        if core.role == "leader":
-            return
-    raise AssertionError("not elected")
-
-
-def drain(core: RaftCore) -> list:
-    messages = []
-    while core.has_ready():
-        ready = core.ready()
-        messages.extend(ready.messages)
-        core.advance(ready)
-    return messages
+from tests.raftnet import IDS, Net, drain, make_leader, restored
 
 
 # --------------------------------------------------------------------------- election
@@ -397,63 +273,6 @@ def test_compaction_refuses_unapplied_indexes():
         core.compact(core.applied_index + 1, b"")
 
 
-# --------------------------------------------------------------------------- membership
-
-
-def test_learner_is_added_catches_up_and_is_promoted():
-    net = Net()
-    leader = net.elect("n1")
-    for i in range(5):
-        leader.propose(b"%d" % i)
-    net.settle()
-    newcomer = net.add("n4", [])  # a server that joins with an empty log
-    assert newcomer.voters == [] and newcomer.role == "follower"
-    leader.propose_conf_change(ConfChange.add_learner("n4"))
-    with pytest.raises(ConfChangeRejected):  # one change at a time
-        leader.propose_conf_change(ConfChange.promote("n4"))
-    net.settle()
-    net.tick(2)
-    assert newcomer.role == "learner" and newcomer.voters == IDS
-    assert net.commands("n4") == net.commands("n1")
-    # A learner does not count for the quorum: without n2 and n3 nothing commits.
-    net.isolated = {"n2", "n3"}
-    index = leader.propose(b"not yet")
-    net.settle()
-    assert leader.commit_index < index
-    net.isolated = set()
-    net.tick(2)
-    leader.propose_conf_change(ConfChange.promote("n4"))
-    net.settle()
-    net.tick(2)
-    assert newcomer.role == "follower" and newcomer.voters == IDS + ["n4"]
-    assert leader.voters == IDS + ["n4"]
-
-
-def test_invalid_membership_changes_are_rejected():
-    net = Net()
-    leader = net.elect("n1")
-    net.tick(2)
-    for change in (ConfChange.add_learner("n2"), ConfChange.promote("n9"), ConfChange.remove("n9")):
-        with pytest.raises(ConfChangeRejected):
-            leader.propose_conf_change(change)
-    with pytest.raises(NotLeader):
-        net.cores["n2"].propose_conf_change(ConfChange.add_learner("n4"))
-
-
-def test_removing_the_leader_makes_it_step_down_after_commit():
-    net = Net()
-    leader = net.elect("n1")
-    net.tick(2)
-    index = leader.propose_conf_change(ConfChange.remove("n1"))
-    assert leader.role == "leader" and leader.voters == ["n2", "n3"]
-    net.settle()
-    assert leader.commit_index >= index and leader.role == "follower"
-    net.tick(50)
-    new_leader = net.leader()
-    assert new_leader.node_id in ("n2", "n3") and new_leader.voters == ["n2", "n3"]
-    assert net.cores["n1"].role == "follower"  # never campaigns again: not a voter
-
-
 # --------------------------------------------------------------------------- transfer and reads
 
 
@@ -512,159 +331,6 @@ def test_read_index_of_a_new_leader_waits_for_its_noop_to_commit():
     leader.step(HeartbeatResponse("n2", "n1", leader.term, b"early"))
     ready = leader.ready()
     assert [(s.index, s.request_ctx) for s in ready.read_states] == [(noop_index, b"early")]
-
-
-# --------------------------------------------------------------------------- client sessions
-
-
-def test_client_sessions_apply_a_retried_command_once():
-    sessions = ClientSessions()
-    runs = []
-
-    def apply():
-        runs.append(1)
-        return len(runs)
-
-    assert sessions.check_and_record("c1", 1, 10, apply) == ("new", 1)
-    assert sessions.check_and_record("c1", 1, 11, apply) == ("duplicate", 1)
-    assert sessions.check_and_record("c1", 2, 12, apply) == ("new", 2)
-    assert sessions.check_and_record("c2", 1, 13, apply) == ("new", 3)
-    assert runs == [1, 1, 1]
-
-
-def test_client_sessions_are_bounded_and_evict_deterministically():
-    sessions = ClientSessions(max_sessions=2, results_per_client=2)
-    sessions.record("a", 1, "ra", 1)
-    sessions.record("b", 1, "rb", 2)
-    sessions.record("a", 2, "ra2", 3)  # a is now the most recently applied
-    sessions.record("c", 1, "rc", 4)  # evicts b, the least recently applied
-    assert len(sessions) == 2 and sessions.check("b", 1) == ("new", None)
-    sessions.record("a", 3, "ra3", 5)  # a keeps its last two results
-    assert sessions.check("a", 1) == ("expired", None)
-    assert sessions.check("a", 2) == ("duplicate", "ra2")
-    copy = ClientSessions.from_dict(wire.decode(wire.encode(sessions.to_dict())))
-    assert copy.to_dict() == sessions.to_dict()
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(min_value=1, max_value=40), max_size=80))
-def test_client_sessions_remember_the_highest_seqs_whatever_their_order(seqs):
-    """Against a model: a session remembers the results of its ``results_per_client`` highest
-    sequence numbers; one below all of them is expired, and a snapshot keeps exactly that."""
-    sessions = ClientSessions(results_per_client=4)
-    remembered: dict[int, str] = {}
-    for index, seq in enumerate(seqs, 1):
-        status, result = sessions.check_and_record("c", seq, index, lambda: f"r{seq}")
-        if seq in remembered:
-            assert (status, result) == ("duplicate", remembered[seq])
-        elif remembered and seq < min(remembered):
-            assert (status, result) == ("expired", None)
-        else:
-            assert (status, result) == ("new", f"r{seq}")
-            remembered[seq] = f"r{seq}"
-            if len(remembered) > 4:
-                del remembered[min(remembered)]
-    copy = ClientSessions.from_dict(wire.decode(wire.encode(sessions.to_dict())))
-    for seq in range(1, 42):
-        assert copy.check("c", seq) == sessions.check("c", seq)
-
-
-# --------------------------------------------------------------------------- hostile input
-
-
-def test_hostile_and_malformed_messages_are_ignored_not_raised():
-    net = Net()
-    leader = net.elect("n1")
-    net.tick(2)
-    follower = net.cores["n2"]
-    term, commit, last = follower.term, follower.commit_index, follower.last_index
-    hostile = [
-        None, 42, b"bytes", {"src": "n1"}, wire.ErrorRecord("x", "y"),
-        AppendEntries("n1", "n9", term, 0, 0, [], 0),  # not for us
-        AppendEntries("n2", "n2", term, 0, 0, [], 0),  # from ourselves
-        AppendEntries("n1", "n2", -1, 0, 0, [], 0),
-        AppendEntries("n1", "n2", True, 0, 0, [], 0),
-        AppendEntries(1, "n2", term, 0, 0, [], 0),
-        AppendEntries("n1", "n2", term, last, 0, ["not an entry"], 0),
-        AppendEntries("n1", "n2", term, last, 0, [Entry(term, last + 5, 0, b"gap")], 0),
-        AppendEntries("n1", "n2", term, last, 0, [Entry(term + 9, last + 1, 0, b"future")], 0),
-        AppendEntries("n1", "n2", term, last, 0, [Entry(term, last + 1, 7, b"kind")], 0),
-        AppendEntries("n1", "n2", term, 0, 0, [Entry(term, 1, 0, b"rewrite committed")], 0),
-        AppendEntries("n1", "n2", term, last, leader.last_term, [], "commit"),
-        Heartbeat("n1", "n2", term, 10**9, b""),
-        Heartbeat("n1", "n2", term, 1, "ctx"),
-        InstallSnapshot("n1", "n2", term, SnapshotMeta(1, 1, "n1", []), b""),
-        InstallSnapshot("n1", "n2", term, SnapshotMeta(10**9, term + 1, [], []), b""),
-        InstallSnapshot("n1", "n2", term, None, b""),
-        RequestVote("n3", "n2", term, None, 0, False, False),
-        VoteResponse("n3", "n2", term, "yes", False),
-        TimeoutNow("n1", "n2", term - 1),
-    ]
-    for message in hostile:
-        follower.step(message)
-    assert follower.term == term and follower.leader_id == "n1"
-    assert follower.commit_index <= follower.last_index and follower.commit_index >= commit
-    assert "step_error" not in follower.stats and sum(follower.stats.values()) >= len(hostile) - 2
-    # A follower claiming it has entries the leader never wrote must not make it commit them.
-    leader.step(AppendResponse("n2", "n1", leader.term, leader.last_index + 100, False, 0, 0))
-    leader.step(AppendResponse("n2", "n1", leader.term, 0, True, 10**9, 10**9))
-    leader.step(HeartbeatResponse("n9", "n1", leader.term, b"ctx"))
-    assert leader.commit_index <= leader.last_index and "step_error" not in leader.stats
-    net.settle()
-    index = leader.propose(b"still works")
-    net.settle()
-    net.tick()  # followers learn the new commit index from the next heartbeat
-    assert net.commands("n2")[-1] == b"still works" and follower.commit_index >= index
-
-
-def test_random_bytes_decoded_by_the_wire_never_break_step():
-    net = Net()
-    net.elect("n1")
-    rng = random.Random(7)
-    follower = net.cores["n2"]
-    template = wire.encode(AppendEntries("n1", "n2", follower.term, 3, 1,
-                                         [Entry(follower.term, 4, 0, b"x")], 3))
-    for _ in range(2000):
-        data = bytearray(template)
-        for _ in range(rng.randint(1, 4)):
-            data[rng.randrange(len(data))] = rng.randrange(256)
-        try:
-            message = wire.decode(bytes(data))
-        except wire.DecodeError:
-            continue
-        follower.step(message)
-    assert "step_error" not in follower.stats
-
-
-def test_every_message_round_trips_the_wire():
-    meta = SnapshotMeta(5, 2, ["n1", "n2"], ["n3"])
-    messages = [
-        AppendEntries("n1", "n2", 3, 4, 2, [Entry(3, 5, ENTRY_NORMAL, b"x")], 4),
-        AppendResponse("n2", "n1", 3, 5, False, 0, 0),
-        RequestVote("n1", "n2", 3, 4, 2, True, False),
-        VoteResponse("n2", "n1", 3, True, True),
-        InstallSnapshot("n1", "n2", 3, meta, b"state"),
-        Heartbeat("n1", "n2", 3, 4, b"ctx"),
-        HeartbeatResponse("n2", "n1", 3, b"ctx"),
-        TimeoutNow("n1", "n2", 3),
-    ]
-    for message in messages:
-        assert wire.decode(wire.encode(message)) == message
-
-
-def test_the_core_is_pure():
-    tree = ast.parse(Path(__file__).parents[1].joinpath("protocols/raft.py").read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
-    forbidden = {"time", "threading", "socket", "zmq", "pykka", "sqlite3", "os", "asyncio"}
-    assert not imported & forbidden
-    # `random` only under TYPE_CHECKING: the generator is always passed in.
-    top_level = {alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
-    assert "random" not in top_level
 
 
 # --------------------------------------------------------------------------- timing and roles
@@ -732,3 +398,64 @@ def test_entries_overwritten_between_ready_and_advance_are_handed_out_again():
     assert [(e.index, e.data) for e in second.entries] == [(5, b"c")]
     follower.advance(second)
     assert not follower.ready().entries
+
+
+# --------------------------------------------------------------------------- what a Ready reports
+
+
+def test_has_ready_only_asks():
+    net = Net()
+    leader = net.elect("n1")
+    net.tick(2)  # both followers replicate: an append moves their next index at once
+    leader.propose(b"x")
+    before = leader.progress()
+    assert all(leader.has_ready() for _ in range(3))
+    assert leader.progress() == before  # asking sent nothing
+    ready = leader.ready()
+    appends = [m for m in ready.messages if isinstance(m, AppendEntries)]
+    assert sorted(m.dst for m in appends) == ["n2", "n3"] and leader.progress() != before
+
+
+def test_a_ready_reports_each_change_of_term_role_and_leader_once():
+    net = Net()
+    leader = net.elect("n1")
+    term = leader.term
+    assert net.soft_states["n1"] == [SoftState(term - 1, "pre_candidate", None), SoftState(term, "candidate", None),
+                                     SoftState(term, "leader", "n1")]
+    assert net.soft_states["n2"][-1] == SoftState(term, "follower", "n1")
+    net.tick(5)
+    assert len(net.soft_states["n1"]) == 3  # nothing changed: nothing reported
+    # Stepping down for want of a quorum changes nothing else: the Ready holds only that.
+    net.isolated = {"n1"}
+    for _ in range(net.config.election_ticks_min * 2 + 1):
+        leader.tick()
+        if leader.role != "leader":
+            break
+        drain(leader)
+    assert leader.has_ready()
+    ready = leader.ready()
+    assert ready.soft_state == SoftState(term, "follower", None)
+    assert not (ready.messages or ready.entries or ready.committed_entries or ready.hard_state)
+    leader.advance(ready)
+    assert not leader.has_ready()
+
+
+def test_must_sync_for_a_new_term_vote_entry_or_snapshot_not_for_the_commit_index_alone():
+    # (Without check-quorum, so that the vote below is not ignored for the leader just heard from.)
+    follower = restored("n2", [2, 2], term=2, commit=3, config=RaftConfig(check_quorum=False))
+    drain(follower)  # indexes 4 and 5 (term 2) are not known to be committed
+    follower.step(Heartbeat("n1", "n2", 2, 4, b""))
+    ready = follower.ready()
+    assert ready.hard_state == HardState(2, None, 4) and not ready.must_sync
+    follower.advance(ready)
+    follower.step(RequestVote("n3", "n2", 3, 5, 2, False, False))
+    ready = follower.ready()
+    assert ready.hard_state == HardState(3, "n3", 4) and ready.must_sync
+    follower.advance(ready)
+    follower.step(AppendEntries("n3", "n2", 3, 5, 2, [Entry(3, 6, ENTRY_NORMAL, b"x")], 4))
+    ready = follower.ready()
+    assert ready.hard_state is None and [e.index for e in ready.entries] == [6] and ready.must_sync
+    follower.advance(ready)
+    follower.step(InstallSnapshot("n3", "n2", 3, SnapshotMeta(9, 3, IDS, []), b"state"))
+    ready = follower.ready()
+    assert ready.snapshot is not None and ready.must_sync

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.raftsim import SCENARIOS, run_seed
+from protocols.raft import RaftCore, RaftLog, VoteResponse
+from tests.raftsim import SCENARIOS, SafetyViolation, run_seed
 
 # scenario -> number of seeds in the CI slice
 CI_SLICE = {
@@ -53,6 +54,29 @@ def test_simulation_exercises_the_interesting_paths():
     for key in ("AppendReject", "InstallSnapshot", "snapshot_installed", "TimeoutNow", "read_state",
                 "applied_kind1", "applied_kind2", "RequestVote"):
         assert coverage.get(key, 0) > 0, key
+
+
+def _grant_every_vote(core: RaftCore, m) -> None:
+    core._send(VoteResponse(core._id, m.src, m.term, True, m.pre_vote))
+    if not m.pre_vote:
+        core._vote = m.src
+
+
+def _append_without_truncating(log: RaftLog, entries) -> bool:
+    log.entries.extend(entries)
+    return False
+
+
+@pytest.mark.parametrize("plant", [
+    (RaftCore, "_handle_vote_request", _grant_every_vote),  # one vote per term, up-to-date logs
+    (RaftLog, "truncate_and_append", _append_without_truncating),  # log matching
+])
+def test_the_checks_catch_a_planted_safety_bug(plant, monkeypatch):
+    """Guards the checks themselves: with a known safety bug planted, a few seeds must fail."""
+    monkeypatch.setattr(*plant)
+    with pytest.raises(SafetyViolation):
+        for seed in range(20):
+            run_seed(seed, "five")
 
 
 @pytest.mark.soak

@@ -85,3 +85,55 @@ def test_key_files_and_binding_rules(keys, tmp_path):
     result = CliRunner().invoke(app, ["keys", "generate", str(tmp_path / "new"), "bob"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "new" / "bob.key").exists() and (tmp_path / "new" / "bob.key_secret").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.integration
+def test_with_curve_on_everything_works_and_an_outsider_gets_nothing(keys, tmp_path):
+    """Three masters, a worker and an agent host with keys: an authorized client submits, reads,
+    locks and asks an agent; a client with an unknown key (and one with none) can do none of it."""
+    import json
+
+    from agentflow import AgentCommunication, AgentMessage, Client, ClusterUnavailable, DistributedLock, parse_workflow
+    from tests.procs import running_cluster
+
+    for name in ("workers", "agents"):
+        generate_keys(keys, name)
+        shutil.copy(keys / f"{name}.key", keys / "authorized")
+    masters_key = str(keys / "masters.key")
+
+    def as_node(name: str) -> list[str]:
+        return ["--curve-secret-key", str(keys / f"{name}.key_secret"), "--curve-server-key", masters_key]
+
+    alice = CurveKeys.load(keys / "alice.key_secret", keys / "masters.key")
+    mallory = CurveKeys.load(keys / "mallory.key_secret", keys / "masters.key")
+    master_options = ["--curve-secret-key", str(keys / "masters.key_secret"), "--authorized-keys",
+                      str(keys / "authorized")]
+    with running_cluster(tmp_path / "cluster", curve=alice, masters=3, workers=1, first_port=38900,
+                         master_options=master_options, worker_options=as_node("workers")) as (local, client):
+        local.add_agent("tests.agentfuncs:Echo", "guarded", [*as_node("agents"), "--authorized-keys",
+                                                              str(keys / "authorized")])
+        workflow = parse_workflow(json.dumps({"workflow": {"id": "wf-curve", "tasks": [
+            {"task_id": "hello", "command": "echo hello"}]}}))
+        client.submit_workflow(workflow)
+        assert client.wait_workflow("wf-curve", timeout_s=60)["state"] == "completed"
+        assert DistributedLock(client, "alice", 10).acquire("curve-lock")
+        with Node("alice-node", master_urls=local.master_url, curve=alice) as node:
+            assert AgentCommunication(node, "alice").request("guarded", 1, timeout_ms=5000).content["echo"] == 1
+
+        for outsider in (mallory, None):
+            with Client(local.master_url, timeout_s=2, curve=outsider) as intruder:
+                with pytest.raises((ClusterUnavailable, RemoteError)):
+                    intruder.workflow_status("wf-curve")
+                with pytest.raises((ClusterUnavailable, RemoteError)):
+                    intruder.submit_workflow(workflow)
+                with pytest.raises((ClusterUnavailable, RemoteError)):
+                    DistributedLock(intruder, "mallory", 10).acquire("curve-lock")
+            # Straight to the agent's host too, with the address and key alice's directory gives.
+            with Node("alice-peek", master_urls=local.master_url, curve=alice) as peek:
+                entry = AgentCommunication(peek, "alice").directory.lookup("guarded")
+            with Node("intruder-node", curve=outsider) as node:
+                node.transport.know_server_key(entry.endpoint, entry.public_key)
+                message = AgentMessage("m-1", "mallory", "guarded", "task_request", 2, 0, None)
+                with pytest.raises(RemoteError) as refused:
+                    node.ref(entry.endpoint, entry.actor).ask(message, timeout_s=3).get()
+                assert refused.value.kind == "peer_unreachable"

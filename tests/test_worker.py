@@ -48,9 +48,10 @@ class FakeScheduler(Actor):
     """Answers like a leader's SchedulerActor and records what it was told.
 
     ``drop_reports``: how many TasksFinished asks to leave unanswered (lost acks);
+    ``hold_reports``: how many to answer only when the test calls ``release_held``;
     ``forget_once``: answer the first heartbeat with known=False."""
 
-    def __init__(self, drop_reports: int = 0, forget_once: bool = False) -> None:
+    def __init__(self, drop_reports: int = 0, forget_once: bool = False, hold_reports: int = 0) -> None:
         super().__init__()
         self.lock = threading.Lock()
         self.hellos: list[WorkerHello] = []
@@ -59,6 +60,8 @@ class FakeScheduler(Actor):
         self.reports: dict[tuple, TaskFinished] = {}
         self.goodbyes: list[str] = []
         self.drop_reports = drop_reports
+        self.hold_reports = hold_reports
+        self.held: list = []
         self.forget_once = forget_once
         self.cancel_next: list = []
 
@@ -79,6 +82,10 @@ class FakeScheduler(Actor):
                 if self.drop_reports > 0:
                     self.drop_reports -= 1
                     return self.defer()  # never answered: the worker must send them again
+                if self.hold_reports > 0:
+                    self.hold_reports -= 1
+                    self.held.append((self.defer(), len(message.reports)))
+                    return self.held[-1][0]
                 for report in message.reports:
                     self.reports.setdefault(report.key, report)
                 return ReportsAccepted(len(message.reports))
@@ -88,6 +95,16 @@ class FakeScheduler(Actor):
         raise ValueError(f"unexpected {message!r}")
 
     # Read from the test thread.
+
+    def release_held(self) -> None:
+        with self.lock:
+            held, self.held = self.held, []
+        for answer, count in held:
+            answer.resolve(ReportsAccepted(count))
+
+    def batches_carrying(self, task_id: str) -> int:
+        with self.lock:
+            return sum(1 for batch in self.report_batches if any(r.task_id == task_id for r in batch.reports))
 
     def last_heartbeat(self) -> WorkerHeartbeat | None:
         with self.lock:
@@ -250,6 +267,28 @@ def test_unaccepted_reports_are_sent_again_until_accepted(cluster):
     # While unaccepted the attempt was still held (heartbeats listed it); now it is not.
     with scheduler.lock:
         assert any(["wf", "once", 1] in hb.running for hb in scheduler.heartbeats)
+    wait_for(lambda: scheduler.last_heartbeat().running == [], 5.0, what="the report to be let go")
+
+
+def test_an_attempt_assigned_again_while_its_report_is_on_its_way_runs_again_after_the_answer(cluster, tmp_path):
+    """A leader that lost the first dispatch refuses the report (the task was not running) and
+    dispatches the same attempt again: the worker must run it again once the first report is
+    answered, or the task hangs (found by a chaos run: pause_leader seed 12). Reporting the
+    first run instead would complete the task with a run that may have used results the
+    cluster never committed (a chaos run found that too)."""
+    node, scheduler = cluster.master(hold_reports=1)
+    worker = cluster.worker([node.endpoint])
+    endpoint = registered(scheduler, worker)
+    ran = tmp_path / "ran"
+    again = task("again", command=f"echo ran >> {ran}")
+    assign(node, endpoint, [again])
+    wait_for(lambda: scheduler.held, 10.0, what="the first report, held")
+    assign(node, endpoint, [again])  # the same attempt, while its report is unacknowledged
+    node.ref(endpoint, "worker").ask(RunningQuery(), 5.0).get()  # answered after the assignment above
+    assert ran.read_text() == "ran\n"  # not run again yet
+    scheduler.release_held()
+    wait_for(lambda: scheduler.batches_carrying("again") >= 2, 10.0, what="the second run's report")
+    assert ran.read_text() == "ran\nran\n"
     wait_for(lambda: scheduler.last_heartbeat().running == [], 5.0, what="the report to be let go")
 
 

@@ -14,7 +14,20 @@ from typing import Iterator, List, Optional
 
 import typer
 
-from agentflow.cli.common import Advertise, BindHost, JsonFlag, MasterUrl, NodeId, app, fail, print_json, print_table
+from agentflow.cli.common import (
+    Advertise,
+    BindHost,
+    JsonFlag,
+    MasterUrl,
+    NodeId,
+    app,
+    check_bind,
+    curve_keys,
+    fail,
+    print_json,
+    print_table,
+    unreachable,
+)
 
 agent_app = typer.Typer(help="Host agents.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
@@ -42,23 +55,25 @@ def parse_type(text: str) -> str:
 @contextlib.contextmanager
 def communication(master_url: Optional[str]) -> Iterator:
     """An AgentCommunication on a node of this process's own; errors are one line, exit 1."""
-    from runtime.agents import AgentCommunication, AgentCommunicationError
+    from runtime.agents import AgentCommunication, AgentCommunicationError, AgentNotFound
     from runtime.client import ClusterUnavailable
     from runtime.future import RemoteError
     from runtime.node import Node
 
     try:
-        node = Node(master_urls=master_url or "127.0.0.1:6767").start()
+        node = Node(master_urls=master_url or "127.0.0.1:6767", curve=curve_keys("client")).start()
     except ValueError as exc:
         fail(str(exc))
     try:
         yield AgentCommunication(node, "cli")
+    except AgentNotFound as exc:
+        fail(f"{exc} (`agentflow agents` lists the agents there are)", code=1)
     except AgentCommunicationError as exc:
         fail(str(exc), code=1)
     except RemoteError as exc:
         fail(exc.message, code=1)
     except ClusterUnavailable as exc:
-        fail(str(exc), code=1)
+        fail(unreachable(exc), code=1)
     finally:
         node.stop()
 
@@ -82,9 +97,11 @@ def agent_run(
     from agentflow.agent_host import run_agent
 
     types = [parse_type(t) for t in subscribe]
+    keys = curve_keys("agent host")
+    check_bind(host, keys)
     raise typer.Exit(run_agent(spec, agent_id, master_url or "127.0.0.1:6767", group=group, subscriptions=types,
                                host=host, port=port, node_id=node_id, mailbox_limit=mailbox_limit, pinned=pinned,
-                               advertise=advertise))
+                               advertise=advertise, curve=keys))
 
 
 @app.command()

@@ -12,12 +12,20 @@ app.add_typer(keys_app, name="keys")
 
 @keys_app.command("generate")
 def keys_generate(directory: str = typer.Argument(..., help="Where to write the key files."),
-                  name: str = typer.Argument(..., help="Whose keys: masters, worker-1, alice, ...")) -> None:
+                  name: str = typer.Argument(..., help="Whose keys: masters, worker-1, alice, ..."),
+                  exist_ok: bool = typer.Option(False, "--exist-ok", help="Keep NAME's keys if they exist already.")) -> None:
     """Write DIR/NAME.key (public: give it to whoever must admit you) and DIR/NAME.key_secret."""
+    from pathlib import Path
+
     from runtime.security import generate_keys
 
     if not name or "/" in name:
         fail(f"bad key name {name!r}: a plain file name, no '/'")
+    if (Path(directory) / f"{name}.key_secret").exists():
+        if exist_ok:
+            typer.echo(f"keeping the keys of {name} in {directory}")
+            return
+        fail(f"{directory}/{name}.key_secret exists: keys are not overwritten (remove them, or --exist-ok)")
     try:
         public_file, secret_file = generate_keys(directory, name)
     except OSError as exc:

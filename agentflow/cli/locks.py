@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from agentflow.cli.common import JsonFlag, MasterUrl, ask_cluster, connect, fail, lock_app, print_json
+from agentflow.cli.common import JsonFlag, MasterUrl, ask_cluster, connect, fail, lock_app, print_json, unreachable
 from runtime.client import ClusterUnavailable
 
 @lock_app.command("acquire")
@@ -24,7 +24,9 @@ def lock_acquire(key: str, ttl_s: float = typer.Option(30.0, "--ttl"), wait_s: f
             acquired = lock.acquire_blocking(key, max_duration_s=wait_s) if wait_s > 0 else lock.acquire(key)
         except LockTimeout as exc:
             acquired, reason = False, str(exc)
-        except (ClusterUnavailable, ValueError) as exc:
+        except ClusterUnavailable as exc:
+            fail(unreachable(exc), code=1)
+        except ValueError as exc:
             fail(str(exc), code=1)
         else:
             reason = f"lock {key!r} is held by another owner"

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from agentflow.cli.common import Advertise, BindHost, MasterUrl, NodeId, app, fail
+from agentflow.cli.common import Advertise, BindHost, MasterUrl, NodeId, app, check_bind, curve_keys, fail
 
 def tune_gc_for_serving() -> None:
     """Collect less often in a long-running master or worker: it allocates a few objects per
@@ -52,7 +52,10 @@ def master(
 ) -> None:
     """Start a master (a member of the Raft group of the control plane)."""
     from agentflow.master import run_master
+    from runtime.storage import StorageError
 
+    keys = curve_keys("master")
+    check_bind(host, keys)
     tune_gc_for_serving()
 
     import zmq
@@ -65,11 +68,18 @@ def master(
                           http_port=http_port, pub_port=pub_port, node_id=node_id, heartbeat_ms=heartbeat_ms,
                           election_timeout_ms=(int(low), int(high or low)), snapshot_every_entries=snapshot_every,
                           advertise=advertise, retain_workflows=retain_workflows, retain_s=retain_s,
-                          max_result_bytes=max_result_bytes)
+                          max_result_bytes=max_result_bytes, curve=keys)
     except ValueError as exc:
         fail(str(exc))
-    except (zmq.ZMQError, OSError) as exc:
-        fail(f"master cannot start on {host}:{port}: {exc}", code=1)
+    except StorageError as exc:
+        fail(f"{exc}: this data is not this master's (another cluster's, or not AgentFlow's); "
+             "pass another --data-dir or --node-id, or move the file away", code=1)
+    except zmq.ZMQError as exc:
+        fail(f"master cannot listen on {host}:{port}: {exc}; choose another --port (or --pub-port), "
+             "or stop what uses it", code=1)
+    except OSError as exc:
+        fail(f"master cannot serve HTTP on {host}:{http_port or port + 10}: {exc}; choose another --http-port "
+             "(0 for none), or stop what uses it", code=1)
     raise typer.Exit(code)
 
 
@@ -96,17 +106,21 @@ def worker(
              "(default: 10% of --memory-mb, at most 512)."),
     result_cache_mb: int = typer.Option(256, "--result-cache-mb", envvar="WORKER_RESULT_CACHE_MB",
                                         help="Results kept here for later tasks placed here (data locality)."),
+    http_port: Optional[int] = typer.Option(None, "--http-port", envvar="AGENTFLOW_HTTP_PORT",
+                                            help="/metrics, /health, /stats. Default: PORT+10 with --port, else none; 0: none."),
 ) -> None:
     """Start a worker that runs tasks for the cluster."""
     from agentflow.worker import run_worker
 
+    keys = curve_keys("worker")
+    check_bind(host, keys)
     tune_gc_for_serving()
 
     raise typer.Exit(run_worker(master_url or "127.0.0.1:6767", cpu_cores=cpu_cores, memory_mb=memory_mb,
                                 gpu_count=gpu_count, group=group, capabilities=capability,
                                 max_concurrent_tasks=max_concurrent_tasks, worker_id=worker_id,
                                 host=host, port=port, advertise=advertise, memory_pressure_mb=memory_pressure_mb,
-                                result_cache_mb=result_cache_mb))
+                                result_cache_mb=result_cache_mb, curve=keys, http_port=http_port))
 
 
 @app.command()
@@ -114,6 +128,7 @@ def up(
     masters: int = typer.Option(3, "--masters"),
     workers: int = typer.Option(2, "--workers"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    port: int = typer.Option(6767, "--port", help="The first master's port (the next free ones follow)."),
 ) -> None:
     """Run a local cluster in the foreground; Ctrl-C stops it."""
     import signal
@@ -124,7 +139,7 @@ def up(
 
     directory = data_dir or tempfile.mkdtemp(prefix="agentflow-up-")
     try:
-        local = LocalCluster(directory, masters=masters, workers=workers, first_port=6767)
+        local = LocalCluster(directory, masters=masters, workers=workers, first_port=port)
     except ValueError as exc:
         fail(str(exc))
     stop = threading.Event()
@@ -134,11 +149,19 @@ def up(
         local.start()
         typer.echo(f"AgentFlow is up: {masters} masters, {workers} workers; data and logs in {directory}")
         typer.echo(f"  export AGENTFLOW_MASTER_URL={local.master_url}")
-        typer.echo("  agentflow submit examples/diamond.yaml --wait     (Ctrl-C stops the cluster)")
+        typer.echo("  agentflow submit examples/diamond.yaml --wait")
+        typer.echo("  agentflow top                                     (Ctrl-C stops the cluster)")
+        typer.echo("  metrics: " + " ".join(f"http://{target}/metrics" for _, _, target in local.http_targets()))
+        reported: set[str] = set()
         while not stop.wait(0.5):
-            if not local.alive():
-                typer.echo("a process of the cluster exited; stopping (see the logs)", err=True)
-                break
+            for child in local.masters + local.workers:
+                if not child.alive() and child.name not in reported:
+                    reported.add(child.name)
+                    typer.echo(f"{child.name} exited (code {child.proc.returncode}); the others go on "
+                               f"(log: {child.log_path})", err=True)
+            if not any(master.alive() for master in local.masters):
+                typer.echo("agentflow: every master has exited; stopping", err=True)
+                raise typer.Exit(1)
     except (RuntimeError, TimeoutError) as exc:
         typer.echo(f"agentflow: {exc}", err=True)
         raise typer.Exit(1)
@@ -147,9 +170,48 @@ def up(
         typer.echo("AgentFlow stopped")
 
 
+NEXT_COMMANDS = (
+    ("agentflow up", "3 masters and 2 workers, until Ctrl-C"),
+    ("agentflow top", "the live view (another terminal; q quits)"),
+    ("agentflow agent run examples.agents.pipeline:Solver --agent-id solver-1 --group solvers",
+     "an agent on it (the rest of the example: examples/agents/pipeline.py)"),
+)
+
+
+def demo_agents(master_url: str) -> str:
+    """examples/agents/pipeline.py on a node of the demo's own: a planner splits a job among a
+    group of two solvers and tells a reviewer; what happened, in one line."""
+    import importlib.util
+    from pathlib import Path
+
+    from runtime.agents import AgentCommunication
+    from runtime.node import Node
+
+    # The example is a file of the repository, not part of the installed package.
+    path = Path(__file__).resolve().parents[2] / "examples" / "agents" / "pipeline.py"
+    spec = importlib.util.spec_from_file_location("agentflow_demo_pipeline", path)
+    pipeline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pipeline)
+    Planner, Reviewer, Solver = pipeline.Planner, pipeline.Reviewer, pipeline.Solver
+
+    started = time.perf_counter()
+    with Node("demo-agents", master_urls=master_url) as node:
+        for agent_id in ("solver-1", "solver-2"):
+            node.spawn(Solver, agent_id=agent_id, group="solvers")
+        node.spawn(Reviewer, agent_id="reviewer")
+        node.spawn(Planner, agent_id="planner")
+        comm = AgentCommunication(node, "demo")
+        answer = comm.request("planner", {"numbers": list(range(1, 9)), "parts": 4}, timeout_ms=10_000).content
+        review = comm.request("reviewer", {}, timeout_ms=10_000).content
+    return (f"the planner split 1..8 into {answer['parts']} parts for the group 'solvers' "
+            f"({' and '.join(review['solvers'])} answered), the reviewer saw {review['parts_reviewed']} "
+            f"parts, total {answer['total']}, in {(time.perf_counter() - started) * 1000:.0f} ms.")
+
+
 @app.command()
 def demo() -> None:
     """Bring up a local cluster, run the example workflows, print a summary, stop it."""
+    import collections
     import tempfile
     from pathlib import Path
 
@@ -171,21 +233,43 @@ def demo() -> None:
             console.print(f"cluster up in {time.perf_counter() - started:.1f} s: 3 masters "
                           f"({local.master_url}), 2 workers")
             table = Table(title="AgentFlow demo")
-            for column in ("workflow", "tasks", "state", "wall time", "what happened"):
+            for column in ("workflow", "tasks", "state", "wall time", "ran on", "what happened"):
                 table.add_column(column)
+            by_worker: collections.Counter[str] = collections.Counter()
+            failures: list[str] = []
             with Client(local.master_url, timeout_s=10) as client:
                 for name in files:
                     workflow = parse_workflow((examples / name).read_text(), filename=name)
                     started = time.perf_counter()
                     client.submit_workflow(workflow)
                     status_doc = client.wait_workflow(workflow.workflow_id, timeout_s=60)
-                    states = [f"{task_id}={task['state']}" for task_id, task in status_doc["tasks"].items()]
+                    tasks = status_doc["tasks"]
+                    workers = collections.Counter(task["worker"] for task in tasks.values() if task["worker"])
+                    by_worker.update(workers)
+                    states = collections.Counter(task["state"] for task in tasks.values())
                     table.add_row(workflow.workflow_id, str(len(workflow.tasks)), status_doc["state"],
-                                  f"{(time.perf_counter() - started) * 1000:.0f} ms", ", ".join(states))
+                                  f"{(time.perf_counter() - started) * 1000:.0f} ms",
+                                  ", ".join(f"{w} ({n})" for w, n in sorted(workers.items())) or "no-op tasks",
+                                  ", ".join(f"{n} {state}" for state, n in states.most_common()))
+                    failures += [f"{workflow.workflow_id}/{task_id} {task['state']} after {task['attempts']} "
+                                 f"attempt(s), exit code {task['exit_code']}"
+                                 for task_id, task in tasks.items() if task["state"] == "failed"]
                 view = client.cluster_status()
+            agents_line = demo_agents(local.master_url)
             console.print(table)
-            console.print(f"leader {view['leader']} at term {view['term']}; "
-                          "failing_branch fails by design (its flaky task exits 3 on both attempts)")
+            console.print(f"[b]Where it ran:[/b] {len(files)} workflows, "
+                          f"{sum(by_worker.values())} task runs on {len(by_worker)} workers "
+                          f"({', '.join(f'{w}: {n}' for w, n in sorted(by_worker.items()))}); "
+                          f"the 3 masters agreed through Raft, leader {view['leader']} at term {view['term']}.")
+            console.print(f"[b]Agents:[/b] {agents_line}")
+            if failures:
+                console.print(f"[b]What failed, by design:[/b] {'; '.join(failures)}. The flaky task exits 3 "
+                              "on purpose: it was retried once (retries: 1), then marked failed, so its "
+                              "dependent 'publish' was skipped and the workflow ended failed, while the "
+                              "independent 'docs' branch still completed.")
+            console.print("[b]Next, try:[/b]")
+            for command, what in NEXT_COMMANDS:
+                console.print(f"  [cyan]{command}[/cyan]  [dim]# {what}[/dim]")
         except (RuntimeError, TimeoutError) as exc:
             console.print(f"[red]demo failed: {exc}[/red]")
             raise typer.Exit(1)

@@ -1,13 +1,40 @@
-"""`agentflow top`: the live view of the cluster."""
+"""`agentflow top`: the live view of the cluster (agentflow/tui.py)."""
 
 from __future__ import annotations
 
+import shutil
 from typing import Optional
 
-from agentflow.cli.common import MasterUrl, app, not_built
+import typer
+
+from agentflow.cli.common import MasterUrl, app, fail
 
 
 @app.command()
-def top(master_url: Optional[str] = MasterUrl) -> None:
-    """A live view of the cluster."""
-    not_built("the live view")
+def top(
+    master_url: Optional[str] = MasterUrl,
+    once: bool = typer.Option(False, "--once", help="Print one frame and exit (for scripts): exit 1 if no master answers."),
+    interval: float = typer.Option(0.5, "--interval", help="Seconds between refreshes."),
+) -> None:
+    """A live view of the cluster: masters, workers, queue, workflows, agents, events.
+    Keys: q quit, ? help, w/m/a focus a panel, / filter workflows, p pause."""
+    from agentflow.tui import ClusterPoller, frame_text, run_live
+
+    if interval <= 0:
+        fail("--interval must be positive (seconds between refreshes)")
+    try:
+        poller = ClusterPoller(master_url or "127.0.0.1:6767", timeout_s=min(0.4, interval))
+    except ValueError as exc:
+        fail(str(exc))
+    with poller:
+        if once:
+            frame = poller.poll()
+            typer.echo(frame_text(frame, width=shutil.get_terminal_size((120, 40)).columns), nl=False)
+            if not any(frame.masters.values()):
+                fail(f"no master answered at {', '.join(poller.seeds)}: is the cluster up? "
+                     "(start one with `agentflow up`, or pass --master-url)", code=1)
+            return
+        try:
+            run_live(poller, interval)
+        except KeyboardInterrupt:
+            pass

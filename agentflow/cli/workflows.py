@@ -7,7 +7,17 @@ from typing import Optional
 
 import typer
 
-from agentflow.cli.common import JsonFlag, MasterUrl, app, ask_cluster, connect, fail, print_json, print_table
+from agentflow.cli.common import (
+    JsonFlag,
+    MasterUrl,
+    app,
+    ask_cluster,
+    connect,
+    fail,
+    print_json,
+    print_table,
+    unreachable,
+)
 from runtime.client import ClusterUnavailable
 from runtime.future import RemoteError
 
@@ -30,6 +40,8 @@ def submit(
             text = handle.read()
     except OSError as exc:
         fail(f"cannot read {file}: {exc.strerror}")
+    except UnicodeDecodeError as exc:
+        fail(f"{file} is not UTF-8 text (byte {exc.start})")
     try:
         workflow = parse_workflow(text, filename=file, default_id=f"wf-{uuid.uuid4().hex[:12]}")
     except WorkflowError as exc:
@@ -40,7 +52,7 @@ def submit(
         except RemoteError as exc:
             fail(f"the cluster refused {file}: {exc.message}", code=1)
         except ClusterUnavailable as exc:
-            fail(str(exc), code=1)
+            fail(unreachable(exc), code=1)
         if not wait:
             if json_output:
                 print_json({"workflow_id": workflow_id, "state": "submitted"})

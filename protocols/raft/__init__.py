@@ -1,0 +1,71 @@
+"""Raft consensus as a pure state machine, in the shape of etcd-io/raft.
+
+Role: the consensus core of the control plane. The RaftActor (``actors/raft.py``) feeds a
+``RaftCore`` ticks, peers' messages and proposals, and does what each ``Ready`` says (persist,
+send, apply); nothing in this package does I/O.
+
+The modules, bottom up (each imports only those above it):
+
+* ``messages``: the wire records (``Entry``, ``SnapshotMeta``, ``ConfChange``, the eight
+  messages in ``MESSAGE_TYPES``) and ``invalid_reason``, the shape check every message from the
+  network passes before the core sees it.
+* ``log``: ``RaftLog``, the entries after the snapshot with their durable, committed and applied
+  marks; ``Snapshot``.
+* ``progress``: the leader's ``Progress`` per follower (probe, replicate, snapshot) and the
+  majority arithmetic (votes, commit index, recent activity).
+* ``membership``: the voters and learners, changed one server at a time, with the history to
+  undo an overwritten change; ``ConfChangeRejected``.
+* ``reads``: ReadIndex, linearizable reads confirmed by a heartbeat quorum; ``ReadState``.
+* ``core``: ``RaftCore`` (tick, step, propose, propose_conf_change, read_index,
+  transfer_leadership, compact, has_ready, ready, advance), ``Ready`` with its ``SoftState`` and
+  ``must_sync``, ``HardState``, ``RaftConfig``, ``NotLeader``; the Ready obligations are in its
+  docstring.
+
+Limitations, on purpose: a snapshot travels as one message (the frame cap bounds it); pending
+ReadIndex requests are dropped when leadership is lost (the caller's deadline retries them);
+followers do not forward proposals or reads (``NotLeader.leader_hint`` says where to go).
+Client sessions (exactly-once commands) are replicated state, not Raft: ``protocols/sessions.py``.
+"""
+
+from protocols.raft.core import (
+    CANDIDATE,
+    FOLLOWER,
+    LEADER,
+    LEARNER,
+    PRE_CANDIDATE,
+    HardState,
+    NotLeader,
+    RaftConfig,
+    RaftCore,
+    Ready,
+    SoftState,
+)
+from protocols.raft.log import RaftLog, Snapshot
+from protocols.raft.membership import ConfChangeRejected
+from protocols.raft.messages import (
+    ENTRY_CONF_CHANGE,
+    ENTRY_NOOP,
+    ENTRY_NORMAL,
+    MESSAGE_TYPES,
+    AppendEntries,
+    AppendResponse,
+    ConfChange,
+    Entry,
+    Heartbeat,
+    HeartbeatResponse,
+    InstallSnapshot,
+    RequestVote,
+    SnapshotMeta,
+    TimeoutNow,
+    VoteResponse,
+)
+from protocols.raft.reads import ReadState
+
+__all__ = [
+    "CANDIDATE", "FOLLOWER", "LEADER", "LEARNER", "PRE_CANDIDATE",
+    "ENTRY_CONF_CHANGE", "ENTRY_NOOP", "ENTRY_NORMAL", "MESSAGE_TYPES",
+    "AppendEntries", "AppendResponse", "ConfChange", "ConfChangeRejected", "Entry", "HardState",
+    "Heartbeat", "HeartbeatResponse", "InstallSnapshot", "NotLeader", "RaftConfig", "RaftCore",
+    "RaftLog", "ReadState", "Ready", "RequestVote", "SnapshotMeta", "Snapshot", "SoftState",
+    "TimeoutNow", "VoteResponse",
+]
