@@ -181,7 +181,9 @@ class DispatchState:
         """Free a task's reservation (``worker_id`` "": wherever it is held). Counted as a free
         slot at once: the registry does not answer releases (an upper bound; its next answer
         corrects it)."""
-        self._to_registry(now_ms).releases.append((worker_id, key))
+        request = self._to_registry(now_ms)
+        request.claims.pop(key, None)  # (older news than the release)
+        request.releases.append((worker_id, key))
         self.free_slots += 1
         self.blocked = False
 
@@ -331,7 +333,7 @@ class DispatchState:
                 self._to_queue().remove.append(key)
                 self.dispatching[key] = (worker_id, number)
                 self._out.append(Propose([DispatchTask(workflow_id, task_id, number, worker_id, now_ms)]))
-            request.claims.append((worker_id, key, self.shapes.of(graph.tasks[task_id])))
+            request.claims[key] = (worker_id, self.shapes.of(graph.tasks[task_id]))
         self._out.append(Answer(event.reply, HeartbeatAck(True, cancel)))
         self._reconcile(worker_id, heartbeat.running, now_ms)
 

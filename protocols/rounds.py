@@ -225,7 +225,9 @@ class RegistryRequest:
     heartbeats: list = field(default_factory=list)  # (worker_id, load, draining)
     goodbyes: list = field(default_factory=list)  # worker ids
     releases: list = field(default_factory=list)  # (worker_id, key); worker_id "" = wherever it is held
-    claims: list = field(default_factory=list)  # (worker_id, key, requirements): runs a worker holds
+    # key -> (worker_id, requirements): runs workers hold (a later release in the same request
+    # drops its key's claim: a heartbeat that left before a report still lists the run it ends)
+    claims: dict = field(default_factory=dict)
     check_health: bool = False  # mark offline the workers that missed their heartbeats
     fit_token: int = 0  # answer, for each of ``fit_checks``, why no worker could ever run it
     fit_checks: list = field(default_factory=list)  # TaskRequirements
@@ -270,7 +272,7 @@ class RegistryService:
             registry.release(worker_id or registry.holder_of(key) or "", key)
         for worker_id in request.goodbyes:
             registry.unregister(worker_id)
-        for worker_id, key, requirements in request.claims:
+        for key, (worker_id, requirements) in request.claims.items():
             try:
                 registry.reserve(worker_id, key, requirements)
             except PlacementError:

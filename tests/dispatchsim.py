@@ -15,6 +15,7 @@ commit when the instructions run out (``auto_commit``), or on ``commit()``.
 from __future__ import annotations
 
 import collections
+import contextlib
 from typing import Any
 
 from protocols.control import Batch, ClientCommand, ControlState
@@ -86,13 +87,25 @@ class DispatchSim:
         self.on_place: Any = None  # called with (request, reply) after each placement, to check it
         self.hold_queue_replies = False  # keep the queue's replies until release_replies()
         self.held_replies: list = []
+        self.batching = False
         self.handle(LeadershipChanged(True, self.control, self.now_ms))
 
     # ------------------------------------------------------------------ driving
 
     def handle(self, event: Any) -> None:
         self.dispatch.handle(event)
-        self._run(self.dispatch.flush())
+        if not self.batching:
+            self._run(self.dispatch.flush())
+
+    @contextlib.contextmanager
+    def one_batch(self):
+        """The events made inside are handled as one batch of messages: one flush at the end."""
+        self.batching = True
+        try:
+            yield
+        finally:
+            self.batching = False
+            self._run(self.dispatch.flush())
 
     def _run(self, instructions: list) -> None:
         work = collections.deque(instructions)

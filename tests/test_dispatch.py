@@ -273,6 +273,18 @@ def test_a_report_of_the_attempt_number_running_on_another_worker_does_not_finis
     assert sim.control.workflows.get("wf").runs["t"].result == "right"
 
 
+def test_a_heartbeat_that_left_before_the_report_does_not_hold_the_slot_again():
+    sim = DispatchSim()
+    sim.worker("w", slots=1)
+    sim.submit("wf", [task("first"), task("second")])
+    with sim.one_batch():  # both arrive in one batch: the heartbeat still lists the finished run
+        sim.heartbeat("w", running=[["wf", "first", 1]])
+        sim.finish("w", "wf", "first")
+    assert sim.running("w") == ["wf/second"]
+    sim.finish("w", "wf", "second")
+    assert sim.workers()[0]["running"] == 0
+
+
 def test_a_new_leader_adopts_a_run_whose_dispatch_never_committed():
     sim = DispatchSim()
     sim.auto_commit = False

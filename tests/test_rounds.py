@@ -100,7 +100,7 @@ def test_the_registry_places_in_order_until_no_slot_is_left_and_says_what_is_fre
 def test_claims_reserve_what_workers_run_and_fit_checks_explain_refusals():
     service = RegistryService()
     service.handle(RegistryRequest(hellos=[info("w1", slots=1)]))
-    reply = service.handle(RegistryRequest(claims=[("w1", "wf/t", NEEDS)], fit_token=3,
+    reply = service.handle(RegistryRequest(claims={"wf/t": ("w1", NEEDS)}, fit_token=3,
                                            fit_checks=[NEEDS, TaskRequirements(gpu=1)]))
     assert reply.free_slots == 0
     assert reply.fit_token == 3 and reply.fit_problems[0] is None and "GPU" in reply.fit_problems[1]
