@@ -159,10 +159,12 @@ class ChaosRun:
         rng = random.Random(f"workload/{kind}/{seed}")
         history = History()
         url = self.cluster.master_url
-        keys = [f"s{seed}-k{i}" for i in range(2)]
-        clients = [LockClient(f"s{seed}-o{i}", keys, url, history, random.Random(rng.random()), CALL_TIMEOUT_S)
+        # Names of their own: a lease an earlier episode's client left behind (its last acquire
+        # ambiguous, or granted as it stopped) must not show up in this episode's history.
+        keys = [f"{kind}-{seed}-k{i}" for i in range(2)]
+        clients = [LockClient(f"{kind}-{seed}-o{i}", keys, url, history, random.Random(rng.random()), CALL_TIMEOUT_S)
                    for i in range(3)]
-        clients.append(WorkflowClient(f"s{seed}-wf", str(self.run_log), f"{kind}-{seed}", url, history,
+        clients.append(WorkflowClient(f"{kind}-{seed}-wf", str(self.run_log), f"{kind}-{seed}", url, history,
                                       random.Random(rng.random()), CALL_TIMEOUT_S + 2))
         result = EpisodeResult(kind, seed, fault.describe(), 0.0)
         target = faults.Target(self.cluster, self.leader_id, self.network, getattr(self.cluster, "hosts", None))
