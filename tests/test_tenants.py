@@ -1,0 +1,179 @@
+"""Tenants: the pure scoping of protocols/tenants.py, the key folders, and the gate in processes."""
+
+from __future__ import annotations
+
+import pytest
+
+from protocols.agents import (
+    AgentEntry,
+    AgentHostHeartbeat,
+    AgentMessage,
+    BroadcastRequest,
+    DirectoryQuery,
+    DirectoryView,
+    HistoryRequest,
+    RegisterAgentRequest,
+    UnregisterAgentRequest,
+)
+from protocols.control import (
+    CancelWorkflowRequest,
+    ClientCommand,
+    ControlState,
+    Join,
+    Noop,
+    Propose,
+    Read,
+    StatusQuery,
+    SubmitWorkflowRequest,
+    TransferLeadership,
+    WorkflowStatusRequest,
+)
+from protocols.locks import Acquire, LockCall, LockGranted, LockInfo, LockShow, Release
+from protocols.names import AGENTS_ACTOR, LOCK_ACTOR, OBSERVER_ACTOR, RAFT_ACTOR, SCHEDULER_ACTOR
+from protocols.overview import OverviewRequest
+from protocols.tenants import (
+    Quotas,
+    check_tenant_name,
+    parse_quotas,
+    quota_refusal,
+    scope_request,
+    tenant_of,
+    unscope_error,
+    unscope_reply,
+    usage,
+)
+from protocols.wire import ErrorRecord, Redirect, encode
+from protocols.workflow_spec import TaskNode, Workflow
+from protocols.workflow_table import SubmitWorkflow
+
+KEY = "k" * 40
+
+
+def workflow(workflow_id: str, *tasks: TaskNode) -> Workflow:
+    return Workflow(workflow_id, "", list(tasks) or [TaskNode("t", command="true")])
+
+
+def test_every_name_a_tenant_sends_gets_its_prefix():
+    submit = scope_request("acme", SCHEDULER_ACTOR, SubmitWorkflowRequest(
+        workflow("wf-1", TaskNode("a", agent="solver"), TaskNode("b", agent_group="solvers"),
+                 TaskNode("c", command="true")), "client-1", 3))
+    assert submit.workflow.workflow_id == "acme:wf-1" and submit.client_id == "acme:client-1" and submit.seq == 3
+    assert [(t.agent, t.agent_group) for t in submit.workflow.tasks] == [
+        ("acme:solver", None), (None, "acme:solvers"), (None, None)]
+    assert scope_request("acme", SCHEDULER_ACTOR, WorkflowStatusRequest("wf-1")).workflow_id == "acme:wf-1"
+    assert scope_request("acme", SCHEDULER_ACTOR, WorkflowStatusRequest(None)).workflow_id is None
+    cancel = scope_request("acme", SCHEDULER_ACTOR, CancelWorkflowRequest("wf-1", "client-1", 4))
+    assert (cancel.workflow_id, cancel.client_id) == ("acme:wf-1", "acme:client-1")
+
+    call = scope_request("acme", LOCK_ACTOR, LockCall(ClientCommand("c", 1, Acquire("db", "me", 1000, {}, 0)), 0))
+    assert call.command.client_id == "acme:c" and call.command.body.key == "acme:db" and call.command.body.owner == "me"
+    assert scope_request("acme", LOCK_ACTOR, LockCall(Release("db", "me"))).command.key == "acme:db"
+    assert scope_request("acme", LOCK_ACTOR, LockShow("db")).key == "acme:db"
+    assert scope_request("acme", LOCK_ACTOR, LockShow(None)).key is None
+
+    entry = AgentEntry("solver", "host-1", "tcp://h:1", "tcp://h:2", "solvers", [], KEY, actor_name="raft")
+    registered = scope_request("acme", AGENTS_ACTOR, RegisterAgentRequest(entry), {KEY}).entry
+    assert (registered.agent_id, registered.host_id, registered.group) == ("acme:solver", "acme:host-1", "acme:solvers")
+    assert registered.actor == "agent/solver"  # the host's name for it, whatever the tenant claimed
+    assert scope_request("acme", AGENTS_ACTOR, UnregisterAgentRequest("solver", "host-1")) == \
+        UnregisterAgentRequest("acme:solver", "acme:host-1")
+    beat = scope_request("acme", AGENTS_ACTOR, AgentHostHeartbeat("host-1", "tcp://h:1", {"solver": 2}, {"solver": 9}))
+    assert (beat.host_id, beat.mailbox_depths, beat.messages_handled) == ("acme:host-1", {"acme:solver": 2},
+                                                                          {"acme:solver": 9})
+    assert scope_request("acme", AGENTS_ACTOR, DirectoryQuery(["a", "b"])).agent_ids == ["acme:a", "acme:b"]
+    message = AgentMessage("m", "cli", "", "notification", 1, 0)
+    assert scope_request("acme", AGENTS_ACTOR, BroadcastRequest(message)).agent_prefix == "acme:"
+    assert scope_request("acme", RAFT_ACTOR, StatusQuery()) == StatusQuery()
+
+
+def test_what_a_tenant_may_not_send_is_forbidden_naming_the_request():
+    for destination, body in [(RAFT_ACTOR, Propose(encode(Noop("x")))), (RAFT_ACTOR, Read("locks", {})),
+                              (RAFT_ACTOR, Join("m4", "tcp://h:1", 0)), (RAFT_ACTOR, TransferLeadership(None)),
+                              (OBSERVER_ACTOR, OverviewRequest()), (AGENTS_ACTOR, HistoryRequest(10, None, None)),
+                              (LOCK_ACTOR, LockCall(Noop("x"))), (SCHEDULER_ACTOR, "hello"),
+                              (SCHEDULER_ACTOR, LockShow("x")), ("worker", StatusQuery())]:
+        refusal = scope_request("acme", destination, body)
+        assert isinstance(refusal, ErrorRecord) and refusal.kind == "forbidden", (destination, body)
+        assert type(body).__name__ in refusal.message and "acme" in refusal.message
+    # An agent's entry must point at a host with one of the tenant's own keys.
+    entry = AgentEntry("solver", "host-1", "tcp://h:1", "tcp://h:2", "", [], "someone-else's")
+    assert scope_request("acme", AGENTS_ACTOR, RegisterAgentRequest(entry), {KEY}).kind == "forbidden"
+    assert scope_request("acme", LOCK_ACTOR, LockShow(7)).kind == "bad_request"
+
+
+def test_answers_show_the_tenants_own_rows_without_its_prefix():
+    rows = [{"workflow_id": "acme:wf-1", "state": "running"}, {"workflow_id": "globex:wf-1", "state": "pending"},
+            {"workflow_id": "wf-ops", "state": "completed"}]
+    assert unscope_reply("acme", WorkflowStatusRequest(None), rows) == [{"workflow_id": "wf-1", "state": "running"}]
+    assert unscope_reply("acme", WorkflowStatusRequest("acme:wf-1"), rows[0])["workflow_id"] == "wf-1"
+    applied = {"ok": False, "reason": "workflow 'acme:wf-1' already exists", "ready": ["acme:wf-1/a"],
+               "released": [], "finished": ["acme:wf-1"]}
+    assert unscope_reply("acme", SubmitWorkflowRequest(workflow("acme:wf-1"), "c", 1), applied) == {
+        "ok": False, "reason": "workflow 'wf-1' already exists", "ready": ["wf-1/a"], "released": [],
+        "finished": ["wf-1"]}
+
+    infos = [LockInfo("acme:db", "me", 5, {}, 0, 10, []), LockInfo("globex:db", "them", 6, {}, 0, 10, [])]
+    assert unscope_reply("acme", LockShow(None), infos) == [LockInfo("db", "me", 5, {}, 0, 10, [])]
+    assert unscope_reply("acme", LockShow("acme:db"), infos[0]).key == "db"
+    assert unscope_reply("acme", LockShow("acme:free"), None) is None
+    assert unscope_reply("acme", LockCall(Release("acme:db", "me")), LockGranted("acme:db", "me", 5, 10)).key == "db"
+
+    entries = [AgentEntry("acme:solver", "acme:h1", "e", "p", "acme:solvers", [], KEY, "agent/solver"),
+               AgentEntry("globex:solver", "globex:h2", "e2", "p2", "", [], "other", "agent/solver"),
+               AgentEntry("ops-agent", "h3", "e3", "p3", "", [], "")]
+    view = unscope_reply("acme", DirectoryQuery(None), DirectoryView(7, entries, {"acme:solver": {"mailbox_depth": 1},
+                                                                                  "globex:solver": {}}))
+    assert view.version == 7 and view.stats == {"solver": {"mailbox_depth": 1}}
+    assert [(e.agent_id, e.host_id, e.group, e.actor) for e in view.entries] == [("solver", "h1", "solvers",
+                                                                                  "agent/solver")]
+    assert unscope_reply("acme", RegisterAgentRequest(entries[0]), {"ok": True, "replaced": "acme:h1"})["replaced"] == "h1"
+    assert unscope_error("acme", ErrorRecord("unknown_workflow", "no workflow 'acme:wf-9'")).message == \
+        "no workflow 'wf-9'"
+    assert unscope_reply("acme", LockShow("acme:x"), Redirect("m1", "tcp://h:1")) == Redirect("m1", "tcp://h:1")
+
+
+def _state_with(workflows: list[str], locks: list[str]) -> ControlState:
+    state = ControlState()
+    index = 0
+    for workflow_id in workflows:
+        index += 1
+        state.apply(index, encode(SubmitWorkflow(workflow(workflow_id, TaskNode("t", command="sleep 9")), 1000)))
+    for key in locks:
+        index += 1
+        state.apply(index, encode(Acquire(key, "me", 60_000, {}, 1000)))
+    return state
+
+
+def test_quotas_count_what_the_tenant_holds_in_the_applied_state():
+    state = _state_with(["acme:a", "acme:b", "globex:a", "ops"], ["acme:x", "acme:y", "globex:x", "ops"])
+    assert usage("acme", state) == {"pending_workflows": 2, "locks_held": 2, "running_tasks": 0}
+    quotas = Quotas(pending_workflows=2, locks_held=2)
+    submit = SubmitWorkflowRequest(workflow("acme:c"), "acme:client", 1)
+    refusal = quota_refusal("acme", submit, quotas, state)
+    assert refusal.kind == "quota_exceeded" and "pending_workflows=2" in refusal.message and "acme" in refusal.message
+    assert quota_refusal("globex", SubmitWorkflowRequest(workflow("globex:c"), "globex:c", 1), quotas, state) is None
+    assert quota_refusal("acme", submit, Quotas(pending_workflows=3), state) is None
+    # A workflow that exists already is refused as such, not counted again (a retry of an accepted submit).
+    assert quota_refusal("acme", SubmitWorkflowRequest(workflow("acme:a"), "acme:client", 1), quotas, state) is None
+
+    acquire = LockCall(ClientCommand("acme:c", 1, Acquire("acme:z", "me", 1000, {}, 0)))
+    refusal = quota_refusal("acme", acquire, quotas, state)
+    assert refusal.kind == "quota_exceeded" and "locks_held=2" in refusal.message
+    renewal = LockCall(ClientCommand("acme:c", 2, Acquire("acme:x", "me", 1000, {}, 0)))
+    assert quota_refusal("acme", renewal, quotas, state) is None  # held already: no new lease
+    assert quota_refusal("acme", LockCall(Release("acme:x", "me")), quotas, state) is None
+    assert quota_refusal("acme", acquire, Quotas(), state) is None
+
+
+def test_tenant_names_and_quota_files():
+    assert check_tenant_name("acme-2.eu_west") == "acme-2.eu_west"
+    for bad in ("", "-x", "a b", "a:b", "a/b", "x" * 65, 7):
+        with pytest.raises(ValueError):
+            check_tenant_name(bad)
+    assert tenant_of("acme:wf-1") == "acme" and tenant_of("wf-1") is None and tenant_of("a b:c") is None
+    assert parse_quotas({"pending_workflows": 10, "locks_held": 5, "running_tasks": 4}) == Quotas(4, 10, 5)
+    assert parse_quotas(None) == Quotas() and parse_quotas({"locks_held": None}) == Quotas()
+    for bad, problem in [({"locks": 1}, "unknown quota 'locks'"), ({"locks_held": -1}, "non-negative"),
+                         ({"locks_held": "5"}, "non-negative"), ([1], "a map")]:
+        with pytest.raises(ValueError, match=problem):
+            parse_quotas(bad, "acme/quotas.yaml")
