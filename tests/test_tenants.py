@@ -177,3 +177,184 @@ def test_tenant_names_and_quota_files():
                          ({"locks_held": "5"}, "non-negative"), ([1], "a map")]:
         with pytest.raises(ValueError, match=problem):
             parse_quotas(bad, "acme/quotas.yaml")
+
+
+# --------------------------------------------------------------------------- real processes
+
+
+def _tenant_keys(tmp_path):
+    """The masters' key; in authorized/: the operators' (a worker, ops), acme's (alice, its agent
+    host) and globex's (bob, its agent host); acme's quotas."""
+    from runtime.security import generate_keys
+
+    keys, authorized = tmp_path / "keys", tmp_path / "keys" / "authorized"
+    generate_keys(keys, "masters")
+    for folder, names in ((authorized, ("workers", "ops")), (authorized / "acme", ("alice", "acme-host")),
+                          (authorized / "globex", ("bob", "globex-host"))):
+        for name in names:
+            generate_keys(folder, name)
+    (authorized / "acme" / "quotas.yaml").write_text("pending_workflows: 2\nlocks_held: 2\n")
+    return keys, authorized
+
+
+def _secret(authorized, who: str):
+    return next(authorized.rglob(f"{who}.key_secret"))
+
+
+def _refused(call, kind: str, *words: str):
+    from runtime.future import RemoteError
+
+    with pytest.raises(RemoteError) as refusal:
+        call()
+    assert refusal.value.kind == kind, refusal.value
+    for word in words:
+        assert word in refusal.value.message, refusal.value.message
+    return refusal.value
+
+
+@pytest.mark.integration
+def test_two_tenants_and_an_operator_on_one_cluster(tmp_path):
+    """Three masters and a worker with CURVE, two tenants and an operator: neither tenant reads,
+    cancels, locks or reaches the other's names; listings show each its own; a tenant proposes
+    no raw command; quota refusals name the quota (also through the CLI), and SIGHUP reads new
+    quotas and new tenants; the operator sees everything."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from agentflow import AgentCommunication, AgentMessage, Client, DistributedLock, Node, parse_workflow
+    from runtime.security import CurveKeys, generate_keys
+    from tests.procs import REPO, running_cluster, wait_for
+
+    keys, authorized = _tenant_keys(tmp_path)
+    masters_key = keys / "masters.key"
+
+    def curve(who):
+        return CurveKeys.load(_secret(authorized, who), masters_key)
+
+    def as_node(who):
+        return ["--curve-secret-key", str(_secret(authorized, who)), "--curve-server-key", str(masters_key)]
+
+    def wf(workflow_id, **task):
+        return parse_workflow(json.dumps({"workflow": {"id": workflow_id, "tasks": [
+            {"task_id": "t", **(task or {"command": "true"})}]}}))
+
+    master_options = ["--curve-secret-key", str(keys / "masters.key_secret"), "--authorized-keys", str(authorized)]
+    with running_cluster(tmp_path / "cluster", curve=curve("ops"), masters=3, workers=1, first_port=33000,
+                         master_options=master_options, worker_options=as_node("workers")) as (local, ops), \
+            Client(local.master_url, timeout_s=15, curve=curve("alice")) as alice, \
+            Client(local.master_url, timeout_s=15, curve=curve("bob")) as bob:
+        host_options = ["--authorized-keys", str(authorized)]
+        local.add_agent("tests.agentfuncs:Echo", "helper", as_node("acme-host") + host_options, listed_as="acme:helper")
+        local.add_agent("tests.agentfuncs:Recorder", "helper", as_node("globex-host") + host_options,
+                        listed_as="globex:helper")
+
+        # The same names in two tenants are two things; each lists only its own, without its prefix.
+        for client in (alice, bob):
+            client.submit_workflow(wf("wf-shared"))
+            assert client.wait_workflow("wf-shared", timeout_s=60)["state"] == "completed"
+        assert [row["workflow_id"] for row in bob.workflow_status()] == ["wf-shared"]
+        everything = {row["workflow_id"] for row in ops.workflow_status()}
+        assert {"acme:wf-shared", "globex:wf-shared"} <= everything
+
+        # Neither can read or cancel the other's workflow, whatever name it tries.
+        alice.submit_workflow(wf("wf-long", command="sleep 60"))
+        _refused(lambda: bob.workflow_status("acme:wf-long"), "unknown_workflow")
+        assert not bob.cancel_workflow("acme:wf-long")["ok"]
+        assert not bob.cancel_workflow("wf-long")["ok"]
+        assert alice.workflow_status("wf-long", tasks=False)["state"] in ("pending", "running")
+
+        # Locks: the same key in two tenants; neither can release, renew or see the other's.
+        alice_lock, bob_lock = DistributedLock(alice, "alice", 30), DistributedLock(bob, "bob", 30)
+        assert alice_lock.acquire("deploy") and bob_lock.acquire("deploy")
+        assert bob_lock.check_lock("deploy").holder == "bob" and bob_lock.check_lock("acme:deploy") is None
+        assert [info.key for info in bob_lock.list_locks()] == ["deploy"]
+        intruder = DistributedLock(bob, "alice", 30)  # even under alice's owner name
+        assert not intruder.release("acme:deploy") and not intruder.renew("acme:deploy")
+        assert alice_lock.check_lock("deploy").holder == "alice"
+        operator_view = {info.key: info.holder for info in DistributedLock(ops, "ops").list_locks()}
+        assert operator_view["acme:deploy"] == "alice" and operator_view["globex:deploy"] == "bob"
+
+        # Agents: each tenant reaches its own "helper"; not the other's, even straight at its host.
+        with Node("alice-node", master_urls=local.master_url, curve=curve("alice")) as node:
+            comm = AgentCommunication(node, "alice")
+            assert comm.request("helper", 1, timeout_ms=5000).content == {"echo": 1, "by": "helper"}
+            assert [e.agent_id for e in comm.agents().entries] == ["helper"]
+        with Node("bob-node", master_urls=local.master_url, curve=curve("bob")) as node:
+            assert "received" in AgentCommunication(node, "bob").request("helper", "report", timeout_ms=5000).content
+            with Node("ops-node", master_urls=local.master_url, curve=curve("ops")) as ops_node:
+                operator = AgentCommunication(ops_node, "ops")
+                assert {"acme:helper", "globex:helper"} <= {e.agent_id for e in operator.agents().entries}
+                entry = operator.directory.lookup("acme:helper")
+            node.transport.know_server_key(entry.endpoint, entry.public_key)
+            message = AgentMessage("m-1", "bob", "helper", "task_request", 2, 0)
+            _refused(lambda: node.ref(entry.endpoint, entry.actor).ask(message, timeout_s=5).get(), "forbidden", "globex")
+        # A tenant's agent task runs on that tenant's agent (the operator's worker asks it).
+        alice.submit_workflow(wf("wf-agent", agent="helper", args=[1]))
+        done = alice.wait_workflow("wf-agent", timeout_s=60)
+        assert done["state"] == "completed" and done["tasks"]["t"]["result"]["by"] == "helper", done
+
+        # No raw Raft commands, no membership changes, no leadership transfer for a tenant.
+        from protocols.control import Noop
+
+        _refused(lambda: alice.propose(Noop("x")), "forbidden", "Propose", "acme")
+        _refused(lambda: alice.read("locks"), "forbidden", "Read")
+        _refused(lambda: alice.add_master("m9", "tcp://127.0.0.1:1", 0), "forbidden", "Join")
+        _refused(lambda: alice.remove_master("master-1"), "forbidden", "RemoveMember")
+        assert alice.cluster_status()["leader"]  # the cluster's own status is not secret
+
+        # Quotas (acme: 2 unfinished workflows, 2 locks held) name the quota; globex has none.
+        alice.submit_workflow(wf("wf-long-2", command="sleep 60"))
+        _refused(lambda: alice.submit_workflow(wf("wf-3")), "quota_exceeded", "pending_workflows=2")
+        bob.submit_workflow(wf("wf-long", command="sleep 60"))
+        bob.submit_workflow(wf("wf-long-2", command="sleep 60"))
+        bob.submit_workflow(wf("wf-3"))
+        assert alice_lock.acquire("second")
+        _refused(lambda: alice_lock.acquire("third"), "quota_exceeded", "locks_held=2")
+        assert alice_lock.acquire("deploy")  # a renewal takes no new lock
+        env = dict(os.environ, PYTHONPATH=str(REPO), AGENTFLOW_MASTER_URL=local.master_url,
+                   AGENTFLOW_CURVE_SECRET_KEY=str(_secret(authorized, "alice")),
+                   AGENTFLOW_CURVE_SERVER_KEY=str(masters_key))
+        cli = subprocess.run([sys.executable, "-m", "agentflow.cli", "lock", "acquire", "third", "--owner", "alice"],
+                             env=env, capture_output=True, text=True, timeout=60)
+        assert cli.returncode == 1 and "quota locks_held=2" in cli.stderr and "\n" not in cli.stderr.strip(), cli
+        assert alice_lock.release("second") and alice_lock.acquire("third")
+
+        # SIGHUP: the masters read new quotas and new tenants.
+        (authorized / "acme" / "quotas.yaml").write_text("pending_workflows: 3\n")
+        generate_keys(authorized / "initech", "carol")
+        for master in local.masters:
+            os.kill(master.proc.pid, signal.SIGHUP)
+        wait_for(lambda: _submitted(alice, wf("wf-3")), 20, what="acme's new quota to apply")
+        for client in (alice, bob):
+            for workflow_id in ("wf-long", "wf-long-2"):
+                assert client.cancel_workflow(workflow_id)["ok"]
+        with Client(local.master_url, timeout_s=15, curve=curve("carol")) as carol:
+            wait_for(lambda: _listed(carol), 20, what="initech to be admitted")
+            carol.submit_workflow(wf("wf-shared"))
+            assert carol.wait_workflow("wf-shared", timeout_s=60)["state"] == "completed"
+            assert [row["workflow_id"] for row in carol.workflow_status()] == ["wf-shared"]
+        assert "initech:wf-shared" in {row["workflow_id"] for row in ops.workflow_status()}
+
+
+def _submitted(client, workflow) -> bool:
+    from runtime.future import RemoteError
+
+    try:
+        client.submit_workflow(workflow)
+        return True
+    except RemoteError as exc:
+        assert exc.kind == "quota_exceeded", exc
+        return False
+
+
+def _listed(client):
+    from runtime.client import ClusterUnavailable
+    from runtime.future import RemoteError
+
+    try:
+        return client.workflow_status() == []
+    except (ClusterUnavailable, RemoteError):
+        return False
