@@ -19,9 +19,10 @@ Rules of this module:
   membership changes, leadership transfer, worker and Raft traffic, the operator's overview,
   the agents' message history, a record it has never heard of) is ``forbidden``, naming the
   request. A request whose names are not strings is ``bad_request``.
-* Quotas (``Quotas``, from ``DIR/TENANT/quotas.yaml``) are checked by ``quota_refusal`` against
-  the state as applied on the leader when the request arrives: a request already in flight is
-  not counted, so a burst of concurrent requests may overshoot a quota by what is in flight.
+* Quotas (``Quotas``, from ``DIR/TENANT/quotas.yaml``): ``quota_refusal`` checks pending
+  workflows and locks held against the state as applied on the leader when the request
+  arrives: a request already in flight is not counted, so a burst of concurrent requests may
+  overshoot a quota by what is in flight.
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ from protocols.locks import CLIENT_LOCK_COMMANDS, Acquire, LockCall, LockInfo, L
 from protocols.names import AGENTS_ACTOR, LOCK_ACTOR, RAFT_ACTOR, SCHEDULER_ACTOR
 from protocols.sessions import ClientSessions
 from protocols.wire import ErrorRecord, Redirect
-from protocols.workflow_run import TaskState
 from protocols.workflow_spec import Workflow
 
 SEPARATOR = ":"
@@ -84,7 +84,8 @@ def tenant_of(name: str) -> str | None:
 
 @dataclasses.dataclass(frozen=True)
 class Quotas:
-    """What one tenant may hold at once; None is unlimited."""
+    """What one tenant may hold at once; None is unlimited. ``running_tasks`` is read and
+    checked; capping it is the dispatch's, which does not consult it yet."""
 
     running_tasks: int | None = None
     pending_workflows: int | None = None  # unfinished: pending or running
@@ -110,18 +111,15 @@ def parse_quotas(data: Any, where: str = QUOTAS_FILE) -> Quotas:
     return Quotas(**data)
 
 
-def usage(tenant: str, state: ControlState) -> dict[str, int]:
-    """What ``tenant`` holds in the applied ``state``: unfinished workflows, live leases, and
-    running tasks (of its workflows)."""
+def _unfinished(tenant: str, state: ControlState) -> int:
     mine = prefix(tenant)
-    pending = running = 0
-    for workflow_id, graph in state.workflows.graphs.items():
-        if workflow_id.startswith(mine) and not graph.is_workflow_completed():
-            pending += 1
-            running += sum(1 for run in graph.runs.values() if run.state is TaskState.RUNNING)
-    locks = state.locks
-    held = sum(1 for info in locks.list_locks(locks.clock_ms) if info.key.startswith(mine))
-    return {"pending_workflows": pending, "locks_held": held, "running_tasks": running}
+    return sum(1 for workflow_id, graph in state.workflows.graphs.items()
+               if workflow_id.startswith(mine) and not graph.is_workflow_completed())
+
+
+def _held(tenant: str, state: ControlState) -> int:
+    mine, locks = prefix(tenant), state.locks
+    return sum(1 for info in locks.list_locks(locks.clock_ms) if info.key.startswith(mine))
 
 
 def _over(tenant: str, quota: str, limit: int, count: int, what: str) -> ErrorRecord:
@@ -133,13 +131,11 @@ def quota_refusal(tenant: str, request: Any, quotas: Quotas, state: ControlState
     """The refusal of a scoped ``request`` that would take ``tenant`` over its ``quotas`` in
     the applied ``state``, or None. Only what starts something new counts: a submit (not a
     retry the sessions already answered), an acquire of a key nobody holds."""
-    mine = prefix(tenant)
     if type(request) is SubmitWorkflowRequest and quotas.pending_workflows is not None:
         if state.sessions.check(request.client_id, request.seq)[0] != ClientSessions.NEW \
                 or request.workflow.workflow_id in state.workflows:
             return None  # answered from its session, or refused as a duplicate: nothing new
-        count = sum(1 for workflow_id, graph in state.workflows.graphs.items()
-                    if workflow_id.startswith(mine) and not graph.is_workflow_completed())
+        count = _unfinished(tenant, state)
         if count >= quotas.pending_workflows:
             return _over(tenant, "pending_workflows", quotas.pending_workflows, count, "unfinished workflows")
     if type(request) is LockCall and quotas.locks_held is not None:
@@ -149,7 +145,7 @@ def quota_refusal(tenant: str, request: Any, quotas: Quotas, state: ControlState
         locks = state.locks
         if locks.check_lock(acquire.key, locks.clock_ms) is not None:
             return None  # held already (by this owner: a renewal; by another: denied or queued)
-        count = sum(1 for info in locks.list_locks(locks.clock_ms) if info.key.startswith(mine))
+        count = _held(tenant, state)
         if count >= quotas.locks_held:
             return _over(tenant, "locks_held", quotas.locks_held, count, "locks held")
     return None

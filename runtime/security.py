@@ -85,7 +85,9 @@ class AuthorizedKeys:
         root = Path(directory)
         found: dict[bytes, tuple[str | None, Path]] = {}
         quotas: dict[str, Quotas] = {}
-        folders = [(None, root)] + [(entry.name, entry) for entry in sorted(root.iterdir()) if entry.is_dir()]
+        # Hidden folders are no tenants: a Kubernetes Secret's volume keeps its files in "..data".
+        folders = [(None, root)] + [(entry.name, entry) for entry in sorted(root.iterdir())
+                                    if entry.is_dir() and not entry.name.startswith(".")]
         for tenant, folder in folders:
             if tenant is not None:
                 try:

@@ -40,7 +40,6 @@ from protocols.tenants import (
     tenant_of,
     unscope_error,
     unscope_reply,
-    usage,
 )
 from protocols.wire import ErrorRecord, Redirect, encode
 from protocols.workflow_spec import TaskNode, Workflow
@@ -146,7 +145,6 @@ def _state_with(workflows: list[str], locks: list[str]) -> ControlState:
 
 def test_quotas_count_what_the_tenant_holds_in_the_applied_state():
     state = _state_with(["acme:a", "acme:b", "globex:a", "ops"], ["acme:x", "acme:y", "globex:x", "ops"])
-    assert usage("acme", state) == {"pending_workflows": 2, "locks_held": 2, "running_tasks": 0}
     quotas = Quotas(pending_workflows=2, locks_held=2)
     submit = SubmitWorkflowRequest(workflow("acme:c"), "acme:client", 1)
     refusal = quota_refusal("acme", submit, quotas, state)
@@ -177,6 +175,107 @@ def test_tenant_names_and_quota_files():
                          ({"locks_held": "5"}, "non-negative"), ([1], "a map")]:
         with pytest.raises(ValueError, match=problem):
             parse_quotas(bad, "acme/quotas.yaml")
+
+
+# --------------------------------------------------------------------------- keys and nodes
+
+
+def test_key_folders_say_whose_key_is_whose(tmp_path):
+    from runtime.security import AuthorizedKeys, KeyFileError, generate_keys
+
+    ops, _ = generate_keys(tmp_path, "ops")
+    alice, _ = generate_keys(tmp_path / "acme", "alice")
+    masters, _ = generate_keys(tmp_path / "acme", "masters")  # misplaced: the masters' key is an operator's
+    generate_keys(tmp_path / "..data", "mounted")  # a Kubernetes Secret's hidden folder is no tenant
+    (tmp_path / "acme" / "quotas.yaml").write_text("locks_held: 3\n")
+    (tmp_path / "globex").mkdir()
+    masters_key = masters.read_bytes().split(b'public-key = "')[1][:40]
+    found = AuthorizedKeys.load(tmp_path, frozenset({masters_key}))
+    by_owner = sorted((owner or "", key) for key, owner in found.tenants.items())
+    assert [owner for owner, _ in by_owner] == ["", "", "acme"]
+    assert masters_key in {key for owner, key in by_owner if owner == ""}
+    assert found.quotas == {"acme": Quotas(locks_held=3), "globex": Quotas()}
+
+    for name, mistake, problem in [("acme", ("quotas.yaml", "locks: 1"), "unknown quota"),
+                                   ("a b", ("x.key", ops.read_text()), "bad tenant name"),
+                                   ("globex", ("copy.key", alice.read_text()), "two owners")]:
+        (tmp_path / name).mkdir(exist_ok=True)
+        (tmp_path / name / mistake[0]).write_text(mistake[1])
+        with pytest.raises(KeyFileError, match=problem):
+            AuthorizedKeys.load(tmp_path)
+        (tmp_path / name / mistake[0]).unlink()
+        if name == "a b":
+            (tmp_path / name).rmdir()
+        if name == "acme":
+            (tmp_path / "acme" / "quotas.yaml").write_text("locks_held: 3\n")
+
+
+def test_a_host_takes_its_own_tenants_and_operators_messages_and_events_only(tmp_path):
+    """In-process nodes with CURVE: acme's agent host answers alice (acme) and an operator, not
+    bob (globex), and nothing but agents; its events reach acme and operators, not globex; a
+    mistake in the keys on reload keeps the keys read before."""
+    from agentflow import Actor, Node
+    from runtime.future import RemoteError
+    from runtime.security import CurveKeys, generate_keys
+    from tests.procs import wait_for
+
+    class Echo(Actor):
+        def receive(self, message):
+            return message
+
+    class Inbox(Actor):
+        def __init__(self):
+            super().__init__()
+            self.events = []
+
+        def receive(self, message):
+            self.events.append(message)
+
+    authorized = tmp_path / "authorized"
+    generate_keys(tmp_path, "masters")
+    generate_keys(authorized, "ops")
+    for tenant, names in (("acme", ("host", "alice")), ("globex", ("bob",))):
+        for name in names:
+            generate_keys(authorized / tenant, name)
+    masters_key = tmp_path / "masters.key"
+
+    def keys(path, directory=None):
+        return CurveKeys.load(path, masters_key, directory)
+
+    host_keys = keys(authorized / "acme" / "host.key_secret", authorized)
+    with Node("host", curve=host_keys) as host, \
+            Node("alice", curve=keys(authorized / "acme" / "alice.key_secret", authorized)) as alice, \
+            Node("bob", curve=keys(authorized / "globex" / "bob.key_secret", authorized)) as bob, \
+            Node("ops", curve=keys(authorized / "ops.key_secret", authorized)) as ops:
+        host.spawn(Echo, name="agent/echo")
+        host.spawn(Echo, name="echo")
+        for node in (alice, bob, ops):
+            node.transport.know_server_key(host.endpoint, host_keys.public_key)
+            node.transport.know_server_key(host.pub_endpoint, host_keys.public_key)
+
+        def ask(node, actor):
+            return node.ref(host.endpoint, actor).ask("hi", timeout_s=5).get()
+
+        assert ask(alice, "agent/echo") == "hi" and ask(ops, "agent/echo") == "hi" and ask(ops, "echo") == "hi"
+        for actor in ("agent/echo", "echo"):
+            _refused(lambda: ask(bob, actor), "forbidden", "globex")
+        _refused(lambda: ask(alice, "echo"), "forbidden", "acme")
+        assert host.stats()["rejected_forbidden"] == 3
+
+        inboxes = {node.node_id: node.spawn(Inbox, name="inbox") for node in (alice, bob, ops)}
+        for node in (alice, bob, ops):
+            node.subscribe(host.pub_endpoint, "news", inboxes[node.node_id])
+        wait_for(lambda: host.publish("news", 1) or (len(alice.actor("inbox").events) >= 3
+                                                     and len(ops.actor("inbox").events) >= 3), 10,
+                 interval_s=0.05, what="acme and the operator to get the host's events")
+        assert bob.actor("inbox").events == [] and host.transport.gatekeeper.denied >= 1
+
+        gatekeeper = host.transport.gatekeeper
+        (authorized / "acme" / "quotas.yaml").write_text("nonsense: 1\n")
+        assert gatekeeper.reload() == 5  # alice, bob, ops, the host and the masters' key, as before
+        assert gatekeeper.tenant_of(host_keys.public_key) == "acme" and gatekeeper.quotas["acme"] == Quotas()
+        with pytest.raises(RemoteError):
+            ask(bob, "agent/echo")
 
 
 # --------------------------------------------------------------------------- real processes
