@@ -14,6 +14,8 @@ Rules of this module:
 
 * Pure: records in, records out, no I/O. The separator is ``:`` because workflow ids hold no
   ``/`` (a task's cluster-wide key is ``wf/task``).
+* ``scope_request`` never raises, whatever the network sends: a malformed request is
+  ``bad_request``.
 * An allow-list: a tenant may send only the requests ``scope_request`` knows (workflows, locks,
   agents, the cluster's and workers' status); anything else (raw Raft ``Propose``/``Read``,
   membership changes, leadership transfer, worker and Raft traffic, the operator's overview,
@@ -51,7 +53,20 @@ from protocols.control import (
     WorkersRequest,
     WorkflowStatusRequest,
 )
-from protocols.locks import CLIENT_LOCK_COMMANDS, Acquire, LockCall, LockInfo, LockShow
+from protocols.locks import (
+    CLIENT_LOCK_COMMANDS,
+    Acquire,
+    LockCall,
+    LockDenied,
+    LockGranted,
+    LockInfo,
+    LockNotHeld,
+    LockQueued,
+    LockReleased,
+    LockRenewed,
+    LockShow,
+    WaitCancelled,
+)
 from protocols.names import AGENTS_ACTOR, LOCK_ACTOR, RAFT_ACTOR, SCHEDULER_ACTOR
 from protocols.sessions import ClientSessions
 from protocols.wire import ErrorRecord, Redirect
@@ -262,6 +277,8 @@ def scope_request(tenant: str, destination: str, body: Any, tenant_keys: Collect
         scoped = _scope(tenant, destination, body, tenant_keys)
     except _Refusal as refusal:
         return refusal.record
+    except Exception as exc:  # a record of the right type with parts of the wrong ones (a task that is a map)
+        return ErrorRecord("bad_request", f"{type(body).__name__} is malformed ({type(exc).__name__})")
     if scoped is None:
         return ErrorRecord("forbidden", f"tenant {tenant} may not send {type(body).__name__} to {destination!r} "
                                         "(operators only)")
@@ -316,8 +333,11 @@ def _unscope_view(tenant: str, view: DirectoryView) -> DirectoryView:
     return DirectoryView(view.version, entries, stats)
 
 
+_LOCK_REPLIES = (LockGranted, LockDenied, LockQueued, LockReleased, LockRenewed, LockNotHeld, WaitCancelled, LockInfo)
+
+
 def _unscope_lock_reply(tenant: str, reply: Any) -> Any:
-    if isinstance(reply, LockInfo) or (dataclasses.is_dataclass(reply) and hasattr(reply, "key")):
+    if type(reply) in _LOCK_REPLIES:
         return dataclasses.replace(reply, key=_strip(tenant, reply.key))
     return reply
 

@@ -27,10 +27,13 @@ from protocols.control import ControlState
 from protocols.names import AGENT_HOST_ACTOR
 from protocols.tenants import UNLIMITED, quota_refusal, scope_request, unscope_error, unscope_reply
 from protocols.wire import ASK, ErrorRecord
+from runtime.log import get_logger
 from runtime.messages import InboundMessage
 
 if TYPE_CHECKING:
     from runtime.node import Node
+
+log = get_logger("tenancy")
 
 
 def is_agent_actor(destination: str) -> bool:
@@ -95,6 +98,11 @@ class MasterGate(TenantGate):
 
     def reply(self, message: InboundMessage, value: Any, error: ErrorRecord | None) -> tuple[Any, ErrorRecord | None]:
         tenant = message.tenant
-        if error is not None:
-            return value, unscope_error(tenant, error)
-        return unscope_reply(tenant, message.body, value), None
+        try:
+            if error is not None:
+                return value, unscope_error(tenant, error)
+            return unscope_reply(tenant, message.body, value), None
+        except Exception:  # it runs inside whatever answers (an apply's callback): never raise there
+            self.node.count("tenant_reply_errors")
+            log.exception("cannot scope an answer to tenant %s", tenant)
+            return None, ErrorRecord("internal_error", "the answer could not be scoped to your tenant")

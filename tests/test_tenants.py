@@ -98,6 +98,11 @@ def test_what_a_tenant_may_not_send_is_forbidden_naming_the_request():
     entry = AgentEntry("solver", "host-1", "tcp://h:1", "tcp://h:2", "", [], "someone-else's")
     assert scope_request("acme", AGENTS_ACTOR, RegisterAgentRequest(entry), {KEY}).kind == "forbidden"
     assert scope_request("acme", LOCK_ACTOR, LockShow(7)).kind == "bad_request"
+    # Records of the right type with parts of the wrong ones (the codec checks only simple fields).
+    for destination, body in [(SCHEDULER_ACTOR, SubmitWorkflowRequest(Workflow("w", "", [{"agent": 1}, 5]), "c", 1)),
+                              (AGENTS_ACTOR, DirectoryQuery([1])), (LOCK_ACTOR, LockCall(ClientCommand(1, 1, Release(
+                                  "k", "o")))), (AGENTS_ACTOR, AgentHostHeartbeat("h", "e", {1: 2}, None))]:
+        assert scope_request("acme", destination, body).kind == "bad_request", body
 
 
 def test_answers_show_the_tenants_own_rows_without_its_prefix():
@@ -457,3 +462,21 @@ def _listed(client):
         return client.workflow_status() == []
     except (ClusterUnavailable, RemoteError):
         return False
+
+
+def test_hostile_requests_and_answers_never_raise():
+    """Any record (the fuzzers' generator: right types with wrong parts) is scoped or refused,
+    and any answer to a scoped request is un-scoped, without raising."""
+    from tests.fuzz.frames import HostileFrames
+
+    destinations = (SCHEDULER_ACTOR, LOCK_ACTOR, AGENTS_ACTOR, RAFT_ACTOR, OBSERVER_ACTOR)
+    for seed in range(10):
+        frames = HostileFrames(seed)
+        for _ in range(200):
+            body = frames._random_record(depth=0)
+            for destination in destinations:
+                scoped = scope_request("acme", destination, body, {KEY})
+                if not isinstance(scoped, ErrorRecord):
+                    unscope_reply("acme", scoped, frames._random_record(depth=0))
+                    unscope_reply("acme", scoped, frames._random_value(depth=0))
+                    quota_refusal("acme", scoped, Quotas(0, 0, 0), ControlState())
