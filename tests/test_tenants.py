@@ -82,7 +82,7 @@ def test_every_name_a_tenant_sends_gets_its_prefix():
     assert scope_request("acme", AGENTS_ACTOR, DirectoryQuery(["a", "b"])).agent_ids == ["acme:a", "acme:b"]
     message = AgentMessage("m", "cli", "", "notification", 1, 0)
     assert scope_request("acme", AGENTS_ACTOR, BroadcastRequest(message)).agent_prefix == "acme:"
-    assert scope_request("acme", RAFT_ACTOR, StatusQuery()) == StatusQuery()
+    assert scope_request("acme", RAFT_ACTOR, StatusQuery(digest=True)) == StatusQuery()
 
 
 def test_what_a_tenant_may_not_send_is_forbidden_naming_the_request():
