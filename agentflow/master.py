@@ -46,6 +46,7 @@ from runtime.log import get_logger
 from runtime.metrics import MasterMetrics
 from runtime.node import Node
 from runtime.security import CurveKeys
+from runtime.tenancy import MasterGate
 
 log = get_logger("master")
 
@@ -111,6 +112,10 @@ class Master:
             # The RaftActor publishes its state and leader in the control plane; the other actors
             # propose, read and watch through it (they are all pinned: one thread).
             control = ControlPlane(self.node, RAFT_ACTOR)
+            # Tenants' requests are scoped to their names and held to their quotas before any
+            # actor sees them (runtime/tenancy.py); the actors never know tenants exist.
+            self.node.install_gate(MasterGate(self.node, state=lambda: control.state,
+                                              leads=lambda: control.leader_id == self.node_id))
             self.raft = self.node.spawn(RaftActor, control, self.storage_path, raft_config, tick_s, bootstrap,
                                         self.http_port, snapshot_every_entries, name=RAFT_ACTOR, pinned=True)
             self.locks = self.node.spawn(LockActor, control, name=LOCK_ACTOR, pinned=True)  # watches "lock." applies
@@ -260,8 +265,8 @@ def run_master(**options: Any) -> int:
     master = Master(**options)
     gatekeeper = master.node.transport.gatekeeper
     if gatekeeper is not None:  # SIGHUP: read the authorized keys again
-        signal.signal(signal.SIGHUP, lambda *_: log.info("Master %s admits %d keys", master.node_id,
-                                                          gatekeeper.reload()))
+        signal.signal(signal.SIGHUP, lambda *_: log.info("Master %s admits %d keys (%d tenants)", master.node_id,
+                                                          gatekeeper.reload(), len(gatekeeper.quotas)))
     try:
         status = master.status(RECOVERY_S)  # a long log is re-applied before the first answer
         if master.mode == "master" and master.recovered and master.node_id in status["voters"]:

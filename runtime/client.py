@@ -119,7 +119,7 @@ class DirectAsks:
                     return reply_value(envelope.kind, envelope.body)
         except zmq.Again:
             pass
-        self._discard(endpoint)
+        self._discard((endpoint, server_key))
         raise failure or AskTimeout(f"no answer from {actor} at {endpoint} within {timeout_s:.3f} s")
 
     @property
@@ -130,15 +130,18 @@ class DirectAsks:
         connections = getattr(self._local, "connections", None)
         if connections is None:
             connections = self._local.connections = _ThreadConnections(self)
-        connection = connections.get(endpoint)
+        # By endpoint and key: an agent's directory entry names both, and a connection made with
+        # another entry's key must not carry this one's asks (runtime/tenancy.py).
+        connection = connections.get((endpoint, server_key))
         if connection is None:
-            connection = connections[endpoint] = _Connection(self._context, endpoint, self._curve, server_key)
+            connection = connections[endpoint, server_key] = _Connection(self._context, endpoint, self._curve,
+                                                                         server_key)
             with self._lock:
                 self._open.add(connection)
         return connection
 
-    def _discard(self, endpoint: str) -> None:
-        self._close(self._local.connections.pop(endpoint))
+    def _discard(self, where: tuple[str, bytes | None]) -> None:
+        self._close(self._local.connections.pop(where))
 
     def _close(self, connection: _Connection) -> None:
         with self._lock:

@@ -10,7 +10,8 @@ Rules of this module (docs/ARCHITECTURE.md §2 and §5 rule 7):
   lock-free queue and writes a wake-up byte on a pipe only when the queue turns from empty to
   non-empty (one wake-up per burst).
 * It knows the node's actors only through a directory (actor name -> delivery target) and
-  counts into the node's counters; it never calls back into the Node.
+  counts into the node's counters. A tenant's message (CURVE) reaches an actor only if the
+  node's ``admit(destination, message)`` lets it; a tenant's frame teaches no endpoint or key.
 * It drains sockets and the outbound queue without blocking, packs up to ``MAX_BATCH``
   envelopes per frame, and hands each local actor one batch per wake-up.
 * Bytes from the network never raise out of it: bad frames are counted by reason, logged once
@@ -53,7 +54,7 @@ from runtime.future import AskTimeout, RemoteError, settle
 from runtime.log import get_logger
 from runtime.events import EventSockets
 from runtime.messages import InboundMessage
-from runtime.security import CurveKeys, Gatekeeper
+from runtime.security import EVENTS_DOMAIN, CurveKeys, Gatekeeper
 from runtime.timers import TimerQueue
 from runtime.wakeup import WakePipe
 
@@ -107,6 +108,7 @@ class Transport(threading.Thread):
         # endpoint -> the CURVE key its node authenticated with (runtime/security.py)
         self.server_keys: dict[str, bytes] = {}
         self.gatekeeper = Gatekeeper(self._context, curve) if curve is not None else None
+        self.admit: Callable[[str, InboundMessage], bool] = lambda destination, message: False  # the Node's gate
         self.faults = FaultInjector.from_environment(node_id, counters)  # None unless a test configures faults
         self._route_peers: dict[bytes, tuple[str, str]] = {}  # with faults: route -> (node id, endpoint)
         self._outbox: collections.deque = collections.deque()
@@ -138,7 +140,7 @@ class Transport(threading.Thread):
         self.endpoint = f"tcp://{advertise_host or host}:{advertise_port or port}"
         pub, sub = self._socket(zmq.PUB), self._socket(zmq.SUB)
         if curve is not None:
-            curve.server_options(pub)
+            curve.server_options(pub, EVENTS_DOMAIN)
             curve.client_options(sub)
         pub_port = _bind(pub, host, pub_port if pub_port is not None else (port + 100 if fixed_port else 0))
         self.pub_endpoint = f"tcp://{advertise_host or host}:{pub_port}"
@@ -271,12 +273,10 @@ class Transport(threading.Thread):
                 break
             route = parts[0] if not secure else parts[0].bytes
             if len(parts) != 2:
-                self._reject(route, "bad_frame_count", f"{len(parts) - 1} frames")
+                self._count_bad(route.hex(), "bad_frame_count", f"{len(parts) - 1} frames")
                 continue
-            if secure:
-                self._handle_frame(parts[1].bytes, route, parts[1].get("User-Id").encode())
-            else:
-                self._handle_frame(parts[1], route)
+            data, key = (parts[1].bytes, parts[1].get("User-Id").encode()) if secure else (parts[1], None)
+            self._handle_frame(data, route, key)
 
     def _drain_dealer(self, sock: zmq.Socket) -> None:
         for _ in range(DRAIN_LIMIT):
@@ -298,7 +298,7 @@ class Transport(threading.Thread):
         try:
             frame = decode_frame(data, self.max_frame_bytes)
         except DecodeError as exc:
-            self._reject(route, exc.reason, exc.detail)
+            self._count_bad(route.hex() if route else "?", exc.reason, exc.detail)
             return
         if self.faults is not None:
             if self.faults.drops_from(frame.node_id, frame.endpoint):
@@ -306,7 +306,8 @@ class Transport(threading.Thread):
                 return
             if route is not None:
                 self._route_peers[route] = (frame.node_id, frame.endpoint)
-        if frame.endpoint:  # a client without a node of its own listens nowhere
+        tenant = self.gatekeeper.tenant_of(peer_key) if peer_key is not None else None
+        if frame.endpoint and tenant is None:  # a client without a node of its own listens nowhere
             self.peers[frame.node_id] = frame.endpoint
             if peer_key is not None:
                 self.server_keys[frame.endpoint] = peer_key
@@ -331,7 +332,9 @@ class Transport(threading.Thread):
                     # Sent anonymously (no source), so a Refused that finds nobody is not refused back.
                     self.send(frame.endpoint, env.source, Refused("unknown_actor", env.destination, env.body))
                 continue
-            message = InboundMessage(kind, (frame.node_id, env.source), env.correlation_id, env.body, route)
+            message = InboundMessage(kind, (frame.node_id, env.source), env.correlation_id, env.body, route, None, tenant)
+            if tenant is not None and not self.admit(env.destination, message):
+                continue  # refused (and answered) by the node's gate
             batch = batches.get(target)
             if batch is None:
                 batches[target] = [message]
@@ -359,9 +362,6 @@ class Transport(threading.Thread):
         except Exception:
             self.counters["actor_errors"] += 1
             log.exception("an actor failed on a batch of %d messages", len(messages))
-
-    def _reject(self, route: bytes | None, reason: str, detail: str) -> None:
-        self._count_bad(route.hex() if route else "?", reason, detail)
 
     def _count_bad(self, peer: str, reason: str, detail: str) -> None:
         self.counters[f"bad_frames_{reason}"] += 1
