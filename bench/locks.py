@@ -13,6 +13,9 @@ A *pair* is one acquire plus one release of the same key, measured end to end by
   best case for throughput).
 * Many independent locks: ``--keys`` clients (64: 8 processes of 8 threads, a connection or
   session each) each on a key of its own, for ``--seconds``: ``lock_pairs_per_s_64_keys``.
+* AgentFlow runs each of the three twice: releasing as etcd's clients do (waiting for the
+  commit), and with ``release(wait=False)`` (one-way: the rows ending ``_release_nowait``); the
+  acquire waits for its commit in both.
 * The lock layer's ceiling, in the same run: pairs of two plain Raft commits (``Noop`` through
   ``Client.propose``), reported as ``lock_pairs_per_s_vs_raft_noop_pairs`` (its "peer" is AgentFlow's
   own Raft, not another system).
