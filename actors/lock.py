@@ -26,8 +26,12 @@ Rules:
   at most ``max_waiters`` owners: the leader stamps its limit into every ``Acquire`` (the table
   enforces it at apply, the same on every master) and refuses a waiter beyond it at once when
   the applied table is full already (``lock_waiters_limit``, counted as every refusal is).
-* A ``LockCall`` told rather than asked (``release(wait=False)``) is proposed like any other,
-  in the order it came in with the sender's other calls, and answered to nobody.
+* A ``LockCall`` told rather than asked (``release(wait=False)``) is answered to nobody. It is
+  proposed like any other, except that a release of a lock nobody waits for is held until the
+  next call arrives (from anyone) or the next tick, and proposed just before it: a client that
+  releases and goes on to its next call pays one Raft write for both, and no call can observe
+  the delay (every call proposes what is held first; only a read may still see the lock held,
+  as it may for any release not yet committed).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from protocols.locks import (
     LockOutcome,
     LockQueued,
     LockShow,
+    Release,
     waiters_limit_error,
 )
 from protocols.wire import ASK, ErrorRecord, Redirect, Tick
@@ -66,6 +71,7 @@ MAX_WAIT_MS = 30_000  # the longest a client's answer is held, whatever it asks
 # Owners queued behind one lock, at most (a master's --lock-max-waiters): each is replicated
 # state on every master and in every snapshot, and a grant walks the queue.
 DEFAULT_MAX_WAITERS = 1000
+MAX_HELD_RELEASES = 1000  # one-way releases waiting for the next call's Raft write; more go at once
 
 
 def monotonic_ms() -> int:
@@ -90,6 +96,7 @@ class LockActor(Actor):
         # (key, owner) -> [(deadline_ms, answer, queued reply)]: held answers of waiters
         self._held: dict[tuple[str, str], list[tuple[int, Deferred, LockQueued]]] = {}
         self._waiter_seen_ms: dict[tuple[str, str], int] = {}
+        self._held_releases: list[Any] = []  # one-way releases held for the next call's Raft write
         self._last_sweep_ms = 0
         self._timer_id: int | None = None
 
@@ -157,14 +164,28 @@ class LockActor(Actor):
         elif kind is not CancelWait:
             body = dataclasses.replace(body, now_ms=now_ms)
         envelope = ClientCommand(envelope.client_id, envelope.seq, body) if isinstance(envelope, ClientCommand) else body
+        self._propose_held_releases()  # before this call: a client's commands apply in its order
         if self._inbound is not None and self._inbound.kind != ASK:
-            # Sent one-way (``release(wait=False)``): proposed in order with the sender's other
-            # commands, and nobody is told how it went.
-            self._propose(envelope, self._one_way_done)
+            # Sent one-way (``release(wait=False)``): nobody is told how it went. A release that
+            # nobody waits for is held for the next call (or tick) and goes into its Raft write:
+            # a client that releases and goes on to its next call pays one write for both.
+            if kind is Release and not self._awaited(body.key) and len(self._held_releases) < MAX_HELD_RELEASES:
+                self._held_releases.append(envelope)
+            else:
+                self._propose(envelope, self._one_way_done)
             return None
         answer = self.defer()
         self._propose(envelope, lambda future: self._answer_call(future, answer, wait_until_ms))
         return answer
+
+    def _awaited(self, key: str) -> bool:
+        """Whether someone waits for ``key``: queued (as applied), or asking to be."""
+        return self.control.state.locks.has_waiters(key) or any(where[0] == key for where in self._waiter_seen_ms)
+
+    def _propose_held_releases(self) -> None:
+        held, self._held_releases = self._held_releases, []
+        for envelope in held:
+            self._propose(envelope, self._one_way_done)
 
     def _one_way_done(self, future: Future) -> None:
         try:
@@ -268,6 +289,7 @@ class LockActor(Actor):
         self._term = change.term
         self._expire_in_flight = False
         self._waiter_seen_ms.clear()
+        self._held_releases.clear()  # lost with the leadership, as a one-way release may be: TTL ends them
         if change.is_leader:
             self._clock_at_least(self.control.state.locks.clock_ms)
             term = change.term
@@ -294,6 +316,7 @@ class LockActor(Actor):
     def _tick(self) -> None:
         if not self._is_leader:
             return
+        self._propose_held_releases()  # no call came: they go on their own
         now_ms = self.now_ms()
         self._release_due_held_answers(now_ms)
         if self._extended_term != self._term:

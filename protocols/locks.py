@@ -455,6 +455,10 @@ class LockTable:
         """Every live lease at ``now_ms``, in grant order of their keys."""
         return [self._info(k, l) for k, l in self._leases.items() if l.expires_ms > now_ms]
 
+    def has_waiters(self, key: str) -> bool:
+        lease = self._leases.get(key)
+        return lease is not None and bool(lease.waiters)
+
     def queue_is_full(self, key: str, owner: str, limit: int) -> bool:
         """Whether ``owner`` would be a new waiter for ``key`` beyond ``limit`` (as applied now)."""
         lease = self._leases.get(key)

@@ -229,13 +229,20 @@ def test_a_release_that_does_not_wait_is_applied_before_the_next_call(cluster):
     assert lock.acquire("no-wait")
     first = lock.token
     assert lock.release("no-wait", wait=False) and "no-wait" not in lock.tokens
-    # Proposed after the release, in order: a new grant (a new token), not the holder's renewal.
+    # Proposed before the next call, in order: a new grant (a new token), not the holder's renewal.
     assert lock.acquire("no-wait") and lock.token > first
-    other = DistributedLock(client, "patient", ttl_s=30)
-    assert not other.acquire("no-wait")
+    # With no call after it, it goes out on its own (reads do not carry it).
     assert lock.release("no-wait", wait=False)
-    wait_for(lambda: other.acquire("no-wait"), 10, what="the lock released without waiting to be free")
-    assert other.token > lock.token
+    wait_for(lambda: lock.check_lock("no-wait") is None, 10, what="the lock released without waiting to be free")
+    # A waiter is granted through it.
+    other = DistributedLock(client, "patient", ttl_s=30)
+    assert lock.acquire("no-wait")
+    waiter = threading.Thread(target=other.acquire_blocking, args=("no-wait",), kwargs={"max_duration_s": 20})
+    waiter.start()
+    wait_for(lambda: lock.check_lock("no-wait").waiters == ["patient"], 10, what="the waiter queued")
+    assert lock.release("no-wait", wait=False)
+    waiter.join(20)
+    assert other.tokens["no-wait"] > lock.token
     # A client that knows no leader yet waits after all: it is told the lock is not its own.
     with Client(the_cluster.master_url, timeout_s=15) as fresh:
         assert DistributedLock(fresh, "hasty").release("no-wait", wait=False) is False
