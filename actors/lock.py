@@ -12,7 +12,8 @@ Rules:
   hands it (propose, read, watch, the replicated state, redirect); every proposal of one
   transport round shares one SQLite commit (ARCHITECTURE §5 rule 7).
 * Clients' commands arrive wrapped in ``ClientCommand`` and are proposed as they are (only
-  ``now_ms`` is stamped), so a retried command is applied once. Clients may not propose
+  ``now_ms``, and an ``Acquire``'s ``max_waiters``, are stamped), so a retried command is
+  applied once. Clients may not propose
   ``ExpireLocks`` or ``ExtendAllLeases``: only the leader's clock ends leases.
 * Time: ``now_ms`` is this process's monotonic clock plus an offset that only grows, kept at or
   above every ``now_ms`` applied so far, so the leader never stamps a time behind the table's
