@@ -30,7 +30,7 @@ import time
 from typing import Any
 
 from actors.agent_directory import AgentDirectoryActor
-from actors.lock import LockActor
+from actors.lock import DEFAULT_MAX_WAITERS, LockActor
 from actors.observer import ObserverActor, ObserverSources
 from actors.raft import SNAPSHOT_EVERY_ENTRIES, ControlPlane, RaftActor
 from actors.scheduler import SchedulerActor
@@ -83,11 +83,13 @@ class Master:
                  pub_port: int | None = None, node_id: str | None = None, heartbeat_ms: int = 100,
                  election_timeout_ms: tuple[int, int] = (1000, 2000),
                  snapshot_every_entries: int = SNAPSHOT_EVERY_ENTRIES, advertise: str | None = None,
-                 curve: CurveKeys | None = None) -> None:
+                 curve: CurveKeys | None = None, lock_max_waiters: int = DEFAULT_MAX_WAITERS) -> None:
         if mode not in ("leader", "master"):
             raise ValueError(f"--mode must be leader or master, not {mode!r}")
         if snapshot_every_entries < 1:
             raise ValueError("--snapshot-every must be at least 1")
+        if lock_max_waiters < 1:
+            raise ValueError(f"--lock-max-waiters must be at least 1, not {lock_max_waiters}")
         self.mode = mode
         self.leader_endpoints = parse_master_urls(leader_url) if leader_url else []
         advertise_host, advertise_port = advertised_address(host, parse_advertise(advertise))
@@ -118,7 +120,8 @@ class Master:
                                               leads=lambda: control.leader_id == self.node_id))
             self.raft = self.node.spawn(RaftActor, control, self.storage_path, raft_config, tick_s, bootstrap,
                                         self.http_port, snapshot_every_entries, name=RAFT_ACTOR, pinned=True)
-            self.locks = self.node.spawn(LockActor, control, name=LOCK_ACTOR, pinned=True)  # watches "lock." applies
+            self.locks = self.node.spawn(LockActor, control, max_waiters=lock_max_waiters, name=LOCK_ACTOR,
+                                         pinned=True)  # watches "lock." applies
             self.scheduler = self.node.spawn(SchedulerActor, control, name=SCHEDULER_ACTOR, pinned=True)
             self.agents = self.node.spawn(AgentDirectoryActor, control, name=AGENTS_ACTOR, pinned=True)
             self.node.actor(RAFT_ACTOR).storage.on_commit_s = self.metrics.fsync.observe
