@@ -13,6 +13,10 @@ Rules:
 * Nothing is sent before what it depends on is durable (the Ready obligations), except a
   leader's appends and heartbeats, which leave before its own write (it counts itself in a
   quorum only for what it has persisted).
+* A follower that sees its leader's connection drop (the transport's socket monitor) forgets
+  the leader and campaigns at once, a pre-vote first, staggered by its rank among the other
+  followers (``campaign_rank``): a leader that died is replaced in milliseconds, not an election
+  timeout, and one that lives on keeps its followers' refusals (ARCHITECTURE §3).
 * A proposal is answered only once its entry is applied; if another leader's entry takes its
   index, the proposer is told ``not_committed`` and retries (client sessions make that safe).
 * Other actors reach it only through the ``ControlPlane`` the master hands them: they propose,
@@ -59,6 +63,7 @@ from protocols.raft import (
     RaftCore,
     Snapshot,
     SnapshotMeta,
+    campaign_rank,
 )
 from protocols.wire import ErrorRecord, Redirect, Tick, encode, is_record, tag_of
 from runtime.actor import Actor, Deferred
@@ -177,6 +182,11 @@ class ControlPlane:
 # etcd's default --snapshot-count. A snapshot encodes the whole state on this thread: with 46,000
 # finished tasks kept that is 0.4 s and 15 MB to write, on every master at about the same index.
 SNAPSHOT_EVERY_ENTRIES = 100_000
+# Followers whose leader's connection dropped campaign this far apart, by rank, so that they do
+# not split the vote (far more than a pre-vote and vote round trip), with a little jitter.
+CAMPAIGN_STAGGER_S = 0.05
+CAMPAIGN_JITTER_S = 0.01
+CAMPAIGN_TIMER = "raft-campaign"
 
 
 class RaftActor(Actor):
@@ -210,6 +220,7 @@ class RaftActor(Actor):
         self._timer_id: int | None = None
         stored = self.storage.load()
         rng = random.Random(seed)
+        self._rng = random.Random(rng.getrandbits(64))
         if stored.hard_state is None and stored.snapshot is None and not stored.entries:
             voters = [self.node.node_id] if bootstrap else []
             self.core = RaftCore(self.node.node_id, voters, self.config, rng)
@@ -233,6 +244,7 @@ class RaftActor(Actor):
     def on_start(self) -> None:
         self._timer_id = self.node.every(self.tick_s, self.node.lookup(self.address), "raft")
         self.node.transport.add_end_of_round_hook(self._process_ready)
+        self.node.transport.on_disconnect(self._on_disconnect)
         self._process_ready()
 
     def on_stop(self) -> None:
@@ -254,6 +266,10 @@ class RaftActor(Actor):
             self.core.step(message)
             return None
         if kind is Tick:
+            if message.name == CAMPAIGN_TIMER:
+                if self.core.role != LEADER and self.core.leader_id is None:
+                    self.core.campaign()  # still leaderless: nobody else won meanwhile
+                return None
             self.core.tick()
             if self.core.role == LEADER:
                 self._promote_caught_up_learners()
@@ -274,6 +290,18 @@ class RaftActor(Actor):
             self._watchers.append(message)
             return None
         return ErrorRecord("unknown_message", type(message).__name__)
+
+    def _on_disconnect(self, endpoint: str) -> None:
+        core = self.core
+        leader = core.leader_id
+        if leader is None or core.role == LEADER or self.control.endpoint_of(leader) != endpoint:
+            return
+        core.forget_leader()
+        delay_s = (campaign_rank(core.voters, self.node.node_id, leader) * CAMPAIGN_STAGGER_S
+                   + self._rng.uniform(0, CAMPAIGN_JITTER_S))
+        log.info("Node %s lost its connection to leader %s; campaigning in %.0f ms",
+                 self.node.node_id, leader, delay_s * 1000)
+        self.node.after(delay_s, self.node.lookup(self.address), CAMPAIGN_TIMER)
 
     def redirect(self) -> Redirect:
         """What a follower answers a client with: where the leader is, as far as its core knows

@@ -16,10 +16,12 @@ The modules, bottom up (each imports only those above it):
 * ``membership``: the voters and learners, changed one server at a time, with the history to
   undo an overwritten change; ``ConfChangeRejected``.
 * ``reads``: ReadIndex, linearizable reads confirmed by a heartbeat quorum; ``ReadState``.
+* ``election`` and ``replication``: the mixins of ``RaftCore`` that campaign and vote (pre-vote
+  included), and that move entries to followers.
 * ``core``: ``RaftCore`` (tick, step, propose, propose_conf_change, read_index,
-  transfer_leadership, compact, has_ready, ready, advance), ``Ready`` with its ``SoftState`` and
-  ``must_sync``, ``HardState``, ``RaftConfig``, ``NotLeader``; the Ready obligations are in its
-  docstring.
+  transfer_leadership, forget_leader, campaign, compact, has_ready, ready, advance), ``Ready``
+  with its ``SoftState`` and ``must_sync``, ``HardState``, ``RaftConfig``, ``NotLeader``; the
+  Ready obligations are in ``ready.py``.
 
 Limitations, on purpose: a snapshot travels as one message (the frame cap bounds it); pending
 ReadIndex requests are dropped when leadership is lost (the caller's deadline retries them);
@@ -40,6 +42,7 @@ from protocols.raft.core import (
     Ready,
     SoftState,
 )
+from protocols.raft.election import campaign_rank
 from protocols.raft.log import RaftLog, Snapshot
 from protocols.raft.membership import ConfChangeRejected
 from protocols.raft.messages import (
@@ -67,5 +70,5 @@ __all__ = [
     "AppendEntries", "AppendResponse", "ConfChange", "ConfChangeRejected", "Entry", "HardState",
     "Heartbeat", "HeartbeatResponse", "InstallSnapshot", "NotLeader", "RaftConfig", "RaftCore",
     "RaftLog", "ReadState", "Ready", "RequestVote", "SnapshotMeta", "Snapshot", "SoftState",
-    "TimeoutNow", "VoteResponse",
+    "TimeoutNow", "VoteResponse", "campaign_rank",
 ]
