@@ -8,11 +8,14 @@ ticks) runs the Ready loop: persist (one SQLite transaction), then send, then ap
 Rules:
 
 * Spawned pinned (on the transport thread): consensus traffic is latency-critical, and a pinned
-  actor costs no thread hand-off per message (bench/README.md, design probe 1). It never blocks but for the
-  SQLite commit, once per round (group commit), never once per entry.
-* Nothing is sent before what it depends on is durable (the Ready obligations), except a
-  leader's appends and heartbeats, which leave before its own write (it counts itself in a
-  quorum only for what it has persisted).
+  actor costs no thread hand-off per message (bench/README.md, design probe 1). It never blocks
+  but for a follower's or candidate's SQLite commit, once per round (group commit), never once
+  per entry.
+* Nothing is sent before what it depends on is durable (the Ready obligations). A leader's own
+  appends are the exception: it sends them first and hands the write to its ``StorageWriter``
+  thread, and counts itself in a quorum for them only when the writer reports them durable
+  (``entries_persisted``), so its fsync runs beside the followers' and their acknowledgements
+  never wait behind it. Its other writes, and all of a follower's, wait for the writer first.
 * A follower that sees its leader's connection drop (the transport's socket monitor) forgets
   the leader and campaigns at once, a pre-vote first, staggered by its rank among the other
   followers (``campaign_rank``): a leader that died is replaced in milliseconds, not an election
@@ -49,10 +52,6 @@ from protocols.raft import (
     ENTRY_CONF_CHANGE,
     ENTRY_NORMAL,
     LEADER,
-    AppendEntries,
-    Heartbeat,
-    InstallSnapshot,
-    TimeoutNow,
     MESSAGE_TYPES,
     ConfChange,
     ConfChangeRejected,
@@ -69,7 +68,7 @@ from protocols.wire import ErrorRecord, Redirect, Tick, encode, is_record, tag_o
 from runtime.actor import Actor, Deferred
 from runtime.future import Future
 from runtime.log import get_logger
-from runtime.storage import RaftStorage
+from runtime.storage import RaftStorage, StorageWriter
 
 log = get_logger("raft")
 
@@ -97,7 +96,6 @@ def _numbers_in_range(record: Any) -> bool:
         elif is_record(value) and not _numbers_in_range(value):
             return False
     return True
-_LEADER_EARLY_MESSAGES = frozenset((AppendEntries, Heartbeat, InstallSnapshot, TimeoutNow))
 
 
 class Watch:
@@ -207,6 +205,7 @@ class RaftActor(Actor):
         self.http_port = http_port
         self.snapshot_every_entries = snapshot_every_entries
         self.storage = RaftStorage(storage_path)
+        self.writer: StorageWriter | None = None  # started with the actor
         self.control = control  # this actor publishes its state and the leader there
         self.state = control.state = ControlState()
         self._pending: dict[int, tuple[int, Deferred]] = {}  # index -> (term, answer)
@@ -242,6 +241,11 @@ class RaftActor(Actor):
     # ------------------------------------------------------------------ lifecycle
 
     def on_start(self) -> None:
+        transport = self.node.transport
+        self.writer = StorageWriter(
+            self.storage,
+            on_written=lambda index, term: transport.call(lambda: self._written(index, term)),
+            on_failed=lambda reason: transport.call(lambda: self._disk_failed(reason)))
         self._timer_id = self.node.every(self.tick_s, self.node.lookup(self.address), "raft")
         self.node.transport.add_end_of_round_hook(self._process_ready)
         self.node.transport.on_disconnect(self._on_disconnect)
@@ -250,6 +254,8 @@ class RaftActor(Actor):
     def on_stop(self) -> None:
         if self._timer_id is not None:
             self.node.cancel_timer(self._timer_id)
+        if self.writer is not None:
+            self.writer.close()
         self.storage.close()
 
     # ------------------------------------------------------------------ messages
@@ -426,36 +432,33 @@ class RaftActor(Actor):
                 self.state = self.control.state = ControlState.from_snapshot(ready.snapshot.data)
                 log.info("Node %s installed the leader's snapshot at index %d", self.node.node_id,
                          ready.snapshot.meta.index)
-            later = ready.messages
-            if self._leading:
-                # A leader's appends and heartbeats may leave before its own write: it counts
-                # itself in a quorum only for what it has persisted (thesis 10.2.1, as etcd does),
-                # so its fsync and the followers' run in parallel. Flush them now, since this
-                # thread is the transport's and would otherwise send them only after the write.
-                early, later = [], []
+            in_background = ready.must_sync and ready.leader_append
+            if in_background:
+                # The leader's own append: its messages leave first (flushed before the writer
+                # thread wakes), and it counts itself for these entries once they are durable.
                 for message in ready.messages:
-                    (early if type(message) in _LEADER_EARLY_MESSAGES else later).append(message)
-                if early:
-                    for message in early:
-                        self._send(message)
-                    self.node.transport.flush()
-            self._persist(ready)
-            for message in later:
-                self._send(message)
-            if later and ready.committed_entries:
-                self.node.transport.flush()  # a follower's acknowledgement leaves before it applies
+                    self._send(message)
+                self.node.transport.flush()
+                self._submit_write(ready)
+            else:
+                self._persist(ready)
+                for message in ready.messages:
+                    self._send(message)
+                if ready.messages and ready.committed_entries:
+                    self.node.transport.flush()  # an acknowledgement leaves before this node applies
             if ready.committed_entries:
                 self._apply(ready.committed_entries)
             for read_state in ready.read_states:
                 waiting = self._read_contexts.pop(read_state.request_ctx, None)
                 if waiting is not None:
                     self._reads.append((read_state.index, *waiting))
-            core.advance(ready)
+            core.advance(ready, persisted=not in_background)
         self._answer_reads()
         self._maybe_snapshot()
 
     def _persist(self, ready) -> None:
-        """One transaction for what this Ready must make durable.
+        """One transaction for what this Ready must make durable, on this thread, after every
+        write the writer thread has queued.
 
         A Ready that need not be synced (its hard state differs from the stored one only by its
         commit index) writes nothing: the commit index goes with the next entries. It can always
@@ -463,14 +466,30 @@ class RaftActor(Actor):
         loses nothing, and skipping it halves the fsyncs per command."""
         if not ready.must_sync:
             return
-        core = self.core
         try:
-            self.storage.save(HardState(core.term, core.vote, core.commit_index), ready.entries, ready.snapshot)
-        except Exception:
-            # A master that cannot persist must not go on voting or acknowledging: crash-stop
-            # (Raft's failure model), and let its supervisor restart it from the file.
-            log.critical("Node %s cannot write its Raft log; exiting", self.node.node_id, exc_info=True)
-            os._exit(70)
+            self.writer.save_now(self._hard_state(), ready.entries, ready.snapshot)
+        except Exception as exc:
+            self._disk_failed(str(exc))
+
+    def _submit_write(self, ready) -> None:
+        try:
+            self.writer.submit(self._hard_state(), ready.entries)
+        except Exception as exc:
+            self._disk_failed(str(exc))
+
+    def _hard_state(self) -> HardState:
+        core = self.core
+        return HardState(core.term, core.vote, core.commit_index)
+
+    def _written(self, index: int, term: int) -> None:
+        """The writer thread made the leader's entries up to (index, term) durable."""
+        self.core.entries_persisted(index, term)
+
+    def _disk_failed(self, reason: str) -> None:
+        # A master that cannot persist must not go on voting or acknowledging: crash-stop
+        # (Raft's failure model), and let its supervisor restart it from the file.
+        log.critical("Node %s cannot write its Raft log (%s); exiting", self.node.node_id, reason)
+        os._exit(70)
 
     def _apply(self, entries: list[Entry]) -> None:
         applied: list[tuple[int, Any, Any]] = []
@@ -516,7 +535,10 @@ class RaftActor(Actor):
         if core.applied_index - core.first_index + 1 < self.snapshot_every_entries:
             return
         core.compact(core.applied_index, self.state.to_snapshot())
-        self.storage.compact(core.applied_index, core.snapshot)
+        try:
+            self.writer.compact_now(core.applied_index, core.snapshot)
+        except Exception as exc:
+            self._disk_failed(str(exc))
         log.debug("Node %s compacted its log up to %d", self.node.node_id, core.applied_index)
 
     def _on_leadership_changed(self, is_leader: bool) -> None:
