@@ -20,6 +20,11 @@ Rules:
   the leader and campaigns at once, a pre-vote first, staggered by its rank among the other
   followers (``campaign_rank``): a leader that died is replaced in milliseconds, not an election
   timeout, and one that lives on keeps its followers' refusals (ARCHITECTURE §3).
+* A master whose disk fails (full, read-only, an I/O error) never acknowledges what it could
+  not persist: it holds the Ready that failed, drops peers' messages, stops ticking and
+  answers clients with a redirect, as if cut off; it says why in its status (``disk_error``,
+  hence /health) and its log, tries the write again every ``DISK_RETRY_S``, and goes on from
+  where it stopped once the disk takes it.
 * A proposal is answered only once its entry is applied; if another leader's entry takes its
   index, the proposer is told ``not_committed`` and retries (client sessions make that safe).
 * Other actors reach it only through the ``ControlPlane`` the master hands them: they propose,
@@ -31,10 +36,11 @@ Rules:
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from typing import Any
 
+# The ControlPlane is the actor's front (actors/control_plane.py); importers of actors.raft find it here too.
+from actors.control_plane import Applied, ControlPlane, LeadershipChanged, Watch  # noqa: F401
 from protocols.control import (
     Batch,
     ControlState,
@@ -63,12 +69,12 @@ from protocols.raft import (
     Snapshot,
     SnapshotMeta,
     campaign_rank,
+    numbers_in_range,
 )
 from protocols.wire import ErrorRecord, Redirect, Tick, encode, is_record, tag_of
 from runtime.actor import Actor, Deferred
-from runtime.future import Future
 from runtime.log import get_logger
-from runtime.storage import RaftStorage, StorageWriter
+from runtime.storage import RaftStorage, StorageError, StorageWriter
 
 log = get_logger("raft")
 
@@ -76,105 +82,6 @@ _RAFT_MESSAGES = frozenset(MESSAGE_TYPES)
 # Terms and indexes come from the network, and SQLite keeps 63-bit integers: a forged vote in
 # term 2**63 - 1 made a master elect itself in term 2**63 and exit, unable to write it (fuzzing).
 MAX_RAFT_NUMBER = 2**62
-
-
-def _numbers_in_range(record: Any) -> bool:
-    """Every integer of a Raft message, its entries and its snapshot meta is in [0, 2**62)."""
-    for name in type(record).__slots__:
-        value = getattr(record, name)
-        kind = type(value)
-        if kind is int:
-            if not 0 <= value < MAX_RAFT_NUMBER:
-                return False
-        elif kind is list:  # entries: their term and index are all a follower stores of them
-            for item in value:
-                if type(item) is Entry:
-                    if not (0 <= item.term < MAX_RAFT_NUMBER and 0 <= item.index < MAX_RAFT_NUMBER):
-                        return False
-                elif is_record(item) and not _numbers_in_range(item):
-                    return False
-        elif is_record(value) and not _numbers_in_range(value):
-            return False
-    return True
-
-
-class Watch:
-    """Tell a local RaftActor: send ``Applied`` batches for commands whose tag starts with
-    ``prefix`` (and ``LeadershipChanged``) to ``ref``. Local only: never on the wire."""
-
-    def __init__(self, prefix: str, ref: Any) -> None:
-        self.prefix, self.ref = prefix, ref
-
-
-class Applied:
-    """Commands applied in one Ready, in log order: ``items`` are (index, command, result)."""
-
-    def __init__(self, items: list[tuple[int, Any, Any]], is_leader: bool) -> None:
-        self.items, self.is_leader = items, is_leader
-
-
-class LeadershipChanged:
-    """This master started or stopped leading (in ``term``). Local only."""
-
-    def __init__(self, is_leader: bool, term: int) -> None:
-        self.is_leader, self.term = is_leader, term
-
-
-# How long a proposal may wait for its answer. It is answered when applied, or failed when the
-# leadership is lost; this bounds the rest.
-PROPOSE_TIMEOUT_S = 10.0
-
-
-class ControlPlane:
-    """What the master hands each control-plane actor it spawns: the one way to propose, to read
-    the replicated state, to find the leader and to watch what is applied.
-
-    ``propose``, ``read`` and ``watch`` are messages to the RaftActor. ``state`` and ``redirect()``
-    read what the RaftActor last published (it is the only writer: the replicated state as
-    applied on this master, and the leader named by its last Ready): read them on the transport
-    thread only, which is the one that applies (the actors handed a ControlPlane are pinned).
-    """
-
-    def __init__(self, node: Any, raft_name: str = RAFT_ACTOR) -> None:
-        self.node = node
-        self.raft_name = raft_name
-        self.state = ControlState()  # replaced by the RaftActor
-        self.leader_id: str | None = None
-        self._raft: Any = None
-
-    def propose(self, command: Any, timeout_s: float = PROPOSE_TIMEOUT_S) -> Future:
-        """Commit ``command`` (a record, or bytes already encoded). The future gets its apply result
-        once applied here, or a ``Redirect`` at once on a master that does not lead; it fails with
-        ``not_committed`` if the leadership changes first (retry: client sessions make it safe).
-        Every proposal of one transport round shares one Raft write."""
-        return self._raft_ref().ask(Propose(command), timeout_s)
-
-    def read(self, query: str, args: dict, timeout_s: float = PROPOSE_TIMEOUT_S) -> Future:
-        """A linearizable read (``protocols.control.read_query``), or a ``Redirect``."""
-        return self._raft_ref().ask(Read(query, args), timeout_s)
-
-    def watch(self, prefix: str, ref: Any) -> None:
-        """Tell ``ref`` the commands applied whose tag starts with ``prefix`` (``Applied``), and
-        every change of this master's leadership (``LeadershipChanged``)."""
-        self._raft_ref().tell(Watch(prefix, ref))
-
-    def redirect(self) -> Redirect:
-        """Where the leader is, as far as this master knows (None while an election runs)."""
-        leader = self.leader_id
-        return Redirect(leader, self.endpoint_of(leader) if leader else None)
-
-    def endpoint_of(self, node_id: str | None) -> str | None:
-        if node_id is None:
-            return None
-        if node_id == self.node.node_id:
-            return self.node.endpoint
-        member = self.state.members.get(node_id)
-        return member.endpoint if member is not None else self.node.peers.get(node_id)
-
-    def _raft_ref(self) -> Any:
-        if self._raft is None:
-            self._raft = self.node.lookup((self.node.node_id, self.raft_name))
-        return self._raft
 
 
 # etcd's default --snapshot-count. A snapshot encodes the whole state on this thread: with 46,000
@@ -185,6 +92,9 @@ SNAPSHOT_EVERY_ENTRIES = 100_000
 CAMPAIGN_STAGGER_S = 0.05
 CAMPAIGN_JITTER_S = 0.01
 CAMPAIGN_TIMER = "raft-campaign"
+DISK_RETRY_S = 0.5
+DISK_RETRY_TIMER = "raft-disk-retry"
+_CLIENT_REQUESTS = (Propose, Read, Join, RemoveMember, TransferLeadership)
 
 
 class RaftActor(Actor):
@@ -216,6 +126,9 @@ class RaftActor(Actor):
         self._peer_refs: dict[str, tuple[str, Any]] = {}
         self._leading = False  # as the last Ready's soft state said
         self._in_ready = False
+        self.disk_failure: str | None = None  # why the last write failed, until one succeeds
+        self._held: tuple[Any, bool] | None = None  # (a Ready whose write failed, its messages sent)
+        self._held_compaction: tuple[int, Snapshot] | None = None
         self._timer_id: int | None = None
         stored = self.storage.load()
         rng = random.Random(seed)
@@ -265,8 +178,10 @@ class RaftActor(Actor):
 
     def receive(self, message: Any) -> Any:
         kind = type(message)
+        if self.disk_failure is not None:
+            return self._receive_with_a_failed_disk(message)
         if kind in _RAFT_MESSAGES:
-            if not _numbers_in_range(message):
+            if not numbers_in_range(message, MAX_RAFT_NUMBER):
                 self.node.count("raft_out_of_range")
                 return None
             self.core.step(message)
@@ -297,10 +212,29 @@ class RaftActor(Actor):
             return None
         return ErrorRecord("unknown_message", type(message).__name__)
 
+    def _receive_with_a_failed_disk(self, message: Any) -> Any:
+        """Like a master cut off from the others: nothing reaches the core until the disk is back."""
+        kind = type(message)
+        if kind in _RAFT_MESSAGES:
+            self.node.count("raft_dropped_disk_failed")
+        elif kind is Tick:
+            if message.name == DISK_RETRY_TIMER:
+                self._retry_disk()
+        elif kind in _CLIENT_REQUESTS:
+            leader = self.core.leader_id
+            return self.redirect() if leader != self.node.node_id else Redirect(None, None)
+        elif kind is StatusQuery:
+            return self.status(message.digest)
+        elif kind is Watch:
+            self._watchers.append(message)
+        else:
+            return ErrorRecord("unknown_message", kind.__name__)
+        return None
+
     def _on_disconnect(self, endpoint: str) -> None:
         core = self.core
         leader = core.leader_id
-        if leader is None or core.role == LEADER or self.control.endpoint_of(leader) != endpoint:
+        if self.disk_failure is not None or leader is None or core.role == LEADER or self.control.endpoint_of(leader) != endpoint:
             return
         core.forget_leader()
         delay_s = (campaign_rank(core.voters, self.node.node_id, leader) * CAMPAIGN_STAGGER_S
@@ -423,7 +357,7 @@ class RaftActor(Actor):
 
     def _ready_loop(self) -> None:
         core = self.core
-        while core.has_ready():
+        while self.disk_failure is None and core.has_ready():
             ready = core.ready()
             if ready.soft_state is not None:
                 self._leading = ready.soft_state.role == LEADER
@@ -432,31 +366,43 @@ class RaftActor(Actor):
                 self.state = self.control.state = ControlState.from_snapshot(ready.snapshot.data)
                 log.info("Node %s installed the leader's snapshot at index %d", self.node.node_id,
                          ready.snapshot.meta.index)
-            in_background = ready.must_sync and ready.leader_append
-            if in_background:
+            if ready.must_sync and ready.leader_append:
                 # The leader's own append: its messages leave first (flushed before the writer
                 # thread wakes), and it counts itself for these entries once they are durable.
-                for message in ready.messages:
-                    self._send(message)
+                self._send_all(ready)
                 self.node.transport.flush()
-                self._submit_write(ready)
+                try:
+                    self.writer.submit(self._hard_state(), ready.entries)
+                except StorageError as exc:  # the writer is stuck: write it here, once it is done
+                    self._hold(ready, True, str(exc))
+                    return
+                self._finish(ready, persisted=False)
+            elif self._persist(ready):
+                self._send_all(ready)
+                self._finish(ready, persisted=True)
             else:
-                self._persist(ready)
-                for message in ready.messages:
-                    self._send(message)
-                if ready.messages and ready.committed_entries:
-                    self.node.transport.flush()  # an acknowledgement leaves before this node applies
-            if ready.committed_entries:
-                self._apply(ready.committed_entries)
-            for read_state in ready.read_states:
-                waiting = self._read_contexts.pop(read_state.request_ctx, None)
-                if waiting is not None:
-                    self._reads.append((read_state.index, *waiting))
-            core.advance(ready, persisted=not in_background)
+                self._hold(ready, False, self.disk_failure)
+                return
         self._answer_reads()
         self._maybe_snapshot()
 
-    def _persist(self, ready) -> None:
+    def _send_all(self, ready) -> None:
+        for message in ready.messages:
+            self._send(message)
+        if ready.messages and ready.committed_entries:
+            self.node.transport.flush()  # an acknowledgement leaves before this node applies
+
+    def _finish(self, ready, persisted: bool) -> None:
+        """Steps 4 and 5 of the Ready: apply, answer reads, advance."""
+        if ready.committed_entries:
+            self._apply(ready.committed_entries)
+        for read_state in ready.read_states:
+            waiting = self._read_contexts.pop(read_state.request_ctx, None)
+            if waiting is not None:
+                self._reads.append((read_state.index, *waiting))
+        self.core.advance(ready, persisted=persisted)
+
+    def _persist(self, ready) -> bool:
         """One transaction for what this Ready must make durable, on this thread, after every
         write the writer thread has queued.
 
@@ -465,17 +411,13 @@ class RaftActor(Actor):
         be learned again from the leader (or, alone, by committing a new entry), so losing it
         loses nothing, and skipping it halves the fsyncs per command."""
         if not ready.must_sync:
-            return
+            return True
         try:
             self.writer.save_now(self._hard_state(), ready.entries, ready.snapshot)
-        except Exception as exc:
+        except StorageError as exc:
             self._disk_failed(str(exc))
-
-    def _submit_write(self, ready) -> None:
-        try:
-            self.writer.submit(self._hard_state(), ready.entries)
-        except Exception as exc:
-            self._disk_failed(str(exc))
+            return False
+        return True
 
     def _hard_state(self) -> HardState:
         core = self.core
@@ -485,11 +427,53 @@ class RaftActor(Actor):
         """The writer thread made the leader's entries up to (index, term) durable."""
         self.core.entries_persisted(index, term)
 
+    # ------------------------------------------------------------------ a failing disk
+
+    def _hold(self, ready, sent: bool, reason: str) -> None:
+        self._held = (ready, sent)
+        self._disk_failed(reason)
+
     def _disk_failed(self, reason: str) -> None:
-        # A master that cannot persist must not go on voting or acknowledging: crash-stop
-        # (Raft's failure model), and let its supervisor restart it from the file.
-        log.critical("Node %s cannot write its Raft log (%s); exiting", self.node.node_id, reason)
-        os._exit(70)
+        """A write failed (here or on the writer thread): stop acknowledging, voting and leading."""
+        first = self.disk_failure is None
+        self.disk_failure = reason
+        if not first:
+            return
+        self.node.count("raft_disk_failures")
+        log.error("Node %s cannot write its Raft log: %s. It stops voting, acknowledging and leading, "
+                  "and tries again every %.1f s", self.node.node_id, reason, DISK_RETRY_S)
+        if self.control.leader_id == self.node.node_id:
+            self.control.leader_id = None
+        was_leading, self._leading = self._leading, False
+        if was_leading and not self._in_ready:  # inside the Ready loop, _process_ready tells them
+            self._on_leadership_changed(False)
+        self.node.after(DISK_RETRY_S, self.node.lookup(self.address), DISK_RETRY_TIMER)
+
+    def _retry_disk(self) -> None:
+        try:
+            if self._held is not None:
+                ready, sent = self._held
+                self.writer.save_now(self._hard_state(), ready.entries, ready.snapshot)
+                self._held = None
+                if not sent:
+                    self._send_all(ready)
+                self._finish(ready, persisted=True)
+            if self._held_compaction is not None:
+                self.writer.compact_now(*self._held_compaction)
+                self._held_compaction = None
+            if self.writer.failure is not None:
+                raise StorageError(self.writer.failure)
+        except StorageError as exc:
+            self.disk_failure = str(exc)
+            self.node.after(DISK_RETRY_S, self.node.lookup(self.address), DISK_RETRY_TIMER)
+            return
+        log.warning("Node %s writes its Raft log again; it rejoins the cluster", self.node.node_id)
+        self.disk_failure = None
+        core = self.core
+        self._leading, self.control.leader_id = core.role == LEADER, core.leader_id
+        if self._leading:
+            self._on_leadership_changed(True)
+        self._process_ready()
 
     def _apply(self, entries: list[Entry]) -> None:
         applied: list[tuple[int, Any, Any]] = []
@@ -537,7 +521,8 @@ class RaftActor(Actor):
         core.compact(core.applied_index, self.state.to_snapshot())
         try:
             self.writer.compact_now(core.applied_index, core.snapshot)
-        except Exception as exc:
+        except StorageError as exc:
+            self._held_compaction = (core.applied_index, core.snapshot)
             self._disk_failed(str(exc))
         log.debug("Node %s compacted its log up to %d", self.node.node_id, core.applied_index)
 
@@ -585,6 +570,7 @@ class RaftActor(Actor):
             "members": {node_id: self.state.members[node_id].endpoint for node_id in sorted(self.state.members)
                         if node_id in core.voters or node_id in core.learners},
             "stats": dict(core.stats),
+            "disk_error": self.disk_failure,
         }
         if digest:
             status["state_digest"] = hashlib.blake2b(self.state.to_snapshot(), digest_size=16).hexdigest()

@@ -7,8 +7,9 @@ send, apply); nothing in this package does I/O.
 The modules, bottom up (each imports only those above it):
 
 * ``messages``: the wire records (``Entry``, ``SnapshotMeta``, ``ConfChange``, the eight
-  messages in ``MESSAGE_TYPES``) and ``invalid_reason``, the shape check every message from the
-  network passes before the core sees it.
+  messages in ``MESSAGE_TYPES``), ``invalid_reason``, the shape check every message from the
+  network passes before the core sees it, and ``numbers_in_range``, the caller's check that
+  what it must store fits its storage.
 * ``log``: ``RaftLog``, the entries after the snapshot with their durable, committed and applied
   marks; ``Snapshot``.
 * ``progress``: the leader's ``Progress`` per follower (probe, replicate, snapshot) and the
@@ -61,6 +62,7 @@ from protocols.raft.messages import (
     SnapshotMeta,
     TimeoutNow,
     VoteResponse,
+    numbers_in_range,
 )
 from protocols.raft.reads import ReadState
 
@@ -70,5 +72,5 @@ __all__ = [
     "AppendEntries", "AppendResponse", "ConfChange", "ConfChangeRejected", "Entry", "HardState",
     "Heartbeat", "HeartbeatResponse", "InstallSnapshot", "NotLeader", "RaftConfig", "RaftCore",
     "RaftLog", "ReadState", "Ready", "RequestVote", "SnapshotMeta", "Snapshot", "SoftState",
-    "TimeoutNow", "VoteResponse", "campaign_rank",
+    "TimeoutNow", "VoteResponse", "campaign_rank", "numbers_in_range",
 ]
