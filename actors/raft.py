@@ -8,14 +8,12 @@ ticks) runs the Ready loop: persist (one SQLite transaction), then send, then ap
 Rules:
 
 * Spawned pinned (on the transport thread): consensus traffic is latency-critical, and a pinned
-  actor costs no thread hand-off per message (bench/README.md, design probe 1). It never blocks
-  but for a follower's or candidate's SQLite commit, once per round (group commit), never once
-  per entry.
-* Nothing is sent before what it depends on is durable (the Ready obligations). A leader's own
-  appends are the exception: it sends them first and hands the write to its ``StorageWriter``
-  thread, and counts itself in a quorum for them only when the writer reports them durable
-  (``entries_persisted``), so its fsync runs beside the followers' and their acknowledgements
-  never wait behind it. Its other writes, and all of a follower's, wait for the writer first.
+  actor costs no thread hand-off per message (bench/README.md, design probe 1). It never blocks but for the
+  SQLite commit, once per round (group commit), never once per entry.
+* Nothing is sent before what it depends on is durable (the Ready obligations), except a
+  leader's appends and heartbeats, which leave before its own write (it counts itself in a
+  quorum only for what it has persisted). Writing the leader's entries on a thread of their
+  own instead was measured slower on these machines (bench/README.md, raft).
 * A follower that sees its leader's connection drop (the transport's socket monitor) forgets
   the leader and campaigns at once, a pre-vote first, staggered by its rank among the other
   followers (``campaign_rank``): a leader that died is replaced in milliseconds, not an election
@@ -59,22 +57,26 @@ from protocols.raft import (
     ENTRY_NORMAL,
     LEADER,
     MESSAGE_TYPES,
+    AppendEntries,
     ConfChange,
     ConfChangeRejected,
     Entry,
     HardState,
+    Heartbeat,
+    InstallSnapshot,
     NotLeader,
     RaftConfig,
     RaftCore,
     Snapshot,
     SnapshotMeta,
+    TimeoutNow,
     campaign_rank,
     numbers_in_range,
 )
 from protocols.wire import ErrorRecord, Redirect, Tick, encode, is_record, tag_of
 from runtime.actor import Actor, Deferred
 from runtime.log import get_logger
-from runtime.storage import RaftStorage, StorageError, StorageWriter
+from runtime.storage import RaftStorage, StorageError
 
 log = get_logger("raft")
 
@@ -82,6 +84,7 @@ _RAFT_MESSAGES = frozenset(MESSAGE_TYPES)
 # Terms and indexes come from the network, and SQLite keeps 63-bit integers: a forged vote in
 # term 2**63 - 1 made a master elect itself in term 2**63 and exit, unable to write it (fuzzing).
 MAX_RAFT_NUMBER = 2**62
+_LEADER_EARLY_MESSAGES = frozenset((AppendEntries, Heartbeat, InstallSnapshot, TimeoutNow))
 
 
 # etcd's default --snapshot-count. A snapshot encodes the whole state on this thread: with 46,000
@@ -115,7 +118,6 @@ class RaftActor(Actor):
         self.http_port = http_port
         self.snapshot_every_entries = snapshot_every_entries
         self.storage = RaftStorage(storage_path)
-        self.writer: StorageWriter | None = None  # started with the actor
         self.control = control  # this actor publishes its state and the leader there
         self.state = control.state = ControlState()
         self._pending: dict[int, tuple[int, Deferred]] = {}  # index -> (term, answer)
@@ -123,11 +125,12 @@ class RaftActor(Actor):
         self._read_contexts: dict[bytes, tuple[Deferred, Read]] = {}
         self._read_seq = 0
         self._watchers: list[Watch] = []
+        self._watch_routes: dict[str, list[int]] = {}  # record tag -> the watchers it goes to
         self._peer_refs: dict[str, tuple[str, Any]] = {}
         self._leading = False  # as the last Ready's soft state said
         self._in_ready = False
         self.disk_failure: str | None = None  # why the last write failed, until one succeeds
-        self._held: tuple[Any, bool] | None = None  # (a Ready whose write failed, its messages sent)
+        self._held: tuple[Any, list] | None = None  # (a Ready whose write failed, its messages to send)
         self._held_compaction: tuple[int, Snapshot] | None = None
         self._timer_id: int | None = None
         stored = self.storage.load()
@@ -154,11 +157,6 @@ class RaftActor(Actor):
     # ------------------------------------------------------------------ lifecycle
 
     def on_start(self) -> None:
-        transport = self.node.transport
-        self.writer = StorageWriter(
-            self.storage,
-            on_written=lambda index, term: transport.call(lambda: self._written(index, term)),
-            on_failed=lambda reason: transport.call(lambda: self._disk_failed(reason)))
         self._timer_id = self.node.every(self.tick_s, self.node.lookup(self.address), "raft")
         self.node.transport.add_end_of_round_hook(self._process_ready)
         self.node.transport.on_disconnect(self._on_disconnect)
@@ -167,8 +165,6 @@ class RaftActor(Actor):
     def on_stop(self) -> None:
         if self._timer_id is not None:
             self.node.cancel_timer(self._timer_id)
-        if self.writer is not None:
-            self.writer.close()
         self.storage.close()
 
     # ------------------------------------------------------------------ messages
@@ -178,6 +174,12 @@ class RaftActor(Actor):
 
     def receive(self, message: Any) -> Any:
         kind = type(message)
+        if kind is StatusQuery:
+            return self.status(message.digest)
+        if kind is Watch:
+            self._watchers.append(message)
+            self._watch_routes = {}
+            return None
         if self.disk_failure is not None:
             return self._receive_with_a_failed_disk(message)
         if kind in _RAFT_MESSAGES:
@@ -199,17 +201,12 @@ class RaftActor(Actor):
             return self._propose(message.body)
         if kind is Read:
             return self._read(message)
-        if kind is StatusQuery:
-            return self.status(message.digest)
         if kind is Join:
             return self._join(message)
         if kind is RemoveMember:
             return self._remove(message.node_id)
         if kind is TransferLeadership:
             return self._transfer(message.to)
-        if kind is Watch:
-            self._watchers.append(message)
-            return None
         return ErrorRecord("unknown_message", type(message).__name__)
 
     def _receive_with_a_failed_disk(self, message: Any) -> Any:
@@ -223,10 +220,6 @@ class RaftActor(Actor):
         elif kind in _CLIENT_REQUESTS:
             leader = self.core.leader_id
             return self.redirect() if leader != self.node.node_id else Redirect(None, None)
-        elif kind is StatusQuery:
-            return self.status(message.digest)
-        elif kind is Watch:
-            self._watchers.append(message)
         else:
             return ErrorRecord("unknown_message", kind.__name__)
         return None
@@ -234,7 +227,8 @@ class RaftActor(Actor):
     def _on_disconnect(self, endpoint: str) -> None:
         core = self.core
         leader = core.leader_id
-        if self.disk_failure is not None or leader is None or core.role == LEADER or self.control.endpoint_of(leader) != endpoint:
+        if (self.disk_failure is not None or leader is None or core.role == LEADER
+                or self.control.endpoint_of(leader) != endpoint):
             return
         core.forget_leader()
         delay_s = (campaign_rank(core.voters, self.node.node_id, leader) * CAMPAIGN_STAGGER_S
@@ -366,45 +360,42 @@ class RaftActor(Actor):
                 self.state = self.control.state = ControlState.from_snapshot(ready.snapshot.data)
                 log.info("Node %s installed the leader's snapshot at index %d", self.node.node_id,
                          ready.snapshot.meta.index)
-            if ready.must_sync and ready.leader_append:
-                # The leader's own append: its messages leave first (flushed before the writer
-                # thread wakes), and it counts itself for these entries once they are durable.
-                self._send_all(ready)
-                self.node.transport.flush()
-                try:
-                    self.writer.submit(self._hard_state(), ready.entries)
-                except StorageError as exc:  # the writer is stuck: write it here, once it is done
-                    self._hold(ready, True, str(exc))
-                    return
-                self._finish(ready, persisted=False)
-            elif self._persist(ready):
-                self._send_all(ready)
-                self._finish(ready, persisted=True)
-            else:
-                self._hold(ready, False, self.disk_failure)
+            later = ready.messages
+            if self._leading:
+                # A leader's appends and heartbeats may leave before its own write: it counts
+                # itself in a quorum only for what it has persisted (thesis 10.2.1, as etcd does),
+                # so its fsync and the followers' run in parallel. Flush them now, since this
+                # thread is the transport's and would otherwise send them only after the write.
+                early, later = [], []
+                for message in ready.messages:
+                    (early if type(message) in _LEADER_EARLY_MESSAGES else later).append(message)
+                if early:
+                    for message in early:
+                        self._send(message)
+                    self.node.transport.flush()
+            if not self._persist(ready):
+                self._held = (ready, later)
                 return
+            self._finish(ready, later)
         self._answer_reads()
         self._maybe_snapshot()
 
-    def _send_all(self, ready) -> None:
-        for message in ready.messages:
+    def _finish(self, ready, messages: list) -> None:
+        """The rest of a Ready once it is durable: send, apply, answer reads, advance."""
+        for message in messages:
             self._send(message)
-        if ready.messages and ready.committed_entries:
+        if messages and ready.committed_entries:
             self.node.transport.flush()  # an acknowledgement leaves before this node applies
-
-    def _finish(self, ready, persisted: bool) -> None:
-        """Steps 4 and 5 of the Ready: apply, answer reads, advance."""
         if ready.committed_entries:
             self._apply(ready.committed_entries)
         for read_state in ready.read_states:
             waiting = self._read_contexts.pop(read_state.request_ctx, None)
             if waiting is not None:
                 self._reads.append((read_state.index, *waiting))
-        self.core.advance(ready, persisted=persisted)
+        self.core.advance(ready)
 
     def _persist(self, ready) -> bool:
-        """One transaction for what this Ready must make durable, on this thread, after every
-        write the writer thread has queued.
+        """One transaction for what this Ready must make durable (False if the disk refused it).
 
         A Ready that need not be synced (its hard state differs from the stored one only by its
         commit index) writes nothing: the commit index goes with the next entries. It can always
@@ -413,28 +404,21 @@ class RaftActor(Actor):
         if not ready.must_sync:
             return True
         try:
-            self.writer.save_now(self._hard_state(), ready.entries, ready.snapshot)
+            self._save(ready)
         except StorageError as exc:
             self._disk_failed(str(exc))
             return False
         return True
 
-    def _hard_state(self) -> HardState:
+    def _save(self, ready) -> None:
         core = self.core
-        return HardState(core.term, core.vote, core.commit_index)
-
-    def _written(self, index: int, term: int) -> None:
-        """The writer thread made the leader's entries up to (index, term) durable."""
-        self.core.entries_persisted(index, term)
+        self.storage.save(HardState(core.term, core.vote, core.commit_index), ready.entries, ready.snapshot)
 
     # ------------------------------------------------------------------ a failing disk
 
-    def _hold(self, ready, sent: bool, reason: str) -> None:
-        self._held = (ready, sent)
-        self._disk_failed(reason)
-
     def _disk_failed(self, reason: str) -> None:
-        """A write failed (here or on the writer thread): stop acknowledging, voting and leading."""
+        """A write failed: stop acknowledging, voting and leading (the Ready loop that called this
+        tells the watchers that this master no longer leads)."""
         first = self.disk_failure is None
         self.disk_failure = reason
         if not first:
@@ -444,25 +428,19 @@ class RaftActor(Actor):
                   "and tries again every %.1f s", self.node.node_id, reason, DISK_RETRY_S)
         if self.control.leader_id == self.node.node_id:
             self.control.leader_id = None
-        was_leading, self._leading = self._leading, False
-        if was_leading and not self._in_ready:  # inside the Ready loop, _process_ready tells them
-            self._on_leadership_changed(False)
+        self._leading = False
         self.node.after(DISK_RETRY_S, self.node.lookup(self.address), DISK_RETRY_TIMER)
 
     def _retry_disk(self) -> None:
         try:
             if self._held is not None:
-                ready, sent = self._held
-                self.writer.save_now(self._hard_state(), ready.entries, ready.snapshot)
+                ready, messages = self._held
+                self._save(ready)
                 self._held = None
-                if not sent:
-                    self._send_all(ready)
-                self._finish(ready, persisted=True)
+                self._finish(ready, messages)
             if self._held_compaction is not None:
-                self.writer.compact_now(*self._held_compaction)
+                self.storage.compact(*self._held_compaction)
                 self._held_compaction = None
-            if self.writer.failure is not None:
-                raise StorageError(self.writer.failure)
         except StorageError as exc:
             self.disk_failure = str(exc)
             self.node.after(DISK_RETRY_S, self.node.lookup(self.address), DISK_RETRY_TIMER)
@@ -495,12 +473,17 @@ class RaftActor(Actor):
                 else:
                     answer.fail("not_committed", "leadership changed before the command committed; retry")
         if applied and self._watchers:
+            routes, batches = self._watch_routes, {}
+            for item in applied:
+                tag = _tag(item[1])
+                watching = routes.get(tag)
+                if watching is None:  # once per record tag (a finite set) and set of watchers
+                    watching = routes[tag] = [i for i, w in enumerate(self._watchers) if tag.startswith(w.prefix)]
+                for i in watching:
+                    batches.setdefault(i, []).append(item)
             is_leader = self.core.role == LEADER
-            tags = [_tag(item[1]) for item in applied]
-            for watch in self._watchers:
-                mine = [item for item, tag in zip(applied, tags) if tag.startswith(watch.prefix)]
-                if mine:
-                    watch.ref.tell(Applied(mine, is_leader))
+            for i in sorted(batches):
+                self._watchers[i].ref.tell(Applied(batches[i], is_leader))
 
     def _answer_reads(self) -> None:
         if not self._reads:
@@ -520,7 +503,7 @@ class RaftActor(Actor):
             return
         core.compact(core.applied_index, self.state.to_snapshot())
         try:
-            self.writer.compact_now(core.applied_index, core.snapshot)
+            self.storage.compact(core.applied_index, core.snapshot)
         except StorageError as exc:
             self._held_compaction = (core.applied_index, core.snapshot)
             self._disk_failed(str(exc))

@@ -25,12 +25,10 @@ Rules of this module:
 * The file says what it is: ``PRAGMA application_id`` marks it as an AgentFlow Raft store and
   ``PRAGMA user_version`` is its schema version. A file that is not SQLite, belongs to something
   else, or has a newer schema is refused with ``StorageError`` and a message naming the file.
-* Threads: ``RaftStorage`` has none and is not safe to call from two threads at once; it is
-  opened with ``check_same_thread=False`` so that it can be handed from thread to thread.
-  ``StorageWriter`` is the one thread that writes it in the background (a Raft leader's own
-  appends, etcd's AsyncStorageWrites), in the order submitted; the owner's own writes
-  (``save_now``, ``compact_now``) first wait until every submitted one is done, so the file
-  sees all of them in order and never two at once.
+* Threads: none. The connection is opened with ``check_same_thread=False`` so that the node can
+  open the store on one thread and hand it to the thread that runs Raft (the transport thread
+  or the Raft actor); from then on that one thread owns it. It is not safe to call from two
+  threads at once.
 """
 
 from __future__ import annotations
@@ -38,9 +36,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -292,7 +288,10 @@ class RaftStorage:
                 self.on_commit_s(time.perf_counter() - started_s)
         except BaseException as exc:
             if db.in_transaction:
-                db.execute("ROLLBACK")
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # a failing disk may refuse this too: the write's own error says more
             if isinstance(exc, sqlite3.DatabaseError):  # disk full, I/O error, corruption
                 raise StorageError(f"{self.path}: cannot write the Raft store ({exc})") from exc
             raise
@@ -342,103 +341,3 @@ class RaftStorage:
             row,
         )
         return last_index
-
-
-# How long the owner waits for the writer (to take one more batch, or to finish every batch)
-# before it calls the disk failed; and how often a failed batch is tried again.
-WRITER_WAIT_S = 10.0
-WRITER_RETRY_S = 0.5
-WRITER_MAX_PENDING = 4096  # batches queued; a disk that slow makes the owner wait, then fail
-
-
-class StorageWriter:
-    """Writes a ``RaftStorage`` on a thread of its own, in the order batches are submitted.
-
-    Each turn it writes every batch queued so far in one transaction (one fsync), then calls
-    ``on_written(index, term)`` (of the last entry) on its own thread. A write that fails calls
-    ``on_failed(reason)`` once, and the batches stay queued, tried again every
-    ``WRITER_RETRY_S``, until one turn succeeds (``on_written``, with ``failure`` back to None)
-    or the writer is closed. ``save_now`` and ``compact_now`` write on the caller's thread once
-    every submitted batch is written, and raise ``StorageError`` if that takes longer than their
-    deadline or the writer is failing."""
-
-    def __init__(self, storage: RaftStorage, on_written: Callable[[int, int], None],
-                 on_failed: Callable[[str], None]) -> None:
-        self.storage = storage
-        self.failure: str | None = None  # why the last write failed, until one succeeds
-        self._on_written, self._on_failed = on_written, on_failed
-        self._pending: deque[tuple[Any, list[Any]]] = deque()  # (hard state, entries)
-        self._changed = threading.Condition()
-        self._closing = False
-        self._thread = threading.Thread(target=self._run, name=f"agentflow-raft-writer-{os.path.basename(storage.path)}",
-                                        daemon=True)
-        self._thread.start()
-
-    def submit(self, hard_state: Any, entries: list[Any]) -> None:
-        """Queue one batch (entries must follow those submitted before); returns at once unless
-        ``WRITER_MAX_PENDING`` batches are waiting."""
-        with self._changed:
-            if len(self._pending) >= WRITER_MAX_PENDING and not self._changed.wait_for(
-                    lambda: len(self._pending) < WRITER_MAX_PENDING, WRITER_WAIT_S):
-                raise StorageError(f"{self.storage.path}: the disk took over {WRITER_WAIT_S:.0f} s "
-                                   f"to write {WRITER_MAX_PENDING} batches")
-            self._pending.append((hard_state, entries))
-            self._changed.notify_all()
-
-    def save_now(self, hard_state: Any = None, entries: Iterable[Any] = (), snapshot: Any = None,
-                 timeout_s: float = WRITER_WAIT_S) -> None:
-        """``RaftStorage.save`` on this thread, after every batch submitted."""
-        self._wait_idle(timeout_s)
-        self.storage.save(hard_state, entries, snapshot)
-
-    def compact_now(self, upto_index: int, snapshot: Any, timeout_s: float = WRITER_WAIT_S) -> None:
-        """``RaftStorage.compact`` on this thread, after every batch submitted."""
-        self._wait_idle(timeout_s)
-        self.storage.compact(upto_index, snapshot)
-
-    def close(self, timeout_s: float = WRITER_WAIT_S) -> None:
-        """Write what is queued (within ``timeout_s``; a failing disk's batches are dropped), stop."""
-        with self._changed:
-            self._changed.wait_for(lambda: not self._pending or self.failure is not None, timeout_s)
-            self._closing = True
-            self._changed.notify_all()
-        self._thread.join(timeout_s)
-
-    def _wait_idle(self, timeout_s: float) -> None:
-        with self._changed:
-            idle = self._changed.wait_for(lambda: not self._pending or self.failure is not None, timeout_s)
-            if self.failure is not None:
-                raise StorageError(self.failure)
-            if not idle:
-                raise StorageError(f"{self.storage.path}: a write took over {timeout_s:.0f} s")
-
-    def _run(self) -> None:
-        while True:
-            with self._changed:
-                self._changed.wait_for(lambda: self._pending or self._closing)
-                if self._closing:
-                    return
-                batches = list(self._pending)
-            entries = [entry for _, batch in batches for entry in batch]
-            try:
-                self.storage.save(batches[-1][0], entries)
-            except Exception as exc:  # a full or read-only disk, an I/O error
-                reason = str(exc)
-                with self._changed:
-                    first = self.failure is None
-                    self.failure = reason
-                    self._changed.notify_all()
-                if first:
-                    self._on_failed(reason)
-                with self._changed:
-                    self._changed.wait_for(lambda: self._closing, WRITER_RETRY_S)
-                continue
-            with self._changed:
-                for _ in batches:
-                    self._pending.popleft()
-                self.failure = None
-                self._changed.notify_all()
-            last = _entry_row(entries[-1]) if entries else None
-            if last is not None:
-                self._on_written(last[0], last[1])
-

@@ -3,9 +3,7 @@
 Everything is driven by one seeded ``random.Random``: the network (drops, duplicates, delays,
 hence reordering; partitions that come and go; one link of the leader's that flaps), crashes and
 restarts, the RaftActor's hint that a leader's connection dropped (it forgets the leader and
-campaigns), a leader's own appends written in the background (done some ticks after its appends
-left, unless it crashes first: tests/raftdisk.py), client proposals, reads, compaction, leadership
-transfers and membership changes. A node that crashes keeps only what
+campaigns), client proposals, reads, compaction, leadership transfers and membership changes. A node that crashes keeps only what
 the harness persisted from its Readys (the "disk"); it restarts from that, as the RaftActor
 restarts from SQLite. After every step the safety properties of the Raft paper are checked:
 
@@ -81,10 +79,6 @@ class Faults:
     # ... and per step, the link between the leader and one follower goes down for a while, the
     # follower told so, while the leader lives on (a flapping link).
     flap: float = 0.0
-    # Per leader_append Ready: the leader writes it in the background (sends first), done after
-    # 1..write_delay_max_ticks+1 ticks, unless a crash comes first (the RaftActor's writer thread).
-    async_write: float = 0.8
-    write_delay_max_ticks: int = 4
 
 
 def sim_config() -> RaftConfig:
@@ -153,7 +147,6 @@ class Cluster:
 
     def crash(self, node_id: str) -> None:
         self.nodes[node_id].core = None
-        self.nodes[node_id].disk.crash()
         self.note(f"crash {node_id}")
         for node in self.live():
             if node.core.leader_id == node_id and self.rng.random() < self.faults.crash_hint:
@@ -246,7 +239,6 @@ class Cluster:
         self.now += 1
         if faulty:
             self.random_events()
-        self.report_writes()
         for node in self.live():
             node.core.tick()
         self.start_due_campaigns()
@@ -350,19 +342,17 @@ class Cluster:
             ready = core.ready()
             self.check_soft_state(node, ready)
             self.check_new_entries(core, ready.entries)
-            in_background = ready.leader_append and self.rng.random() < self.faults.async_write
-            if in_background:
-                node.disk.save_later(ready, self.now + self.rng.randint(0, self.faults.write_delay_max_ticks))
-                self.coverage["write_in_background"] += 1
-            else:
-                node.disk.save(ready)
-            if not in_background and faulty and self.rng.random() < self.faults.crash_mid_ready:
+            node.disk.save(ready)
+            if faulty and self.rng.random() < self.faults.crash_mid_ready:
                 self.crash(node.node_id)  # persisted, but nothing sent or applied
                 return
-            self.send_all(ready.messages, faulty)
-            if in_background and faulty and self.rng.random() < self.faults.crash_mid_ready:
-                self.crash(node.node_id)  # sent, but the write is lost
-                return
+            for message in ready.messages:
+                kind = type(message).__name__
+                if kind == "AppendResponse" and message.reject:
+                    kind = "AppendReject"
+                self.coverage[kind] += 1
+                if self.connected(message.src, message.dst):
+                    self.send(message, lossless=not faulty)
             machine = node.machine
             if ready.snapshot is not None:
                 self.coverage["snapshot_installed"] += 1
@@ -381,24 +371,7 @@ class Cluster:
                 if started is not None and read_state.index < started:
                     self.fail(f"{node.node_id} read index {read_state.index} < commit {started} "
                               f"known when the read began")
-            core.advance(ready, persisted=not in_background)
-
-    def send_all(self, messages: list[Any], faulty: bool) -> None:
-        for message in messages:
-            kind = type(message).__name__
-            if kind == "AppendResponse" and message.reject:
-                kind = "AppendReject"
-            self.coverage[kind] += 1
-            if self.connected(message.src, message.dst):
-                self.send(message, lossless=not faulty)
-
-    def report_writes(self) -> None:
-        """The writer threads' progress: background writes due now are durable, and reported."""
-        for node in self.live():
-            node.disk.write_due(self.now)
-            reports, node.disk.reports = node.disk.reports, []
-            for index, term in reports:
-                node.core.entries_persisted(index, term)
+            core.advance(ready)
 
     # ------------------------------------------------------------------ the checks
 
@@ -534,14 +507,12 @@ SCENARIOS = {
     "three_harsh": Scenario(3, 400, Faults(drop=0.25, duplicate=0.1, delay_max_ticks=8,
                                            crash=0.02, partition=0.05, heal=0.05)),
     # Leaders crash soon after election, one entry per append: the figure 8 sequences.
-    # The leader's own disk may be slower than an election: acknowledged by followers, committed
-    # and applied, its entries may still be lost with it.
     "three_crashy": Scenario(3, 400, Faults(crash_leader=0.08, restart=0.3, crash_mid_ready=0.02,
-                                            drop=0.1, crash_hint=0.8, write_delay_max_ticks=10), RaftConfig(
+                                            drop=0.1, crash_hint=0.8), RaftConfig(
         election_ticks_min=4, election_ticks_max=8, heartbeat_ticks=1, max_entries_per_append=1,
         max_inflight_appends=2)),
     "five_crashy": Scenario(5, 400, Faults(crash_leader=0.08, restart=0.3, crash_mid_ready=0.02,
-                                           drop=0.1, crash_hint=0.8, write_delay_max_ticks=10), RaftConfig(
+                                           drop=0.1, crash_hint=0.8), RaftConfig(
         election_ticks_min=4, election_ticks_max=8, heartbeat_ticks=1, max_entries_per_append=1,
         max_inflight_appends=2)),
     # Everything at once: membership changes with joining servers while leaders crash.

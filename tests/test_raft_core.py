@@ -168,48 +168,6 @@ def test_campaign_and_forget_leader_do_nothing_on_a_leader_or_a_learner():
     assert learner.role == "follower" and not drain(learner)
 
 
-def test_a_leader_counts_itself_only_once_its_background_write_is_reported():
-    net = Net()
-    leader = net.elect("n1")
-    index = leader.propose(b"x")
-    ready = leader.ready()
-    assert ready.leader_append and ready.must_sync and ready.entries[-1].index == index
-    leader.advance(ready, persisted=False)  # sent, and handed to the writer thread
-    net.isolated = {"n3"}
-    net.queue.extend(ready.messages)
-    net.settle()  # n2 has it durably; with n1's own copy not yet durable, that is 1 of 3
-    assert leader.commit_index < index
-    leader.entries_persisted(index, leader.term)
-    assert leader.commit_index == index
-
-
-def test_only_a_leaders_own_append_may_be_written_after_advance():
-    net = Net()
-    net.elect("n1")
-    follower = net.cores["n2"]
-    follower.step(RequestVote("n3", "n2", follower.term + 5, 100, 100, False, True))  # a transfer: a new term
-    ready = follower.ready()
-    assert ready.must_sync and not ready.leader_append
-    with pytest.raises(ValueError, match="leader's own append"):
-        follower.advance(ready, persisted=False)
-
-
-def test_a_background_write_reported_after_its_entries_were_overwritten_counts_for_nothing():
-    net = Net()
-    old = net.elect("n1")
-    old.propose(b"lost")
-    ready = old.ready()
-    old.advance(ready, persisted=False)  # its appends were lost, and so was the write
-    net.isolated = {"n1"}
-    net.tick(net.config.election_ticks_max * 2, only=["n2", "n3"])
-    net.isolated = set()
-    net.tick(2)
-    assert old.role == "follower" and old.term_at(ready.entries[-1].index) != ready.entries[-1].term
-    durable = old._log.durable_index
-    old.entries_persisted(ready.entries[-1].index, ready.entries[-1].term)  # a late report
-    assert old._log.durable_index == durable
-
-
 def test_check_quorum_makes_an_isolated_leader_step_down():
     net = Net()
     leader = net.elect("n1")

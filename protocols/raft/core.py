@@ -348,20 +348,15 @@ class RaftCore(Replication, Election):
             soft_state = self._soft_state = SoftState(self._term, self._role, self._leader_id)
         entries = log.unstable_entries()
         snapshot = log.pending_snapshot
-        new_term_or_vote = hard_state is not None and (
-            hard_state.term != reported.term or hard_state.vote != reported.vote)
-        must_sync = bool(entries) or snapshot is not None or new_term_or_vote
-        leader_append = bool(entries) and self._role == LEADER and snapshot is None and not new_term_or_vote
+        must_sync = bool(entries) or snapshot is not None or (
+            hard_state is not None and (hard_state.term != reported.term or hard_state.vote != reported.vote))
         messages, self._messages = self._messages, []
         read_states, self._read_states = self._read_states, []
         return Ready(hard_state, entries, snapshot, messages, log.next_committed_entries(), read_states,
-                     soft_state, must_sync, leader_append)
+                     soft_state, must_sync)
 
-    def advance(self, ready: Ready, persisted: bool = True) -> None:
-        """``ready`` has been sent and applied, and persisted unless ``persisted`` is False: only a
-        ``leader_append`` may still be on its way to the disk, reported later by ``entries_persisted``."""
-        if not persisted and not ready.leader_append:
-            raise ValueError("only a leader's own append may be persisted after advance()")
+    def advance(self, ready: Ready) -> None:
+        """``ready`` has been persisted, sent and applied."""
         log = self._log
         if ready.hard_state is not None:
             self._reported_hard_state = ready.hard_state
@@ -369,18 +364,9 @@ class RaftCore(Replication, Election):
             log.snapshot_persisted(ready.snapshot)
         if ready.entries:
             last = ready.entries[-1]
-            log.handed_out_to(last.index, last.term)
-            if persisted:
-                log.stable_to(last.index, last.term)
+            log.stable_to(last.index, last.term)
         if ready.committed_entries:
             log.applied_to(ready.committed_entries[-1].index)
-        if self._role == LEADER and self._maybe_commit():
-            self._on_commit_advanced()
-
-    def entries_persisted(self, index: int, term: int) -> None:
-        """The entries up to (index, term) of a ``leader_append`` written in the background are
-        durable: the leader counts itself for them from now on (etcd's MsgStorageAppendResp)."""
-        self._log.stable_to(index, term)
         if self._role == LEADER and self._maybe_commit():
             self._on_commit_advanced()
 

@@ -4,8 +4,8 @@ committed and what is applied (etcd's raftLog and its unstable part, in one clas
 Role: ``RaftLog`` answers the core's questions about the log (the term at an index, the
 entries in a range, the last index whose term is at most some term) and keeps its four marks
 in order: ``first_index - 1`` (covered by the snapshot) <= ``applied`` <= ``committed`` <=
-``last_index``, and ``durable_index`` <= ``unstable_from - 1`` (reported persisted, and handed
-out in a Ready). The core decides what goes in; the log never checks a rule of the protocol.
+``last_index``, and ``durable_index`` (handed out in a Ready and reported persisted). The
+core decides what goes in; the log never checks a rule of the protocol.
 
 Rules of this class:
 
@@ -13,10 +13,6 @@ Rules of this class:
   entry the snapshot covers (``(0, 0)`` for a log never compacted).
 * Entries from ``unstable_from`` on have not been handed out in a Ready to be persisted;
   overwriting a conflicting suffix moves ``unstable_from`` back, so they are handed out again.
-* ``durable_index`` is the last index reported persisted (``stable_to``). A leader may write
-  its own entries after handing them out (in the background): it counts itself in a quorum
-  only up to this mark. Writes are reported in the order they were handed out, so an entry
-  reported durable means every entry before it is too; overwriting a suffix lowers the mark.
 * A snapshot received from the leader (``install``) replaces the whole log and is pending
   until the caller reports it persisted; committed entries are handed out only after it.
 """
@@ -37,7 +33,7 @@ class Snapshot:
 
 class RaftLog:
     __slots__ = ("snapshot", "snap_index", "snap_term", "entries", "unstable_from", "pending_snapshot",
-                 "committed", "applied", "durable_index")
+                 "committed", "applied")
 
     def __init__(self) -> None:
         self.snapshot: Snapshot | None = None
@@ -48,7 +44,6 @@ class RaftLog:
         self.pending_snapshot: Snapshot | None = None  # installed from the leader, not yet persisted
         self.committed = 0
         self.applied = 0
-        self.durable_index = 0  # the last index reported persisted
 
     def bootstrap(self, entries: list[Entry]) -> None:
         """The founding entries of a fresh cluster: identical on every founder, committed by fiat
@@ -63,7 +58,6 @@ class RaftLog:
             self.snap_index, self.snap_term = snapshot.meta.index, snapshot.meta.term
         self.entries = [e for e in entries if e.index > self.snap_index]
         self.unstable_from = self.last_index + 1
-        self.durable_index = self.last_index
         self.committed = self.snap_index if commit is None else min(max(commit, self.snap_index), self.last_index)
         self.applied = self.snap_index
 
@@ -81,6 +75,11 @@ class RaftLog:
     def first_index(self) -> int:
         """The first index still in the log (everything before is in the snapshot)."""
         return self.snap_index + 1
+
+    @property
+    def durable_index(self) -> int:
+        """The last index handed out to be persisted (and, once advanced, persisted)."""
+        return self.unstable_from - 1
 
     def term_at(self, index: int) -> int | None:
         """The term of the entry at ``index``, or None if compacted away or beyond the log."""
@@ -142,20 +141,14 @@ class RaftLog:
         if truncated:
             del self.entries[first - self.snap_index - 1:]
             self.unstable_from = min(self.unstable_from, first)
-            self.durable_index = min(self.durable_index, first - 1)
         self.entries.extend(entries)
         return truncated
 
-    def handed_out_to(self, index: int, term: int) -> None:
-        """Entries up to (index, term) were handed out to be persisted. Same term at the same index
-        means the same log up to it (log matching): if it is still there, so is everything before."""
+    def stable_to(self, index: int, term: int) -> None:
+        """Entries up to (index, term) were persisted. Same term at the same index means the same
+        log up to it (log matching): if it is still there, everything before it is stable too."""
         if self.term_at(index) == term:
             self.unstable_from = max(self.unstable_from, index + 1)
-
-    def stable_to(self, index: int, term: int) -> None:
-        """Entries up to (index, term), handed out already, are durable (unless overwritten since)."""
-        if index < self.unstable_from and self.term_at(index) == term:
-            self.durable_index = max(self.durable_index, index)
 
     def commit_to(self, index: int) -> None:
         if index > self.committed:
@@ -171,13 +164,11 @@ class RaftLog:
         self.entries = []
         self.snap_index, self.snap_term = snapshot.meta.index, snapshot.meta.term
         self.unstable_from = snapshot.meta.index + 1
-        self.durable_index = 0  # the snapshot replaces the log once it is persisted
         self.committed = snapshot.meta.index
 
     def snapshot_persisted(self, snapshot: Snapshot) -> None:
         if self.pending_snapshot is snapshot:
             self.pending_snapshot = None
-            self.durable_index = max(self.durable_index, snapshot.meta.index)
         self.applied_to(snapshot.meta.index)
 
     def compact(self, index: int, data: bytes, voters: list[str], learners: list[str]) -> Snapshot:

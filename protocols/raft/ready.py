@@ -11,12 +11,7 @@ The Ready obligations, in order (the caller's side of the protocol)::
         2. persist ready.hard_state (if not None) and ready.entries; entries may overwrite a
            conflicting suffix: delete every stored entry with index >= ready.entries[0].index first.
            ready.must_sync says whether this must reach the disk before step 3; when it is False
-           only the commit index changed, which may be written later with the next entries.
-           ready.leader_append says it is a leader's own new entries (and its commit index) only:
-           those may be written in the background, after step 3 and advance(ready,
-           persisted=False), in the order handed out and before any later write; report each
-           write with core.entries_persisted(last.index, last.term) once durable (etcd's
-           AsyncStorageWrites, for the leader's append: it counts itself in a quorum only then)
+           only the commit index changed, which may be written later with the next entries
         3. only then send ready.messages (each has .dst): a vote or an acknowledgement must never
            leave the node before what it promises is durable
         4. apply ready.committed_entries in order; answer ready.read_states once applied >= index
@@ -76,4 +71,3 @@ class Ready:
     read_states: list[ReadState]
     soft_state: SoftState | None = None
     must_sync: bool = False
-    leader_append: bool = False  # what to persist is the leader's own entries: may be written later
