@@ -20,8 +20,8 @@ Rules of this module (docs/ARCHITECTURE.md §2 and §5 rule 7):
 * It runs the node's timers and fails asks past their deadline: nothing else sleeps in a loop.
 * It watches each outbound connection (a socket monitor): when a peer's connection drops or is
   refused, the asks waiting on that peer fail at once with ``peer_unreachable`` (a dead process
-  is known in milliseconds, not at a timeout), and so do new asks until it reconnects. Tells
-  are queued and delivered on reconnection, as ZeroMQ does.
+  is known in milliseconds, not at a timeout), and so do new asks until it reconnects; listeners
+  hear of the drop (``on_disconnect``). Tells are queued and delivered on reconnection.
 """
 
 from __future__ import annotations
@@ -123,6 +123,7 @@ class Transport(threading.Thread):
         self._ask_deadlines: list[tuple[float, int]] = []
         self._timers = TimerQueue()
         self._end_of_round_hooks: list[Callable[[], None]] = []
+        self._disconnect_listeners: list[Callable[[str], None]] = []
         self._last_logged: dict[tuple[str, str], float] = {}
         self._poller = zmq.Poller()
 
@@ -171,8 +172,7 @@ class Transport(threading.Thread):
         self._submit((_TO_PEER, endpoint, (TELL, source, destination, 0, body)))
 
     def ask(self, endpoint: str, destination: str, body: Any, future: Future, source: str = "") -> None:
-        """Ask the actor ``destination`` at ``endpoint``; ``future`` gets the answer, or AskTimeout
-        at its deadline."""
+        """Ask ``destination`` at ``endpoint``; ``future`` gets the answer, or AskTimeout at its deadline."""
         correlation_id = next(_correlation_ids)
         self._submit((_ASK, endpoint, (ASK, source, destination, correlation_id, body), correlation_id, future))
 
@@ -244,8 +244,7 @@ class Transport(threading.Thread):
         self._asks.clear()
         for sock in [self._router, self._events.pub, self._sub, *self._monitors, *self._dealers.values()]:
             sock.close(linger=0)
-        self._dealers.clear()
-        self._monitors.clear()
+        self._dealers, self._monitors = {}, {}
         if self.gatekeeper is not None:
             self.gatekeeper.stop()
         self._context.term()
@@ -257,9 +256,7 @@ class Transport(threading.Thread):
         dues = [self._timers.next_due(), self._ask_deadlines[0][0] if self._ask_deadlines else None,
                 self.faults.next_due() if self.faults is not None else None]
         due = min((d for d in dues if d is not None), default=None)
-        if due is None:
-            return None
-        return max(0, int((due - time.monotonic()) * 1000) + 1)
+        return None if due is None else max(0, int((due - time.monotonic()) * 1000) + 1)
 
     # ------------------------------------------------------------------ inbound
 
@@ -347,6 +344,10 @@ class Transport(threading.Thread):
         """Run ``hook`` on this thread once per loop round, after the round's messages, calls and
         timers: a pinned actor does its expensive part (a disk write) once for all of them."""
         self.call(lambda: self._end_of_round_hooks.append(hook))
+
+    def on_disconnect(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(endpoint)`` on this thread each time an outbound connection drops."""
+        self.call(lambda: self._disconnect_listeners.append(listener))
 
     def _run_hook(self, hook: Callable[[], None]) -> None:
         try:
@@ -536,8 +537,7 @@ class Transport(threading.Thread):
             if event == zmq.EVENT_CONNECTED:
                 self._unreachable.discard(endpoint)
             elif event & _HANDSHAKE_FAILED:
-                # Our key was refused: drop the socket, so the next message tries a fresh handshake
-                # (the peer may admit us once it reloads its keys).
+                # Our key was refused: drop the socket; the next message tries a fresh handshake.
                 self.counters["peer_refused_our_key"] += 1
                 self._fail_asks_to(endpoint, "the peer refused our key (CURVE)")
                 self._close_dealer(endpoint, monitor)
@@ -546,6 +546,8 @@ class Transport(threading.Thread):
                 self._unreachable.add(endpoint)
                 self.counters["peer_unreachable"] += 1
                 self._fail_asks_to(endpoint)
+                for listener in self._disconnect_listeners:
+                    self._run_hook(lambda: listener(endpoint))
 
     def _close_dealer(self, endpoint: str, monitor: zmq.Socket) -> None:
         sock = self._dealers.pop(endpoint)
@@ -565,8 +567,7 @@ class Transport(threading.Thread):
                                                  f"the connection to {endpoint} dropped{': ' + why if why else ''}"))
 
     def know_server_key(self, endpoint: str, key: bytes | str) -> None:
-        """The CURVE key of the node at ``endpoint`` (from the agent directory, say): used when
-        this node first connects to it. Any thread; a no-op without CURVE."""
+        """The CURVE key of ``endpoint``'s node, for a first connection (any thread; no-op without CURVE)."""
         if self.curve is not None and key:
             self.server_keys[endpoint] = key.encode() if isinstance(key, str) else key
 
