@@ -26,7 +26,7 @@ CI_SLICE = {
     "three_crashy": 100,
     "five_crashy": 60,
     "five_chaos": 50,
-    "three_flapping": 80,
+    "three_flapping": 50,
 }
 
 
