@@ -60,13 +60,14 @@ def test_every_option_a_manifest_sets_comes_from_the_environment_and_flags_win(m
            "AGENTFLOW_ADVERTISE": "m1.svc", "AGENTFLOW_LEADER_URL": "m0.svc:7000", "AGENTFLOW_DATA_DIR": "/data",
            "AGENTFLOW_HTTP_PORT": "7010", "AGENTFLOW_NODE_ID": "m1", "AGENTFLOW_HEARTBEAT_MS": "200",
            "AGENTFLOW_ELECTION_TIMEOUT_MS": "2000-4000", "AGENTFLOW_SNAPSHOT_EVERY": "5000",
+           "AGENTFLOW_LOCK_MAX_WAITERS": "50",
            "AGENTFLOW_INSECURE": "1"}  # 0.0.0.0 without CURVE keys is refused otherwise
     code, seen, output = parse_node_command(["master"], env, monkeypatch)
     assert code == 0, output
     assert seen == {"process": "master", "mode": "master", "port": 7000, "host": "0.0.0.0", "advertise": "m1.svc",
                     "leader_url": "m0.svc:7000", "data_dir": "/data", "http_port": 7010, "pub_port": None,
                     "node_id": "m1", "heartbeat_ms": 200, "election_timeout_ms": (2000, 4000),
-                    "snapshot_every_entries": 5000, "curve": None}
+                    "snapshot_every_entries": 5000, "curve": None, "lock_max_waiters": 50}
     code, seen, _ = parse_node_command(["master", "--port", "7100", "--node-id", "m9"], env, monkeypatch)
     assert (seen["port"], seen["node_id"], seen["mode"]) == (7100, "m9", "master")
 
