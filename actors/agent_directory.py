@@ -124,7 +124,7 @@ class AgentDirectoryActor(Actor):
             return self._commit(SetSubscriptions(message.agent_id, message.host_id, list(message.subscriptions)),
                                 "not_registered")
         if kind is BroadcastRequest:
-            return self._relay(message.message)
+            return self._relay(message.message, message.agent_prefix)
         return ErrorRecord("unknown_message", kind.__name__)
 
     # ------------------------------------------------------------------ leader
@@ -194,11 +194,11 @@ class AgentDirectoryActor(Actor):
         stats = {entry.agent_id: self.stats[entry.agent_id] for entry in entries if entry.agent_id in self.stats}
         return DirectoryView(self.directory.version, entries, stats)
 
-    def _relay(self, message: Any) -> Any:
-        if not isinstance(message, AgentMessage):
+    def _relay(self, message: Any, agent_prefix: str) -> Any:
+        if not isinstance(message, AgentMessage) or not isinstance(agent_prefix, str):
             return ErrorRecord("bad_request", "a broadcast carries an AgentMessage")
         hosts = {entry.endpoint: entry for entry in self.directory.entries.values()
-                 if message.msg_type in entry.subscriptions}
+                 if message.msg_type in entry.subscriptions and entry.agent_id.startswith(agent_prefix)}
         for endpoint, entry in hosts.items():
             self.node.transport.know_server_key(endpoint, entry.public_key)
             self.node.ref(endpoint, AGENT_HOST_ACTOR, entry.host_id).tell(message)

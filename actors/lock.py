@@ -12,7 +12,8 @@ Rules:
   hands it (propose, read, watch, the replicated state, redirect); every proposal of one
   transport round shares one SQLite commit (ARCHITECTURE §5 rule 7).
 * Clients' commands arrive wrapped in ``ClientCommand`` and are proposed as they are (only
-  ``now_ms`` is stamped), so a retried command is applied once. Clients may not propose
+  ``now_ms``, and an ``Acquire``'s ``max_waiters``, are stamped), so a retried command is
+  applied once. Clients may not propose
   ``ExpireLocks`` or ``ExtendAllLeases``: only the leader's clock ends leases.
 * Time: ``now_ms`` is this process's monotonic clock plus an offset that only grows, kept at or
   above every ``now_ms`` applied so far, so the leader never stamps a time behind the table's
@@ -22,7 +23,16 @@ Rules:
   it is applied (ARCHITECTURE §5 rule 2).
 * A waiter is queued in the replicated table; its answer is soft state of the leader. A client
   re-asks within ``abandon_ms`` while it waits; a queued owner that stops asking is taken out of
-  the queue with ``CancelWait`` so that a dead client is never granted the lock.
+  the queue with ``CancelWait`` so that a dead client is never granted the lock. A queue holds
+  at most ``max_waiters`` owners: the leader stamps its limit into every ``Acquire`` (the table
+  enforces it at apply, the same on every master) and refuses a waiter beyond it at once when
+  the applied table is full already (``lock_waiters_limit``, counted as every refusal is).
+* A ``LockCall`` told rather than asked (``release(wait=False)``) is answered to nobody. It is
+  proposed like any other, except that a release of a lock nobody waits for is held until the
+  next call arrives (from anyone) or the next tick, and proposed just before it: a client that
+  releases and goes on to its next call pays one Raft write for both, and no call can observe
+  the delay (every call proposes what is held first; only a read may still see the lock held,
+  as it may for any release not yet committed).
 """
 
 from __future__ import annotations
@@ -44,8 +54,10 @@ from protocols.locks import (
     LockOutcome,
     LockQueued,
     LockShow,
+    Release,
+    waiters_limit_error,
 )
-from protocols.wire import ErrorRecord, Redirect, Tick
+from protocols.wire import ASK, ErrorRecord, Redirect, Tick
 from runtime.actor import Actor, Deferred
 from runtime.future import Future, RemoteError
 from runtime.log import get_logger
@@ -57,6 +69,10 @@ LOCK_WATCH_PREFIX = "lock."
 PROPOSE_TIMEOUT_S = 30.0
 ABANDON_SWEEP_EVERY_MS = 1000
 MAX_WAIT_MS = 30_000  # the longest a client's answer is held, whatever it asks
+# Owners queued behind one lock, at most (a master's --lock-max-waiters): each is replicated
+# state on every master and in every snapshot, and a grant walks the queue.
+DEFAULT_MAX_WAITERS = 1000
+MAX_HELD_RELEASES = 1000  # one-way releases waiting for the next call's Raft write; more go at once
 
 
 def monotonic_ms() -> int:
@@ -64,9 +80,13 @@ def monotonic_ms() -> int:
 
 
 class LockActor(Actor):
-    def __init__(self, control: ControlPlane, tick_s: float = 0.1, abandon_ms: int = 3000) -> None:
+    def __init__(self, control: ControlPlane, tick_s: float = 0.1, abandon_ms: int = 3000,
+                 max_waiters: int = DEFAULT_MAX_WAITERS) -> None:
         super().__init__()
+        if not isinstance(max_waiters, int) or max_waiters < 1:
+            raise ValueError(f"the waiters per lock must be at least 1, not {max_waiters!r}")
         self.control = control
+        self.max_waiters = max_waiters
         self.tick_s = tick_s
         self.abandon_ms = abandon_ms
         self._clock_offset_ms = 0
@@ -77,6 +97,7 @@ class LockActor(Actor):
         # (key, owner) -> [(deadline_ms, answer, queued reply)]: held answers of waiters
         self._held: dict[tuple[str, str], list[tuple[int, Deferred, LockQueued]]] = {}
         self._waiter_seen_ms: dict[tuple[str, str], int] = {}
+        self._held_releases: list[Any] = []  # one-way releases held for the next call's Raft write
         self._last_sweep_ms = 0
         self._timer_id: int | None = None
 
@@ -122,25 +143,62 @@ class LockActor(Actor):
     def _call(self, call: LockCall) -> Any:
         envelope = call.command
         body = envelope.body if isinstance(envelope, ClientCommand) else envelope
-        if type(body) not in CLIENT_LOCK_COMMANDS:
+        kind = type(body)
+        if kind not in CLIENT_LOCK_COMMANDS:
             return ErrorRecord("bad_request", f"a LockCall carries Acquire, Release, Renew or CancelWait, "
-                                              f"not {type(body).__name__}")
+                                              f"not {kind.__name__}")
         if not isinstance(call.wait_ms, int) or call.wait_ms < 0:
             return ErrorRecord("bad_request", "wait_ms must be a non-negative integer")
         if not self._is_leader:
             return self._redirect()
-        if hasattr(body, "now_ms"):
-            body = dataclasses.replace(body, now_ms=self.now_ms())
-            envelope = dataclasses.replace(envelope, body=body) if isinstance(envelope, ClientCommand) else body
-        # The hold ends wait_ms after the request arrived, not after its commit: the client's ask
-        # has a deadline of its own.
+        now_ms = self.now_ms()
         wait_until_ms = 0
-        if isinstance(body, Acquire) and body.wait and call.wait_ms > 0:
-            wait_until_ms = self.now_ms() + min(call.wait_ms, MAX_WAIT_MS)
-            self._waiter_seen_ms[(body.key, body.owner)] = self.now_ms()
+        if kind is Acquire:
+            if body.wait and self.control.state.locks.queue_is_full(body.key, body.owner, self.max_waiters):
+                return waiters_limit_error(body.key, self.max_waiters)  # refused before it costs a commit
+            body = Acquire(body.key, body.owner, body.ttl_ms, body.metadata, now_ms, body.wait, self.max_waiters)
+            if body.wait and call.wait_ms > 0:
+                # The hold ends wait_ms after the request arrived, not after its commit: the
+                # client's ask has a deadline of its own.
+                wait_until_ms = now_ms + min(call.wait_ms, MAX_WAIT_MS)
+                self._waiter_seen_ms[(body.key, body.owner)] = now_ms
+        elif kind is not CancelWait:
+            body = dataclasses.replace(body, now_ms=now_ms)
+        envelope = ClientCommand(envelope.client_id, envelope.seq, body) if isinstance(envelope, ClientCommand) else body
+        self._propose_held_releases()  # before this call: a client's commands apply in its order
+        if self._inbound is not None and self._inbound.kind != ASK:
+            # Sent one-way (``release(wait=False)``): nobody is told how it went. A release that
+            # nobody waits for is held for the next call (or tick) and goes into its Raft write:
+            # a client that releases and goes on to its next call pays one write for both.
+            if kind is Release and not self._awaited(body.key) and len(self._held_releases) < MAX_HELD_RELEASES:
+                self._held_releases.append(envelope)
+            else:
+                self._propose(envelope, self._one_way_done)
+            return None
         answer = self.defer()
         self._propose(envelope, lambda future: self._answer_call(future, answer, wait_until_ms))
         return answer
+
+    def _awaited(self, key: str) -> bool:
+        """Whether someone waits for ``key``: queued (as applied), or asking to be."""
+        return self.control.state.locks.has_waiters(key) or any(where[0] == key for where in self._waiter_seen_ms)
+
+    def _propose_held_releases(self) -> None:
+        held, self._held_releases = self._held_releases, []
+        for envelope in held:
+            self._propose(envelope, self._one_way_done)
+
+    def _one_way_done(self, future: Future) -> None:
+        try:
+            result = future.get()
+        except (RemoteError, TimeoutError):
+            return  # not committed: the lease ends at its TTL, as for any release that never came
+        self._count_refusal(result.reply if isinstance(result, LockOutcome) else result)
+
+    def _count_refusal(self, reply: Any) -> None:
+        """A refusal of the table (after the commit) is counted like one the actor answers at once."""
+        if isinstance(reply, ErrorRecord):
+            self.node.count(f"rejected_{reply.kind}")
 
     def _answer_call(self, future: Future, answer: Deferred, wait_until_ms: int) -> None:
         try:
@@ -156,6 +214,7 @@ class LockActor(Actor):
             return
         reply = result.reply if isinstance(result, LockOutcome) else result
         if isinstance(reply, ErrorRecord):
+            self._count_refusal(reply)
             answer.fail(reply.kind, reply.message)
         elif isinstance(reply, LockQueued) and wait_until_ms and self._is_leader:
             info = self.control.state.locks.check_lock(reply.key, 0)  # 0: the entry as it stands, due or not
@@ -231,6 +290,7 @@ class LockActor(Actor):
         self._term = change.term
         self._expire_in_flight = False
         self._waiter_seen_ms.clear()
+        self._held_releases.clear()  # lost with the leadership, as a one-way release may be: TTL ends them
         if change.is_leader:
             self._clock_at_least(self.control.state.locks.clock_ms)
             term = change.term
@@ -257,6 +317,7 @@ class LockActor(Actor):
     def _tick(self) -> None:
         if not self._is_leader:
             return
+        self._propose_held_releases()  # no call came: they go on their own
         now_ms = self.now_ms()
         self._release_due_held_answers(now_ms)
         if self._extended_term != self._term:

@@ -263,7 +263,9 @@ class ObserverActor(Actor):
         raft["snapshot_index"] = core.first_index - 1
         raft["proposals_pending"] = max(0, core.last_index - core.commit_index) if is_leader else 0
         leader, term = raft["leader"], raft["term"]
-        if leader is None:
+        if raft.get("disk_error"):
+            reason = f"cannot write its Raft log, so it neither votes nor acknowledges: {raft['disk_error']}"
+        elif leader is None:
             reason = (f"no leader known in term {term}: an election is under way, "
                       "or this master is cut off from a majority of the masters")
         elif is_leader:
@@ -274,7 +276,7 @@ class ObserverActor(Actor):
         lock_now_ms = self.sources.lock_clock_ms()
         document = {
             "node_id": self.node.node_id, "kind": "master", "role": raft["role"], "leader": leader, "term": term,
-            "serving": leader is not None, "reason": reason,
+            "serving": leader is not None and not raft.get("disk_error"), "reason": reason,
             "endpoint": self.node.endpoint, "pub_endpoint": self.node.pub_endpoint,
             "raft": raft, "counters": self.node.stats(),
             "tasks": tasks_by_state(state.workflows), "workflows": workflows_by_state(state.workflows),

@@ -12,7 +12,17 @@ Rules:
   SQLite commit, once per round (group commit), never once per entry.
 * Nothing is sent before what it depends on is durable (the Ready obligations), except a
   leader's appends and heartbeats, which leave before its own write (it counts itself in a
-  quorum only for what it has persisted).
+  quorum only for what it has persisted). Writing the leader's entries on a thread of their
+  own instead was measured slower on these machines (bench/README.md, raft).
+* A follower that sees its leader's connection drop (the transport's socket monitor) forgets
+  the leader and campaigns at once, a pre-vote first, staggered by its rank among the other
+  followers (``campaign_rank``): a leader that died is replaced in milliseconds, not an election
+  timeout, and one that lives on keeps its followers' refusals (ARCHITECTURE §3).
+* A master whose disk fails (full, read-only, an I/O error) never acknowledges what it could
+  not persist: it holds the Ready that failed, drops peers' messages, stops ticking and
+  answers clients with a redirect, as if cut off; it says why in its status (``disk_error``,
+  hence /health) and its log, tries the write again every ``DISK_RETRY_S``, and goes on from
+  where it stopped once the disk takes it.
 * A proposal is answered only once its entry is applied; if another leader's entry takes its
   index, the proposer is told ``not_committed`` and retries (client sessions make that safe).
 * Other actors reach it only through the ``ControlPlane`` the master hands them: they propose,
@@ -24,10 +34,11 @@ Rules:
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from typing import Any
 
+# The ControlPlane is the actor's front (actors/control_plane.py); importers of actors.raft find it here too.
+from actors.control_plane import Applied, ControlPlane, LeadershipChanged, Watch  # noqa: F401
 from protocols.control import (
     Batch,
     ControlState,
@@ -45,26 +56,27 @@ from protocols.raft import (
     ENTRY_CONF_CHANGE,
     ENTRY_NORMAL,
     LEADER,
-    AppendEntries,
-    Heartbeat,
-    InstallSnapshot,
-    TimeoutNow,
     MESSAGE_TYPES,
+    AppendEntries,
     ConfChange,
     ConfChangeRejected,
     Entry,
     HardState,
+    Heartbeat,
+    InstallSnapshot,
     NotLeader,
     RaftConfig,
     RaftCore,
     Snapshot,
     SnapshotMeta,
+    TimeoutNow,
+    campaign_rank,
+    numbers_in_range,
 )
 from protocols.wire import ErrorRecord, Redirect, Tick, encode, is_record, tag_of
 from runtime.actor import Actor, Deferred
-from runtime.future import Future
 from runtime.log import get_logger
-from runtime.storage import RaftStorage
+from runtime.storage import RaftStorage, StorageError
 
 log = get_logger("raft")
 
@@ -72,111 +84,20 @@ _RAFT_MESSAGES = frozenset(MESSAGE_TYPES)
 # Terms and indexes come from the network, and SQLite keeps 63-bit integers: a forged vote in
 # term 2**63 - 1 made a master elect itself in term 2**63 and exit, unable to write it (fuzzing).
 MAX_RAFT_NUMBER = 2**62
-
-
-def _numbers_in_range(record: Any) -> bool:
-    """Every integer of a Raft message, its entries and its snapshot meta is in [0, 2**62)."""
-    for name in type(record).__slots__:
-        value = getattr(record, name)
-        kind = type(value)
-        if kind is int:
-            if not 0 <= value < MAX_RAFT_NUMBER:
-                return False
-        elif kind is list:  # entries: their term and index are all a follower stores of them
-            for item in value:
-                if type(item) is Entry:
-                    if not (0 <= item.term < MAX_RAFT_NUMBER and 0 <= item.index < MAX_RAFT_NUMBER):
-                        return False
-                elif is_record(item) and not _numbers_in_range(item):
-                    return False
-        elif is_record(value) and not _numbers_in_range(value):
-            return False
-    return True
 _LEADER_EARLY_MESSAGES = frozenset((AppendEntries, Heartbeat, InstallSnapshot, TimeoutNow))
-
-
-class Watch:
-    """Tell a local RaftActor: send ``Applied`` batches for commands whose tag starts with
-    ``prefix`` (and ``LeadershipChanged``) to ``ref``. Local only: never on the wire."""
-
-    def __init__(self, prefix: str, ref: Any) -> None:
-        self.prefix, self.ref = prefix, ref
-
-
-class Applied:
-    """Commands applied in one Ready, in log order: ``items`` are (index, command, result)."""
-
-    def __init__(self, items: list[tuple[int, Any, Any]], is_leader: bool) -> None:
-        self.items, self.is_leader = items, is_leader
-
-
-class LeadershipChanged:
-    """This master started or stopped leading (in ``term``). Local only."""
-
-    def __init__(self, is_leader: bool, term: int) -> None:
-        self.is_leader, self.term = is_leader, term
-
-
-# How long a proposal may wait for its answer. It is answered when applied, or failed when the
-# leadership is lost; this bounds the rest.
-PROPOSE_TIMEOUT_S = 10.0
-
-
-class ControlPlane:
-    """What the master hands each control-plane actor it spawns: the one way to propose, to read
-    the replicated state, to find the leader and to watch what is applied.
-
-    ``propose``, ``read`` and ``watch`` are messages to the RaftActor. ``state`` and ``redirect()``
-    read what the RaftActor last published (it is the only writer: the replicated state as
-    applied on this master, and the leader named by its last Ready): read them on the transport
-    thread only, which is the one that applies (the actors handed a ControlPlane are pinned).
-    """
-
-    def __init__(self, node: Any, raft_name: str = RAFT_ACTOR) -> None:
-        self.node = node
-        self.raft_name = raft_name
-        self.state = ControlState()  # replaced by the RaftActor
-        self.leader_id: str | None = None
-        self._raft: Any = None
-
-    def propose(self, command: Any, timeout_s: float = PROPOSE_TIMEOUT_S) -> Future:
-        """Commit ``command`` (a record, or bytes already encoded). The future gets its apply result
-        once applied here, or a ``Redirect`` at once on a master that does not lead; it fails with
-        ``not_committed`` if the leadership changes first (retry: client sessions make it safe).
-        Every proposal of one transport round shares one Raft write."""
-        return self._raft_ref().ask(Propose(command), timeout_s)
-
-    def read(self, query: str, args: dict, timeout_s: float = PROPOSE_TIMEOUT_S) -> Future:
-        """A linearizable read (``protocols.control.read_query``), or a ``Redirect``."""
-        return self._raft_ref().ask(Read(query, args), timeout_s)
-
-    def watch(self, prefix: str, ref: Any) -> None:
-        """Tell ``ref`` the commands applied whose tag starts with ``prefix`` (``Applied``), and
-        every change of this master's leadership (``LeadershipChanged``)."""
-        self._raft_ref().tell(Watch(prefix, ref))
-
-    def redirect(self) -> Redirect:
-        """Where the leader is, as far as this master knows (None while an election runs)."""
-        leader = self.leader_id
-        return Redirect(leader, self.endpoint_of(leader) if leader else None)
-
-    def endpoint_of(self, node_id: str | None) -> str | None:
-        if node_id is None:
-            return None
-        if node_id == self.node.node_id:
-            return self.node.endpoint
-        member = self.state.members.get(node_id)
-        return member.endpoint if member is not None else self.node.peers.get(node_id)
-
-    def _raft_ref(self) -> Any:
-        if self._raft is None:
-            self._raft = self.node.lookup((self.node.node_id, self.raft_name))
-        return self._raft
 
 
 # etcd's default --snapshot-count. A snapshot encodes the whole state on this thread: with 46,000
 # finished tasks kept that is 0.4 s and 15 MB to write, on every master at about the same index.
 SNAPSHOT_EVERY_ENTRIES = 100_000
+# Followers whose leader's connection dropped campaign this far apart, by rank, so that they do
+# not split the vote (far more than a pre-vote and vote round trip), with a little jitter.
+CAMPAIGN_STAGGER_S = 0.05
+CAMPAIGN_JITTER_S = 0.01
+CAMPAIGN_TIMER = "raft-campaign"
+DISK_RETRY_S = 0.5
+DISK_RETRY_TIMER = "raft-disk-retry"
+_CLIENT_REQUESTS = (Propose, Read, Join, RemoveMember, TransferLeadership)
 
 
 class RaftActor(Actor):
@@ -204,12 +125,17 @@ class RaftActor(Actor):
         self._read_contexts: dict[bytes, tuple[Deferred, Read]] = {}
         self._read_seq = 0
         self._watchers: list[Watch] = []
+        self._watch_routes: dict[str, list[int]] = {}  # record tag -> the watchers it goes to
         self._peer_refs: dict[str, tuple[str, Any]] = {}
         self._leading = False  # as the last Ready's soft state said
         self._in_ready = False
+        self.disk_failure: str | None = None  # why the last write failed, until one succeeds
+        self._held: tuple[Any, list] | None = None  # (a Ready whose write failed, its messages to send)
+        self._held_compaction: tuple[int, Snapshot] | None = None
         self._timer_id: int | None = None
         stored = self.storage.load()
         rng = random.Random(seed)
+        self._rng = random.Random(rng.getrandbits(64))
         if stored.hard_state is None and stored.snapshot is None and not stored.entries:
             voters = [self.node.node_id] if bootstrap else []
             self.core = RaftCore(self.node.node_id, voters, self.config, rng)
@@ -233,6 +159,7 @@ class RaftActor(Actor):
     def on_start(self) -> None:
         self._timer_id = self.node.every(self.tick_s, self.node.lookup(self.address), "raft")
         self.node.transport.add_end_of_round_hook(self._process_ready)
+        self.node.transport.on_disconnect(self._on_disconnect)
         self._process_ready()
 
     def on_stop(self) -> None:
@@ -247,13 +174,25 @@ class RaftActor(Actor):
 
     def receive(self, message: Any) -> Any:
         kind = type(message)
+        if kind is StatusQuery:
+            return self.status(message.digest)
+        if kind is Watch:
+            self._watchers.append(message)
+            self._watch_routes = {}
+            return None
+        if self.disk_failure is not None:
+            return self._receive_with_a_failed_disk(message)
         if kind in _RAFT_MESSAGES:
-            if not _numbers_in_range(message):
+            if not numbers_in_range(message, MAX_RAFT_NUMBER):
                 self.node.count("raft_out_of_range")
                 return None
             self.core.step(message)
             return None
         if kind is Tick:
+            if message.name == CAMPAIGN_TIMER:
+                if self.core.role != LEADER and self.core.leader_id is None:
+                    self.core.campaign()  # still leaderless: nobody else won meanwhile
+                return None
             self.core.tick()
             if self.core.role == LEADER:
                 self._promote_caught_up_learners()
@@ -262,18 +201,41 @@ class RaftActor(Actor):
             return self._propose(message.body)
         if kind is Read:
             return self._read(message)
-        if kind is StatusQuery:
-            return self.status(message.digest)
         if kind is Join:
             return self._join(message)
         if kind is RemoveMember:
             return self._remove(message.node_id)
         if kind is TransferLeadership:
             return self._transfer(message.to)
-        if kind is Watch:
-            self._watchers.append(message)
-            return None
         return ErrorRecord("unknown_message", type(message).__name__)
+
+    def _receive_with_a_failed_disk(self, message: Any) -> Any:
+        """Like a master cut off from the others: nothing reaches the core until the disk is back."""
+        kind = type(message)
+        if kind in _RAFT_MESSAGES:
+            self.node.count("raft_dropped_disk_failed")
+        elif kind is Tick:
+            if message.name == DISK_RETRY_TIMER:
+                self._retry_disk()
+        elif kind in _CLIENT_REQUESTS:
+            leader = self.core.leader_id
+            return self.redirect() if leader != self.node.node_id else Redirect(None, None)
+        else:
+            return ErrorRecord("unknown_message", kind.__name__)
+        return None
+
+    def _on_disconnect(self, endpoint: str) -> None:
+        core = self.core
+        leader = core.leader_id
+        if (self.disk_failure is not None or leader is None or core.role == LEADER
+                or self.control.endpoint_of(leader) != endpoint):
+            return
+        core.forget_leader()
+        delay_s = (campaign_rank(core.voters, self.node.node_id, leader) * CAMPAIGN_STAGGER_S
+                   + self._rng.uniform(0, CAMPAIGN_JITTER_S))
+        log.info("Node %s lost its connection to leader %s; campaigning in %.0f ms",
+                 self.node.node_id, leader, delay_s * 1000)
+        self.node.after(delay_s, self.node.lookup(self.address), CAMPAIGN_TIMER)
 
     def redirect(self) -> Redirect:
         """What a follower answers a client with: where the leader is, as far as its core knows
@@ -389,7 +351,7 @@ class RaftActor(Actor):
 
     def _ready_loop(self) -> None:
         core = self.core
-        while core.has_ready():
+        while self.disk_failure is None and core.has_ready():
             ready = core.ready()
             if ready.soft_state is not None:
                 self._leading = ready.soft_state.role == LEADER
@@ -411,38 +373,85 @@ class RaftActor(Actor):
                     for message in early:
                         self._send(message)
                     self.node.transport.flush()
-            self._persist(ready)
-            for message in later:
-                self._send(message)
-            if later and ready.committed_entries:
-                self.node.transport.flush()  # a follower's acknowledgement leaves before it applies
-            if ready.committed_entries:
-                self._apply(ready.committed_entries)
-            for read_state in ready.read_states:
-                waiting = self._read_contexts.pop(read_state.request_ctx, None)
-                if waiting is not None:
-                    self._reads.append((read_state.index, *waiting))
-            core.advance(ready)
+            if not self._persist(ready):
+                self._held = (ready, later)
+                return
+            self._finish(ready, later)
         self._answer_reads()
         self._maybe_snapshot()
 
-    def _persist(self, ready) -> None:
-        """One transaction for what this Ready must make durable.
+    def _finish(self, ready, messages: list) -> None:
+        """The rest of a Ready once it is durable: send, apply, answer reads, advance."""
+        for message in messages:
+            self._send(message)
+        if messages and ready.committed_entries:
+            self.node.transport.flush()  # an acknowledgement leaves before this node applies
+        if ready.committed_entries:
+            self._apply(ready.committed_entries)
+        for read_state in ready.read_states:
+            waiting = self._read_contexts.pop(read_state.request_ctx, None)
+            if waiting is not None:
+                self._reads.append((read_state.index, *waiting))
+        self.core.advance(ready)
+
+    def _persist(self, ready) -> bool:
+        """One transaction for what this Ready must make durable (False if the disk refused it).
 
         A Ready that need not be synced (its hard state differs from the stored one only by its
         commit index) writes nothing: the commit index goes with the next entries. It can always
         be learned again from the leader (or, alone, by committing a new entry), so losing it
         loses nothing, and skipping it halves the fsyncs per command."""
         if not ready.must_sync:
-            return
-        core = self.core
+            return True
         try:
-            self.storage.save(HardState(core.term, core.vote, core.commit_index), ready.entries, ready.snapshot)
-        except Exception:
-            # A master that cannot persist must not go on voting or acknowledging: crash-stop
-            # (Raft's failure model), and let its supervisor restart it from the file.
-            log.critical("Node %s cannot write its Raft log; exiting", self.node.node_id, exc_info=True)
-            os._exit(70)
+            self._save(ready)
+        except StorageError as exc:
+            self._disk_failed(str(exc))
+            return False
+        return True
+
+    def _save(self, ready) -> None:
+        core = self.core
+        self.storage.save(HardState(core.term, core.vote, core.commit_index), ready.entries, ready.snapshot)
+
+    # ------------------------------------------------------------------ a failing disk
+
+    def _disk_failed(self, reason: str) -> None:
+        """A write failed: stop acknowledging, voting and leading (the Ready loop that called this
+        tells the watchers that this master no longer leads)."""
+        first = self.disk_failure is None
+        self.disk_failure = reason
+        if not first:
+            return
+        self.node.count("raft_disk_failures")
+        log.error("Node %s cannot write its Raft log: %s. It stops voting, acknowledging and leading, "
+                  "and tries again every %.1f s", self.node.node_id, reason, DISK_RETRY_S)
+        if self.control.leader_id == self.node.node_id:
+            self.control.leader_id = None
+        self._leading = False
+        self.node.after(DISK_RETRY_S, self.node.lookup(self.address), DISK_RETRY_TIMER)
+
+    def _retry_disk(self) -> None:
+        try:
+            if self._held is not None:
+                ready, messages = self._held
+                self._save(ready)
+                self._held = None
+                self._finish(ready, messages)
+            if self._held_compaction is not None:
+                self.storage.compact(*self._held_compaction)
+                self._held_compaction = None
+        except StorageError as exc:
+            self.disk_failure = str(exc)
+            self.node.after(DISK_RETRY_S, self.node.lookup(self.address), DISK_RETRY_TIMER)
+            return
+        log.warning("Node %s writes its Raft log again; it rejoins the cluster", self.node.node_id)
+        self.disk_failure = None
+        core = self.core
+        self._leading, self.control.leader_id = core.role == LEADER, core.leader_id
+        if self._leading:
+            self._on_leadership_changed(True)
+        self._process_ready()
 
     def _apply(self, entries: list[Entry]) -> None:
         applied: list[tuple[int, Any, Any]] = []
@@ -464,12 +473,17 @@ class RaftActor(Actor):
                 else:
                     answer.fail("not_committed", "leadership changed before the command committed; retry")
         if applied and self._watchers:
+            routes, batches = self._watch_routes, {}
+            for item in applied:
+                tag = _tag(item[1])
+                watching = routes.get(tag)
+                if watching is None:  # once per record tag (a finite set) and set of watchers
+                    watching = routes[tag] = [i for i, w in enumerate(self._watchers) if tag.startswith(w.prefix)]
+                for i in watching:
+                    batches.setdefault(i, []).append(item)
             is_leader = self.core.role == LEADER
-            tags = [_tag(item[1]) for item in applied]
-            for watch in self._watchers:
-                mine = [item for item, tag in zip(applied, tags) if tag.startswith(watch.prefix)]
-                if mine:
-                    watch.ref.tell(Applied(mine, is_leader))
+            for i in sorted(batches):
+                self._watchers[i].ref.tell(Applied(batches[i], is_leader))
 
     def _answer_reads(self) -> None:
         if not self._reads:
@@ -488,7 +502,11 @@ class RaftActor(Actor):
         if core.applied_index - core.first_index + 1 < self.snapshot_every_entries:
             return
         core.compact(core.applied_index, self.state.to_snapshot())
-        self.storage.compact(core.applied_index, core.snapshot)
+        try:
+            self.storage.compact(core.applied_index, core.snapshot)
+        except StorageError as exc:
+            self._held_compaction = (core.applied_index, core.snapshot)
+            self._disk_failed(str(exc))
         log.debug("Node %s compacted its log up to %d", self.node.node_id, core.applied_index)
 
     def _on_leadership_changed(self, is_leader: bool) -> None:
@@ -535,6 +553,7 @@ class RaftActor(Actor):
             "members": {node_id: self.state.members[node_id].endpoint for node_id in sorted(self.state.members)
                         if node_id in core.voters or node_id in core.learners},
             "stats": dict(core.stats),
+            "disk_error": self.disk_failure,
         }
         if digest:
             status["state_digest"] = hashlib.blake2b(self.state.to_snapshot(), digest_size=16).hexdigest()

@@ -75,6 +75,9 @@ def run_agent(spec: str, agent_id: str, master_urls: str | list[str], *, group: 
     except Exception as exc:  # a bad master URL, a taken port
         log.error("Agent host %s cannot start: %s", node_id, exc)
         return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILED
+    gatekeeper = node.transport.gatekeeper
+    if gatekeeper is not None and threading.current_thread() is threading.main_thread():
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: gatekeeper.reload())  # new keys, tenants
     try:
         try:
             node.spawn(cls, agent_id=agent_id, group=group, subscriptions=list(subscriptions),

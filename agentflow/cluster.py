@@ -201,16 +201,18 @@ class LocalCluster:
             self._wait_registered(asker, [worker_id], timeout_s)
         return child
 
-    def add_agent(self, spec: str, agent_id: str, options: list[str] = (), timeout_s: float = 30.0) -> ChildProcess:
+    def add_agent(self, spec: str, agent_id: str, options: list[str] = (), timeout_s: float = 30.0,
+                  listed_as: str | None = None) -> ChildProcess:
         """Start an agent host (``agentflow agent run SPEC --agent-id ID OPTIONS``) and wait until
-        the agent is in the directory."""
+        the agent is in the directory (as ``listed_as``: a tenant's agent is ``TENANT:ID`` there)."""
         args = ["agent", "run", spec, "--agent-id", agent_id, "--master-url", self.master_url, *options]
-        child = ChildProcess(f"agent-{agent_id}", args, self.data_dir / f"agent-{agent_id}.log").start()
+        name = listed_as or agent_id
+        child = ChildProcess(f"agent-{name}", args, self.data_dir / f"agent-{name.replace(':', '-')}.log").start()
         self.agents.append(child)
         with self._asker(None) as asker:
-            self._wait(lambda: any(e.agent_id == agent_id for e in asker.call(AGENTS_ACTOR, DirectoryQuery([agent_id]),
-                                                                               timeout_s=2).entries),
-                       timeout_s, f"agent {agent_id} to register")
+            self._wait(lambda: any(e.agent_id == name for e in asker.call(AGENTS_ACTOR, DirectoryQuery([name]),
+                                                                           timeout_s=2).entries),
+                       timeout_s, f"agent {name} to register")
         return child
 
     def _asker(self, client: Client | None):

@@ -30,7 +30,7 @@ import time
 from typing import Any
 
 from actors.agent_directory import AgentDirectoryActor
-from actors.lock import LockActor
+from actors.lock import DEFAULT_MAX_WAITERS, LockActor
 from actors.observer import ObserverActor, ObserverSources
 from actors.queue import QueueActor
 from actors.raft import SNAPSHOT_EVERY_ENTRIES, ControlPlane, RaftActor
@@ -53,6 +53,7 @@ from runtime.log import get_logger
 from runtime.metrics import MasterMetrics
 from runtime.node import Node
 from runtime.security import CurveKeys
+from runtime.tenancy import MasterGate
 
 log = get_logger("master")
 
@@ -89,12 +90,15 @@ class Master:
                  pub_port: int | None = None, node_id: str | None = None, heartbeat_ms: int = 100,
                  election_timeout_ms: tuple[int, int] = (1000, 2000),
                  snapshot_every_entries: int = SNAPSHOT_EVERY_ENTRIES, advertise: str | None = None,
-                 curve: CurveKeys | None = None, retain_workflows: int = DEFAULT_RETAIN_WORKFLOWS,
-                 retain_s: float = DEFAULT_RETAIN_MS / 1000, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> None:
+                 curve: CurveKeys | None = None, lock_max_waiters: int = DEFAULT_MAX_WAITERS,
+                 retain_workflows: int = DEFAULT_RETAIN_WORKFLOWS, retain_s: float = DEFAULT_RETAIN_MS / 1000,
+                 max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> None:
         if mode not in ("leader", "master"):
             raise ValueError(f"--mode must be leader or master, not {mode!r}")
         if snapshot_every_entries < 1:
             raise ValueError("--snapshot-every must be at least 1")
+        if lock_max_waiters < 1:
+            raise ValueError(f"--lock-max-waiters must be at least 1, not {lock_max_waiters}")
         if retain_workflows < 0 or retain_s < 0:
             raise ValueError("--retain-workflows and --retain-s must not be negative")
         if max_result_bytes < 1:
@@ -123,9 +127,14 @@ class Master:
             # The RaftActor publishes its state and leader in the control plane; the other actors
             # propose, read and watch through it (they are all pinned: one thread).
             control = ControlPlane(self.node, RAFT_ACTOR)
+            # Tenants' requests are scoped to their names and held to their quotas before any
+            # actor sees them (runtime/tenancy.py); the actors never know tenants exist.
+            self.node.install_gate(MasterGate(self.node, state=lambda: control.state,
+                                              leads=lambda: control.leader_id == self.node_id))
             self.raft = self.node.spawn(RaftActor, control, self.storage_path, raft_config, tick_s, bootstrap,
                                         self.http_port, snapshot_every_entries, name=RAFT_ACTOR, pinned=True)
-            self.locks = self.node.spawn(LockActor, control, name=LOCK_ACTOR, pinned=True)  # watches "lock." applies
+            self.locks = self.node.spawn(LockActor, control, max_waiters=lock_max_waiters, name=LOCK_ACTOR,
+                                         pinned=True)  # watches "lock." applies
             # The scheduler's two services first: it looks them up when it starts.
             dispatch = DispatchConfig(max_result_bytes=max_result_bytes,
                                       retention=RetentionPolicy(retain_workflows, int(retain_s * 1000)))
@@ -279,8 +288,8 @@ def run_master(**options: Any) -> int:
     master = Master(**options)
     gatekeeper = master.node.transport.gatekeeper
     if gatekeeper is not None:  # SIGHUP: read the authorized keys again
-        signal.signal(signal.SIGHUP, lambda *_: log.info("Master %s admits %d keys", master.node_id,
-                                                          gatekeeper.reload()))
+        signal.signal(signal.SIGHUP, lambda *_: log.info("Master %s admits %d keys (%d tenants)", master.node_id,
+                                                          gatekeeper.reload(), len(gatekeeper.quotas)))
     try:
         status = master.status(RECOVERY_S)  # a long log is re-applied before the first answer
         if master.mode == "master" and master.recovered and master.node_id in status["voters"]:

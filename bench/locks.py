@@ -13,6 +13,9 @@ A *pair* is one acquire plus one release of the same key, measured end to end by
   best case for throughput).
 * Many independent locks: ``--keys`` clients (64: 8 processes of 8 threads, a connection or
   session each) each on a key of its own, for ``--seconds``: ``lock_pairs_per_s_64_keys``.
+* AgentFlow runs each of the three twice: releasing as etcd's clients do (waiting for the
+  commit), and with ``release(wait=False)`` (one-way: the rows ending ``_release_nowait``); the
+  acquire waits for its commit in both.
 * The lock layer's ceiling, in the same run: pairs of two plain Raft commits (``Noop`` through
   ``Client.propose``), reported as ``lock_pairs_per_s_vs_raft_noop_pairs`` (its "peer" is AgentFlow's
   own Raft, not another system).
@@ -225,15 +228,17 @@ class EtcdCluster:
 
 def contend(system: str, address: str, seconds: float, name: str, threads: int, keys: str) -> None:
     """Child: ``threads`` clients loop acquire+release, all on KEY (``keys`` "one") or each on a key
-    of its own, for ``seconds`` after "go" on stdin; prints their summed count."""
-    if system == "agentflow":
+    of its own, for ``seconds`` after "go" on stdin; prints their summed count. ``system``
+    "agentflow-nowait" releases with ``wait=False``."""
+    if system.startswith("agentflow"):
         from runtime.client import Client
         from runtime.locks import DistributedLock
 
         client = Client(address, timeout_s=30)
         locks = [DistributedLock(client, f"{name}-{i}", TTL_S) for i in range(threads)]
-        pairs = [(lambda key, lock=lock: lock.acquire_blocking(key, max_duration_s=30), lock.release)
-                 for lock in locks]
+        wait = system != "agentflow-nowait"
+        pairs = [(lambda key, lock=lock: lock.acquire_blocking(key, max_duration_s=30),
+                  lambda key, lock=lock: lock.release(key, wait=wait)) for lock in locks]
         closers = [client.close]
     else:
         redis_locks = [RedisLock(int(address)) for _ in range(threads)]
@@ -309,17 +314,23 @@ def run_agentflow(args, work_dir: Path) -> dict:
         cluster.start(client, timeout_s=60)
         lock = DistributedLock(client, "bench-one", TTL_S)
         per_s, samples = sequential_pairs(lambda: lock.acquire(KEY), lambda: lock.release(KEY), args.pairs)
+        nowait_per_s, nowait_samples = sequential_pairs(lambda: lock.acquire(KEY),
+                                                        lambda: lock.release(KEY, wait=False), args.pairs)
         # The lock layer's ceiling: two plain Raft commits (Noop through Client.propose) per "pair".
         noop = lambda: client.propose(Noop(0)) == 0  # noqa: E731
         raft_per_s, _ = sequential_pairs(noop, noop, args.pairs)
         url = cluster.master_url
         contended = contended_runs(args, lambda threads, keys: ours("agentflow", url, args.seconds, threads, keys))
+        nowait = contended_runs(args, lambda threads, keys: ours("agentflow-nowait", url, args.seconds, threads, keys))
     finally:
         client.close()
         cluster.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
     return {"per_s": per_s, "p50": percentile(samples, 0.5), "p99": percentile(samples, 0.99),
-            "raft_noop_pairs_per_s": raft_per_s, **contended}
+            "raft_noop_pairs_per_s": raft_per_s, **contended,
+            "nowait_per_s": nowait_per_s, "nowait_p50": percentile(nowait_samples, 0.5),
+            "nowait_p99": percentile(nowait_samples, 0.99),
+            "nowait_contended": nowait["contended"], "nowait_keys": nowait["keys"]}
 
 
 def run_redis(args, work_dir: Path, durable: bool = False) -> dict:
@@ -398,20 +409,23 @@ def main() -> None:
     keys = f"lock_pairs_per_s_{args.keys}_keys"
     contended = f"lock_pairs_per_s_{args.clients}_clients"
 
-    def rows(suffix: str, peer: str, peer_runs: list[dict]) -> list[Result]:
-        def of(field: str, found: list[dict]) -> list[float]:
-            return [r[field] for r in found]
+    def rows(suffix: str, peer: str, peer_runs: list[dict], mode: str = "") -> list[Result]:
+        """AgentFlow's figures (``mode`` "nowait_": those of ``release(wait=False)``) against a peer's."""
+        def of(field: str, found: list[dict], prefix: str = "") -> list[float]:
+            return [r[prefix + field] for r in found]
 
         af = runs["agentflow"]
+        suffix = ("_release_nowait" if mode else "") + suffix
         return [
-            Result(f"lock_pairs_per_s{suffix}", "pairs/s", True, of("per_s", af), peer, of("per_s", peer_runs)),
-            Result(f"lock_pair_p50_us{suffix}", "us", False, of("p50", af), peer, of("p50", peer_runs)),
-            Result(f"lock_pair_p99_us{suffix}", "us", False, of("p99", af), peer, of("p99", peer_runs)),
-            Result(f"{contended}{suffix}", "pairs/s", True, of("contended", af), peer, of("contended", peer_runs)),
-            Result(f"{keys}{suffix}", "pairs/s", True, of("keys", af), peer, of("keys", peer_runs)),
+            Result(f"lock_pairs_per_s{suffix}", "pairs/s", True, of("per_s", af, mode), peer, of("per_s", peer_runs)),
+            Result(f"lock_pair_p50_us{suffix}", "us", False, of("p50", af, mode), peer, of("p50", peer_runs)),
+            Result(f"lock_pair_p99_us{suffix}", "us", False, of("p99", af, mode), peer, of("p99", peer_runs)),
+            Result(f"{contended}{suffix}", "pairs/s", True, of("contended", af, mode), peer,
+                   of("contended", peer_runs)),
+            Result(f"{keys}{suffix}", "pairs/s", True, of("keys", af, mode), peer, of("keys", peer_runs)),
         ]
 
-    results = rows("", etcd_name, runs["etcd"])
+    results = rows("", etcd_name, runs["etcd"]) + rows("", etcd_name, runs["etcd"], "nowait_")
     results.append(Result("lock_pairs_per_s_vs_etcd3_library_lock", "pairs/s", True,
                           [r["per_s"] for r in runs["agentflow"]], f"{etcd or 'etcd'}, the etcd3 package's Lock"
                           " (a lease per acquire)", [r["library_per_s"] for r in runs["etcd"]]))

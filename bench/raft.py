@@ -434,7 +434,12 @@ def main() -> None:
                   + ", ".join(f"{k}={v[-1]:,.3f}" for k, v in af_runs.items()), file=sys.stderr)
             if version:
                 for mode in ("batch", "nobatch"):
-                    for name, value in run_pysyncobj(mode == "batch", args, data_dir, procs).items():
+                    try:
+                        figures = run_pysyncobj(mode == "batch", args, data_dir, procs)
+                    except RuntimeError as exc:  # a child past its deadline: this run of the peer is lost
+                        print(f"run {run + 1}/{args.runs} pysyncobj {mode} failed: {exc}", file=sys.stderr)
+                        continue
+                    for name, value in figures.items():
                         peer_runs[mode].setdefault(name, []).append(value)
                     print(f"run {run + 1}/{args.runs} pysyncobj {mode}: "
                           + ", ".join(f"{k}={v[-1]:,.3f}" for k, v in peer_runs[mode].items()), file=sys.stderr)
@@ -450,16 +455,16 @@ def main() -> None:
     results = []
     for metric, unit, higher in METRICS:
         peer_name, peer_values = "pysyncobj (missing)", []
-        if version:
-            medians = {mode: statistics.median(peer_runs[mode][metric]) for mode in peer_runs}
+        medians = {mode: statistics.median(runs[metric]) for mode, runs in peer_runs.items() if runs.get(metric)}
+        if medians:
             best = (max if higher else min)(medians, key=medians.get)
             peer_name = f"pysyncobj {version} ({'batching' if best == 'batch' else 'batching off'})"
             peer_values = peer_runs[best][metric]
         results.append(Result(metric, unit, higher, af_runs[metric], peer_name, peer_values))
-    client_peer = [] if not version else min(
-        (peer_runs[m]["failover_s"] for m in peer_runs), key=statistics.median)
+    client_peer = min((runs["failover_s"] for runs in peer_runs.values() if runs.get("failover_s")),
+                      key=statistics.median, default=[])
     results.append(Result("failover_s_client", "s", False, af_runs["failover_s_client"],
-                          "pysyncobj (best mode), fast writer" if version else "pysyncobj (missing)", client_peer))
+                          "pysyncobj (best mode), fast writer" if client_peer else "pysyncobj (missing)", client_peer))
     document = report("raft", results, None)
     if version:
         document["pysyncobj_modes"] = {

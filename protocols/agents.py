@@ -109,7 +109,9 @@ class AgentMessage:
 @record("agent.entry")
 class AgentEntry:
     """Where an agent lives: its host node and the host's endpoints, its group ("" for none),
-    the message types it subscribes to, and the host's CURVE public key ("" without CURVE)."""
+    the message types it subscribes to, the host's CURVE public key ("" without CURVE), and the
+    actor name the host runs it under when that is not ``agent/AGENT_ID`` (a tenant's agent is
+    listed as ``TENANT:ID``, its host knows it as ``ID``: protocols/tenants.py)."""
 
     agent_id: str
     host_id: str
@@ -118,10 +120,11 @@ class AgentEntry:
     group: str
     subscriptions: list
     public_key: str = ""
+    actor_name: str = ""
 
     @property
     def actor(self) -> str:
-        return agent_actor_name(self.agent_id)
+        return self.actor_name or agent_actor_name(self.agent_id)
 
 
 @record("agent.register")
@@ -401,9 +404,11 @@ class HistoryRequest:
 
 @record("agent.broadcast_request")
 class BroadcastRequest:
-    """A broadcast from outside any agent host (the CLI): the leader publishes it."""
+    """A broadcast from outside any agent host (the CLI): the leader relays it to the hosts of
+    the agents whose id starts with ``agent_prefix`` (a tenant's broadcast reaches its own)."""
 
     message: AgentMessage
+    agent_prefix: str = ""
 
 
 @record("agent.deliver")

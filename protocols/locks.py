@@ -15,7 +15,9 @@ Rules (docs/ARCHITECTURE.md §5 rule 2):
 * ``Acquire(wait=True)`` on a held lock queues the owner FIFO (once: no duplicate entries).
   When the lock is released or expires, only the head of the queue is granted (no thundering
   herd); the grant is in ``LockOutcome.grants`` so the runtime can notify that waiter.
-  ``CancelWait`` removes a waiter (a client that gave up).
+  ``CancelWait`` removes a waiter (a client that gave up). A queue is bounded by the
+  ``max_waiters`` the leader stamps into each ``Acquire`` (a master's setting travels inside the
+  command, like time): a new waiter beyond it is refused with ``ErrorRecord("lock_waiters_limit")``.
 * ``Release`` and ``Renew`` check the owner, and the token when one is given: a stale token
   (from an earlier grant) is rejected.
 * A lease expires only through a committed command. Every command is applied at its
@@ -59,7 +61,8 @@ MAX_MS = 2**53
 
 @record("lock.acquire")
 class Acquire:
-    """Take ``key`` for ``owner`` for ``ttl_ms``; when held and ``wait``, join the FIFO queue."""
+    """Take ``key`` for ``owner`` for ``ttl_ms``; when held and ``wait``, join the FIFO queue
+    unless it has ``max_waiters`` already (None: no bound; the leader stamps its own)."""
 
     key: str
     owner: str
@@ -67,6 +70,7 @@ class Acquire:
     metadata: dict
     now_ms: int
     wait: bool = False
+    max_waiters: int | None = None
 
 
 @record("lock.release")
@@ -265,6 +269,12 @@ def _invalid(command: Any) -> str | None:
     return None
 
 
+def waiters_limit_error(key: str, limit: int) -> ErrorRecord:
+    """The refusal of one more waiter for ``key``: it names the limit and where it is set."""
+    return ErrorRecord("lock_waiters_limit", f"lock {key!r} already has {limit} waiters, the most a master allows "
+                                             f"(agentflow master --lock-max-waiters)")
+
+
 class LockTable:
     """All locks of the cluster. Apply committed commands; read with ``check_lock``."""
 
@@ -318,6 +328,9 @@ class LockTable:
         for position, waiter in enumerate(lease.waiters, start=1):
             if waiter.owner == cmd.owner:
                 return LockQueued(cmd.key, cmd.owner, position)
+        limit = cmd.max_waiters
+        if isinstance(limit, int) and len(lease.waiters) >= limit:
+            return waiters_limit_error(cmd.key, limit)
         lease.waiters.append(_Waiter(cmd.owner, cmd.ttl_ms, dict(cmd.metadata)))
         return LockQueued(cmd.key, cmd.owner, len(lease.waiters))
 
@@ -441,6 +454,17 @@ class LockTable:
     def list_locks(self, now_ms: int) -> list[LockInfo]:
         """Every live lease at ``now_ms``, in grant order of their keys."""
         return [self._info(k, l) for k, l in self._leases.items() if l.expires_ms > now_ms]
+
+    def has_waiters(self, key: str) -> bool:
+        lease = self._leases.get(key)
+        return lease is not None and bool(lease.waiters)
+
+    def queue_is_full(self, key: str, owner: str, limit: int) -> bool:
+        """Whether ``owner`` would be a new waiter for ``key`` beyond ``limit`` (as applied now)."""
+        lease = self._leases.get(key)
+        if lease is None or lease.holder == owner or len(lease.waiters) < limit:
+            return False
+        return all(waiter.owner != owner for waiter in lease.waiters)
 
     def waiting(self) -> list[tuple[str, str]]:
         """``(key, owner)`` of every queued waiter, behind live and due leases alike."""

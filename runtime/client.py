@@ -44,7 +44,7 @@ from protocols.control import (
 from protocols.workflow_spec import priority_value
 from protocols.names import RAFT_ACTOR, SCHEDULER_ACTOR
 from protocols.tasks import parse_master_urls as parse_endpoints
-from protocols.wire import ASK, ERROR, REPLY, DecodeError, ErrorRecord, Redirect, decode_frame, encode, encode_frame
+from protocols.wire import ASK, ERROR, REPLY, TELL, DecodeError, ErrorRecord, Redirect, decode_frame, encode, encode_frame
 from runtime.actor import current_actor_name
 from runtime.future import AskTimeout, RemoteError, reply_value
 from runtime.node import Node
@@ -122,8 +122,19 @@ class DirectAsks:
                     return reply_value(envelope.kind, envelope.body)
         except zmq.Again:
             pass
-        self._discard(endpoint)
+        self._discard((endpoint, server_key))
         raise failure or AskTimeout(f"no answer from {actor} at {endpoint} within {timeout_s:.3f} s")
+
+    def tell(self, endpoint: str, actor: str, message: Any) -> bool:
+        """Send ``message`` one-way on this thread's socket to ``endpoint`` (after any ask sent
+        there before it, and before any sent after it); False when the socket would block.
+        Nothing confirms delivery: what is still queued when the socket closes is dropped."""
+        frame = encode_frame(self._node_id, self._endpoint, [(TELL, current_actor_name(), actor, 0, message)])
+        try:
+            self._connection(endpoint, None).sock.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
 
     @property
     def open_socket_count(self) -> int:
@@ -133,15 +144,18 @@ class DirectAsks:
         connections = getattr(self._local, "connections", None)
         if connections is None:
             connections = self._local.connections = _ThreadConnections(self)
-        connection = connections.get(endpoint)
+        # By endpoint and key: an agent's directory entry names both, and a connection made with
+        # another entry's key must not carry this one's asks (runtime/tenancy.py).
+        connection = connections.get((endpoint, server_key))
         if connection is None:
-            connection = connections[endpoint] = _Connection(self._context, endpoint, self._curve, server_key)
+            connection = connections[endpoint, server_key] = _Connection(self._context, endpoint, self._curve,
+                                                                         server_key)
             with self._lock:
                 self._open.add(connection)
         return connection
 
-    def _discard(self, endpoint: str) -> None:
-        self._close(self._local.connections.pop(endpoint))
+    def _discard(self, where: tuple[str, bytes | None]) -> None:
+        self._close(self._local.connections.pop(where))
 
     def _close(self, connection: _Connection) -> None:
         with self._lock:
@@ -305,6 +319,13 @@ class Client:
             if isinstance(answer, ErrorRecord):
                 raise RemoteError(answer.kind, answer.message)
             return answer
+
+    def tell_leader(self, actor: str, message: Any) -> bool:
+        """Send ``message`` one-way to ``actor`` on the master that last answered this client as
+        the leader, in order with this thread's calls; no answer, no retry. False (nothing sent)
+        when no leader is known yet: make a ``call`` instead."""
+        endpoint = self._leader_endpoint
+        return endpoint is not None and self._direct.tell(endpoint, actor, message)
 
     def ask_at(self, endpoint: str, actor: str, message: Any, timeout_s: float, server_key: bytes | None = None) -> Any:
         """Ask ``actor`` at a known ``endpoint`` (not necessarily a master) from this thread, once:

@@ -19,6 +19,8 @@ Rules:
 * ``acquire_blocking`` waits in the cluster's FIFO queue (no polling storm): it asks in slices
   shorter than one ask's deadline; on giving up it leaves the queue with ``CancelWait``, and if
   the grant beat the cancel it keeps the lock rather than leaving it to expire.
+* ``release(key, wait=False)`` does not wait for the commit (see ``DistributedLock.release``):
+  for a holder that is done with the resource and need not know the release took effect.
 * Units are in the names: ``ttl_s`` and ``max_duration_s`` in seconds, wire values in ms.
 """
 
@@ -147,9 +149,20 @@ class DistributedLock:
             return None
         return info.holder if info is not None else None
 
-    def release(self, key: str) -> bool:
-        """Give ``key`` back; False when this owner does not hold it (or holds a newer grant)."""
-        reply = self._call(Release(key, self.owner, self.tokens.get(key), 0))
+    def release(self, key: str, wait: bool = True) -> bool:
+        """Give ``key`` back; False when this owner does not hold it (or holds a newer grant).
+
+        ``wait=False`` sends the release one-way to the leader and returns True at once, without
+        waiting for its commit. Safe for the lock: the next owner is granted only through the
+        committed release (or the lease's expiry), and a release that is lost (a leader change,
+        a client that exits right away) leaves the lease to end at its TTL. This owner's next
+        call to the same leader is proposed after the release. With no leader known yet it
+        waits after all."""
+        release = LockCall(self.client.next_command(Release(key, self.owner, self.tokens.get(key), 0)))
+        if not wait and self.client.tell_leader(LOCK_ACTOR, release):
+            self.tokens.pop(key, None)
+            return True
+        reply = self.client.call(LOCK_ACTOR, release, self.call_timeout_s)
         self.tokens.pop(key, None)
         if isinstance(reply, LockReleased):
             return True

@@ -49,6 +49,7 @@ _TRANSPORT_COUNTERS = {
     "bytes_in": ("bytes", "in"), "bytes_out": ("bytes", "out"),
 }
 _DECODE_ERROR_PREFIX = "bad_frames_"
+_REJECTED_PREFIX = "rejected_"  # an actor's refusal (ErrorRecord kind), runtime/actor.py counts them
 
 
 def render(registry: CollectorRegistry) -> bytes:
@@ -71,11 +72,14 @@ def _labelled_gauge(name: str, documentation: str, label: str, values: dict) -> 
 
 
 def transport_families(counters: dict[str, int]) -> Iterator[Metric]:
-    """The transport's messages, frames and bytes by direction, decode errors by reason, and
-    the node's other event counters, from ``node.stats()``."""
+    """The transport's messages, frames and bytes by direction, decode errors by reason, the
+    requests actors refused by reason (a limit, a bad request), and the node's other event
+    counters, from ``node.stats()``."""
     traffic = {(kind, direction): 0 for kind in ("messages", "frames", "bytes") for direction in ("in", "out")}
     decode = CounterMetricFamily("agentflow_transport_decode_errors", "Inbound frames dropped undecoded, by reason",
                                  labels=["reason"])
+    rejected = CounterMetricFamily("agentflow_requests_rejected", "Requests an actor refused, by reason",
+                                   labels=["reason"])
     other = CounterMetricFamily("agentflow_node_events", "Other events the node counts (errors, drops, gaps)",
                                 labels=["event"])
     for name in sorted(counters):
@@ -83,6 +87,8 @@ def transport_families(counters: dict[str, int]) -> Iterator[Metric]:
             traffic[_TRANSPORT_COUNTERS[name]] = counters[name]
         elif name.startswith(_DECODE_ERROR_PREFIX):
             decode.add_metric([name[len(_DECODE_ERROR_PREFIX):]], counters[name])
+        elif name.startswith(_REJECTED_PREFIX):
+            rejected.add_metric([name[len(_REJECTED_PREFIX):]], counters[name])
         else:
             other.add_metric([name], counters[name])
     for kind in ("messages", "frames", "bytes"):
@@ -92,6 +98,7 @@ def transport_families(counters: dict[str, int]) -> Iterator[Metric]:
             family.add_metric([direction], traffic[(kind, direction)])
         yield family
     yield decode
+    yield rejected
     yield other
 
 

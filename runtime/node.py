@@ -29,6 +29,7 @@ from runtime.actor import Actor, _spawning, current_actor_name
 from runtime.future import Future, RemoteError
 from runtime.messages import InboundBatch, InboundMessage
 from runtime.security import CurveKeys
+from runtime.tenancy import TenantGate
 from runtime.transport import Transport
 
 DEFAULT_ASK_TIMEOUT_S = 5.0
@@ -148,6 +149,7 @@ class Node:
         self.transport = Transport(self.node_id, host, port, pub_port, max_frame_bytes, self.targets, self.counters,
                                    curve, advertise_host, advertise_port)
         self.peers = self.transport.peers  # node_id -> endpoint, learned from frames
+        self.install_gate(TenantGate(self))
         self.endpoint = self.transport.endpoint
         self.pub_endpoint = self.transport.pub_endpoint
         self._started = False
@@ -250,12 +252,20 @@ class Node:
             raise LookupError(f"node {node_id!r} is not known here (no frame from it yet)")
         return Ref(self, address, endpoint)
 
+    def install_gate(self, gate: TenantGate) -> None:
+        """What a message from a tenant's key may reach, and how its answers read
+        (runtime/tenancy.py; a master installs its own before it spawns anything)."""
+        self.gate = gate
+        self.transport.admit = gate.admit
+
     def _local_sender(self) -> Address | None:
         name = current_actor_name()
         return (self.node_id, name) if name else None
 
     def answer(self, inbound: InboundMessage, value: Any, error: ErrorRecord | None = None) -> None:
         """Send the answer to an ask, wherever the asker is (a local future or a wire route)."""
+        if inbound.tenant is not None:
+            value, error = self.gate.reply(inbound, value, error)
         if inbound.future is not None:
             if error is None:
                 inbound.future.set_result(value)

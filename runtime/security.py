@@ -14,6 +14,11 @@ Rules of this module:
   the public keys in ``authorized_keys_dir`` (``*.key`` files, zmq.auth's certificate format,
   read again by ``reload`` on SIGHUP) plus the ``admit`` keys. A worker admits only the
   masters' key, so it takes tasks only from its masters.
+* Tenants: ``DIR/*.key`` are operators' keys, ``DIR/TENANT/*.key`` the keys of tenant TENANT
+  and ``DIR/TENANT/quotas.yaml`` its quotas (protocols/tenants.py), read with the keys. The
+  masters' key is an operator's wherever it is. The transport tags each inbound message with
+  its sender's tenant (``tenant_of``); a node's events (its PUB socket, ZAP domain ``events``)
+  are for operators and for the tenant of the node's own key only.
 * Which server key a client socket uses is per endpoint: the masters' key by default; a peer
   that connected to us is known by the key it authenticated with (the transport learns it), and
   an agent host's key comes with its directory entry.
@@ -23,7 +28,6 @@ Rules of this module:
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,11 +35,15 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+import yaml
+
+from protocols.tenants import QUOTAS_FILE, Quotas, check_tenant_name, parse_quotas
 from runtime.log import get_logger
 
 log = get_logger("security")
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+EVENTS_DOMAIN = "events"  # the ZAP domain of PUB sockets
 
 
 class KeyFileError(ValueError):
@@ -61,12 +69,48 @@ def _load(filename: str | os.PathLike, need_secret: bool) -> tuple[bytes, bytes 
     return public, secret
 
 
-def load_authorized_keys(directory: str | os.PathLike) -> set[bytes]:
-    """The public keys of every ``*.key`` file in ``directory`` (and its tenant subfolders)."""
-    keys = set()
-    for key_file in sorted(Path(directory).rglob("*.key")):
-        keys.add(_load(key_file, need_secret=False)[0])
-    return keys
+@dataclass(frozen=True)
+class AuthorizedKeys:
+    """What an authorized-keys directory says: every admitted key with its tenant (None for an
+    operator's), and each tenant's quotas."""
+
+    tenants: dict  # public key (Z85 bytes) -> tenant name, or None for an operator's key
+    quotas: dict  # tenant name -> Quotas
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, operators: frozenset = frozenset()) -> AuthorizedKeys:
+        """``DIR/*.key`` (operators), ``DIR/TENANT/*.key`` and ``DIR/TENANT/quotas.yaml``; the
+        ``operators`` keys are operators' wherever they appear. KeyFileError on a bad file, a bad
+        tenant folder name or a key listed twice."""
+        root = Path(directory)
+        found: dict[bytes, tuple[str | None, Path]] = {}
+        quotas: dict[str, Quotas] = {}
+        # Hidden folders are no tenants: a Kubernetes Secret's volume keeps its files in "..data".
+        folders = [(None, root)] + [(entry.name, entry) for entry in sorted(root.iterdir())
+                                    if entry.is_dir() and not entry.name.startswith(".")]
+        for tenant, folder in folders:
+            if tenant is not None:
+                try:
+                    check_tenant_name(tenant)
+                except ValueError as exc:
+                    raise KeyFileError(f"{folder}: {exc}") from None
+                quotas[tenant] = _load_quotas(folder / QUOTAS_FILE)
+            for key_file in sorted(folder.glob("*.key")):
+                key = _load(key_file, need_secret=False)[0]
+                owner = None if key in operators else tenant
+                if key in found and found[key][0] != owner:
+                    raise KeyFileError(f"{key_file} and {found[key][1]} hold the same key for two owners")
+                found[key] = (owner, key_file)
+        return cls({key: owner for key, (owner, _) in found.items()}, quotas)
+
+
+def _load_quotas(path: Path) -> Quotas:
+    if not path.exists():
+        return Quotas()
+    try:
+        return parse_quotas(yaml.safe_load(path.read_text()), str(path))
+    except (OSError, yaml.YAMLError, ValueError) as exc:
+        raise KeyFileError(str(exc) if isinstance(exc, ValueError) else f"cannot read {path}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -87,8 +131,10 @@ class CurveKeys:
         workers (assignments) and to agent hosts (relayed broadcasts)."""
         public, secret = _load(secret_key_file, need_secret=True)
         server = _load(server_key_file, need_secret=False)[0] if server_key_file else public
-        if authorized_keys_dir is not None and not Path(authorized_keys_dir).is_dir():
-            raise KeyFileError(f"--authorized-keys {authorized_keys_dir}: not a directory")
+        if authorized_keys_dir is not None:
+            if not Path(authorized_keys_dir).is_dir():
+                raise KeyFileError(f"--authorized-keys {authorized_keys_dir}: not a directory")
+            AuthorizedKeys.load(authorized_keys_dir)  # a mistake in it stops the node here, naming the file
         return cls(public, secret, server, str(authorized_keys_dir) if authorized_keys_dir else None,
                    frozenset({server}))
 
@@ -97,37 +143,68 @@ class CurveKeys:
         sock.curve_publickey = self.public_key
         sock.curve_serverkey = server_key or self.server_key
 
-    def server_options(self, sock: zmq.Socket) -> None:
+    def server_options(self, sock: zmq.Socket, zap_domain: str = "") -> None:
         sock.curve_secretkey = self.secret_key
         sock.curve_publickey = self.public_key
         sock.curve_server = True
+        if zap_domain:
+            sock.zap_domain = zap_domain.encode()
 
 
 class Gatekeeper:
-    """The ZAP handler of one node's context: admits the authorized keys, nothing else."""
+    """The ZAP handler of one node's context: admits the authorized keys, nothing else; knows
+    each key's tenant and each tenant's quotas."""
 
     def __init__(self, context: zmq.Context, keys: CurveKeys) -> None:
         self.keys = keys
-        self._lock = threading.Lock()
-        self._allowed: frozenset[bytes] = frozenset()
+        # Each is replaced whole by reload (one assignment), so readers on other threads need no lock.
+        self._tenants: dict[bytes, str | None] = {}
+        self.quotas: dict[str, Quotas] = {}
+        self.tenant_keys: dict[str, frozenset[str]] = {}  # tenant -> its public keys, as Z85 text
         self.denied = 0
         self.reload()
         self._authenticator = ThreadAuthenticator(context)
         self._authenticator.start()
-        self._authenticator.configure_curve_callback("*", credentials_provider=self)
+        for domain in ("*", EVENTS_DOMAIN):
+            self._authenticator.configure_curve_callback(domain, credentials_provider=self)
 
     def reload(self) -> int:
-        """Read the authorized keys again (SIGHUP); returns how many keys are admitted."""
-        allowed = set(self.keys.admit)
+        """Read the authorized keys and quotas again (SIGHUP); returns how many keys are admitted.
+        A mistake in the directory keeps what was read before (and logs it), except at start."""
+        admitted: dict[bytes, str | None] = dict.fromkeys(self.keys.admit)
+        quotas: dict[str, Quotas] = {}
         if self.keys.authorized_keys_dir:
-            allowed |= load_authorized_keys(self.keys.authorized_keys_dir)
-        with self._lock:
-            self._allowed = frozenset(allowed)
-        return len(allowed)
+            try:
+                found = AuthorizedKeys.load(self.keys.authorized_keys_dir, self.keys.admit)
+            except (KeyFileError, OSError) as exc:
+                if not self._tenants:
+                    raise
+                log.error("keeping the authorized keys read before: %s", exc)
+                return len(self._tenants)
+            admitted.update(found.tenants)
+            quotas = found.quotas
+        tenant_keys: dict[str, set[str]] = {}
+        for key, tenant in admitted.items():
+            if tenant is not None:
+                tenant_keys.setdefault(tenant, set()).add(key.decode())
+        self._tenants, self.quotas = admitted, quotas
+        self.tenant_keys = {tenant: frozenset(keys) for tenant, keys in tenant_keys.items()}
+        return len(admitted)
+
+    def tenant_of(self, key: bytes) -> str | None:
+        """The tenant of an admitted key (Z85 bytes); None for an operator's (or an unknown) key."""
+        return self._tenants.get(key)
+
+    @property
+    def own_tenant(self) -> str | None:
+        """The tenant of this node's own key (None for the masters and for operators' nodes)."""
+        return self._tenants.get(self.keys.public_key)
 
     def callback(self, domain: str, client_key: bytes) -> bool:
-        with self._lock:
-            allowed = client_key in self._allowed
+        tenants = self._tenants
+        allowed = client_key in tenants
+        if allowed and domain == EVENTS_DOMAIN:  # events: operators and this node's own tenant
+            allowed = tenants[client_key] in (None, self.own_tenant)
         if not allowed:
             self.denied += 1
             log.debug("refused a connection: key %s is not authorized", client_key.decode(errors="replace"))

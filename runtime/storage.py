@@ -288,7 +288,10 @@ class RaftStorage:
                 self.on_commit_s(time.perf_counter() - started_s)
         except BaseException as exc:
             if db.in_transaction:
-                db.execute("ROLLBACK")
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # a failing disk may refuse this too: the write's own error says more
             if isinstance(exc, sqlite3.DatabaseError):  # disk full, I/O error, corruption
                 raise StorageError(f"{self.path}: cannot write the Raft store ({exc})") from exc
             raise

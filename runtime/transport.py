@@ -10,7 +10,8 @@ Rules of this module (docs/ARCHITECTURE.md §2 and §5 rule 7):
   lock-free queue and writes a wake-up byte on a pipe only when the queue turns from empty to
   non-empty (one wake-up per burst).
 * It knows the node's actors only through a directory (actor name -> delivery target) and
-  counts into the node's counters; it never calls back into the Node.
+  counts into the node's counters. A tenant's message (CURVE) reaches an actor only if the
+  node's ``admit(destination, message)`` lets it; a tenant's frame teaches no endpoint or key.
 * It drains sockets and the outbound queue without blocking, packs up to ``MAX_BATCH``
   envelopes per frame, and hands each local actor one batch per wake-up.
 * Bytes from the network never raise out of it: bad frames are counted by reason, logged once
@@ -19,8 +20,8 @@ Rules of this module (docs/ARCHITECTURE.md §2 and §5 rule 7):
 * It runs the node's timers and fails asks past their deadline: nothing else sleeps in a loop.
 * It watches each outbound connection (a socket monitor): when a peer's connection drops or is
   refused, the asks waiting on that peer fail at once with ``peer_unreachable`` (a dead process
-  is known in milliseconds, not at a timeout), and so do new asks until it reconnects. Tells
-  are queued and delivered on reconnection, as ZeroMQ does.
+  is known in milliseconds, not at a timeout), and so do new asks until it reconnects; listeners
+  hear of the drop (``on_disconnect``). Tells are queued and delivered on reconnection.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from runtime.future import AskTimeout, RemoteError, settle
 from runtime.log import get_logger
 from runtime.events import EventSockets
 from runtime.messages import InboundMessage
-from runtime.security import CurveKeys, Gatekeeper
+from runtime.security import EVENTS_DOMAIN, CurveKeys, Gatekeeper
 from runtime.timers import TimerQueue
 from runtime.wakeup import WakePipe
 
@@ -107,6 +108,7 @@ class Transport(threading.Thread):
         # endpoint -> the CURVE key its node authenticated with (runtime/security.py)
         self.server_keys: dict[str, bytes] = {}
         self.gatekeeper = Gatekeeper(self._context, curve) if curve is not None else None
+        self.admit: Callable[[str, InboundMessage], bool] = lambda destination, message: False  # the Node's gate
         self.faults = FaultInjector.from_environment(node_id, counters)  # None unless a test configures faults
         self._route_peers: dict[bytes, tuple[str, str]] = {}  # with faults: route -> (node id, endpoint)
         self._outbox: collections.deque = collections.deque()
@@ -121,6 +123,7 @@ class Transport(threading.Thread):
         self._ask_deadlines: list[tuple[float, int]] = []
         self._timers = TimerQueue()
         self._end_of_round_hooks: list[Callable[[], None]] = []
+        self._disconnect_listeners: list[Callable[[str], None]] = []
         self._last_logged: dict[tuple[str, str], float] = {}
         self._poller = zmq.Poller()
 
@@ -138,7 +141,7 @@ class Transport(threading.Thread):
         self.endpoint = f"tcp://{advertise_host or host}:{advertise_port or port}"
         pub, sub = self._socket(zmq.PUB), self._socket(zmq.SUB)
         if curve is not None:
-            curve.server_options(pub)
+            curve.server_options(pub, EVENTS_DOMAIN)
             curve.client_options(sub)
         pub_port = _bind(pub, host, pub_port if pub_port is not None else (port + 100 if fixed_port else 0))
         self.pub_endpoint = f"tcp://{advertise_host or host}:{pub_port}"
@@ -169,8 +172,7 @@ class Transport(threading.Thread):
         self._submit((_TO_PEER, endpoint, (TELL, source, destination, 0, body)))
 
     def ask(self, endpoint: str, destination: str, body: Any, future: Future, source: str = "") -> None:
-        """Ask the actor ``destination`` at ``endpoint``; ``future`` gets the answer, or AskTimeout
-        at its deadline."""
+        """Ask ``destination`` at ``endpoint``; ``future`` gets the answer, or AskTimeout at its deadline."""
         correlation_id = next(_correlation_ids)
         self._submit((_ASK, endpoint, (ASK, source, destination, correlation_id, body), correlation_id, future))
 
@@ -242,8 +244,7 @@ class Transport(threading.Thread):
         self._asks.clear()
         for sock in [self._router, self._events.pub, self._sub, *self._monitors, *self._dealers.values()]:
             sock.close(linger=0)
-        self._dealers.clear()
-        self._monitors.clear()
+        self._dealers, self._monitors = {}, {}
         if self.gatekeeper is not None:
             self.gatekeeper.stop()
         self._context.term()
@@ -255,9 +256,7 @@ class Transport(threading.Thread):
         dues = [self._timers.next_due(), self._ask_deadlines[0][0] if self._ask_deadlines else None,
                 self.faults.next_due() if self.faults is not None else None]
         due = min((d for d in dues if d is not None), default=None)
-        if due is None:
-            return None
-        return max(0, int((due - time.monotonic()) * 1000) + 1)
+        return None if due is None else max(0, int((due - time.monotonic()) * 1000) + 1)
 
     # ------------------------------------------------------------------ inbound
 
@@ -271,12 +270,10 @@ class Transport(threading.Thread):
                 break
             route = parts[0] if not secure else parts[0].bytes
             if len(parts) != 2:
-                self._reject(route, "bad_frame_count", f"{len(parts) - 1} frames")
+                self._count_bad(route.hex(), "bad_frame_count", f"{len(parts) - 1} frames")
                 continue
-            if secure:
-                self._handle_frame(parts[1].bytes, route, parts[1].get("User-Id").encode())
-            else:
-                self._handle_frame(parts[1], route)
+            data, key = (parts[1].bytes, parts[1].get("User-Id").encode()) if secure else (parts[1], None)
+            self._handle_frame(data, route, key)
 
     def _drain_dealer(self, sock: zmq.Socket) -> None:
         for _ in range(DRAIN_LIMIT):
@@ -298,7 +295,7 @@ class Transport(threading.Thread):
         try:
             frame = decode_frame(data, self.max_frame_bytes)
         except DecodeError as exc:
-            self._reject(route, exc.reason, exc.detail)
+            self._count_bad(route.hex() if route else "?", exc.reason, exc.detail)
             return
         if self.faults is not None:
             if self.faults.drops_from(frame.node_id, frame.endpoint):
@@ -306,7 +303,8 @@ class Transport(threading.Thread):
                 return
             if route is not None:
                 self._route_peers[route] = (frame.node_id, frame.endpoint)
-        if frame.endpoint:  # a client without a node of its own listens nowhere
+        tenant = self.gatekeeper.tenant_of(peer_key) if peer_key is not None else None
+        if frame.endpoint and tenant is None:  # a client without a node of its own listens nowhere
             self.peers[frame.node_id] = frame.endpoint
             if peer_key is not None:
                 self.server_keys[frame.endpoint] = peer_key
@@ -331,7 +329,9 @@ class Transport(threading.Thread):
                     # Sent anonymously (no source), so a Refused that finds nobody is not refused back.
                     self.send(frame.endpoint, env.source, Refused("unknown_actor", env.destination, env.body))
                 continue
-            message = InboundMessage(kind, (frame.node_id, env.source), env.correlation_id, env.body, route)
+            message = InboundMessage(kind, (frame.node_id, env.source), env.correlation_id, env.body, route, None, tenant)
+            if tenant is not None and not self.admit(env.destination, message):
+                continue  # refused (and answered) by the node's gate
             batch = batches.get(target)
             if batch is None:
                 batches[target] = [message]
@@ -344,6 +344,10 @@ class Transport(threading.Thread):
         """Run ``hook`` on this thread once per loop round, after the round's messages, calls and
         timers: a pinned actor does its expensive part (a disk write) once for all of them."""
         self.call(lambda: self._end_of_round_hooks.append(hook))
+
+    def on_disconnect(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(endpoint)`` on this thread each time an outbound connection drops."""
+        self.call(lambda: self._disconnect_listeners.append(listener))
 
     def _run_hook(self, hook: Callable[[], None]) -> None:
         try:
@@ -359,9 +363,6 @@ class Transport(threading.Thread):
         except Exception:
             self.counters["actor_errors"] += 1
             log.exception("an actor failed on a batch of %d messages", len(messages))
-
-    def _reject(self, route: bytes | None, reason: str, detail: str) -> None:
-        self._count_bad(route.hex() if route else "?", reason, detail)
 
     def _count_bad(self, peer: str, reason: str, detail: str) -> None:
         self.counters[f"bad_frames_{reason}"] += 1
@@ -536,8 +537,7 @@ class Transport(threading.Thread):
             if event == zmq.EVENT_CONNECTED:
                 self._unreachable.discard(endpoint)
             elif event & _HANDSHAKE_FAILED:
-                # Our key was refused: drop the socket, so the next message tries a fresh handshake
-                # (the peer may admit us once it reloads its keys).
+                # Our key was refused: drop the socket; the next message tries a fresh handshake.
                 self.counters["peer_refused_our_key"] += 1
                 self._fail_asks_to(endpoint, "the peer refused our key (CURVE)")
                 self._close_dealer(endpoint, monitor)
@@ -546,6 +546,8 @@ class Transport(threading.Thread):
                 self._unreachable.add(endpoint)
                 self.counters["peer_unreachable"] += 1
                 self._fail_asks_to(endpoint)
+                for listener in self._disconnect_listeners:
+                    self._run_hook(lambda: listener(endpoint))
 
     def _close_dealer(self, endpoint: str, monitor: zmq.Socket) -> None:
         sock = self._dealers.pop(endpoint)
@@ -565,8 +567,7 @@ class Transport(threading.Thread):
                                                  f"the connection to {endpoint} dropped{': ' + why if why else ''}"))
 
     def know_server_key(self, endpoint: str, key: bytes | str) -> None:
-        """The CURVE key of the node at ``endpoint`` (from the agent directory, say): used when
-        this node first connects to it. Any thread; a no-op without CURVE."""
+        """The CURVE key of ``endpoint``'s node, for a first connection (any thread; no-op without CURVE)."""
         if self.curve is not None and key:
             self.server_keys[endpoint] = key.encode() if isinstance(key, str) else key
 

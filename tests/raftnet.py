@@ -18,7 +18,7 @@ from protocols.raft import (
     RequestVote,
     VoteResponse,
 )
-from tests.raftsim import Disk
+from tests.raftdisk import Disk
 
 IDS = ["n1", "n2", "n3"]
 

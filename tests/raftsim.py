@@ -1,8 +1,9 @@
 """A deterministic simulated Raft cluster, for the safety and liveness tests of protocols/raft/.
 
 Everything is driven by one seeded ``random.Random``: the network (drops, duplicates, delays,
-hence reordering; partitions that come and go), crashes and restarts, client proposals, reads,
-compaction, leadership transfers and membership changes. A node that crashes keeps only what
+hence reordering; partitions that come and go; one link of the leader's that flaps), crashes and
+restarts, the RaftActor's hint that a leader's connection dropped (it forgets the leader and
+campaigns), client proposals, reads, compaction, leadership transfers and membership changes. A node that crashes keeps only what
 the harness persisted from its Readys (the "disk"); it restarts from that, as the RaftActor
 restarts from SQLite. After every step the safety properties of the Raft paper are checked:
 
@@ -28,7 +29,6 @@ Replay one seed (prints the last events of the run on failure)::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import heapq
 import random
 import sys
@@ -37,20 +37,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocols.raft import (
-    ENTRY_NORMAL,
     LEADER,
     ConfChange,
     ConfChangeRejected,
     Entry,
-    HardState,
     NotLeader,
     RaftConfig,
     RaftCore,
     Ready,
-    Snapshot,
     SoftState,
+    campaign_rank,
 )
-from protocols.wire import decode, encode
+from tests.raftdisk import Disk, StateMachine
 
 
 class SafetyViolation(AssertionError):
@@ -75,66 +73,18 @@ class Faults:
     compact: float = 0.02
     transfer: float = 0.004
     membership: float = 0.0  # remove a voter / add it back as learner / promote it
+    # The RaftActor's hint (a dropped connection): when a leader crashes, each follower of it is
+    # told with this probability (it forgets the leader and campaigns a tick or two later) ...
+    crash_hint: float = 0.0
+    # ... and per step, the link between the leader and one follower goes down for a while, the
+    # follower told so, while the leader lives on (a flapping link).
+    flap: float = 0.0
 
 
 def sim_config() -> RaftConfig:
     # Small batches and windows so that batching, pipelining and flow control are exercised.
     return RaftConfig(election_ticks_min=10, election_ticks_max=20, heartbeat_ticks=2,
                       max_entries_per_append=4, max_inflight_appends=3)
-
-
-class Disk:
-    """What one node persisted: its hard state, log and snapshot. Like the RaftActor, it writes
-    only the Readys that must be synced: a change of the commit index alone waits for the next
-    write (so a restart may come back with an older commit index)."""
-
-    def __init__(self) -> None:
-        self.hard_state: HardState | None = None
-        self.entries: list[Entry] = []
-        self.snapshot: Snapshot | None = None
-        self.reported: HardState | None = None  # the newest hard state a Ready reported
-
-    @property
-    def first_index(self) -> int:
-        return (self.snapshot.meta.index if self.snapshot else 0) + 1
-
-    def save(self, ready: Ready) -> None:
-        if ready.hard_state is not None:
-            self.reported = ready.hard_state
-        if not ready.must_sync:
-            return
-        if ready.snapshot is not None:
-            self.snapshot = ready.snapshot
-            self.entries = []
-        if ready.entries:
-            # Overwrite a conflicting suffix: drop everything from the first new index on.
-            del self.entries[max(0, ready.entries[0].index - self.first_index):]
-            self.entries.extend(ready.entries)
-        self.hard_state = self.reported
-
-    def compact(self, snapshot: Snapshot) -> None:
-        drop = snapshot.meta.index - self.first_index + 1
-        self.snapshot = snapshot
-        del self.entries[:max(0, drop)]
-
-
-class StateMachine:
-    """Applies commands into a running digest; the snapshot is (index, digest)."""
-
-    def __init__(self) -> None:
-        self.applied_index = 0
-        self.digest = b""
-
-    def apply(self, entry: Entry) -> None:
-        if entry.kind == ENTRY_NORMAL:
-            self.digest = hashlib.blake2b(self.digest + entry.data, digest_size=8).digest()
-        self.applied_index = entry.index
-
-    def snapshot_data(self) -> bytes:
-        return encode([self.applied_index, self.digest])
-
-    def restore(self, data: bytes) -> None:
-        self.applied_index, self.digest = decode(data)
 
 
 @dataclass
@@ -165,6 +115,8 @@ class Cluster:
         self.network: list[tuple[int, float, int, Any]] = []
         self.sent_count = 0
         self.group: dict[str, int] = {n: 0 for n in self.nodes}
+        self.cut: dict[frozenset[str], int] = {}  # a flapping link -> the tick it comes back
+        self.campaigns: list[tuple[int, str]] = []  # (due tick, node) told its leader is gone
         self.trace: deque[str] = deque(maxlen=60)
         self.proposed = 0
         self.reads_started: dict[bytes, int] = {}
@@ -196,6 +148,26 @@ class Cluster:
     def crash(self, node_id: str) -> None:
         self.nodes[node_id].core = None
         self.note(f"crash {node_id}")
+        for node in self.live():
+            if node.core.leader_id == node_id and self.rng.random() < self.faults.crash_hint:
+                self.leader_gone(node, node_id)
+
+    def leader_gone(self, node: SimNode, leader_id: str) -> None:
+        """What the RaftActor does when its leader's connection drops: forget the leader now,
+        campaign a little later if still leaderless, staggered by rank (3 ticks: more than a
+        round trip) with a tick of jitter."""
+        rank = campaign_rank(node.core.voters, node.node_id, leader_id)
+        node.core.forget_leader()
+        self.campaigns.append((self.now + 3 * rank + self.rng.randint(0, 1), node.node_id))
+        self.coverage["leader_gone_hint"] += 1
+
+    def start_due_campaigns(self) -> None:
+        due = [c for c in self.campaigns if c[0] <= self.now]
+        self.campaigns = [c for c in self.campaigns if c[0] > self.now]
+        for _, node_id in sorted(due):
+            core = self.nodes[node_id].core
+            if core is not None and core.role != LEADER and core.leader_id is None:
+                core.campaign()
 
     def restart(self, node_id: str) -> None:
         self._start(node_id)
@@ -210,7 +182,7 @@ class Cluster:
     # ------------------------------------------------------------------ network
 
     def connected(self, a: str, b: str) -> bool:
-        return self.group.get(a, 0) == self.group.get(b, 0)
+        return self.group.get(a, 0) == self.group.get(b, 0) and self.cut.get(frozenset((a, b)), 0) <= self.now
 
     def send(self, message: Any, lossless: bool = False) -> None:
         if not lossless and self.rng.random() < self.faults.drop:
@@ -239,7 +211,24 @@ class Cluster:
 
     def heal(self) -> None:
         self.group = {n: 0 for n in self.nodes}
+        self.cut = {}
         self.note("heal")
+
+    def flap(self) -> None:
+        """The link between the leader and its first follower goes down (one link, the same one
+        while the leader lasts: a leader cut off from every follower is rightly replaced)."""
+        leaders = self.leaders()
+        if not leaders or any(until > self.now for until in self.cut.values()):
+            return
+        leader = leaders[0]
+        others = [v for v in leader.core.voters if v != leader.node_id]
+        follower = self.nodes[others[0]] if others else None
+        if follower is None or follower.core is None or follower.core.leader_id != leader.node_id:
+            return
+        until = self.now + self.rng.randint(1, 2 * self.config.election_ticks_min)
+        self.cut[frozenset((leader.node_id, follower.node_id))] = until
+        self.note(f"link {leader.node_id}-{follower.node_id} down until t={until}")
+        self.leader_gone(follower, leader.node_id)
 
     # ------------------------------------------------------------------ the loop
 
@@ -252,6 +241,7 @@ class Cluster:
             self.random_events()
         for node in self.live():
             node.core.tick()
+        self.start_due_campaigns()
         self.deliver_due()
         for node in self.live():
             self.handle_ready(node, faulty)
@@ -273,6 +263,8 @@ class Cluster:
         if rng.random() < f.heal:
             if len(set(self.group.values())) > 1:
                 self.heal()
+        if rng.random() < f.flap:
+            self.flap()
         live = self.live()
         if not live:
             return
@@ -516,16 +508,23 @@ SCENARIOS = {
                                            crash=0.02, partition=0.05, heal=0.05)),
     # Leaders crash soon after election, one entry per append: the figure 8 sequences.
     "three_crashy": Scenario(3, 400, Faults(crash_leader=0.08, restart=0.3, crash_mid_ready=0.02,
-                                            drop=0.1), RaftConfig(
+                                            drop=0.1, crash_hint=0.8), RaftConfig(
         election_ticks_min=4, election_ticks_max=8, heartbeat_ticks=1, max_entries_per_append=1,
         max_inflight_appends=2)),
     "five_crashy": Scenario(5, 400, Faults(crash_leader=0.08, restart=0.3, crash_mid_ready=0.02,
-                                           drop=0.1), RaftConfig(
+                                           drop=0.1, crash_hint=0.8), RaftConfig(
         election_ticks_min=4, election_ticks_max=8, heartbeat_ticks=1, max_entries_per_append=1,
         max_inflight_appends=2)),
     # Everything at once: membership changes with joining servers while leaders crash.
     "five_chaos": Scenario(5, 500, Faults(membership=0.04, crash_leader=0.03, restart=0.2,
-                                          partition=0.02, crash_mid_ready=0.01), spare_count=2),
+                                          partition=0.02, crash_mid_ready=0.01, crash_hint=0.8,
+                                          flap=0.01), spare_count=2),
+    # Links between the leader and one follower drop and come back, the follower told each time,
+    # while leaders also crash (and their followers are told).
+    "three_flapping": Scenario(3, 400, Faults(flap=0.05, crash_leader=0.01, crash_hint=0.9)),
+    # Only flapping links, nothing else goes wrong: the first leader must lead to the end.
+    "three_flapping_only": Scenario(3, 400, Faults(drop=0.0, duplicate=0.0, crash=0.0, crash_mid_ready=0.0,
+                                                   partition=0.0, transfer=0.0, flap=0.1)),
     # The plain Raft paths: no pre-vote, no check-quorum, one entry per append, no pipelining.
     "three_plain": Scenario(3, 400, Faults(), RaftConfig(
         election_ticks_min=10, election_ticks_max=20, heartbeat_ticks=2, max_entries_per_append=1,

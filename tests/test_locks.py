@@ -151,6 +151,27 @@ def test_waiters_queue_fifo_without_duplicates():
     assert log.table.check_lock(KEY, 0).waiters == ["w1", "w2"]
 
 
+def test_a_queue_holds_at_most_the_stamped_number_of_waiters():
+    log = Log()
+    log.apply(acquire("holder"))
+    limited = lambda owner: Acquire(KEY, owner, 1000, {}, 0, True, 2)  # noqa: E731
+    assert log.reply(limited("w1")) == LockQueued(KEY, "w1", 1)
+    assert log.reply(limited("w2")) == LockQueued(KEY, "w2", 2)
+    assert log.table.queue_is_full(KEY, "w3", 2)
+    refused = log.reply(limited("w3"))
+    assert isinstance(refused, ErrorRecord) and refused.kind == "lock_waiters_limit"
+    assert "2 waiters" in refused.message and "--lock-max-waiters" in refused.message and repr(KEY) in refused.message
+    # Those already in line, and the holder, are never refused; nor is anyone without a stamped limit.
+    assert not log.table.queue_is_full(KEY, "w1", 2) and not log.table.queue_is_full(KEY, "holder", 2)
+    assert log.reply(limited("w1")) == LockQueued(KEY, "w1", 1)
+    assert isinstance(log.reply(Acquire(KEY, "holder", 1000, {}, 0, True, 2)), LockGranted)
+    assert log.reply(acquire("w3", wait=True)) == LockQueued(KEY, "w3", 3)
+    assert log.table.check_lock(KEY, 0).waiters == ["w1", "w2", "w3"]
+    # A limit only refuses joining the queue: a free lock is granted, a held one denied as ever.
+    assert isinstance(log.reply(Acquire("other", "w3", 1000, {}, 0, True, 0)), LockGranted)
+    assert log.reply(Acquire(KEY, "w4", 1000, {}, 0, False, 0)) == LockDenied(KEY, "holder", "held")
+
+
 def test_release_grants_the_head_of_the_queue_only():
     log = Log()
     log.apply(acquire("holder", now_ms=0))

@@ -128,6 +128,46 @@ def test_votes_are_ignored_while_a_leader_is_heard_from():
     assert follower.stats["vote_ignored_in_lease"] == 1 and follower.leader_id == "n1"
 
 
+def test_followers_that_forget_a_dead_leader_elect_another_without_waiting_for_a_timeout():
+    net = Net()
+    old = net.elect("n1")
+    net.isolated = {"n1"}  # the leader's process died: both followers see its connection drop
+    for node_id in ("n2", "n3"):
+        net.cores[node_id].forget_leader()
+    net.cores["n2"].campaign()
+    net.settle()  # no tick: pre-vote, vote and the new leader's first append, in messages alone
+    assert net.cores["n2"].role == "leader" and net.cores["n2"].term == old.term + 1
+    assert net.cores["n3"].leader_id == "n2"
+
+
+def test_a_follower_that_only_thinks_its_leader_is_gone_does_not_depose_it():
+    """A flapping link: n2 saw its connection to the leader drop, n3 still hears from it."""
+    net = Net()
+    leader = net.elect("n1")
+    term = leader.term
+    follower = net.cores["n2"]
+    for _ in range(5):
+        follower.forget_leader()
+        follower.campaign()
+        net.settle()
+        assert follower.role == "pre_candidate" and follower.term == term  # asked, and was refused
+        net.tick(1)  # the leader's next heartbeat
+        assert follower.role == "follower" and follower.leader_id == "n1"
+    assert net.leader() is leader and leader.term == term
+    assert net.cores["n3"].stats["vote_ignored_in_lease"] == 5
+
+
+def test_campaign_and_forget_leader_do_nothing_on_a_leader_or_a_learner():
+    net = Net()
+    leader = net.elect("n1")
+    leader.forget_leader()
+    leader.campaign()
+    assert leader.role == "leader" and leader.leader_id == "n1"
+    learner = net.add("n4", [])  # not in any configuration yet
+    learner.campaign()
+    assert learner.role == "follower" and not drain(learner)
+
+
 def test_check_quorum_makes_an_isolated_leader_step_down():
     net = Net()
     leader = net.elect("n1")

@@ -26,6 +26,7 @@ CI_SLICE = {
     "three_crashy": 100,
     "five_crashy": 60,
     "five_chaos": 50,
+    "three_flapping": 50,
 }
 
 
@@ -54,6 +55,35 @@ def test_simulation_exercises_the_interesting_paths():
     for key in ("AppendReject", "InstallSnapshot", "snapshot_installed", "TimeoutNow", "read_state",
                 "applied_kind1", "applied_kind2", "RequestVote"):
         assert coverage.get(key, 0) > 0, key
+
+
+def test_a_flapping_link_never_deposes_a_healthy_leader():
+    """The follower on the flapping link is told its leader is gone each time (it forgets it and
+    campaigns at once), but the other follower still hears from the leader and refuses."""
+    for seed in range(20):
+        cluster = run_seed(seed, "three_flapping_only")
+        assert cluster.coverage["leader_gone_hint"] > 5
+        assert len(cluster.leader_of_term) == 1, (seed, cluster.leader_of_term)
+
+
+def test_followers_told_of_a_crashed_leader_elect_a_new_one_within_a_few_ticks():
+    from tests.raftsim import Cluster, Faults
+
+    for seed in range(20):
+        cluster = Cluster(seed, 3, Faults(drop=0.0, duplicate=0.0, crash=0.0, crash_mid_ready=0.0, partition=0.0,
+                                          transfer=0.0, crash_hint=1.0))
+        while not (len(cluster.leaders()) == 1 and all(n.core.leader_id for n in cluster.live())):
+            cluster.step(faulty=False)
+        old = cluster.leaders()[0]
+        cluster.crash(old.node_id)
+        assert len(cluster.campaigns) == 2
+        for ticks in range(1, 100):
+            cluster.step(faulty=False)
+            if cluster.leaders():
+                break
+        # An election timeout is 10-20 ticks here; the hint makes it the first follower's campaign
+        # delay (0-1 tick) plus the pre-vote and vote round trips (one tick each way).
+        assert ticks <= 6, (seed, ticks)
 
 
 def _grant_every_vote(core: RaftCore, m) -> None:

@@ -159,7 +159,8 @@ def main_callback(
         help="The masters' public key file (NAME.key); not needed on masters."),
     authorized_keys: Optional[str] = typer.Option(
         None, "--authorized-keys", envvar="AGENTFLOW_AUTHORIZED_KEYS",
-        help="Masters and agent hosts: admit only the public keys (*.key) in this directory; SIGHUP re-reads it."),
+        help="Masters and agent hosts: admit only the public keys (*.key) in this directory, those in DIR/TENANT/ "
+             "as tenant TENANT's (README \"Tenants\"); SIGHUP re-reads it."),
     insecure: bool = typer.Option(False, "--insecure", envvar="AGENTFLOW_INSECURE",
                                   help="Allow listening beyond 127.0.0.1 without CURVE keys (anyone can connect)."),
 ) -> None:

@@ -49,6 +49,9 @@ def master(
                                    help="Forget a finished workflow S seconds after it ended."),
     max_result_bytes: int = typer.Option(1024 * 1024, "--max-result-bytes", envvar="AGENTFLOW_MAX_RESULT_BYTES",
                                          help="A task whose result is larger fails (results go through the Raft log)."),
+    lock_max_waiters: int = typer.Option(1000, "--lock-max-waiters", envvar="AGENTFLOW_LOCK_MAX_WAITERS",
+                                         help="Owners queued for one lock at most; a waiter beyond them is refused "
+                                              "(lock_waiters_limit)."),
 ) -> None:
     """Start a master (a member of the Raft group of the control plane)."""
     from agentflow.master import run_master
@@ -68,7 +71,7 @@ def master(
                           http_port=http_port, pub_port=pub_port, node_id=node_id, heartbeat_ms=heartbeat_ms,
                           election_timeout_ms=(int(low), int(high or low)), snapshot_every_entries=snapshot_every,
                           advertise=advertise, retain_workflows=retain_workflows, retain_s=retain_s,
-                          max_result_bytes=max_result_bytes, curve=keys)
+                          max_result_bytes=max_result_bytes, curve=keys, lock_max_waiters=lock_max_waiters)
     except ValueError as exc:
         fail(str(exc))
     except StorageError as exc:
@@ -129,6 +132,8 @@ def up(
     workers: int = typer.Option(2, "--workers"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir"),
     port: int = typer.Option(6767, "--port", help="The first master's port (the next free ones follow)."),
+    lock_max_waiters: Optional[int] = typer.Option(None, "--lock-max-waiters", envvar="AGENTFLOW_LOCK_MAX_WAITERS",
+                                                   help="The masters' --lock-max-waiters (default 1000)."),
 ) -> None:
     """Run a local cluster in the foreground; Ctrl-C stops it."""
     import signal
@@ -139,7 +144,11 @@ def up(
 
     directory = data_dir or tempfile.mkdtemp(prefix="agentflow-up-")
     try:
-        local = LocalCluster(directory, masters=masters, workers=workers, first_port=port)
+        if lock_max_waiters is not None and lock_max_waiters < 1:
+            raise ValueError(f"--lock-max-waiters must be at least 1, not {lock_max_waiters}")
+        master_options = [] if lock_max_waiters is None else ["--lock-max-waiters", str(lock_max_waiters)]
+        local = LocalCluster(directory, masters=masters, workers=workers, first_port=port,
+                             master_options=master_options)
     except ValueError as exc:
         fail(str(exc))
     stop = threading.Event()

@@ -7,8 +7,9 @@ send, apply); nothing in this package does I/O.
 The modules, bottom up (each imports only those above it):
 
 * ``messages``: the wire records (``Entry``, ``SnapshotMeta``, ``ConfChange``, the eight
-  messages in ``MESSAGE_TYPES``) and ``invalid_reason``, the shape check every message from the
-  network passes before the core sees it.
+  messages in ``MESSAGE_TYPES``), ``invalid_reason``, the shape check every message from the
+  network passes before the core sees it, and ``numbers_in_range``, the caller's check that
+  what it must store fits its storage.
 * ``log``: ``RaftLog``, the entries after the snapshot with their durable, committed and applied
   marks; ``Snapshot``.
 * ``progress``: the leader's ``Progress`` per follower (probe, replicate, snapshot) and the
@@ -16,10 +17,12 @@ The modules, bottom up (each imports only those above it):
 * ``membership``: the voters and learners, changed one server at a time, with the history to
   undo an overwritten change; ``ConfChangeRejected``.
 * ``reads``: ReadIndex, linearizable reads confirmed by a heartbeat quorum; ``ReadState``.
+* ``election`` and ``replication``: the mixins of ``RaftCore`` that campaign and vote (pre-vote
+  included), and that move entries to followers.
 * ``core``: ``RaftCore`` (tick, step, propose, propose_conf_change, read_index,
-  transfer_leadership, compact, has_ready, ready, advance), ``Ready`` with its ``SoftState`` and
-  ``must_sync``, ``HardState``, ``RaftConfig``, ``NotLeader``; the Ready obligations are in its
-  docstring.
+  transfer_leadership, forget_leader, campaign, compact, has_ready, ready, advance), ``Ready``
+  with its ``SoftState`` and ``must_sync``, ``HardState``, ``RaftConfig``, ``NotLeader``; the
+  Ready obligations are in ``ready.py``.
 
 Limitations, on purpose: a snapshot travels as one message (the frame cap bounds it); pending
 ReadIndex requests are dropped when leadership is lost (the caller's deadline retries them);
@@ -40,6 +43,7 @@ from protocols.raft.core import (
     Ready,
     SoftState,
 )
+from protocols.raft.election import campaign_rank
 from protocols.raft.log import RaftLog, Snapshot
 from protocols.raft.membership import ConfChangeRejected
 from protocols.raft.messages import (
@@ -58,6 +62,7 @@ from protocols.raft.messages import (
     SnapshotMeta,
     TimeoutNow,
     VoteResponse,
+    numbers_in_range,
 )
 from protocols.raft.reads import ReadState
 
@@ -67,5 +72,5 @@ __all__ = [
     "AppendEntries", "AppendResponse", "ConfChange", "ConfChangeRejected", "Entry", "HardState",
     "Heartbeat", "HeartbeatResponse", "InstallSnapshot", "NotLeader", "RaftConfig", "RaftCore",
     "RaftLog", "ReadState", "Ready", "RequestVote", "SnapshotMeta", "Snapshot", "SoftState",
-    "TimeoutNow", "VoteResponse",
+    "TimeoutNow", "VoteResponse", "campaign_rank", "numbers_in_range",
 ]

@@ -15,8 +15,9 @@ Rules of this module:
   per Ready (a burst of proposals costs one round of messages).
 
 What a Ready holds, and what the caller must do with it, in which order: ``ready.py``. The core
-is one class in three files: this one (the events, the Ready protocol, elections, membership),
-``replication.py`` (appends, heartbeats and snapshots, both sides) and the leaf modules it uses.
+is one class in four files: this one (the events, the Ready protocol, roles, membership),
+``election.py`` (pre-vote, votes, taking over), ``replication.py`` (appends, heartbeats and
+snapshots, both sides) and the leaf modules it uses.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from protocols.raft.log import RaftLog, Snapshot
 from protocols.raft.membership import ConfChangeRejected, Membership
 from protocols.raft.messages import (
     ENTRY_CONF_CHANGE,
-    ENTRY_NOOP,
     ENTRY_NORMAL,
     AppendEntries,
     AppendResponse,
@@ -42,7 +42,8 @@ from protocols.raft.messages import (
     VoteResponse,
     invalid_reason,
 )
-from protocols.raft.progress import LOST, WON, Progress, granted_votes, vote_result
+from protocols.raft.election import Election
+from protocols.raft.progress import Progress
 from protocols.raft.reads import PendingReads, ReadState
 from protocols.raft.ready import CANDIDATE, FOLLOWER, LEADER, LEARNER, PRE_CANDIDATE, HardState, Ready, SoftState
 from protocols.raft.replication import Replication
@@ -83,7 +84,7 @@ class NotLeader(Exception):
         self.leader_hint = leader_hint
 
 
-class RaftCore(Replication):
+class RaftCore(Replication, Election):
     """One Raft server. See ready.py for the Ready protocol."""
 
     def __init__(
@@ -236,6 +237,21 @@ class RaftCore(Replication):
             if self._promotable() and self._election_elapsed >= self._randomized_election_ticks:
                 self._election_elapsed = 0
                 self._campaign(pre_vote=self.config.pre_vote, transfer=False)
+
+    def forget_leader(self) -> None:
+        """The caller believes the leader is gone (its connection dropped): this follower forgets
+        it, so that it grants pre-votes at once instead of after an election timeout. It follows
+        the leader again as soon as it hears from it (etcd's ForgetLeader)."""
+        if self._role in (FOLLOWER, LEARNER) and self._leader_id is not None:
+            self._count("leader_forgotten")
+            self._leader_id = None
+
+    def campaign(self) -> None:
+        """Start an election now rather than at the election timeout: a pre-vote first when
+        configured, so a leader that is in fact alive is not deposed (etcd's Campaign)."""
+        if self._role != LEADER and self._promotable():
+            self._election_elapsed = 0
+            self._campaign(pre_vote=self.config.pre_vote, transfer=False)
 
     def propose(self, data: bytes) -> int:
         """Append a command; returns its index. It is committed once it shows up in
@@ -466,91 +482,9 @@ class RaftCore(Replication):
         self._leader_id = leader
         self._role = LEARNER if self._id in self._members.learners else FOLLOWER
 
-    def _campaign(self, pre_vote: bool, transfer: bool) -> None:
-        if pre_vote:
-            # A pre-candidate keeps its term and vote: a partitioned server must not inflate the
-            # term and disrupt the cluster when it comes back.
-            self._reset(self._term)
-            self._role = PRE_CANDIDATE
-            vote_term = self._term + 1
-            logger.debug("[raft] Node %s starting pre-vote for term %d", self._id, vote_term)
-        else:
-            self._reset(self._term + 1)
-            self._vote = self._id
-            self._role = CANDIDATE
-            vote_term = self._term
-            logger.info("[raft] Node %s starting election for term %d", self._id, vote_term)
-        self._votes = {self._id: True}
-        if vote_result(self._members.voters, self._votes) == WON:
-            self._on_election_won()
-            return
-        last_index, last_term = self._log.last_index, self._log.last_term
-        for voter in self._members.voters:
-            if voter != self._id:
-                self._send(RequestVote(self._id, voter, vote_term, last_index, last_term,
-                                       pre_vote, transfer))
-
-    def _on_election_won(self) -> None:
-        if self._role == PRE_CANDIDATE:
-            self._campaign(pre_vote=False, transfer=False)
-        else:
-            self._become_leader()
-
-    def _become_leader(self) -> None:
-        votes = granted_votes(self._members.voters, self._votes)
-        self._reset(self._term)
-        self._role = LEADER
-        self._leader_id = self._id
-        next_index = self._log.last_index + 1
-        for peer in self._peers():
-            self._progress[peer] = Progress(next_index)
-        # The no-op commits the entries of earlier terms (they cannot be committed by counting,
-        # figure 8) and confirms the commit index for ReadIndex; no conf change before it commits.
-        self._log.append(Entry(self._term, next_index, ENTRY_NOOP, b""))
-        self._pending_conf_index = next_index
-        logger.info("[raft] Node %s became Leader for term %d (votes: %d/%d)",
-                    self._id, self._term, votes, len(self._members.voters))
-        self._broadcast_append()
-
     def _peers(self) -> list[str]:
         members = self._members
         return sorted(n for n in set(members.voters) | set(members.learners) if n != self._id)
-
-    # ------------------------------------------------------------------ votes
-
-    def _handle_vote_request(self, m: RequestVote) -> None:
-        can_vote = (self._vote == m.src
-                    or (self._vote is None and self._leader_id is None)
-                    or (m.pre_vote and m.term > self._term))
-        log = self._log
-        up_to_date = (m.last_term > log.last_term
-                      or (m.last_term == log.last_term and m.last_index >= log.last_index))
-        if can_vote and up_to_date:
-            # Answer at the requested term: a granted pre-vote must count for that term.
-            self._send(VoteResponse(self._id, m.src, m.term, True, m.pre_vote))
-            if not m.pre_vote:
-                self._vote = m.src
-                self._election_elapsed = 0
-        else:
-            self._send(VoteResponse(self._id, m.src, self._term, False, m.pre_vote))
-
-    def _handle_vote_response(self, m: VoteResponse) -> None:
-        if self._role == PRE_CANDIDATE and m.pre_vote:
-            if m.granted and m.term != self._term + 1:
-                self._count("stale_vote_response")
-                return
-        elif self._role == CANDIDATE and not m.pre_vote and m.term == self._term:
-            pass
-        else:
-            self._count("stale_vote_response")
-            return
-        if m.src in self._members.voters and m.src not in self._votes:
-            self._votes[m.src] = m.granted
-        outcome = vote_result(self._members.voters, self._votes)
-        if outcome == WON:
-            self._on_election_won()
-        elif outcome == LOST:
-            self._become_follower(self._term, None)
 
     # ------------------------------------------------------------------ configuration
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocols.wire import record
+from protocols.wire import is_record, record
 
 ENTRY_NORMAL = 0
 ENTRY_CONF_CHANGE = 1
@@ -212,3 +212,23 @@ def invalid_reason(m: Any, node_id: str) -> str | None:
         if type(m.context) is not bytes:
             return "bad_heartbeat_response"
     return None
+
+
+def numbers_in_range(record: Any, limit: int) -> bool:
+    """Every integer of a Raft message, of its entries and of its snapshot meta is in [0, limit)."""
+    for name in type(record).__slots__:
+        value = getattr(record, name)
+        kind = type(value)
+        if kind is int:
+            if not 0 <= value < limit:
+                return False
+        elif kind is list:  # entries: their term and index are all a follower stores of them
+            for item in value:
+                if type(item) is Entry:
+                    if not (0 <= item.term < limit and 0 <= item.index < limit):
+                        return False
+                elif is_record(item) and not numbers_in_range(item, limit):
+                    return False
+        elif is_record(value) and not numbers_in_range(value, limit):
+            return False
+    return True

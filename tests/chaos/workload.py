@@ -2,7 +2,8 @@
 call in a ``History``.
 
 * ``LockClient``: one owner, one thread, a few keys. It acquires (non-blocking), renews what it
-  holds, releases, lets leases lapse and reads, at random (a seeded ``random.Random``), with
+  holds, releases (waiting for the answer, or one-way as ``release(wait=False)`` does: an op
+  that stays pending), lets leases lapse and reads, at random (a seeded ``random.Random``), with
   leases of a few hundred ms so that expiry happens within a run.
 * ``WorkflowClient``: submits small random DAGs whose tasks run ``tests.chaos.taskfuncs:run``.
 
@@ -103,7 +104,12 @@ class LockClient(_Worker):
                 if result is not None and result["type"] != "renewed":
                     del self.held[key]
             elif choice < 0.8:
-                self._call("release", Release(key, self.owner, token, 0), key=key, owner=self.owner, token=token)
+                release = Release(key, self.owner, token, 0)
+                if choice < 0.65:
+                    self._call("release", release, key=key, owner=self.owner, token=token)
+                else:  # one-way: nobody answers, so its outcome stays unknown
+                    self.history.invoke(self.owner, "release", key=key, owner=self.owner, token=token)
+                    self.client.tell_leader(LOCK_ACTOR, LockCall(self.client.next_command(release), 0))
                 del self.held[key]  # released or not, we no longer count on it
             elif choice < 0.9:
                 del self.held[key]  # walk away: the lease lapses
