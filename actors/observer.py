@@ -50,10 +50,6 @@ REJOIN_GRACE_S = 3.0  # three heartbeats: how long a new leader takes to hear fr
 PENDING_BATCHES_KEPT = 10_000  # proposal batches timed at once; older ones are not timed
 
 
-def monotonic_ms() -> int:
-    return int(time.monotonic() * 1000)
-
-
 @dataclass(frozen=True)
 class ObserverSources:
     """Read-only views of the actors beside the observer, called on their (the transport) thread."""
@@ -63,6 +59,7 @@ class ObserverSources:
     lock_clock_ms: Callable[[], int]  # the lock actor's clock (its leases' time)
     agent_stats: Callable[[], Any]  # the agent directory's per-agent message counters
     queue_stats: Callable[[int], Any]  # now_ms -> QueueStats (the leader's queue)
+    scheduler_clock_ms: Callable[[], int]  # the scheduler's clock: the workflow table's and the queue's times
     workers_table: Callable[[], list]  # the leader's worker rows
 
 
@@ -289,7 +286,8 @@ class ObserverActor(Actor):
             "events": list(self.events),
         }
         if is_leader:
-            queue = self.sources.queue_stats(monotonic_ms())
+            table_now_ms = self.sources.scheduler_clock_ms()
+            queue = self.sources.queue_stats(table_now_ms)
             rows = self.sources.workers_table()
             by_status = {status: 0 for status in ("active", "busy", "draining", "offline")}
             for row in rows:
@@ -301,6 +299,6 @@ class ObserverActor(Actor):
                 "workers": {"by_status": by_status, "slots_total": sum(r["max_concurrent_tasks"] for r in accepting),
                             "slots_used": sum(r["running"] for r in accepting)},
                 "worker_rows": rows,
-                "workflow_rows": workflow_rows(state.workflows, monotonic_ms(), workflow_limit),
+                "workflow_rows": workflow_rows(state.workflows, table_now_ms, workflow_limit),
             })
         return document

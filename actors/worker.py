@@ -27,6 +27,12 @@ Rules of this module:
   ``WorkerGoodbye`` and exit 0 (exit 1 if some reports were still unaccepted after
   ``report_grace_s``). A second signal kills the running tasks and exits 1. The goodbye is a
   tell, so it is best effort: a master that misses it sees the heartbeats stop.
+* Memory pressure: each heartbeat samples the memory available to it (runtime/resources.py,
+  ``MemoryWatch``) and says whether it is under pressure; entering it retires the idle task
+  processes (and keeps none after its task) until it recovers; the scheduler sends nothing new.
+* Results of its tasks from 16 KiB up are kept (``ResultCache``, 256 MiB by default, oldest
+  out first) for the later tasks the scheduler places here on purpose (data locality): their
+  assignments name them in ``local_inputs`` instead of carrying them.
 * Nothing is logged per task at info level.
 """
 
@@ -34,13 +40,15 @@ from __future__ import annotations
 
 import collections
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
+from protocols.assignments import DEFAULT_RESULT_CACHE_BYTES, ResultCache
 from protocols.names import SCHEDULER_ACTOR
 from protocols.registry import WorkerInfo
 from protocols.tasks import (
     ERROR_DRAINING,
+    ERROR_INPUTS_MISSING,
     AssignTasks,
     AttemptKey,
     CancelTasks,
@@ -64,7 +72,7 @@ from runtime.executor import DEFAULT_KILL_GRACE_S, TaskExecutor, finished_now
 from runtime.future import AskTimeout, RemoteError
 from runtime.log import get_logger
 from runtime.node import Ref
-from runtime.resources import current_load
+from runtime.resources import MemoryWatch, current_load, default_pressure_threshold_mb
 
 log = get_logger("worker")
 
@@ -85,6 +93,8 @@ class WorkerConfig:
     ask_timeout_s: float | None = None
     kill_grace_s: float = DEFAULT_KILL_GRACE_S
     report_grace_s: float = 10.0
+    result_cache_bytes: int = DEFAULT_RESULT_CACHE_BYTES  # results kept for later tasks here (locality)
+    memory_pressure_mb: int | None = None  # under this much available memory: pressure (None: 10%, <= 512 MB)
     on_reports: Callable[[list[TaskFinished]], None] | None = None  # metrics: each finished batch
 
 
@@ -133,6 +143,10 @@ class WorkerActor(Actor):
         self.waiting: collections.deque[TaskAssignment] = collections.deque()
         self.running: dict[AttemptKey, TaskAssignment] = {}
         self.unacked: dict[AttemptKey, TaskFinished] = {}  # reports not yet accepted, in order
+        self.results = ResultCache(config.result_cache_bytes)
+        memory_mb = config.info.resources.memory_mb
+        self.memory = MemoryWatch(memory_mb, config.memory_pressure_mb if config.memory_pressure_mb is not None
+                                  else default_pressure_threshold_mb(memory_mb))
         self.in_flight = {"hello": False, "heartbeat": False}  # reports count their batches instead
         self.reports_sent: set = set()  # keys of unacknowledged reports on their way to a master
         self.report_batches_in_flight = 0
@@ -228,11 +242,26 @@ class WorkerActor(Actor):
             if not isinstance(task, TaskAssignment) or task.key in held:
                 continue  # a duplicate assignment: the attempt is already ours
             held.add(task.key)
+            if task.local_inputs:
+                task = self._with_local_inputs(task, refused)
+            if task is None:
+                continue
             if self.draining:
                 refused.append(finished_now(self.worker_id, task, False, ERROR_DRAINING))
             else:
                 self.waiting.append(task)
         self._start_waiting(refused)
+
+    def _with_local_inputs(self, task: TaskAssignment, refused: list[TaskFinished]) -> TaskAssignment | None:
+        """The assignment with the results it names in ``local_inputs`` taken from this worker's
+        cache; None (and an ERROR_INPUTS_MISSING report: it is sent again in full) if one is gone."""
+        inputs = dict(task.inputs)
+        for dependency in task.local_inputs:
+            if (task.workflow_id, dependency) not in self.results:
+                refused.append(finished_now(self.worker_id, task, False, ERROR_INPUTS_MISSING))
+                return None
+            inputs[dependency] = self.results.get(task.workflow_id, dependency)
+        return replace(task, inputs=inputs, local_inputs=[])
 
     def _start_waiting(self, reports: list[TaskFinished]) -> None:
         """Start waiting attempts while slots are free; report the ones that ended at once."""
@@ -252,6 +281,8 @@ class WorkerActor(Actor):
             self.config.on_reports(reports)
         for report in reports:
             self.running.pop(report.key, None)
+            if report.ok and report.result is not None:
+                self.results.put(report.workflow_id, report.task_id, report.result)
         self._add_reports(reports)
         self._start_waiting([])
         self._check_drained()
@@ -339,9 +370,22 @@ class WorkerActor(Actor):
 
     def _send_heartbeat(self) -> None:
         if not self.in_flight["heartbeat"] and not self.drained:
-            load = current_load(len(self.running))
+            was_pressed = self.memory.under_pressure
+            load = current_load(len(self.running), self.memory)
+            if self.memory.under_pressure != was_pressed:
+                self._on_memory_pressure(load["memory_available_mb"])
             self.in_flight["heartbeat"] = True
             self._ask_master("heartbeat", WorkerHeartbeat(self.worker_id, self.held(), load, self.draining))
+
+    def _on_memory_pressure(self, available_mb: int) -> None:
+        pressed = self.memory.under_pressure
+        retired = self.executor.recycle_processes(pressed) if self.executor is not None else 0
+        if pressed:
+            log.info("Worker %s under memory pressure (%d MB available, under %d MB): %d idle task processes "
+                     "retired, no new tasks until it recovers", self.worker_id, available_mb,
+                     self.memory.threshold_mb, retired)
+        else:
+            log.info("Worker %s recovered from memory pressure (%d MB available)", self.worker_id, available_mb)
 
     def _send_reports(self) -> None:
         """Send the reports not on their way yet, in batches; up to MAX_REPORT_BATCHES_IN_FLIGHT wait

@@ -32,11 +32,18 @@ from typing import Any
 from actors.agent_directory import AgentDirectoryActor
 from actors.lock import DEFAULT_MAX_WAITERS, LockActor
 from actors.observer import ObserverActor, ObserverSources
+from actors.queue import QueueActor
 from actors.raft import SNAPSHOT_EVERY_ENTRIES, ControlPlane, RaftActor
+from actors.registry import RegistryActor
 from actors.scheduler import SchedulerActor
-from protocols.names import AGENTS_ACTOR, LOCK_ACTOR, OBSERVER_ACTOR, RAFT_ACTOR, SCHEDULER_ACTOR
+from protocols.assignments import DEFAULT_MAX_RESULT_BYTES
 from protocols.control import Join, StatusQuery, TransferLeadership
+from protocols.dispatch import DispatchConfig
+from protocols.names import (AGENTS_ACTOR, LOCK_ACTOR, OBSERVER_ACTOR, QUEUE_ACTOR, RAFT_ACTOR, REGISTRY_ACTOR,
+    SCHEDULER_ACTOR)
 from protocols.raft import RaftConfig
+from protocols.retention import DEFAULT_RETAIN_MS, DEFAULT_RETAIN_WORKFLOWS, RetentionPolicy
+from protocols.rounds import workers_table
 from protocols.wire import ErrorRecord, Redirect
 from agentflow.addresses import advertised_address, parse_advertise, unresolved
 from runtime.client import parse_master_urls
@@ -83,13 +90,19 @@ class Master:
                  pub_port: int | None = None, node_id: str | None = None, heartbeat_ms: int = 100,
                  election_timeout_ms: tuple[int, int] = (1000, 2000),
                  snapshot_every_entries: int = SNAPSHOT_EVERY_ENTRIES, advertise: str | None = None,
-                 curve: CurveKeys | None = None, lock_max_waiters: int = DEFAULT_MAX_WAITERS) -> None:
+                 curve: CurveKeys | None = None, lock_max_waiters: int = DEFAULT_MAX_WAITERS,
+                 retain_workflows: int = DEFAULT_RETAIN_WORKFLOWS, retain_s: float = DEFAULT_RETAIN_MS / 1000,
+                 max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> None:
         if mode not in ("leader", "master"):
             raise ValueError(f"--mode must be leader or master, not {mode!r}")
         if snapshot_every_entries < 1:
             raise ValueError("--snapshot-every must be at least 1")
         if lock_max_waiters < 1:
             raise ValueError(f"--lock-max-waiters must be at least 1, not {lock_max_waiters}")
+        if retain_workflows < 0 or retain_s < 0:
+            raise ValueError("--retain-workflows and --retain-s must not be negative")
+        if max_result_bytes < 1:
+            raise ValueError("--max-result-bytes must be at least 1")
         self.mode = mode
         self.leader_endpoints = parse_master_urls(leader_url) if leader_url else []
         advertise_host, advertise_port = advertised_address(host, parse_advertise(advertise))
@@ -122,7 +135,13 @@ class Master:
                                         self.http_port, snapshot_every_entries, name=RAFT_ACTOR, pinned=True)
             self.locks = self.node.spawn(LockActor, control, max_waiters=lock_max_waiters, name=LOCK_ACTOR,
                                          pinned=True)  # watches "lock." applies
-            self.scheduler = self.node.spawn(SchedulerActor, control, name=SCHEDULER_ACTOR, pinned=True)
+            # The scheduler's two services first: it looks them up when it starts.
+            dispatch = DispatchConfig(max_result_bytes=max_result_bytes,
+                                      retention=RetentionPolicy(retain_workflows, int(retain_s * 1000)))
+            self.queue = self.node.spawn(QueueActor, dispatch.aging_ms_per_point, name=QUEUE_ACTOR, pinned=True)
+            self.registry = self.node.spawn(RegistryActor, name=REGISTRY_ACTOR, pinned=True)
+            self.scheduler = self.node.spawn(SchedulerActor, control, config=dispatch, name=SCHEDULER_ACTOR,
+                                             pinned=True)
             self.agents = self.node.spawn(AgentDirectoryActor, control, name=AGENTS_ACTOR, pinned=True)
             self.node.actor(RAFT_ACTOR).storage.on_commit_s = self.metrics.fsync.observe
             self.observer = self.node.spawn(ObserverActor, control, self._observer_sources(), self.metrics,
@@ -140,10 +159,11 @@ class Master:
     def _observer_sources(self) -> ObserverSources:
         """What the observer reads of the actors beside it (all pinned: read on their thread)."""
         raft, locks = self.node.actor(RAFT_ACTOR), self.node.actor(LOCK_ACTOR)
+        queue, registry = self.node.actor(QUEUE_ACTOR).service, self.node.actor(REGISTRY_ACTOR).service
         scheduler, agents = self.node.actor(SCHEDULER_ACTOR), self.node.actor(AGENTS_ACTOR)
         return ObserverSources(raft_core=lambda: raft.core, raft_status=raft.status, lock_clock_ms=locks.now_ms,
-                               agent_stats=lambda: agents.stats, queue_stats=lambda now_ms: scheduler.queue.stats(now_ms),
-                               workers_table=scheduler.workers_table)
+                               agent_stats=lambda: agents.stats, queue_stats=queue.stats,
+                               scheduler_clock_ms=scheduler.now_ms, workers_table=lambda: workers_table(registry.registry))
 
     def _first_of_leader_url(self) -> bool:
         """Whether this master is the first one --leader-url names and none of the others it

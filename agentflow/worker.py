@@ -20,6 +20,7 @@ import psutil
 
 from agentflow.addresses import advertised_address, parse_advertise
 from actors.worker import Begin, Drain, WorkerActor, WorkerConfig
+from protocols.assignments import DEFAULT_RESULT_CACHE_BYTES
 from protocols.names import WORKER_ACTOR
 from protocols.registry import WorkerInfo
 from protocols.tasks import parse_master_urls
@@ -76,6 +77,8 @@ def run_worker(
     host: str = "127.0.0.1",
     port: int = 0,
     advertise: str | None = None,
+    memory_pressure_mb: int | None = None,
+    result_cache_mb: int = DEFAULT_RESULT_CACHE_BYTES // (1024 * 1024),
     curve: CurveKeys | None = None,
     http_port: int | None = None,
 ) -> int:
@@ -93,6 +96,9 @@ def run_worker(
         return EXIT_USAGE
     if max_concurrent_tasks is not None and max_concurrent_tasks < 1:
         log.error("--max-concurrent-tasks must be at least 1")
+        return EXIT_USAGE
+    if (memory_pressure_mb is not None and memory_pressure_mb < 0) or result_cache_mb < 0:
+        log.error("--memory-pressure-mb and --result-cache-mb must not be negative")
         return EXIT_USAGE
     resources = detect_resources(cpu_cores, memory_mb, gpu_count)
     worker_id = worker_id or default_worker_id()
@@ -136,7 +142,8 @@ def run_worker(
         return EXIT_FAILED
     previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
-        config = WorkerConfig(info=info, master_endpoints=endpoints, on_reports=metrics.observe_reports)
+        config = WorkerConfig(info=info, master_endpoints=endpoints, memory_pressure_mb=memory_pressure_mb,
+                              result_cache_bytes=result_cache_mb * 1024 * 1024, on_reports=metrics.observe_reports)
         ref = start_worker(node, config, on_drained)
         log.info("Worker %s at %s: %g cpu, %d MB, %d GPUs, %d slots; masters %s", worker_id, node.endpoint,
                  resources.cpu_cores, resources.memory_mb, resources.gpu_count, info.max_concurrent_tasks,

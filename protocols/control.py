@@ -216,11 +216,13 @@ class SubmitWorkflowRequest:
 
 @record("ctl.workflow_status")
 class WorkflowStatusRequest:
-    """One workflow's status document (without the per-task part unless ``tasks``), or
-    (``workflow_id`` None) a summary of all of them."""
+    """One workflow's status document (without the per-task part unless ``tasks``; with a
+    summary that stays small for big workflows if ``summary``: protocols/views.py), or
+    (``workflow_id`` None) a line for each workflow."""
 
     workflow_id: str | None
     tasks: bool = True
+    summary: bool = False
 
 
 @record("ctl.cancel_workflow")
@@ -233,6 +235,22 @@ class CancelWorkflowRequest:
 @record("ctl.workers")
 class WorkersRequest:
     """The worker table as `agentflow workers --json` prints it."""
+
+
+@record("ctl.queue_stats")
+class QueueStatsRequest:
+    """The leader's queue of ready tasks: ``{"total", "by_priority", "oldest_wait_ms", "oldest_task"}``."""
+
+
+@record("ctl.reprioritize")
+class ReprioritizeRequest:
+    """Change an unfinished task's priority (committed: a new leader's queue keeps it)."""
+
+    workflow_id: str
+    task_id: str
+    priority: int
+    client_id: str
+    seq: int
 
 
 def read_query(state: ControlState, query: str, args: dict) -> Any:

@@ -10,4 +10,6 @@ LOCK_ACTOR = "lock"
 WORKER_ACTOR = "worker"
 AGENTS_ACTOR = "agents"  # the agent directory on every master
 AGENT_HOST_ACTOR = "agent-host"  # on every node that hosts agents
+QUEUE_ACTOR = "queue"  # the leader's queue of ready tasks, beside the scheduler
+REGISTRY_ACTOR = "registry"  # the leader's table of workers, beside the scheduler
 OBSERVER_ACTOR = "observer"

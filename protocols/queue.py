@@ -60,6 +60,11 @@ class QueueStats:
     oldest_key: str | None = None
 
 
+def order_key(base_priority: int, enqueued_ms: int, retries: int, aging_ms_per_point: int) -> int:
+    """Smaller pops first: -(score * aging_ms_per_point) without the common ``now_ms`` term."""
+    return enqueued_ms - (base_priority - RETRY_PENALTY * retries) * aging_ms_per_point
+
+
 def _default_key(item: Any) -> str:
     if isinstance(item, str):
         return item
@@ -93,8 +98,7 @@ class PriorityTaskQueue:
     # ----------------------------------------------------------------- scores
 
     def _order_key(self, base_priority: int, enqueued_ms: int, retries: int) -> int:
-        # Smaller pops first. This is -(score * k) without the common + now_ms term.
-        return enqueued_ms - (base_priority - RETRY_PENALTY * retries) * self.aging_ms_per_point
+        return order_key(base_priority, enqueued_ms, retries, self.aging_ms_per_point)
 
     def effective_score(self, entry: QueueEntry, now_ms: int) -> float:
         """The entry's score at ``now_ms`` (for display and tests; ordering never needs it)."""
@@ -169,6 +173,14 @@ class PriorityTaskQueue:
         for heap_item in skipped:
             heapq.heappush(self._heap, heap_item)
         return taken
+
+    def restore(self, entry: QueueEntry) -> None:
+        """Put back an entry that ``dequeue_entry`` took, as it was: same score and the same
+        FIFO place among equals (its sequence number). A key queued again meanwhile wins."""
+        if entry.key in self._entries:
+            return
+        self._entries[entry.key] = entry
+        self._push(entry)
 
     def peek(self, now_ms: int | None = None) -> Any | None:
         """The item ``dequeue`` would return, without removing it."""

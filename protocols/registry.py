@@ -9,9 +9,14 @@ Rules of this module:
 * Health: a worker whose last heartbeat is ``max_missed_heartbeats`` intervals old (3 x 1000 ms
   by default) is marked ``offline`` by ``check_health``; its next heartbeat brings it back.
 * Placement (``select``): a worker qualifies when it is ``active`` or ``busy`` with a free slot
-  (never ``draining`` or ``offline``), is in the task's group (if it names one), has every
-  capability the task asks for, and has the cpu, memory and GPUs free. Among those, the least
-  loaded wins: fewest running tasks per slot, then lowest cpu usage, then the smaller worker id.
+  (never ``draining`` or ``offline``), is not under memory pressure (its last heartbeat said so:
+  no new tasks until it recovers), is in the task's group (if it names one), has every
+  capability the task asks for, and has the cpu, memory and GPUs free. Among those, a worker
+  the task ``prefer``s (where its inputs are: data locality) wins, the first such in the given
+  order; then one in the same group as the first preferred worker; then the least loaded:
+  the lowest sum of its share of slots in use and its cpu load (reported, else reserved), so
+  that an overloaded machine gets less even with free slots; then fewer slots in use, then
+  the smaller worker id.
 * Resources are reserved per task (``reserve``/``release``). Each GPU is tracked by index; the
   indices reserved for a task are handed to it (the worker sets ``CUDA_VISIBLE_DEVICES``).
   Memory is accounted against the worker's declared ``memory_mb``, not against the free memory it
@@ -134,6 +139,16 @@ class WorkerEntry:
         return len(self.reservations) / max(1, self.info.max_concurrent_tasks)
 
     @property
+    def under_memory_pressure(self) -> bool:
+        """The worker's last heartbeat said its available memory is below its threshold."""
+        return self.load.get("memory_pressure") is True
+
+    @property
+    def load_score(self) -> float:
+        """What least-loaded placement minimises: slots in use plus cpu load, each 0.0 to 1.0."""
+        return self.slot_usage + self.cpu_usage
+
+    @property
     def cpu_usage(self) -> float:
         """The reported cpu usage (0.0 to 1.0) if the worker sent one, else the reserved share."""
         reported = self.load.get("cpu_percent")
@@ -172,6 +187,7 @@ class WorkerRegistry:
     def __init__(self, health: HealthCheckConfig | None = None) -> None:
         self.health = health or HealthCheckConfig()
         self.workers: dict[str, WorkerEntry] = {}  # registration order
+        self._holders: dict[str, str] = {}  # task key -> the worker holding its reservation
 
     def __len__(self) -> int:
         return len(self.workers)
@@ -208,6 +224,9 @@ class WorkerRegistry:
         entry = self.workers.pop(worker_id, None)
         if entry is None:
             return []
+        for key in entry.reservations:
+            if self._holders.get(key) == worker_id:
+                del self._holders[key]
         worker_log.info("Worker %s unregistered", worker_id)
         return list(entry.reservations)
 
@@ -229,7 +248,14 @@ class WorkerRegistry:
             return False
         entry.last_heartbeat_ms = max(entry.last_heartbeat_ms, now_ms)
         if load is not None:
+            was_pressed = entry.under_memory_pressure
             entry.load = dict(load)
+            if entry.under_memory_pressure != was_pressed:
+                if was_pressed:
+                    worker_log.info("Worker %s recovered from memory pressure", worker_id)
+                else:
+                    worker_log.info("Worker %s under memory pressure (%s MB available): no new tasks until it "
+                                    "recovers", worker_id, entry.load.get("memory_available_mb", "?"))
         if entry.status is WorkerStatus.OFFLINE:
             entry.status = WorkerStatus.ACTIVE
             self._update_busy(entry)
@@ -247,7 +273,7 @@ class WorkerRegistry:
             if now_ms - entry.last_heartbeat_ms >= limit_ms:
                 entry.status = WorkerStatus.OFFLINE
                 newly_offline.append(worker_id)
-                worker_log.warning(
+                worker_log.info(
                     "Worker %s marked as unhealthy after %d failures",
                     worker_id,
                     self.health.max_missed_heartbeats,
@@ -276,15 +302,28 @@ class WorkerRegistry:
 
     # ----------------------------------------------------------------- placement
 
-    def select(self, requirements: TaskRequirements, group: str | None = None) -> str | None:
-        """The worker to run a task with these requirements on, or None if none fits now."""
+    def select(self, requirements: TaskRequirements, group: str | None = None,
+               prefer: tuple[str, ...] | list[str] = ()) -> str | None:
+        """The worker to run a task with these requirements on, or None if none fits now.
+        ``prefer``: workers where the task's inputs are, best first (see the module docstring)."""
         group = group if group is not None else requirements.group
-        best = self._best(entry for entry in self.workers.values() if self._fits_now(entry, requirements, group))
+        for worker_id in prefer:
+            entry = self.workers.get(worker_id)
+            if entry is not None and self._fits_now(entry, requirements, group):
+                registry_log.debug("Worker %s selected (where its inputs are)", worker_id)
+                return worker_id
+        fitting = [entry for entry in self.workers.values() if self._fits_now(entry, requirements, group)]
+        if prefer and fitting and prefer[0] in self.workers:
+            near_group = self.workers[prefer[0]].info.group
+            near = [entry for entry in fitting if entry.info.group == near_group]
+            if near:
+                fitting = near
+        best = self._best(fitting)
         if best is None:
             return None
-        registry_log.debug(
-            "Worker %s selected (least loaded: %d%% usage)", best.info.worker_id, round(best.slot_usage * 100)
-        )
+        if registry_log.isEnabledFor(logging.DEBUG):
+            registry_log.debug("Worker %s selected (least loaded: %d%% of slots, %d%% cpu)", best.info.worker_id,
+                               round(best.slot_usage * 100), round(best.cpu_usage * 100))
         return best.info.worker_id
 
     def reserve(self, worker_id: str, task_key: str, requirements: TaskRequirements) -> list[int]:
@@ -302,6 +341,7 @@ class WorkerRegistry:
         gpu_indices = entry.free_gpus[: requirements.gpu]
         entry.free_gpus = entry.free_gpus[requirements.gpu :]
         entry.reservations[task_key] = Reservation(float(requirements.cpu), requirements.memory_mb, gpu_indices)
+        self._holders[task_key] = worker_id
         self._update_busy(entry)
         return list(gpu_indices)
 
@@ -313,16 +353,16 @@ class WorkerRegistry:
         reservation = entry.reservations.pop(task_key, None)
         if reservation is None:
             return False
+        if self._holders.get(task_key) == worker_id:
+            del self._holders[task_key]
         entry.free_gpus = sorted(entry.free_gpus + reservation.gpu_indices)
         self._update_busy(entry)
         return True
 
     def holder_of(self, task_key: str) -> str | None:
-        """The worker holding a reservation for ``task_key`` (a key is reserved on one at most)."""
-        for worker_id, entry in self.workers.items():
-            if task_key in entry.reservations:
-                return worker_id
-        return None
+        """The worker that reserved ``task_key`` last (the only one, unless a worker claimed a run
+        that was also placed elsewhere)."""
+        return self._holders.get(task_key)
 
     def free_slot_count(self) -> int:
         """Slots free on the workers that take work now (an over-reserved worker counts 0)."""
@@ -350,7 +390,8 @@ class WorkerRegistry:
 
     @staticmethod
     def _accepts_work(entry: WorkerEntry) -> bool:
-        return entry.status in (WorkerStatus.ACTIVE, WorkerStatus.BUSY) and entry.free_slots > 0
+        return (entry.status in (WorkerStatus.ACTIVE, WorkerStatus.BUSY) and entry.free_slots > 0
+                and not entry.under_memory_pressure)
 
     def _fits_now(self, entry: WorkerEntry, requirements: TaskRequirements, group: str | None) -> bool:
         return (
@@ -390,7 +431,7 @@ class WorkerRegistry:
     def _best(entries) -> WorkerEntry | None:
         best, best_key = None, None
         for entry in entries:
-            key = (entry.slot_usage, entry.cpu_usage, entry.info.worker_id)
+            key = (entry.load_score, entry.slot_usage, entry.info.worker_id)
             if best_key is None or key < best_key:
                 best, best_key = entry, key
         return best
@@ -416,6 +457,8 @@ class WorkerRegistry:
         for data in snapshot["workers"]:
             entry = WorkerEntry.from_dict(data)
             registry.workers[entry.info.worker_id] = entry
+            for key in entry.reservations:
+                registry._holders[key] = entry.info.worker_id
         return registry
 
     # The names the brief's runtime side asks for.
@@ -426,3 +469,4 @@ class WorkerRegistry:
         restored = WorkerRegistry.from_snapshot(snapshot)
         self.health = restored.health
         self.workers = restored.workers
+        self._holders = restored._holders

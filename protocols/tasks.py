@@ -22,6 +22,9 @@ Rules of this module:
 * A task assigned to a draining worker is answered at once by a ``TaskFinished`` with
   ``ok=False``, ``exit_code=None`` and ``error == ERROR_DRAINING``: it never ran, and the
   scheduler requeues it without counting a failure.
+* ``local_inputs`` names dependencies whose results the worker keeps itself (it ran them: data
+  locality), sent without their values. A worker that no longer has one answers at once with
+  ``error == ERROR_INPUTS_MISSING`` (not run, requeued without a failure, sent again in full).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from protocols.wire import record
 ERROR_DRAINING = "worker draining"
 ERROR_AGENT_UNSUPPORTED = "this worker runs no agent tasks (it was started without the masters to find agents through)"
 ERROR_CANCELLED = "cancelled"
+ERROR_INPUTS_MISSING = "inputs no longer on this worker"
 
 DEFAULT_HEARTBEAT_INTERVAL_MS = 1000
 TAIL_BYTES = 4096  # how much of a task's stdout and of its stderr a report carries
@@ -82,6 +86,7 @@ class TaskAssignment:
     env: dict = field(default_factory=dict)
     inputs: dict = field(default_factory=dict)
     agent_group: str | None = None
+    local_inputs: list = field(default_factory=list)  # dependencies whose results this worker keeps
 
     @property
     def key(self) -> AttemptKey:

@@ -16,6 +16,7 @@ The format (docs/ARCHITECTURE.md §4)::
           timeout_s: 600
           capabilities: [bash]
           group: default
+          locality: [extract]       # prefer where these dependencies ran (default: all of them; none: anywhere)
 
 A task with none of ``command``, ``call``, ``agent``, ``agent_group`` is a no-op marker (like Airflow's
 EmptyOperator), so the seed's three-task example runs as written.
@@ -71,6 +72,7 @@ TASK_KEYS = (
     "timeout_s",
     "capabilities",
     "group",
+    "locality",
 )
 RESOURCE_KEYS = ("cpu", "memory_mb", "gpu")
 
@@ -135,6 +137,8 @@ def workflow_to_document(workflow: Workflow) -> dict:
             entry["retries"] = task.retries
         if task.capabilities:
             entry["capabilities"] = list(task.capabilities)
+        if task.locality is not None:
+            entry["locality"] = list(task.locality) if task.locality else "none"
         tasks.append(entry)
     return {"workflow": {"id": workflow.workflow_id, "name": workflow.name, "tasks": tasks}}
 
@@ -147,6 +151,20 @@ def dump_workflow(workflow: Workflow, as_json: bool = False) -> str:
 
 
 # --------------------------------------------------------------------------- internals
+
+
+def _parse_locality(value: Any, fail) -> list | None:
+    """``locality:`` absent -> None (where the dependencies ran), ``none`` -> [] (anywhere), a
+    task id or a list of them -> those (they must be dependencies: check_structure says so)."""
+    if value is None:
+        return None
+    if value == "none":
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return list(value)
+    raise fail("locality must be none, a dependency's task id, or a list of them")
 
 
 class _Loader(yaml.SafeLoader):
@@ -242,6 +260,7 @@ def _parse_task(value: Any, index: int, filename: str) -> TaskNode:
     if not isinstance(capabilities, list) or not all(isinstance(c, str) for c in capabilities):
         raise fail("capabilities must be a list of strings")
     group = _optional_str(value, "group", fail)
+    locality = _parse_locality(value.get("locality"), fail)
 
     return TaskNode(
         task_id=task_id,
@@ -258,6 +277,7 @@ def _parse_task(value: Any, index: int, filename: str) -> TaskNode:
         capabilities=list(capabilities),
         group=group,
         agent_group=agent_group,
+        locality=locality,
     )
 
 

@@ -238,6 +238,20 @@ class TaskDependencyGraph:
         timeout_s = self.tasks[task_id].timeout_s
         return int(timeout_s * 1000) if timeout_s is not None else 0
 
+    def waiting_on(self, task_id: str) -> int:
+        """How many of the task's dependencies have not completed."""
+        return self._waiting_on[task_id]
+
+    def set_priority(self, task_id: str, priority: int) -> bool:
+        """Change an unfinished task's priority (its declaration changes, snapshots keep it);
+        False if the task already finished."""
+        if self.runs[task_id].state.is_finished:
+            return False
+        task = dataclasses.replace(self.tasks[task_id], priority=int(priority))
+        self.tasks[task_id] = task
+        self.workflow.tasks[self.order[task_id]] = task
+        return True
+
     def progress(self) -> dict:
         """``{"total", "finished", "fraction_done", "counts": {state: n}}`` (all states listed)."""
         total = len(self.tasks)

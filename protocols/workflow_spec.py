@@ -108,6 +108,9 @@ class TaskNode:
     capabilities: list[str] = field(default_factory=list)
     group: str | None = None
     agent_group: str | None = None  # the agent group one of whose live members gets the task
+    # Where it prefers to run: None, where its dependencies ran (their results are there);
+    # a list of some of its dependencies, where those ran; [], anywhere (the least loaded).
+    locality: list | None = None
 
     @property
     def kind(self) -> str:
@@ -147,6 +150,7 @@ class TaskNode:
             "capabilities": list(self.capabilities),
             "group": self.group,
             "agent_group": self.agent_group,
+            "locality": None if self.locality is None else list(self.locality),
         }
 
     @classmethod
@@ -188,7 +192,8 @@ def split_task_key(key: str) -> tuple[str, str]:
 
 
 def check_structure(workflow: Workflow, filename: str = "") -> None:
-    """Raise WorkflowError for a duplicate task id, an unknown dependency, or a cycle."""
+    """Raise WorkflowError for a duplicate task id, an unknown dependency, a locality hint that
+    names no dependency of its task, or a cycle."""
     if "/" in workflow.workflow_id or not workflow.workflow_id:
         raise WorkflowError(f"bad workflow id {workflow.workflow_id!r} (non-empty, no '/')", None, filename)
     declared: dict[str, TaskNode] = {}
@@ -200,6 +205,10 @@ def check_structure(workflow: Workflow, filename: str = "") -> None:
         for dependency in task.dependencies:
             if dependency not in declared:
                 raise WorkflowError(f"unknown dependency {dependency!r}", task.task_id, filename)
+        for near in task.locality or ():
+            if near not in task.dependencies:
+                raise WorkflowError(f"locality names {near!r}, which is not one of its dependencies",
+                                    task.task_id, filename)
     cycle = find_cycle(workflow.tasks)
     if cycle:
         raise WorkflowError("dependency cycle: " + " -> ".join(cycle), cycle[0], filename)

@@ -11,6 +11,11 @@ Rules of this module:
 * A well-formed command never raises: one that does not apply (unknown workflow, stale
   attempt) returns ``Applied(ok=False, reason=...)``, identically on every master.
 * The command records are wire records under stable tags: their fields only ever grow.
+* Bounded: the table keeps what runs and what finished until the leader's retention policy
+  forgets it (``ForgetWorkflow``, proposed like any command); a forgotten workflow leaves a
+  tombstone (its final state, when it finished, how many tasks) so that `status` can say so,
+  the last ``MAX_FORGOTTEN`` of them. ``finished`` lists the finished workflows in the order
+  they finished, with when: what retention looks at. ``clock_ms`` is the latest time applied.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from typing import Any
 from protocols.wire import record
 from protocols.workflow_run import TaskDependencyGraph, TaskState
 from protocols.workflow_spec import Workflow, WorkflowError, task_key
+
+MAX_FORGOTTEN = 10_000  # tombstones kept for `status` of forgotten workflows (~60 bytes each)
+
 
 @record("wf.submit")
 class SubmitWorkflow:
@@ -77,6 +85,15 @@ class ForgetWorkflow:
     workflow_id: str
 
 
+@record("wf.reprioritize")
+class ReprioritizeTask:
+    """Change an unfinished task's priority (a client's command; a new leader's queue keeps it)."""
+
+    workflow_id: str
+    task_id: str
+    priority: int
+
+
 @dataclass
 class Applied:
     """What applying one command did, for the actor that owns the table.
@@ -107,6 +124,9 @@ class WorkflowTable:
 
     def __init__(self) -> None:
         self.graphs: dict[str, TaskDependencyGraph] = {}
+        self.finished: dict[str, int] = {}  # workflow id -> finished_ms, in the order they finished
+        self.forgotten: dict[str, dict] = {}  # workflow id -> tombstone, oldest first
+        self.clock_ms = 0  # the latest now_ms applied
 
     def __contains__(self, workflow_id: str) -> bool:
         return workflow_id in self.graphs
@@ -115,16 +135,13 @@ class WorkflowTable:
         return self.graphs.get(workflow_id)
 
     def apply(self, command: Any) -> Applied:
+        now_ms = getattr(command, "now_ms", 0)
+        if now_ms > self.clock_ms:
+            self.clock_ms = now_ms
         if isinstance(command, SubmitWorkflow):
             return self._submit(command)
         if isinstance(command, ForgetWorkflow):
-            graph = self.graphs.get(command.workflow_id)
-            if graph is None:
-                return Applied(False, "unknown workflow")
-            if not graph.is_workflow_completed():
-                return Applied(False, "workflow is still running")
-            del self.graphs[command.workflow_id]
-            return Applied(True)
+            return self._forget(command.workflow_id)
         graph = self.graphs.get(command.workflow_id)
         if graph is None:
             return Applied(False, "unknown workflow")
@@ -155,13 +172,33 @@ class WorkflowTable:
                 return Applied(False, "workflow already finished")
             graph.cancel(command.now_ms)
             applied = Applied(True)
+        elif isinstance(command, ReprioritizeTask):
+            ok = graph.set_priority(command.task_id, command.priority)
+            return Applied(ok, "" if ok else "task already finished")
         else:
             return Applied(False, f"not a workflow command: {type(command).__name__}")
-        now_ms = getattr(command, "now_ms", 0)
         self._settle(graph, applied, now_ms)
         if not was_finished and graph.is_workflow_completed():
-            applied.finished.append(graph.workflow_id)
+            self._finished(graph, applied)
         return applied
+
+    def _finished(self, graph: TaskDependencyGraph, applied: Applied) -> None:
+        applied.finished.append(graph.workflow_id)
+        self.finished[graph.workflow_id] = graph.finished_ms or 0
+
+    def _forget(self, workflow_id: str) -> Applied:
+        graph = self.graphs.get(workflow_id)
+        if graph is None:
+            return Applied(False, "unknown workflow")
+        if not graph.is_workflow_completed():
+            return Applied(False, "workflow is still running")
+        del self.graphs[workflow_id]
+        self.finished.pop(workflow_id, None)
+        self.forgotten[workflow_id] = {"name": graph.workflow.name, "state": graph.state.value,
+                                       "finished_ms": graph.finished_ms, "tasks": len(graph.tasks)}
+        while len(self.forgotten) > MAX_FORGOTTEN:
+            del self.forgotten[next(iter(self.forgotten))]
+        return Applied(True)
 
     def _submit(self, command: SubmitWorkflow) -> Applied:
         workflow = command.workflow
@@ -172,10 +209,11 @@ class WorkflowTable:
         except WorkflowError as error:
             return Applied(False, str(error))
         self.graphs[workflow.workflow_id] = graph
+        self.forgotten.pop(workflow.workflow_id, None)  # an id may be used again once forgotten
         applied = Applied(True)
         self._settle(graph, applied, command.now_ms)
         if graph.is_workflow_completed():
-            applied.finished.append(graph.workflow_id)
+            self._finished(graph, applied)
         return applied
 
     def _settle(self, graph: TaskDependencyGraph, applied: Applied, now_ms: int) -> None:
@@ -202,7 +240,10 @@ class WorkflowTable:
     # ----------------------------------------------------------------- snapshots
 
     def to_snapshot(self) -> dict:
-        return {"workflows": [graph.to_snapshot() for graph in self.graphs.values()]}
+        return {"workflows": [graph.to_snapshot() for graph in self.graphs.values()],
+                "finished": [[workflow_id, finished_ms] for workflow_id, finished_ms in self.finished.items()],
+                "forgotten": [[workflow_id, tombstone] for workflow_id, tombstone in self.forgotten.items()],
+                "clock_ms": self.clock_ms}
 
     @classmethod
     def from_snapshot(cls, snapshot: dict) -> WorkflowTable:
@@ -210,4 +251,7 @@ class WorkflowTable:
         for graph_snapshot in snapshot["workflows"]:
             graph = TaskDependencyGraph.from_snapshot(graph_snapshot)
             table.graphs[graph.workflow_id] = graph
+        table.finished = {workflow_id: finished_ms for workflow_id, finished_ms in snapshot.get("finished", ())}
+        table.forgotten = {workflow_id: tombstone for workflow_id, tombstone in snapshot.get("forgotten", ())}
+        table.clock_ms = snapshot.get("clock_ms", 0)
         return table

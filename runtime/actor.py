@@ -131,3 +131,28 @@ class Actor(pykka.ThreadingActor):
             _current.name = ""
             if self.mailbox is not None:
                 self.mailbox.done(len(messages))
+
+
+class ServiceActor(Actor):
+    """An actor around a pure service of one local client: each ``request_type`` message goes to
+    ``service.handle``, and the reply it returns (if any) is told to the client, the local actor
+    named ``reply_to``. Nothing else is shared: the client knows it by name, it knows the client
+    by name (the SchedulerActor's QueueActor and RegistryActor are two)."""
+
+    request_type: type = object
+
+    def __init__(self, service: Any, reply_to: str) -> None:
+        super().__init__()
+        self.service = service
+        self.reply_to = reply_to
+        self._client: Any = None
+
+    def receive(self, message: Any) -> Any:
+        if type(message) is not self.request_type:
+            return ErrorRecord("unknown_message", type(message).__name__)
+        reply = self.service.handle(message)
+        if reply is not None:
+            if self._client is None:
+                self._client = self.node.lookup((self.node.node_id, self.reply_to))
+            self._client.tell(reply)
+        return None

@@ -32,13 +32,16 @@ from protocols.control import (
     ClientCommand,
     Join,
     Propose,
+    QueueStatsRequest,
     Read,
     RemoveMember,
+    ReprioritizeRequest,
     StatusQuery,
     SubmitWorkflowRequest,
     WorkersRequest,
     WorkflowStatusRequest,
 )
+from protocols.workflow_spec import priority_value
 from protocols.names import RAFT_ACTOR, SCHEDULER_ACTOR
 from protocols.tasks import parse_master_urls as parse_endpoints
 from protocols.wire import ASK, ERROR, REPLY, TELL, DecodeError, ErrorRecord, Redirect, decode_frame, encode, encode_frame
@@ -367,11 +370,12 @@ class Client:
         return workflow.workflow_id
 
     def workflow_status(self, workflow_id: str | None = None, timeout_s: float | None = None,
-                        tasks: bool = True) -> Any:
+                        tasks: bool = True, summary: bool = False) -> Any:
         """``{"workflow_id", "state", "progress", "tasks": {id: {"state", "attempts", "worker",
-        "exit_code"}}}`` (no "tasks" unless ``tasks``), or a list of summaries when ``workflow_id``
-        is None."""
-        return self.call(SCHEDULER_ACTOR, WorkflowStatusRequest(workflow_id, tasks), timeout_s)
+        "exit_code"}}}`` (no "tasks" unless ``tasks``; a "summary" of counts, failed and running
+        tasks and the critical path's remaining length if ``summary``), or a line for each
+        workflow when ``workflow_id`` is None."""
+        return self.call(SCHEDULER_ACTOR, WorkflowStatusRequest(workflow_id, tasks, summary), timeout_s)
 
     def cancel_workflow(self, workflow_id: str, timeout_s: float | None = None) -> dict:
         command = self.next_command(None)
@@ -380,16 +384,28 @@ class Client:
     def workers(self, timeout_s: float | None = None) -> list[dict]:
         return self.call(SCHEDULER_ACTOR, WorkersRequest(), timeout_s)
 
+    def queue_stats(self, timeout_s: float | None = None) -> dict:
+        """The leader's queue: ``{"total", "by_priority": {name: n}, "oldest_wait_ms", "oldest_task"}``."""
+        return self.call(SCHEDULER_ACTOR, QueueStatsRequest(), timeout_s)
+
+    def reprioritize(self, workflow_id: str, task_id: str, priority: str | int,
+                     timeout_s: float | None = None) -> dict:
+        """Change an unfinished task's priority (``"high"`` or an integer); ``{"ok", "reason"}``."""
+        command = self.next_command(None)
+        return self.call(SCHEDULER_ACTOR, ReprioritizeRequest(workflow_id, task_id, priority_value(priority),
+                                                              command.client_id, command.seq), timeout_s)
+
     def wait_workflow(self, workflow_id: str, timeout_s: float | None = None, poll_s: float = 0.1,
-                      on_progress=None) -> dict:
-        """Poll the workflow's status until it is completed, failed or cancelled (or the deadline)."""
+                      on_progress=None, tasks: bool = True, summary: bool = False) -> dict:
+        """Poll the workflow's status until it is completed, failed or cancelled (or the
+        deadline); returns its final document (``tasks`` and ``summary`` as for workflow_status)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             status = self.workflow_status(workflow_id, tasks=False)  # polls stay cheap for big workflows
             if on_progress is not None:
                 on_progress(status)
             if status["state"] in FINAL_WORKFLOW_STATES:
-                return self.workflow_status(workflow_id)
+                return self.workflow_status(workflow_id, tasks=tasks, summary=summary)
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"workflow {workflow_id} still {status['state']} after {timeout_s} s")
             time.sleep(poll_s)

@@ -299,6 +299,11 @@ class TaskExecutor:
         if self._base_directory is not None:
             shutil.rmtree(self._base_directory, ignore_errors=True)
 
+    def recycle_processes(self, on: bool) -> int:
+        """Memory pressure: retire the idle task processes and keep none after its task while
+        ``on`` (CallPool.recycle); returns how many were retired."""
+        return self.pool.recycle(on) if self.pool is not None else 0
+
     # ------------------------------------------------------------------ starting
 
     def _task_env(self, assignment: TaskAssignment) -> dict[str, str]:

@@ -79,11 +79,54 @@ def detect_resources(
     )
 
 
-def current_load(running: int) -> dict:
-    """The load a heartbeat carries: cpu use since the last call (non-blocking), free memory,
-    and how many task processes run now."""
-    return {
-        "cpu_percent": float(psutil.cpu_percent(interval=None)),
-        "memory_available_mb": int(psutil.virtual_memory().available // (1024 * 1024)),
-        "running": int(running),
-    }
+class MemoryWatch:
+    """Whether a worker is under memory pressure, with hysteresis.
+
+    Its available memory is the machine's, or what its declared budget (``memory_mb``) leaves
+    after the resident memory of its task processes (every descendant of this process),
+    whichever is less. Under ``threshold_mb`` it is under pressure; it recovers once that is
+    back above ``threshold_mb * RECOVERY_FACTOR``, so it does not flap at the line."""
+
+    RECOVERY_FACTOR = 1.25
+
+    def __init__(self, budget_mb: int, threshold_mb: int) -> None:
+        self.budget_mb = budget_mb
+        self.threshold_mb = threshold_mb
+        self.under_pressure = False
+        self._me = psutil.Process()
+
+    def tasks_rss_mb(self) -> int:
+        total = 0
+        for child in self._me.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return total // (1024 * 1024)
+
+    def sample(self) -> int:
+        """The available memory in MB now; updates ``under_pressure``."""
+        machine_mb = psutil.virtual_memory().available // (1024 * 1024)
+        available_mb = int(min(machine_mb, self.budget_mb - self.tasks_rss_mb()))
+        if self.under_pressure:
+            self.under_pressure = available_mb < self.threshold_mb * self.RECOVERY_FACTOR
+        else:
+            self.under_pressure = available_mb < self.threshold_mb
+        return available_mb
+
+
+def default_pressure_threshold_mb(memory_mb: int) -> int:
+    """10% of the worker's memory, at most 512 MB."""
+    return min(512, memory_mb // 10)
+
+
+def current_load(running: int, memory: MemoryWatch | None = None) -> dict:
+    """The load a heartbeat carries: cpu use since the last call (non-blocking), available
+    memory (and whether it is under pressure, with ``memory``), and how many task processes run."""
+    load = {"cpu_percent": float(psutil.cpu_percent(interval=None)), "running": int(running)}
+    if memory is None:
+        load["memory_available_mb"] = int(psutil.virtual_memory().available // (1024 * 1024))
+    else:
+        load["memory_available_mb"] = memory.sample()
+        load["memory_pressure"] = memory.under_pressure
+    return load

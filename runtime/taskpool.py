@@ -165,6 +165,7 @@ class CallPool:
         self._dead: list[CallProcess] = []  # found dead while idle; closed outside the lock
         self._numbers = itertools.count(1)
         self._stopped = False
+        self._recycling = False  # under memory pressure: keep no child after its task
         self.started = 0  # children started over the pool's life (a test and a benchmark read it)
 
     def acquire(self, fresh: bool = False) -> CallProcess:
@@ -196,7 +197,7 @@ class CallPool:
         """The child answered its task and may run another."""
         with self._lock:
             self._busy.pop(child.pid, None)
-            keep = not self._stopped and len(self._idle) < self.size
+            keep = not self._stopped and not self._recycling and len(self._idle) < self.size
             if keep:
                 self._idle.append(child)
         if not keep:
@@ -207,6 +208,16 @@ class CallPool:
         with self._lock:
             self._busy.pop(child.pid, None)
         child.close()
+
+    def recycle(self, on: bool) -> int:
+        """While ``on`` (memory pressure), no child is kept after its task and the idle ones are
+        retired at once, giving their memory back; returns how many were retired."""
+        with self._lock:
+            self._recycling = on
+            idle, self._idle = (self._idle, []) if on else ([], self._idle)
+        for child in idle:
+            child.close()
+        return len(idle)
 
     def pids(self) -> list[int]:
         with self._lock:

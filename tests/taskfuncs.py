@@ -11,3 +11,11 @@ def consume(inputs: dict) -> int:
 
 def total(inputs):
     return inputs["solve"]["doubled"]
+
+
+def blob(size: int) -> str:
+    return "x" * size
+
+
+def sizes(inputs: dict) -> dict:
+    return {name: len(value) for name, value in inputs.items()}

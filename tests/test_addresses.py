@@ -60,6 +60,7 @@ def test_every_option_a_manifest_sets_comes_from_the_environment_and_flags_win(m
            "AGENTFLOW_ADVERTISE": "m1.svc", "AGENTFLOW_LEADER_URL": "m0.svc:7000", "AGENTFLOW_DATA_DIR": "/data",
            "AGENTFLOW_HTTP_PORT": "7010", "AGENTFLOW_NODE_ID": "m1", "AGENTFLOW_HEARTBEAT_MS": "200",
            "AGENTFLOW_ELECTION_TIMEOUT_MS": "2000-4000", "AGENTFLOW_SNAPSHOT_EVERY": "5000",
+           "AGENTFLOW_RETAIN_WORKFLOWS": "50", "AGENTFLOW_RETAIN_S": "600", "AGENTFLOW_MAX_RESULT_BYTES": "4096",
            "AGENTFLOW_LOCK_MAX_WAITERS": "50",
            "AGENTFLOW_INSECURE": "1"}  # 0.0.0.0 without CURVE keys is refused otherwise
     code, seen, output = parse_node_command(["master"], env, monkeypatch)
@@ -67,20 +68,22 @@ def test_every_option_a_manifest_sets_comes_from_the_environment_and_flags_win(m
     assert seen == {"process": "master", "mode": "master", "port": 7000, "host": "0.0.0.0", "advertise": "m1.svc",
                     "leader_url": "m0.svc:7000", "data_dir": "/data", "http_port": 7010, "pub_port": None,
                     "node_id": "m1", "heartbeat_ms": 200, "election_timeout_ms": (2000, 4000),
-                    "snapshot_every_entries": 5000, "curve": None, "lock_max_waiters": 50}
+                    "snapshot_every_entries": 5000, "curve": None, "retain_workflows": 50, "retain_s": 600.0,
+                    "max_result_bytes": 4096, "lock_max_waiters": 50}
     code, seen, _ = parse_node_command(["master", "--port", "7100", "--node-id", "m9"], env, monkeypatch)
     assert (seen["port"], seen["node_id"], seen["mode"]) == (7100, "m9", "master")
 
     env = {"AGENTFLOW_MASTER_URL": "m0.svc:7000,m1.svc:7000", "WORKER_CPU_CORES": "1.5", "WORKER_MEMORY_MB": "2048",
            "WORKER_GPU_COUNT": "1", "WORKER_GROUP": "gpu", "WORKER_CAPABILITIES": "bash cuda",
            "WORKER_MAX_CONCURRENT_TASKS": "3", "AGENTFLOW_NODE_ID": "w1", "AGENTFLOW_HOST": "0.0.0.0",
-           "AGENTFLOW_ADVERTISE": "10.1.2.3", "AGENTFLOW_PORT": "7200", "AGENTFLOW_INSECURE": "1"}
+           "AGENTFLOW_ADVERTISE": "10.1.2.3", "AGENTFLOW_PORT": "7200", "WORKER_MEMORY_PRESSURE_MB": "128",
+           "WORKER_RESULT_CACHE_MB": "64", "AGENTFLOW_INSECURE": "1"}
     code, seen, output = parse_node_command(["worker"], env, monkeypatch)
     assert code == 0, output
     assert seen == {"process": "worker", "master_urls": "m0.svc:7000,m1.svc:7000", "cpu_cores": 1.5,
                     "memory_mb": 2048, "gpu_count": 1, "group": "gpu", "capabilities": ["bash", "cuda"],
                     "max_concurrent_tasks": 3, "worker_id": "w1", "host": "0.0.0.0", "advertise": "10.1.2.3",
-                    "port": 7200, "curve": None, "http_port": None}
+                    "port": 7200, "curve": None, "http_port": None, "memory_pressure_mb": 128, "result_cache_mb": 64}
     _, seen, _ = parse_node_command(["worker", "--cpu-cores", "4", "--worker-id", "w2"],
                                     {**env, "AGENTFLOW_WORKER_ID": "w7"}, monkeypatch)
     assert (seen["cpu_cores"], seen["worker_id"]) == (4.0, "w2")

@@ -11,11 +11,17 @@ runner = CliRunner()
 
 def test_every_design_subcommand_is_present():
     for command in ["master", "worker", "up", "demo", "submit", "status", "cancel", "workers", "cluster",
-                    "top", "send", "request", "broadcast", "history"]:
+                    "queue", "reprioritize", "top", "send", "request", "broadcast", "history"]:
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0, (command, result.output)
     for command in ["acquire", "release", "renew", "show", "run"]:
         assert runner.invoke(app, ["lock", command, "--help"]).exit_code == 0
+
+
+def test_a_bad_priority_is_refused_before_anything_is_sent():
+    result = runner.invoke(app, ["reprioritize", "wf", "t", "soon", "--master-url", "127.0.0.1:1"])
+    assert result.exit_code == 2
+    assert "bad priority 'soon'" in result.output
 
 
 def test_bad_log_level_is_refused_with_a_clear_message():

@@ -60,7 +60,7 @@ def test_missed_heartbeats_mark_a_worker_offline_once(caplog):
     assert registry.update_heartbeat("worker2", 2500, {"cpu_percent": 10.0})
     assert not registry.update_heartbeat("nobody", 2500)
     assert registry.check_health(2999) == []
-    with caplog.at_level(logging.WARNING, logger="agentflow.worker"):
+    with caplog.at_level(logging.INFO, logger="agentflow.worker"):
         assert registry.check_health(3000) == ["worker1"]
     assert "Worker worker1 marked as unhealthy after 3 failures" in [r.getMessage() for r in caplog.records]
     assert registry.check_health(4000) == []  # only newly offline ones are reported
@@ -89,8 +89,45 @@ def test_select_prefers_least_loaded_then_worker_id(caplog):
     registry.update_heartbeat("worker3", 1, {"cpu_percent": 50})
     with caplog.at_level(logging.DEBUG, logger="agentflow.registry"):
         assert registry.select(needs()) == "worker2"
-    assert "Worker worker2 selected (least loaded: 10% usage)" in [r.getMessage() for r in caplog.records]
+    assert "Worker worker2 selected (least loaded: 10% of slots, 10% cpu)" in [r.getMessage() for r in caplog.records]
     assert registry.get_least_loaded_worker().worker_id == "worker2"
+
+
+def test_least_loaded_counts_cpu_load_as_well_as_slots():
+    registry = WorkerRegistry()
+    for worker_id in ("busy-but-cool", "idle-but-hot"):
+        registry.register(worker(worker_id, slots=4), 0)
+    registry.reserve("busy-but-cool", "t1", needs())  # 25% of its slots
+    registry.update_heartbeat("busy-but-cool", 1, {"cpu_percent": 10})
+    registry.update_heartbeat("idle-but-hot", 1, {"cpu_percent": 90})  # something else loads its machine
+    assert registry.select(needs()) == "busy-but-cool"  # 0.25 + 0.10 < 0.0 + 0.90
+
+
+def test_preferred_workers_win_when_they_have_room_then_their_group(caplog):
+    registry = WorkerRegistry()
+    registry.register(worker("a", slots=1, group="g"), 0)
+    registry.register(worker("b", slots=4, group="h"), 0)
+    registry.register(worker("c", slots=4, group="g"), 0)
+    registry.reserve("c", "t0", needs())
+    with caplog.at_level(logging.DEBUG, logger="agentflow.registry"):
+        assert registry.select(needs(), prefer=("c", "a")) == "c"  # more loaded than a and b, but preferred
+    assert "Worker c selected (where its inputs are)" in [r.getMessage() for r in caplog.records]
+    registry.reserve("a", "t1", needs())
+    assert registry.select(needs(), prefer=("a",)) == "c"  # a is full: its group before b, the least loaded
+    assert registry.select(needs(), prefer=("gone",)) == "b"
+
+
+def test_a_worker_under_memory_pressure_takes_no_new_tasks_until_it_recovers(caplog):
+    registry = WorkerRegistry()
+    registry.register(worker("w", slots=4), 0)
+    with caplog.at_level(logging.INFO, logger="agentflow.worker"):
+        registry.update_heartbeat("w", 1, {"memory_pressure": True, "memory_available_mb": 90})
+        assert registry.select(needs()) is None and registry.free_slot_count() == 0
+        registry.update_heartbeat("w", 2, {"memory_pressure": False, "memory_available_mb": 900})
+    assert registry.select(needs()) == "w"
+    messages = [r.getMessage() for r in caplog.records]
+    assert "Worker w under memory pressure (90 MB available): no new tasks until it recovers" in messages
+    assert "Worker w recovered from memory pressure" in messages
 
 
 def test_select_checks_capabilities_group_and_free_resources():

@@ -242,3 +242,18 @@ def test_any_valid_document_round_trips(document):
     workflow = parse_workflow(json.dumps(document))
     assert parse_workflow(json.dumps(workflow_to_document(workflow))) == workflow
     assert parse_workflow(dump_workflow(workflow)) == workflow
+
+
+def test_a_locality_hint_names_dependencies_or_none_and_survives_a_round_trip():
+    text = json.dumps({"workflow": {"id": "wf", "tasks": [
+        {"task_id": "a", "command": "x"}, {"task_id": "b", "command": "x"},
+        {"task_id": "near-a", "command": "x", "dependencies": ["a", "b"], "locality": "a"},
+        {"task_id": "anywhere", "command": "x", "dependencies": ["a"], "locality": "none"},
+        {"task_id": "default", "command": "x", "dependencies": ["a"]}]}})
+    tasks = {task.task_id: task for task in parse_workflow(text).tasks}
+    assert tasks["near-a"].locality == ["a"] and tasks["anywhere"].locality == [] and tasks["default"].locality is None
+    again = parse_workflow(dump_workflow(parse_workflow(text)))
+    assert [task.locality for task in again.tasks] == [None, None, ["a"], [], None]
+    with pytest.raises(WorkflowError, match="task 'c': locality names 'b', which is not one of its dependencies"):
+        parse_workflow(json.dumps({"workflow": {"id": "wf", "tasks": [
+            {"task_id": "a"}, {"task_id": "b"}, {"task_id": "c", "dependencies": ["a"], "locality": ["b"]}]}}))

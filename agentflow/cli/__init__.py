@@ -11,7 +11,7 @@ import os
 import sys
 
 # Each module registers its commands on import; the order here is the order of `agentflow --help`.
-from agentflow.cli import nodes, workflows, cluster, top, agents, locks, keys  # noqa: F401, I001
+from agentflow.cli import nodes, workflows, queue, cluster, top, agents, locks, keys  # noqa: F401, I001
 from agentflow.cli.common import app, hoist_security_options
 
 __all__ = ["app", "main", "master_main", "worker_main"]

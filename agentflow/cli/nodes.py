@@ -43,6 +43,12 @@ def master(
                                             help="Randomized election timeout range, MIN-MAX (the seed's: 5000-10000)."),
     snapshot_every: int = typer.Option(100_000, "--snapshot-every", envvar="AGENTFLOW_SNAPSHOT_EVERY",
                                        help="Snapshot the state and compact the log every N entries."),
+    retain_workflows: int = typer.Option(1000, "--retain-workflows", envvar="AGENTFLOW_RETAIN_WORKFLOWS",
+                                         help="Keep at most the N most recently finished workflows."),
+    retain_s: float = typer.Option(86_400.0, "--retain-s", envvar="AGENTFLOW_RETAIN_S",
+                                   help="Forget a finished workflow S seconds after it ended."),
+    max_result_bytes: int = typer.Option(1024 * 1024, "--max-result-bytes", envvar="AGENTFLOW_MAX_RESULT_BYTES",
+                                         help="A task whose result is larger fails (results go through the Raft log)."),
     lock_max_waiters: int = typer.Option(1000, "--lock-max-waiters", envvar="AGENTFLOW_LOCK_MAX_WAITERS",
                                          help="Owners queued for one lock at most; a waiter beyond them is refused "
                                               "(lock_waiters_limit)."),
@@ -64,7 +70,8 @@ def master(
         code = run_master(mode=mode, port=port, host=host, leader_url=leader_url, data_dir=data_dir,
                           http_port=http_port, pub_port=pub_port, node_id=node_id, heartbeat_ms=heartbeat_ms,
                           election_timeout_ms=(int(low), int(high or low)), snapshot_every_entries=snapshot_every,
-                          advertise=advertise, curve=keys, lock_max_waiters=lock_max_waiters)
+                          advertise=advertise, retain_workflows=retain_workflows, retain_s=retain_s,
+                          max_result_bytes=max_result_bytes, curve=keys, lock_max_waiters=lock_max_waiters)
     except ValueError as exc:
         fail(str(exc))
     except StorageError as exc:
@@ -96,6 +103,12 @@ def worker(
     advertise: Optional[str] = Advertise,
     port: int = typer.Option(0, "--port", envvar="AGENTFLOW_PORT",
                              help="Where to listen for the masters' assignments. Default: any free port."),
+    memory_pressure_mb: Optional[int] = typer.Option(
+        None, "--memory-pressure-mb", envvar="WORKER_MEMORY_PRESSURE_MB",
+        help="Under this much available memory take no new tasks and retire idle task processes "
+             "(default: 10% of --memory-mb, at most 512)."),
+    result_cache_mb: int = typer.Option(256, "--result-cache-mb", envvar="WORKER_RESULT_CACHE_MB",
+                                        help="Results kept here for later tasks placed here (data locality)."),
     http_port: Optional[int] = typer.Option(None, "--http-port", envvar="AGENTFLOW_HTTP_PORT",
                                             help="/metrics, /health, /stats. Default: PORT+10 with --port, else none; 0: none."),
 ) -> None:
@@ -109,7 +122,8 @@ def worker(
     raise typer.Exit(run_worker(master_url or "127.0.0.1:6767", cpu_cores=cpu_cores, memory_mb=memory_mb,
                                 gpu_count=gpu_count, group=group, capabilities=capability,
                                 max_concurrent_tasks=max_concurrent_tasks, worker_id=worker_id,
-                                host=host, port=port, advertise=advertise, curve=keys, http_port=http_port))
+                                host=host, port=port, advertise=advertise, memory_pressure_mb=memory_pressure_mb,
+                                result_cache_mb=result_cache_mb, curve=keys, http_port=http_port))
 
 
 @app.command()

@@ -21,10 +21,14 @@ from agentflow.cli.common import (
 from runtime.client import ClusterUnavailable
 from runtime.future import RemoteError
 
+SMALL_WORKFLOW_TASKS = 50  # up to this many tasks, `status` and `submit --wait` print every one
+
+
 @app.command()
 def submit(
     file: str = typer.Argument(..., help="A workflow file (YAML or JSON)."),
     wait: bool = typer.Option(False, "--wait", help="Wait for the workflow to finish; exit 0 only if it completed."),
+    all_tasks: bool = typer.Option(False, "--all", help="With --wait: print every task, however many."),
     json_output: bool = JsonFlag,
     master_url: Optional[str] = MasterUrl,
 ) -> None:
@@ -55,7 +59,9 @@ def submit(
             else:
                 typer.echo(f"submitted {workflow_id} ({len(workflow.tasks)} tasks)")
             return
-        status_doc = wait_with_progress(client, workflow_id, len(workflow.tasks), quiet=json_output)
+        table = json_output or all_tasks or len(workflow.tasks) <= SMALL_WORKFLOW_TASKS
+        status_doc = wait_with_progress(client, workflow_id, len(workflow.tasks), quiet=json_output,
+                                        tasks=table, summary=not json_output)
     if json_output:
         print_json(status_document(status_doc))
     else:
@@ -63,12 +69,14 @@ def submit(
     raise typer.Exit(0 if status_doc["state"] == "completed" else 1)
 
 
-def wait_with_progress(client, workflow_id: str, total: int, quiet: bool) -> dict:
-    """Poll the workflow until it ends, with a rich progress bar on the terminal unless quiet."""
+def wait_with_progress(client, workflow_id: str, total: int, quiet: bool, tasks: bool = True,
+                       summary: bool = False) -> dict:
+    """Poll the workflow until it ends, with a rich progress bar on the terminal unless quiet;
+    returns its final document (with its tasks and its summary as asked)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     if quiet:
-        return client.wait_workflow(workflow_id)
+        return client.wait_workflow(workflow_id, tasks=tasks, summary=summary)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   transient=True) as progress:
         bar = progress.add_task(workflow_id, total=total)
@@ -77,7 +85,7 @@ def wait_with_progress(client, workflow_id: str, total: int, quiet: bool) -> dic
             progress.update(bar, completed=status["progress"]["finished"],
                             description=f"{workflow_id} {status['state']}")
 
-        return client.wait_workflow(workflow_id, on_progress=update)
+        return client.wait_workflow(workflow_id, on_progress=update, tasks=tasks, summary=summary)
 
 
 def status_document(status_doc: dict) -> dict:
@@ -93,30 +101,71 @@ def last_line(text: str | None) -> str:
 
 
 def print_status(status_doc: dict) -> None:
-    print_table(f"{status_doc['workflow_id']}: {status_doc['state']}",
-                ("task", "state", "attempts", "worker", "exit code", "error", "last output line"),
-                ((task_id, task["state"], task["attempts"], task["worker"] or "-",
-                  "-" if task["exit_code"] is None else task["exit_code"], (task.get("error") or "")[:60],
-                  last_line(task.get("stderr_tail")) or last_line(task.get("stdout_tail")))
-                 for task_id, task in status_doc["tasks"].items()))
+    """The summary (when the document has one), then the task table (when it has the tasks)."""
+    if status_doc.get("forgotten"):
+        typer.echo(f"{status_doc['workflow_id']}: {status_doc['state']}, then forgotten "
+                   f"({status_doc['progress']['total']:,} tasks; the masters keep the most recently finished "
+                   "workflows: --retain-workflows, --retain-s)")
+        return
+    if "summary" in status_doc:
+        print_summary(status_doc)
+    if "tasks" in status_doc:
+        print_table(f"{status_doc['workflow_id']}: {status_doc['state']}",
+                    ("task", "state", "attempts", "worker", "exit code", "error", "last output line"),
+                    ((task_id, task["state"], task["attempts"], task["worker"] or "-",
+                      "-" if task["exit_code"] is None else task["exit_code"], (task.get("error") or "")[:60],
+                      last_line(task.get("stderr_tail")) or last_line(task.get("stdout_tail")))
+                     for task_id, task in status_doc["tasks"].items()))
+    else:
+        typer.echo(f"  (every task: agentflow status {status_doc['workflow_id']} --all, or --json)")
+
+
+SUMMARY_COLUMNS = {"failed": ("task_id", "attempts", "worker", "exit_code", "error"),
+                   "running": ("task_id", "attempts", "worker")}
+
+
+def print_summary(status_doc: dict) -> None:
+    progress, summary = status_doc["progress"], status_doc["summary"]
+    typer.echo(f"{status_doc['workflow_id']}: {status_doc['state']}, {progress['finished']:,}/{progress['total']:,} "
+               f"tasks finished ({progress['fraction_done']:.1%})")
+    typer.echo("  " + "  ".join(f"{state} {count:,}" for state, count in progress["counts"].items() if count))
+    remaining = summary["critical_path_remaining"]
+    if remaining:
+        shown = " -> ".join(summary["critical_path"][:6]) + (" -> ..." if remaining > 6 else "")
+        typer.echo(f"  critical path: {remaining:,} tasks to go ({shown})")
+    for kind, keys in SUMMARY_COLUMNS.items():
+        rows, count = summary[kind], summary[f"{kind}_count"]
+        if rows:
+            title = f"{kind}: {count:,}" + (f" (the first {len(rows)})" if count > len(rows) else "")
+            print_table(title, tuple(key.replace("_id", "").replace("_", " ") for key in keys),
+                        ([("-" if row.get(key) is None else row[key]) for key in keys] for row in rows))
 
 
 @app.command()
-def status(workflow_id: Optional[str] = typer.Argument(None), json_output: bool = JsonFlag,
-           master_url: Optional[str] = MasterUrl) -> None:
-    """Show one workflow, or all of them."""
-    status_doc = ask_cluster(master_url, lambda client: client.workflow_status(workflow_id))
+def status(workflow_id: Optional[str] = typer.Argument(None),
+           all_tasks: bool = typer.Option(False, "--all", help="Print every task, however many."),
+           json_output: bool = JsonFlag, master_url: Optional[str] = MasterUrl) -> None:
+    """Show one workflow (a summary when it is big, every task with --all), or all of them."""
     if workflow_id is None:
+        rows = ask_cluster(master_url, lambda client: client.workflow_status(None))
         if json_output:
-            print_json(status_doc)
+            print_json(rows)
             return
         print_table("workflows", ("workflow", "name", "state", "done"),
                     ((row["workflow_id"], row["name"], row["state"],
-                      f"{row['progress']['finished']}/{row['progress']['total']}") for row in status_doc))
-    elif json_output:
-        print_json(status_document(status_doc))
-    else:
-        print_status(status_doc)
+                      f"{row['progress']['finished']}/{row['progress']['total']}") for row in rows))
+        return
+    if json_output:
+        print_json(status_document(ask_cluster(master_url, lambda client: client.workflow_status(workflow_id))))
+        return
+
+    def summary_and_table(client) -> dict:
+        status_doc = client.workflow_status(workflow_id, tasks=all_tasks, summary=True)
+        if not all_tasks and not status_doc.get("forgotten") and status_doc["progress"]["total"] <= SMALL_WORKFLOW_TASKS:
+            status_doc["tasks"] = client.workflow_status(workflow_id)["tasks"]
+        return status_doc
+
+    print_status(ask_cluster(master_url, summary_and_table))
 
 
 @app.command()
