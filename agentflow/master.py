@@ -29,7 +29,7 @@ import threading
 import time
 from typing import Any
 
-from actors.agent_directory import AgentDirectoryActor
+from actors.agent_directory import DEFAULT_HISTORY_SIZE, AgentDirectoryActor
 from actors.lock import DEFAULT_MAX_WAITERS, LockActor
 from actors.observer import ObserverActor, ObserverSources
 from actors.queue import QueueActor
@@ -37,6 +37,7 @@ from actors.raft import SNAPSHOT_EVERY_ENTRIES, ControlPlane, RaftActor
 from actors.registry import RegistryActor
 from actors.scheduler import SchedulerActor
 from protocols.assignments import DEFAULT_MAX_RESULT_BYTES
+from protocols.client_commands import DEFAULT_MAX_PENDING_WORKFLOWS, DEFAULT_MAX_TASKS_PER_WORKFLOW, SubmissionLimits
 from protocols.control import Join, StatusQuery, TransferLeadership
 from protocols.dispatch import DispatchConfig
 from protocols.names import (AGENTS_ACTOR, LOCK_ACTOR, OBSERVER_ACTOR, QUEUE_ACTOR, RAFT_ACTOR, REGISTRY_ACTOR,
@@ -92,7 +93,10 @@ class Master:
                  snapshot_every_entries: int = SNAPSHOT_EVERY_ENTRIES, advertise: str | None = None,
                  curve: CurveKeys | None = None, lock_max_waiters: int = DEFAULT_MAX_WAITERS,
                  retain_workflows: int = DEFAULT_RETAIN_WORKFLOWS, retain_s: float = DEFAULT_RETAIN_MS / 1000,
-                 max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> None:
+                 max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+                 max_tasks_per_workflow: int = DEFAULT_MAX_TASKS_PER_WORKFLOW,
+                 max_pending_workflows: int = DEFAULT_MAX_PENDING_WORKFLOWS,
+                 agent_history_size: int = DEFAULT_HISTORY_SIZE) -> None:
         if mode not in ("leader", "master"):
             raise ValueError(f"--mode must be leader or master, not {mode!r}")
         if snapshot_every_entries < 1:
@@ -101,8 +105,11 @@ class Master:
             raise ValueError(f"--lock-max-waiters must be at least 1, not {lock_max_waiters}")
         if retain_workflows < 0 or retain_s < 0:
             raise ValueError("--retain-workflows and --retain-s must not be negative")
-        if max_result_bytes < 1:
-            raise ValueError("--max-result-bytes must be at least 1")
+        for option, value in (("--max-result-bytes", max_result_bytes), ("--max-tasks-per-workflow", max_tasks_per_workflow),
+                              ("--max-pending-workflows", max_pending_workflows),
+                              ("--agent-history-size", agent_history_size)):
+            if value < 1:
+                raise ValueError(f"{option} must be at least 1, not {value}")
         self.mode = mode
         self.leader_endpoints = parse_master_urls(leader_url) if leader_url else []
         advertise_host, advertise_port = advertised_address(host, parse_advertise(advertise))
@@ -137,12 +144,14 @@ class Master:
                                          pinned=True)  # watches "lock." applies
             # The scheduler's two services first: it looks them up when it starts.
             dispatch = DispatchConfig(max_result_bytes=max_result_bytes,
-                                      retention=RetentionPolicy(retain_workflows, int(retain_s * 1000)))
+                                      retention=RetentionPolicy(retain_workflows, int(retain_s * 1000)),
+                                      limits=SubmissionLimits(max_tasks_per_workflow, max_pending_workflows))
             self.queue = self.node.spawn(QueueActor, dispatch.aging_ms_per_point, name=QUEUE_ACTOR, pinned=True)
             self.registry = self.node.spawn(RegistryActor, name=REGISTRY_ACTOR, pinned=True)
             self.scheduler = self.node.spawn(SchedulerActor, control, config=dispatch, name=SCHEDULER_ACTOR,
                                              pinned=True)
-            self.agents = self.node.spawn(AgentDirectoryActor, control, name=AGENTS_ACTOR, pinned=True)
+            self.agents = self.node.spawn(AgentDirectoryActor, control, history_size=agent_history_size,
+                                          name=AGENTS_ACTOR, pinned=True)
             self.node.actor(RAFT_ACTOR).storage.on_commit_s = self.metrics.fsync.observe
             self.observer = self.node.spawn(ObserverActor, control, self._observer_sources(), self.metrics,
                                             name=OBSERVER_ACTOR, pinned=True)

@@ -10,13 +10,16 @@ Rules:
   remembers is refused; a retry of one still in flight waits for the same commit: a big
   workflow can take longer to log than the client's per-try timeout, and each copy would cost
   as much as the first to check and log (the log drops a duplicate only after committing it).
-* A submission is checked for its structure here and, while workers are registered, for fit:
+* A submission is held to the cluster's limits first (``SubmissionLimits``: tasks per workflow,
+  workflows pending), cheapest check first, so a huge or endless input costs a count, not a
+  parse of its graph; then checked for its structure and, while workers are registered, for fit:
   every task must fit some registered worker, whatever its load (the registry answers; tasks
   of the same shape are asked about once).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from protocols.workflow_spec import Workflow, WorkflowError, check_structure
@@ -26,15 +29,40 @@ from protocols.registry import TaskRequirements
 from protocols.wire import ErrorRecord
 
 
+DEFAULT_MAX_TASKS_PER_WORKFLOW = 100_000
+DEFAULT_MAX_PENDING_WORKFLOWS = 10_000
+
+
+@dataclass(frozen=True)
+class SubmissionLimits:
+    """What one submission may bring; a refusal names the limit and the option that sets it."""
+
+    max_tasks_per_workflow: int = DEFAULT_MAX_TASKS_PER_WORKFLOW
+    max_pending_workflows: int = DEFAULT_MAX_PENDING_WORKFLOWS  # known and not finished
+
+    def refusal(self, workflow: Workflow, pending: int) -> ErrorRecord | None:
+        tasks = len(workflow.tasks)
+        if tasks > self.max_tasks_per_workflow:
+            return ErrorRecord("limit_exceeded", f"workflow {workflow.workflow_id!r} has {tasks} tasks; this cluster "
+                               f"takes at most {self.max_tasks_per_workflow} per workflow (--max-tasks-per-workflow)")
+        if pending >= self.max_pending_workflows:
+            return ErrorRecord("limit_exceeded", f"{pending} workflows are pending (not finished); this cluster "
+                               f"takes at most {self.max_pending_workflows} (--max-pending-workflows): "
+                               "retry when some have finished")
+        return None
+
+
 class ClientCommands:
-    def __init__(self) -> None:
+    def __init__(self, limits: SubmissionLimits | None = None) -> None:
+        self.limits = limits or SubmissionLimits()
         self.waiting: dict[tuple[str, int], list] = {}  # (client, seq) -> asks waiting for its commit
         self.fit_checks: dict[int, tuple[ClientRequest, list[str]]] = {}  # token -> submission, task per shape
 
     def request(self, event: ClientRequest, sessions: Any, have_workers: bool, out: list,
-                new_token: Callable[[], int]) -> tuple[int, list[TaskRequirements]] | None:
+                new_token: Callable[[], int], pending_workflows: int = 0) -> tuple[int, list[TaskRequirements]] | None:
         """Handle one request; returns ``(token, requirements)`` when the registry must check
-        that each of those fits some worker before the command can be proposed."""
+        that each of those fits some worker before the command can be proposed.
+        ``pending_workflows``: how many workflows the table knows and are not finished."""
         status, previous = sessions.check(event.client_id, event.seq)
         if status == sessions.DUPLICATE:
             out.append(Answer(event.reply, previous))
@@ -48,7 +76,7 @@ class ClientCommands:
             return None
         fit_check = None
         if event.kind == "submit":
-            body, shapes = self._submission(event, have_workers)
+            body, shapes = self._submission(event, have_workers, pending_workflows)
             if shapes:
                 token = new_token()
                 self.fit_checks[token] = (event, [task_id for _, task_id in shapes.values()])
@@ -67,13 +95,15 @@ class ClientCommands:
             out.append(ProposeClient(event.client_id, event.seq, body))
         return fit_check
 
-    @staticmethod
-    def _submission(event: ClientRequest, have_workers: bool) -> tuple[Any, dict]:
+    def _submission(self, event: ClientRequest, have_workers: bool, pending: int) -> tuple[Any, dict]:
         """The SubmitWorkflow command (or the ErrorRecord refusing it), and the distinct task
         requirements to check for fit, each with the first task that has them."""
         workflow = event.body
         if not isinstance(workflow, Workflow):
             return ErrorRecord("invalid_workflow", "the request carries no workflow"), {}
+        refusal = self.limits.refusal(workflow, pending)
+        if refusal is not None:
+            return refusal, {}
         try:
             check_structure(workflow)
         except WorkflowError as exc:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocols.assignments import DEFAULT_MAX_RESULT_BYTES, TaskShapes, assignment, candidate, finish_command
-from protocols.client_commands import ClientCommands
+from protocols.client_commands import ClientCommands, SubmissionLimits
 from protocols.dispatch_messages import (Answer, Applied, Assign, Cancel, ClientRequest, Committed, Goodbye,
     Heartbeat, Hello, LeadershipChanged, Propose, QueueQuery, Reports, Tick, ToQueue, ToRegistry,
     WorkersQuery)
@@ -65,6 +65,7 @@ class DispatchConfig:
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES  # a larger result fails its task
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)  # which finished workflows to forget
     aging_ms_per_point: int = DEFAULT_AGING_MS_PER_POINT  # the queue's (for ordering without it)
+    limits: SubmissionLimits = field(default_factory=SubmissionLimits)  # what one submission may bring
 
 
 @dataclass(slots=True)
@@ -104,7 +105,7 @@ class DispatchState:
         self.running = RunningIndex()  # where each running task runs, as applied
         self.ship_inputs: set[str] = set()  # tasks to send with every input (their worker had lost some)
         self.released: set[str] = set()  # tasks whose slot their report freed, their finish not applied yet
-        self.clients = ClientCommands()
+        self.clients = ClientCommands(self.config.limits)
         self.forgetting: set[str] = set()  # workflows whose ForgetWorkflow is on its way
         self.queries: dict[int, Any] = {}  # token -> the ask waiting for the queue or registry
         self.free_slots = 0  # the registry's last word, plus the slots released since
@@ -568,7 +569,9 @@ class DispatchState:
     # ------------------------------------------------------------------ clients and queries
 
     def _on_client(self, event: ClientRequest) -> None:
-        fit_check = self.clients.request(event, self.control.sessions, bool(self.addresses), self._out, self._token)
+        workflows = self.control.workflows
+        fit_check = self.clients.request(event, self.control.sessions, bool(self.addresses), self._out, self._token,
+                                         len(workflows.graphs) - len(workflows.finished))
         if fit_check is not None:
             request = self._to_registry(event.now_ms)
             request.fit_token, request.fit_checks = fit_check

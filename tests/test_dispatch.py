@@ -70,6 +70,24 @@ def test_an_unplaceable_task_is_refused_at_submit_with_the_reason():
     assert sim.control.workflows.get("wf") is None
 
 
+def test_submissions_over_the_limits_are_refused_naming_the_limit_and_nothing_stored_is_lost():
+    from protocols.client_commands import SubmissionLimits
+
+    sim = DispatchSim(DispatchConfig(limits=SubmissionLimits(max_tasks_per_workflow=3, max_pending_workflows=2)))
+    # no worker: nothing runs, submitted workflows stay pending
+    ask = sim.submit("big", [task(f"t{i}") for i in range(4)])
+    assert ask.value.kind == "limit_exceeded" and "4 tasks" in ask.value.message
+    assert "--max-tasks-per-workflow" in ask.value.message and sim.control.workflows.get("big") is None
+    assert sim.submit("one", [task("a")]).value.get("ok")
+    assert sim.submit("two", [task("a"), task("b"), task("c")]).value.get("ok")
+    ask = sim.submit("three", [task("a")])
+    assert ask.value.kind == "limit_exceeded" and "2 workflows are pending" in ask.value.message
+    assert "--max-pending-workflows" in ask.value.message
+    assert sim.control.workflows.get("one") is not None and sim.control.workflows.get("three") is None
+    sim.cancel("one")  # a finished workflow no longer counts
+    assert sim.submit("three", [task("a")]).value.get("ok")
+
+
 def test_a_task_that_fits_nowhere_now_does_not_stop_those_behind_it():
     sim = DispatchSim()
     sim.worker("w", slots=4, cpu=4)

@@ -52,6 +52,13 @@ def master(
     lock_max_waiters: int = typer.Option(1000, "--lock-max-waiters", envvar="AGENTFLOW_LOCK_MAX_WAITERS",
                                          help="Owners queued for one lock at most; a waiter beyond them is refused "
                                               "(lock_waiters_limit)."),
+    max_tasks_per_workflow: int = typer.Option(100_000, "--max-tasks-per-workflow",
+                                               envvar="AGENTFLOW_MAX_TASKS_PER_WORKFLOW",
+                                               help="A workflow with more tasks is refused (limit_exceeded)."),
+    max_pending_workflows: int = typer.Option(10_000, "--max-pending-workflows", envvar="AGENTFLOW_MAX_PENDING_WORKFLOWS",
+                                              help="Submissions are refused while this many workflows are unfinished."),
+    agent_history_size: int = typer.Option(10_000, "--agent-history-size", envvar="AGENTFLOW_AGENT_HISTORY_SIZE",
+                                           help="Agent messages each master keeps for `agentflow history`."),
 ) -> None:
     """Start a master (a member of the Raft group of the control plane)."""
     from agentflow.master import run_master
@@ -71,7 +78,9 @@ def master(
                           http_port=http_port, pub_port=pub_port, node_id=node_id, heartbeat_ms=heartbeat_ms,
                           election_timeout_ms=(int(low), int(high or low)), snapshot_every_entries=snapshot_every,
                           advertise=advertise, retain_workflows=retain_workflows, retain_s=retain_s,
-                          max_result_bytes=max_result_bytes, curve=keys, lock_max_waiters=lock_max_waiters)
+                          max_result_bytes=max_result_bytes, curve=keys, lock_max_waiters=lock_max_waiters,
+                          max_tasks_per_workflow=max_tasks_per_workflow, max_pending_workflows=max_pending_workflows,
+                          agent_history_size=agent_history_size)
     except ValueError as exc:
         fail(str(exc))
     except StorageError as exc:
