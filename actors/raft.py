@@ -481,7 +481,7 @@ class RaftActor(Actor):
                     watching = routes[tag] = [i for i, w in enumerate(self._watchers) if tag.startswith(w.prefix)]
                 for i in watching:
                     batches.setdefault(i, []).append(item)
-            is_leader = self.core.role == LEADER
+            is_leader = self._leading  # as the watchers were told (a disk retry tells them after)
             for i in sorted(batches):
                 self._watchers[i].ref.tell(Applied(batches[i], is_leader))
 

@@ -436,7 +436,7 @@ def main() -> None:
                 for mode in ("batch", "nobatch"):
                     try:
                         figures = run_pysyncobj(mode == "batch", args, data_dir, procs)
-                    except RuntimeError as exc:  # a child past its deadline: this run of the peer is lost
+                    except (RuntimeError, TimeoutError) as exc:  # a child or a leader past its deadline: this run is lost
                         print(f"run {run + 1}/{args.runs} pysyncobj {mode} failed: {exc}", file=sys.stderr)
                         continue
                     for name, value in figures.items():

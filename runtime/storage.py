@@ -1,6 +1,6 @@
 """Durable storage of one Raft node: hard state, log entries and the latest snapshot, in SQLite.
 
-Role: the Raft core (protocols/raft.py) decides what must be persisted; the actor that drives it
+Role: the Raft core (protocols/raft/) decides what must be persisted; the actor that drives it
 hands that to ``RaftStorage.save`` before it sends messages or acknowledges anything (ARCHITECTURE §3,
 rule 1), and reads it all back with ``load`` when the node restarts.
 
@@ -265,8 +265,10 @@ class RaftStorage:
         _check_consecutive(rows)
         last_index = self._last_index
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
         try:
+            # BEGIN inside the try: a disk that fails there (an I/O error, a lock it cannot take)
+            # must also come out as a StorageError, which the RaftActor holds and retries.
+            db.execute("BEGIN IMMEDIATE")
             if snapshot_row is not None:
                 delete_upto = snapshot_row[0] if compact_upto is None else compact_upto
                 last_index = self._write_snapshot(snapshot_row, delete_upto)

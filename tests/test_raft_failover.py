@@ -30,6 +30,11 @@ def _statuses(client, cluster) -> dict[str, dict]:
     return views
 
 
+def _leader_seen_by(client, cluster, node_id: str) -> str | None:
+    """The leader ``node_id`` follows, or None (also while its status does not answer: poll again)."""
+    return _statuses(client, cluster).get(node_id, {}).get("leader")
+
+
 def _leader_and_term(client, cluster) -> tuple[str, int]:
     views = _statuses(client, cluster)
     leaders = [v for v in views.values() if v["role"] == "leader"]
@@ -93,7 +98,7 @@ def test_a_flapping_connection_between_the_leader_and_one_follower_does_not_depo
             _kill_connections(leader.proc.pid, follower.port)
             assert client.propose(Noop(i)) == i
         assert drops >= 10
-        wait_for(lambda: _statuses(client, cluster)[follower.node_id]["leader"] == leader_id, 10,
+        wait_for(lambda: _leader_seen_by(client, cluster, follower.node_id) == leader_id, 10,
                  what="the follower to follow the leader again")
         assert _leader_and_term(client, cluster) == (leader_id, term)
         views = _statuses(client, cluster)
@@ -128,6 +133,6 @@ def test_a_flapping_link_under_the_fault_hook_does_not_depose_the_leader(tmp_pat
             for path in rules.values():
                 path.write_text("{}")
             time.sleep(rng.uniform(0.2, 0.5))  # the link is up for this long: the fault's schedule
-        wait_for(lambda: _statuses(client, cluster)[follower]["leader"] == leader_id, 10,
+        wait_for(lambda: _leader_seen_by(client, cluster, follower) == leader_id, 10,
                  what="the follower to follow the leader again")
         assert _leader_and_term(client, cluster) == (leader_id, term)

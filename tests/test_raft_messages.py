@@ -1,9 +1,9 @@
 """What reaches the Raft core from the network (protocols/raft/messages.py): hostile and malformed
-messages are counted, never raised; every message round-trips the wire; the package is pure."""
+messages are counted, never raised; every message round-trips the wire; the package takes its
+randomness from the caller (tests/test_layers.py keeps it pure otherwise)."""
 
 from __future__ import annotations
 
-import ast
 import random
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from protocols.raft import (
     VoteResponse,
 )
 from tests.raftnet import Net
+from tests.test_layers import imported_modules
 
 
 # --------------------------------------------------------------------------- hostile input
@@ -107,18 +108,10 @@ def test_every_message_round_trips_the_wire():
         assert wire.decode(wire.encode(message)) == message
 
 
-def test_the_core_is_pure():
+def test_the_core_takes_its_randomness_from_the_caller():
+    """tests/test_layers.py keeps protocols/ free of clocks, threads, sockets and I/O, but lets the
+    Raft files import ``random``: only under TYPE_CHECKING, for the type of the generator passed in."""
     package = Path(__file__).parents[1] / "protocols" / "raft"
     for path in sorted(package.glob("*.py")):
-        tree = ast.parse(path.read_text())
-        imported = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                imported.update(alias.name.split(".")[0] for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                imported.add(node.module.split(".")[0])
-        forbidden = {"time", "threading", "socket", "zmq", "pykka", "sqlite3", "os", "asyncio"}
-        assert not imported & forbidden, path.name
-        # `random` only under TYPE_CHECKING: the generator is always passed in.
-        top_level = {alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+        top_level = {module.split(".")[0] for _, module in imported_modules(path, top_level_only=True)}
         assert "random" not in top_level, path.name

@@ -17,12 +17,13 @@ The modules, bottom up (each imports only those above it):
 * ``membership``: the voters and learners, changed one server at a time, with the history to
   undo an overwritten change; ``ConfChangeRejected``.
 * ``reads``: ReadIndex, linearizable reads confirmed by a heartbeat quorum; ``ReadState``.
+* ``ready``: what the core hands its caller, ``Ready`` (with its ``SoftState`` and
+  ``must_sync``) and ``HardState``, the roles, and the Ready obligations.
 * ``election`` and ``replication``: the mixins of ``RaftCore`` that campaign and vote (pre-vote
   included), and that move entries to followers.
 * ``core``: ``RaftCore`` (tick, step, propose, propose_conf_change, read_index,
-  transfer_leadership, forget_leader, campaign, compact, has_ready, ready, advance), ``Ready``
-  with its ``SoftState`` and ``must_sync``, ``HardState``, ``RaftConfig``, ``NotLeader``; the
-  Ready obligations are in ``ready.py``.
+  transfer_leadership, forget_leader, campaign, compact, has_ready, ready, advance),
+  ``RaftConfig``, ``NotLeader``.
 
 Limitations, on purpose: a snapshot travels as one message (the frame cap bounds it); pending
 ReadIndex requests are dropped when leadership is lost (the caller's deadline retries them);
@@ -30,19 +31,7 @@ followers do not forward proposals or reads (``NotLeader.leader_hint`` says wher
 Client sessions (exactly-once commands) are replicated state, not Raft: ``protocols/sessions.py``.
 """
 
-from protocols.raft.core import (
-    CANDIDATE,
-    FOLLOWER,
-    LEADER,
-    LEARNER,
-    PRE_CANDIDATE,
-    HardState,
-    NotLeader,
-    RaftConfig,
-    RaftCore,
-    Ready,
-    SoftState,
-)
+from protocols.raft.core import NotLeader, RaftConfig, RaftCore
 from protocols.raft.election import campaign_rank
 from protocols.raft.log import RaftLog, Snapshot
 from protocols.raft.membership import ConfChangeRejected
@@ -65,6 +54,7 @@ from protocols.raft.messages import (
     numbers_in_range,
 )
 from protocols.raft.reads import ReadState
+from protocols.raft.ready import CANDIDATE, FOLLOWER, LEADER, LEARNER, PRE_CANDIDATE, HardState, Ready, SoftState
 
 __all__ = [
     "CANDIDATE", "FOLLOWER", "LEADER", "LEARNER", "PRE_CANDIDATE",

@@ -38,9 +38,6 @@ class PendingReads:
     def __init__(self) -> None:
         self._pending: list[_PendingRead] = []
 
-    def __bool__(self) -> bool:
-        return bool(self._pending)
-
     def newest_context(self) -> bytes:
         """What the next heartbeat carries: confirming it confirms every request before it."""
         return self._pending[-1].ctx if self._pending else b""

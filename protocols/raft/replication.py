@@ -174,15 +174,13 @@ class Replication:
                 self._send_appends(peer, progress, send_if_empty=progress.state == PROBE)
         self._needs_broadcast = False
 
-    def _send_appends(self, peer: str, progress: Progress, send_if_empty: bool) -> bool:
-        """Send as many appends as the follower's state allows (pipelining when replicating);
-        False if nothing was sent."""
+    def _send_appends(self, peer: str, progress: Progress, send_if_empty: bool) -> None:
+        """Send as many appends as the follower's state allows (pipelining when replicating)."""
         if not self._send_append(peer, progress, send_if_empty):
-            return False
+            return
         while (progress.state == REPLICATE and progress.next <= self._log.last_index
                and self._send_append(peer, progress, send_if_empty=False)):
             pass
-        return True
 
     def _send_append(self, peer: str, progress: Progress, send_if_empty: bool) -> bool:
         """Send one append (or the snapshot) to ``peer``; False if nothing was sent."""
