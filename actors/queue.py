@@ -13,6 +13,7 @@ memory with another actor: what it knows comes in requests, what it says goes ou
 from __future__ import annotations
 
 from protocols.names import SCHEDULER_ACTOR
+from protocols.queue import DEFAULT_AGING_MS_PER_POINT
 from protocols.rounds import QueueRequest, QueueService
 from runtime.actor import ServiceActor
 
@@ -20,5 +21,5 @@ from runtime.actor import ServiceActor
 class QueueActor(ServiceActor):
     request_type = QueueRequest
 
-    def __init__(self, aging_ms_per_point: int | None = None, reply_to: str = SCHEDULER_ACTOR) -> None:
+    def __init__(self, aging_ms_per_point: int = DEFAULT_AGING_MS_PER_POINT, reply_to: str = SCHEDULER_ACTOR) -> None:
         super().__init__(QueueService(aging_ms_per_point), reply_to)

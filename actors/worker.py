@@ -232,25 +232,32 @@ class WorkerActor(Actor):
         held = set(self._held_keys())
         refused: list[TaskFinished] = []
         for task in message.tasks:
-            if isinstance(task, TaskAssignment) and task.key in self.unacked:
+            if not isinstance(task, TaskAssignment):
+                continue
+            if task.key in self.unacked:
                 # Ran, and its report is on its way, yet assigned again: a leader lost the first
                 # dispatch (its report will be refused) and dispatched the same attempt number
                 # to us. Run it again once that report is answered (the first run may have used
                 # results the cluster never committed), or the task hangs.
                 self.rerun_after_ack[task.key] = task
                 continue
-            if not isinstance(task, TaskAssignment) or task.key in held:
+            if task.key in held:
                 continue  # a duplicate assignment: the attempt is already ours
             held.add(task.key)
-            if task.local_inputs:
-                task = self._with_local_inputs(task, refused)
-            if task is None:
-                continue
-            if self.draining:
-                refused.append(finished_now(self.worker_id, task, False, ERROR_DRAINING))
-            else:
-                self.waiting.append(task)
+            self._take(task, refused)
         self._start_waiting(refused)
+
+    def _take(self, task: TaskAssignment, refused: list[TaskFinished]) -> None:
+        """Queue an attempt to run, its local inputs filled in; or report it not run: draining,
+        or one of its local inputs is gone."""
+        if task.local_inputs:
+            task = self._with_local_inputs(task, refused)
+            if task is None:
+                return
+        if self.draining:
+            refused.append(finished_now(self.worker_id, task, False, ERROR_DRAINING))
+        else:
+            self.waiting.append(task)
 
     def _with_local_inputs(self, task: TaskAssignment, refused: list[TaskFinished]) -> TaskAssignment | None:
         """The assignment with the results it names in ``local_inputs`` taken from this worker's
@@ -406,16 +413,18 @@ class WorkerActor(Actor):
         if answer.kind == "reports":
             self.report_batches_in_flight -= 1
             accepted = answer.error is None and isinstance(answer.value, ReportsAccepted)
+            reruns = []
             for key in answer.keys:
                 self.reports_sent.discard(key)  # accepted: gone below; otherwise: sent again
                 if accepted:
                     self.unacked.pop(key, None)
-                    rerun = self.rerun_after_ack.pop(key, None)
-                    if rerun is not None and self.draining:
-                        self._add_reports([finished_now(self.worker_id, rerun, False, ERROR_DRAINING)])
-                    elif rerun is not None:
-                        self.waiting.append(rerun)
-                        self._start_waiting([])
+                    if key in self.rerun_after_ack:
+                        reruns.append(self.rerun_after_ack.pop(key))
+            if reruns:
+                refused: list[TaskFinished] = []
+                for rerun in reruns:
+                    self._take(rerun, refused)
+                self._start_waiting(refused)
         else:
             self.in_flight[answer.kind] = False
         if answer.error is not None:

@@ -147,7 +147,7 @@ class Master:
                                       retention=RetentionPolicy(retain_workflows, int(retain_s * 1000)),
                                       limits=SubmissionLimits(max_tasks_per_workflow, max_pending_workflows))
             self.queue = self.node.spawn(QueueActor, dispatch.aging_ms_per_point, name=QUEUE_ACTOR, pinned=True)
-            self.registry = self.node.spawn(RegistryActor, name=REGISTRY_ACTOR, pinned=True)
+            self.registry = self.node.spawn(RegistryActor, dispatch.health, name=REGISTRY_ACTOR, pinned=True)
             self.scheduler = self.node.spawn(SchedulerActor, control, config=dispatch, name=SCHEDULER_ACTOR,
                                              pinned=True)
             self.agents = self.node.spawn(AgentDirectoryActor, control, history_size=agent_history_size,

@@ -134,6 +134,8 @@ def main() -> None:
     grown = run(args, args.workflows + 1, "no retention")
     print_samples("without retention", grown)
     # Compared where both runs got to (a run without retention may stop answering first).
+    if not kept or not grown:
+        raise SystemExit("a run stopped answering before its first sample: nothing to compare (see above)")
     both = min(kept[-1]["workflows"], grown[-1]["workflows"])
     at = {run: next(s for s in samples if s["workflows"] >= both) for run, samples in (("kept", kept), ("grown", grown))}
     peer = f"no retention ({both:,} workflows)"

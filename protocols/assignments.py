@@ -39,6 +39,12 @@ MAX_SHAPES = 1024
 Finishing = dict  # task id -> (result, worker id): completions of one workflow not yet applied
 
 
+def task_shape(task: TaskNode) -> tuple:
+    """What ``task.requirements`` is made of: tasks of the same shape need the same worker."""
+    resources = task.resources
+    return resources.cpu, resources.memory_mb, resources.gpu, tuple(task.capabilities), task.group
+
+
 class TaskShapes:
     """``task.requirements``, made once per shape of task rather than once per task."""
 
@@ -46,8 +52,7 @@ class TaskShapes:
         self._shapes: dict[tuple, TaskRequirements] = {}
 
     def of(self, task: TaskNode) -> TaskRequirements:
-        resources = task.resources
-        shape = (resources.cpu, resources.memory_mb, resources.gpu, tuple(task.capabilities), task.group)
+        shape = task_shape(task)
         requirements = self._shapes.get(shape)
         if requirements is None:
             if len(self._shapes) >= MAX_SHAPES:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from protocols.assignments import task_shape
 from protocols.workflow_spec import Workflow, WorkflowError, check_structure
 from protocols.workflow_table import CancelWorkflow, ReprioritizeTask, SubmitWorkflow
 from protocols.dispatch_messages import Answer, ClientRequest, Committed, ProposeClient
@@ -112,8 +113,7 @@ class ClientCommands:
         if have_workers:
             for task in workflow.tasks:
                 if not task.is_noop:
-                    resources = task.resources
-                    shape = (resources.cpu, resources.memory_mb, resources.gpu, tuple(task.capabilities), task.group)
+                    shape = task_shape(task)
                     if shape not in shapes:
                         shapes[shape] = (task.requirements, task.task_id)
         return SubmitWorkflow(workflow, event.now_ms), shapes

@@ -44,9 +44,10 @@ from protocols.dispatch_messages import (Answer, Applied, Assign, Cancel, Client
     Heartbeat, Hello, LeadershipChanged, Propose, QueueQuery, Reports, Tick, ToQueue, ToRegistry,
     WorkersQuery)
 from protocols.queue import DEFAULT_AGING_MS_PER_POINT, order_key
+from protocols.registry import HealthCheckConfig
 from protocols.retention import RetentionPolicy
 from protocols.rounds import Queued, QueueDepthBound, QueueReply, QueueRequest, RegistryReply, RegistryRequest
-from protocols.running import CANCEL, CLAIM, RunningIndex, held_attempts, runs_elsewhere
+from protocols.running import CANCEL, CLAIM, RunningIndex, held_attempts, runs_elsewhere, runs_there
 from protocols.tasks import (ERROR_CANCELLED, ERROR_DRAINING, ERROR_INPUTS_MISSING, HeartbeatAck,
     ReportsAccepted, TaskAssignment, TaskFinished, WorkerWelcome, attempt_key)
 from protocols.workflow_run import TaskState
@@ -61,7 +62,9 @@ scheduler_log = logging.getLogger("agentflow.scheduler")
 @dataclass(slots=True)
 class DispatchConfig:
     claim_grace_ms: int = 3000  # running tasks nobody claims by then (new leader) or held (worker) are requeued
-    heartbeat_interval_ms: int = 1000  # told to workers in their welcome
+    # The workers' heartbeat interval (told in their welcome) and how many missed ones make a
+    # worker offline: the RegistryActor's health checks take the same config.
+    health: HealthCheckConfig = field(default_factory=HealthCheckConfig)
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES  # a larger result fails its task
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)  # which finished workflows to forget
     aging_ms_per_point: int = DEFAULT_AGING_MS_PER_POINT  # the queue's (for ordering without it)
@@ -144,9 +147,7 @@ class DispatchState:
         request = self._registry_request
         # Releases wait for the placement of a round under way (they go first in it): one
         # message to the registry per round, not two.
-        if request is not None and (self.round is None or self.round.candidates or request.hellos
-                                    or request.heartbeats or request.goodbyes or request.check_health
-                                    or request.fit_token or request.table_token or request.reset):
+        if request is not None and (self.round is None or self.round.candidates or request.answered):
             out.append(ToRegistry(request))
             self._registry_request = None
         return out
@@ -306,7 +307,7 @@ class DispatchState:
         info = event.info
         self.addresses[info.worker_id] = info.address
         self._to_registry(event.now_ms).hellos.append(info)
-        self._out.append(Answer(event.reply, WorkerWelcome(info.worker_id, self.config.heartbeat_interval_ms)))
+        self._out.append(Answer(event.reply, WorkerWelcome(info.worker_id, self.config.health.heartbeat_interval_ms)))
         self.blocked = False
         self.wanted = True
 
@@ -343,10 +344,8 @@ class DispatchState:
         if worker_id not in self.running.on_worker:
             return
         listed = {key for key in map(attempt_key, held) if key is not None}
-        requeues = [command for key in self.running.lost(worker_id, listed, now_ms, self.config.claim_grace_ms)
-                    for command in self._requeue(key, "its worker does not have it", now_ms)]
-        if requeues:
-            self._out.append(Propose(requeues))
+        self._requeue(self.running.lost(worker_id, listed, now_ms, self.config.claim_grace_ms),
+                      "its worker does not have it", now_ms)
 
     def _on_goodbye(self, event: Goodbye) -> None:
         if event.worker_id in self.addresses:
@@ -370,9 +369,8 @@ class DispatchState:
                 continue
             # The current attempt's slot is free now, before its completion commits (a run can
             # even report before its own DispatchTask is applied: a hop faster than a commit).
-            current = run is not None and (
-                (run.state is TaskState.RUNNING and run.attempts == report.attempt and run.worker_id == worker_id)
-                or dispatching == (worker_id, report.attempt))
+            current = run is not None and (runs_there(run, worker_id, report.attempt)
+                                           or dispatching == (worker_id, report.attempt))
             if current:
                 self._release(worker_id, key, now_ms)
                 self.released.add(key)
@@ -422,12 +420,9 @@ class DispatchState:
         self._to_registry(now_ms).check_health = True
         if self.unclaimed:
             expired = [key for key, deadline_ms in self.unclaimed.items() if deadline_ms <= now_ms]
-            requeues = []
             for key in expired:
                 del self.unclaimed[key]
-                requeues.extend(self._requeue(key, "nobody claimed it after a leader change", now_ms))
-            if requeues:
-                self._out.append(Propose(requeues))
+            self._requeue(expired, "nobody claimed it after a leader change", now_ms)
         if not self.blocked and self.free_slots > 0 and self.queued > 0:
             self.wanted = True
         forget = self.config.retention.to_forget(self.workflows.finished, now_ms, self.forgetting)
@@ -436,18 +431,18 @@ class DispatchState:
             self._out.append(Propose([ForgetWorkflow(workflow_id) for workflow_id in forget]))
 
     def _worker_lost(self, worker_id: str, reason: str, now_ms: int) -> None:
+        self._requeue(self.running.tasks_on(worker_id), reason, now_ms)
+
+    def _requeue(self, keys: list[str], reason: str, now_ms: int) -> None:
+        """Propose, in one entry, a RequeueTask of each of these tasks that still runs."""
         requeues = []
-        for key in self.running.tasks_on(worker_id):
-            requeues.extend(self._requeue(key, reason, now_ms))
+        for key in keys:
+            workflow_id, task_id = split_task_key(key)
+            graph = self.workflows.get(workflow_id)
+            if graph is not None and graph.runs[task_id].state is TaskState.RUNNING:
+                requeues.append(RequeueTask(workflow_id, task_id, graph.runs[task_id].attempts, reason, now_ms))
         if requeues:
             self._out.append(Propose(requeues))
-
-    def _requeue(self, key: str, reason: str, now_ms: int) -> list:
-        workflow_id, task_id = split_task_key(key)
-        graph = self.workflows.get(workflow_id)
-        if graph is None or graph.runs[task_id].state is not TaskState.RUNNING:
-            return []
-        return [RequeueTask(workflow_id, task_id, graph.runs[task_id].attempts, reason, now_ms)]
 
     # ------------------------------------------------------------------ rounds
 
@@ -515,12 +510,10 @@ class DispatchState:
         workflows = self.workflows
         dispatches: list[DispatchTask] = []
         assignments: dict[str, list[TaskAssignment]] = {}
-        leaving: list[str] = []
         now_ms = current.now_ms
         debug = scheduler_log.isEnabledFor(logging.DEBUG)
         for placement in reply.placed:
             key = placement.key
-            leaving.append(key)
             workflow_id, task_id = split_task_key(key)
             graph = workflows.get(workflow_id)
             run = graph.runs.get(task_id) if graph is not None else None
@@ -538,7 +531,7 @@ class DispatchState:
                 assignment(graph, task_id, attempt, placement.worker_id, placement.gpus,
                            current.finishing.get(workflow_id), ship_all=key in self.ship_inputs))
             self.ship_inputs.discard(key)
-        placed = set(leaving)
+        placed = {placement.key for placement in reply.placed}
         returning = [candidate.key for candidate in current.candidates
                      if candidate.key not in placed and candidate.key not in current.transient]
         if current.candidates and not current.direct:  # (a direct round borrowed nothing)

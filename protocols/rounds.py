@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from protocols.workflow_spec import priority_name
-from protocols.queue import PriorityTaskQueue, QueueEntry, QueueStats
+from protocols.queue import DEFAULT_AGING_MS_PER_POINT, PriorityTaskQueue, QueueEntry, QueueStats
 from protocols.registry import HealthCheckConfig, PlacementError, TaskRequirements, WorkerRegistry
 
 
@@ -115,20 +115,17 @@ class QueueDepthBound:
 class QueueService:
     """The queue's side of the conversation (the QueueActor is a shell around it)."""
 
-    def __init__(self, aging_ms_per_point: int | None = None) -> None:
+    def __init__(self, aging_ms_per_point: int = DEFAULT_AGING_MS_PER_POINT) -> None:
         self._aging = aging_ms_per_point
-        self.queue = self._new_queue()
+        self.queue = PriorityTaskQueue(aging_ms_per_point)
         self._loan_round = 0
         self._loans: dict[str, QueueEntry] = {}  # key -> entry lent to the round in flight
         self._transient: set[str] = set()  # keys of the loan that were transient
 
-    def _new_queue(self) -> PriorityTaskQueue:
-        return PriorityTaskQueue() if self._aging is None else PriorityTaskQueue(self._aging)
-
     def handle(self, request: QueueRequest) -> QueueReply | None:
         queue = self.queue
         if request.reset:
-            queue = self.queue = self._new_queue()
+            queue = self.queue = PriorityTaskQueue(self._aging)
             self._loans.clear()
             self._transient.clear()
         if request.settle_round and request.settle_round == self._loan_round:
@@ -235,6 +232,13 @@ class RegistryRequest:
     place: list = field(default_factory=list)
     table_token: int = 0  # answer with the workers' table
 
+    @property
+    def answered(self) -> bool:
+        """Whether the registry answers it: anything but releases and claims (the scheduler
+        counts those itself)."""
+        return bool(self.reset or self.hellos or self.heartbeats or self.goodbyes or self.check_health
+                    or self.fit_token or self.place_round or self.table_token)
+
 
 @dataclass(slots=True)
 class RegistryReply:
@@ -288,8 +292,7 @@ class RegistryService:
         if request.table_token:
             reply.table_token = request.table_token
             reply.table = workers_table(registry)
-        if not (request.reset or request.hellos or request.heartbeats or request.goodbyes or request.check_health
-                or request.fit_token or request.place_round or request.table_token):
+        if not request.answered:
             return None  # releases and claims only: nothing the scheduler does not know
         reply.free_slots = registry.free_slot_count()
         return reply

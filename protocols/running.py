@@ -38,7 +38,7 @@ def held_attempts(workflows: Any, worker_id: str, held: list, dispatching: dict)
         graph = workflows.get(workflow_id)
         run = graph.runs.get(task_id) if graph is not None else None
         key = task_key(workflow_id, task_id)
-        if run is not None and run.state is TaskState.RUNNING and run.attempts == number and run.worker_id == worker_id:
+        if runs_there(run, worker_id, number):
             yield CLAIM, workflow_id, task_id, number, graph
         elif key in dispatching:
             continue
@@ -46,6 +46,11 @@ def held_attempts(workflows: Any, worker_id: str, held: list, dispatching: dict)
             yield ADOPT, workflow_id, task_id, number, graph
         else:
             yield CANCEL, workflow_id, task_id, number, graph
+
+
+def runs_there(run: Any, worker_id: str, attempt: int) -> bool:
+    """Whether the table runs ``attempt`` of the task (``run``: its TaskRun, or None) on ``worker_id``."""
+    return run is not None and run.state is TaskState.RUNNING and run.attempts == attempt and run.worker_id == worker_id
 
 
 def runs_elsewhere(run: Any, dispatching: tuple | None, worker_id: str, attempt: int) -> bool:

@@ -18,14 +18,18 @@ SUMMARY_LIMIT = 20
 
 
 def workflow_list(table) -> list[dict]:
-    return [{"workflow_id": graph.workflow_id, "name": graph.workflow.name, "state": graph.state.value,
-             "progress": graph.progress()} for graph in table.graphs.values()]
+    return [workflow_heading(graph) for graph in table.graphs.values()]
+
+
+def workflow_heading(graph: TaskDependencyGraph) -> dict:
+    """A workflow's row in the list, and the start of its document."""
+    return {"workflow_id": graph.workflow_id, "name": graph.workflow.name, "state": graph.state.value,
+            "progress": graph.progress()}
 
 
 def workflow_document(graph: TaskDependencyGraph, tasks: bool = True, summary: bool = False,
                       limit: int = SUMMARY_LIMIT) -> dict:
-    document = {"workflow_id": graph.workflow_id, "name": graph.workflow.name, "state": graph.state.value,
-                "progress": graph.progress()}
+    document = workflow_heading(graph)
     if summary:
         document["summary"] = workflow_summary(graph, limit)
     if tasks:

@@ -120,13 +120,9 @@ def default_pressure_threshold_mb(memory_mb: int) -> int:
     return min(512, memory_mb // 10)
 
 
-def current_load(running: int, memory: MemoryWatch | None = None) -> dict:
+def current_load(running: int, memory: MemoryWatch) -> dict:
     """The load a heartbeat carries: cpu use since the last call (non-blocking), available
-    memory (and whether it is under pressure, with ``memory``), and how many task processes run."""
-    load = {"cpu_percent": float(psutil.cpu_percent(interval=None)), "running": int(running)}
-    if memory is None:
-        load["memory_available_mb"] = int(psutil.virtual_memory().available // (1024 * 1024))
-    else:
-        load["memory_available_mb"] = memory.sample()
-        load["memory_pressure"] = memory.under_pressure
-    return load
+    memory and whether it is under pressure (``memory`` samples it), and how many task processes run."""
+    available_mb = memory.sample()
+    return {"cpu_percent": float(psutil.cpu_percent(interval=None)), "running": int(running),
+            "memory_available_mb": available_mb, "memory_pressure": memory.under_pressure}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 from typing import Any
 
 from protocols.control import Batch, ClientCommand, ControlState
@@ -70,10 +71,13 @@ class Ask:
 
 class DispatchSim:
     def __init__(self, config: DispatchConfig | None = None, health: HealthCheckConfig | None = None) -> None:
+        config = config or DispatchConfig()
+        if health is not None:
+            config = dataclasses.replace(config, health=health)
         self.control = ControlState()
         self.dispatch = DispatchState(config)
-        self.queue = QueueService(self.dispatch.config.aging_ms_per_point)
-        self.registry = RegistryService(health)
+        self.queue = QueueService(config.aging_ms_per_point)  # as the master composition hands them
+        self.registry = RegistryService(config.health)
         self.now_ms = 0
         self.index = 0
         self.auto_commit = True
@@ -282,7 +286,3 @@ class DispatchSim:
 
     def state_of(self, workflow_id: str, task_id: str) -> str:
         return self.control.workflows.get(workflow_id).runs[task_id].state.value
-
-    def dispatched(self) -> list[str]:
-        """Every key dispatched so far, in order."""
-        return [key for keys in self.rounds for key in keys]

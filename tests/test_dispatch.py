@@ -21,7 +21,7 @@ def ranked(deps=()):
     return [task(name, deps, priority) for name, priority in RANKED]
 
 
-def run_one_at_a_time(sim: DispatchSim, worker_id: str, workflow_id: str, limit: int = 50) -> list[str]:
+def run_one_at_a_time(sim: DispatchSim, worker_id: str, limit: int = 50) -> list[str]:
     """Finish what ``worker_id`` runs, one task at a time, until it runs nothing; the order run."""
     order = []
     for _ in range(limit):
@@ -47,7 +47,7 @@ def test_placement_checks_capabilities_group_and_free_resources():
     assert sim.running("gpu") == ["wf/needs-cuda", "wf/in-group", "wf/big-memory", "wf/two-gpus"]
     assert sim.running("cpu") == ["wf/many-cpus", "wf/plain"]
     env = {a.task_id: a.env for a in sim.assigned["gpu"]}
-    assert env["two-gpus"] == {"CUDA_VISIBLE_DEVICES": "0,1"} and env["plain" if False else "in-group"] == {}
+    assert env["two-gpus"] == {"CUDA_VISIBLE_DEVICES": "0,1"} and env["in-group"] == {}
 
 
 def test_gpu_tasks_run_only_on_gpu_workers_and_wait_for_a_free_gpu():
@@ -107,7 +107,7 @@ def test_dispatch_round_takes_queued_tasks_by_priority():
     sim.submit("wf-blocker", [task("block")])
     sim.submit("wf", ranked())
     sim.finish("solo", "wf-blocker", "block")
-    assert run_one_at_a_time(sim, "solo", "wf") == EXPECTED
+    assert run_one_at_a_time(sim, "solo") == EXPECTED
 
 
 def test_fast_path_dependents_of_a_completion_run_by_priority():
@@ -117,7 +117,7 @@ def test_fast_path_dependents_of_a_completion_run_by_priority():
     sim.finish("solo", "wf", "block")
     # urgent left with the completion, in the same entry as block's FinishTask
     assert sim.rounds[-1] == ["wf/urgent"]
-    assert run_one_at_a_time(sim, "solo", "wf") == EXPECTED
+    assert run_one_at_a_time(sim, "solo") == EXPECTED
 
 
 def test_fast_path_candidates_are_merged_with_the_queue_in_priority_order():
@@ -144,7 +144,7 @@ def test_a_requeued_task_after_a_worker_death_takes_its_place_by_priority():
         sim.heartbeat("heir")
     assert sim.state_of("wf-blocker", "block") == "ready"
     sim.worker("heir", slots=1)
-    order = run_one_at_a_time(sim, "heir", "wf")
+    order = run_one_at_a_time(sim, "heir")
     # requeued after wf's urgent task had waited: FIFO among the two urgent ones
     assert order == ["urgent", "block", *EXPECTED[1:]]
     assert sim.control.workflows.get("wf-blocker").runs["block"].attempts == 2
@@ -162,7 +162,7 @@ def test_a_new_leader_rebuilds_the_queue_in_priority_order():
     sim.worker("solo", slots=1)
     sim.heartbeat("solo", running=[["wf-blocker", "block", 1]])
     sim.finish("solo", "wf-blocker", "block")
-    assert run_one_at_a_time(sim, "solo", "wf") == EXPECTED
+    assert run_one_at_a_time(sim, "solo") == EXPECTED
 
 
 # --------------------------------------------------------------------------- retries, aging, draining
@@ -402,17 +402,23 @@ def test_cancelling_a_workflow_cancels_its_running_tasks_on_their_workers():
     assert sim.running("w") == ["wf2/next"]
 
 
-def test_a_round_is_one_queue_request_one_registry_request_and_one_entry():
+def test_a_round_is_a_take_and_its_settle_one_registry_request_and_one_entry():
     sim = DispatchSim()
     for index in range(4):
         sim.worker(f"w{index}", slots=4)
     sim.submit("wf", [task(f"t{i}") for i in range(100)])
-    before = dict(sim.requests), len(sim.proposals), len(sim.rounds)
-    finished = [key for index in range(4) for key in sim.finish_all(f"w{index}")]
+    rounds_before = len(sim.rounds)
+    finished = []
+    for index in range(4):
+        requests, entries = dict(sim.requests), sim.index
+        finished.extend(sim.finish_all(f"w{index}"))
+        # each batch of reports: one round (the queue's take and its settle, one placement)
+        # and one Batch entry of its finishes and dispatches
+        assert (sim.requests["queue"] - requests["queue"], sim.requests["registry"] - requests["registry"],
+                sim.index - entries) == (2, 1, 1)
     assert len(finished) == 16
-    # each batch of reports: one round (take with the last settle, place) and one Batch entry
     assert sim.rounds[-4:] and all(len(keys) == 4 for keys in sim.rounds[-4:])
-    assert before[2] + 4 == len(sim.rounds)
+    assert rounds_before + 4 == len(sim.rounds)
 
 
 def test_queue_stats_count_by_priority_and_the_oldest_wait():

@@ -7,7 +7,6 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocols.workflow_spec import split_task_key
 from protocols.dispatch_messages import LeadershipChanged
 from protocols.queue import RETRY_PENALTY
 from protocols.registry import WorkerRegistry
@@ -126,5 +125,3 @@ def test_no_dispatch_skips_a_higher_ranked_ready_task_that_fits(worker_specs, st
                 sim.worker(names[index], slots, cpu, memory_mb, gpus, group, capabilities)
                 sim.heartbeat(names[index])
         check_queue_holds_every_ready_task(sim)
-    for key in sim.dispatched():
-        split_task_key(key)

@@ -292,6 +292,28 @@ def test_an_attempt_assigned_again_while_its_report_is_on_its_way_runs_again_aft
     wait_for(lambda: scheduler.last_heartbeat().running == [], 5.0, what="the report to be let go")
 
 
+def test_an_attempt_run_again_after_the_answer_takes_its_local_inputs_from_the_cache(cluster):
+    """The run again of an attempt assigned while its report was on its way gets the results
+    its assignment names in ``local_inputs``, as the first run did."""
+    from protocols.assignments import LOCAL_INPUT_MIN_BYTES
+
+    node, scheduler = cluster.master()
+    worker = cluster.worker([node.endpoint])
+    endpoint = registered(scheduler, worker)
+    assign(node, endpoint, [task("make", call="tests.taskfuncs:blob", args=[LOCAL_INPUT_MIN_BYTES])])
+    assert wait_report(scheduler, "make").ok  # its result stays in the worker's cache
+    with scheduler.lock:
+        scheduler.hold_reports = 1
+    use = task("use", call="tests.taskfuncs:sizes", local_inputs=["make"])
+    assign(node, endpoint, [use])
+    wait_for(lambda: scheduler.held, 10.0, what="the first report, held")
+    assign(node, endpoint, [use])  # the same attempt, while its report is unacknowledged
+    node.ref(endpoint, "worker").ask(RunningQuery(), 5.0).get()  # answered after the assignment above
+    scheduler.release_held()
+    again = wait_report(scheduler, "use")  # the held one was not recorded: this is the second run's
+    assert (again.ok, again.result) == (True, {"make": LOCAL_INPUT_MIN_BYTES}), again
+
+
 def test_max_concurrent_tasks_is_never_exceeded(cluster, tmp_path):
     node, scheduler = cluster.master()
     worker = cluster.worker([node.endpoint], "--max-concurrent-tasks", "2")
