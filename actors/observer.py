@@ -274,6 +274,7 @@ class ObserverActor(Actor):
             reason = f"follows {leader} in term {term}"
         state = self.control.state
         lock_now_ms = self.sources.lock_clock_ms()
+        agent_stats = self.sources.agent_stats()
         document = {
             "node_id": self.node.node_id, "kind": "master", "role": raft["role"], "leader": leader, "term": term,
             "serving": leader is not None and not raft.get("disk_error"), "reason": reason,
@@ -281,8 +282,8 @@ class ObserverActor(Actor):
             "raft": raft, "counters": self.node.stats(),
             "tasks": tasks_by_state(state.workflows), "workflows": workflows_by_state(state.workflows),
             "locks": {"held": len(state.locks.list_locks(lock_now_ms)), "waiting": len(state.locks.waiting())},
-            "agents": agent_rows(state.agents, self.sources.agent_stats()),
-            "agents_summary": agents_summary(state.agents, self.sources.agent_stats()),
+            "agents": agent_rows(state.agents, agent_stats),
+            "agents_summary": agents_summary(state.agents, agent_stats),
             "events": list(self.events),
         }
         if is_leader:

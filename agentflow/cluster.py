@@ -73,6 +73,18 @@ def wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.05)
         time.sleep(interval_s)
 
 
+def stop_process(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM ``proc`` if it still runs and wait for it; SIGKILL if it has not exited within
+    ``grace_s`` (a helper binary: a Prometheus, a Redis)."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 class ChildProcess:
     """One `agentflow` child (``python -m agentflow.cli ARGS``); ``start()`` again restarts it as it was.
     ``prefix`` runs it through another command that execs it (``ip netns exec NS``); ``host`` is
@@ -254,10 +266,10 @@ class LocalCluster:
             raise TimeoutError(f"{exc} (logs in {self.data_dir})") from None
 
     def http_targets(self) -> list[tuple[str, str, str]]:
-        """``(node id, "master"|"worker", "127.0.0.1:HTTP_PORT")`` of every node: what a
-        Prometheus scrapes."""
-        return ([(m.node_id, "master", f"127.0.0.1:{m.http_port}") for m in self.masters]
-                + [(w.node_id, "worker", f"127.0.0.1:{w.http_port}") for w in self.workers])
+        """``(node id, "master"|"worker", "HOST:HTTP_PORT")`` of every node: what a Prometheus
+        scrapes."""
+        return ([(m.node_id, "master", f"{m.host}:{m.http_port}") for m in self.masters]
+                + [(w.node_id, "worker", f"{w.host}:{w.http_port}") for w in self.workers])
 
     def alive(self) -> bool:
         return all(child.alive() for child in self.masters + self.workers + self.agents)

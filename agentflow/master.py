@@ -23,6 +23,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
@@ -42,6 +43,7 @@ from protocols.control import Join, StatusQuery, TransferLeadership
 from protocols.dispatch import DispatchConfig
 from protocols.names import (AGENTS_ACTOR, LOCK_ACTOR, OBSERVER_ACTOR, QUEUE_ACTOR, RAFT_ACTOR, REGISTRY_ACTOR,
     SCHEDULER_ACTOR)
+from protocols.overview import WORKFLOW_LIMIT
 from protocols.raft import RaftConfig
 from protocols.retention import DEFAULT_RETAIN_MS, DEFAULT_RETAIN_WORKFLOWS, RetentionPolicy
 from protocols.rounds import workers_table
@@ -126,11 +128,14 @@ class Master:
                          advertise_host=advertise_host, advertise_port=advertise_port, curve=curve).start()
         self.http_port = default_http_port(port, http_port)
         bootstrap = mode == "leader" or (fresh and self._first_of_leader_url())
-        self.metrics = MasterMetrics(self.stats)
+        # Scrapes and probes build no workflow rows: neither reads them, and their ETAs walk every
+        # task of each workflow shown, on the transport thread.
+        counts = functools.partial(self.stats, workflow_limit=0)
+        self.metrics = MasterMetrics(counts)
         self.http: HttpServer | None = None
         try:
             if self.http_port:  # bound now (a taken port fails before anything starts), served below
-                self.http = HttpServer(host, self.http_port, self.stats, self.metrics.registry)
+                self.http = HttpServer(host, self.http_port, self.stats, self.metrics.registry, probe=counts)
             # The RaftActor publishes its state and leader in the control plane; the other actors
             # propose, read and watch through it (they are all pinned: one thread).
             control = ControlPlane(self.node, RAFT_ACTOR)
@@ -196,11 +201,11 @@ class Master:
     def status(self, timeout_s: float = 1.0) -> dict:
         return self.raft.ask(StatusQuery(), timeout_s=timeout_s).get()
 
-    def stats(self) -> dict | None:
-        """The observer's snapshot document (actors/observer.py), or None if the node's thread
-        did not get to it within a second."""
+    def stats(self, workflow_limit: int = WORKFLOW_LIMIT) -> dict | None:
+        """The observer's snapshot document (actors/observer.py) with ``workflow_limit`` workflow
+        rows, or None if the node's thread did not get to it within a second."""
         observer = self.node.actor(OBSERVER_ACTOR)
-        return on_node_thread(self.node, observer.snapshot)
+        return on_node_thread(self.node, lambda: observer.snapshot(workflow_limit))
 
     def registered(self, status: dict) -> bool:
         """A voter whose committed member record, as applied here, has its current endpoint."""

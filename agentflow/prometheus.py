@@ -19,7 +19,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from agentflow.cluster import LocalCluster, find_free_ports, wait_until
+from agentflow.cluster import LocalCluster, find_free_ports, stop_process, wait_until
 from protocols.workflow import parse_workflow
 from runtime.client import Client
 
@@ -93,13 +93,7 @@ class Prometheus:
         return float(data[0]["value"][1]) if data else None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self._log.close()
 
 

@@ -39,6 +39,7 @@ from runtime.actor import Actor
 from runtime.client import parse_master_urls
 from runtime.future import AskTimeout, RemoteError
 from runtime.node import Node
+from runtime.security import CurveKeys
 
 EVENTS_KEPT = 200
 RATE_WINDOW_S = 5.0
@@ -64,7 +65,7 @@ class Frame:
     """What one refresh saw: each master's snapshot (None: no answer) and the derived figures."""
 
     taken_s: float
-    masters: dict[str, dict | None]  # node id (or endpoint, before one answered) -> snapshot
+    masters: dict[str, dict | None]  # node id -> snapshot (None: a master known from an earlier answer is silent)
     addresses: dict[str, str]
     leader: dict | None
     events: list[dict]
@@ -75,11 +76,12 @@ class Frame:
 class ClusterPoller:
     """Asks the masters for their snapshots, keeps the event stream; see the module docstring."""
 
-    def __init__(self, master_urls: str | list[str], timeout_s: float = 0.4, workflow_limit: int = 50) -> None:
+    def __init__(self, master_urls: str | list[str], timeout_s: float = 0.4, workflow_limit: int = 50,
+                 curve: CurveKeys | None = None) -> None:
         self.seeds = parse_master_urls(master_urls)
         self.timeout_s = timeout_s
         self.workflow_limit = workflow_limit
-        self.node = Node(f"top-{os.getpid()}").start()
+        self.node = Node(f"top-{os.getpid()}", curve=curve).start()  # a client's keys, as every command's
         self._live_events: collections.deque[dict] = collections.deque(maxlen=EVENTS_KEPT)
         self._sink = self.node.spawn(_EventSink, self._live_events, name="events", pinned=True)
         self._subscribed: set[str] = set()
@@ -103,16 +105,13 @@ class ClusterPoller:
         asks = [(endpoint, self.node.ref(endpoint, OBSERVER_ACTOR).ask(OverviewRequest(self.workflow_limit),
                                                                         timeout_s=self.timeout_s))
                 for endpoint in endpoints]
-        by_endpoint: dict[str, dict | None] = {}
+        masters: dict[str, dict | None] = {}
         for endpoint, ask in asks:
             try:
-                answer = ask.get()
+                snapshot = ask.get()
             except (AskTimeout, RemoteError):
-                answer = None
-            by_endpoint[endpoint] = answer if isinstance(answer, dict) and "node_id" in answer else None
-        masters: dict[str, dict | None] = {}
-        for endpoint, snapshot in by_endpoint.items():
-            if snapshot is None:
+                continue
+            if not isinstance(snapshot, dict) or "node_id" not in snapshot:
                 continue
             masters[snapshot["node_id"]] = snapshot
             self.addresses[snapshot["node_id"]] = snapshot.get("endpoint") or endpoint
@@ -123,7 +122,7 @@ class ClusterPoller:
             if pub and pub not in self._subscribed:
                 self._subscribed.add(pub)
                 self.node.subscribe(pub, "event.", self._sink)
-        for node_id, address in self.addresses.items():
+        for node_id in self.addresses:
             masters.setdefault(node_id, None)  # known but silent: killed, or cut off from us
         while self._live_events:
             self._learn_events([self._live_events.popleft()])
@@ -327,16 +326,11 @@ def queue_panel(leader: dict | None) -> RenderableType:
     table = Table(box=None, show_header=False)
     table.add_column("priority")
     table.add_column("ready", justify="right")
-    for priority, count in sorted(queue["by_priority"].items(), key=lambda item: _priority_rank(item[0])):
+    for priority, count in queue["by_priority"].items():  # the queue's order: urgent first (QueueStats)
         table.add_row(priority, str(count))
     table.add_row(Text("total", style="bold"), Text(str(queue["total"]), style="bold"))
     table.add_row("oldest wait", _duration(queue["oldest_wait_s"]) if queue["total"] else "-")
     return Panel(table, title="queue", title_align="left")
-
-
-def _priority_rank(name: str) -> int:
-    order = {"urgent": 0, "high": 1, "medium": 2, "low": 3}
-    return order.get(name, 4)
 
 
 def workflows_panel(leader: dict | None, view: ViewState, limit: int) -> RenderableType:
@@ -425,7 +419,7 @@ def keyboard() -> Iterator[Any]:
     """Keys one at a time without Enter (cbreak; Ctrl-C still interrupts), restored on the way
     out. Yields ``read(timeout_s) -> str | None``; without a terminal, no key ever comes."""
     if not sys.stdin.isatty():
-        yield lambda timeout_s: (time.sleep(timeout_s), None)[1]
+        yield lambda timeout_s: (time.sleep(max(0.0, timeout_s)), None)[1]  # late already: no wait
         return
     import termios
     import tty

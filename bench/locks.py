@@ -58,7 +58,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.common import PEERS, Result, peer_python, percentile, report, run_child  # noqa: E402
 from bench.peers.child import read_line, run_contenders, sequential_pairs  # noqa: E402
-from agentflow.cluster import LocalCluster, find_free_ports  # noqa: E402
+from agentflow.cluster import LocalCluster, find_free_ports, stop_process  # noqa: E402
 
 HOST = "127.0.0.1"
 KEY = "bench-lock"
@@ -162,13 +162,7 @@ class RedisServer:
             time.sleep(0.02)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
 
 
 # =========================================================================== etcd (3 members)

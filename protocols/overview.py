@@ -5,8 +5,8 @@ Role: pure functions over the replicated state (protocols/control.py) that the o
 ``agentflow top`` all read. Pure: time comes in as ``now_ms``; nothing here does I/O.
 
 Rules: everything is bounded for a view, not a dump: at most ``limit`` workflows (the unfinished
-ones first, in submit order, then the latest finished) and ``AGENT_ROWS`` agents, no per-task
-lists; counts cover everything.
+ones first, in submit order, then the most recently submitted finished ones) and ``AGENT_ROWS``
+agents, no per-task lists; counts cover everything.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ thread (``on_node_thread``) and answers within a deadline, or None.
 * ``/metrics``: the Prometheus text of ``registry`` (runtime/metrics.py; none: empty).
 * ``/health``: readiness. 200 when the node serves, 503 otherwise, with a JSON body
   ``{"status": "serving"|"not serving", "reason", "node_id", "role", ...}`` either way. What
-  "serves" means is the snapshot's ``serving`` (on a master: it knows a leader of its own term).
+  "serves" means is the snapshot's ``serving`` (on a master: it knows a leader of its own term);
+  it reads ``probe()`` where the node has a cheaper document than the whole snapshot.
 * ``/health/live``: liveness, 200 while the process and this thread run.
 * ``/stats``: the snapshot document itself (JSON), 503 when the node did not answer in time.
 """
@@ -65,8 +66,9 @@ def health_document(snapshot: dict | None) -> tuple[int, dict]:
 
 class HttpServer:
     def __init__(self, host: str, port: int, snapshot: Callable[[], dict | None],
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None, probe: Callable[[], dict | None] | None = None) -> None:
         registry = registry if registry is not None else CollectorRegistry()  # (an empty /metrics)
+        probe = probe or snapshot
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
                 try:
@@ -74,7 +76,7 @@ class HttpServer:
                     if path == "/metrics":
                         self._send(200, CONTENT_TYPE, render(registry))
                     elif path == "/health":
-                        self._json(*health_document(snapshot()))
+                        self._json(*health_document(probe()))
                     elif path == "/health/live":
                         self._json(200, {"status": "alive"})
                     elif path == "/stats":

@@ -9,8 +9,13 @@ import sys
 
 import pytest
 
-from agentflow.tui import Frame, ViewState, frame_text
+from agentflow.tui import ClusterPoller, Frame, ViewState, frame_text
+from protocols.names import OBSERVER_ACTOR
+from protocols.overview import OverviewRequest
 from protocols.workflow import parse_workflow
+from runtime.actor import Actor
+from runtime.node import Node
+from runtime.security import CurveKeys, generate_keys
 from tests.procs import REPO, running_cluster, wait_for
 
 SLOW_WORKFLOW = """
@@ -62,6 +67,30 @@ def test_the_header_says_when_no_leader_can_be_reached():
     text = frame_text(Frame(0.0, masters, {}, None, [], None, None))
     assert "NO LEADER: cannot reach a leader" in text and "1 of 2 masters answer" in text
     assert re.search(r"master-1 .*unreachable", text)
+
+
+class LeaderObserver(Actor):
+    """A master's observer as far as the view needs one: its snapshot."""
+
+    def receive(self, message):
+        if isinstance(message, OverviewRequest):
+            return {"node_id": "m1", "role": "leader", "serving": True, "endpoint": self.node.endpoint,
+                    "raft": {"role": "leader", "term": 2, "commit_index": 5, "last_applied": 5}}
+        return None
+
+
+def test_the_view_uses_the_clients_keys_against_a_keyed_cluster(tmp_path):
+    for name in ("masters", "me"):
+        generate_keys(tmp_path, name)
+    (tmp_path / "authorized").mkdir()
+    (tmp_path / "authorized" / "me.key").write_bytes((tmp_path / "me.key").read_bytes())
+    masters = CurveKeys.load(tmp_path / "masters.key_secret", authorized_keys_dir=tmp_path / "authorized")
+    me = CurveKeys.load(tmp_path / "me.key_secret", tmp_path / "masters.key")
+    with Node("m1", curve=masters) as master:
+        master.spawn(LeaderObserver, name=OBSERVER_ACTOR)
+        with ClusterPoller(master.endpoint, timeout_s=3, curve=me) as poller:
+            frame = poller.poll()
+    assert frame.leader is not None and frame.leader["node_id"] == "m1"
 
 
 @pytest.mark.integration

@@ -144,11 +144,6 @@ def ask_cluster(master_url: Optional[str], request, also: tuple[type[Exception],
             fail(str(exc), code=1)
 
 
-def not_built(capability: str) -> None:
-    typer.echo(f"agentflow: {capability} is not built yet (see the open issues).", err=True)
-    raise typer.Exit(2)
-
-
 @app.callback()
 def main_callback(
     curve_secret_key: Optional[str] = typer.Option(

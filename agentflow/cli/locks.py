@@ -27,12 +27,10 @@ def lock_acquire(key: str, ttl_s: float = typer.Option(30.0, "--ttl"), wait_s: f
             acquired, reason = False, str(exc)
         except ClusterUnavailable as exc:
             fail(unreachable(exc), code=1)
-        except RemoteError as exc:  # a refusal: a tenant's quota, a key it may not touch
+        except RemoteError as exc:  # a refusal: lock_waiters_limit, a tenant's quota, a key it may not touch
             fail(exc.message, code=1)
         except ValueError as exc:
             fail(str(exc), code=1)
-        except RemoteError as exc:  # a refusal: lock_waiters_limit
-            fail(exc.message, code=1)
         else:
             reason = f"lock {key!r} is held by another owner"
     if json_output:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from agentflow.cli.common import MasterUrl, app, fail
+from agentflow.cli.common import UNREACHABLE_FIX, MasterUrl, app, curve_keys, fail
 
 
 @app.command()
@@ -23,7 +23,8 @@ def top(
     if interval <= 0:
         fail("--interval must be positive (seconds between refreshes)")
     try:
-        poller = ClusterPoller(master_url or "127.0.0.1:6767", timeout_s=min(0.4, interval))
+        poller = ClusterPoller(master_url or "127.0.0.1:6767", timeout_s=min(0.4, interval),
+                               curve=curve_keys("client"))
     except ValueError as exc:
         fail(str(exc))
     with poller:
@@ -31,8 +32,7 @@ def top(
             frame = poller.poll()
             typer.echo(frame_text(frame, width=shutil.get_terminal_size((120, 40)).columns), nl=False)
             if not any(frame.masters.values()):
-                fail(f"no master answered at {', '.join(poller.seeds)}: is the cluster up? "
-                     "(start one with `agentflow up`, or pass --master-url)", code=1)
+                fail(f"no master answered at {', '.join(poller.seeds)}: {UNREACHABLE_FIX}", code=1)
             return
         try:
             run_live(poller, interval)
