@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from actors.raft import Applied, ControlPlane, LeadershipChanged
+from actors.control_plane import Applied, ControlPlane, LeadershipChanged
 from protocols.agents import (
     AgentHostAck,
     AgentHostHeartbeat,

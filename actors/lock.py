@@ -41,7 +41,7 @@ import dataclasses
 import time
 from typing import Any, Callable
 
-from actors.raft import Applied, ControlPlane, LeadershipChanged
+from actors.control_plane import Applied, ControlPlane, LeadershipChanged
 from protocols.control import ClientCommand
 from protocols.locks import (
     CLIENT_LOCK_COMMANDS,

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from actors.raft import Applied, ControlPlane, LeadershipChanged
+from actors.control_plane import Applied, ControlPlane, LeadershipChanged
 from protocols.workflow_run import TaskState
 from protocols.workflow_table import DispatchTask, FinishTask, RequeueTask, SubmitWorkflow
 from protocols.locks import Acquire, LockGranted, LockOutcome

@@ -37,8 +37,7 @@ import hashlib
 import random
 from typing import Any
 
-# The ControlPlane is the actor's front (actors/control_plane.py); importers of actors.raft find it here too.
-from actors.control_plane import Applied, ControlPlane, LeadershipChanged, Watch  # noqa: F401
+from actors.control_plane import Applied, ControlPlane, LeadershipChanged, Watch
 from protocols.control import (
     Batch,
     ControlState,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from actors.raft import Applied, ControlPlane, LeadershipChanged
+from actors.control_plane import Applied, ControlPlane, LeadershipChanged
 from protocols import dispatch_messages as events
 from protocols.control import (
     Batch,

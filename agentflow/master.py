@@ -34,7 +34,8 @@ from actors.agent_directory import DEFAULT_HISTORY_SIZE, AgentDirectoryActor
 from actors.lock import DEFAULT_MAX_WAITERS, LockActor
 from actors.observer import ObserverActor, ObserverSources
 from actors.queue import QueueActor
-from actors.raft import SNAPSHOT_EVERY_ENTRIES, ControlPlane, RaftActor
+from actors.control_plane import ControlPlane
+from actors.raft import SNAPSHOT_EVERY_ENTRIES, RaftActor
 from actors.registry import RegistryActor
 from actors.scheduler import SchedulerActor
 from protocols.assignments import DEFAULT_MAX_RESULT_BYTES

@@ -21,7 +21,7 @@ from runtime.storage import (
     StorageError,
 )
 
-# Stand-ins with the Raft core's attribute names: storage must not need protocols/raft.py.
+# Stand-ins with the Raft core's attribute names: storage must not need protocols/raft/.
 Entry = namedtuple("Entry", "term index kind data")
 HardState = namedtuple("HardState", "term vote commit")
 SnapshotMeta = namedtuple("SnapshotMeta", "index term voters learners")
