@@ -44,11 +44,16 @@ MASTER_PORT_OFFSETS = (0, 10, 100)  # a master's ROUTER, HTTP and PUB ports
 
 def find_free_ports(count: int, first: int | None = None, offsets: tuple[int, ...] = MASTER_PORT_OFFSETS) -> list[int]:
     """``count`` base ports P with every P+offset free and no two bases sharing a port: from
-    ``first`` upwards, or at random in 20000-40000 when None."""
+    ``first`` upwards, or at random in 20000-32000 when None.
+
+    Below Linux's default ephemeral range (32768-60999) on purpose: a port in that range can be
+    free when probed and taken a moment later as the source port of some outgoing connection
+    (ZeroMQ's reconnects to a stopped peer take a new one each time), and the master then fails
+    to bind it. Tests and benchmarks choose their fixed ports below it for the same reason."""
     rng = random.Random()
     bases: list[int] = []
     taken: set[int] = set()
-    port = first if first is not None else rng.randrange(20_000, 40_000)
+    port = first if first is not None else rng.randrange(20_000, 32_000)
     for _ in range(10_000):
         wanted = {port + offset for offset in offsets}
         if not wanted & taken and all(port_is_free(p) for p in wanted):
@@ -56,7 +61,7 @@ def find_free_ports(count: int, first: int | None = None, offsets: tuple[int, ..
             taken |= wanted
             if len(bases) == count:
                 return bases
-        port = port + 1 if first is not None else rng.randrange(20_000, 40_000)
+        port = port + 1 if first is not None else rng.randrange(20_000, 32_000)
     raise RuntimeError("no free ports")
 
 

@@ -109,7 +109,7 @@ def test_bad_advertise_is_one_line_and_exit_2(tmp_path):
 
     from tests.procs import REPO
 
-    result = subprocess.run([sys.executable, "-m", "agentflow.cli", "master", "--port", "34095", "--advertise",
+    result = subprocess.run([sys.executable, "-m", "agentflow.cli", "master", "--port", "14095", "--advertise",
                              "0.0.0.0", "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60,
                             cwd=REPO)
     assert result.returncode == 2 and "--advertise" in result.stderr and "Traceback" not in result.stderr
@@ -117,11 +117,11 @@ def test_bad_advertise_is_one_line_and_exit_2(tmp_path):
 
 @pytest.mark.integration
 def test_a_master_back_under_a_new_address_rejoins_by_its_node_id(tmp_path):
-    with running_cluster(tmp_path, masters=3, first_port=34000) as (cluster, client):
+    with running_cluster(tmp_path, masters=3, first_port=14000) as (cluster, client):
         moved = cluster.masters[2]
         moved.stop()
         client.propose(Noop("while it was away"))
-        new_port = find_free_ports(1, 34200)[0]
+        new_port = find_free_ports(1, 14200)[0]
         moved.args[moved.args.index("--port") + 1] = str(new_port)
         moved.port = new_port
         moved.start()
@@ -143,9 +143,9 @@ def test_a_master_back_under_a_new_address_rejoins_by_its_node_id(tmp_path):
 
 @pytest.mark.integration
 def test_a_leader_url_that_does_not_resolve_yet_is_waited_for(tmp_path):
-    child = ChildProcess("m-wait", ["master", "--mode", "master", "--port", "34090", "--node-id", "m-wait",
+    child = ChildProcess("m-wait", ["master", "--mode", "master", "--port", "14090", "--node-id", "m-wait",
                                     "--data-dir", str(tmp_path), "--leader-url", "agentflow-master-0.invalid:6767"],
-                         tmp_path / "m-wait.log", 34090).start()
+                         tmp_path / "m-wait.log", 14090).start()
     try:
         wait_for(lambda: "waits for tcp://agentflow-master-0.invalid:6767 to resolve" in child.log_path.read_text(),
                  60, interval_s=0.1, what="the waiting line in the log")
@@ -162,7 +162,7 @@ def test_masters_started_alike_form_one_cluster_the_first_of_leader_url_bootstra
             master.args = ["master", "--mode", "master", "--port", str(master.port), "--node-id", master.node_id,
                            "--data-dir", str(tmp_path), "--leader-url", cluster.master_url]
 
-    with running_cluster(tmp_path, masters=3, first_port=34100, prepare=alike) as (cluster, client):
+    with running_cluster(tmp_path, masters=3, first_port=14100, prepare=alike) as (cluster, client):
         view = client.cluster_status()
         assert view["leader"] and sorted(m["id"] for m in view["members"]) == ["master-1", "master-2", "master-3"]
         first = client.status_of(cluster.masters[0].url)

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    with running_cluster(tmp_path_factory.mktemp("agents"), masters=3, workers=0, first_port=38100) as (local, client):
+    with running_cluster(tmp_path_factory.mktemp("agents"), masters=3, workers=0, first_port=18100) as (local, client):
         yield local
 
 
@@ -202,7 +202,7 @@ def test_a_workflow_task_run_by_an_agent_group_passes_its_result_on(cluster, com
 
 
 def test_an_agent_task_completes_across_a_kill_9_of_the_leader(tmp_path):
-    with running_cluster(tmp_path, client_timeout_s=20, masters=3, workers=1, first_port=38300) as (local, client):
+    with running_cluster(tmp_path, client_timeout_s=20, masters=3, workers=1, first_port=18300) as (local, client):
         local.add_agent("tests.agentfuncs:Doubler", "doubler")
         client.submit_workflow(agent_workflow("wf-agent-failover", {"agent": "doubler", "kwargs": {"sleep_s": 1.5}}))
         wait_for(lambda: client.workflow_status("wf-agent-failover")["tasks"]["solve"]["state"] == "running", 30,

@@ -37,7 +37,7 @@ def test_nothing_answering_at_the_master_url_says_how_to_start_a_cluster():
 
 @pytest.mark.integration
 def test_an_agent_that_does_not_exist_says_how_to_list_them(tmp_path):
-    with running_cluster(tmp_path, masters=1, first_port=31840) as (cluster, _):
+    with running_cluster(tmp_path, masters=1, first_port=11840) as (cluster, _):
         result = agentflow("send", "nobody", "--type", "notification", "--content", '"hi"',
                            "--master-url", cluster.master_url)
         assert result.returncode == 1
@@ -46,11 +46,11 @@ def test_an_agent_that_does_not_exist_says_how_to_list_them(tmp_path):
 
 def test_a_port_in_use_names_the_port_and_the_option(tmp_path):
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 31850))
+        taken.bind(("127.0.0.1", 11850))
         taken.listen()
-        result = agentflow("master", "--port", "31850", "--data-dir", str(tmp_path))
-        assert result.returncode == 1 and "31850" in last_line(result) and "--port" in last_line(result)
-        result = agentflow("master", "--port", "31851", "--http-port", "31850", "--data-dir", str(tmp_path))
+        result = agentflow("master", "--port", "11850", "--data-dir", str(tmp_path))
+        assert result.returncode == 1 and "11850" in last_line(result) and "--port" in last_line(result)
+        result = agentflow("master", "--port", "11851", "--http-port", "11850", "--data-dir", str(tmp_path))
         assert result.returncode == 1 and "--http-port" in last_line(result)
 
 
@@ -63,17 +63,17 @@ def test_a_workflow_file_with_a_mistake_names_the_file_and_the_line(tmp_path):
 
 def test_a_data_file_that_is_not_agentflows_is_refused(tmp_path):
     (tmp_path / "m9.sqlite").write_text("not a database")
-    result = agentflow("master", "--port", "31860", "--node-id", "m9", "--data-dir", str(tmp_path))
+    result = agentflow("master", "--port", "11860", "--node-id", "m9", "--data-dir", str(tmp_path))
     assert result.returncode == 1 and "m9.sqlite" in last_line(result) and "--data-dir" in last_line(result)
 
 
 @pytest.mark.integration
 def test_the_data_dir_of_another_cluster_is_refused(tmp_path):
-    with running_cluster(tmp_path / "one", masters=2, first_port=31870) as (first, _):
+    with running_cluster(tmp_path / "one", masters=2, first_port=11870) as (first, _):
         first.stop()  # its master-2 file now belongs to a cluster that is gone
-        with running_cluster(tmp_path / "two", masters=1, first_port=31880) as (second, _):
+        with running_cluster(tmp_path / "two", masters=1, first_port=11880) as (second, _):
             shutil.copy(tmp_path / "one" / "master-2.sqlite", tmp_path / "two" / "master-2.sqlite")
-            result = agentflow("master", "--mode", "master", "--leader-url", second.master_url, "--port", "31896",
+            result = agentflow("master", "--mode", "master", "--leader-url", second.master_url, "--port", "11896",
                                "--node-id", "master-2", "--data-dir", str(tmp_path / "two"))
             assert result.returncode == 2, result.stderr
             assert "another cluster" in last_line(result) and "--data-dir" in last_line(result)

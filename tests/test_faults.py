@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 def test_an_isolated_leader_is_replaced_and_rejoins_when_the_cut_heals(tmp_path, monkeypatch):
     rules = tmp_path / "faults.json"
     monkeypatch.setenv("AGENTFLOW_FAULTS", str(rules))
-    with running_cluster(tmp_path / "cluster", client_timeout_s=20, masters=3, first_port=38700) as (_, client):
+    with running_cluster(tmp_path / "cluster", client_timeout_s=20, masters=3, first_port=18700) as (_, client):
         assert client.propose(Noop("before")) == "before"
         old = client.cluster_status()["leader"]
         rules.write_text(json.dumps({"drop": [old]}))  # every other node drops the leader's traffic
@@ -34,7 +34,7 @@ def test_an_isolated_leader_is_replaced_and_rejoins_when_the_cut_heals(tmp_path,
 def test_a_slow_link_delays_but_loses_nothing(tmp_path, monkeypatch):
     rules = tmp_path / "faults.json"
     monkeypatch.setenv("AGENTFLOW_FAULTS", str(rules))
-    with running_cluster(tmp_path / "cluster", masters=3, first_port=38800) as (_, client):
+    with running_cluster(tmp_path / "cluster", masters=3, first_port=18800) as (_, client):
         follower = next(m["id"] for m in client.cluster_status()["members"] if m["role"] == "follower")
         rules.write_text(json.dumps({"delay_ms": {follower: 150}}))
         for i in range(20):

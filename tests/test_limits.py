@@ -24,7 +24,7 @@ def submit(path, master_url: str) -> subprocess.CompletedProcess:
 
 def test_a_master_refuses_workflows_over_its_limits_with_one_line_naming_the_option(tmp_path):
     options = ["--max-tasks-per-workflow", "3", "--max-pending-workflows", "1"]
-    with running_cluster(tmp_path / "cluster", masters=1, workers=0, first_port=38950,
+    with running_cluster(tmp_path / "cluster", masters=1, workers=0, first_port=18950,
                          master_options=options) as (cluster, client):
         big = write_workflow(tmp_path / "big.yaml", "big", [f"t{i}" for i in range(4)])
         refused = submit(big, cluster.master_url)

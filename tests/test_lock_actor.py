@@ -291,7 +291,7 @@ def rejected_count(target: str, reason: str) -> float:
 
 
 def test_waiters_beyond_the_masters_limit_are_refused_naming_it_and_counted(tmp_path):
-    options = {"masters": 3, "first_port": 37000, "master_options": ["--lock-max-waiters", "2"]}
+    options = {"masters": 3, "first_port": 17000, "master_options": ["--lock-max-waiters", "2"]}
     with running_cluster(tmp_path, **options) as (cluster, client):
         view = cluster.wait_healthy(client, voters=3)
         leader_http = next(target for name, _, target in cluster.http_targets() if name == view["leader"])
@@ -335,7 +335,7 @@ def test_waiters_beyond_the_masters_limit_are_refused_naming_it_and_counted(tmp_
 
 
 def test_a_master_refuses_a_waiters_limit_below_one(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "agentflow.cli", "master", "--port", "37090", "--data-dir",
+    run = subprocess.run([sys.executable, "-m", "agentflow.cli", "master", "--port", "17090", "--data-dir",
                           str(tmp_path), "--lock-max-waiters", "0"], cwd=REPO, capture_output=True, text=True,
                          timeout=30, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert run.returncode == 2 and "--lock-max-waiters must be at least 1, not 0" in run.stderr

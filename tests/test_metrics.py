@@ -104,7 +104,7 @@ def test_snapshot_families_render_cleanly_without_a_cluster():
 
 
 def test_every_endpoint_exports_its_families_and_they_move_with_work(tmp_path):
-    with running_cluster(tmp_path, masters=3, workers=1, first_port=31000) as (cluster, client):
+    with running_cluster(tmp_path, masters=3, workers=1, first_port=11000) as (cluster, client):
         view = cluster.wait_healthy(client, voters=3)
         leader = next(target for name, kind, target in cluster.http_targets() if name == view["leader"])
         worker = next(target for name, kind, target in cluster.http_targets() if kind == "worker")
@@ -160,7 +160,7 @@ def test_every_endpoint_exports_its_families_and_they_move_with_work(tmp_path):
 
 
 def test_health_is_503_on_a_master_cut_off_from_its_peers_and_200_again_after(tmp_path):
-    with running_cluster(tmp_path, masters=3, first_port=31200) as (cluster, client):
+    with running_cluster(tmp_path, masters=3, first_port=11200) as (cluster, client):
         view = cluster.wait_healthy(client, voters=3)
         survivor = next(m for m in cluster.masters if m.node_id != view["leader"])  # a follower; then any
         target = f"127.0.0.1:{survivor.http_port}"

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 WHY_NOT = unavailable()
 MASTERS, WORKERS, AGENT_HOST = ["m1", "m2", "m3"], ["w1", "w2"], "a1"
-PORT = 34700  # every host has its own network stack: the same port on each
+PORT = 14700  # every host has its own network stack: the same port on each
 WORKFLOW = """
 workflow:
   id: wf-across-hosts

@@ -61,8 +61,8 @@ class BreakableDisk:
 
 def test_a_master_whose_writes_fail_acknowledges_nothing_says_why_and_recovers(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="agentflow.raft")
-    master = Master(mode="leader", port=36400, data_dir=str(tmp_path), node_id="m1")
-    client = Client(["127.0.0.1:36400"], timeout_s=10)
+    master = Master(mode="leader", port=16400, data_dir=str(tmp_path), node_id="m1")
+    client = Client(["127.0.0.1:16400"], timeout_s=10)
     try:
         raft = master.node.actor(RAFT_ACTOR)
         disk = BreakableDisk(raft.storage)
@@ -70,18 +70,18 @@ def test_a_master_whose_writes_fail_acknowledges_nothing_says_why_and_recovers(t
         disk.broken.set()
         with pytest.raises(ClusterUnavailable):
             client.propose(Noop("while broken"), timeout_s=2)  # never acknowledged
-        status, body = health(36410)
+        status, body = health(16410)
         assert status == 503 and body["status"] == "not serving"
         assert "cannot write its Raft log" in body["reason"] and "disk is full" in body["reason"]
-        assert client.status_of("tcp://127.0.0.1:36400")["disk_error"]
+        assert client.status_of("tcp://127.0.0.1:16400")["disk_error"]
         assert any("cannot write its Raft log" in r.getMessage() for r in caplog.records)
         with RaftStorage(raft.storage.path) as stored:
             assert "while broken" not in noops(stored)
 
         disk.broken.clear()
-        wait_for(lambda: health(36410)[0] == 200, 10, what="the master to serve again")
+        wait_for(lambda: health(16410)[0] == 200, 10, what="the master to serve again")
         assert client.propose(Noop("after")) == "after"
-        assert client.status_of("tcp://127.0.0.1:36400")["disk_error"] is None
+        assert client.status_of("tcp://127.0.0.1:16400")["disk_error"] is None
         assert any("writes its Raft log again" in r.getMessage() for r in caplog.records)
     finally:
         client.close()
@@ -185,7 +185,7 @@ def _recovered(client, cluster, victim, acknowledged: list[int]) -> None:
 
 @pytest.mark.integration
 def test_a_leader_whose_disk_fills_up_stops_acknowledging_and_recovers_when_space_is_freed(tmp_path, loop_disk):
-    with running_cluster(tmp_path / "cluster", masters=3, first_port=36600,
+    with running_cluster(tmp_path / "cluster", masters=3, first_port=16600,
                          prepare=_on_the_loop_disk(loop_disk, "master-1")) as (cluster, client):
         victim = cluster.by_id("master-1")
         if client.cluster_status()["leader"] != victim.node_id:
@@ -213,7 +213,7 @@ def test_a_leader_whose_disk_fills_up_stops_acknowledging_and_recovers_when_spac
 
 @pytest.mark.integration
 def test_a_follower_whose_files_turn_read_only_stops_acknowledging_and_recovers(tmp_path, loop_disk):
-    with running_cluster(tmp_path / "cluster", masters=3, first_port=36700,
+    with running_cluster(tmp_path / "cluster", masters=3, first_port=16700,
                          prepare=_on_the_loop_disk(loop_disk, "master-3")) as (cluster, client):
         victim = cluster.by_id("master-3")
         if client.cluster_status()["leader"] == victim.node_id:

@@ -43,7 +43,7 @@ def _leader_and_term(client, cluster) -> tuple[str, int]:
 
 
 def test_followers_of_a_killed_leader_campaign_as_soon_as_its_connection_drops(tmp_path):
-    with running_cluster(tmp_path, masters=3, first_port=36100) as (cluster, client):
+    with running_cluster(tmp_path, masters=3, first_port=16100) as (cluster, client):
         assert client.propose(Noop("before")) == "before"
         old, term = _leader_and_term(client, cluster)
         cluster.by_id(old).kill()
@@ -85,7 +85,7 @@ def test_a_flapping_connection_between_the_leader_and_one_follower_does_not_depo
     why = _can_kill_sockets()
     if why:
         pytest.skip(why)
-    with running_cluster(tmp_path, masters=3, first_port=36200) as (cluster, client):
+    with running_cluster(tmp_path, masters=3, first_port=16200) as (cluster, client):
         assert client.propose(Noop(0)) == 0
         leader_id, term = _leader_and_term(client, cluster)
         leader = cluster.by_id(leader_id)
@@ -116,7 +116,7 @@ def test_a_flapping_link_under_the_fault_hook_does_not_depose_the_leader(tmp_pat
             rules[master.node_id] = tmp_path / f"faults-{master.node_id}.json"
             master.prefix = ["env", f"AGENTFLOW_FAULTS={rules[master.node_id]}"]
 
-    with running_cluster(tmp_path / "cluster", masters=3, first_port=36300,
+    with running_cluster(tmp_path / "cluster", masters=3, first_port=16300,
                          prepare=one_rules_file_per_master) as (cluster, client):
         leader_id, term = _leader_and_term(client, cluster)
         follower = next(m.node_id for m in cluster.masters if m.node_id != leader_id)

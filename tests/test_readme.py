@@ -32,7 +32,7 @@ def test_readme_has_the_python_examples():
 
 
 def test_readme_python_examples_run(tmp_path):
-    with running_cluster(tmp_path, masters=3, workers=1, first_port=38500) as (local, client):
+    with running_cluster(tmp_path, masters=3, workers=1, first_port=18500) as (local, client):
         urls = ",".join(f"127.0.0.1:{master.port}" for master in local.masters)
         previous = os.getcwd()
         os.chdir(REPO)

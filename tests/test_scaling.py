@@ -39,7 +39,7 @@ def cli(*args: str) -> str:
 
 
 def test_scaling_the_masters_three_five_three_under_a_running_workflow_loses_nothing(tmp_path):
-    with running_cluster(tmp_path, masters=3, workers=2, first_port=34400) as (cluster, client):
+    with running_cluster(tmp_path, masters=3, workers=2, first_port=14400) as (cluster, client):
         def voters_are(expected: list[str]) -> bool:
             """The leader's voters are ``expected`` (False while no leader answers in time)."""
             view = client.cluster_status(timeout_s=5)
@@ -48,7 +48,7 @@ def test_scaling_the_masters_three_five_three_under_a_running_workflow_loses_not
             return leader_view is not None and sorted(leader_view["voters"]) == expected
 
         # Two more masters, started to wait for `cluster add` (no --leader-url).
-        added = dict(zip(("master-4", "master-5"), find_free_ports(2, 34450)))
+        added = dict(zip(("master-4", "master-5"), find_free_ports(2, 14450)))
         for node_id, port in added.items():
             cluster.masters.append(ChildProcess(  # stopped with the others
                 node_id, ["master", "--mode", "master", "--port", str(port), "--node-id", node_id,

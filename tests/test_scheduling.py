@@ -36,7 +36,7 @@ def test_a_worker_under_memory_pressure_gets_nothing_new_until_it_recovers(tmp_p
     hog = (f"{sys.executable} -c \"import os, time; b = bytearray(600 << 20); "
            f"[b.__setitem__(i, 1) for i in range(0, len(b), 4096)]; "
            f"[time.sleep(0.02) for _ in range(1500) if not os.path.exists('{gate}')]\"")
-    with running_cluster(tmp_path / "cluster", masters=1, workers=0, first_port=35300) as (local, client):
+    with running_cluster(tmp_path / "cluster", masters=1, workers=0, first_port=15300) as (local, client):
         worker = local.add_worker("tight", ["--memory-mb", "900", "--memory-pressure-mb", "300",
                                             "--max-concurrent-tasks", "2"])
         submit(client, "wf-warm", [{"task_id": "call", "call": "builtins:int"}])  # leaves an idle call process
@@ -58,7 +58,7 @@ def test_a_worker_under_memory_pressure_gets_nothing_new_until_it_recovers(tmp_p
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    with running_cluster(tmp_path_factory.mktemp("pair"), masters=3, workers=0, first_port=35400,
+    with running_cluster(tmp_path_factory.mktemp("pair"), masters=3, workers=0, first_port=15400,
                          master_options=["--retain-workflows", "3"]) as (local, client):
         local.add_worker("w1", ["--max-concurrent-tasks", "2"])
         local.add_worker("w2", ["--max-concurrent-tasks", "2"])

@@ -108,7 +108,7 @@ def test_with_curve_on_everything_works_and_an_outsider_gets_nothing(keys, tmp_p
     mallory = CurveKeys.load(keys / "mallory.key_secret", keys / "masters.key")
     master_options = ["--curve-secret-key", str(keys / "masters.key_secret"), "--authorized-keys",
                       str(keys / "authorized")]
-    with running_cluster(tmp_path / "cluster", curve=alice, masters=3, workers=1, first_port=38900,
+    with running_cluster(tmp_path / "cluster", curve=alice, masters=3, workers=1, first_port=18900,
                          master_options=master_options, worker_options=as_node("workers")) as (local, client):
         local.add_agent("tests.agentfuncs:Echo", "guarded", [*as_node("agents"), "--authorized-keys",
                                                               str(keys / "authorized")])

@@ -346,7 +346,7 @@ def test_two_tenants_and_an_operator_on_one_cluster(tmp_path):
             {"task_id": "t", **(task or {"command": "true"})}]}}))
 
     master_options = ["--curve-secret-key", str(keys / "masters.key_secret"), "--authorized-keys", str(authorized)]
-    with running_cluster(tmp_path / "cluster", curve=curve("ops"), masters=3, workers=1, first_port=33000,
+    with running_cluster(tmp_path / "cluster", curve=curve("ops"), masters=3, workers=1, first_port=13000,
                          master_options=master_options, worker_options=as_node("workers")) as (local, ops), \
             Client(local.master_url, timeout_s=15, curve=curve("alice")) as alice, \
             Client(local.master_url, timeout_s=15, curve=curve("bob")) as bob:

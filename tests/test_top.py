@@ -95,7 +95,7 @@ def test_the_view_uses_the_clients_keys_against_a_keyed_cluster(tmp_path):
 
 @pytest.mark.integration
 def test_top_once_shows_three_masters_one_leader_the_workers_the_queue_and_a_running_workflow(tmp_path):
-    with running_cluster(tmp_path, masters=3, workers=2, first_port=31400,
+    with running_cluster(tmp_path, masters=3, workers=2, first_port=11400,
                          worker_options=["--max-concurrent-tasks", "1"]) as (cluster, client):
         workflow = parse_workflow(SLOW_WORKFLOW)
         client.submit_workflow(workflow)

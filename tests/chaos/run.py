@@ -43,7 +43,7 @@ from tests.chaos.workload import LockClient, WorkflowClient
 MASTER_OPTIONS = ["--heartbeat-ms", "50", "--election-timeout-ms", "-".join(map(str, faults.ELECTION_TIMEOUT_MS))]
 SETTLE_S = 1.0  # healthy workload after the heal, before the checks
 CALL_TIMEOUT_S = 3.0
-FIRST_PORT = 32000
+FIRST_PORT = 12000
 
 
 @dataclass

@@ -27,7 +27,7 @@ def failures(results) -> str:
 def test_chaos_slice_loses_nothing_and_stays_linearizable(tmp_path):
     reason = netns.unavailable_reason()
     kinds = SLICE if reason is None else [(k, s) for k, s in SLICE if k in faults.PROCESS_KINDS]
-    with ChaosRun(tmp_path, first_port=32000, namespaces=reason is None) as run:
+    with ChaosRun(tmp_path, first_port=12000, namespaces=reason is None) as run:
         results = [run.episode(kind, seed) for kind, seed in kinds]
         network = run.network
     assert not failures(results), failures(results)
@@ -44,7 +44,7 @@ def test_chaos_slice_loses_nothing_and_stays_linearizable(tmp_path):
 def test_fifty_seeds_of_each_fault_kind(tmp_path, kind):
     if kind in faults.NETWORK_KINDS and netns.unavailable_reason():
         pytest.skip(netns.unavailable_reason())
-    port = 32000 + 200 * faults.KINDS.index(kind)
+    port = 12000 + 200 * faults.KINDS.index(kind)
     results = run_kind(kind, FULL_SEEDS, tmp_path, port)
     assert len(results) == len(FULL_SEEDS)
     assert not failures(results), failures(results)

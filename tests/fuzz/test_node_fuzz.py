@@ -32,7 +32,7 @@ from tests.procs import wait_for
 
 pytestmark = pytest.mark.integration
 
-PORT = 32050  # the master from 32050 (http +10, pub +100), its worker from PORT + 20
+PORT = 12050  # the master from 12050 (http +10, pub +100), its worker from PORT + 20
 BARRIER_ID = 2**62  # a correlation id no hostile frame uses
 
 

@@ -30,7 +30,7 @@ from tests.procs import REPO, running_cluster
 QUICK = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 LONG = settings(max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 EXAMPLES = [path.read_text() for path in sorted((REPO / "examples").glob("*.yaml"))]
-SIZES_PORT = 33850
+SIZES_PORT = 13850
 
 scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=20)
 values = st.recursive(scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
