@@ -172,8 +172,12 @@ class AgentHostActor(Actor):
             depths[agent_id], handled[agent_id] = self.node.mailbox_depth(entry.actor)
         self._ask("heartbeat", AgentHostHeartbeat(self.node.node_id, self.node.endpoint, depths, handled))
 
+    def _master(self) -> str:
+        """The leader's endpoint if known, else the next master in turn."""
+        return self.leader_endpoint or self.masters[self._turn % len(self.masters)]
+
     def _ask(self, kind: str, message: Any) -> None:
-        endpoint = self.leader_endpoint or self.masters[self._turn % len(self.masters)]
+        endpoint = self._master()
         self._in_flight.add(kind)
         me = self.me
 
@@ -222,9 +226,8 @@ class AgentHostActor(Actor):
                 except Exception as exc:  # noqa: BLE001 - the next refresh tries again
                     log.info("Agent %s could not register again: %s", agent_id, exc)
 
-            endpoint = self.leader_endpoint or self.masters[self._turn % len(self.masters)]
-            self.node.ref(endpoint, AGENTS_ACTOR).ask(RegisterAgentRequest(entry),
-                                                      timeout_s=ASK_TIMEOUT_S).add_done_callback(registered)
+            self.node.ref(self._master(), AGENTS_ACTOR).ask(RegisterAgentRequest(entry),
+                                                            timeout_s=ASK_TIMEOUT_S).add_done_callback(registered)
 
     # ------------------------------------------------------------------ broadcasts and history
 

@@ -66,7 +66,8 @@ def run_agent(spec: str, agent_id: str, master_urls: str | list[str], *, group: 
         return EXIT_USAGE
     stop = stop or threading.Event()
     previous = {}
-    if threading.current_thread() is threading.main_thread():
+    on_main_thread = threading.current_thread() is threading.main_thread()  # where signals can be handled
+    if on_main_thread:
         previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
     node_id = node_id or f"agent-host-{agent_id}-{uuid.uuid4().hex[:6]}"
     try:
@@ -76,7 +77,7 @@ def run_agent(spec: str, agent_id: str, master_urls: str | list[str], *, group: 
         log.error("Agent host %s cannot start: %s", node_id, exc)
         return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILED
     gatekeeper = node.transport.gatekeeper
-    if gatekeeper is not None and threading.current_thread() is threading.main_thread():
+    if gatekeeper is not None and on_main_thread:
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: gatekeeper.reload())  # new keys, tenants
     try:
         try:

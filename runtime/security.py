@@ -131,12 +131,13 @@ class CurveKeys:
         workers (assignments) and to agent hosts (relayed broadcasts)."""
         public, secret = _load(secret_key_file, need_secret=True)
         server = _load(server_key_file, need_secret=False)[0] if server_key_file else public
+        admit = frozenset({server})
         if authorized_keys_dir is not None:
             if not Path(authorized_keys_dir).is_dir():
                 raise KeyFileError(f"--authorized-keys {authorized_keys_dir}: not a directory")
-            AuthorizedKeys.load(authorized_keys_dir)  # a mistake in it stops the node here, naming the file
-        return cls(public, secret, server, str(authorized_keys_dir) if authorized_keys_dir else None,
-                   frozenset({server}))
+            # A mistake in it stops the node here, naming the file (read as Gatekeeper.reload reads it).
+            AuthorizedKeys.load(authorized_keys_dir, admit)
+        return cls(public, secret, server, str(authorized_keys_dir) if authorized_keys_dir else None, admit)
 
     def client_options(self, sock: zmq.Socket, server_key: bytes | None = None) -> None:
         sock.curve_secretkey = self.secret_key

@@ -16,7 +16,7 @@ Rules of this module (docs/ARCHITECTURE.md §2 and §5 rule 7):
   envelopes per frame, and hands each local actor one batch per wake-up.
 * Bytes from the network never raise out of it: bad frames are counted by reason, logged once
   per peer per minute, and dropped; an ask for an actor that is not here is answered with an
-  ``unknown_actor`` error record.
+  ``unknown_actor`` error record; an answer counts only on the connection its ask went out on.
 * It runs the node's timers and fails asks past their deadline: nothing else sleeps in a loop.
 * It watches each outbound connection (a socket monitor): when a peer's connection drops or is
   refused, the asks waiting on that peer fail at once with ``peer_unreachable`` (a dead process
@@ -285,10 +285,11 @@ class Transport(threading.Thread):
                 peer = next((endpoint for endpoint, known in self._dealers.items() if known is sock), "?")
                 self._count_bad(peer, "bad_frame_count", "")
                 continue
-            self._handle_frame(parts[0], None)
+            self._handle_frame(parts[0], None, via=sock)
 
-    def _handle_frame(self, data: bytes, route: bytes | None, peer_key: bytes | None = None) -> None:
-        """Decode one frame and hand each local actor its part of it as one batch."""
+    def _handle_frame(self, data: bytes, route: bytes | None, peer_key: bytes | None = None,
+                      via: zmq.Socket | None = None) -> None:
+        """Decode one frame and hand each local actor its part of it as one batch (``via``: its DEALER)."""
         counters = self.counters
         counters["frames_in"] += 1
         counters["bytes_in"] += len(data)
@@ -312,12 +313,12 @@ class Transport(threading.Thread):
         batches: dict[Any, list[InboundMessage]] = {}
         for env in frame.envelopes:
             kind = env.kind
-            if kind == REPLY or kind == ERROR:
-                future = self._pop_ask(env.correlation_id)
-                if future is None:
-                    counters["late_replies"] += 1
+            if kind == REPLY or kind == ERROR:  # from the DEALER its ask went out on only: ids are guessable
+                asked = self._ask_endpoints.get(env.correlation_id)
+                if asked is not None and via is not None and self._dealers.get(asked) is via:
+                    settle(self._pop_ask(env.correlation_id), kind, env.body)
                 else:
-                    settle(future, kind, env.body)
+                    counters["late_replies" if asked is None else "misrouted_replies"] += 1
                 continue
             target = self.targets.get(env.destination)
             if target is None:
@@ -354,7 +355,7 @@ class Transport(threading.Thread):
             hook()
         except Exception:
             self.counters["actor_errors"] += 1
-            log.exception("an end-of-round hook failed")
+            log.exception("an end-of-round hook or a disconnect listener failed")
 
     def _deliver(self, target: Any, messages: list[InboundMessage]) -> None:
         """Hand a batch to an actor; a pinned actor's failure is counted, never fatal to the loop."""
@@ -366,8 +367,7 @@ class Transport(threading.Thread):
 
     def _count_bad(self, peer: str, reason: str, detail: str) -> None:
         self.counters[f"bad_frames_{reason}"] += 1
-        now = time.monotonic()
-        key = (peer, reason)
+        now, key = time.monotonic(), (peer, reason)
         if now - self._last_logged.get(key, -LOG_EVERY_S) >= LOG_EVERY_S:
             if len(self._last_logged) >= 10_000:  # a key per connection, and connections are free
                 self._last_logged.clear()

@@ -14,11 +14,15 @@ Faults, each undone by ``heal``:
 * ``slow(host, ...)`` shapes the host's veth: ``netem`` delay where the kernel has it, else a
   token bucket (``tbf``) at a low rate.
 
-Rules: root only, with ``ip`` and ``iptables`` (``unavailable_reason()`` says why not, for a
-clear skip). Every name carries this process's id (``afc<pid>``), so runs never collide and the
-leftovers of a killed run are found and removed by the next one (``remove_stale``). ``close()``
-removes every namespace, veth and the bridge this object made, and is safe to call twice; the
-caller stops the processes inside first (a namespace lives as long as a process in it).
+A host's ``/etc/hosts`` can be set (``set_hosts_file``: a DNS name that resolves only there).
+tests/netns_hosts.py gives the same network hosts by name, for tests across machines.
+
+Rules: root only, with ``ip`` and, for the faults, ``iptables`` and ``tc``
+(``unavailable_reason()`` says why not, for a clear skip). Every name carries this process's id
+(``afc<pid>``), so runs never collide and the leftovers of a killed run are found and removed
+by the next one (``remove_stale``); one Network at a time per process. ``close()`` removes
+every namespace, veth, hosts file and the bridge this object made, and is safe to call twice;
+the caller stops the processes inside first (a namespace lives as long as a process in it).
 Only addresses inside these namespaces are ever targets.
 """
 
@@ -29,9 +33,12 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 PREFIX = "afc"
 _NAME = re.compile(rf"^{PREFIX}(\d+)")
+NETNS_ETC = Path("/etc/netns")  # `ip netns exec NS` mounts NETNS_ETC/NS/hosts over /etc/hosts
+PACKAGES = {"ip": "iproute2", "iptables": "iptables", "tc": "iproute2"}
 
 
 def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
@@ -41,13 +48,13 @@ def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
-def unavailable_reason() -> str | None:
-    """Why network namespaces cannot be used here, or None when they can."""
+def unavailable_reason(tools: tuple[str, ...] = tuple(PACKAGES)) -> str | None:
+    """Why network namespaces (with ``tools``) cannot be used here, or None when they can."""
     if os.name != "posix" or os.geteuid() != 0:
         return "network namespaces need root"
-    for tool, package in (("ip", "iproute2"), ("iptables", "iptables"), ("tc", "iproute2")):
+    for tool in tools:
         if shutil.which(tool) is None:
-            return f"`{tool}` is missing (apt-get install {package})"
+            return f"`{tool}` is missing (apt-get install {PACKAGES[tool]})"
     probe = f"{PREFIX}{os.getpid()}probe"
     made = _run(["ip", "netns", "add", probe], check=False)
     if made.returncode != 0:
@@ -70,13 +77,15 @@ def remove_stale() -> None:
     """Remove namespaces and links left by runs whose process is gone (a kill -9 of pytest)."""
     namespaces = _run(["ip", "netns", "list"], check=False).stdout.split()
     links = re.findall(r"^\d+: ([^:@]+)", _run(["ip", "-o", "link"], check=False).stdout, re.M)
-    for name in [*namespaces, *links]:
+    hosts_files = [path.name for path in NETNS_ETC.iterdir()] if NETNS_ETC.is_dir() else []
+    for name in [*namespaces, *links, *hosts_files]:
         match = _NAME.match(name)
         if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
             if name in namespaces:
                 _run(["ip", "netns", "del", name], check=False)
-            else:
+            if name in links:
                 _run(["ip", "link", "del", name], check=False)
+            shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
 
 
 def has_netem() -> bool:
@@ -87,6 +96,14 @@ def has_netem() -> bool:
         return _run(["tc", "qdisc", "add", "dev", name, "root", "netem", "delay", "1ms"], check=False).returncode == 0
     finally:
         _run(["ip", "link", "del", name], check=False)
+
+
+def _free_subnet() -> int:
+    """A K whose 10.201.K.0/24 no bridge here has yet (other runs', other engineers'), from one
+    the pid picks."""
+    used = {int(k) for k in re.findall(r"inet 10\.201\.(\d+)\.", _run(["ip", "-o", "-4", "addr"], check=False).stdout)}
+    start = os.getpid() % 200 + 20
+    return next(k for k in [*range(start, 250), *range(20, start)] if k not in used)
 
 
 @dataclass
@@ -100,7 +117,7 @@ class Host:
 class Network:
     def __init__(self, subnet: int | None = None) -> None:
         self.tag = f"{PREFIX}{os.getpid()}"
-        self.subnet = (os.getpid() % 200) + 20 if subnet is None else subnet
+        self.subnet = _free_subnet() if subnet is None else subnet
         self.bridge = f"{self.tag}br"
         self.gateway = f"10.201.{self.subnet}.1"
         self.hosts: dict[str, Host] = {}
@@ -132,6 +149,15 @@ class Network:
         """The prefix that runs a command inside ``host``'s namespace (``ip netns exec`` execs it,
         so the pid is the command's own: kill -9 and SIGSTOP reach it directly)."""
         return ["ip", "netns", "exec", host.namespace]
+
+    def set_hosts_file(self, host: Host, entries: dict[str, str]) -> None:
+        """``host``'s /etc/hosts: ``{name: address}`` besides localhost. Rewritten in place, so a
+        process already running there sees the change."""
+        directory = NETNS_ETC / host.namespace
+        directory.mkdir(parents=True, exist_ok=True)
+        text = "127.0.0.1 localhost\n" + "".join(f"{address} {name}\n" for name, address in entries.items())
+        with open(directory / "hosts", "w") as handle:
+            handle.write(text)
 
     # ------------------------------------------------------------------ faults
 
@@ -179,6 +205,7 @@ class Network:
         for host in list(self.hosts.values()):
             _run(["ip", "link", "del", host.veth], check=False)
             _run(["ip", "netns", "del", host.namespace], check=False)
+            shutil.rmtree(NETNS_ETC / host.namespace, ignore_errors=True)
         self.hosts.clear()
         _run(["ip", "link", "del", self.bridge], check=False)
 

@@ -49,7 +49,7 @@ def test_a_cluster_across_hosts_survives_the_leaders_host_being_cut_off(tmp_path
 
     tester = CurveKeys.load(keys / "tester.key_secret", keys / "masters.key")
 
-    with NetnsHosts("afd", "10.34.0", MASTERS + WORKERS + [AGENT_HOST]) as hosts:
+    with NetnsHosts(MASTERS + WORKERS + [AGENT_HOST]) as hosts:
         address = hosts.addresses
         children: list[ChildProcess] = []
         own_nodes: list = []

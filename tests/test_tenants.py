@@ -13,6 +13,7 @@ from protocols.agents import (
     DirectoryView,
     HistoryRequest,
     RegisterAgentRequest,
+    SubscribeRequest,
     UnregisterAgentRequest,
 )
 from protocols.control import (
@@ -37,7 +38,6 @@ from protocols.tenants import (
     parse_quotas,
     quota_refusal,
     scope_request,
-    tenant_of,
     unscope_error,
     unscope_reply,
 )
@@ -61,6 +61,8 @@ def test_every_name_a_tenant_sends_gets_its_prefix():
         ("acme:solver", None), (None, "acme:solvers"), (None, None)]
     assert scope_request("acme", SCHEDULER_ACTOR, WorkflowStatusRequest("wf-1")).workflow_id == "acme:wf-1"
     assert scope_request("acme", SCHEDULER_ACTOR, WorkflowStatusRequest(None)).workflow_id is None
+    assert scope_request("acme", SCHEDULER_ACTOR, WorkflowStatusRequest("wf-1", False, True)) == \
+        WorkflowStatusRequest("acme:wf-1", False, True)  # `agentflow status`'s summary
     cancel = scope_request("acme", SCHEDULER_ACTOR, CancelWorkflowRequest("wf-1", "client-1", 4))
     assert (cancel.workflow_id, cancel.client_id) == ("acme:wf-1", "acme:client-1")
 
@@ -83,6 +85,28 @@ def test_every_name_a_tenant_sends_gets_its_prefix():
     message = AgentMessage("m", "cli", "", "notification", 1, 0)
     assert scope_request("acme", AGENTS_ACTOR, BroadcastRequest(message)).agent_prefix == "acme:"
     assert scope_request("acme", RAFT_ACTOR, StatusQuery(digest=True)) == StatusQuery()
+
+
+def test_every_field_of_a_request_a_tenant_may_send_is_scoped_or_passed_on():
+    """protocols/tenants.py rebuilds each request it lets through field by field: a field added
+    to one of them fails here until it is scoped or passed on there (a tenant's `agentflow
+    status` once lost its summary that way)."""
+    import dataclasses
+
+    known = {
+        SubmitWorkflowRequest: ("workflow", "client_id", "seq"),
+        CancelWorkflowRequest: ("workflow_id", "client_id", "seq"),
+        WorkflowStatusRequest: ("workflow_id", "tasks", "summary"),
+        LockShow: ("key",),
+        StatusQuery: ("digest",),
+        RegisterAgentRequest: ("entry",),
+        UnregisterAgentRequest: ("agent_id", "host_id"),
+        SubscribeRequest: ("agent_id", "host_id", "subscriptions"),
+        DirectoryQuery: ("agent_ids",),
+        AgentHostHeartbeat: ("host_id", "endpoint", "mailbox_depths", "messages_handled"),
+    }
+    for kind, fields in known.items():
+        assert tuple(field.name for field in dataclasses.fields(kind)) == fields, kind.__name__
 
 
 def test_what_a_tenant_may_not_send_is_forbidden_naming_the_request():
@@ -173,7 +197,6 @@ def test_tenant_names_and_quota_files():
     for bad in ("", "-x", "a b", "a:b", "a/b", "x" * 65, 7):
         with pytest.raises(ValueError):
             check_tenant_name(bad)
-    assert tenant_of("acme:wf-1") == "acme" and tenant_of("wf-1") is None and tenant_of("a b:c") is None
     assert parse_quotas({"pending_workflows": 10, "locks_held": 5, "running_tasks": 4}) == Quotas(4, 10, 5)
     assert parse_quotas(None) == Quotas() and parse_quotas({"locks_held": None}) == Quotas()
     for bad, problem in [({"locks": 1}, "unknown quota 'locks'"), ({"locks_held": -1}, "non-negative"),
@@ -186,7 +209,7 @@ def test_tenant_names_and_quota_files():
 
 
 def test_key_folders_say_whose_key_is_whose(tmp_path):
-    from runtime.security import AuthorizedKeys, KeyFileError, generate_keys
+    from runtime.security import AuthorizedKeys, CurveKeys, KeyFileError, generate_keys
 
     ops, _ = generate_keys(tmp_path, "ops")
     alice, _ = generate_keys(tmp_path / "acme", "alice")
@@ -200,6 +223,9 @@ def test_key_folders_say_whose_key_is_whose(tmp_path):
     assert [owner for owner, _ in by_owner] == ["", "", "acme"]
     assert masters_key in {key for owner, key in by_owner if owner == ""}
     assert found.quotas == {"acme": Quotas(locks_held=3), "globex": Quotas()}
+    (tmp_path / "masters.key").write_text(masters.read_text())  # in two folders: an operator's in both
+    assert CurveKeys.load(tmp_path / "acme" / "masters.key_secret", None, tmp_path).admit == {masters_key}
+    (tmp_path / "masters.key").unlink()
 
     for name, mistake, problem in [("acme", ("quotas.yaml", "locks: 1"), "unknown quota"),
                                    ("a b", ("x.key", ops.read_text()), "bad tenant name"),
@@ -281,6 +307,44 @@ def test_a_host_takes_its_own_tenants_and_operators_messages_and_events_only(tmp
         assert gatekeeper.tenant_of(host_keys.public_key) == "acme" and gatekeeper.quotas["acme"] == Quotas()
         with pytest.raises(RemoteError):
             ask(bob, "agent/echo")
+
+
+def test_an_answer_counts_only_on_the_connection_its_ask_went_out_on():
+    """Correlation ids are sequential: a REPLY that any peer (a tenant's key on a master, say)
+    sends to a node's ROUTER for one of its pending asks settles nothing; the real answer does."""
+    import zmq
+
+    from agentflow import Actor, Node
+    from protocols.wire import REPLY, encode_frame
+    from tests.procs import wait_for
+
+    class Later(Actor):
+        def __init__(self):
+            super().__init__()
+            self.pending = []
+
+        def receive(self, message):
+            self.pending.append(self.defer())
+            return self.pending[-1]
+
+    with Node("asker") as asker, Node("answerer") as answerer:
+        answerer.spawn(Later, name="later")
+        answer = asker.ref(answerer.endpoint, "later").ask("question", timeout_s=20)
+        later = answerer.actor("later")
+        wait_for(lambda: later.pending, 10, what="the question to arrive")
+        (correlation_id,) = asker.transport._asks
+        context = zmq.Context()
+        forger = context.socket(zmq.DEALER)
+        try:
+            forger.connect(asker.endpoint)
+            forger.send(encode_frame("forger", "", [(REPLY, "", "", correlation_id, "forged")]))
+            wait_for(lambda: asker.stats().get("misrouted_replies"), 10, what="the forged answer to be counted")
+        finally:
+            forger.close(linger=0)
+            context.term()
+        assert not answer.done()
+        later.pending[0].resolve("the real answer")
+        assert answer.get(10) == "the real answer"
 
 
 # --------------------------------------------------------------------------- real processes

@@ -1,6 +1,6 @@
-"""The agent checker, waiting for agents: what their chaos workload must record, and the two
-rules it is checked against. (The workload itself comes with the agents: their hosts are not
-built yet, so no chaos run drives this today; the rules are tested on hand-made histories.)
+"""The agent checker, waiting for its workload: what an agents' chaos workload must record, and
+the two rules it is checked against. (No such workload is written yet, so no chaos run drives
+this today; the rules are tested on hand-made histories.)
 
 An agent workload records, per message, an ``Op`` of kind ``request`` with args ``sender``,
 ``receiver``, ``seq`` (numbered 1, 2, 3... per sender and receiver) and ``deadline_ms`` (the

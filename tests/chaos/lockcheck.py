@@ -184,10 +184,10 @@ def _overlapping_holders(key: str, by_token: dict[int, list[Op]], ops: list[Op])
     windows = []
     for token, grant_ops in sorted(by_token.items()):
         owner = grant_ops[0].args["owner"]
-        start = min(op.complete_ms for op in grant_ops)
+        start, asked = min(op.complete_ms for op in grant_ops), min(op.invoke_ms for op in grant_ops)
         end = None
         for op in sorted((op for op in ops if op.args.get("key") == key and op.args.get("owner") == owner
-                          and op.invoke_ms >= min(g.invoke_ms for g in grant_ops)), key=lambda op: op.invoke_ms):
+                          and op.invoke_ms >= asked), key=lambda op: op.invoke_ms):
             lease_end = op.invoke_ms + op.args.get("ttl_ms", 0) - SLACK_MS
             confirmed = not op.pending and op.result.get("token") == token \
                 and op.result["type"] in ("granted", "renewed")

@@ -42,8 +42,9 @@ def test_chaos_slice_loses_nothing_and_stays_linearizable(tmp_path):
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("kind", faults.KINDS)
 def test_fifty_seeds_of_each_fault_kind(tmp_path, kind):
-    if kind in faults.NETWORK_KINDS and netns.unavailable_reason():
-        pytest.skip(netns.unavailable_reason())
+    reason = netns.unavailable_reason() if kind in faults.NETWORK_KINDS else None
+    if reason:
+        pytest.skip(reason)
     port = 12000 + 200 * faults.KINDS.index(kind)
     results = run_kind(kind, FULL_SEEDS, tmp_path, port)
     assert len(results) == len(FULL_SEEDS)

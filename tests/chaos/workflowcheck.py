@@ -1,6 +1,6 @@
 """The workflow checker: what the cluster acknowledged, it ran, once, in dependency order.
 
-Three records are read, each kept by someone else:
+Four records are read, each kept by someone else:
 
 * the client history: ``submit`` operations (args ``workflow_id`` and ``tasks``: task id ->
   its dependencies); a result ``{"ok": True}`` is an acknowledgement, None an unknown outcome;
@@ -77,7 +77,7 @@ def runs_after_completion(statuses: dict[str, dict | None], runs: dict) -> int:
 
 
 def check_workflows(submits: list, statuses: dict[str, dict | None], commands: dict[str, list],
-                    runs: dict[tuple[str, str, int], dict]) -> list[str]:
+                    runs: dict[tuple[str, str, int], list[dict]]) -> list[str]:
     problems: list[str] = []
     for op in submits:
         workflow_id = op.args["workflow_id"]
@@ -106,7 +106,7 @@ def _check_one(tasks: dict[str, list[str]], status: dict, commands: list, runs: 
         if not isinstance(command, (DispatchTask, FinishTask, RequeueTask)):
             continue
         per_task[command.task_id].append((index, command, result))
-    completing: dict[str, int] = {}
+    completing: dict[str, list[dict]] = {}
     for task_id, task_status in status["tasks"].items():
         attempt, worker, finished_by, after_done = 0, None, [], []
         for index, command, result in per_task.get(task_id, []):

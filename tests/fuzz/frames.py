@@ -17,7 +17,7 @@ for a node's ROUTER, drawn (seeded, reproducible) from these categories:
 
 Safety: strings that may end up in a task's shell ``command`` come from a short list of
 harmless commands, and workers under fuzz run with an empty PATH (see test_node_fuzz), since a
-node today runs what any peer asks (CURVE will close that).
+node without CURVE keys (as here) runs what any peer asks.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ import msgpack
 import protocols.control  # noqa: F401  (every module that registers records)
 import protocols.agents  # noqa: F401
 import protocols.locks  # noqa: F401
+import protocols.overview  # noqa: F401
+import protocols.queue  # noqa: F401
 import protocols.raft  # noqa: F401
 import protocols.registry  # noqa: F401
 import protocols.tasks  # noqa: F401
@@ -42,9 +44,11 @@ from protocols import wire
 from protocols.control import ClientCommand, Propose, Read, StatusQuery, SubmitWorkflowRequest, WorkflowStatusRequest
 from protocols.workflow_spec import TaskNode, Workflow
 from protocols.locks import Acquire, LockCall, LockShow, Release
-from protocols.names import AGENT_HOST_ACTOR, AGENTS_ACTOR, LOCK_ACTOR, RAFT_ACTOR, SCHEDULER_ACTOR, WORKER_ACTOR
+from protocols.names import (AGENT_HOST_ACTOR, AGENTS_ACTOR, LOCK_ACTOR, OBSERVER_ACTOR, QUEUE_ACTOR, RAFT_ACTOR,
+                             REGISTRY_ACTOR, SCHEDULER_ACTOR, WORKER_ACTOR)
 
-ACTORS = (RAFT_ACTOR, SCHEDULER_ACTOR, LOCK_ACTOR, WORKER_ACTOR, AGENTS_ACTOR, AGENT_HOST_ACTOR, "nobody", "")
+ACTORS = (RAFT_ACTOR, SCHEDULER_ACTOR, QUEUE_ACTOR, REGISTRY_ACTOR, LOCK_ACTOR, WORKER_ACTOR, AGENTS_ACTOR,
+          AGENT_HOST_ACTOR, OBSERVER_ACTOR, "nobody", "")
 SAFE_COMMANDS = ("true", "exit 3", ":", "echo fuzz")
 CATEGORIES = {"random": 2, "mutated": 4, "record": 6, "value": 2, "header": 2, "parts": 1, "replay": 1}
 RECORD_CLASSES = [wire._tag_to_class[tag] for tag in sorted(wire._tag_to_class)]

@@ -6,7 +6,7 @@ decode, by reason (as many as the same codec rejects here); it still serves (a s
 a workflow that runs on the fuzzed worker); and neither process's memory grew without bound.
 `make test` sends 10,000 frames to each; `make fuzz` (marker ``fuzz``) 500,000 to each, a million in all.
 
-The worker runs with an empty PATH: today any peer can hand it a task (CURVE will close that),
+The worker runs with an empty PATH: without CURVE keys (as here) any peer can hand it a task,
 and fuzzed frames may carry a shell command.
 """
 
