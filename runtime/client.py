@@ -170,7 +170,11 @@ class DirectAsks:
             connection.close()
 
 
-_REFUSED = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+# Only the ZAP handler's "no" is a refusal of our key. A handshake that breaks off without detail
+# is also what a peer dying mid-handshake looks like (and a wrong --curve-server-key): the ask
+# fails as unreachable, so that the caller tries the next master.
+_REFUSED = zmq.EVENT_HANDSHAKE_FAILED_AUTH
+_BROKEN_OFF = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 _LOST = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
 
 
@@ -184,7 +188,7 @@ class _Connection:
         self.sock.setsockopt(zmq.LINGER, 0)
         if curve is not None:
             curve.client_options(self.sock, server_key)  # the masters' key unless told another
-        self.monitor = self.sock.get_monitor_socket(_LOST | _REFUSED)
+        self.monitor = self.sock.get_monitor_socket(_LOST | _REFUSED | _BROKEN_OFF)
         self.sock.connect(endpoint)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
@@ -199,6 +203,9 @@ class _Connection:
                 return None
             if event & _REFUSED:
                 return RemoteError("not_authorized", f"{endpoint} refused this client's key (CURVE)")
+            if event & _BROKEN_OFF:
+                return PeerUnreachable(f"the CURVE handshake with {endpoint} broke off (the peer went away, "
+                                       "or --curve-server-key is not the masters' key)")
             if event & _LOST:
                 return PeerUnreachable(f"the connection to {endpoint} dropped or was refused")
 

@@ -537,9 +537,10 @@ class Transport(threading.Thread):
             if event == zmq.EVENT_CONNECTED:
                 self._unreachable.discard(endpoint)
             elif event & _HANDSHAKE_FAILED:
-                # Our key was refused: drop the socket; the next message tries a fresh handshake.
-                self.counters["peer_refused_our_key"] += 1
-                self._fail_asks_to(endpoint, "the peer refused our key (CURVE)")
+                # Drop the socket; a next message shakes hands again. Only AUTH is the ZAP's "no".
+                why = "refused_our_key" if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "handshake_broke_off"
+                self.counters[f"peer_{why}"] += 1
+                self._fail_asks_to(endpoint, f"{why.replace('_', ' ')} (CURVE)")
                 self._close_dealer(endpoint, monitor)
                 return
             elif endpoint not in self._unreachable:
@@ -550,8 +551,7 @@ class Transport(threading.Thread):
                     self._run_hook(lambda: listener(endpoint))
 
     def _close_dealer(self, endpoint: str, monitor: zmq.Socket) -> None:
-        sock = self._dealers.pop(endpoint)
-        del self._monitors[monitor]
+        sock, _ = self._dealers.pop(endpoint), self._monitors.pop(monitor)
         for closing in (sock, monitor):
             self._poller.unregister(closing)
         sock.disable_monitor()

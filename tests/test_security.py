@@ -8,6 +8,7 @@ import pytest
 
 from agentflow import Actor, Node
 from agentflow.cli import app
+from runtime.client import DirectAsks, PeerUnreachable
 from runtime.future import RemoteError
 from runtime.security import CurveKeys, KeyFileError, check_bind, generate_keys
 from typer.testing import CliRunner
@@ -51,6 +52,26 @@ def test_only_authorized_keys_get_in_and_masters_reach_back(keys):
         assert master.transport.gatekeeper.denied >= 1
         # The master learned alice's key from her frames: it can connect back (a worker's case).
         assert ask(master, a.endpoint, "back") == "back"
+
+
+def test_a_client_tells_a_refused_key_from_a_handshake_that_broke_off(keys):
+    """Only the ZAP handler's "no" is ``not_authorized`` (a client stops there); a handshake that
+    breaks off (a wrong server key here, a master dying mid-handshake in a failover) is
+    ``PeerUnreachable``, after which a client tries the next master."""
+    masters = CurveKeys.load(keys / "masters.key_secret", authorized_keys_dir=keys / "authorized")
+    mallory = CurveKeys.load(keys / "mallory.key_secret", keys / "masters.key")
+    alice_astray = CurveKeys.load(keys / "alice.key_secret", keys / "mallory.key")
+    with Node("master", curve=masters) as master:
+        master.spawn(Echo, name="echo")
+        for curve, expected in ((mallory, RemoteError), (alice_astray, PeerUnreachable)):
+            asks = DirectAsks("client", "", curve)
+            try:
+                with pytest.raises((RemoteError, PeerUnreachable)) as failed:
+                    asks.ask(master.endpoint, "echo", "hello", timeout_s=5)
+            finally:
+                asks.close()
+            assert type(failed.value) is expected
+            assert expected is PeerUnreachable or failed.value.kind == "not_authorized"
 
 
 def test_authorized_keys_are_read_again_on_reload(keys):
