@@ -283,6 +283,8 @@ class RaftActor(Actor):
         self._propose_member(join.node_id, join.endpoint, join.http_port)
         try:
             index = self.core.propose_conf_change(ConfChange.add_learner(join.node_id))
+        except NotLeader:  # a leadership transfer is under way: the joiner asks the next leader
+            return self.redirect()
         except ConfChangeRejected as exc:
             return ErrorRecord("busy", str(exc))
         answer = self.defer()
