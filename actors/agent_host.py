@@ -128,7 +128,7 @@ class AgentHostActor(Actor):
             self._hand_out(message, 0)
             return None
         if kind is Deliver:
-            return self._deliver(message.message)
+            return self._deliver(message)
         if kind is _Answered:
             self._on_answered(message)
             return None
@@ -143,8 +143,11 @@ class AgentHostActor(Actor):
             return None
         return ErrorRecord("unknown_message", kind.__name__)
 
-    def _deliver(self, message: AgentMessage) -> Any:
+    def _deliver(self, deliver: Deliver) -> Any:
+        message = deliver.message
         entry = self.hosted.get(message.to_agent)
+        if entry is None and deliver.actor:  # a tenant's agent, sent to as TENANT:ID by an operator
+            entry = next((hosted for hosted in self.hosted.values() if hosted.actor == deliver.actor), None)
         if entry is None:
             return ErrorRecord("unknown_actor", f"no agent {message.to_agent!r} on {self.node.node_id}")
         depth, _ = self.node.mailbox_depth(entry.actor)

@@ -414,6 +414,9 @@ class BroadcastRequest:
 @record("agent.deliver")
 class Deliver:
     """Asked of a host's agent-host actor: put ``message`` in its agent's mailbox and say so (or
-    refuse with unknown_actor / mailbox_full) without waiting for the agent to handle it."""
+    refuse with unknown_actor / mailbox_full) without waiting for the agent to handle it.
+    ``actor`` is the agent's actor as the directory names it: a tenant's agent is TENANT:ID to
+    an operator and ID to its own host, and the actor name is the same to both."""
 
     message: AgentMessage
+    actor: str = ""

@@ -259,7 +259,7 @@ class AgentCommunication:
     def deliver(self, message: AgentMessage, timeout_ms: int = DEFAULT_REQUEST_TIMEOUT_MS) -> None:
         """``send_to_agent`` that waits until the message is in the mailbox (what the CLI uses):
         raises AgentNotFound, AgentUnavailable, MailboxFull or RequestTimeout otherwise."""
-        self._ask(message.to_agent, Deliver(message), timeout_ms, actor=AGENT_HOST_ACTOR)
+        self._ask(message.to_agent, lambda entry: Deliver(message, entry.actor), timeout_ms, actor=AGENT_HOST_ACTOR)
 
     def request(self, to_agent: str | None = None, content: Any = None, timeout_ms: int = DEFAULT_REQUEST_TIMEOUT_MS,
                 msg_type: str | MessageType = MessageType.TASK_REQUEST, group: str | None = None) -> AgentMessage:
@@ -292,15 +292,16 @@ class AgentCommunication:
 
     def _ask(self, agent_id: str, body: Any, timeout_ms: int, actor: str | None = None) -> Any:
         """Ask ``agent_id``'s actor (or its host's ``actor``) and map what can go wrong to the
-        request errors."""
+        request errors; ``body`` may be made from the agent's directory entry (a callable)."""
         deadline = time.monotonic() + timeout_ms / 1000
         try:
             entry = self.directory.lookup(agent_id, timeout_s=max(0.05, timeout_ms / 1000))
         except ClusterUnavailable as exc:
             raise RequestTimeout(f"the directory did not answer: {exc}") from None
+        request = body(entry) if callable(body) else body
         # From this thread on a socket of its own (no hand-off to the transport thread and back).
         try:
-            answer = self.directory.client.ask_at(entry.endpoint, actor or entry.actor, body,
+            answer = self.directory.client.ask_at(entry.endpoint, actor or entry.actor, request,
                                                   max(0.0, deadline - time.monotonic()),
                                                   entry.public_key.encode() if entry.public_key else None)
             if isinstance(answer, ErrorRecord):  # a refusal answered as a value (the host's Deliver)

@@ -456,6 +456,8 @@ def test_two_tenants_and_an_operator_on_one_cluster(tmp_path):
                 operator = AgentCommunication(ops_node, "ops")
                 assert {"acme:helper", "globex:helper"} <= {e.agent_id for e in operator.agents().entries}
                 entry = operator.directory.lookup("acme:helper")
+                # An operator's send reaches a tenant's agent by TENANT:ID (`agentflow send acme:helper`).
+                operator.deliver(AgentMessage("m-ops", "ops", "acme:helper", "notification", {"hi": 1}, 0))
             node.transport.know_server_key(entry.endpoint, entry.public_key)
             message = AgentMessage("m-1", "bob", "helper", "task_request", 2, 0)
             _refused(lambda: node.ref(entry.endpoint, entry.actor).ask(message, timeout_s=5).get(), "forbidden", "globex")
