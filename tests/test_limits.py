@@ -1,14 +1,19 @@
-"""The masters' submission limits through real processes and the CLI: a refusal is one line naming
-the limit and the option that sets it, exit 1, and nothing already stored is lost."""
+"""The masters' limits through real processes and the CLI: a refused submission is one line naming
+the limit and the option that sets it, exit 1, and nothing already stored is lost; a peer past its
+connections is closed at once and counted, and admitted again once below the limit."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
 import yaml
 
-from tests.procs import running_cluster
+from tests.procs import running_cluster, wait_for
+from tests.test_metrics import scrape
+
+CONNECTIONS_PORT = 10100  # with +10 (HTTP) and +100 (events)
 
 
 def write_workflow(path, workflow_id: str, task_ids: list[str]):
@@ -39,3 +44,61 @@ def test_a_master_refuses_workflows_over_its_limits_with_one_line_naming_the_opt
         assert client.workflow_status("first")["state"] in ("pending", "running")
         assert client.cancel_workflow("first")
         assert submit(second, cluster.master_url).returncode == 0
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        while sock.recv(65536):  # the master's ZMTP greeting, then end-of-file once it closes
+            pass
+        return True
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def _connections(target: str) -> tuple[float, float, float]:
+    """(open, busiest peer, refused for the per-peer limit) from a master's /metrics."""
+    families = scrape(target)
+    refused = families.get("agentflow_transport_connections_refused", {})
+    return (families["agentflow_transport_connections_open"][("agentflow_transport_connections_open", ())],
+            families["agentflow_transport_connections_peer_max"][("agentflow_transport_connections_peer_max", ())],
+            refused.get(("agentflow_transport_connections_refused_total", (("reason", "per_peer_limit"),)), 0))
+
+
+def test_a_master_closes_connections_past_the_per_peer_limit_counts_them_and_admits_again_below_it(tmp_path):
+    limit = 20
+    options = ["--max-connections-per-peer", str(limit)]
+    with running_cluster(tmp_path / "cluster", masters=1, workers=0, first_port=CONNECTIONS_PORT,
+                         master_options=options) as (cluster, client):
+        master = cluster.masters[0]
+        target = f"127.0.0.1:{master.http_port}"
+        baseline, _, refused_before = _connections(target)  # the test's client and whatever else connected
+        raw = []
+        try:
+            for _ in range(limit + 5):
+                raw.append(socket.create_connection(("127.0.0.1", master.port), timeout=5))
+                raw[-1].setblocking(False)
+
+            def over_the_limit():
+                closed = [sock for sock in raw if _closed_by_peer(sock)]
+                opened, busiest, refused = _connections(target)
+                return (len(closed) >= 5 and opened == limit and refused - refused_before == len(closed)
+                        and (len(closed), busiest))
+
+            closed, busiest = wait_for(over_the_limit, timeout_s=20, what="the connections past the limit closed")
+            assert busiest == limit
+            # Connections open before keep being served; a new client (a ZeroMQ DEALER) is refused too.
+            assert client.cluster_status(timeout_s=10)["leader"] == master.node_id
+            refused = subprocess.run([sys.executable, "-m", "agentflow.cli", "cluster", "--master-url", cluster.master_url],
+                                     capture_output=True, text=True, timeout=60)
+            assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused
+            assert _connections(target)[2] > refused_before + closed
+        finally:
+            for sock in raw:
+                sock.close()
+        wait_for(lambda: _connections(target)[0] <= baseline, timeout_s=20, what="the closed connections forgotten")
+        workflow = write_workflow(tmp_path / "after.yaml", "after", ["a"])
+        assert submit(workflow, cluster.master_url).returncode == 0
+        # Refused dozens of times, logged once (once a minute per peer at most).
+        assert master.log_path.read_text().count("refusing connections from 127.0.0.1") == 1
