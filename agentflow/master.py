@@ -39,7 +39,8 @@ from actors.raft import SNAPSHOT_EVERY_ENTRIES, RaftActor
 from actors.registry import RegistryActor
 from actors.scheduler import SchedulerActor
 from protocols.assignments import DEFAULT_MAX_RESULT_BYTES
-from protocols.client_commands import DEFAULT_MAX_PENDING_WORKFLOWS, DEFAULT_MAX_TASKS_PER_WORKFLOW, SubmissionLimits
+from protocols.client_commands import (DEFAULT_MAX_PENDING_WORKFLOWS, DEFAULT_MAX_TASKS_PER_WORKFLOW,
+    DEFAULT_MAX_WORKFLOW_BYTES, SubmissionLimits)
 from protocols.control import Join, StatusQuery, TransferLeadership
 from protocols.dispatch import DispatchConfig
 from protocols.names import (AGENTS_ACTOR, LOCK_ACTOR, OBSERVER_ACTOR, QUEUE_ACTOR, RAFT_ACTOR, REGISTRY_ACTOR,
@@ -99,6 +100,7 @@ class Master:
                  max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
                  max_tasks_per_workflow: int = DEFAULT_MAX_TASKS_PER_WORKFLOW,
                  max_pending_workflows: int = DEFAULT_MAX_PENDING_WORKFLOWS,
+                 max_workflow_bytes: int = DEFAULT_MAX_WORKFLOW_BYTES,
                  agent_history_size: int = DEFAULT_HISTORY_SIZE,
                  max_connections_per_peer: int = DEFAULT_MAX_CONNECTIONS_PER_PEER) -> None:
         if mode not in ("leader", "master"):
@@ -111,6 +113,7 @@ class Master:
             raise ValueError("--retain-workflows and --retain-s must not be negative")
         for option, value in (("--max-result-bytes", max_result_bytes), ("--max-tasks-per-workflow", max_tasks_per_workflow),
                               ("--max-pending-workflows", max_pending_workflows),
+                              ("--max-workflow-bytes", max_workflow_bytes),
                               ("--agent-history-size", agent_history_size),
                               ("--max-connections-per-peer", max_connections_per_peer)):
             if value < 1:
@@ -154,7 +157,8 @@ class Master:
             # The scheduler's two services first: it looks them up when it starts.
             dispatch = DispatchConfig(max_result_bytes=max_result_bytes,
                                       retention=RetentionPolicy(retain_workflows, int(retain_s * 1000)),
-                                      limits=SubmissionLimits(max_tasks_per_workflow, max_pending_workflows))
+                                      limits=SubmissionLimits(max_tasks_per_workflow, max_pending_workflows,
+                                                              max_workflow_bytes))
             self.queue = self.node.spawn(QueueActor, dispatch.aging_ms_per_point, name=QUEUE_ACTOR, pinned=True)
             self.registry = self.node.spawn(RegistryActor, dispatch.health, name=REGISTRY_ACTOR, pinned=True)
             self.scheduler = self.node.spawn(SchedulerActor, control, config=dispatch, name=SCHEDULER_ACTOR,

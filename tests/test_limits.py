@@ -4,16 +4,20 @@ connections is closed at once and counted, and admitted again once below the lim
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
 
+import psutil
 import yaml
 
 from tests.procs import running_cluster, wait_for
 from tests.test_metrics import scrape
 
 CONNECTIONS_PORT = 10100  # with +10 (HTTP) and +100 (events)
+BIG_FILE_PORT = 10120
+MIB = 1 << 20
 
 
 def write_workflow(path, workflow_id: str, task_ids: list[str]):
@@ -23,6 +27,7 @@ def write_workflow(path, workflow_id: str, task_ids: list[str]):
 
 
 def submit(path, master_url: str) -> subprocess.CompletedProcess:
+    """`agentflow submit PATH` in a process of its own."""
     return subprocess.run([sys.executable, "-m", "agentflow.cli", "submit", str(path), "--master-url", master_url],
                           capture_output=True, text=True, timeout=60)
 
@@ -44,6 +49,7 @@ def test_a_master_refuses_workflows_over_its_limits_with_one_line_naming_the_opt
         assert client.workflow_status("first")["state"] in ("pending", "running")
         assert client.cancel_workflow("first")
         assert submit(second, cluster.master_url).returncode == 0
+        assert _rejected(f"127.0.0.1:{cluster.masters[0].http_port}", "limit_exceeded") == 2  # each refusal counted
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
@@ -102,3 +108,36 @@ def test_a_master_closes_connections_past_the_per_peer_limit_counts_them_and_adm
         assert submit(workflow, cluster.master_url).returncode == 0
         # Refused dozens of times, logged once (once a minute per peer at most).
         assert master.log_path.read_text().count("refusing connections from 127.0.0.1") == 1
+
+
+def _rejected(target: str, reason: str) -> float:
+    families = scrape(target).get("agentflow_requests_rejected", {})
+    return families.get(("agentflow_requests_rejected_total", (("reason", reason),)), 0)
+
+
+def test_a_50_mb_workflow_file_is_refused_in_one_line_and_the_master_keeps_neither_it_nor_its_memory(tmp_path):
+    with running_cluster(tmp_path / "cluster", masters=1, workers=0, first_port=BIG_FILE_PORT) as (cluster, client):
+        master = cluster.masters[0]
+        target = f"127.0.0.1:{master.http_port}"
+        big = tmp_path / "big.json"  # a few tasks, one with a 50 MB command
+        tasks = [{"task_id": "a", "command": "true"}, {"task_id": "big", "command": "true #" + "x" * (50 * MIB)}]
+        big.write_text(json.dumps({"workflow": {"id": "wf-big", "tasks": tasks}}))
+        process = psutil.Process(master.proc.pid)
+        memory_before = process.memory_info().rss
+        refused = submit(big, cluster.master_url)
+        assert refused.returncode == 1, refused
+        [line] = refused.stderr.strip().splitlines()
+        assert "wf-big" in line and "50.0 MiB" in line and "--max-workflow-bytes" in line, line
+        assert _rejected(target, "limit_exceeded") == 1
+        assert client.workflow_status() == []  # nothing stored
+        # The master decoded it (the frame limit, 64 MiB, bounds that) and let it go.
+        assert process.memory_info().rss - memory_before < 32 * MIB, (memory_before, process.memory_info().rss)
+        # Past the frame limit the file is not even read: no master could take it.
+        huge = tmp_path / "huge.json"
+        with open(huge, "wb") as handle:
+            handle.truncate(70 * MIB)
+        refused = submit(huge, cluster.master_url)
+        assert refused.returncode == 2 and "70.0 MiB" in refused.stderr and refused.stderr.count("\n") == 1, refused
+        normal = write_workflow(tmp_path / "normal.yaml", "normal", ["a", "b"])
+        assert submit(normal, cluster.master_url).returncode == 0
+        assert client.workflow_status("normal")["state"] in ("pending", "running")
