@@ -15,7 +15,10 @@ Why it is built this way (docs/ARCHITECTURE.md §2):
   descriptor (EVENT_ACCEPTED) and each closed one's (EVENT_DISCONNECTED). A connection over the
   limit is shut down (``shutdown(2)``) through a duplicate of its descriptor: that acts on the
   connection, not on libzmq's descriptor, so libzmq reads end-of-file, closes it in its own
-  time and reports it disconnected. No descriptor of libzmq's is ever closed here.
+  time and reports it disconnected. No descriptor of libzmq's is ever closed here. The
+  duplicate is made onto a descriptor reserved for it (``dup2``), because a flood is just when
+  the process may have none left to give, and a connection that cannot be looked at would be
+  neither counted nor refused.
 * A monitor event is read after the fact: its descriptor may be closed by then, or already
   reused. So a descriptor counts only while it is a TCP socket whose local port is the ROUTER's
   (never a file, a pipe or an outbound connection), and it is known by the remote address it
@@ -47,26 +50,6 @@ RECHECK_S = 1.0  # a peer at its limit has its entries checked again at most thi
 _EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_ACCEPT_FAILED
 
 
-def _connection(fd: int, port: int, remote: tuple | None = None) -> socket.socket | None:
-    """A duplicate of ``fd`` if it is now an inbound TCP connection to ``port`` (from ``remote``,
-    when given), else None. The caller closes the duplicate."""
-    try:
-        duplicate = os.dup(fd)
-    except OSError:
-        return None  # closed already
-    try:
-        sock = socket.socket(fileno=duplicate)
-    except OSError:  # not a socket: the descriptor was reused for a file or a pipe
-        os.close(duplicate)
-        return None
-    try:
-        if (sock.type == socket.SOCK_STREAM and sock.getsockname()[1] == port
-                and (remote is None or sock.getpeername()[:2] == remote)):
-            return sock
-    except OSError:
-        pass  # not connected any more, or not an internet socket
-    sock.close()
-    return None
 
 
 class InboundConnections:
@@ -79,6 +62,9 @@ class InboundConnections:
         self.monitor = router.get_monitor_socket(_EVENTS) if limit else None
         if self.monitor is not None:
             poller.register(self.monitor, zmq.POLLIN)
+            # _remote's two descriptors: the one a connection is duplicated onto, and what it holds between uses.
+            self._idle = os.open(os.devnull, os.O_RDONLY)
+            self._spare = os.dup(self._idle)
         self.port, self.limit, self.counters = port, limit, counters
         self._peer_of: dict[int, tuple[str, tuple]] = {}  # descriptor -> (peer, its remote address)
         self._fds: dict[str, set[int]] = {}  # peer -> its descriptors
@@ -106,28 +92,49 @@ class InboundConnections:
     def close(self) -> None:
         if self.monitor is not None:
             self.monitor.close(linger=0)
+            os.close(self._spare)
+            os.close(self._idle)
+
+    def _remote(self, fd: int, shut_down_if: tuple | None = None) -> tuple | None:
+        """The remote address of the connection ``fd`` is now, if it is one to the ROUTER's port
+        (None: closed, a file, a pipe, an outbound connection); shut down if that address is
+        ``shut_down_if``. It is looked at through ``_spare`` and let go of at once."""
+        try:
+            os.dup2(fd, self._spare)
+        except OSError:
+            return None  # closed already
+        try:
+            sock = socket.socket(fileno=self._spare)  # detached below: its close would close _spare
+        except OSError:
+            sock = None  # not a socket
+        try:
+            if (sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6)
+                    or sock.type != socket.SOCK_STREAM or sock.getsockname()[1] != self.port):
+                return None
+            remote = sock.getpeername()[:2]
+            if remote == shut_down_if:
+                sock.shutdown(socket.SHUT_RDWR)
+            return remote
+        except OSError:
+            return None  # not connected any more
+        finally:
+            if sock is not None:
+                sock.detach()
+            os.dup2(self._idle, self._spare)  # holding the connection would keep it open
 
     def _accepted(self, fd: int) -> None:
         self._forget(fd)  # a reused descriptor: its earlier connection closed unreported
-        sock = _connection(fd, self.port)
-        if sock is None:
+        remote = self._remote(fd)
+        if remote is None:
             return  # gone already: no DISCONNECTED will find an entry either
-        with sock:
-            try:
-                remote = sock.getpeername()[:2]
-            except OSError:
-                return
-            peer = remote[0]
-            if len(self._fds.get(peer, ())) >= self.limit and self._recount(peer) >= self.limit:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    return  # it closed on its own meanwhile
+        peer = remote[0]
+        if len(self._fds.get(peer, ())) >= self.limit and self._recount(peer) >= self.limit:
+            if self._remote(fd, shut_down_if=remote) == remote:  # still that connection: shut down
                 self.counters["connections_refused_per_peer_limit"] += 1
                 if self._log.allow(peer):
                     log.warning("refusing connections from %s: it holds %d, the most a peer may "
                                 "(--max-connections-per-peer)", peer, len(self._fds[peer]))
-                return
+            return
         self._peer_of[fd] = (peer, remote)
         self._fds.setdefault(peer, set()).add(fd)
 
@@ -147,11 +154,8 @@ class InboundConnections:
         now = time.monotonic()
         if now - self._checked_s.get(peer, -RECHECK_S) >= RECHECK_S:
             for fd in list(self._fds[peer]):
-                sock = _connection(fd, self.port, self._peer_of[fd][1])
-                if sock is None:
+                if self._remote(fd) != self._peer_of[fd][1]:
                     self._forget(fd)
-                else:
-                    sock.close()
             if peer in self._fds:
                 self._checked_s[peer] = now
         return len(self._fds.get(peer, ()))

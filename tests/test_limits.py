@@ -5,11 +5,13 @@ connections is closed at once and counted, and admitted again once below the lim
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
 
 import psutil
+import pytest
 import yaml
 
 from tests.procs import running_cluster, wait_for
@@ -17,6 +19,7 @@ from tests.test_metrics import scrape
 
 CONNECTIONS_PORT = 10100  # with +10 (HTTP) and +100 (events)
 BIG_FILE_PORT = 10120
+FEW_DESCRIPTORS_PORT = 10140
 MIB = 1 << 20
 
 
@@ -99,7 +102,7 @@ def test_a_master_closes_connections_past_the_per_peer_limit_counts_them_and_adm
             refused = subprocess.run([sys.executable, "-m", "agentflow.cli", "cluster", "--master-url", cluster.master_url],
                                      capture_output=True, text=True, timeout=60)
             assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused
-            assert _connections(target)[2] > refused_before + closed
+            wait_for(lambda: _connections(target)[2] > refused_before + closed, 10, what="the new client's refusal counted")
         finally:
             for sock in raw:
                 sock.close()
@@ -108,6 +111,35 @@ def test_a_master_closes_connections_past_the_per_peer_limit_counts_them_and_adm
         assert submit(workflow, cluster.master_url).returncode == 0
         # Refused dozens of times, logged once (once a minute per peer at most).
         assert master.log_path.read_text().count("refusing connections from 127.0.0.1") == 1
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux) to start a master with few descriptors")
+def test_a_flood_from_one_peer_cannot_take_a_masters_last_descriptors(tmp_path):
+    """A master allowed 256 descriptors, 200 connections per peer, and 600 connections from one
+    address: while it accepts faster than it refuses it runs out for a moment, and a connection
+    it looks at then must still be counted and refused: it ends with the peer's 200 and no more."""
+    options = ["--max-connections-per-peer", "200"]
+
+    def few_descriptors(cluster):
+        cluster.masters[0].prefix = ["prlimit", "--nofile=256", "--"]
+
+    with running_cluster(tmp_path / "cluster", masters=1, workers=0, first_port=FEW_DESCRIPTORS_PORT,
+                         master_options=options, prepare=few_descriptors) as (cluster, client):
+        master = cluster.masters[0]
+        target = f"127.0.0.1:{master.http_port}"
+        process = psutil.Process(master.proc.pid)
+        raw = []
+        try:
+            for _ in range(600):
+                raw.append(socket.create_connection(("127.0.0.1", master.port), timeout=20))
+                raw[-1].setblocking(False)
+            wait_for(lambda: _connections(target)[:2] == (200, 200) and process.num_fds() < 240, timeout_s=30,
+                     what="the peer held to 200 connections and the master's descriptors free again")
+            assert client.cluster_status(timeout_s=10)["leader"] == master.node_id
+        finally:
+            for sock in raw:
+                sock.close()
+        wait_for(lambda: _connections(target)[0] <= 1, timeout_s=20, what="the closed connections forgotten")
 
 
 def _rejected(target: str, reason: str) -> float:
