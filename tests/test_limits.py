@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.procs import running_cluster, wait_for
+from tests.procs import closed_by_peer, raw_connection, running_cluster, wait_for
 from tests.test_metrics import scrape
 
 CONNECTIONS_PORT = 10100  # with +10 (HTTP) and +100 (events)
@@ -55,17 +54,6 @@ def test_a_master_refuses_workflows_over_its_limits_with_one_line_naming_the_opt
         assert _rejected(f"127.0.0.1:{cluster.masters[0].http_port}", "limit_exceeded") == 2  # each refusal counted
 
 
-def _closed_by_peer(sock: socket.socket) -> bool:
-    try:
-        while sock.recv(65536):  # the master's ZMTP greeting, then end-of-file once it closes
-            pass
-        return True
-    except BlockingIOError:
-        return False
-    except ConnectionResetError:
-        return True
-
-
 def _connections(target: str) -> tuple[float, float, float]:
     """(open, busiest peer, refused for the per-peer limit) from a master's /metrics."""
     families = scrape(target)
@@ -86,11 +74,10 @@ def test_a_master_closes_connections_past_the_per_peer_limit_counts_them_and_adm
         raw = []
         try:
             for _ in range(limit + 5):
-                raw.append(socket.create_connection(("127.0.0.1", master.port), timeout=5))
-                raw[-1].setblocking(False)
+                raw.append(raw_connection(master.port))
 
             def over_the_limit():
-                closed = [sock for sock in raw if _closed_by_peer(sock)]
+                closed = [sock for sock in raw if closed_by_peer(sock)]
                 opened, busiest, refused = _connections(target)
                 return (len(closed) >= 5 and opened == limit and refused - refused_before == len(closed)
                         and (len(closed), busiest))
@@ -131,8 +118,7 @@ def test_a_flood_from_one_peer_cannot_take_a_masters_last_descriptors(tmp_path):
         raw = []
         try:
             for _ in range(600):
-                raw.append(socket.create_connection(("127.0.0.1", master.port), timeout=20))
-                raw[-1].setblocking(False)
+                raw.append(raw_connection(master.port, timeout_s=20))  # accepted late while it has no descriptor
             wait_for(lambda: _connections(target)[:2] == (200, 200) and process.num_fds() < 240, timeout_s=30,
                      what="the peer held to 200 connections and the master's descriptors free again")
             assert client.cluster_status(timeout_s=10)["leader"] == master.node_id

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 
@@ -19,7 +18,7 @@ from runtime.client import DirectAsks
 from runtime.future import AskTimeout, RemoteError
 from runtime.http import on_node_thread
 from runtime.node import Node
-from tests.procs import NodeProcess, wait_for
+from tests.procs import NodeProcess, closed_by_peer, raw_connection, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -191,24 +190,6 @@ class Echo(Actor):
         return message
 
 
-def _closed_by_peer(sock: socket.socket) -> bool:
-    """Whether the other end has closed ``sock`` (non-blocking; what it sent first is read and dropped)."""
-    try:
-        while sock.recv(65536):
-            pass
-        return True
-    except BlockingIOError:
-        return False
-    except ConnectionResetError:
-        return True
-
-
-def _connect_raw(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    sock.setblocking(False)
-    return sock
-
-
 def test_a_peer_past_its_connection_limit_is_closed_counted_and_admitted_once_below_it():
     limited = Node("limited", port=LIMITED_PORT, max_connections_per_peer=3).start()
     peer = Node("peer", port=LIMITED_PORT + 1).start()
@@ -216,8 +197,8 @@ def test_a_peer_past_its_connection_limit_is_closed_counted_and_admitted_once_be
     try:
         limited.spawn(Echo, name="echo")
         connections = lambda: on_node_thread(limited, limited.inbound_connections)  # noqa: E731
-        raw = [_connect_raw(LIMITED_PORT) for _ in range(5)]
-        refused = wait_for(lambda: (closed := [s for s in raw if _closed_by_peer(s)]) and len(closed) == 2
+        raw = [raw_connection(LIMITED_PORT) for _ in range(5)]
+        refused = wait_for(lambda: (closed := [s for s in raw if closed_by_peer(s)]) and len(closed) == 2
                            and limited.stats().get("connections_refused_per_peer_limit") == 2 and closed,
                            timeout_s=10, what="two of five connections closed and counted")
         assert connections() == {"open": 3, "busiest_peer": 3}
@@ -232,7 +213,7 @@ def test_a_peer_past_its_connection_limit_is_closed_counted_and_admitted_once_be
             sock.close()
         assert wait_for(lambda: _answer_or_none(ref, "below the limit"), 10, what="an admitted ask") == "below the limit"
         wait_for(lambda: connections() == {"open": 2, "busiest_peer": 2}, 10, what="one raw socket and the DEALER")
-        assert not _closed_by_peer(admitted[2])
+        assert not closed_by_peer(admitted[2])
     finally:
         for sock in raw:
             sock.close()
