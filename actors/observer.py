@@ -279,7 +279,7 @@ class ObserverActor(Actor):
             "node_id": self.node.node_id, "kind": "master", "role": raft["role"], "leader": leader, "term": term,
             "serving": leader is not None and not raft.get("disk_error"), "reason": reason,
             "endpoint": self.node.endpoint, "pub_endpoint": self.node.pub_endpoint,
-            "raft": raft, "counters": self.node.stats(),
+            "raft": raft, "counters": self.node.stats(), "connections": self.node.inbound_connections(),
             "tasks": tasks_by_state(state.workflows), "workflows": workflows_by_state(state.workflows),
             "locks": {"held": len(state.locks.list_locks(lock_now_ms)), "waiting": len(state.locks.waiting())},
             "agents": agent_rows(state.agents, agent_stats),

@@ -46,7 +46,7 @@ from protocols.registry import WorkerInfo
 from protocols.rounds import QueueReply, RegistryReply
 from protocols.tasks import AssignTasks, CancelTasks, TasksFinished, WorkerGoodbye, WorkerHeartbeat, WorkerHello
 from protocols.views import forgotten_document, workflow_document, workflow_list
-from protocols.wire import ErrorRecord, Redirect, Tick
+from protocols.wire import EncodeError, ErrorRecord, Redirect, Tick, encode
 from runtime.actor import Actor
 from runtime.log import get_logger
 
@@ -180,10 +180,13 @@ class SchedulerActor(Actor):
             elif kind is events.Assign:
                 self._tell_worker(instruction.worker_id, instruction.address,
                                   AssignTasks(instruction.worker_id, instruction.tasks))
-            elif kind is events.Answer:
+            elif kind is events.Answer:  # a refusal is counted by reason, as Actor counts those it returns
                 if instruction.error is None:
+                    if type(instruction.value) is ErrorRecord:
+                        self.node.count(f"rejected_{instruction.value.kind}")
                     instruction.reply.resolve(instruction.value)
                 else:
+                    self.node.count(f"rejected_{instruction.error[0]}")
                     instruction.reply.fail(*instruction.error)
             elif kind is events.Cancel:
                 self._tell_worker(instruction.worker_id, instruction.address,
@@ -224,7 +227,17 @@ class SchedulerActor(Actor):
             except Exception as exc:
                 me.tell(events.Committed(client_id, seq, None, (getattr(exc, "kind", "not_committed"), str(exc))))
 
-        self.control.propose(ClientCommand(client_id, seq, instruction.body)).add_done_callback(committed)
+        # Encoded here, once: the size is what the log would hold, and the RaftActor logs these bytes.
+        try:
+            command = encode(ClientCommand(client_id, seq, instruction.body))
+        except EncodeError as exc:
+            me.tell(events.Committed(client_id, seq, None, ("bad_request", str(exc))))
+            return
+        refusal = self.state.config.limits.size_refusal(instruction.body, len(command))
+        if refusal is not None:
+            me.tell(events.Committed(client_id, seq, None, (refusal.kind, refusal.message)))
+            return
+        self.control.propose(command).add_done_callback(committed)
 
     # ------------------------------------------------------------------ reads
 

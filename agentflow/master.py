@@ -39,7 +39,8 @@ from actors.raft import SNAPSHOT_EVERY_ENTRIES, RaftActor
 from actors.registry import RegistryActor
 from actors.scheduler import SchedulerActor
 from protocols.assignments import DEFAULT_MAX_RESULT_BYTES
-from protocols.client_commands import DEFAULT_MAX_PENDING_WORKFLOWS, DEFAULT_MAX_TASKS_PER_WORKFLOW, SubmissionLimits
+from protocols.client_commands import (DEFAULT_MAX_PENDING_WORKFLOWS, DEFAULT_MAX_TASKS_PER_WORKFLOW,
+    DEFAULT_MAX_WORKFLOW_BYTES, SubmissionLimits)
 from protocols.control import Join, StatusQuery, TransferLeadership
 from protocols.dispatch import DispatchConfig
 from protocols.names import (AGENTS_ACTOR, LOCK_ACTOR, OBSERVER_ACTOR, QUEUE_ACTOR, RAFT_ACTOR, REGISTRY_ACTOR,
@@ -55,7 +56,7 @@ from runtime.future import AskTimeout, RemoteError
 from runtime.http import HttpServer, on_node_thread
 from runtime.log import get_logger
 from runtime.metrics import MasterMetrics
-from runtime.node import Node
+from runtime.node import DEFAULT_MAX_CONNECTIONS_PER_PEER, Node
 from runtime.security import CurveKeys
 from runtime.tenancy import MasterGate
 
@@ -99,7 +100,9 @@ class Master:
                  max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
                  max_tasks_per_workflow: int = DEFAULT_MAX_TASKS_PER_WORKFLOW,
                  max_pending_workflows: int = DEFAULT_MAX_PENDING_WORKFLOWS,
-                 agent_history_size: int = DEFAULT_HISTORY_SIZE) -> None:
+                 max_workflow_bytes: int = DEFAULT_MAX_WORKFLOW_BYTES,
+                 agent_history_size: int = DEFAULT_HISTORY_SIZE,
+                 max_connections_per_peer: int = DEFAULT_MAX_CONNECTIONS_PER_PEER) -> None:
         if mode not in ("leader", "master"):
             raise ValueError(f"--mode must be leader or master, not {mode!r}")
         if snapshot_every_entries < 1:
@@ -110,7 +113,9 @@ class Master:
             raise ValueError("--retain-workflows and --retain-s must not be negative")
         for option, value in (("--max-result-bytes", max_result_bytes), ("--max-tasks-per-workflow", max_tasks_per_workflow),
                               ("--max-pending-workflows", max_pending_workflows),
-                              ("--agent-history-size", agent_history_size)):
+                              ("--max-workflow-bytes", max_workflow_bytes),
+                              ("--agent-history-size", agent_history_size),
+                              ("--max-connections-per-peer", max_connections_per_peer)):
             if value < 1:
                 raise ValueError(f"{option} must be at least 1, not {value}")
         self.mode = mode
@@ -126,7 +131,8 @@ class Master:
         # Its own node is a member of the cluster: agents may be hosted on a master too.
         own = f"tcp://{advertise_host or host}:{advertise_port or port}"
         self.node = Node(self.node_id, host=host, port=port, pub_port=pub_port, master_urls=[own, *self.leader_endpoints],
-                         advertise_host=advertise_host, advertise_port=advertise_port, curve=curve).start()
+                         advertise_host=advertise_host, advertise_port=advertise_port, curve=curve,
+                         max_connections_per_peer=max_connections_per_peer).start()
         self.http_port = default_http_port(port, http_port)
         bootstrap = mode == "leader" or (fresh and self._first_of_leader_url())
         # Scrapes and probes build no workflow rows: neither reads them, and their ETAs walk every
@@ -151,7 +157,8 @@ class Master:
             # The scheduler's two services first: it looks them up when it starts.
             dispatch = DispatchConfig(max_result_bytes=max_result_bytes,
                                       retention=RetentionPolicy(retain_workflows, int(retain_s * 1000)),
-                                      limits=SubmissionLimits(max_tasks_per_workflow, max_pending_workflows))
+                                      limits=SubmissionLimits(max_tasks_per_workflow, max_pending_workflows,
+                                                              max_workflow_bytes))
             self.queue = self.node.spawn(QueueActor, dispatch.aging_ms_per_point, name=QUEUE_ACTOR, pinned=True)
             self.registry = self.node.spawn(RegistryActor, dispatch.health, name=REGISTRY_ACTOR, pinned=True)
             self.scheduler = self.node.spawn(SchedulerActor, control, config=dispatch, name=SCHEDULER_ACTOR,

@@ -14,7 +14,8 @@ Rules:
   workflows pending), cheapest check first, so a huge or endless input costs a count, not a
   parse of its graph; then checked for its structure and, while workers are registered, for fit:
   every task must fit some registered worker, whatever its load (the registry answers; tasks
-  of the same shape are asked about once).
+  of the same shape are asked about once). Its size is checked last, on the bytes the log would
+  hold (``size_refusal``): the scheduler encodes the command once and proposes those bytes.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ from protocols.wire import ErrorRecord
 
 DEFAULT_MAX_TASKS_PER_WORKFLOW = 100_000
 DEFAULT_MAX_PENDING_WORKFLOWS = 10_000
+# A workflow is one Raft entry, replicated to every master and kept in each one's memory until
+# it is forgotten: 100,000 no-op tasks take 6.6 MB.
+DEFAULT_MAX_WORKFLOW_BYTES = 16 * 1024 * 1024
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ class SubmissionLimits:
 
     max_tasks_per_workflow: int = DEFAULT_MAX_TASKS_PER_WORKFLOW
     max_pending_workflows: int = DEFAULT_MAX_PENDING_WORKFLOWS  # known and not finished
+    max_workflow_bytes: int = DEFAULT_MAX_WORKFLOW_BYTES  # the submission as the log would hold it
 
     def refusal(self, workflow: Workflow, pending: int) -> ErrorRecord | None:
         tasks = len(workflow.tasks)
@@ -51,6 +57,15 @@ class SubmissionLimits:
                                f"takes at most {self.max_pending_workflows} (--max-pending-workflows): "
                                "retry when some have finished")
         return None
+
+    def size_refusal(self, command: Any, size: int) -> ErrorRecord | None:
+        """The refusal of a client command of ``size`` bytes (as encoded for the log) that submits
+        a workflow over ``max_workflow_bytes``; None for any other command."""
+        if not isinstance(command, SubmitWorkflow) or size <= self.max_workflow_bytes:
+            return None
+        workflow_id = command.workflow.workflow_id[:100]
+        return ErrorRecord("limit_exceeded", f"workflow {workflow_id!r} is {size / MIB:.1f} MiB as logged; this cluster "
+                           f"takes at most {self.max_workflow_bytes / MIB:.1f} MiB per workflow (--max-workflow-bytes)")
 
 
 class ClientCommands:

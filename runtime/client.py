@@ -54,6 +54,7 @@ FINAL_WORKFLOW_STATES = ("completed", "failed", "cancelled")
 RETRY_PAUSE_S = 0.05
 PER_TRY_TIMEOUT_S = 0.5
 SUBMIT_S_PER_TASK = 0.000_3  # ten times the measured cost, for the per-try timeout of a submit
+SUBMIT_S_PER_MIB = 0.5  # the same for its bytes (45 ms a MiB measured): tasks with huge commands or arguments
 SUSPECT_S = 2.0  # a master that timed out is tried last for this long
 
 
@@ -366,8 +367,10 @@ class Client:
         RemoteError (kind ``invalid_workflow``, ``unplaceable``, ``rejected``) when the cluster refuses it."""
         command = self.next_command(None)
         # Validating, logging and applying a workflow takes time in proportion to its tasks (about
-        # 30 us a task on three local masters); a retry before that only queues behind the first.
-        per_try_timeout_s = PER_TRY_TIMEOUT_S + SUBMIT_S_PER_TASK * len(workflow.tasks)
+        # 30 us a task on three local masters) and its bytes; a retry before that only queues
+        # behind the first, and sends it all again.
+        size_mib = len(encode(workflow)) / (1 << 20)
+        per_try_timeout_s = PER_TRY_TIMEOUT_S + SUBMIT_S_PER_TASK * len(workflow.tasks) + SUBMIT_S_PER_MIB * size_mib
         if timeout_s is None:  # the client's deadline must leave room for a few tries of a big one
             timeout_s = max(self.timeout_s, 3 * per_try_timeout_s)
         result = self.call(SCHEDULER_ACTOR, SubmitWorkflowRequest(workflow, command.client_id, command.seq), timeout_s,

@@ -2,7 +2,8 @@
 
 Every module logs to ``logging.getLogger("agentflow.<component>")``; this module is the one place
 that decides where those lines go and how they look. Nothing logs per message or per task at
-info level: hot paths use debug or trace.
+info level: hot paths use debug or trace, and what a peer can repeat at will is logged at most
+once a minute per peer (``LogThrottle``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
@@ -56,3 +58,22 @@ def configure_logging(level: str | None = None, stream=None) -> int:
 
 def get_logger(component: str) -> logging.Logger:
     return logging.getLogger(f"agentflow.{component}")
+
+
+class LogThrottle:
+    """Whether a line about ``key`` may be logged now: once per ``every_s`` per key, for what a
+    peer can cause as fast as it likes (bad frames, refused connections). At most ``max_keys``
+    keys are remembered (a key per peer, and peers are free): past them it starts afresh."""
+
+    def __init__(self, every_s: float = 60.0, max_keys: int = 10_000) -> None:
+        self.every_s, self.max_keys = every_s, max_keys
+        self._last: dict = {}
+
+    def allow(self, key: object) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(key, -self.every_s) < self.every_s:
+            return False
+        if len(self._last) >= self.max_keys:
+            self._last.clear()
+        self._last[key] = now
+        return True

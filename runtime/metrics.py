@@ -50,6 +50,7 @@ _TRANSPORT_COUNTERS = {
 }
 _DECODE_ERROR_PREFIX = "bad_frames_"
 _REJECTED_PREFIX = "rejected_"  # an actor's refusal (ErrorRecord kind), runtime/actor.py counts them
+_CONNECTIONS_REFUSED_PREFIX = "connections_refused_"  # runtime/connections.py
 
 
 def render(registry: CollectorRegistry) -> bytes:
@@ -73,13 +74,15 @@ def _labelled_gauge(name: str, documentation: str, label: str, values: dict) -> 
 
 def transport_families(counters: dict[str, int]) -> Iterator[Metric]:
     """The transport's messages, frames and bytes by direction, decode errors by reason, the
-    requests actors refused by reason (a limit, a bad request), and the node's other event
-    counters, from ``node.stats()``."""
+    requests actors refused by reason (a limit, a bad request), the connections refused by reason
+    (a peer over its limit), and the node's other event counters, from ``node.stats()``."""
     traffic = {(kind, direction): 0 for kind in ("messages", "frames", "bytes") for direction in ("in", "out")}
     decode = CounterMetricFamily("agentflow_transport_decode_errors", "Inbound frames dropped undecoded, by reason",
                                  labels=["reason"])
     rejected = CounterMetricFamily("agentflow_requests_rejected", "Requests an actor refused, by reason",
                                    labels=["reason"])
+    refused = CounterMetricFamily("agentflow_transport_connections_refused",
+                                  "Inbound connections closed at once, by reason", labels=["reason"])
     other = CounterMetricFamily("agentflow_node_events", "Other events the node counts (errors, drops, gaps)",
                                 labels=["event"])
     for name in sorted(counters):
@@ -89,6 +92,8 @@ def transport_families(counters: dict[str, int]) -> Iterator[Metric]:
             decode.add_metric([name[len(_DECODE_ERROR_PREFIX):]], counters[name])
         elif name.startswith(_REJECTED_PREFIX):
             rejected.add_metric([name[len(_REJECTED_PREFIX):]], counters[name])
+        elif name.startswith(_CONNECTIONS_REFUSED_PREFIX):
+            refused.add_metric([name[len(_CONNECTIONS_REFUSED_PREFIX):]], counters[name])
         else:
             other.add_metric([name], counters[name])
     for kind in ("messages", "frames", "bytes"):
@@ -99,6 +104,7 @@ def transport_families(counters: dict[str, int]) -> Iterator[Metric]:
         yield family
     yield decode
     yield rejected
+    yield refused
     yield other
 
 
@@ -190,6 +196,12 @@ def master_families(snapshot: dict) -> Iterator[Metric]:
     if "voters" in raft:
         yield from _gauge("agentflow_raft_voters", "Voting members of the Raft group", len(raft["voters"]))
         yield from _gauge("agentflow_raft_learners", "Learners of the Raft group", len(raft.get("learners", ())))
+    connections = snapshot.get("connections")
+    if connections is not None:
+        yield from _gauge("agentflow_transport_connections_open", "Inbound connections open now", connections["open"])
+        yield from _gauge("agentflow_transport_connections_peer_max",
+                          "The most inbound connections one peer address holds now (--max-connections-per-peer)",
+                          connections["busiest_peer"])
     if snapshot.get("tasks") is not None:
         yield _labelled_gauge("agentflow_tasks", "Tasks of the workflows kept, by state", "state", snapshot["tasks"])
     if snapshot.get("workflows") is not None:

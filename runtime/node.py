@@ -9,8 +9,10 @@
 Rules: an address ``(node_id, actor_name)`` names an actor anywhere; a ``Ref`` to it offers
 ``tell`` and ``ask`` whether the actor is local or remote, like a pykka ``ActorRef``. The
 node learns peers' endpoints from the frames they send; its own, in every frame, is the
-advertised one (``advertise_host``/``advertise_port``) when given, else the bound one. ``stop()`` ends every actor, timer,
-thread and socket the node started.
+advertised one (``advertise_host``/``advertise_port``) when given, else the bound one. With
+``max_connections_per_peer`` one address may hold at most that many connections to it (a
+master's default: 1,000; runtime/connections.py). ``stop()`` ends every actor, timer, thread
+and socket the node started.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from runtime.tenancy import TenantGate
 from runtime.transport import Transport
 
 DEFAULT_ASK_TIMEOUT_S = 5.0
+# A master's: generous, as every node of a one-host cluster connects from 127.0.0.1.
+DEFAULT_MAX_CONNECTIONS_PER_PEER = 1000
 
 
 class _PykkaTarget:
@@ -136,6 +140,7 @@ class Node:
         curve: CurveKeys | None = None,
         advertise_host: str | None = None,
         advertise_port: int | None = None,
+        max_connections_per_peer: int | None = None,
     ) -> None:
         self.node_id = node_id or f"node-{uuid.uuid4().hex[:8]}"
         self.host = host
@@ -147,7 +152,7 @@ class Node:
         self._pykka_refs: list[pykka.ActorRef] = []
         self.curve = curve
         self.transport = Transport(self.node_id, host, port, pub_port, max_frame_bytes, self.targets, self.counters,
-                                   curve, advertise_host, advertise_port)
+                                   curve, advertise_host, advertise_port, max_connections_per_peer)
         self.peers = self.transport.peers  # node_id -> endpoint, learned from frames
         self.install_gate(TenantGate(self))
         self.endpoint = self.transport.endpoint
@@ -321,6 +326,11 @@ class Node:
 
     def stats(self) -> dict[str, int]:
         return dict(self.counters)
+
+    def inbound_connections(self) -> dict[str, int]:
+        """Connections open to this node's ROUTER and the most one peer address holds (counted only
+        with ``max_connections_per_peer``: zeros without). On the transport thread."""
+        return self.transport.connections.stats()
 
     # ------------------------------------------------------------------ shutdown
 

@@ -4,7 +4,8 @@ Rules of this module (docs/ARCHITECTURE.md §2 and §5 rule 7):
 
 * ZeroMQ sockets are not thread-safe, so this thread alone creates, uses and closes them: a
   ROUTER bound for inbound messages, one DEALER per peer endpoint for outbound ones, a PUB for
-  events and a SUB for subscriptions. Every socket has LINGER 0.
+  events and a SUB for subscriptions; the ROUTER's monitor counts its connections per peer address
+  and closes those past the limit (runtime/connections.py). Every socket has LINGER 0.
 * Its public face is ``send`` (a tell), ``ask``, ``reply``, ``publish``, ``subscribe`` and
   ``call`` (run a function on this thread), callable from any thread: each puts one item on a
   lock-free queue and writes a wake-up byte on a pipe only when the queue turns from empty to
@@ -49,9 +50,10 @@ from protocols.wire import (
     decode_frame,
     encode_frame,
 )
+from runtime.connections import InboundConnections
 from runtime.faults import FaultInjector
 from runtime.future import AskTimeout, RemoteError, settle
-from runtime.log import get_logger
+from runtime.log import LogThrottle, get_logger
 from runtime.events import EventSockets
 from runtime.messages import InboundMessage
 from runtime.security import EVENTS_DOMAIN, CurveKeys, Gatekeeper
@@ -65,7 +67,6 @@ log = get_logger("transport")
 
 MAX_BATCH = 256  # envelopes per frame; bounds a frame's size and one actor hand-off's work
 DRAIN_LIMIT = 4096  # frames read from one socket per wake-up, so one busy peer cannot starve the rest
-LOG_EVERY_S = 60.0
 
 # Outbound work items (first element says what to do).
 _TO_PEER = 0  # (_TO_PEER, endpoint, envelope)
@@ -96,7 +97,8 @@ class Transport(threading.Thread):
 
     def __init__(self, node_id: str, host: str, port: int, pub_port: int | None, max_frame_bytes: int,
                  targets: dict[str, Any], counters: collections.Counter, curve: CurveKeys | None = None,
-                 advertise_host: str | None = None, advertise_port: int | None = None) -> None:
+                 advertise_host: str | None = None, advertise_port: int | None = None,
+                 max_connections_per_peer: int | None = None) -> None:
         super().__init__(name=f"agentflow-transport-{node_id}", daemon=True)
         self.node_id = node_id
         self.targets = targets
@@ -124,18 +126,18 @@ class Transport(threading.Thread):
         self._timers = TimerQueue()
         self._end_of_round_hooks: list[Callable[[], None]] = []
         self._disconnect_listeners: list[Callable[[str], None]] = []
-        self._last_logged: dict[tuple[str, str], float] = {}
+        self._bad_frame_log = LogThrottle()
         self._poller = zmq.Poller()
 
         self._router = self._socket(zmq.ROUTER)
         self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        # libzmq drops (and disconnects) frames far over the cap before they are buffered whole;
-        # frames between the cap and this hard limit are read and counted as "oversize".
+        # libzmq drops a frame over this hard limit unread, with its connection; one over the cap is "oversize".
         self._router.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes * 2 + 1024)
         fixed_port = bool(port)
         if curve is not None:
             curve.server_options(self._router)
         port = _bind(self._router, host, port)
+        self.connections = InboundConnections(self._router, port, max_connections_per_peer, counters, self._poller)
         # The endpoint in every frame is where peers answer: the advertised address when the
         # bound one is not reachable from them (a wildcard bind, NAT, a pod behind a name).
         self.endpoint = f"tcp://{advertise_host or host}:{advertise_port or port}"
@@ -217,6 +219,8 @@ class Transport(threading.Thread):
                         self._wake_pipe.drain()
                     elif sock in self._monitors:
                         self._drain_monitor(sock)
+                    elif sock is self.connections.monitor:
+                        self.connections.drain()
                     else:
                         self._drain_dealer(sock)
                 if self.faults is not None:
@@ -245,6 +249,7 @@ class Transport(threading.Thread):
         for sock in [self._router, self._events.pub, self._sub, *self._monitors, *self._dealers.values()]:
             sock.close(linger=0)
         self._dealers, self._monitors = {}, {}
+        self.connections.close()
         if self.gatekeeper is not None:
             self.gatekeeper.stop()
         self._context.term()
@@ -367,11 +372,7 @@ class Transport(threading.Thread):
 
     def _count_bad(self, peer: str, reason: str, detail: str) -> None:
         self.counters[f"bad_frames_{reason}"] += 1
-        now, key = time.monotonic(), (peer, reason)
-        if now - self._last_logged.get(key, -LOG_EVERY_S) >= LOG_EVERY_S:
-            if len(self._last_logged) >= 10_000:  # a key per connection, and connections are free
-                self._last_logged.clear()
-            self._last_logged[key] = now
+        if self._bad_frame_log.allow((peer, reason)):
             log.warning("dropped a bad frame from peer %s: %s %s", peer, reason, detail[:120])
 
     def _subscribe(self, pub_endpoint: str, topic: str, target: Any) -> None:
@@ -552,11 +553,10 @@ class Transport(threading.Thread):
 
     def _close_dealer(self, endpoint: str, monitor: zmq.Socket) -> None:
         sock, _ = self._dealers.pop(endpoint), self._monitors.pop(monitor)
+        sock.disable_monitor()
         for closing in (sock, monitor):
             self._poller.unregister(closing)
-        sock.disable_monitor()
-        monitor.close(linger=0)
-        sock.close(linger=0)
+            closing.close(linger=0)
 
     def _fail_asks_to(self, endpoint: str, why: str = "") -> None:
         lost = [cid for cid, asked in self._ask_endpoints.items() if asked == endpoint]

@@ -1,9 +1,11 @@
-"""Start and always stop OS processes for tests: each has a deadline to come up and to end."""
+"""Start and always stop OS processes for tests: each has a deadline to come up and to end; and
+raw TCP connections to them."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +22,26 @@ def wait_for(condition, timeout_s: float, interval_s: float = 0.02, what: str = 
         return wait_until(condition, timeout_s, what, interval_s)
     except TimeoutError as exc:
         raise AssertionError(str(exc)) from None
+
+
+def raw_connection(port: int, timeout_s: float = 5.0) -> socket.socket:
+    """A plain TCP connection to 127.0.0.1:``port`` that says nothing, non-blocking once made."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+    sock.setblocking(False)
+    return sock
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the other end has closed ``sock`` (a raw_connection); what it sent (a ZeroMQ
+    greeting) is read and dropped."""
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
 
 
 @contextlib.contextmanager

@@ -63,6 +63,7 @@ def test_every_option_a_manifest_sets_comes_from_the_environment_and_flags_win(m
            "AGENTFLOW_RETAIN_WORKFLOWS": "50", "AGENTFLOW_RETAIN_S": "600", "AGENTFLOW_MAX_RESULT_BYTES": "4096",
            "AGENTFLOW_LOCK_MAX_WAITERS": "50", "AGENTFLOW_MAX_TASKS_PER_WORKFLOW": "500",
            "AGENTFLOW_MAX_PENDING_WORKFLOWS": "20", "AGENTFLOW_AGENT_HISTORY_SIZE": "300",
+           "AGENTFLOW_MAX_WORKFLOW_BYTES": "65536", "AGENTFLOW_MAX_CONNECTIONS_PER_PEER": "40",
            "AGENTFLOW_INSECURE": "1"}  # 0.0.0.0 without CURVE keys is refused otherwise
     code, seen, output = parse_node_command(["master"], env, monkeypatch)
     assert code == 0, output
@@ -71,7 +72,8 @@ def test_every_option_a_manifest_sets_comes_from_the_environment_and_flags_win(m
                     "node_id": "m1", "heartbeat_ms": 200, "election_timeout_ms": (2000, 4000),
                     "snapshot_every_entries": 5000, "curve": None, "retain_workflows": 50, "retain_s": 600.0,
                     "max_result_bytes": 4096, "lock_max_waiters": 50, "max_tasks_per_workflow": 500,
-                    "max_pending_workflows": 20, "agent_history_size": 300}
+                    "max_pending_workflows": 20, "agent_history_size": 300, "max_workflow_bytes": 65536,
+                    "max_connections_per_peer": 40}
     code, seen, _ = parse_node_command(["master", "--port", "7100", "--node-id", "m9"], env, monkeypatch)
     assert (seen["port"], seen["node_id"], seen["mode"]) == (7100, "m9", "master")
 

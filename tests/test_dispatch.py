@@ -88,6 +88,20 @@ def test_submissions_over_the_limits_are_refused_naming_the_limit_and_nothing_st
     assert sim.submit("three", [task("a")]).value.get("ok")
 
 
+def test_a_submission_over_the_byte_limit_as_logged_is_refused_naming_the_limit():
+    from protocols.client_commands import SubmissionLimits
+    from protocols.workflow_spec import Workflow
+    from protocols.workflow_table import CancelWorkflow, SubmitWorkflow
+
+    limits = SubmissionLimits(max_workflow_bytes=1024)
+    submission = SubmitWorkflow(Workflow("wf-big", "big", [task("a")]), 0)
+    assert limits.size_refusal(submission, 1024) is None
+    refusal = limits.size_refusal(submission, 3 << 20)
+    assert refusal.kind == "limit_exceeded" and "'wf-big' is 3.0 MiB" in refusal.message
+    assert "--max-workflow-bytes" in refusal.message
+    assert limits.size_refusal(CancelWorkflow("wf-big", 0), 3 << 20) is None  # only submissions
+
+
 def test_a_task_that_fits_nowhere_now_does_not_stop_those_behind_it():
     sim = DispatchSim()
     sim.worker("w", slots=4, cpu=4)

@@ -86,18 +86,21 @@ def test_snapshot_families_render_cleanly_without_a_cluster():
                 "tasks": {"running": 1}, "workflows": {"running": 1},
                 "queue": {"by_priority": {"high": 2}, "oldest_wait_s": 0.5},
                 "workers": {"by_status": {"active": 1}, "slots_total": 4, "slots_used": 1},
-                "locks": {"held": 1, "waiting": 0},
+                "locks": {"held": 1, "waiting": 0}, "connections": {"open": 7, "busiest_peer": 5},
                 "agents_summary": {"total": 1, "by_group": {"g": 1}, "mailbox_depth": 2, "messages_total": 5}}
 
     class Collector:
         def collect(self):
-            yield from transport_families({"msgs_in": 3, "bad_frames_too_big": 1, "late_replies": 2})
+            yield from transport_families({"msgs_in": 3, "bad_frames_too_big": 1, "late_replies": 2,
+                                           "connections_refused_per_peer_limit": 4})
             yield from master_families(snapshot)
 
     registry = CollectorRegistry()
     registry.register(Collector())
     text = generate_latest(registry).decode()
     assert 'agentflow_transport_decode_errors_total{reason="too_big"} 1.0' in text
+    assert 'agentflow_transport_connections_refused_total{reason="per_peer_limit"} 4.0' in text
+    assert "agentflow_transport_connections_open 7.0" in text and "agentflow_transport_connections_peer_max 5.0" in text
     assert 'agentflow_queue_depth{priority="high"} 2.0' in text and "agentflow_agent_messages_handled 5.0" in text
     if shutil.which("promtool"):
         assert promtool_problems(text) == ""

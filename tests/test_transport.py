@@ -16,10 +16,13 @@ from protocols.wire import encode, encode_frame
 from runtime.actor import Actor
 from runtime.client import DirectAsks
 from runtime.future import AskTimeout, RemoteError
+from runtime.http import on_node_thread
 from runtime.node import Node
-from tests.procs import NodeProcess, wait_for
+from tests.procs import NodeProcess, closed_by_peer, raw_connection, wait_for
 
 pytestmark = pytest.mark.integration
+
+LIMITED_PORT = 10010  # this file's fixed ports (10010, 10011)
 
 
 @pytest.fixture
@@ -180,6 +183,42 @@ def test_garbage_on_the_router_port_is_counted_and_the_node_keeps_serving(node, 
     for reason in ("bad_msgpack", "bad_frame_count", "bad_shape", "bad_version", "unknown_record", "oversize"):
         assert grown.get(f"bad_frames_{reason}", 0) >= 1, (reason, grown)
     assert node.ref(remote.endpoint, "echo").ask("fine", timeout_s=5).get() == "fine"
+
+
+class Echo(Actor):
+    def receive(self, message):
+        return message
+
+
+def test_a_peer_past_its_connection_limit_is_closed_counted_and_admitted_once_below_it():
+    limited = Node("limited", port=LIMITED_PORT, max_connections_per_peer=3).start()
+    peer = Node("peer", port=LIMITED_PORT + 1).start()
+    raw = []
+    try:
+        limited.spawn(Echo, name="echo")
+        connections = lambda: on_node_thread(limited, limited.inbound_connections)  # noqa: E731
+        raw = [raw_connection(LIMITED_PORT) for _ in range(5)]
+        refused = wait_for(lambda: (closed := [s for s in raw if closed_by_peer(s)]) and len(closed) == 2
+                           and limited.stats().get("connections_refused_per_peer_limit") == 2 and closed,
+                           timeout_s=10, what="two of five connections closed and counted")
+        assert connections() == {"open": 3, "busiest_peer": 3}
+        admitted = [s for s in raw if s not in refused]
+        # A ZeroMQ peer at the limit is refused too: its asks fail instead of reaching the actor.
+        ref = peer.ref(limited.endpoint, "echo")
+        with pytest.raises((RemoteError, AskTimeout)):
+            ref.ask("over the limit", timeout_s=1).get()
+        wait_for(lambda: limited.stats()["connections_refused_per_peer_limit"] >= 3, 10, what="the DEALER refused")
+        # Closed connections are forgotten: the peer's DEALER, reconnecting, is admitted again.
+        for sock in admitted[:2]:
+            sock.close()
+        assert wait_for(lambda: _answer_or_none(ref, "below the limit"), 10, what="an admitted ask") == "below the limit"
+        wait_for(lambda: connections() == {"open": 2, "busiest_peer": 2}, 10, what="one raw socket and the DEALER")
+        assert not closed_by_peer(admitted[2])
+    finally:
+        for sock in raw:
+            sock.close()
+        peer.stop()
+        limited.stop()
 
 
 class Ticked(Actor):

@@ -57,8 +57,16 @@ def master(
                                                help="A workflow with more tasks is refused (limit_exceeded)."),
     max_pending_workflows: int = typer.Option(10_000, "--max-pending-workflows", envvar="AGENTFLOW_MAX_PENDING_WORKFLOWS",
                                               help="Submissions are refused while this many workflows are unfinished."),
+    max_workflow_bytes: int = typer.Option(16 * 1024 * 1024, "--max-workflow-bytes",
+                                           envvar="AGENTFLOW_MAX_WORKFLOW_BYTES",
+                                           help="A workflow larger than this, as the Raft log holds it, is refused "
+                                                "(limit_exceeded)."),
     agent_history_size: int = typer.Option(10_000, "--agent-history-size", envvar="AGENTFLOW_AGENT_HISTORY_SIZE",
                                            help="Agent messages each master keeps for `agentflow history`."),
+    max_connections_per_peer: int = typer.Option(1000, "--max-connections-per-peer",
+                                                 envvar="AGENTFLOW_MAX_CONNECTIONS_PER_PEER",
+                                                 help="TCP connections one IP address may hold open to this master; "
+                                                      "past them a new one is closed at once."),
 ) -> None:
     """Start a master (a member of the Raft group of the control plane)."""
     from agentflow.master import run_master
@@ -80,7 +88,8 @@ def master(
                           advertise=advertise, retain_workflows=retain_workflows, retain_s=retain_s,
                           max_result_bytes=max_result_bytes, curve=keys, lock_max_waiters=lock_max_waiters,
                           max_tasks_per_workflow=max_tasks_per_workflow, max_pending_workflows=max_pending_workflows,
-                          agent_history_size=agent_history_size)
+                          max_workflow_bytes=max_workflow_bytes,
+                          agent_history_size=agent_history_size, max_connections_per_peer=max_connections_per_peer)
     except ValueError as exc:
         fail(str(exc))
     except StorageError as exc:

@@ -33,9 +33,16 @@ def submit(
     master_url: Optional[str] = MasterUrl,
 ) -> None:
     """Submit a workflow."""
+    import os
+
+    from protocols.wire import DEFAULT_MAX_FRAME_BYTES
     from protocols.workflow import WorkflowError, parse_workflow
 
     try:
+        size = os.stat(file).st_size
+        if size > DEFAULT_MAX_FRAME_BYTES:  # not read: no master would take it (they refuse far less)
+            fail(f"{file} is {size / (1 << 20):.1f} MiB: over the {DEFAULT_MAX_FRAME_BYTES >> 20} MiB a master takes "
+                 "in one message (and a workflow may be at most --max-workflow-bytes, 16 MiB by default)")
         with open(file) as handle:
             text = handle.read()
     except OSError as exc:
