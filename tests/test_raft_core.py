@@ -267,6 +267,18 @@ def test_batching_and_pipelining_respect_the_limits():
     assert appends[1].prev_index == appends[0].prev_index + 4  # sent back to back, optimistically
 
 
+def test_an_append_carries_at_most_its_byte_budget_and_a_larger_entry_alone():
+    net = Net(config=RaftConfig(max_bytes_per_append=100, max_inflight_appends=8))
+    leader = net.elect("n1")
+    net.tick(2)
+    for size in (40, 40, 40, 250, 10, 10):
+        leader.propose(b"x" * size)
+    appends = [m for m in leader.ready().messages if isinstance(m, AppendEntries) and m.dst == "n2"]
+    assert [[len(e.data) for e in m.entries] for m in appends] == [[40, 40], [40], [250], [10, 10]]
+    net.tick(5)  # those appends were taken here, not delivered: the leader sends them again
+    assert [len(c) for c in net.commands("n2")] == [40, 40, 40, 250, 10, 10]
+
+
 def test_lost_appends_are_repaired():
     net = Net(config=RaftConfig(max_entries_per_append=2, max_inflight_appends=2))
     leader = net.elect("n1")

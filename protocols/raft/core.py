@@ -65,6 +65,10 @@ class RaftConfig:
     election_ticks_max: int = 20
     heartbeat_ticks: int = 1
     max_entries_per_append: int = 512
+    # Bytes of entry data per append (etcd's MaxSizePerMsg), at least one entry whatever its size:
+    # a count alone let 64 results of 1 MiB, or five 15 MiB workflows, make one append larger
+    # than a receiver's frame limit, dropped on every try.
+    max_bytes_per_append: int = 4 * 1024 * 1024
     max_inflight_appends: int = 64
     pre_vote: bool = True
     check_quorum: bool = True
@@ -72,8 +76,8 @@ class RaftConfig:
     def __post_init__(self) -> None:
         if not 0 < self.heartbeat_ticks < self.election_ticks_min <= self.election_ticks_max:
             raise ValueError("need 0 < heartbeat_ticks < election_ticks_min <= election_ticks_max")
-        if self.max_entries_per_append < 1 or self.max_inflight_appends < 1:
-            raise ValueError("max_entries_per_append and max_inflight_appends must be >= 1")
+        if self.max_entries_per_append < 1 or self.max_inflight_appends < 1 or self.max_bytes_per_append < 1:
+            raise ValueError("max_entries_per_append, max_bytes_per_append and max_inflight_appends must be >= 1")
 
 
 class NotLeader(Exception):

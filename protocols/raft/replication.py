@@ -197,7 +197,8 @@ class Replication:
         if progress.next > last_index and not send_if_empty:
             return False
         high = min(last_index, prev_index + self.config.max_entries_per_append)
-        entries = log.entries_between(prev_index + 1, high)
+        entries = _within_bytes(log.entries_between(prev_index + 1, high), self.config.max_bytes_per_append)
+        high = entries[-1].index if entries else prev_index
         self._send(AppendEntries(self._id, peer, self._term, prev_index, prev_term, entries, log.committed))
         if progress.state == REPLICATE:
             if entries:
@@ -278,3 +279,14 @@ class Replication:
             log.committed = quorum_index
             return True
         return False
+
+
+def _within_bytes(entries: list[Entry], max_bytes: int) -> list[Entry]:
+    """The longest prefix of ``entries`` whose data fits in ``max_bytes``, and never empty when
+    ``entries`` is not (an entry larger than the budget goes alone)."""
+    total = 0
+    for count, entry in enumerate(entries):
+        total += len(entry.data)
+        if total > max_bytes and count:
+            return entries[:count]
+    return entries
