@@ -5,6 +5,8 @@ tenant at its cap costs a round nothing."""
 
 from __future__ import annotations
 
+import pytest
+
 from protocols.dispatch_messages import LeadershipChanged
 from protocols.tenant_caps import CappedQueues, TenantCaps, tenant_of
 from protocols.queue import PriorityTaskQueue
@@ -256,3 +258,79 @@ def test_a_previous_leaders_dispatch_that_commits_late_counts_toward_the_cap():
     assert running(sim, "w") == ["acme:wf/a"] and sim.state_of("acme:wf", "b") == "ready"
     sim.finish("w", "acme:wf", "a")
     assert running(sim, "w") == ["acme:wf/b"]
+
+
+# --------------------------------------------------------------------------- real processes
+
+
+def _ran(done: dict) -> list[tuple[float, float]]:
+    """When each task of a completed workflow of ``timed`` tasks ran, by start."""
+    assert done["state"] == "completed", done
+    return sorted((task["result"]["start"], task["result"]["end"]) for task in done["tasks"].values())
+
+
+def _overlapping(first: list, second: list) -> bool:
+    return any(start < other_end and other_start < end
+               for index, (start, end) in enumerate(first)
+               for other_start, other_end in (second if second is not first else first[index + 1:]))
+
+
+@pytest.mark.integration
+def test_a_tenants_cap_on_running_tasks_through_real_processes(tmp_path):
+    """A master and two workers with CURVE: acme (running_tasks: 1) never runs two tasks at
+    once, its others wait ready, while globex's run alongside, several at once; after SIGHUP
+    with a raised quota, acme's waiting tasks go at once."""
+    import json
+    import os
+    import signal
+
+    from agentflow import Client, parse_workflow
+    from runtime.security import CurveKeys
+    from tests.procs import running_cluster, wait_for
+    from tests.test_tenants import _secret, _tenant_keys
+
+    keys, authorized = _tenant_keys(tmp_path)
+    quotas = authorized / "acme" / "quotas.yaml"
+    quotas.write_text("running_tasks: 1\n")
+    masters_key = keys / "masters.key"
+
+    def curve(who):
+        return CurveKeys.load(_secret(authorized, who), masters_key)
+
+    def timed(workflow_id, count, seconds):
+        return parse_workflow(json.dumps({"workflow": {"id": workflow_id, "tasks": [
+            {"task_id": f"t{i}", "call": "tests.taskfuncs:timed", "args": [seconds]} for i in range(count)]}}))
+
+    worker_options = ["--curve-secret-key", str(_secret(authorized, "workers")), "--curve-server-key",
+                      str(masters_key), "--max-concurrent-tasks", "4"]
+    master_options = ["--curve-secret-key", str(keys / "masters.key_secret"), "--authorized-keys", str(authorized)]
+    with running_cluster(tmp_path / "cluster", curve=curve("ops"), masters=1, workers=2, first_port=19600,
+                         master_options=master_options, worker_options=worker_options) as (local, _), \
+            Client(local.master_url, timeout_s=15, curve=curve("alice")) as alice, \
+            Client(local.master_url, timeout_s=15, curve=curve("bob")) as bob:
+        alice.submit_workflow(timed("wf", 4, 0.5))
+        bob.submit_workflow(timed("wf", 6, 0.5))
+        seen = []
+
+        def acme_done():
+            status = alice.workflow_status("wf")
+            states = [task["state"] for task in status["tasks"].values()]
+            seen.append((states.count("running"), states.count("ready")))
+            return status["state"] in ("completed", "failed")
+
+        wait_for(acme_done, 60, interval_s=0.05, what="acme's workflow to finish")
+        acme, globex = _ran(alice.wait_workflow("wf", timeout_s=60)), _ran(bob.wait_workflow("wf", timeout_s=60))
+        for (_, end), (start, _) in zip(acme, acme[1:]):
+            assert start >= end, acme  # one after another: never two at once
+        assert max(running for running, _ in seen) == 1 and any(ready for _, ready in seen), seen  # waiting, ready
+        assert _overlapping(globex, globex) and _overlapping(acme, globex), (acme, globex)
+
+        # A raised quota (SIGHUP) lets acme's waiting tasks go at the next round.
+        alice.submit_workflow(timed("wf-2", 3, 3.0))
+        wait_for(lambda: [task["state"] for task in alice.workflow_status("wf-2")["tasks"].values()].count("running"),
+                 30, what="acme's first task of wf-2 to run")
+        quotas.write_text("running_tasks: 3\n")
+        for master in local.masters:
+            os.kill(master.proc.pid, signal.SIGHUP)
+        raised = _ran(alice.wait_workflow("wf-2", timeout_s=60))
+        assert _overlapping(raised, raised), raised
