@@ -2,8 +2,9 @@
 
 Role: the messages the SchedulerActor exchanges with the QueueActor and the RegistryActor, and
 the pure services behind those two actors: ``QueueService`` (owns the ``PriorityTaskQueue``)
-and ``RegistryService`` (owns the ``WorkerRegistry``). The scheduler's side is
-protocols/dispatch.py; tests/dispatchsim.py wires the three together without actors.
+and ``RegistryService`` (owns the ``WorkerRegistry``), and what a round carries on the
+scheduler's side (``DispatchRound``). The scheduler's side is protocols/dispatch.py;
+tests/dispatchsim.py wires the three together without actors.
 
 Rules:
 
@@ -21,7 +22,9 @@ Rules:
   stops when no slot is left; the loan is then settled: the keys in ``settle_return`` (not
   placed, still wanted) go back in their place (same score and FIFO position), the rest of it
   leaves. Transient candidates never go back (the log makes them ready and the scheduler
-  enqueues them then).
+  enqueues them then). A capped tenant's candidates (``capped``) are kept in a queue of their
+  own and lent at most ``allowance[tenant]`` a take (protocols/tenant_caps.py); ``held`` says
+  how many of them stay back for want of room.
 * Nothing here reads a clock: times come in requests.
 * These messages never leave the process (plain classes, not wire records).
 """
