@@ -6,9 +6,10 @@ commands, leadership changes, ticks, the QueueActor's and RegistryActor's replie
 after each batch of messages it carries out the state's instructions: proposals to the
 RaftActor, assignments and cancels to workers, answers to asks, and at most one request each to
 the QueueActor and the RegistryActor. The master composition tells it the tenants' caps on
-running tasks (``RunningCaps``) when the quotas load and reload. The leader answers status reads from the replicated
-table (protocols/views.py); a follower answers workers and clients with a Redirect to the
-leader (status too: a follower still catching up would call an acknowledged workflow unknown).
+running tasks (``RunningCaps``) when the quotas load and reload. The leader answers status
+reads from the replicated table (protocols/views.py); a follower answers workers and clients
+with a Redirect to the leader (status too: a follower still catching up would call an
+acknowledged workflow unknown).
 
 Rules:
 

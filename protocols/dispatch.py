@@ -48,7 +48,8 @@ from protocols.dispatch_messages import (Answer, Applied, Assign, Cancel, Client
 from protocols.queue import DEFAULT_AGING_MS_PER_POINT, order_key
 from protocols.registry import HealthCheckConfig
 from protocols.retention import RetentionPolicy
-from protocols.rounds import DispatchRound, Queued, QueueDepthBound, QueueReply, QueueRequest, RegistryReply, RegistryRequest
+from protocols.rounds import (DispatchRound, Queued, QueueDepthBound, QueueReply, QueueRequest, RegistryReply,
+    RegistryRequest)
 from protocols.running import CANCEL, CLAIM, RunningIndex, held_attempts, requeue_commands, runs_elsewhere, runs_there
 from protocols.tenant_caps import TenantCaps
 from protocols.tasks import (ERROR_CANCELLED, ERROR_DRAINING, ERROR_INPUTS_MISSING, HeartbeatAck,
@@ -382,32 +383,18 @@ class DispatchState:
                 continue
             finish = finish_command(report, now_ms, self.config.max_result_bytes)
             upcoming.commands.append(finish)
-            if current and finish.succeeded:
-                self._add_transients(graph, report.task_id, report.result, worker_id, upcoming, now_ms)
+            if current and finish.succeeded:  # its dependents become candidates of the next round
+                for child in upcoming.unblock(graph, report.task_id, report.result, worker_id):
+                    key = task_key(graph.workflow_id, child)
+                    if key not in self.dispatching:
+                        upcoming.transient[key] = self._queued(graph, child, now_ms,
+                                                               upcoming.finishing[graph.workflow_id])
         if not counted:
             self._out.append(Answer(event.reply, ReportsAccepted(0)))
             return
         upcoming.answers.append((event.reply, ReportsAccepted(counted)))
         upcoming.now_ms = max(upcoming.now_ms, now_ms)
         self.wanted = True
-
-    def _add_transients(self, graph, task_id: str, result: Any, worker_id: str, upcoming: DispatchRound,
-                        now_ms: int) -> None:
-        """The dependents this completion will make ready become candidates of the next round."""
-        finishing = upcoming.finishing.setdefault(graph.workflow_id, {})
-        if task_id in finishing:
-            return  # reported twice in one round
-        finishing[task_id] = (result, worker_id)
-        # Counted, not rescanned: a join of n tasks costs O(1) per completion, not O(n).
-        unblocked = upcoming.unblocked.setdefault(graph.workflow_id, {})
-        runs = graph.runs
-        for child in graph.dependents.get(task_id, ()):
-            if runs[child].state is not TaskState.PENDING:
-                continue
-            unblocked[child] = unblocked.get(child, 0) + 1
-            key = task_key(graph.workflow_id, child)
-            if unblocked[child] == graph.waiting_on(child) and key not in self.dispatching:
-                upcoming.transient[key] = self._queued(graph, child, now_ms, finishing)
 
     def _on_tick(self, event: Tick) -> None:
         if not self.is_leader:

@@ -36,6 +36,7 @@ from protocols.workflow_spec import priority_name
 from protocols.queue import DEFAULT_AGING_MS_PER_POINT, PriorityTaskQueue, QueueEntry, QueueStats
 from protocols.registry import HealthCheckConfig, PlacementError, TaskRequirements, WorkerRegistry
 from protocols.tenant_caps import CappedQueues
+from protocols.workflow_run import TaskState
 
 
 @dataclass(slots=True)
@@ -73,6 +74,23 @@ class DispatchRound:
     offered: int = 0
     candidates: list = field(default_factory=list)
     direct: bool = False  # placed without the queue (it was empty)
+
+    def unblock(self, graph, task_id: str, result, worker_id: str) -> list[str]:
+        """A completion of ``task_id`` (in ``graph``) this round carries: the dependents whose
+        every dependency it now carries (none if it carries this one already)."""
+        finishing = self.finishing.setdefault(graph.workflow_id, {})
+        if task_id in finishing:
+            return []  # reported twice in one round
+        finishing[task_id] = (result, worker_id)
+        # Counted, not rescanned: a join of n tasks costs O(1) per completion, not O(n).
+        unblocked = self.unblocked.setdefault(graph.workflow_id, {})
+        runs, ready = graph.runs, []
+        for child in graph.dependents.get(task_id, ()):
+            if runs[child].state is TaskState.PENDING:
+                unblocked[child] = unblocked.get(child, 0) + 1
+                if unblocked[child] == graph.waiting_on(child):
+                    ready.append(child)
+        return ready
 
 
 # --------------------------------------------------------------------------- the queue
@@ -177,10 +195,10 @@ class QueueService:
         if request.take_round:
             reply = QueueReply(request.added_through, request.take_round)
             reply.candidates, reply.held = self._lend(request)
-            reply.depth = len(queue) + len(capped)
+            reply.depth = len(queue) + len(capped) if routed else len(queue)
         if request.stats_token:
             reply = reply or QueueReply(request.added_through)
-            reply.depth = len(queue) + len(capped)
+            reply.depth = len(queue) + len(capped) if routed else len(queue)
             reply.stats_token = request.stats_token
             stats = self.stats(request.now_ms)
             reply.stats = {"total": stats.total, "by_priority": dict(stats.by_priority),

@@ -53,24 +53,24 @@ class TenantCaps:
 
     def add(self, key: str) -> None:
         """Count a task that holds a slot already (adopted, rebuilt), over the cap or not."""
-        held = self.holding.get(tenant_of(key))  # type: ignore[arg-type]
+        held = self.holding.get(tenant_of(key))
         if held is not None:
             held.add(key)
 
     def admit(self, key: str) -> bool:
         """Count a task about to be dispatched if its tenant has room (or no cap); False if not."""
         tenant = tenant_of(key)
-        held = self.holding.get(tenant)  # type: ignore[arg-type]
+        held = self.holding.get(tenant)
         if held is None or key in held:
             return True
-        if len(held) >= self.caps[tenant]:  # type: ignore[index]
+        if len(held) >= self.caps[tenant]:
             return False
         held.add(key)
         return True
 
     def discard(self, key: str) -> None:
         """A task no longer holds a slot (reported, finished, requeued, cancelled, refused)."""
-        held = self.holding.get(tenant_of(key))  # type: ignore[arg-type]
+        held = self.holding.get(tenant_of(key))
         if held is not None:
             held.discard(key)
 
@@ -105,7 +105,7 @@ class CappedQueues:
 
     def of(self, key: str) -> PriorityTaskQueue:
         """The queue ``key`` belongs in: its tenant's if capped, else the main one."""
-        return self.queues.get(tenant_of(key), self.main) if self.queues else self.main  # type: ignore[arg-type]
+        return self.queues.get(tenant_of(key), self.main) if self.queues else self.main
 
     def enqueue(self, item) -> None:
         """Queue a ``Queued`` item where it belongs."""
@@ -124,8 +124,9 @@ class CappedQueues:
         for tenant in added:
             self.queues[tenant] = PriorityTaskQueue(self.main.aging_ms_per_point)
         if added:
-            for entry in self.main.take_out(lambda key: tenant_of(key) in added):
-                self.queues[tenant_of(entry.key)].restore(entry)  # type: ignore[index]
+            joining = set(added)
+            for entry in self.main.take_out(lambda key: tenant_of(key) in joining):
+                self.queues[tenant_of(entry.key)].restore(entry)
 
     def lend(self, count: int, allowance: dict[str, int]) -> tuple[list[QueueEntry], list[str]]:
         """Up to ``count`` entries in the queues' merged order, at most ``allowance[tenant]``
@@ -148,7 +149,7 @@ class CappedQueues:
         lent: list[QueueEntry] = []
         while heads and len(lent) < count:
             index = heapq.heappop(heads)[2]
-            lent.append(sources[index].dequeue_entry())  # type: ignore[arg-type]
+            lent.append(sources[index].dequeue_entry())
             room[index] -= 1
             if room[index] > 0:
                 push_head(index)

@@ -51,8 +51,9 @@ def test_priorities_hold_within_what_the_cap_allows():
     sim.worker("w", slots=8)
     sim.caps({"acme": 2})
     sim.submit("acme:blocker", [task("b1"), task("b2")])  # acme is at its cap
-    sim.submit("acme:wf", [task("low", priority="low"), task("high", priority="high"), task("urgent", priority="urgent"),
-                           task("high2", priority="high"), task("medium", priority="medium")])
+    sim.submit("acme:wf", [task("low", priority="low"), task("high", priority="high"),
+                           task("urgent", priority="urgent"), task("high2", priority="high"),
+                           task("medium", priority="medium")])
     order = []
     for blocker in ("b1", "b2"):
         sim.finish("w", "acme:blocker", blocker)
