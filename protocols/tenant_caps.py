@@ -11,8 +11,8 @@ ones finish, while everyone else's go on. Two halves, both pure:
 * ``CappedQueues``, the queue's (protocols/rounds.py ``QueueService``): each capped tenant's
   ready tasks in a queue of its own beside the main one, all in one order (one FIFO count), so
   that a round lends from the main queue and from the queues of tenants with room, at most
-  their room each, merged in the queues' order: a tenant at its cap costs a round nothing, how
-  many tasks it has queued.
+  their room each, merged in the queues' order: a tenant at its cap costs a round nothing,
+  however many tasks it has queued.
 
 Rules:
 
