@@ -5,9 +5,11 @@ It turns what arrives (workers' hellos, heartbeats and reports, clients' request
 commands, leadership changes, ticks, the QueueActor's and RegistryActor's replies) into events;
 after each batch of messages it carries out the state's instructions: proposals to the
 RaftActor, assignments and cancels to workers, answers to asks, and at most one request each to
-the QueueActor and the RegistryActor. The leader answers status reads from the replicated
-table (protocols/views.py); a follower answers workers and clients with a Redirect to the
-leader (status too: a follower still catching up would call an acknowledged workflow unknown).
+the QueueActor and the RegistryActor. The master composition tells it the tenants' caps on
+running tasks (``RunningCaps``) when the quotas load and reload. The leader answers status
+reads from the replicated table (protocols/views.py); a follower answers workers and clients
+with a Redirect to the leader (status too: a follower still catching up would call an
+acknowledged workflow unknown).
 
 Rules:
 
@@ -99,7 +101,7 @@ class SchedulerActor(Actor):
     def receive(self, message: Any) -> Any:
         kind = type(message)
         state = self.state
-        if kind is QueueReply or kind is RegistryReply or kind is events.Committed:
+        if kind is QueueReply or kind is RegistryReply or kind is events.Committed or kind is events.RunningCaps:
             state.handle(message)
             return None
         if kind is Applied:

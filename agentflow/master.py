@@ -43,12 +43,14 @@ from protocols.client_commands import (DEFAULT_MAX_PENDING_WORKFLOWS, DEFAULT_MA
     DEFAULT_MAX_WORKFLOW_BYTES, SubmissionLimits)
 from protocols.control import Join, StatusQuery, TransferLeadership
 from protocols.dispatch import DispatchConfig
+from protocols.dispatch_messages import RunningCaps
 from protocols.names import (AGENTS_ACTOR, LOCK_ACTOR, OBSERVER_ACTOR, QUEUE_ACTOR, RAFT_ACTOR, REGISTRY_ACTOR,
     SCHEDULER_ACTOR)
 from protocols.overview import WORKFLOW_LIMIT
 from protocols.raft import RaftConfig
 from protocols.retention import DEFAULT_RETAIN_MS, DEFAULT_RETAIN_WORKFLOWS, RetentionPolicy
 from protocols.rounds import workers_table
+from protocols.tenants import running_caps
 from protocols.wire import ErrorRecord, Redirect
 from agentflow.addresses import advertised_address, parse_advertise, unresolved
 from runtime.client import parse_master_urls
@@ -163,6 +165,7 @@ class Master:
             self.registry = self.node.spawn(RegistryActor, dispatch.health, name=REGISTRY_ACTOR, pinned=True)
             self.scheduler = self.node.spawn(SchedulerActor, control, config=dispatch, name=SCHEDULER_ACTOR,
                                              pinned=True)
+            self._tell_caps()
             self.agents = self.node.spawn(AgentDirectoryActor, control, history_size=agent_history_size,
                                           name=AGENTS_ACTOR, pinned=True)
             self.node.actor(RAFT_ACTOR).storage.on_commit_s = self.metrics.fsync.observe
@@ -177,6 +180,18 @@ class Master:
             self.http.start()
         log.info("Master %s serves on %s (http %s, data %s)", self.node_id, self.node.endpoint,
                  self.http_port or "off", self.storage_path)
+
+    def reload_keys(self) -> int:
+        """Read the authorized keys and the tenants' quotas again (SIGHUP) and hand the scheduler
+        the new caps on running tasks; returns how many keys are admitted."""
+        admitted = self.node.transport.gatekeeper.reload()
+        self._tell_caps()
+        return admitted
+
+    def _tell_caps(self) -> None:
+        gatekeeper = self.node.transport.gatekeeper
+        if gatekeeper is not None:  # (without CURVE there are no tenants)
+            self.scheduler.tell(RunningCaps(running_caps(gatekeeper.quotas)))
 
     def _observer_sources(self) -> ObserverSources:
         """What the observer reads of the actors beside it (all pinned: read on their thread)."""
@@ -311,7 +326,7 @@ def run_master(**options: Any) -> int:
     gatekeeper = master.node.transport.gatekeeper
     if gatekeeper is not None:  # SIGHUP: read the authorized keys again
         signal.signal(signal.SIGHUP, lambda *_: log.info("Master %s admits %d keys (%d tenants)", master.node_id,
-                                                          gatekeeper.reload(), len(gatekeeper.quotas)))
+                                                          master.reload_keys(), len(gatekeeper.quotas)))
     try:
         status = master.status(RECOVERY_S)  # a long log is re-applied before the first answer
         if master.mode == "master" and master.recovered and master.node_id in status["voters"]:

@@ -20,7 +20,9 @@ Rules:
   with a report's completion (the tasks it makes ready join the queue's order as *transient*
   candidates, so a chain costs one commit per hop), a requeue, a new leader's rebuild. One
   that fits nowhere does not stop those behind it; a round looks at ``MAX_SCANNED`` at most
-  (or 4 per free slot).
+  (or 4 per free slot). Nor does a task of a tenant at its cap on running tasks (``RunningCaps``,
+  protocols/tenant_caps.py): it waits apart, at no cost to a round, until one of its tenant's
+  tasks reports (or, after a raised cap, the next round).
 * Rounds: one in flight at a time (take from the queue, place with the registry, then one
   Batch entry of finishes and DispatchTasks, one AssignTasks per worker); what arrives
   meanwhile waits for the next. A reported attempt frees its slot at once. A round that could
@@ -41,13 +43,15 @@ from typing import Any
 from protocols.assignments import DEFAULT_MAX_RESULT_BYTES, TaskShapes, assignment, candidate, finish_command
 from protocols.client_commands import ClientCommands, SubmissionLimits
 from protocols.dispatch_messages import (Answer, Applied, Assign, Cancel, ClientRequest, Committed, Goodbye,
-    Heartbeat, Hello, LeadershipChanged, Propose, QueueQuery, Reports, Tick, ToQueue, ToRegistry,
+    Heartbeat, Hello, LeadershipChanged, Propose, QueueQuery, Reports, RunningCaps, Tick, ToQueue, ToRegistry,
     WorkersQuery)
 from protocols.queue import DEFAULT_AGING_MS_PER_POINT, order_key
 from protocols.registry import HealthCheckConfig
 from protocols.retention import RetentionPolicy
-from protocols.rounds import Queued, QueueDepthBound, QueueReply, QueueRequest, RegistryReply, RegistryRequest
-from protocols.running import CANCEL, CLAIM, RunningIndex, held_attempts, runs_elsewhere, runs_there
+from protocols.rounds import (DispatchRound, Queued, QueueDepthBound, QueueReply, QueueRequest, RegistryReply,
+    RegistryRequest)
+from protocols.running import CANCEL, CLAIM, RunningIndex, held_attempts, requeue_commands, runs_elsewhere, runs_there
+from protocols.tenant_caps import TenantCaps
 from protocols.tasks import (ERROR_CANCELLED, ERROR_DRAINING, ERROR_INPUTS_MISSING, HeartbeatAck,
     ReportsAccepted, TaskAssignment, TaskFinished, WorkerWelcome, attempt_key)
 from protocols.workflow_run import TaskState
@@ -71,23 +75,6 @@ class DispatchConfig:
     limits: SubmissionLimits = field(default_factory=SubmissionLimits)  # what one submission may bring
 
 
-@dataclass(slots=True)
-class _Round:
-    """What one dispatch round carries: the reports' commands waiting to be proposed with the
-    round's dispatches, the answers owed once they commit, and the transient candidates."""
-
-    round_id: int = 0
-    now_ms: int = 0
-    commands: list = field(default_factory=list)
-    answers: list = field(default_factory=list)
-    transient: dict = field(default_factory=dict)  # key -> Queued
-    finishing: dict = field(default_factory=dict)  # workflow id -> {task id: (result, worker id)}
-    unblocked: dict = field(default_factory=dict)  # workflow id -> {task id: its dependencies in finishing}
-    offered: int = 0
-    candidates: list = field(default_factory=list)
-    direct: bool = False  # placed without the queue (it was empty)
-
-
 class DispatchState:
     """The scheduler's decisions; see the module docstring."""
 
@@ -99,6 +86,7 @@ class DispatchState:
         self._queue_depth = QueueDepthBound()  # (a new leader's reset keeps its count)
         self.now_ms = 0  # the latest time an event brought: a round's (its dispatches are stamped with it)
         self.shapes = TaskShapes()
+        self.caps: TenantCaps | None = None  # tenants' caps on running tasks, and their counts (None: no caps)
         self._reset()
 
     def _reset(self) -> None:
@@ -113,10 +101,11 @@ class DispatchState:
         self.queries: dict[int, Any] = {}  # token -> the ask waiting for the queue or registry
         self.free_slots = 0  # the registry's last word, plus the slots released since
         self._queue_depth.reset()
+        self.held = 0  # of the queued tasks, those of capped tenants without room (the queue's last word)
         self.blocked = False  # the last round could place nothing and nothing changed since
         self.scan = 0  # how many candidates the next round looks at, beyond the free slots
-        self.round: _Round | None = None  # the round in flight
-        self.next = _Round()  # what the next round carries
+        self.round: DispatchRound | None = None  # the round in flight
+        self.next = DispatchRound()  # what the next round carries
         self.wanted = False
         self._out: list = []
         self._queue_request: QueueRequest | None = None
@@ -179,15 +168,17 @@ class DispatchState:
         self._next_id += 1
         return self._next_id
 
-    def _release(self, worker_id: str, key: str, now_ms: int) -> None:
+    def _release(self, worker_id: str, key: str, now_ms: int, held: bool = True) -> None:
         """Free a task's reservation (``worker_id`` "": wherever it is held). Counted as a free
         slot at once: the registry does not answer releases (an upper bound; its next answer
-        corrects it)."""
+        corrects it). ``held``: the task held a slot of its tenant's (not a placement unused)."""
         request = self._to_registry(now_ms)
         request.claims.pop(key, None)  # (older news than the release)
         request.releases.append((worker_id, key))
         self.free_slots += 1
         self.blocked = False
+        if held and self.caps is not None:
+            self.caps.discard(key)
 
     def _queued(self, graph, task_id: str, now_ms: int, finishing: dict | None = None) -> Queued:
         run = graph.runs[task_id]
@@ -227,6 +218,8 @@ class DispatchState:
                     key = task_key(graph.workflow_id, task_id)
                     self.unclaimed[key] = now_ms + self.config.claim_grace_ms
                     self.running.running(key, run.worker_id or "", run.attempts)
+        if self.caps is not None:
+            self._on_running_caps(RunningCaps(self.caps.caps))  # counted again, from the log
         self._queue_ready(ready)
 
     # ------------------------------------------------------------------ applied commands
@@ -254,6 +247,8 @@ class DispatchState:
                 self.running.running(key, command.worker_id, command.attempt)
                 if not ours:
                     removes.append(key)  # queued here before a previous leader's dispatch of it committed
+                    if self.caps is not None and key not in self.released:
+                        self.caps.add(key)
             elif (kind is FinishTask or kind is RequeueTask) and result.get("ok"):
                 # Only the current attempt frees its reservation (a stale report must not free the
                 # slot of a newer attempt of the same task on another worker).
@@ -334,6 +329,8 @@ class DispatchState:
             else:  # ADOPT
                 self._to_queue().remove.append(key)
                 self.dispatching[key] = (worker_id, number)
+                if self.caps is not None:
+                    self.caps.add(key)  # it runs already: counted, over its tenant's cap or not
                 self._out.append(Propose([DispatchTask(workflow_id, task_id, number, worker_id, now_ms)]))
             request.claims[key] = (worker_id, self.shapes.of(graph.tasks[task_id]))
         self._out.append(Answer(event.reply, HeartbeatAck(True, cancel)))
@@ -386,32 +383,18 @@ class DispatchState:
                 continue
             finish = finish_command(report, now_ms, self.config.max_result_bytes)
             upcoming.commands.append(finish)
-            if current and finish.succeeded:
-                self._add_transients(graph, report.task_id, report.result, worker_id, upcoming, now_ms)
+            if current and finish.succeeded:  # its dependents become candidates of the next round
+                for child in upcoming.unblock(graph, report.task_id, report.result, worker_id):
+                    key = task_key(graph.workflow_id, child)
+                    if key not in self.dispatching:
+                        upcoming.transient[key] = self._queued(graph, child, now_ms,
+                                                               upcoming.finishing[graph.workflow_id])
         if not counted:
             self._out.append(Answer(event.reply, ReportsAccepted(0)))
             return
         upcoming.answers.append((event.reply, ReportsAccepted(counted)))
         upcoming.now_ms = max(upcoming.now_ms, now_ms)
         self.wanted = True
-
-    def _add_transients(self, graph, task_id: str, result: Any, worker_id: str, upcoming: _Round,
-                        now_ms: int) -> None:
-        """The dependents this completion will make ready become candidates of the next round."""
-        finishing = upcoming.finishing.setdefault(graph.workflow_id, {})
-        if task_id in finishing:
-            return  # reported twice in one round
-        finishing[task_id] = (result, worker_id)
-        # Counted, not rescanned: a join of n tasks costs O(1) per completion, not O(n).
-        unblocked = upcoming.unblocked.setdefault(graph.workflow_id, {})
-        runs = graph.runs
-        for child in graph.dependents.get(task_id, ()):
-            if runs[child].state is not TaskState.PENDING:
-                continue
-            unblocked[child] = unblocked.get(child, 0) + 1
-            key = task_key(graph.workflow_id, child)
-            if unblocked[child] == graph.waiting_on(child) and key not in self.dispatching:
-                upcoming.transient[key] = self._queued(graph, child, now_ms, finishing)
 
     def _on_tick(self, event: Tick) -> None:
         if not self.is_leader:
@@ -423,7 +406,7 @@ class DispatchState:
             for key in expired:
                 del self.unclaimed[key]
             self._requeue(expired, "nobody claimed it after a leader change", now_ms)
-        if not self.blocked and self.free_slots > 0 and self.queued > 0:
+        if not self.blocked and self.free_slots > 0 and self.queued > self.held:
             self.wanted = True
         forget = self.config.retention.to_forget(self.workflows.finished, now_ms, self.forgetting)
         if forget:
@@ -435,12 +418,7 @@ class DispatchState:
 
     def _requeue(self, keys: list[str], reason: str, now_ms: int) -> None:
         """Propose, in one entry, a RequeueTask of each of these tasks that still runs."""
-        requeues = []
-        for key in keys:
-            workflow_id, task_id = split_task_key(key)
-            graph = self.workflows.get(workflow_id)
-            if graph is not None and graph.runs[task_id].state is TaskState.RUNNING:
-                requeues.append(RequeueTask(workflow_id, task_id, graph.runs[task_id].attempts, reason, now_ms))
+        requeues = requeue_commands(self.workflows, keys, reason, now_ms)
         if requeues:
             self._out.append(Propose(requeues))
 
@@ -454,18 +432,20 @@ class DispatchState:
         if self.free_slots <= 0 or take <= 0 or (self.blocked and not transient):
             if upcoming.commands:
                 self._out.append(Propose(upcoming.commands, upcoming.answers))
-                self.next = _Round()
+                self.next = DispatchRound()
             return
         upcoming.round_id = self._token()
         upcoming.offered = take
         upcoming.now_ms = self.now_ms
-        self.round, self.next = upcoming, _Round()
+        self.round, self.next = upcoming, DispatchRound()
         if self.queued == 0:
             # Nothing waits in the queue (an upper bound of 0): the transient candidates are the
             # whole order, and go to the registry without a trip through the queue (two hops less
             # on each hop of a chain). Ordered by the queue's own rule, ties in arrival order.
             aging = self.config.aging_ms_per_point
             transient.sort(key=lambda item: order_key(item.priority, item.now_ms, item.retries, aging))
+            if self.caps is not None:
+                transient = self.caps.within(transient)
             upcoming.direct = True
             upcoming.candidates = [item.candidate for item in transient[:take]]
             request = self._to_registry(upcoming.now_ms)
@@ -473,6 +453,8 @@ class DispatchState:
             return
         request = self._to_queue()
         request.take_round, request.take_count, request.transient = upcoming.round_id, take, transient
+        if self.caps is not None:
+            request.allowance = self.caps.allowance()
 
     def _on_queue_reply(self, reply: QueueReply) -> None:
         self._queue_depth.replied(reply)
@@ -481,6 +463,7 @@ class DispatchState:
         current = self.round
         if not reply.take_round or current is None or reply.take_round != current.round_id:
             return
+        self.held = reply.held
         current.candidates = reply.candidates
         if not reply.candidates:
             self._complete_round(current, RegistryReply(free_slots=self.free_slots, place_round=current.round_id))
@@ -505,13 +488,14 @@ class DispatchState:
         if reply.place_round and current is not None and reply.place_round == current.round_id:
             self._complete_round(current, reply)
 
-    def _complete_round(self, current: _Round, reply: RegistryReply) -> None:
+    def _complete_round(self, current: DispatchRound, reply: RegistryReply) -> None:
         self.round = None
         workflows = self.workflows
         dispatches: list[DispatchTask] = []
         assignments: dict[str, list[TaskAssignment]] = {}
         now_ms = current.now_ms
         debug = scheduler_log.isEnabledFor(logging.DEBUG)
+        caps, refused = self.caps, set()
         for placement in reply.placed:
             key = placement.key
             workflow_id, task_id = split_task_key(key)
@@ -519,8 +503,10 @@ class DispatchState:
             run = graph.runs.get(task_id) if graph is not None else None
             wanted = run is not None and key not in self.dispatching and (
                 run.state is TaskState.READY or (run.state is TaskState.PENDING and key in current.transient))
-            if not wanted:
-                self._release(placement.worker_id, key, now_ms)
+            if not wanted or (caps is not None and not caps.admit(key)):
+                self._release(placement.worker_id, key, now_ms, held=False)
+                if wanted:
+                    refused.add(key)  # its tenant is at its cap (since the take): back to the queue
                 continue
             attempt = run.attempts + 1
             self.dispatching[key] = (placement.worker_id, attempt)
@@ -532,6 +518,8 @@ class DispatchState:
                            current.finishing.get(workflow_id), ship_all=key in self.ship_inputs))
             self.ship_inputs.discard(key)
         placed = {placement.key for placement in reply.placed}
+        if refused:
+            placed -= refused
         returning = [candidate.key for candidate in current.candidates
                      if candidate.key not in placed and candidate.key not in current.transient]
         if current.candidates and not current.direct:  # (a direct round borrowed nothing)
@@ -545,7 +533,7 @@ class DispatchState:
             self._out.append(Assign(worker_id, address, tasks))
         # What next: more to place, a wider look past candidates that fit nowhere, or wait for a change.
         if reply.unplaced and self.free_slots > 0:
-            wider = min(max(MAX_SCANNED, 4 * self.free_slots), 2 * current.offered, self.queued)
+            wider = min(max(MAX_SCANNED, 4 * self.free_slots), 2 * current.offered, self.queued - self.held)
             if wider > current.offered:
                 self.scan = wider
                 self.wanted = True
@@ -554,7 +542,7 @@ class DispatchState:
                 self.blocked = True
         else:
             self.scan = 0
-            if self.free_slots > 0 and self.queued > 0:
+            if self.free_slots > 0 and self.queued > self.held:
                 self.wanted = True
         if self.next.commands or self.next.transient:
             self.wanted = True
@@ -583,9 +571,16 @@ class DispatchState:
         request = self._to_queue()
         request.stats_token, request.now_ms = token, event.now_ms
 
+    def _on_running_caps(self, event: RunningCaps) -> None:
+        holding = [key for key in (*self.running.keys(), *self.dispatching) if key not in self.released]
+        self.caps = TenantCaps(event.caps, holding) if event.caps else None
+        if self.is_leader:
+            self._to_queue().capped = list(self.caps.caps) if self.caps is not None else []
+            self.held, self.blocked, self.wanted = 0, False, True
+
 
 _HANDLERS = {event: getattr(DispatchState, "_on_" + name) for event, name in (
     (LeadershipChanged, "leadership"), (Applied, "applied"), (Hello, "hello"), (Heartbeat, "heartbeat"),
     (Goodbye, "goodbye"), (Reports, "reports"), (Tick, "tick"), (ClientRequest, "client"), (Committed, "committed"),
     (WorkersQuery, "workers_query"), (QueueQuery, "queue_query"), (QueueReply, "queue_reply"),
-    (RegistryReply, "registry_reply"))}
+    (RegistryReply, "registry_reply"), (RunningCaps, "running_caps"))}

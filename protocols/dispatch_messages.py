@@ -101,6 +101,14 @@ class QueueQuery:
     now_ms: int
 
 
+@dataclass(slots=True)
+class RunningCaps:
+    """Each capped tenant's ``running_tasks`` quota (protocols/tenant_caps.py): told when the
+    quotas load and each time they reload (SIGHUP), whole."""
+
+    caps: dict  # tenant -> how many of its tasks may run at once
+
+
 # --------------------------------------------------------------------------- instructions
 
 

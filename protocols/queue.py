@@ -108,14 +108,18 @@ class PriorityTaskQueue:
     # ----------------------------------------------------------------- operations
 
     def enqueue(
-        self, item: Any, priority: str | int, now_ms: int, *, retries: int = 0, key: str | None = None
+        self, item: Any, priority: str | int, now_ms: int, *, retries: int = 0, key: str | None = None,
+        seq: int | None = None,
     ) -> QueueEntry:
         """Queue ``item`` (its key is ``key``, else the item itself if it is a str, else its
-        ``task_key``). ``retries`` is how many times it already failed."""
+        ``task_key``). ``retries`` is how many times it already failed. ``seq``: its place in
+        the FIFO order of another queue (``next_seq``), for queues merged in one order."""
         key = key if key is not None else _default_key(item)
         base_priority = priority_value(priority)
-        entry = QueueEntry(key, item, base_priority, now_ms, retries, self._next_seq)
-        self._next_seq += 1
+        if seq is None:
+            seq = self._next_seq
+            self._next_seq += 1
+        entry = QueueEntry(key, item, base_priority, now_ms, retries, seq)
         self._entries.pop(key, None)  # replaced: re-inserting moves it to the end of the dict
         self._entries[key] = entry
         self._push(entry)
@@ -184,8 +188,30 @@ class PriorityTaskQueue:
 
     def peek(self, now_ms: int | None = None) -> Any | None:
         """The item ``dequeue`` would return, without removing it."""
+        entry = self.peek_entry()
+        return entry.item if entry is not None else None
+
+    def peek_entry(self) -> QueueEntry | None:
         self._drop_stale_top()
-        return self._entries[self._heap[0][3]].item if self._heap else None
+        return self._entries[self._heap[0][3]] if self._heap else None
+
+    def next_seq(self) -> int:
+        """Take the next place in this queue's FIFO order for an entry kept in another queue
+        (``enqueue(seq=...)``): queues merged in one order share one count."""
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq
+
+    def take_out(self, belongs: Callable[[str], bool]) -> list[QueueEntry]:
+        """Remove every entry whose key ``belongs`` and return them (to ``restore`` elsewhere:
+        they keep their score and FIFO place). O(n): for rare moves, not the hot path."""
+        taken = [entry for key, entry in self._entries.items() if belongs(key)]
+        for entry in taken:
+            del self._entries[entry.key]
+            del self._live_push[entry.key]
+        if taken:
+            self._rebuild_heap()
+        return taken
 
     def get(self, key: str) -> QueueEntry | None:
         return self._entries.get(key)

@@ -2,8 +2,9 @@
 
 Role: the messages the SchedulerActor exchanges with the QueueActor and the RegistryActor, and
 the pure services behind those two actors: ``QueueService`` (owns the ``PriorityTaskQueue``)
-and ``RegistryService`` (owns the ``WorkerRegistry``). The scheduler's side is
-protocols/dispatch.py; tests/dispatchsim.py wires the three together without actors.
+and ``RegistryService`` (owns the ``WorkerRegistry``), and what a round carries on the
+scheduler's side (``DispatchRound``). The scheduler's side is protocols/dispatch.py;
+tests/dispatchsim.py wires the three together without actors.
 
 Rules:
 
@@ -21,7 +22,9 @@ Rules:
   stops when no slot is left; the loan is then settled: the keys in ``settle_return`` (not
   placed, still wanted) go back in their place (same score and FIFO position), the rest of it
   leaves. Transient candidates never go back (the log makes them ready and the scheduler
-  enqueues them then).
+  enqueues them then). A capped tenant's candidates (``capped``) are kept in a queue of their
+  own and lent at most ``allowance[tenant]`` a take (protocols/tenant_caps.py); ``held`` says
+  how many of them stay back for want of room.
 * Nothing here reads a clock: times come in requests.
 * These messages never leave the process (plain classes, not wire records).
 """
@@ -32,6 +35,8 @@ from dataclasses import dataclass, field
 from protocols.workflow_spec import priority_name
 from protocols.queue import DEFAULT_AGING_MS_PER_POINT, PriorityTaskQueue, QueueEntry, QueueStats
 from protocols.registry import HealthCheckConfig, PlacementError, TaskRequirements, WorkerRegistry
+from protocols.tenant_caps import CappedQueues
+from protocols.workflow_run import TaskState
 
 
 @dataclass(slots=True)
@@ -54,6 +59,40 @@ class Queued:
     retries: int = 0
 
 
+@dataclass(slots=True)
+class DispatchRound:
+    """What one dispatch round carries: the reports' commands waiting to be proposed with the
+    round's dispatches, the answers owed once they commit, and the transient candidates."""
+
+    round_id: int = 0
+    now_ms: int = 0
+    commands: list = field(default_factory=list)
+    answers: list = field(default_factory=list)
+    transient: dict = field(default_factory=dict)  # key -> Queued
+    finishing: dict = field(default_factory=dict)  # workflow id -> {task id: (result, worker id)}
+    unblocked: dict = field(default_factory=dict)  # workflow id -> {task id: its dependencies in finishing}
+    offered: int = 0
+    candidates: list = field(default_factory=list)
+    direct: bool = False  # placed without the queue (it was empty)
+
+    def unblock(self, graph, task_id: str, result, worker_id: str) -> list[str]:
+        """A completion of ``task_id`` (in ``graph``) this round carries: the dependents whose
+        every dependency it now carries (none if it carries this one already)."""
+        finishing = self.finishing.setdefault(graph.workflow_id, {})
+        if task_id in finishing:
+            return []  # reported twice in one round
+        finishing[task_id] = (result, worker_id)
+        # Counted, not rescanned: a join of n tasks costs O(1) per completion, not O(n).
+        unblocked = self.unblocked.setdefault(graph.workflow_id, {})
+        runs, ready = graph.runs, []
+        for child in graph.dependents.get(task_id, ()):
+            if runs[child].state is TaskState.PENDING:
+                unblocked[child] = unblocked.get(child, 0) + 1
+                if unblocked[child] == graph.waiting_on(child):
+                    ready.append(child)
+        return ready
+
+
 # --------------------------------------------------------------------------- the queue
 
 
@@ -61,6 +100,7 @@ class Queued:
 class QueueRequest:
     added_through: int = 0  # the items this and every earlier request added (the scheduler's count), echoed
     reset: bool = False  # forget everything first (a new leader)
+    capped: list | None = None  # the tenants capped now (protocols/tenant_caps.py), when that changed
     settle_round: int = 0  # close this round's loan: ``settle_return`` go back, the rest leaves
     settle_return: list = field(default_factory=list)
     remove: list = field(default_factory=list)  # keys no longer ready
@@ -68,6 +108,7 @@ class QueueRequest:
     reprioritize: list = field(default_factory=list)  # (key, priority) pairs
     take_round: int = 0  # lend candidates for this round
     take_count: int = 0
+    allowance: dict | None = None  # capped tenant -> how many of its tasks the take may lend
     transient: list = field(default_factory=list)  # Queued items considered in this round only
     stats_token: int = 0  # answer with the queue's stats at ``now_ms``
     now_ms: int = 0
@@ -79,6 +120,7 @@ class QueueReply:
     take_round: int = 0
     candidates: list = field(default_factory=list)  # Candidate, in queue order
     depth: int = 0  # items queued after the take (the loan excluded)
+    held: int = 0  # of those, the capped tenants' that the take could not lend (no room)
     stats_token: int = 0
     stats: dict | None = None  # `agentflow queue --json`: total, by_priority, oldest_wait_ms, oldest_task
 
@@ -118,6 +160,7 @@ class QueueService:
     def __init__(self, aging_ms_per_point: int = DEFAULT_AGING_MS_PER_POINT) -> None:
         self._aging = aging_ms_per_point
         self.queue = PriorityTaskQueue(aging_ms_per_point)
+        self.capped = CappedQueues(self.queue)  # capped tenants' tasks, beside the queue
         self._loan_round = 0
         self._loans: dict[str, QueueEntry] = {}  # key -> entry lent to the round in flight
         self._transient: set[str] = set()  # keys of the loan that were transient
@@ -126,67 +169,85 @@ class QueueService:
         queue = self.queue
         if request.reset:
             queue = self.queue = PriorityTaskQueue(self._aging)
+            self.capped = CappedQueues(queue)
             self._loans.clear()
             self._transient.clear()
+        capped = self.capped
+        if request.capped is not None:
+            capped.cap(request.capped)
         if request.settle_round and request.settle_round == self._loan_round:
             self._settle(request.settle_return)
+        routed = bool(capped.queues)  # else every key is the main queue's: no routing per task
         for key in request.remove:
-            if not queue.remove(key):
+            if not (capped.of(key) if routed else queue).remove(key):
                 self._loans.pop(key, None)  # lent right now: it will not come back
         for item in request.enqueue:
             self._loans.pop(item.candidate.key, None)  # queued again: the new entry wins
-            queue.enqueue(item.candidate, item.priority, item.now_ms, retries=item.retries, key=item.candidate.key)
+            if routed:
+                capped.enqueue(item)
+            else:
+                queue.enqueue(item.candidate, item.priority, item.now_ms, retries=item.retries, key=item.candidate.key)
         for key, priority in request.reprioritize:
-            if not queue.reprioritize(key, priority) and key in self._loans:
+            if not (capped.of(key) if routed else queue).reprioritize(key, priority) and key in self._loans:
                 old = self._loans[key]
                 self._loans[key] = QueueEntry(key, old.item, int(priority), old.enqueued_ms, old.retries, old.seq)
         reply = None
         if request.take_round:
-            reply = QueueReply(request.added_through, request.take_round, self._lend(request))
-            reply.depth = len(queue)
+            reply = QueueReply(request.added_through, request.take_round)
+            reply.candidates, reply.held = self._lend(request)
+            reply.depth = len(queue) + len(capped) if routed else len(queue)
         if request.stats_token:
             reply = reply or QueueReply(request.added_through)
-            reply.depth = len(queue)
+            reply.depth = len(queue) + len(capped) if routed else len(queue)
             reply.stats_token = request.stats_token
             stats = self.stats(request.now_ms)
             reply.stats = {"total": stats.total, "by_priority": dict(stats.by_priority),
                            "oldest_wait_ms": stats.oldest_wait_ms, "oldest_task": stats.oldest_key}
         return reply
 
-    def _lend(self, request: QueueRequest) -> list[Candidate]:
+    def _lend(self, request: QueueRequest) -> tuple[list[Candidate], int]:
+        """The round's candidates, and how many queued entries of capped tenants stay back."""
         if self._loans:
             self._settle(self._loans)  # an unsettled loan (its round was abandoned) goes back whole
-        queue = self.queue
+        capped = self.capped
         self._loan_round = request.take_round
         for item in request.transient:
             key = item.candidate.key
-            if key not in queue:
-                queue.enqueue(item.candidate, item.priority, item.now_ms, retries=item.retries, key=key)
+            if key not in capped.of(key):
+                capped.enqueue(item)
                 self._transient.add(key)
         lent: list[Candidate] = []
-        for _ in range(request.take_count):
-            entry = queue.dequeue_entry()
-            if entry is None:
-                break
-            self._loans[entry.key] = entry
-            lent.append(entry.item)
+        full: list[str] = []
+        if capped.queues:
+            entries, full = capped.lend(request.take_count, request.allowance or {})
+            for entry in entries:
+                self._loans[entry.key] = entry
+                lent.append(entry.item)
+        else:
+            queue = self.queue
+            for _ in range(request.take_count):
+                entry = queue.dequeue_entry()
+                if entry is None:
+                    break
+                self._loans[entry.key] = entry
+                lent.append(entry.item)
         for key in [key for key in self._transient if key not in self._loans]:  # not lent: gone
-            queue.remove(key)
+            capped.of(key).remove(key)
             self._transient.discard(key)
-        return lent
+        return lent, capped.held(full) if full else 0
 
     def _settle(self, returning) -> None:
         for key in returning:
             entry = self._loans.get(key)
             if entry is not None and key not in self._transient:
-                self.queue.restore(entry)
+                self.capped.of(key).restore(entry)
         self._loans.clear()
         self._transient.clear()
         self._loan_round = 0
 
     def stats(self, now_ms: int) -> QueueStats:
         """The queue's stats, the candidates out on loan included (they are still queued)."""
-        stats = self.queue.stats(now_ms)
+        stats = self.capped.stats(now_ms)
         by_priority = dict(stats.by_priority)
         oldest_ms, oldest_key = (now_ms - stats.oldest_wait_ms, stats.oldest_key) if stats.total else (None, None)
         total = stats.total

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 from protocols.tasks import attempt_key
 from protocols.workflow_run import TaskState
 from protocols.workflow_spec import split_task_key, task_key
+from protocols.workflow_table import RequeueTask
 
 MISSING_HEARTBEATS = 2
 CLAIM, ADOPT, CANCEL = "claim", "adopt", "cancel"
@@ -62,6 +63,17 @@ def runs_elsewhere(run: Any, dispatching: tuple | None, worker_id: str, attempt:
     return run is not None and run.state is TaskState.RUNNING and run.attempts == attempt and run.worker_id != worker_id
 
 
+def requeue_commands(workflows: Any, keys: list[str], reason: str, now_ms: int) -> list[RequeueTask]:
+    """A RequeueTask of each of these tasks that still runs, as the table says."""
+    requeues = []
+    for key in keys:
+        workflow_id, task_id = split_task_key(key)
+        graph = workflows.get(workflow_id)
+        if graph is not None and graph.runs[task_id].state is TaskState.RUNNING:
+            requeues.append(RequeueTask(workflow_id, task_id, graph.runs[task_id].attempts, reason, now_ms))
+    return requeues
+
+
 class RunningIndex:
     def __init__(self) -> None:
         self.on_worker: dict[str, dict[str, int]] = {}  # worker -> {task key: attempt}
@@ -82,6 +94,10 @@ class RunningIndex:
         if not tasks:
             del self.on_worker[worker_id]
         self._missing.pop(key, None)
+
+    def keys(self):
+        """Every task key the index puts on a worker."""
+        return self._where.keys()
 
     def tasks_on(self, worker_id: str) -> list[str]:
         return list(self.on_worker.get(worker_id, ()))

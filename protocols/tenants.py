@@ -24,7 +24,8 @@ Rules of this module:
 * Quotas (``Quotas``, from ``DIR/TENANT/quotas.yaml``): ``quota_refusal`` checks pending
   workflows and locks held against the state as applied on the leader when the request
   arrives: a request already in flight is not counted, so a burst of concurrent requests may
-  overshoot a quota by what is in flight.
+  overshoot a quota by what is in flight. Running tasks are no refusal: the dispatch caps
+  them (``running_caps``, protocols/tenant_caps.py).
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ def prefix(tenant: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Quotas:
-    """What one tenant may hold at once; None is unlimited. ``running_tasks`` is read and
-    checked; capping it is the dispatch's, which does not consult it yet."""
+    """What one tenant may hold at once; None is unlimited. ``running_tasks`` is not a refusal
+    but the dispatch's cap on how many of its tasks run at once (protocols/tenant_caps.py)."""
 
     running_tasks: int | None = None
     pending_workflows: int | None = None  # unfinished: pending or running
@@ -118,6 +119,11 @@ def parse_quotas(data: Any, where: str = QUOTAS_FILE) -> Quotas:
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             raise ValueError(f"{where}: quota {key} must be a non-negative integer (or null: unlimited), not {value!r}")
     return Quotas(**data)
+
+
+def running_caps(quotas: dict[str, Quotas]) -> dict[str, int]:
+    """Each tenant's ``running_tasks`` quota, for the tenants that have one (the dispatch's caps)."""
+    return {tenant: quota.running_tasks for tenant, quota in sorted(quotas.items()) if quota.running_tasks is not None}
 
 
 def _unfinished(tenant: str, state: ControlState) -> int:

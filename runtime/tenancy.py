@@ -13,7 +13,8 @@ Rules:
   own key is that tenant's (an agent is its host's tenant's); anything else is ``forbidden``.
 * A master's gate (``MasterGate``) scopes a tenant's requests to the control-plane actors and
   un-scopes their answers with protocols/tenants.py, and refuses what would take the tenant over
-  a quota (pending workflows, locks held), checked on the leader against its applied state.
+  a quota (pending workflows, locks held), checked on the leader against its applied state
+  (running tasks are no refusal: the dispatch caps them, protocols/tenant_caps.py).
 * A refusal answers an ask with an ``ErrorRecord`` and is counted (``rejected_<kind>``); a
   refused tell is only counted. Runs on the transport thread (the one that applies the state).
 """

@@ -37,6 +37,7 @@ from protocols.dispatch_messages import (
     ProposeClient,
     QueueQuery,
     Reports,
+    RunningCaps,
     Tick,
     ToQueue,
     ToRegistry,
@@ -207,6 +208,10 @@ class DispatchSim:
         ask = Ask("heartbeat")
         self.handle(Heartbeat(WorkerHeartbeat(worker_id, held, load or {}, draining), ask, self.now_ms))
         return ask
+
+    def caps(self, caps: dict[str, int]) -> None:
+        """Tenants' caps on running tasks, as the master tells them when the quotas (re)load."""
+        self.handle(RunningCaps(caps))
 
     def goodbye(self, worker_id: str) -> None:
         self.handle(Goodbye(worker_id, self.now_ms))

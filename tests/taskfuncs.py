@@ -19,3 +19,12 @@ def blob(size: int) -> str:
 
 def sizes(inputs: dict) -> dict:
     return {name: len(value) for name, value in inputs.items()}
+
+
+def timed(seconds: float) -> dict:
+    """Take ``seconds`` (a task that runs a while); when it ran, on the machine's wall clock."""
+    import time
+
+    start = time.time()
+    time.sleep(seconds)
+    return {"start": start, "end": time.time()}

@@ -116,3 +116,21 @@ def test_a_result_cache_keeps_big_results_up_to_its_bound_oldest_out_first():
     assert ("wf", "small") not in cache and ("wf", "a") not in cache
     assert [name for name in "bcd" if ("wf", name) in cache] == ["b", "c", "d"]
     assert cache.bytes == 3 * LOCAL_INPUT_MIN_BYTES and cache.get("wf", "d") == "y" * LOCAL_INPUT_MIN_BYTES
+
+
+def test_capped_tenants_tasks_are_queued_apart_and_lent_within_their_allowance():
+    service = QueueService()
+    service.handle(QueueRequest(capped=["acme"], enqueue=[queued("acme:w/1", 750), queued("b/1"),
+                                                         queued("acme:w/2", 750), queued("acme:w/3", 750)]))
+    assert len(service.queue) == 1 and len(service.capped) == 3
+    service.handle(QueueRequest(remove=["acme:w/3"], reprioritize=[("acme:w/2", 1000)]))
+    stats = service.stats(0)
+    assert stats.total == 3 and stats.by_priority["urgent"] == 1 and stats.by_priority["high"] == 1
+    reply = service.handle(QueueRequest(take_round=1, take_count=3, allowance={"acme": 1},
+                                        transient=[queued("acme:w/4", 1000, now_ms=1)]))
+    assert keys(reply.candidates) == ["acme:w/2", "b/1"] and reply.held == 1 and reply.depth == 1
+    service.handle(QueueRequest(settle_round=1, settle_return=["acme:w/2"]))  # not placed: back in its queue
+    reply = service.handle(QueueRequest(take_round=2, take_count=3, allowance={"acme": 5}))
+    assert keys(reply.candidates) == ["acme:w/2", "acme:w/1"] and reply.held == 0
+    service.handle(QueueRequest(reset=True, enqueue=[queued("acme:w/5")]))
+    assert len(service.queue) == 1 and len(service.capped) == 0  # a new leader sends its caps again
