@@ -1,0 +1,65 @@
+"""The ``--curve`` mode of bench/raft.py and bench/tasks.py runs end to end on a tiny workload:
+CURVE off and on clusters, the on/off ratio of every figure in the JSON, and no process left.
+
+Behaviour only: the figures of so small a run mean nothing (bench/README.md has the real ones).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH_DEADLINE_S = 90
+
+
+def run_bench(tmp_path: Path, script: str, options: list[str]) -> dict:
+    """Run ``bench/SCRIPT --curve OPTIONS`` with its temporary files under ``tmp_path``; its JSON."""
+    out = tmp_path / "result.json"
+    env = dict(os.environ, TMPDIR=str(tmp_path), AGENTFLOW_LOG="warn")
+    done = subprocess.run([sys.executable, str(REPO / "bench" / script), "--curve", "--runs", "1", *options,
+                           "--json", str(out)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=BENCH_DEADLINE_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # Every master and worker it started ran with a data directory under tmp_path: none may be left.
+    left = [p.info["cmdline"] for p in psutil.process_iter(["cmdline"])
+            if any(str(tmp_path) in part for part in p.info["cmdline"] or [])]
+    assert not left, left
+    return json.loads(out.read_text())
+
+
+def check_ratios(document: dict, benchmark: str, metrics: list[str]) -> None:
+    assert document["benchmark"] == benchmark
+    assert sorted(document["curve"]) == sorted(metrics)
+    for metric in metrics:
+        figures = document["curve"][metric]
+        assert len(figures["runs_on"]) == len(figures["runs_off"]) == 1
+        # The document rounds to 0.001: a 0.05 s figure is known to 1% only.
+        assert figures["on_over_off"] == pytest.approx(figures["on"] / figures["off"], rel=0.05)
+    rows = {row["metric"]: row for row in document["results"]}
+    assert sorted(rows) == sorted(f"{metric}_curve" for metric in metrics)
+    assert all(row["peer"] == "agentflow, CURVE off" and row["ratio"] > 0 for row in rows.values())
+    assert len(document["load_average_1min"]) == 1 and "--curve" in document["command"]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(BENCH_DEADLINE_S + 30)
+def test_raft_bench_reports_curve_on_over_off(tmp_path):
+    document = run_bench(tmp_path, "raft.py", ["--commands", "200", "--window", "50", "--sequential", "20",
+                                               "--port", "19300"])
+    check_ratios(document, "raft", ["commits_per_s", "commit_p50_ms", "commit_p99_ms", "failover_s",
+                                    "failover_s_client"])
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(BENCH_DEADLINE_S + 30)
+def test_tasks_bench_reports_curve_on_over_off(tmp_path):
+    document = run_bench(tmp_path, "tasks.py", ["--tasks", "20", "--chain", "5", "--fanout", "10",
+                                                "--port", "19400"])
+    check_ratios(document, "tasks", ["noop_tasks_per_s", "chain_ms_per_hop", "fanout_10_s"])
