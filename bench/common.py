@@ -190,7 +190,9 @@ def curve_report(benchmark: str, metrics: list[tuple[str, str, bool]], runs: dic
     """The document of a ``--curve`` run: a row ``METRIC_curve`` per metric (AgentFlow with CURVE
     on, its peer the same cluster with CURVE off; the ratio, as in every row, above 1 when CURVE on
     is ahead) and ``"curve"``: per metric the medians, the runs and ``on_over_off``, the median
-    with CURVE on over the median with it off (above 1 for a latency: CURVE makes it slower);
+    with CURVE on over the median with it off (above 1 for a latency: CURVE makes it slower), and
+    ``on_over_off_by_run``, the same ratio within each run (its two halves ran back to back, so
+    these move less with the machine's load than the medians do);
     ``"load_average_1min"``: the machine's load average as each run began."""
     results, curve = [], {}
     for metric, unit, higher in metrics:
@@ -203,11 +205,13 @@ def curve_report(benchmark: str, metrics: list[tuple[str, str, bool]], runs: dic
                          "on": None if on_median is None else round(on_median, 3),
                          "off": None if off_median is None else round(off_median, 3),
                          "on_over_off": None if ratio is None else round(ratio, 3),
+                         "on_over_off_by_run": [round(a / b, 3) if b else None for a, b in zip(on, off)],
                          "runs_on": [round(r, 3) for r in on], "runs_off": [round(r, 3) for r in off]}
     document = report(benchmark, results, None, curve=curve, load_average_1min=load_averages, **extra)
     for metric, figures in curve.items():
         ratio = "-" if figures["on_over_off"] is None else f"{figures['on_over_off']:.3f}x"
-        print(f"{metric}: CURVE on / off = {ratio} (on {figures['on']}, off {figures['off']} {figures['unit']})")
+        print(f"{metric}: CURVE on / off = {ratio} (on {figures['on']}, off {figures['off']} {figures['unit']}; "
+              f"by run: {' / '.join(map(str, figures['on_over_off_by_run']))})")
     if load_averages:
         print(f"load average (1 min) as the runs began: {min(load_averages):.2f}-{max(load_averages):.2f}")
     if json_path:

@@ -39,7 +39,7 @@ def check_ratios(document: dict, benchmark: str, metrics: list[str]) -> None:
     assert sorted(document["curve"]) == sorted(metrics)
     for metric in metrics:
         figures = document["curve"][metric]
-        assert len(figures["runs_on"]) == len(figures["runs_off"]) == 1
+        assert len(figures["runs_on"]) == len(figures["runs_off"]) == len(figures["on_over_off_by_run"]) == 1
         # The document rounds to 0.001: a 0.05 s figure is known to 1% only.
         assert figures["on_over_off"] == pytest.approx(figures["on"] / figures["off"], rel=0.05)
     rows = {row["metric"]: row for row in document["results"]}
