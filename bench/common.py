@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 from rich.console import Console
 from rich.table import Table
 
@@ -177,6 +178,25 @@ class CurveSetup:
         return cls(("--curve-secret-key", str(directory / "masters.key_secret"), "--authorized-keys", str(authorized)),
                    ("--curve-secret-key", str(directory / "workers.key_secret"), "--curve-server-key", masters_key),
                    CurveKeys.load(directory / "bench.key_secret", masters_key))
+
+
+def cpu_s_by_thread(pid: int) -> dict[str, float]:
+    """CPU seconds process ``pid`` has used so far: ``"zmq_io"`` in libzmq's I/O threads (where
+    CURVE encrypts and decrypts every frame), ``"other"`` in the rest (Python's). Linux (/proc)."""
+    totals = {"zmq_io": 0.0, "other": 0.0}
+    for thread in psutil.Process(pid).threads():
+        try:
+            name = Path(f"/proc/{pid}/task/{thread.id}/comm").read_text().strip()
+        except OSError:  # the thread ended meanwhile
+            name = ""
+        totals["zmq_io" if name.startswith("ZMQbg/IO") else "other"] += thread.user_time + thread.system_time
+    return totals
+
+
+def cpu_us_per_item(before: dict[str, float], after: dict[str, float], items: int) -> tuple[float, float]:
+    """(all threads', libzmq I/O threads') CPU microseconds per item between two ``cpu_s_by_thread``."""
+    zmq_io = after["zmq_io"] - before["zmq_io"]
+    return (zmq_io + after["other"] - before["other"]) * 1e6 / items, zmq_io * 1e6 / items
 
 
 def curve_order(run: int) -> tuple[str, str]:

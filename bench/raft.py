@@ -20,7 +20,9 @@ Each run starts a fresh cluster of three processes for each system, measures, an
 With ``--curve`` there is no peer: each run measures AgentFlow twice, on a fresh cluster with
 CURVE off and on one with CURVE on (keys for the masters and the benchmark's client, made once
 per invocation; nothing else differs), the order alternating from run to run, and reports each
-figure as ``METRIC_curve`` rows and a ``"curve"`` document (bench/common.py ``curve_report``).
+figure as ``METRIC_curve`` rows and a ``"curve"`` document (bench/common.py ``curve_report``),
+with two more: the leader's CPU per pipelined commit, all threads (``leader_cpu_us_per_commit``)
+and libzmq's I/O threads, where CURVE's crypto runs (``leader_zmq_io_cpu_us_per_commit``).
 
 PySyncObj (``pip install pysyncobj``; never a project dependency) runs in two modes: its default
 (``appendEntriesUseBatch=True``) and with batching off; its log is in memory. For each metric the
@@ -52,7 +54,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import CurveSetup, Result, curve_order, curve_report, percentile, report  # noqa: E402
+from bench.common import (CurveSetup, Result, cpu_s_by_thread, cpu_us_per_item, curve_order, curve_report,  # noqa: E402
+                          percentile, report)
 from agentflow.cluster import find_free_ports, wait_until  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -389,7 +392,9 @@ def run_agentflow(args, data_dir: Path, procs: list, curve: CurveSetup = CurveSe
         view = cluster.start(client, timeout_s=60)
         leader = cluster.by_id(view["leader"])
         agentflow_sequential(client, 50)  # warm-up
+        cpu_before = cpu_s_by_thread(leader.proc.pid)
         per_s = agentflow_pipelined(node, leader.url, args.commands, args.window)
+        cpu_us, zmq_io_cpu_us = cpu_us_per_item(cpu_before, cpu_s_by_thread(leader.proc.pid), args.commands)
         samples = agentflow_sequential(client, args.sequential)
         failover, failover_client = agentflow_failover(node, masters, leader, urls)
     finally:
@@ -399,7 +404,8 @@ def run_agentflow(args, data_dir: Path, procs: list, curve: CurveSetup = CurveSe
             procs.remove(master)
     return {"commits_per_s": per_s, "commit_p50_ms": percentile(samples, 0.5),
             "commit_p99_ms": percentile(samples, 0.99), "failover_s": failover,
-            "failover_s_client": failover_client}
+            "failover_s_client": failover_client, "leader_cpu_us_per_commit": cpu_us,
+            "leader_zmq_io_cpu_us_per_commit": zmq_io_cpu_us}
 
 
 # =========================================================================== main
@@ -411,6 +417,8 @@ METRICS = [  # name, unit, higher is better
     ("failover_s", "s", False),
 ]
 CLIENT_FAILOVER_METRIC = ("failover_s_client", "s", False)
+# The leader's CPU over the pipelined commits, all threads and libzmq's I/O threads (CURVE's crypto).
+CPU_METRICS = [("leader_cpu_us_per_commit", "us", False), ("leader_zmq_io_cpu_us_per_commit", "us", False)]
 
 
 def record(runs: dict[str, list[float]], figures: dict, what: str, run: int, total: int) -> None:
@@ -474,7 +482,7 @@ def main() -> None:
 
     command = " ".join([Path(sys.executable).name, "bench/raft.py", *sys.argv[1:]])
     if args.curve:
-        curve_report("raft", [*METRICS, CLIENT_FAILOVER_METRIC], curve_runs, load_averages, args.json_path,
+        curve_report("raft", [*METRICS, CLIENT_FAILOVER_METRIC, *CPU_METRICS], curve_runs, load_averages, args.json_path,
                      command=command)
         return
     results = []

@@ -18,7 +18,9 @@ With ``--curve`` there are no peers: each run measures the three workloads twice
 cluster with CURVE off and on one with CURVE on (keys for the masters, the workers and the
 benchmark's client, made once per invocation; nothing else differs), the order alternating from
 run to run, and reports ``METRIC_curve`` rows and a ``"curve"`` document (bench/common.py
-``curve_report``). Without ``--curve`` one cluster serves all runs.
+``curve_report``), with the leader's CPU per no-op task too, all threads (``leader_cpu_us_per_task``)
+and libzmq's I/O threads, where CURVE's crypto runs (``leader_zmq_io_cpu_us_per_task``). Without
+``--curve`` one cluster serves all runs.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (PEERS, CurveSetup, Result, curve_order, curve_report, peer_python, report,  # noqa: E402
-                          run_child)
+from bench.common import (PEERS, CurveSetup, Result, cpu_s_by_thread, cpu_us_per_item, curve_order,  # noqa: E402
+                          curve_report, peer_python, report, run_child)
 from protocols.workflow_spec import TaskNode, TaskResources, Workflow  # noqa: E402
 from runtime.client import Client  # noqa: E402
 from agentflow.cluster import LocalCluster  # noqa: E402
@@ -77,23 +79,29 @@ def agentflow_wall_s(client: Client, workflow: Workflow) -> float:
 def agentflow_runs(args, runs: dict[str, list[float]], count: int, curve: CurveSetup = CurveSetup(),
                    label: str = "agentflow") -> None:
     """``count`` runs of the three workloads on one fresh cluster (3 masters, 2 workers), appended
-    to ``runs``; every process is stopped on the way out, its logs kept if a run failed."""
+    to ``runs``, with the leader's CPU per no-op task (all threads; libzmq's I/O threads); every
+    process is stopped on the way out, its logs kept if a run failed."""
     directory = tempfile.mkdtemp(prefix="agentflow-bench-")
     local = LocalCluster(directory, masters=3, workers=2, first_port=args.port,
                          worker_options=["--max-concurrent-tasks", str(args.slots), *curve.worker_options],
                          master_options=list(curve.master_options), client_curve=curve.client)
     finished = False
     try:
-        local.start()
+        leader_pid = local.by_id(local.start()["leader"]).proc.pid
         with Client(local.master_url, timeout_s=30, curve=curve.client) as client:
             agentflow_wall_s(client, agentflow_workflow("independent", 10))  # warm up
             for run in range(count):
+                cpu_before = cpu_s_by_thread(leader_pid)
                 runs["noop"].append(args.tasks / agentflow_wall_s(client, agentflow_workflow("independent", args.tasks)))
+                cpu_us, zmq_io_cpu_us = cpu_us_per_item(cpu_before, cpu_s_by_thread(leader_pid), args.tasks)
+                runs.setdefault("leader_cpu", []).append(cpu_us)
+                runs.setdefault("leader_zmq_io_cpu", []).append(zmq_io_cpu_us)
                 runs["chain"].append(agentflow_wall_s(client, agentflow_workflow("chain", args.chain)) * 1000 / args.chain)
                 runs["fanout"].append(agentflow_wall_s(client, agentflow_workflow("fanout", args.fanout)))
                 progress = label if count == 1 else f"{label} run {run + 1}/{count}"
-                print(f"{progress}: noop {runs['noop'][-1]:,.1f} tasks/s, chain "
-                      f"{runs['chain'][-1]:.2f} ms/hop, fan-out {runs['fanout'][-1]:.2f} s", file=sys.stderr)
+                print(f"{progress}: noop {runs['noop'][-1]:,.1f} tasks/s ({cpu_us:,.0f} us of leader CPU each, "
+                      f"{zmq_io_cpu_us:,.0f} in libzmq's I/O thread), chain {runs['chain'][-1]:.2f} ms/hop, "
+                      f"fan-out {runs['fanout'][-1]:.2f} s", file=sys.stderr)
         finished = True
     finally:
         local.stop()
@@ -157,6 +165,8 @@ def main() -> None:
     metrics = {"noop": ("noop_tasks_per_s", "tasks/s", True), "chain": ("chain_ms_per_hop", "ms", False),
                "fanout": (f"fanout_{args.fanout}_s", "s", False)}
     if args.curve:
+        metrics["leader_cpu"] = ("leader_cpu_us_per_task", "us", False)  # over the no-op workflow
+        metrics["leader_zmq_io_cpu"] = ("leader_zmq_io_cpu_us_per_task", "us", False)
         return curve_main(args, metrics)
 
     runs: dict[str, list[float]] = {workload: [] for workload in WORKLOADS}
@@ -171,7 +181,7 @@ def main() -> None:
 
 
 def curve_main(args, metrics: dict[str, tuple[str, str, bool]]) -> None:
-    runs = {mode: {workload: [] for workload in WORKLOADS} for mode in ("off", "on")}
+    runs = {mode: {workload: [] for workload in metrics} for mode in ("off", "on")}
     load_averages: list[float] = []
     keys_dir = Path(tempfile.mkdtemp(prefix="agentflow-bench-keys-"))
     try:
