@@ -21,8 +21,9 @@ With ``--curve`` there is no peer: each run measures AgentFlow twice, on a fresh
 CURVE off and on one with CURVE on (keys for the masters and the benchmark's client, made once
 per invocation; nothing else differs), the order alternating from run to run, and reports each
 figure as ``METRIC_curve`` rows and a ``"curve"`` document (bench/common.py ``curve_report``),
-with two more: the leader's CPU per pipelined commit, all threads (``leader_cpu_us_per_commit``)
-and libzmq's I/O threads, where CURVE's crypto runs (``leader_zmq_io_cpu_us_per_commit``).
+with the leader's CPU per commit too, pipelined and sequential, in all its threads
+(``leader_cpu_us_per_commit``, ``leader_cpu_us_per_sequential_commit``) and in libzmq's I/O
+threads, where CURVE's crypto runs (``leader_zmq_io_cpu_us_per_commit``, ``..._sequential_commit``).
 
 PySyncObj (``pip install pysyncobj``; never a project dependency) runs in two modes: its default
 (``appendEntriesUseBatch=True``) and with batching off; its log is in memory. For each metric the
@@ -392,10 +393,11 @@ def run_agentflow(args, data_dir: Path, procs: list, curve: CurveSetup = CurveSe
         view = cluster.start(client, timeout_s=60)
         leader = cluster.by_id(view["leader"])
         agentflow_sequential(client, 50)  # warm-up
-        cpu_before = cpu_s_by_thread(leader.proc.pid)
+        cpu = [cpu_s_by_thread(leader.proc.pid)]
         per_s = agentflow_pipelined(node, leader.url, args.commands, args.window)
-        cpu_us, zmq_io_cpu_us = cpu_us_per_item(cpu_before, cpu_s_by_thread(leader.proc.pid), args.commands)
+        cpu.append(cpu_s_by_thread(leader.proc.pid))
         samples = agentflow_sequential(client, args.sequential)
+        cpu.append(cpu_s_by_thread(leader.proc.pid))
         failover, failover_client = agentflow_failover(node, masters, leader, urls)
     finally:
         node.stop()
@@ -404,8 +406,9 @@ def run_agentflow(args, data_dir: Path, procs: list, curve: CurveSetup = CurveSe
             procs.remove(master)
     return {"commits_per_s": per_s, "commit_p50_ms": percentile(samples, 0.5),
             "commit_p99_ms": percentile(samples, 0.99), "failover_s": failover,
-            "failover_s_client": failover_client, "leader_cpu_us_per_commit": cpu_us,
-            "leader_zmq_io_cpu_us_per_commit": zmq_io_cpu_us}
+            "failover_s_client": failover_client,
+            **dict(zip(CPU_METRIC_NAMES[:2], cpu_us_per_item(cpu[0], cpu[1], args.commands))),
+            **dict(zip(CPU_METRIC_NAMES[2:], cpu_us_per_item(cpu[1], cpu[2], args.sequential)))}
 
 
 # =========================================================================== main
@@ -417,8 +420,10 @@ METRICS = [  # name, unit, higher is better
     ("failover_s", "s", False),
 ]
 CLIENT_FAILOVER_METRIC = ("failover_s_client", "s", False)
-# The leader's CPU over the pipelined commits, all threads and libzmq's I/O threads (CURVE's crypto).
-CPU_METRICS = [("leader_cpu_us_per_commit", "us", False), ("leader_zmq_io_cpu_us_per_commit", "us", False)]
+# The leader's CPU per commit, pipelined and sequential: all threads, and libzmq's I/O threads (CURVE's crypto).
+CPU_METRIC_NAMES = ["leader_cpu_us_per_commit", "leader_zmq_io_cpu_us_per_commit",
+                    "leader_cpu_us_per_sequential_commit", "leader_zmq_io_cpu_us_per_sequential_commit"]
+CPU_METRICS = [(name, "us", False) for name in CPU_METRIC_NAMES]
 
 
 def record(runs: dict[str, list[float]], figures: dict, what: str, run: int, total: int) -> None:

@@ -18,9 +18,9 @@ With ``--curve`` there are no peers: each run measures the three workloads twice
 cluster with CURVE off and on one with CURVE on (keys for the masters, the workers and the
 benchmark's client, made once per invocation; nothing else differs), the order alternating from
 run to run, and reports ``METRIC_curve`` rows and a ``"curve"`` document (bench/common.py
-``curve_report``), with the leader's CPU per no-op task too, all threads (``leader_cpu_us_per_task``)
-and libzmq's I/O threads, where CURVE's crypto runs (``leader_zmq_io_cpu_us_per_task``). Without
-``--curve`` one cluster serves all runs.
+``curve_report``), with the leader's CPU per task of each workload too, in all its threads
+(``noop_leader_cpu_us_per_task``, ...) and in libzmq's I/O threads, where CURVE's crypto runs
+(``noop_leader_zmq_io_cpu_us_per_task``, ...). Without ``--curve`` one cluster serves all runs.
 """
 
 from __future__ import annotations
@@ -79,8 +79,9 @@ def agentflow_wall_s(client: Client, workflow: Workflow) -> float:
 def agentflow_runs(args, runs: dict[str, list[float]], count: int, curve: CurveSetup = CurveSetup(),
                    label: str = "agentflow") -> None:
     """``count`` runs of the three workloads on one fresh cluster (3 masters, 2 workers), appended
-    to ``runs``, with the leader's CPU per no-op task (all threads; libzmq's I/O threads); every
-    process is stopped on the way out, its logs kept if a run failed."""
+    to ``runs``, with the leader's CPU per task of each (``WORKLOAD_leader_cpu``: all threads;
+    ``WORKLOAD_leader_zmq_io_cpu``: libzmq's I/O threads); every process is stopped on the way
+    out, its logs kept if a run failed."""
     directory = tempfile.mkdtemp(prefix="agentflow-bench-")
     local = LocalCluster(directory, masters=3, workers=2, first_port=args.port,
                          worker_options=["--max-concurrent-tasks", str(args.slots), *curve.worker_options],
@@ -91,17 +92,20 @@ def agentflow_runs(args, runs: dict[str, list[float]], count: int, curve: CurveS
         with Client(local.master_url, timeout_s=30, curve=curve.client) as client:
             agentflow_wall_s(client, agentflow_workflow("independent", 10))  # warm up
             for run in range(count):
-                cpu_before = cpu_s_by_thread(leader_pid)
-                runs["noop"].append(args.tasks / agentflow_wall_s(client, agentflow_workflow("independent", args.tasks)))
-                cpu_us, zmq_io_cpu_us = cpu_us_per_item(cpu_before, cpu_s_by_thread(leader_pid), args.tasks)
-                runs.setdefault("leader_cpu", []).append(cpu_us)
-                runs.setdefault("leader_zmq_io_cpu", []).append(zmq_io_cpu_us)
-                runs["chain"].append(agentflow_wall_s(client, agentflow_workflow("chain", args.chain)) * 1000 / args.chain)
-                runs["fanout"].append(agentflow_wall_s(client, agentflow_workflow("fanout", args.fanout)))
+                for workload, kind, size in (("noop", "independent", args.tasks), ("chain", "chain", args.chain),
+                                             ("fanout", "fanout", args.fanout)):
+                    workflow = agentflow_workflow(kind, size)
+                    cpu_before = cpu_s_by_thread(leader_pid)
+                    wall_s = agentflow_wall_s(client, workflow)
+                    cpu_us, zmq_io_cpu_us = cpu_us_per_item(cpu_before, cpu_s_by_thread(leader_pid), len(workflow.tasks))
+                    runs[workload].append({"noop": size / wall_s, "chain": wall_s * 1000 / size}.get(workload, wall_s))
+                    runs.setdefault(f"{workload}_leader_cpu", []).append(cpu_us)
+                    runs.setdefault(f"{workload}_leader_zmq_io_cpu", []).append(zmq_io_cpu_us)
                 progress = label if count == 1 else f"{label} run {run + 1}/{count}"
-                print(f"{progress}: noop {runs['noop'][-1]:,.1f} tasks/s ({cpu_us:,.0f} us of leader CPU each, "
-                      f"{zmq_io_cpu_us:,.0f} in libzmq's I/O thread), chain {runs['chain'][-1]:.2f} ms/hop, "
-                      f"fan-out {runs['fanout'][-1]:.2f} s", file=sys.stderr)
+                print(f"{progress}: " + ", ".join(
+                    f"{workload} {runs[workload][-1]:,.2f} ({runs[f'{workload}_leader_cpu'][-1]:,.0f} us of leader "
+                    f"CPU a task, {runs[f'{workload}_leader_zmq_io_cpu'][-1]:,.1f} in libzmq's I/O thread)"
+                    for workload in WORKLOADS), file=sys.stderr)
         finished = True
     finally:
         local.stop()
@@ -165,8 +169,9 @@ def main() -> None:
     metrics = {"noop": ("noop_tasks_per_s", "tasks/s", True), "chain": ("chain_ms_per_hop", "ms", False),
                "fanout": (f"fanout_{args.fanout}_s", "s", False)}
     if args.curve:
-        metrics["leader_cpu"] = ("leader_cpu_us_per_task", "us", False)  # over the no-op workflow
-        metrics["leader_zmq_io_cpu"] = ("leader_zmq_io_cpu_us_per_task", "us", False)
+        for workload in WORKLOADS:
+            metrics[f"{workload}_leader_cpu"] = (f"{workload}_leader_cpu_us_per_task", "us", False)
+            metrics[f"{workload}_leader_zmq_io_cpu"] = (f"{workload}_leader_zmq_io_cpu_us_per_task", "us", False)
         return curve_main(args, metrics)
 
     runs: dict[str, list[float]] = {workload: [] for workload in WORKLOADS}
