@@ -27,10 +27,9 @@ def run_bench(tmp_path: Path, script: str, options: list[str]) -> dict:
                            "--json", str(out)], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=BENCH_DEADLINE_S)
     assert done.returncode == 0, done.stderr[-3000:]
-    # Every master and worker it started ran with a data directory under tmp_path: none may be left.
-    left = [p.info["cmdline"] for p in psutil.process_iter(["cmdline"])
-            if any(str(tmp_path) in part for part in p.info["cmdline"] or [])]
-    assert not left, left
+    # Every master and worker it started inherited TMPDIR: none may be left.
+    assert not [p.info["cmdline"] for p in psutil.process_iter(["cmdline", "environ"])
+                if (p.info["environ"] or {}).get("TMPDIR") == str(tmp_path)]
     return json.loads(out.read_text())
 
 
