@@ -29,6 +29,7 @@ import argparse
 import importlib.util
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -166,6 +167,8 @@ def main() -> None:
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
     os.environ.setdefault("AGENTFLOW_LOG", "warn")
+    # SIGTERM unwinds like Ctrl-C, through the finally blocks that stop every process started here.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     metrics = {"noop": ("noop_tasks_per_s", "tasks/s", True), "chain": ("chain_ms_per_hop", "ms", False),
                "fanout": (f"fanout_{args.fanout}_s", "s", False)}
     if args.curve:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,10 +24,16 @@ def run_bench(tmp_path: Path, script: str, options: list[str]) -> dict:
     """Run ``bench/SCRIPT --curve OPTIONS`` with its temporary files under ``tmp_path``; its JSON."""
     out = tmp_path / "result.json"
     env = dict(os.environ, TMPDIR=str(tmp_path), AGENTFLOW_LOG="warn")
-    done = subprocess.run([sys.executable, str(REPO / "bench" / script), "--curve", "--runs", "1", *options,
-                           "--json", str(out)], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=BENCH_DEADLINE_S)
-    assert done.returncode == 0, done.stderr[-3000:]
+    bench = subprocess.Popen([sys.executable, str(REPO / "bench" / script), "--curve", "--runs", "1", *options,
+                              "--json", str(out)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    try:
+        _, err = bench.communicate(timeout=BENCH_DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(bench.pid, signal.SIGKILL)  # the bench and the masters and workers it started
+        bench.communicate(timeout=30)
+        raise
+    assert bench.returncode == 0, err[-3000:]
     # Every master and worker it started inherited TMPDIR: none may be left.
     assert not [p.info["cmdline"] for p in psutil.process_iter(["cmdline", "environ"])
                 if (p.info["environ"] or {}).get("TMPDIR") == str(tmp_path)]
