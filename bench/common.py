@@ -1,5 +1,5 @@
 """Shared pieces of the benchmarks: medians, the JSON document of docs/ARCHITECTURE.md §6, the rich table,
-and the peers' own virtual environments.
+the peers' own virtual environments, and the CURVE on/off comparison (``--curve``).
 
 A peer whose pins clash with ours (AutoGen, Ray, the etcd3 client's protobuf) runs in its own venv under
 .venv-peers/NAME, created through pip on first use, as a child process that prints one JSON document;
@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import signal
+import shutil
 import statistics
 import subprocess
 import sys
@@ -146,3 +147,96 @@ def run_child(argv: list[str], timeout_s: float) -> dict:
         tail = " | ".join(err.strip().splitlines()[-3:])
         raise RuntimeError(f"{Path(argv[1]).name} {' '.join(argv[2:])} exited {proc.returncode}: {tail}")
     return json.loads(lines[-1])
+
+
+# --------------------------------------------------------------------------- CURVE on against CURVE off
+
+
+@dataclass(frozen=True)
+class CurveSetup:
+    """What turns a LocalCluster into a CURVE one; the default, no keys at all, is CURVE off. An
+    "on" cluster differs from an "off" one in these options and the bench client's keys only."""
+
+    master_options: tuple[str, ...] = ()
+    worker_options: tuple[str, ...] = ()
+    client: object = None  # runtime.security.CurveKeys of the benchmark's own client and node
+
+    @classmethod
+    def generate(cls, directory: Path) -> CurveSetup:
+        """Fresh keys in ``directory``: the masters', the workers' and the benchmark client's, the
+        last two authorized, as README.md's "Keys" section sets a cluster up."""
+        from runtime.security import CurveKeys, generate_keys
+
+        authorized = directory / "authorized"
+        authorized.mkdir(parents=True, exist_ok=True)
+        for name in ("masters", "workers", "bench"):
+            generate_keys(directory, name)
+        for name in ("workers", "bench"):
+            shutil.copy(directory / f"{name}.key", authorized)
+        masters_key = str(directory / "masters.key")
+        return cls(("--curve-secret-key", str(directory / "masters.key_secret"), "--authorized-keys", str(authorized)),
+                   ("--curve-secret-key", str(directory / "workers.key_secret"), "--curve-server-key", masters_key),
+                   CurveKeys.load(directory / "bench.key_secret", masters_key))
+
+
+def cpu_s_by_thread(pid: int) -> dict[str, float]:
+    """CPU seconds process ``pid``'s live threads have used so far: ``"zmq_io"`` in libzmq's I/O
+    threads (where CURVE encrypts and decrypts every frame), ``"other"`` in the rest (Python's).
+    From Linux's /proc/PID/task/TID/schedstat, in nanoseconds (the clock-tick times of ``stat``
+    and psutil are 10 ms: too coarse for a thread that runs 1 us per commit)."""
+    totals = {"zmq_io": 0.0, "other": 0.0}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            ran_ns = int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):  # the thread ended meanwhile
+            continue
+        totals["zmq_io" if name.startswith("ZMQbg/IO") else "other"] += ran_ns / 1e9
+    return totals
+
+
+def cpu_us_per_item(before: dict[str, float], after: dict[str, float], items: int) -> tuple[float, float]:
+    """(all threads', libzmq I/O threads') CPU microseconds per item between two ``cpu_s_by_thread``."""
+    zmq_io = after["zmq_io"] - before["zmq_io"]
+    return (zmq_io + after["other"] - before["other"]) * 1e6 / items, zmq_io * 1e6 / items
+
+
+def curve_order(run: int) -> tuple[str, str]:
+    """Which of CURVE "off" and "on" goes first in run ``run``: off-on, on-off, off-on, ... so that
+    a drift of the machine's load (or a warm page cache) falls on both sides alike."""
+    return ("off", "on") if run % 2 == 0 else ("on", "off")
+
+
+def curve_report(benchmark: str, metrics: list[tuple[str, str, bool]], runs: dict[str, dict[str, list[float]]],
+                 load_averages: list[float], json_path: str | None, **extra) -> dict:
+    """The document of a ``--curve`` run: a row ``METRIC_curve`` per metric (AgentFlow with CURVE
+    on, its peer the same cluster with CURVE off; the ratio, as in every row, above 1 when CURVE on
+    is ahead) and ``"curve"``: per metric the medians, the runs and ``on_over_off``, the median
+    with CURVE on over the median with it off (above 1 for a latency: CURVE makes it slower), and
+    ``on_over_off_by_run``, the same ratio within each run (its two halves ran back to back, so
+    these move less with the machine's load than the medians do);
+    ``"load_average_1min"``: the machine's load average as each run began."""
+    results, curve = [], {}
+    for metric, unit, higher in metrics:
+        on, off = runs["on"].get(metric, []), runs["off"].get(metric, [])
+        results.append(Result(f"{metric}_curve", unit, higher, on, "agentflow, CURVE off", off))
+        on_median = statistics.median(on) if on else None
+        off_median = statistics.median(off) if off else None
+        ratio = on_median / off_median if on_median is not None and off_median else None
+        curve[metric] = {"unit": unit, "higher_is_better": higher,
+                         "on": None if on_median is None else round(on_median, 3),
+                         "off": None if off_median is None else round(off_median, 3),
+                         "on_over_off": None if ratio is None else round(ratio, 3),
+                         "on_over_off_by_run": [round(a / b, 3) if b else None for a, b in zip(on, off)],
+                         "runs_on": [round(r, 3) for r in on], "runs_off": [round(r, 3) for r in off]}
+    document = report(benchmark, results, None, curve=curve, load_average_1min=load_averages, **extra)
+    for metric, figures in curve.items():
+        ratio = "-" if figures["on_over_off"] is None else f"{figures['on_over_off']:.3f}x"
+        print(f"{metric}: CURVE on / off = {ratio} (on {figures['on']}, off {figures['off']} {figures['unit']}; "
+              f"by run: {' / '.join(map(str, figures['on_over_off_by_run']))})")
+    if load_averages:
+        print(f"load average (1 min) as the runs began: {min(load_averages):.2f}-{max(load_averages):.2f}")
+    if json_path:
+        with open(json_path, "w") as out:
+            json.dump(document, out, indent=2)
+    return document

@@ -1,6 +1,7 @@
 """Raft benchmark: three AgentFlow masters vs a three-process PySyncObj counter, on 127.0.0.1.
 
     .venv/bin/python bench/raft.py [--runs 3] [--commands 50000] [--window 10000] [--sequential 1000] [--json FILE]
+    .venv/bin/python bench/raft.py --curve [--runs 5] ...    # AgentFlow with CURVE on against CURVE off
 
 Each run starts a fresh cluster of three processes for each system, measures, and stops it:
 
@@ -15,6 +16,14 @@ Each run starts a fresh cluster of three processes for each system, measures, an
   retries on every master with a short per-try timeout (0.25 s), so this measures the cluster,
   not a client's timeout. ``failover_s_client`` is the same kill seen by a stock ``Client``
   (per-try timeout ``runtime.client.PER_TRY_TIMEOUT_S``) that had the old leader cached.
+
+With ``--curve`` there is no peer: each run measures AgentFlow twice, on a fresh cluster with
+CURVE off and on one with CURVE on (keys for the masters and the benchmark's client, made once
+per invocation; nothing else differs), the order alternating from run to run, and reports each
+figure as ``METRIC_curve`` rows and a ``"curve"`` document (bench/common.py ``curve_report``),
+with the leader's CPU per commit too, pipelined and sequential, in all its threads
+(``leader_cpu_us_per_commit``, ``leader_cpu_us_per_sequential_commit``) and in libzmq's I/O
+threads, where CURVE's crypto runs (``leader_zmq_io_cpu_us_per_commit``, ``..._sequential_commit``).
 
 PySyncObj (``pip install pysyncobj``; never a project dependency) runs in two modes: its default
 (``appendEntriesUseBatch=True``) and with batching off; its log is in memory. For each metric the
@@ -46,7 +55,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import Result, percentile, report  # noqa: E402
+from bench.common import (CurveSetup, Result, cpu_s_by_thread, cpu_us_per_item, curve_order, curve_report,  # noqa: E402
+                          percentile, report)
 from agentflow.cluster import find_free_ports, wait_until  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -363,7 +373,7 @@ def agentflow_failover(node, masters: list, leader, urls: list[str]) -> tuple[fl
     return committed - started, stock_result["t"] - started
 
 
-def run_agentflow(args, data_dir: Path, procs: list) -> dict:
+def run_agentflow(args, data_dir: Path, procs: list, curve: CurveSetup = CurveSetup()) -> dict:
     from runtime.client import Client
     from agentflow.cluster import LocalCluster
     from runtime.node import Node
@@ -372,18 +382,22 @@ def run_agentflow(args, data_dir: Path, procs: list) -> dict:
     os.environ["AGENTFLOW_LOG"] = os.environ.get("AGENTFLOW_MASTER_LOG", "info")  # the masters inherit it
     if os.environ.get("AGENTFLOW_BENCH_PYTHONPATH"):
         os.environ["PYTHONPATH"] = os.environ["AGENTFLOW_BENCH_PYTHONPATH"]
-    cluster = LocalCluster(run_dir, masters=3)
+    cluster = LocalCluster(run_dir, masters=3, first_port=args.port, master_options=list(curve.master_options),
+                           client_curve=curve.client)
     masters = cluster.masters
     procs.extend(masters)
     urls = [m.url for m in masters]
-    node = Node(f"bench-raft-{uuid.uuid4().hex[:6]}").start()
+    node = Node(f"bench-raft-{uuid.uuid4().hex[:6]}", curve=curve.client).start()
     try:
         client = Client(urls, node=node, timeout_s=10)
         view = cluster.start(client, timeout_s=60)
         leader = cluster.by_id(view["leader"])
         agentflow_sequential(client, 50)  # warm-up
+        cpu = [cpu_s_by_thread(leader.proc.pid)]
         per_s = agentflow_pipelined(node, leader.url, args.commands, args.window)
+        cpu.append(cpu_s_by_thread(leader.proc.pid))
         samples = agentflow_sequential(client, args.sequential)
+        cpu.append(cpu_s_by_thread(leader.proc.pid))
         failover, failover_client = agentflow_failover(node, masters, leader, urls)
     finally:
         node.stop()
@@ -392,7 +406,9 @@ def run_agentflow(args, data_dir: Path, procs: list) -> dict:
             procs.remove(master)
     return {"commits_per_s": per_s, "commit_p50_ms": percentile(samples, 0.5),
             "commit_p99_ms": percentile(samples, 0.99), "failover_s": failover,
-            "failover_s_client": failover_client}
+            "failover_s_client": failover_client,
+            **dict(zip(CPU_METRIC_NAMES[:2], cpu_us_per_item(cpu[0], cpu[1], args.commands))),
+            **dict(zip(CPU_METRIC_NAMES[2:], cpu_us_per_item(cpu[1], cpu[2], args.sequential)))}
 
 
 # =========================================================================== main
@@ -403,6 +419,17 @@ METRICS = [  # name, unit, higher is better
     ("commit_p99_ms", "ms", False),
     ("failover_s", "s", False),
 ]
+CLIENT_FAILOVER_METRIC = ("failover_s_client", "s", False)
+# The leader's CPU per commit, pipelined and sequential: all threads, and libzmq's I/O threads (CURVE's crypto).
+CPU_METRIC_NAMES = ["leader_cpu_us_per_commit", "leader_zmq_io_cpu_us_per_commit",
+                    "leader_cpu_us_per_sequential_commit", "leader_zmq_io_cpu_us_per_sequential_commit"]
+CPU_METRICS = [(name, "us", False) for name in CPU_METRIC_NAMES]
+
+
+def record(runs: dict[str, list[float]], figures: dict, what: str, run: int, total: int) -> None:
+    for name, value in figures.items():
+        runs.setdefault(name, []).append(value)
+    print(f"run {run + 1}/{total} {what}: " + ", ".join(f"{k}={v[-1]:,.3f}" for k, v in runs.items()), file=sys.stderr)
 
 
 def main() -> None:
@@ -413,6 +440,9 @@ def main() -> None:
                         help="commands in flight when pipelined (PySyncObj batching needs many: ~window/0.1 s)")
     parser.add_argument("--sequential", type=int, default=1000, help="sequential commands per run")
     parser.add_argument("--no-peer", action="store_true", help="skip PySyncObj")
+    parser.add_argument("--curve", action="store_true",
+                        help="AgentFlow with CURVE on against CURVE off, alternating, instead of the peer")
+    parser.add_argument("--port", type=int, help="the first master port to try (default: random free ports)")
     parser.add_argument("--json", dest="json_path")
     parser.add_argument("--serve-pysyncobj", nargs=3, metavar=("PORT", "PARTNERS", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -421,17 +451,23 @@ def main() -> None:
         return serve_pysyncobj(int(port), [int(p) for p in partners.split(",")], mode == "batch")
 
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    version = None if args.no_peer else pysyncobj_version()
+    version = None if args.no_peer or args.curve else pysyncobj_version()
     data_dir = Path(tempfile.mkdtemp(prefix="agentflow-bench-raft-"))
     procs: list = []
     af_runs: dict[str, list[float]] = {}
     peer_runs: dict[str, dict[str, list[float]]] = {"batch": {}, "nobatch": {}}
+    curve_runs: dict[str, dict[str, list[float]]] = {"off": {}, "on": {}}
+    load_averages: list[float] = []
     try:
+        setups = {"off": CurveSetup(), "on": CurveSetup.generate(data_dir / "keys")} if args.curve else {}
         for run in range(args.runs):
-            for name, value in run_agentflow(args, data_dir, procs).items():
-                af_runs.setdefault(name, []).append(value)
-            print(f"run {run + 1}/{args.runs} agentflow: "
-                  + ", ".join(f"{k}={v[-1]:,.3f}" for k, v in af_runs.items()), file=sys.stderr)
+            load_averages.append(round(os.getloadavg()[0], 2))
+            if args.curve:
+                for mode in curve_order(run):
+                    figures = run_agentflow(args, data_dir, procs, setups[mode])
+                    record(curve_runs[mode], figures, f"agentflow CURVE {mode}", run, args.runs)
+                continue
+            record(af_runs, run_agentflow(args, data_dir, procs), "agentflow", run, args.runs)
             if version:
                 for mode in ("batch", "nobatch"):
                     try:
@@ -439,10 +475,7 @@ def main() -> None:
                     except (RuntimeError, TimeoutError) as exc:  # a child or a leader past its deadline: this run is lost
                         print(f"run {run + 1}/{args.runs} pysyncobj {mode} failed: {exc}", file=sys.stderr)
                         continue
-                    for name, value in figures.items():
-                        peer_runs[mode].setdefault(name, []).append(value)
-                    print(f"run {run + 1}/{args.runs} pysyncobj {mode}: "
-                          + ", ".join(f"{k}={v[-1]:,.3f}" for k, v in peer_runs[mode].items()), file=sys.stderr)
+                    record(peer_runs[mode], figures, f"pysyncobj {mode}", run, args.runs)
     finally:
         for proc in list(procs):
             try:
@@ -452,6 +485,11 @@ def main() -> None:
                 pass
         shutil.rmtree(data_dir, ignore_errors=True)
 
+    command = " ".join([Path(sys.executable).name, "bench/raft.py", *sys.argv[1:]])
+    if args.curve:
+        curve_report("raft", [*METRICS, CLIENT_FAILOVER_METRIC, *CPU_METRICS], curve_runs, load_averages, args.json_path,
+                     command=command)
+        return
     results = []
     for metric, unit, higher in METRICS:
         peer_name, peer_values = "pysyncobj (missing)", []
@@ -463,7 +501,7 @@ def main() -> None:
         results.append(Result(metric, unit, higher, af_runs[metric], peer_name, peer_values))
     client_peer = min((runs["failover_s"] for runs in peer_runs.values() if runs.get("failover_s")),
                       key=statistics.median, default=[])
-    results.append(Result("failover_s_client", "s", False, af_runs["failover_s_client"],
+    results.append(Result(*CLIENT_FAILOVER_METRIC, af_runs["failover_s_client"],
                           "pysyncobj (best mode), fast writer" if client_peer else "pysyncobj (missing)", client_peer))
     document = report("raft", results, None)
     if version:
@@ -473,7 +511,7 @@ def main() -> None:
             for mode in peer_runs}
         for mode, figures in document["pysyncobj_modes"].items():
             print(f"pysyncobj {mode}: " + ", ".join(f"{k}={v['median']:,.3f}" for k, v in figures.items()))
-    document["command"] = " ".join([Path(sys.executable).name, "bench/raft.py", *sys.argv[1:]])
+    document["command"] = command
     if args.json_path:
         with open(args.json_path, "w") as out:
             json.dump(document, out, indent=2)

@@ -1,6 +1,7 @@
 """Task benchmark: AgentFlow (3 masters, Raft on, 2 workers) vs Ray and Dask, side by side.
 
     .venv/bin/python bench/tasks.py [--runs 3] [--tasks 10000] [--chain 500] [--fanout 5000] [--json FILE]
+    .venv/bin/python bench/tasks.py --curve [--runs 5] ...    # AgentFlow with CURVE on against CURVE off
 
 Workloads, each run on every system in the same run:
 * ``noop_tasks_per_s``: N independent tasks calling a function that does nothing;
@@ -12,6 +13,14 @@ its own venv (.venv-peers/ray, made through pip on first use); Dask LocalCluster
 threads_per_worker=1) from the project's ``bench`` extra. A row's peer is the best of them in
 this run, and the ``_vs_ray`` and ``_vs_dask`` rows compare with each; a peer that is not
 installed is reported missing, never invented.
+
+With ``--curve`` there are no peers: each run measures the three workloads twice, on a fresh
+cluster with CURVE off and on one with CURVE on (keys for the masters, the workers and the
+benchmark's client, made once per invocation; nothing else differs), the order alternating from
+run to run, and reports ``METRIC_curve`` rows and a ``"curve"`` document (bench/common.py
+``curve_report``), with the leader's CPU per task of each workload too, in all its threads
+(``noop_leader_cpu_us_per_task``, ...) and in libzmq's I/O threads, where CURVE's crypto runs
+(``noop_leader_zmq_io_cpu_us_per_task``, ...). Without ``--curve`` one cluster serves all runs.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import argparse
 import importlib.util
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -29,7 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import PEERS, Result, peer_python, report, run_child  # noqa: E402
+from bench.common import (PEERS, CurveSetup, Result, cpu_s_by_thread, cpu_us_per_item, curve_order,  # noqa: E402
+                          curve_report, peer_python, report, run_child)
 from protocols.workflow_spec import TaskNode, TaskResources, Workflow  # noqa: E402
 from runtime.client import Client  # noqa: E402
 from agentflow.cluster import LocalCluster  # noqa: E402
@@ -64,6 +75,45 @@ def agentflow_wall_s(client: Client, workflow: Workflow) -> float:
     if status["state"] != "completed":
         raise RuntimeError(f"{workflow.workflow_id} ended {status['state']}")
     return elapsed
+
+
+def agentflow_runs(args, runs: dict[str, list[float]], count: int, curve: CurveSetup = CurveSetup(),
+                   label: str = "agentflow") -> None:
+    """``count`` runs of the three workloads on one fresh cluster (3 masters, 2 workers), appended
+    to ``runs``, with the leader's CPU per task of each (``WORKLOAD_leader_cpu``: all threads;
+    ``WORKLOAD_leader_zmq_io_cpu``: libzmq's I/O threads); every process is stopped on the way
+    out, its logs kept if a run failed."""
+    directory = tempfile.mkdtemp(prefix="agentflow-bench-")
+    local = LocalCluster(directory, masters=3, workers=2, first_port=args.port,
+                         worker_options=["--max-concurrent-tasks", str(args.slots), *curve.worker_options],
+                         master_options=list(curve.master_options), client_curve=curve.client)
+    finished = False
+    try:
+        leader_pid = local.by_id(local.start()["leader"]).proc.pid
+        with Client(local.master_url, timeout_s=30, curve=curve.client) as client:
+            agentflow_wall_s(client, agentflow_workflow("independent", 10))  # warm up
+            for run in range(count):
+                for workload, kind, size in (("noop", "independent", args.tasks), ("chain", "chain", args.chain),
+                                             ("fanout", "fanout", args.fanout)):
+                    workflow = agentflow_workflow(kind, size)
+                    cpu_before = cpu_s_by_thread(leader_pid)
+                    wall_s = agentflow_wall_s(client, workflow)
+                    cpu_us, zmq_io_cpu_us = cpu_us_per_item(cpu_before, cpu_s_by_thread(leader_pid), len(workflow.tasks))
+                    runs[workload].append({"noop": size / wall_s, "chain": wall_s * 1000 / size}.get(workload, wall_s))
+                    runs.setdefault(f"{workload}_leader_cpu", []).append(cpu_us)
+                    runs.setdefault(f"{workload}_leader_zmq_io_cpu", []).append(zmq_io_cpu_us)
+                progress = label if count == 1 else f"{label} run {run + 1}/{count}"
+                print(f"{progress}: " + ", ".join(
+                    f"{workload} {runs[workload][-1]:,.2f} ({runs[f'{workload}_leader_cpu'][-1]:,.0f} us of leader "
+                    f"CPU a task, {runs[f'{workload}_leader_zmq_io_cpu'][-1]:,.1f} in libzmq's I/O thread)"
+                    for workload in WORKLOADS), file=sys.stderr)
+        finished = True
+    finally:
+        local.stop()
+        if finished:
+            shutil.rmtree(directory, ignore_errors=True)
+        else:
+            print(f"agentflow failed: its masters' and workers' logs are kept in {directory}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- peers
@@ -111,40 +161,48 @@ def main() -> None:
     parser.add_argument("--chain", type=int, default=500)
     parser.add_argument("--fanout", type=int, default=5_000)
     parser.add_argument("--slots", type=int, default=4, help="task slots per AgentFlow worker")
+    parser.add_argument("--curve", action="store_true",
+                        help="AgentFlow with CURVE on against CURVE off, alternating, instead of the peers")
+    parser.add_argument("--port", type=int, help="the first master port to try (default: random free ports)")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
     os.environ.setdefault("AGENTFLOW_LOG", "warn")
-
-    runs: dict[str, list[float]] = {"noop": [], "chain": [], "fanout": []}
-    directory = tempfile.mkdtemp(prefix="agentflow-bench-")
-    local = LocalCluster(directory, masters=3, workers=2, worker_options=["--max-concurrent-tasks", str(args.slots)])
-    finished = False
-    try:
-        local.start()
-        with Client(local.master_url, timeout_s=30) as client:
-            agentflow_wall_s(client, agentflow_workflow("independent", 10))  # warm up
-            for run in range(args.runs):
-                runs["noop"].append(args.tasks / agentflow_wall_s(client, agentflow_workflow("independent", args.tasks)))
-                runs["chain"].append(agentflow_wall_s(client, agentflow_workflow("chain", args.chain)) * 1000 / args.chain)
-                runs["fanout"].append(agentflow_wall_s(client, agentflow_workflow("fanout", args.fanout)))
-                print(f"agentflow run {run + 1}/{args.runs} done", file=sys.stderr)
-        finished = True
-    finally:
-        local.stop()
-        if finished:
-            shutil.rmtree(directory, ignore_errors=True)
-        else:
-            print(f"agentflow failed: its masters' and workers' logs are kept in {directory}", file=sys.stderr)
-
-    peers = {name: peer_runs(name, args) for name in ("ray", "dask")}
+    # SIGTERM unwinds like Ctrl-C, through the finally blocks that stop every process started here.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     metrics = {"noop": ("noop_tasks_per_s", "tasks/s", True), "chain": ("chain_ms_per_hop", "ms", False),
                "fanout": (f"fanout_{args.fanout}_s", "s", False)}
+    if args.curve:
+        for workload in WORKLOADS:
+            metrics[f"{workload}_leader_cpu"] = (f"{workload}_leader_cpu_us_per_task", "us", False)
+            metrics[f"{workload}_leader_zmq_io_cpu"] = (f"{workload}_leader_zmq_io_cpu_us_per_task", "us", False)
+        return curve_main(args, metrics)
+
+    runs: dict[str, list[float]] = {workload: [] for workload in WORKLOADS}
+    agentflow_runs(args, runs, args.runs)
+    peers = {name: peer_runs(name, args) for name in ("ray", "dask")}
     results = []
     for suffix, choose in (("", None), ("_vs_ray", "ray"), ("_vs_dask", "dask")):
         for workload, (metric, unit, higher) in metrics.items():
             name, found = best_peer(peers if choose is None else {choose: peers[choose]}, workload, higher)
             results.append(Result(metric + suffix, unit, higher, runs[workload], name, found))
     report("tasks", results, args.json_path)
+
+
+def curve_main(args, metrics: dict[str, tuple[str, str, bool]]) -> None:
+    runs = {mode: {workload: [] for workload in metrics} for mode in ("off", "on")}
+    load_averages: list[float] = []
+    keys_dir = Path(tempfile.mkdtemp(prefix="agentflow-bench-keys-"))
+    try:
+        setups = {"off": CurveSetup(), "on": CurveSetup.generate(keys_dir)}
+        for run in range(args.runs):
+            load_averages.append(round(os.getloadavg()[0], 2))
+            for mode in curve_order(run):
+                agentflow_runs(args, runs[mode], 1, setups[mode], f"agentflow CURVE {mode}, run {run + 1}/{args.runs}")
+    finally:
+        shutil.rmtree(keys_dir, ignore_errors=True)
+    by_metric = {mode: {metrics[w][0]: values for w, values in workloads.items()} for mode, workloads in runs.items()}
+    curve_report("tasks", list(metrics.values()), by_metric, load_averages, args.json_path,
+                 command=" ".join([Path(sys.executable).name, "bench/tasks.py", *sys.argv[1:]]))
 
 
 if __name__ == "__main__":
