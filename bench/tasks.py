@@ -21,6 +21,10 @@ run to run, and reports ``METRIC_curve`` rows and a ``"curve"`` document (bench/
 ``curve_report``), with the leader's CPU per task of each workload too, in all its threads
 (``noop_leader_cpu_us_per_task``, ...) and in libzmq's I/O threads, where CURVE's crypto runs
 (``noop_leader_zmq_io_cpu_us_per_task``, ...). Without ``--curve`` one cluster serves all runs.
+
+Every AgentFlow run also prints the CPU each workload cost per task by process kind (the leader,
+the followers, the workers, the workers' task processes; Linux's per-thread schedstat, in ns),
+and the document's ``cpu_us_per_task_by_process`` holds their medians.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -77,6 +83,34 @@ def agentflow_wall_s(client: Client, workflow: Workflow) -> float:
     return elapsed
 
 
+PROCESS_KINDS = ("leader", "followers", "workers", "task_processes")
+
+
+def cpu_s_by_kind(local: LocalCluster, leader_id: str) -> dict[str, float]:
+    """CPU seconds used so far by the leader, the followers, the workers and the workers' task
+    processes (their live children, read from /proc like ``cpu_s_by_thread``; a task process
+    recycled during a workload takes its CPU with it, so that figure is a floor)."""
+    totals = dict.fromkeys(PROCESS_KINDS, 0.0)
+
+    def add(kind: str, pid: int) -> None:
+        totals[kind] += sum(cpu_s_by_thread(pid).values())
+
+    for master in local.masters:
+        add("leader" if master.node_id == leader_id else "followers", master.proc.pid)
+    for worker in local.workers:
+        add("workers", worker.proc.pid)
+        try:
+            children = psutil.Process(worker.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
+        for child in children:
+            try:
+                add("task_processes", child.pid)
+            except FileNotFoundError:  # it ended meanwhile
+                pass
+    return totals
+
+
 def agentflow_runs(args, runs: dict[str, list[float]], count: int, curve: CurveSetup = CurveSetup(),
                    label: str = "agentflow") -> None:
     """``count`` runs of the three workloads on one fresh cluster (3 masters, 2 workers), appended
@@ -89,16 +123,21 @@ def agentflow_runs(args, runs: dict[str, list[float]], count: int, curve: CurveS
                          master_options=list(curve.master_options), client_curve=curve.client)
     finished = False
     try:
-        leader_pid = local.by_id(local.start()["leader"]).proc.pid
+        leader_id = local.start()["leader"]
+        leader_pid = local.by_id(leader_id).proc.pid
         with Client(local.master_url, timeout_s=30, curve=curve.client) as client:
             agentflow_wall_s(client, agentflow_workflow("independent", 10))  # warm up
             for run in range(count):
                 for workload, kind, size in (("noop", "independent", args.tasks), ("chain", "chain", args.chain),
                                              ("fanout", "fanout", args.fanout)):
                     workflow = agentflow_workflow(kind, size)
-                    cpu_before = cpu_s_by_thread(leader_pid)
+                    cpu_before, kinds_before = cpu_s_by_thread(leader_pid), cpu_s_by_kind(local, leader_id)
                     wall_s = agentflow_wall_s(client, workflow)
                     cpu_us, zmq_io_cpu_us = cpu_us_per_item(cpu_before, cpu_s_by_thread(leader_pid), len(workflow.tasks))
+                    kinds_after = cpu_s_by_kind(local, leader_id)
+                    for kind in PROCESS_KINDS:
+                        runs.setdefault(f"{workload}_cpu_{kind}", []).append(
+                            (kinds_after[kind] - kinds_before[kind]) * 1e6 / len(workflow.tasks))
                     runs[workload].append({"noop": size / wall_s, "chain": wall_s * 1000 / size}.get(workload, wall_s))
                     runs.setdefault(f"{workload}_leader_cpu", []).append(cpu_us)
                     runs.setdefault(f"{workload}_leader_zmq_io_cpu", []).append(zmq_io_cpu_us)
@@ -106,6 +145,10 @@ def agentflow_runs(args, runs: dict[str, list[float]], count: int, curve: CurveS
                 print(f"{progress}: " + ", ".join(
                     f"{workload} {runs[workload][-1]:,.2f} ({runs[f'{workload}_leader_cpu'][-1]:,.0f} us of leader "
                     f"CPU a task, {runs[f'{workload}_leader_zmq_io_cpu'][-1]:,.1f} in libzmq's I/O thread)"
+                    for workload in WORKLOADS), file=sys.stderr)
+                print("  CPU us a task by process kind: " + "; ".join(
+                    f"{workload} " + ", ".join(f"{kind} {runs[f'{workload}_cpu_{kind}'][-1]:,.0f}" for kind in PROCESS_KINDS)
+                    + f", all {sum(runs[f'{workload}_cpu_{kind}'][-1] for kind in PROCESS_KINDS):,.0f}"
                     for workload in WORKLOADS), file=sys.stderr)
         finished = True
     finally:
@@ -185,7 +228,12 @@ def main() -> None:
         for workload, (metric, unit, higher) in metrics.items():
             name, found = best_peer(peers if choose is None else {choose: peers[choose]}, workload, higher)
             results.append(Result(metric + suffix, unit, higher, runs[workload], name, found))
-    report("tasks", results, args.json_path)
+    cpu = {workload: {kind: round(statistics.median(runs[f"{workload}_cpu_{kind}"]), 1) for kind in PROCESS_KINDS}
+           for workload in WORKLOADS}
+    for workload, kinds in cpu.items():
+        kinds["all"] = round(sum(kinds.values()), 1)
+        print(f"{workload}: CPU us a task (median of runs): " + ", ".join(f"{k} {v:,.0f}" for k, v in kinds.items()))
+    report("tasks", results, args.json_path, cpu_us_per_task_by_process=cpu)
 
 
 def curve_main(args, metrics: dict[str, tuple[str, str, bool]]) -> None:
