@@ -1,0 +1,368 @@
+"""Compression benchmark: which codec for large frames, and from which size it pays.
+
+    .venv/bin/python bench/compression.py [--runs 5] [--frames 40] [--json FILE]
+
+In one run:
+
+* the codecs, on representative frames encoded by protocols/wire.py (a worker's report of a
+  1 MiB JSON-ish task result; the AppendEntries a follower gets with that result; AppendEntries
+  of 64 entries of 32 task completions each, as the scheduler commits them; a report of 1 MiB of
+  random bytes): compression ratio, and MB/s (of the frame's raw size) to compress and to
+  decompress, for zlib levels 1 and 6 (the standard library) and whichever of lz4, zstandard
+  (levels 1 and 3), cramjam's snappy and isal (zlib's format, faster) are installed;
+* end to end: the time to move each frame through a ZeroMQ DEALER -> ROUTER pair in two
+  processes and get a small acknowledgement back (compress, send, decompress and decode, one
+  frame in flight), raw and with each codec, on 127.0.0.1 and, as root, on the loopback of a
+  network namespace of its own shaped by a token bucket to 1 Gbit/s and to 100 Mbit/s (what a
+  LAN between machines gives, which 127.0.0.1 does not: its bandwidth is the memory's). Frames
+  of 4-256 KiB of completions place the threshold;
+* the same through the transport itself (``AGENTFLOW`` rows): two Nodes, one told frames of
+  each kind with the node's compression on (``compress_min_bytes`` the default) and off.
+
+Each figure is the median of ``--runs`` runs; a ratio above 1 means compressing is ahead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Callable
+
+import zmq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import Result, report  # noqa: E402
+from protocols import wire  # noqa: E402
+from protocols.control import Batch  # noqa: E402
+from protocols.raft import AppendEntries, Entry  # noqa: E402
+from protocols.tasks import TaskFinished, TasksFinished  # noqa: E402
+from protocols.workflow_table import FinishTask  # noqa: E402
+
+RECV_TIMEOUT_S = 20.0  # no acknowledgement for this long: the benchmark fails, naming the wait
+MIB = 1024 * 1024
+SHAPED_RATES = ("1gbit", "100mbit")
+
+
+# --------------------------------------------------------------------------- representative frames
+
+TAGS = ("alpha", "beta", "gamma", "delta", "prod", "staging", "eu-west", "us-east", "gpu", "batch")
+
+
+def json_ish_result(rng: random.Random, size: int) -> list[dict]:
+    """Rows as a task would return them: ids, names, numbers, flags, timestamps, paths."""
+    rows: list[dict] = []
+    total = 0
+    while total < size:
+        i = len(rows)
+        row = {"id": i, "user": f"user-{rng.randrange(100_000)}", "email": f"u{rng.randrange(100_000)}@example.com",
+               "score": round(rng.random() * 100, 3), "active": rng.random() < 0.7,
+               "tags": rng.sample(TAGS, rng.randint(1, 4)),
+               "created": f"2026-11-{rng.randint(1, 30):02d}T{rng.randrange(24):02d}:{rng.randrange(60):02d}:00Z",
+               "path": f"/data/shard-{rng.randrange(64):02d}/part-{rng.randrange(10_000):05d}.parquet"}
+        rows.append(row)
+        total += len(json.dumps(row))
+    return rows
+
+
+def report_frame(result) -> bytes:
+    finished = TaskFinished("worker-1", "wf-etl", "extract", 1, True, 0, result, "", "", "", 1234)
+    return wire.encode_frame("worker-1", "tcp://10.0.0.21:7000",
+                             [(wire.ASK, "worker", "scheduler", 7, TasksFinished("worker-1", [finished]))])
+
+
+def completions_frame(rng: random.Random, entries: int, per_entry: int = 32) -> bytes:
+    """AppendEntries as the leader sends them: each entry one Batch of task completions."""
+    log = []
+    for e in range(entries):
+        commands = [FinishTask(f"wf-{rng.randrange(1000)}", f"t{e * per_entry + k}", 1, True,
+                               1_764_000_000_000 + e * 10 + k, 0,
+                               {"rows": rng.randrange(10**6), "checksum": rng.randbytes(8).hex()}, "",
+                               f"processed {rng.randrange(10**5)} records in {rng.random():.3f}s\n", "")
+                    for k in range(per_entry)]
+        log.append(Entry(3, 1000 + e, 0, wire.encode(Batch(commands))))
+    message = AppendEntries("master-1", "master-2", 3, 999, 3, log, 1000 + entries)
+    return wire.encode_frame("master-1", "tcp://10.0.0.11:6767", [(wire.TELL, "raft", "raft", 0, message)])
+
+
+def result_append_frame(result) -> bytes:
+    """The AppendEntries a follower gets for one committed task result."""
+    command = Batch([FinishTask("wf-etl", "extract", 1, True, 1_764_000_000_000, 0, result)])
+    message = AppendEntries("master-1", "master-2", 3, 999, 3, [Entry(3, 1000, 0, wire.encode(command))], 1000)
+    return wire.encode_frame("master-1", "tcp://10.0.0.11:6767", [(wire.TELL, "raft", "raft", 0, message)])
+
+
+def frames(seed: int = 1) -> dict[str, bytes]:
+    rng = random.Random(seed)
+    result = json_ish_result(rng, MIB)
+    out = {"result_1mib": report_frame(result), "append_1mib_result": result_append_frame(result),
+           "append_64x32_completions": completions_frame(rng, 64),
+           "random_1mib": report_frame(rng.randbytes(MIB))}
+    for entries in (1, 4, 16, 64):  # 32 completions are ~4 KiB: 4, 16, 64, 256 KiB frames
+        out[f"completions_{entries * 4}kib"] = completions_frame(rng, entries)
+    return out
+
+
+CODEC_FRAMES = ("result_1mib", "append_1mib_result", "append_64x32_completions", "random_1mib")
+THRESHOLD_FRAMES = ("completions_4kib", "completions_16kib", "completions_64kib", "completions_256kib")
+
+
+# --------------------------------------------------------------------------- codecs
+
+Codec = tuple[Callable[[bytes], bytes], Callable[[bytes, int], bytes]]
+
+
+def codecs() -> tuple[dict[str, Codec], dict[str, str]]:
+    """(name -> (compress, decompress(blob, raw size))), and the versions (or "not installed")."""
+    found: dict[str, Codec] = {
+        "zlib-1": (lambda data: zlib.compress(data, 1), lambda blob, size: zlib.decompress(blob, bufsize=size)),
+        "zlib-6": (lambda data: zlib.compress(data, 6), lambda blob, size: zlib.decompress(blob, bufsize=size)),
+    }
+    versions = {"zlib": zlib.ZLIB_RUNTIME_VERSION}
+    try:
+        import lz4
+        import lz4.block
+        found["lz4"] = (lambda data: lz4.block.compress(data, store_size=False),
+                        lambda blob, size: lz4.block.decompress(blob, uncompressed_size=size))
+        versions["lz4"] = lz4.__version__
+    except ImportError:
+        versions["lz4"] = "not installed"
+    try:
+        import zstandard
+        for level in (1, 3):
+            compressor = zstandard.ZstdCompressor(level=level)
+            found[f"zstd-{level}"] = (compressor.compress, _zstd_decompress(zstandard.ZstdDecompressor()))
+        versions["zstandard"] = zstandard.__version__
+    except ImportError:
+        versions["zstandard"] = "not installed"
+    try:
+        import cramjam
+        found["snappy"] = (lambda data: bytes(cramjam.snappy.compress_raw(data)),
+                           lambda blob, size: bytes(cramjam.snappy.decompress_raw(blob)))
+        versions["cramjam"] = cramjam.__version__
+    except ImportError:
+        versions["cramjam"] = "not installed"
+    try:
+        from isal import isal_zlib
+        found["isal-1"] = (lambda data: isal_zlib.compress(data, 1),
+                           lambda blob, size: isal_zlib.decompress(blob, bufsize=size))
+        versions["isal"] = getattr(__import__("isal"), "__version__", "?")
+    except ImportError:
+        versions["isal"] = "not installed"
+    return found, versions
+
+
+def _zstd_decompress(dctx) -> Callable[[bytes, int], bytes]:
+    return lambda blob, size: dctx.decompress(blob, max_output_size=size)
+
+
+def best_of(fn: Callable[[], object], repeat: int) -> float:
+    """Seconds of the fastest of ``repeat`` calls (the least disturbed by the shared machine)."""
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def measure_codecs(data: dict[str, bytes], found: dict[str, Codec], runs: int) -> dict:
+    """frame -> codec -> {"ratio", "compress_mb_s", "decompress_mb_s"} (medians over runs)."""
+    out: dict = {}
+    for frame_name in CODEC_FRAMES:
+        raw = data[frame_name]
+        out[frame_name] = {"raw_bytes": len(raw)}
+        for codec_name, (compress, decompress) in found.items():
+            blob = compress(raw)
+            assert decompress(blob, len(raw)) == raw, codec_name
+            c_runs = [len(raw) / best_of(lambda: compress(raw), 3) / 1e6 for _ in range(runs)]
+            d_runs = [len(raw) / best_of(lambda: decompress(blob, len(raw)), 3) / 1e6 for _ in range(runs)]
+            out[frame_name][codec_name] = {"ratio": round(len(raw) / len(blob), 2),
+                                           "compress_mb_s": round(statistics.median(c_runs), 1),
+                                           "decompress_mb_s": round(statistics.median(d_runs), 1)}
+    return out
+
+
+# --------------------------------------------------------------------------- end to end (child processes)
+
+def serve(codec_names: list[str]) -> None:
+    """The receiving side: a ROUTER that decompresses (the codec named by the frame's first
+    part), decodes the frame, and acknowledges it."""
+    found, _ = codecs()
+    context = zmq.Context()
+    sock = context.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    print(f"tcp://127.0.0.1:{port}", flush=True)
+    while True:
+        route, codec, size, data = sock.recv_multipart()
+        if codec == b"quit":
+            break
+        if codec == b"agentflow":
+            wire.decode_frame(data)
+        elif codec != b"raw":
+            wire.decode_frame(found[codec.decode()][1](data, int(size)))
+        else:
+            wire.decode_frame(data)
+        sock.send_multipart([route, b"ok"])
+    sock.close()
+    context.term()
+
+
+def end_to_end(frame_names: list[str], codec_names: list[str], frames_per_run: int, runs: int) -> dict:
+    """frame -> codec -> median microseconds per frame (compress, send, decompress, decode, ack)."""
+    found, _ = codecs()
+    data = frames()
+    server = subprocess.Popen([sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, int(RECV_TIMEOUT_S * 1000))
+    try:
+        sock.connect(server.stdout.readline().strip())
+        out: dict = {}
+        for frame_name in frame_names:
+            raw = data[frame_name]
+            size = str(len(raw)).encode()
+            ways = {"raw": lambda: raw}
+            ways.update({name: (lambda c=found[name][0]: c(raw)) for name in codec_names if name in found})
+            out[frame_name] = {}
+            for run in range(runs):
+                for way, prepare in ways.items():  # interleaved, so load moves every row alike
+                    tag = way.encode()
+                    started = time.perf_counter()
+                    for _ in range(frames_per_run):
+                        sock.send_multipart([tag, size, prepare()])
+                        try:
+                            sock.recv()
+                        except zmq.Again:
+                            raise RuntimeError(f"no acknowledgement of a {frame_name} frame ({way}) "
+                                               f"within {RECV_TIMEOUT_S} s") from None
+                    elapsed_us = (time.perf_counter() - started) / frames_per_run * 1e6
+                    out[frame_name].setdefault(way, []).append(elapsed_us)
+        sock.send_multipart([b"quit", b"0", b""])
+        server.wait(timeout=RECV_TIMEOUT_S)
+    finally:
+        sock.close()
+        context.term()
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    return {frame: {way: round(statistics.median(samples), 1) for way, samples in ways.items()}
+            for frame, ways in out.items()}
+
+
+def shaped_end_to_end(rate: str, argv: list[str], timeout_s: float) -> tuple[dict | None, str]:
+    """``end_to_end`` inside a network namespace of its own whose loopback a token bucket
+    shapes to ``rate``; (None, why not) where it cannot be made (not root, no ``ip``/``tc``)."""
+    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"):
+        return None, "needs root with ip and tc"
+    namespace = f"afbench{os.getpid()}"
+    try:
+        subprocess.run(["ip", "netns", "add", namespace], check=True, capture_output=True)
+        subprocess.run(["ip", "-n", namespace, "link", "set", "lo", "up"], check=True, capture_output=True)
+        # burst over lo's 64 KiB MTU (and its GSO segments), latency bounding the queue
+        subprocess.run(["tc", "-n", namespace, "qdisc", "add", "dev", "lo", "root", "tbf", "rate", rate,
+                        "burst", "256kb", "latency", "100ms"], check=True, capture_output=True)
+        done = subprocess.run(["ip", "netns", "exec", namespace, sys.executable, __file__, *argv],
+                              capture_output=True, text=True, timeout=timeout_s)
+        if done.returncode != 0:
+            return None, f"the shaped run exited {done.returncode}: {done.stderr.strip()[-300:]}"
+        return json.loads(done.stdout.strip().splitlines()[-1]), ""
+    except subprocess.CalledProcessError as exc:
+        return None, f"{' '.join(exc.cmd[:4])} failed: {exc.stderr.decode().strip()}"
+    except subprocess.TimeoutExpired:
+        return None, f"the shaped run took over {timeout_s:.0f} s"
+    finally:
+        subprocess.run(["ip", "netns", "delete", namespace], capture_output=True)
+
+
+# --------------------------------------------------------------------------- the report
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--frames", type=int, default=40, help="frames per end-to-end run")
+    parser.add_argument("--json")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--end-to-end", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--codecs", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve([])
+        return
+    found, versions = codecs()
+    names = args.codecs.split(",") if args.codecs else list(found)
+    e2e_frames = [*CODEC_FRAMES, *THRESHOLD_FRAMES]
+    if args.end_to_end:
+        print(json.dumps(end_to_end(e2e_frames, names, args.frames, args.runs)))
+        return
+
+    data = frames()
+    print("frames: " + ", ".join(f"{name} {len(raw) / 1024:.0f} KiB" for name, raw in data.items()), flush=True)
+    codec_figures = measure_codecs(data, found, args.runs)
+    print_codecs(codec_figures, list(found))
+    links = {"127.0.0.1": end_to_end(e2e_frames, names, args.frames, args.runs)}
+    missing = {}
+    child_argv = ["--end-to-end", "--runs", str(args.runs), "--frames", str(args.frames), "--codecs", ",".join(names)]
+    for rate in SHAPED_RATES:
+        figures, why = shaped_end_to_end(rate, child_argv, timeout_s=1800)
+        if figures is None:
+            missing[rate] = why
+            print(f"shaped link {rate}: skipped ({why})", flush=True)
+        else:
+            links[f"lo at {rate}"] = figures
+    for link, figures in links.items():
+        print_end_to_end(link, figures, names)
+    results = []
+    for link, figures in links.items():
+        for frame_name, ways in figures.items():
+            for way in names:
+                if way in ways:
+                    results.append(Result(f"{frame_name}_{way}_{link}", "us/frame", False, [ways[way]],
+                                          "raw", [ways["raw"]]))
+    report("compression", results, args.json, codecs=codec_figures, versions=versions, skipped_links=missing)
+
+
+def print_codecs(figures: dict, names: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="codecs: ratio, compress MB/s, decompress MB/s (of the raw frame; medians)")
+    table.add_column("frame")
+    for name in names:
+        table.add_column(name, justify="right")
+    for frame_name, row in figures.items():
+        table.add_row(f"{frame_name} ({row['raw_bytes'] / 1024:.0f} KiB)",
+                      *[f"{row[n]['ratio']:.2f}x {row[n]['compress_mb_s']:.0f} {row[n]['decompress_mb_s']:.0f}"
+                        for n in names])
+    Console(width=200).print(table)
+
+
+def print_end_to_end(link: str, figures: dict, names: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"end to end on {link}: us per frame (raw / codec: above 1 the codec is ahead)")
+    table.add_column("frame")
+    table.add_column("raw", justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
+    for frame_name, ways in figures.items():
+        table.add_row(frame_name, f"{ways['raw']:.0f}",
+                      *[f"{ways[n]:.0f} ({ways['raw'] / ways[n]:.2f}x)" if n in ways else "-" for n in names])
+    Console(width=200).print(table)
+
+
+if __name__ == "__main__":
+    main()
