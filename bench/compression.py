@@ -1,6 +1,6 @@
 """Compression benchmark: which codec for large frames, and from which size it pays.
 
-    .venv/bin/python bench/compression.py [--runs 5] [--frames 40] [--json FILE]
+    .venv/bin/python bench/compression.py [--runs 5] [--frames 30] [--cluster-runs 3] [--json FILE]
 
 In one run:
 
@@ -12,14 +12,18 @@ In one run:
   (levels 1 and 3), cramjam's snappy and isal (zlib's format, faster) are installed;
 * end to end: the time to move each frame through a ZeroMQ DEALER -> ROUTER pair in two
   processes and get a small acknowledgement back (compress, send, decompress and decode, one
-  frame in flight), raw and with each codec, on 127.0.0.1 and, as root, on the loopback of a
-  network namespace of its own shaped by a token bucket to 1 Gbit/s and to 100 Mbit/s (what a
-  LAN between machines gives, which 127.0.0.1 does not: its bandwidth is the memory's). Frames
-  of 4-256 KiB of completions place the threshold;
-* the same through the transport itself (``AGENTFLOW`` rows): two Nodes, one told frames of
-  each kind with the node's compression on (``compress_min_bytes`` the default) and off.
+  frame in flight), raw, with each codec, and as AgentFlow does it (``agentflow``: wire.compress
+  at the default threshold, raw when it does not save an eighth; wire.decode_frame); frames of
+  4-256 KiB of completions place the threshold;
+* a cluster (3 masters, 2 workers) running a workflow of ``--tasks`` tasks that each return
+  ~300 KB of JSON-ish rows (bench/payloads.py), then ``--noop-tasks`` no-op tasks (the hot
+  path: small frames), with the nodes' compression on (the default) and off
+  (``--compress-min-bytes 0``), a fresh cluster per run, alternating;
 
-Each figure is the median of ``--runs`` runs; a ratio above 1 means compressing is ahead.
+the last two on 127.0.0.1 and, as root, again on the loopback of a network namespace of its
+own shaped by a token bucket to 1 Gbit/s and to 100 Mbit/s (links between machines, which
+127.0.0.1 is not: its bandwidth is the memory's). Each figure is the median of the runs; a
+ratio above 1 means compressing is ahead.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 import zlib
 from pathlib import Path
 from typing import Callable
@@ -41,12 +47,16 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agentflow.cluster import LocalCluster  # noqa: E402
 from bench.common import Result, report  # noqa: E402
+from bench.payloads import json_ish_result  # noqa: E402
 from protocols import wire  # noqa: E402
 from protocols.control import Batch  # noqa: E402
 from protocols.raft import AppendEntries, Entry  # noqa: E402
 from protocols.tasks import TaskFinished, TasksFinished  # noqa: E402
+from protocols.workflow_spec import TaskNode, TaskResources, Workflow  # noqa: E402
 from protocols.workflow_table import FinishTask  # noqa: E402
+from runtime.client import Client  # noqa: E402
 
 RECV_TIMEOUT_S = 20.0  # no acknowledgement for this long: the benchmark fails, naming the wait
 MIB = 1024 * 1024
@@ -54,25 +64,6 @@ SHAPED_RATES = ("1gbit", "100mbit")
 
 
 # --------------------------------------------------------------------------- representative frames
-
-TAGS = ("alpha", "beta", "gamma", "delta", "prod", "staging", "eu-west", "us-east", "gpu", "batch")
-
-
-def json_ish_result(rng: random.Random, size: int) -> list[dict]:
-    """Rows as a task would return them: ids, names, numbers, flags, timestamps, paths."""
-    rows: list[dict] = []
-    total = 0
-    while total < size:
-        i = len(rows)
-        row = {"id": i, "user": f"user-{rng.randrange(100_000)}", "email": f"u{rng.randrange(100_000)}@example.com",
-               "score": round(rng.random() * 100, 3), "active": rng.random() < 0.7,
-               "tags": rng.sample(TAGS, rng.randint(1, 4)),
-               "created": f"2026-11-{rng.randint(1, 30):02d}T{rng.randrange(24):02d}:{rng.randrange(60):02d}:00Z",
-               "path": f"/data/shard-{rng.randrange(64):02d}/part-{rng.randrange(10_000):05d}.parquet"}
-        rows.append(row)
-        total += len(json.dumps(row))
-    return rows
-
 
 def report_frame(result) -> bytes:
     finished = TaskFinished("worker-1", "wf-etl", "extract", 1, True, 0, result, "", "", "", 1234)
@@ -194,7 +185,7 @@ def measure_codecs(data: dict[str, bytes], found: dict[str, Codec], runs: int) -
 
 # --------------------------------------------------------------------------- end to end (child processes)
 
-def serve(codec_names: list[str]) -> None:
+def serve() -> None:
     """The receiving side: a ROUTER that decompresses (the codec named by the frame's first
     part), decodes the frame, and acknowledges it."""
     found, _ = codecs()
@@ -207,12 +198,10 @@ def serve(codec_names: list[str]) -> None:
         route, codec, size, data = sock.recv_multipart()
         if codec == b"quit":
             break
-        if codec == b"agentflow":
+        if codec in (b"raw", b"agentflow"):  # wire.decode_frame decompresses what is compressed
             wire.decode_frame(data)
-        elif codec != b"raw":
-            wire.decode_frame(found[codec.decode()][1](data, int(size)))
         else:
-            wire.decode_frame(data)
+            wire.decode_frame(found[codec.decode()][1](data, int(size)))
         sock.send_multipart([route, b"ok"])
     sock.close()
     context.term()
@@ -236,6 +225,7 @@ def end_to_end(frame_names: list[str], codec_names: list[str], frames_per_run: i
             size = str(len(raw)).encode()
             ways = {"raw": lambda: raw}
             ways.update({name: (lambda c=found[name][0]: c(raw)) for name in codec_names if name in found})
+            ways["agentflow"] = lambda: wire.compress(raw, wire.DEFAULT_COMPRESS_MIN_BYTES)
             out[frame_name] = {}
             for run in range(runs):
                 for way, prepare in ways.items():  # interleaved, so load moves every row alike
@@ -262,8 +252,56 @@ def end_to_end(frame_names: list[str], codec_names: list[str], frames_per_run: i
             for frame, ways in out.items()}
 
 
-def shaped_end_to_end(rate: str, argv: list[str], timeout_s: float) -> tuple[dict | None, str]:
-    """``end_to_end`` inside a network namespace of its own whose loopback a token bucket
+def cluster_runs(runs: int, tasks: int, size: int, noop_tasks: int) -> dict[str, dict[str, list[float]]]:
+    """On a fresh 3-master, 2-worker cluster per run, compression on and off in turn: wall
+    seconds from submit to completion of ``tasks`` tasks returning ``size``-byte results, and
+    ``noop_tasks`` no-op tasks per second (the hot path, whose frames are small)."""
+    figures: dict[str, dict[str, list[float]]] = {mode: {"results_s": [], "noop_tasks_per_s": []} for mode in ("on", "off")}
+    no_resources = TaskResources(cpu=0.0)
+
+    def wall_s(client: Client, nodes: list[TaskNode]) -> float:
+        workflow = Workflow(f"compression-{uuid.uuid4().hex[:8]}", "compression", nodes)
+        started = time.perf_counter()
+        client.submit_workflow(workflow, timeout_s=60)
+        status = client.wait_workflow(workflow.workflow_id, timeout_s=600, poll_s=0.02, tasks=False)
+        if status["state"] != "completed":
+            raise RuntimeError(f"{workflow.workflow_id} ended {status['state']}")
+        return time.perf_counter() - started
+
+    def large(count: int) -> list[TaskNode]:
+        return [TaskNode(f"t{i}", call="bench.payloads:result_rows", args=[size], resources=no_resources)
+                for i in range(count)]
+
+    for run in range(runs):
+        for mode in ("on", "off") if run % 2 == 0 else ("off", "on"):
+            options = [] if mode == "on" else ["--compress-min-bytes", "0"]
+            with tempfile.TemporaryDirectory(prefix="agentflow-compression-") as directory:
+                local = LocalCluster(directory, masters=3, workers=2, master_options=options,
+                                     worker_options=options + ["--max-concurrent-tasks", "4"])
+                try:
+                    local.start()
+                    with Client(local.master_url, timeout_s=30) as client:
+                        wall_s(client, large(8))  # a warm-up: every slot's task process starts
+                        figures[mode]["results_s"].append(wall_s(client, large(tasks)))
+                        noop = [TaskNode(f"n{i}", call="builtins:int", resources=no_resources) for i in range(noop_tasks)]
+                        figures[mode]["noop_tasks_per_s"].append(noop_tasks / wall_s(client, noop))
+                finally:
+                    local.stop()
+            print(f"cluster run {run + 1}/{runs}, compression {mode}: {figures[mode]['results_s'][-1]:.2f} s, "
+                  f"{figures[mode]['noop_tasks_per_s'][-1]:.0f} no-op tasks/s", file=sys.stderr, flush=True)
+    return figures
+
+
+def link_figures(args: argparse.Namespace, names: list[str]) -> dict:
+    """What one link measures: the frames end to end and the cluster runs."""
+    figures = {"frames": end_to_end([*CODEC_FRAMES, *THRESHOLD_FRAMES], names, args.frames, args.runs)}
+    if args.cluster_runs:
+        figures["cluster"] = cluster_runs(args.cluster_runs, args.tasks, args.result_bytes, args.noop_tasks)
+    return figures
+
+
+def shaped_link(rate: str, argv: list[str], timeout_s: float) -> tuple[dict | None, str]:
+    """``link_figures`` inside a network namespace of its own whose loopback a token bucket
     shapes to ``rate``; (None, why not) where it cannot be made (not root, no ``ip``/``tc``)."""
     if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"):
         return None, "needs root with ip and tc"
@@ -292,46 +330,56 @@ def shaped_end_to_end(rate: str, argv: list[str], timeout_s: float) -> tuple[dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--frames", type=int, default=40, help="frames per end-to-end run")
+    parser.add_argument("--frames", type=int, default=30, help="frames per end-to-end run")
+    parser.add_argument("--cluster-runs", type=int, default=3, help="cluster runs per mode and link (0: none)")
+    parser.add_argument("--tasks", type=int, default=48, help="large-result tasks of each cluster run")
+    parser.add_argument("--noop-tasks", type=int, default=3000, help="no-op tasks of each cluster run")
+    parser.add_argument("--result-bytes", type=int, default=300_000, help="each task's result (as JSON)")
     parser.add_argument("--json")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--end-to-end", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--link-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--codecs", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    os.environ.setdefault("AGENTFLOW_LOG", "warn")
     if args.serve:
-        serve([])
+        serve()
         return
     found, versions = codecs()
     names = args.codecs.split(",") if args.codecs else list(found)
-    e2e_frames = [*CODEC_FRAMES, *THRESHOLD_FRAMES]
-    if args.end_to_end:
-        print(json.dumps(end_to_end(e2e_frames, names, args.frames, args.runs)))
+    if args.link_child:
+        print(json.dumps(link_figures(args, names)))
         return
 
     data = frames()
     print("frames: " + ", ".join(f"{name} {len(raw) / 1024:.0f} KiB" for name, raw in data.items()), flush=True)
     codec_figures = measure_codecs(data, found, args.runs)
     print_codecs(codec_figures, list(found))
-    links = {"127.0.0.1": end_to_end(e2e_frames, names, args.frames, args.runs)}
+    links = {"127.0.0.1": link_figures(args, names)}
     missing = {}
-    child_argv = ["--end-to-end", "--runs", str(args.runs), "--frames", str(args.frames), "--codecs", ",".join(names)]
+    child_argv = ["--link-child", "--runs", str(args.runs), "--frames", str(args.frames), "--codecs", ",".join(names),
+                  "--cluster-runs", str(args.cluster_runs), "--tasks", str(args.tasks), "--noop-tasks", str(args.noop_tasks),
+                  "--result-bytes", str(args.result_bytes)]
     for rate in SHAPED_RATES:
-        figures, why = shaped_end_to_end(rate, child_argv, timeout_s=1800)
+        figures, why = shaped_link(rate, child_argv, timeout_s=3000)
         if figures is None:
             missing[rate] = why
             print(f"shaped link {rate}: skipped ({why})", flush=True)
         else:
             links[f"lo at {rate}"] = figures
-    for link, figures in links.items():
-        print_end_to_end(link, figures, names)
     results = []
     for link, figures in links.items():
-        for frame_name, ways in figures.items():
-            for way in names:
-                if way in ways:
-                    results.append(Result(f"{frame_name}_{way}_{link}", "us/frame", False, [ways[way]],
-                                          "raw", [ways["raw"]]))
-    report("compression", results, args.json, codecs=codec_figures, versions=versions, skipped_links=missing)
+        print_end_to_end(link, figures["frames"], [*names, "agentflow"])
+        for frame_name, ways in figures["frames"].items():
+            results.append(Result(f"{frame_name}_us_{link}", "us/frame", False, [ways["agentflow"]], "raw",
+                                  [ways["raw"]]))
+        if "cluster" in figures:
+            on, off = figures["cluster"]["on"], figures["cluster"]["off"]
+            results.append(Result(f"cluster_{args.tasks}x{args.result_bytes // 1000}kb_results_s_{link}", "s", False,
+                                  on["results_s"], "compression off", off["results_s"]))
+            results.append(Result(f"cluster_noop_tasks_per_s_{link}", "tasks/s", True, on["noop_tasks_per_s"],
+                                  "compression off", off["noop_tasks_per_s"]))
+    report("compression", results, args.json, codecs=codec_figures, versions=versions, skipped_links=missing,
+           end_to_end_us={link: figures["frames"] for link, figures in links.items()})
 
 
 def print_codecs(figures: dict, names: list[str]) -> None:
