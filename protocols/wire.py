@@ -44,8 +44,9 @@ except ImportError:  # a dependency; without it frames are compressed with zlib 
 
 VERSION = 1
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
-# Smaller frames go raw: under it compressing costs more than it saves even on a 100 Mbit/s
-# link, and the hot path's small messages never pay for the attempt (bench/README.md).
+# Smaller frames go raw: about where lz4 breaks even on a 1 Gbit/s link (it lost on 56 KiB
+# frames there and won on 227 KiB ones); slower links would gain from 16 KiB, but under it are
+# the hot path's many small frames (bench/README.md, compression).
 DEFAULT_COMPRESS_MIN_BYTES = 64 * 1024
 
 _RECORD_EXT = 1
