@@ -228,7 +228,7 @@ def end_to_end(frame_names: list[str], codec_names: list[str], frames_per_run: i
             ways.update({name: (lambda c=found[name][0]: c(raw)) for name in codec_names if name in found})
             ways["agentflow"] = lambda: wire.compress(raw, wire.DEFAULT_COMPRESS_MIN_BYTES)
             out[frame_name] = {}
-            for run in range(runs):
+            for _ in range(runs):
                 for way, prepare in ways.items():  # interleaved, so load moves every row alike
                     tag = way.encode()
                     started = time.perf_counter()
