@@ -47,6 +47,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/locks.py --json bench/results/locks.json
 	$(BIN)/python bench/messaging.py --json bench/results/messaging.json
 	$(BIN)/python bench/executor.py --json bench/results/executor.json
+	$(BIN)/python bench/compression.py --json bench/results/compression.json
 
 # A real Prometheus (Debian's: apt-get install prometheus) scrapes a local cluster and is queried.
 prometheus: $(STAMP)

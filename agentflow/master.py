@@ -51,7 +51,7 @@ from protocols.raft import RaftConfig
 from protocols.retention import DEFAULT_RETAIN_MS, DEFAULT_RETAIN_WORKFLOWS, RetentionPolicy
 from protocols.rounds import workers_table
 from protocols.tenants import running_caps
-from protocols.wire import ErrorRecord, Redirect
+from protocols.wire import DEFAULT_COMPRESS_MIN_BYTES, ErrorRecord, Redirect
 from agentflow.addresses import advertised_address, parse_advertise, unresolved
 from runtime.client import parse_master_urls
 from runtime.future import AskTimeout, RemoteError
@@ -104,7 +104,8 @@ class Master:
                  max_pending_workflows: int = DEFAULT_MAX_PENDING_WORKFLOWS,
                  max_workflow_bytes: int = DEFAULT_MAX_WORKFLOW_BYTES,
                  agent_history_size: int = DEFAULT_HISTORY_SIZE,
-                 max_connections_per_peer: int = DEFAULT_MAX_CONNECTIONS_PER_PEER) -> None:
+                 max_connections_per_peer: int = DEFAULT_MAX_CONNECTIONS_PER_PEER,
+                 compress_min_bytes: int = DEFAULT_COMPRESS_MIN_BYTES) -> None:
         if mode not in ("leader", "master"):
             raise ValueError(f"--mode must be leader or master, not {mode!r}")
         if snapshot_every_entries < 1:
@@ -113,6 +114,8 @@ class Master:
             raise ValueError(f"--lock-max-waiters must be at least 1, not {lock_max_waiters}")
         if retain_workflows < 0 or retain_s < 0:
             raise ValueError("--retain-workflows and --retain-s must not be negative")
+        if compress_min_bytes < 0:
+            raise ValueError(f"--compress-min-bytes must be 0 (no compression) or more, not {compress_min_bytes}")
         for option, value in (("--max-result-bytes", max_result_bytes), ("--max-tasks-per-workflow", max_tasks_per_workflow),
                               ("--max-pending-workflows", max_pending_workflows),
                               ("--max-workflow-bytes", max_workflow_bytes),
@@ -134,7 +137,8 @@ class Master:
         own = f"tcp://{advertise_host or host}:{advertise_port or port}"
         self.node = Node(self.node_id, host=host, port=port, pub_port=pub_port, master_urls=[own, *self.leader_endpoints],
                          advertise_host=advertise_host, advertise_port=advertise_port, curve=curve,
-                         max_connections_per_peer=max_connections_per_peer).start()
+                         max_connections_per_peer=max_connections_per_peer,
+                         compress_min_bytes=compress_min_bytes).start()
         self.http_port = default_http_port(port, http_port)
         bootstrap = mode == "leader" or (fresh and self._first_of_leader_url())
         # Scrapes and probes build no workflow rows: neither reads them, and their ETAs walk every

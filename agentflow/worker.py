@@ -24,6 +24,7 @@ from protocols.assignments import DEFAULT_RESULT_CACHE_BYTES
 from protocols.names import WORKER_ACTOR
 from protocols.registry import WorkerInfo
 from protocols.tasks import parse_master_urls
+from protocols.wire import DEFAULT_COMPRESS_MIN_BYTES
 from runtime.http import HttpServer, on_node_thread
 from runtime.log import configure_logging, get_logger
 from runtime.metrics import WorkerMetrics
@@ -81,6 +82,7 @@ def run_worker(
     result_cache_mb: int = DEFAULT_RESULT_CACHE_BYTES // (1024 * 1024),
     curve: CurveKeys | None = None,
     http_port: int | None = None,
+    compress_min_bytes: int = DEFAULT_COMPRESS_MIN_BYTES,
 ) -> int:
     """Run a worker in the foreground until it has drained after SIGTERM/SIGINT (exit 0), or a
     second signal stops it at once (exit 1). Exit 2 for bad arguments.
@@ -97,14 +99,14 @@ def run_worker(
     if max_concurrent_tasks is not None and max_concurrent_tasks < 1:
         log.error("--max-concurrent-tasks must be at least 1")
         return EXIT_USAGE
-    if (memory_pressure_mb is not None and memory_pressure_mb < 0) or result_cache_mb < 0:
-        log.error("--memory-pressure-mb and --result-cache-mb must not be negative")
+    if (memory_pressure_mb is not None and memory_pressure_mb < 0) or result_cache_mb < 0 or compress_min_bytes < 0:
+        log.error("--memory-pressure-mb, --result-cache-mb and --compress-min-bytes must not be negative")
         return EXIT_USAGE
     resources = detect_resources(cpu_cores, memory_mb, gpu_count)
     worker_id = worker_id or default_worker_id()
     try:
         node = Node(worker_id, host=host, port=port, master_urls=endpoints, advertise_host=advertise_host,
-                    advertise_port=advertise_port, curve=curve).start()
+                    advertise_port=advertise_port, curve=curve, compress_min_bytes=compress_min_bytes).start()
     except Exception as exc:  # a taken port, a bad host: say so and exit
         log.error("Worker %s cannot listen on %s:%s: %s (choose another --port, or stop what uses it)",
                   worker_id, host, port, exc)

@@ -13,8 +13,16 @@ Rules of this module:
   "m": [envelope, ...]}``: several messages per frame is how the transport batches.
 * An *envelope* is ``[kind, source actor, destination actor, correlation id, body]``; the
   source node is the frame's, the destination node is whoever the frame was sent to.
+* A frame (or an event) of ``compress_min_bytes`` and more may travel *compressed*: the byte
+  0xC1 (the one byte msgpack never uses, so no plain frame starts with it), a codec byte (1:
+  zlib, 2: lz4 block), the raw size (4 bytes, big-endian), then the compressed bytes. It is sent
+  raw when compressing does not save an eighth. lz4 was chosen by measurement (bench/README.md,
+  compression); zlib is the fallback where lz4 is not installed, and every node reads both.
 * Decoding untrusted bytes raises only ``DecodeError`` (with a short ``reason`` used as a
-  counter name) and never builds a record whose simple-typed fields have the wrong type.
+  counter name) and never builds a record whose simple-typed fields have the wrong type; a
+  compressed frame never expands past the receiver's ``max_bytes`` (a zip bomb is refused as
+  ``compressed_oversize``, anything else that does not decompress to its declared size as
+  ``bad_compressed``).
 """
 
 from __future__ import annotations
@@ -23,13 +31,23 @@ import dataclasses
 import operator
 import types
 import typing
+import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import msgpack
 
+try:
+    import lz4.block as lz4_block
+except ImportError:  # a dependency; without it frames are compressed with zlib (every node reads both)
+    lz4_block = None
+
 VERSION = 1
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
+# Smaller frames go raw: about where lz4 breaks even on a 1 Gbit/s link (it lost on 56 KiB
+# frames there and won on 227 KiB ones); slower links would gain from 16 KiB, but under it are
+# the hot path's many small frames (bench/README.md, compression).
+DEFAULT_COMPRESS_MIN_BYTES = 64 * 1024
 
 _RECORD_EXT = 1
 
@@ -235,6 +253,77 @@ def decode(data: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Any:
         raise DecodeError("bad_msgpack", type(exc).__name__) from None
 
 
+# --------------------------------------------------------------------------- compression
+
+COMPRESSED = 0xC1  # msgpack's "never used" byte: a compressed frame's first byte
+ZLIB, LZ4 = 1, 2  # codec bytes
+_HEADER_BYTES = 6  # COMPRESSED, codec, raw size (4 bytes, big-endian)
+_MAX_RAW_BYTES = 2**32 - 1
+
+
+def _lz4_decompress(body: memoryview, size: int) -> bytes:
+    if lz4_block is None:
+        raise DecodeError("bad_compressed", "an lz4 frame, and lz4 is not installed here")
+    return lz4_block.decompress(body, uncompressed_size=size)  # writes at most ``size`` bytes
+
+
+def _zlib_decompress(body: memoryview, size: int) -> bytes:
+    stream = zlib.decompressobj()
+    out = stream.decompress(body, size)  # at most ``size`` bytes, whatever the stream holds
+    # Its end may lie just past the last byte asked for: a byte more means it is longer.
+    if not stream.eof and stream.decompress(stream.unconsumed_tail, 1):
+        raise DecodeError("bad_compressed", "the zlib stream is longer than its declared size")
+    if not stream.eof or stream.unused_data:
+        raise DecodeError("bad_compressed", "the zlib stream does not end at its declared size")
+    return out
+
+
+_COMPRESSORS: dict[int, Callable[[bytes], bytes]] = {ZLIB: lambda data: zlib.compress(data, 1)}
+_DECOMPRESSORS: dict[int, Callable[[memoryview, int], bytes]] = {ZLIB: _zlib_decompress, LZ4: _lz4_decompress}
+if lz4_block is not None:
+    _COMPRESSORS[LZ4] = lambda data: lz4_block.compress(data, store_size=False)
+DEFAULT_CODEC = LZ4 if lz4_block is not None else ZLIB
+
+
+def compress(data: bytes, min_bytes: int, codec: int = DEFAULT_CODEC) -> bytes:
+    """``data`` compressed (COMPRESSED, codec, raw size, body), or ``data`` itself when it is
+    under ``min_bytes`` (0: never compress) or compressing it does not save an eighth."""
+    if not min_bytes or len(data) < min_bytes or len(data) > _MAX_RAW_BYTES:
+        return data
+    body = _COMPRESSORS[codec](data)
+    if _HEADER_BYTES + len(body) > len(data) - len(data) // 8:
+        return data
+    return b"".join((bytes((COMPRESSED, codec)), len(data).to_bytes(4, "big"), body))
+
+
+def decompress(data: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> bytes:
+    """The raw bytes of a compressed frame (``data`` itself when it is not compressed), never
+    more than ``max_bytes`` of them; raises only DecodeError."""
+    if not data or data[0] != COMPRESSED:
+        return data
+    if len(data) < _HEADER_BYTES:
+        raise DecodeError("bad_compressed", "header cut short")
+    codec, size = data[1], int.from_bytes(data[2:_HEADER_BYTES], "big")
+    if size > max_bytes:
+        raise DecodeError("compressed_oversize", f"expands to {size} bytes > {max_bytes}")
+    decompressor = _DECOMPRESSORS.get(codec)
+    if decompressor is None:
+        raise DecodeError("bad_compressed", f"unknown codec {codec}")
+    if size == 0:  # never sent (an empty frame is not compressed), and zlib's 0 means "no bound"
+        raise DecodeError("bad_compressed", "raw size 0")
+    try:
+        raw = decompressor(memoryview(data)[_HEADER_BYTES:], size)
+    except DecodeError:
+        raise
+    except Exception as exc:  # zlib.error, LZ4BlockError, MemoryError, ...: none may escape
+        raise DecodeError("bad_compressed", type(exc).__name__) from None
+    if len(raw) != size:
+        raise DecodeError("bad_compressed", f"{len(raw)} bytes, not the {size} declared")
+    if raw[0] == COMPRESSED:  # a compressed frame holds a plain one: no layers of bombs
+        raise DecodeError("bad_compressed", "compressed twice")
+    return raw
+
+
 # --------------------------------------------------------------------------- frames
 
 
@@ -262,8 +351,9 @@ def encode_frame(node_id: str, endpoint: str, envelopes: list[tuple]) -> bytes:
 
 
 def decode_frame(data: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Frame:
-    """Decode and shape-check a frame; raises only DecodeError."""
-    value = decode(data, max_bytes)
+    """Decode (decompressing first if it is compressed) and shape-check a frame; raises only
+    DecodeError."""
+    value = decode(decompress(data, max_bytes), max_bytes)
     if not isinstance(value, dict):
         raise DecodeError("bad_shape", "frame is not a map")
     if value.get("v") != VERSION:

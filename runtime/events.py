@@ -12,7 +12,8 @@ from typing import Any, Callable
 
 import zmq
 
-from protocols.wire import TELL, DecodeError, EncodeError, Event, decode, encode
+from protocols.wire import TELL, DecodeError, EncodeError, Event
+from runtime.framing import FrameCodec
 from runtime.log import get_logger
 from runtime.messages import InboundMessage
 
@@ -20,12 +21,12 @@ log = get_logger("transport")
 
 
 class EventSockets:
-    def __init__(self, node_id: str, pub: zmq.Socket, sub: zmq.Socket, counters, max_frame_bytes: int,
+    def __init__(self, node_id: str, pub: zmq.Socket, sub: zmq.Socket, counters, codec: FrameCodec,
                  count_bad: Callable[[str, str, str], None]) -> None:
         self.node_id = node_id
         self.pub, self.sub = pub, sub
         self.counters = counters
-        self.max_frame_bytes = max_frame_bytes
+        self.codec = codec  # an event's body compresses as a frame does
         self._count_bad = count_bad
         self._pub_seq: dict[str, int] = {}
         self._last_seq: dict[tuple[str, str], int] = {}
@@ -35,7 +36,7 @@ class EventSockets:
     def publish(self, topic: str, body: Any) -> None:
         seq = self._pub_seq.get(topic, 0) + 1
         try:
-            data = encode((self.node_id, seq, body))
+            data = self.codec.encode((self.node_id, seq, body))
         except EncodeError as exc:
             log.warning("cannot publish on %s: %s", topic, exc)
             return
@@ -74,7 +75,7 @@ class EventSockets:
                 break
             try:
                 topic = parts[0].decode()
-                publisher, seq, body = decode(parts[1], self.max_frame_bytes)
+                publisher, seq, body = self.codec.decode(parts[1])
                 if len(parts) != 2 or not isinstance(publisher, str) or not isinstance(seq, int):
                     raise DecodeError("bad_shape", "event")
             except (DecodeError, UnicodeDecodeError, ValueError, TypeError, IndexError):

@@ -47,6 +47,16 @@ _TRANSPORT_COUNTERS = {
     "msgs_in": ("messages", "in"), "msgs_out": ("messages", "out"),
     "frames_in": ("frames", "in"), "frames_out": ("frames", "out"),
     "bytes_in": ("bytes", "in"), "bytes_out": ("bytes", "out"),
+    "frames_compressed_in": ("compressed_frames", "in"), "frames_compressed_out": ("compressed_frames", "out"),
+    "compression_saved_bytes_in": ("compression_saved_bytes", "in"),
+    "compression_saved_bytes_out": ("compression_saved_bytes", "out"),
+}
+_TRANSPORT_FAMILIES = {  # agentflow_transport_<kind>_total{direction}
+    "messages": "Transport messages sent and received",
+    "frames": "Transport frames sent and received",
+    "bytes": "Transport bytes sent and received (as on the wire)",
+    "compressed_frames": "Frames (and events) sent and received compressed",
+    "compression_saved_bytes": "Bytes compression kept off the wire: raw size less wire size",
 }
 _DECODE_ERROR_PREFIX = "bad_frames_"
 _REJECTED_PREFIX = "rejected_"  # an actor's refusal (ErrorRecord kind), runtime/actor.py counts them
@@ -73,10 +83,11 @@ def _labelled_gauge(name: str, documentation: str, label: str, values: dict) -> 
 
 
 def transport_families(counters: dict[str, int]) -> Iterator[Metric]:
-    """The transport's messages, frames and bytes by direction, decode errors by reason, the
-    requests actors refused by reason (a limit, a bad request), the connections refused by reason
-    (a peer over its limit), and the node's other event counters, from ``node.stats()``."""
-    traffic = {(kind, direction): 0 for kind in ("messages", "frames", "bytes") for direction in ("in", "out")}
+    """The transport's messages, frames and bytes by direction (and what compression did),
+    decode errors by reason, the requests actors refused by reason (a limit, a bad request), the
+    connections refused by reason (a peer over its limit), and the node's other event counters,
+    from ``node.stats()``."""
+    traffic = {(kind, direction): 0 for kind in _TRANSPORT_FAMILIES for direction in ("in", "out")}
     decode = CounterMetricFamily("agentflow_transport_decode_errors", "Inbound frames dropped undecoded, by reason",
                                  labels=["reason"])
     rejected = CounterMetricFamily("agentflow_requests_rejected", "Requests an actor refused, by reason",
@@ -96,9 +107,8 @@ def transport_families(counters: dict[str, int]) -> Iterator[Metric]:
             refused.add_metric([name[len(_CONNECTIONS_REFUSED_PREFIX):]], counters[name])
         else:
             other.add_metric([name], counters[name])
-    for kind in ("messages", "frames", "bytes"):
-        family = CounterMetricFamily(f"agentflow_transport_{kind}", f"Transport {kind} sent and received",
-                                     labels=["direction"])
+    for kind, documentation in _TRANSPORT_FAMILIES.items():
+        family = CounterMetricFamily(f"agentflow_transport_{kind}", documentation, labels=["direction"])
         for direction in ("in", "out"):
             family.add_metric([direction], traffic[(kind, direction)])
         yield family

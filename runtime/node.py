@@ -26,8 +26,9 @@ from typing import Any
 import pykka
 
 from protocols.tasks import parse_master_urls
-from protocols.wire import ASK, DEFAULT_MAX_FRAME_BYTES, TELL, Address, ErrorRecord, Refused
+from protocols.wire import ASK, DEFAULT_COMPRESS_MIN_BYTES, DEFAULT_MAX_FRAME_BYTES, TELL, Address, ErrorRecord, Refused
 from runtime.actor import Actor, _spawning, current_actor_name
+from runtime.framing import FrameCodec
 from runtime.future import Future, RemoteError
 from runtime.messages import InboundBatch, InboundMessage
 from runtime.security import CurveKeys
@@ -141,6 +142,7 @@ class Node:
         advertise_host: str | None = None,
         advertise_port: int | None = None,
         max_connections_per_peer: int | None = None,
+        compress_min_bytes: int = DEFAULT_COMPRESS_MIN_BYTES,
     ) -> None:
         self.node_id = node_id or f"node-{uuid.uuid4().hex[:8]}"
         self.host = host
@@ -151,7 +153,9 @@ class Node:
         self._actors: dict[str, Actor] = {}
         self._pykka_refs: list[pykka.ActorRef] = []
         self.curve = curve
-        self.transport = Transport(self.node_id, host, port, pub_port, max_frame_bytes, self.targets, self.counters,
+        # Frames (and events) of compress_min_bytes and more travel compressed; 0: none.
+        codec = FrameCodec(max_frame_bytes, compress_min_bytes, self.counters)
+        self.transport = Transport(self.node_id, host, port, pub_port, codec, self.targets, self.counters,
                                    curve, advertise_host, advertise_port, max_connections_per_peer)
         self.peers = self.transport.peers  # node_id -> endpoint, learned from frames
         self.install_gate(TenantGate(self))

@@ -47,11 +47,10 @@ from protocols.wire import (
     ErrorRecord,
     Refused,
     Tick,
-    decode_frame,
-    encode_frame,
 )
 from runtime.connections import InboundConnections
 from runtime.faults import FaultInjector
+from runtime.framing import FrameCodec
 from runtime.future import AskTimeout, RemoteError, settle
 from runtime.log import LogThrottle, get_logger
 from runtime.events import EventSockets
@@ -95,7 +94,7 @@ class Transport(threading.Thread):
     ``deliver(messages)``), ``counters`` where to count; both are the owner's and stay live.
     ``pub_port`` None means PORT+100 for a fixed ``port``, any free port otherwise."""
 
-    def __init__(self, node_id: str, host: str, port: int, pub_port: int | None, max_frame_bytes: int,
+    def __init__(self, node_id: str, host: str, port: int, pub_port: int | None, codec: FrameCodec,
                  targets: dict[str, Any], counters: collections.Counter, curve: CurveKeys | None = None,
                  advertise_host: str | None = None, advertise_port: int | None = None,
                  max_connections_per_peer: int | None = None) -> None:
@@ -104,7 +103,7 @@ class Transport(threading.Thread):
         self.targets = targets
         self.counters = counters
         self.peers: dict[str, str] = {}  # node id -> endpoint, learned from frames
-        self.max_frame_bytes = max_frame_bytes
+        self.codec = codec  # frames' size limit and compression (runtime/framing.py)
         self._context = zmq.Context()
         self.curve = curve
         # endpoint -> the CURVE key its node authenticated with (runtime/security.py)
@@ -132,7 +131,7 @@ class Transport(threading.Thread):
         self._router = self._socket(zmq.ROUTER)
         self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         # libzmq drops a frame over this hard limit unread, with its connection; one over the cap is "oversize".
-        self._router.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes * 2 + 1024)
+        self._router.setsockopt(zmq.MAXMSGSIZE, codec.max_frame_bytes * 2 + 1024)
         fixed_port = bool(port)
         if curve is not None:
             curve.server_options(self._router)
@@ -147,7 +146,7 @@ class Transport(threading.Thread):
             curve.client_options(sub)
         pub_port = _bind(pub, host, pub_port if pub_port is not None else (port + 100 if fixed_port else 0))
         self.pub_endpoint = f"tcp://{advertise_host or host}:{pub_port}"
-        self._events = EventSockets(node_id, pub, sub, counters, max_frame_bytes, self._count_bad)
+        self._events = EventSockets(node_id, pub, sub, counters, codec, self._count_bad)
         self._sub = sub
         self._poller.register(self._router, zmq.POLLIN)
         self._poller.register(sub, zmq.POLLIN)
@@ -299,7 +298,7 @@ class Transport(threading.Thread):
         counters["frames_in"] += 1
         counters["bytes_in"] += len(data)
         try:
-            frame = decode_frame(data, self.max_frame_bytes)
+            frame = self.codec.decode_frame(data)
         except DecodeError as exc:
             self._count_bad(route.hex() if route else "?", exc.reason, exc.detail)
             return
@@ -470,7 +469,7 @@ class Transport(threading.Thread):
         for start in range(0, len(envelopes), MAX_BATCH):
             chunk = envelopes[start:start + MAX_BATCH]
             try:
-                data = encode_frame(self.node_id, self.endpoint, chunk)
+                data = self.codec.encode_frame(self.node_id, self.endpoint, chunk)
             except EncodeError as exc:
                 # One bad body must not lose the rest of the batch: send the others one by one.
                 if len(chunk) > 1:

@@ -64,7 +64,7 @@ def test_every_option_a_manifest_sets_comes_from_the_environment_and_flags_win(m
            "AGENTFLOW_LOCK_MAX_WAITERS": "50", "AGENTFLOW_MAX_TASKS_PER_WORKFLOW": "500",
            "AGENTFLOW_MAX_PENDING_WORKFLOWS": "20", "AGENTFLOW_AGENT_HISTORY_SIZE": "300",
            "AGENTFLOW_MAX_WORKFLOW_BYTES": "65536", "AGENTFLOW_MAX_CONNECTIONS_PER_PEER": "40",
-           "AGENTFLOW_INSECURE": "1"}  # 0.0.0.0 without CURVE keys is refused otherwise
+           "AGENTFLOW_COMPRESS_MIN_BYTES": "32768", "AGENTFLOW_INSECURE": "1"}  # 0.0.0.0 without CURVE keys is refused otherwise
     code, seen, output = parse_node_command(["master"], env, monkeypatch)
     assert code == 0, output
     assert seen == {"process": "master", "mode": "master", "port": 7000, "host": "0.0.0.0", "advertise": "m1.svc",
@@ -73,7 +73,7 @@ def test_every_option_a_manifest_sets_comes_from_the_environment_and_flags_win(m
                     "snapshot_every_entries": 5000, "curve": None, "retain_workflows": 50, "retain_s": 600.0,
                     "max_result_bytes": 4096, "lock_max_waiters": 50, "max_tasks_per_workflow": 500,
                     "max_pending_workflows": 20, "agent_history_size": 300, "max_workflow_bytes": 65536,
-                    "max_connections_per_peer": 40}
+                    "max_connections_per_peer": 40, "compress_min_bytes": 32768}
     code, seen, _ = parse_node_command(["master", "--port", "7100", "--node-id", "m9"], env, monkeypatch)
     assert (seen["port"], seen["node_id"], seen["mode"]) == (7100, "m9", "master")
 
@@ -81,13 +81,14 @@ def test_every_option_a_manifest_sets_comes_from_the_environment_and_flags_win(m
            "WORKER_GPU_COUNT": "1", "WORKER_GROUP": "gpu", "WORKER_CAPABILITIES": "bash cuda",
            "WORKER_MAX_CONCURRENT_TASKS": "3", "AGENTFLOW_NODE_ID": "w1", "AGENTFLOW_HOST": "0.0.0.0",
            "AGENTFLOW_ADVERTISE": "10.1.2.3", "AGENTFLOW_PORT": "7200", "WORKER_MEMORY_PRESSURE_MB": "128",
-           "WORKER_RESULT_CACHE_MB": "64", "AGENTFLOW_INSECURE": "1"}
+           "WORKER_RESULT_CACHE_MB": "64", "AGENTFLOW_COMPRESS_MIN_BYTES": "0", "AGENTFLOW_INSECURE": "1"}
     code, seen, output = parse_node_command(["worker"], env, monkeypatch)
     assert code == 0, output
     assert seen == {"process": "worker", "master_urls": "m0.svc:7000,m1.svc:7000", "cpu_cores": 1.5,
                     "memory_mb": 2048, "gpu_count": 1, "group": "gpu", "capabilities": ["bash", "cuda"],
                     "max_concurrent_tasks": 3, "worker_id": "w1", "host": "0.0.0.0", "advertise": "10.1.2.3",
-                    "port": 7200, "curve": None, "http_port": None, "memory_pressure_mb": 128, "result_cache_mb": 64}
+                    "port": 7200, "curve": None, "http_port": None, "memory_pressure_mb": 128, "result_cache_mb": 64,
+                    "compress_min_bytes": 0}
     _, seen, _ = parse_node_command(["worker", "--cpu-cores", "4", "--worker-id", "w2"],
                                     {**env, "AGENTFLOW_WORKER_ID": "w7"}, monkeypatch)
     assert (seen["cpu_cores"], seen["worker_id"]) == (4.0, "w2")

@@ -92,7 +92,8 @@ def test_snapshot_families_render_cleanly_without_a_cluster():
     class Collector:
         def collect(self):
             yield from transport_families({"msgs_in": 3, "bad_frames_too_big": 1, "late_replies": 2,
-                                           "connections_refused_per_peer_limit": 4})
+                                           "connections_refused_per_peer_limit": 4,
+                                           "frames_compressed_out": 2, "compression_saved_bytes_out": 900})
             yield from master_families(snapshot)
 
     registry = CollectorRegistry()
@@ -101,6 +102,9 @@ def test_snapshot_families_render_cleanly_without_a_cluster():
     assert 'agentflow_transport_decode_errors_total{reason="too_big"} 1.0' in text
     assert 'agentflow_transport_connections_refused_total{reason="per_peer_limit"} 4.0' in text
     assert "agentflow_transport_connections_open 7.0" in text and "agentflow_transport_connections_peer_max 5.0" in text
+    assert 'agentflow_transport_compressed_frames_total{direction="out"} 2.0' in text
+    assert 'agentflow_transport_compression_saved_bytes_total{direction="out"} 900.0' in text
+    assert 'agentflow_transport_compressed_frames_total{direction="in"} 0.0' in text
     assert 'agentflow_queue_depth{priority="high"} 2.0' in text and "agentflow_agent_messages_handled 5.0" in text
     if shutil.which("promtool"):
         assert promtool_problems(text) == ""

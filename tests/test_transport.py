@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import zlib
 
 import msgpack
 import psutil
@@ -160,7 +161,8 @@ def test_garbage_on_the_router_port_is_counted_and_the_node_keeps_serving(node, 
     sock = _garbage_sender(remote.endpoint)
     try:
         sock.send(os.urandom(300))  # random bytes (invalid msgpack, or wrong shape)
-        sock.send(b"\xc1")  # never valid msgpack
+        sock.send(b"\xc1")  # msgpack's unused byte, a compressed frame's marker, and nothing after
+        sock.send(b"\xc1\x01" + (65 * 1024 * 1024).to_bytes(4, "big") + zlib.compress(b"\0" * 1000))  # a bomb
         sock.send_multipart([b"one", b"two"])  # wrong number of frames
         sock.send(encode({"v": 1, "n": "x", "e": "tcp://x", "m": [[9, "a", "b", 0, None]]}))  # wrong shape
         sock.send(encode([1, 2, 3]))  # valid msgpack, not a frame
@@ -177,10 +179,11 @@ def test_garbage_on_the_router_port_is_counted_and_the_node_keeps_serving(node, 
     def counted():
         after = stats.ask("stats", timeout_s=5).get()
         grown = {k: after.get(k, 0) - before.get(k, 0) for k in after if k.startswith("bad_frames_")}
-        return grown if sum(grown.values()) >= 8 else None
+        return grown if sum(grown.values()) >= 9 else None
 
     grown = wait_for(counted, timeout_s=10, what="bad frames counted")
-    for reason in ("bad_msgpack", "bad_frame_count", "bad_shape", "bad_version", "unknown_record", "oversize"):
+    for reason in ("bad_msgpack", "bad_frame_count", "bad_shape", "bad_version", "unknown_record", "oversize",
+                   "bad_compressed", "compressed_oversize"):
         assert grown.get(f"bad_frames_{reason}", 0) >= 1, (reason, grown)
     assert node.ref(remote.endpoint, "echo").ask("fine", timeout_s=5).get() == "fine"
 

@@ -45,7 +45,8 @@ def test_unregistered_values_do_not_encode():
 
 
 @pytest.mark.parametrize("data, reason", [
-    (b"\xc1", "bad_msgpack"),
+    (b"\xc4", "bad_msgpack"),
+    (b"\xc1", "bad_compressed"),  # msgpack's unused byte marks a compressed frame
     (msgpack.packb([1, 2]), "bad_shape"),
     (msgpack.packb({"v": 2}), "bad_version"),
     (msgpack.packb({"v": 1, "n": "a", "e": "b", "m": [[0, "a", "b"]]}), "bad_shape"),

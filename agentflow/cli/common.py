@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 
+from protocols.wire import DEFAULT_COMPRESS_MIN_BYTES
 from runtime.client import ClusterUnavailable
 from runtime.future import RemoteError
 from runtime.log import configure_logging
@@ -32,6 +33,9 @@ Advertise = typer.Option(None, "--advertise", envvar="AGENTFLOW_ADVERTISE",
                          help="HOST[:PORT] the other nodes should use to reach this one (a DNS name, a NAT's "
                               "address). Default: the bound address; for 0.0.0.0, this host name's address.")
 NodeId = typer.Option(None, "--node-id", envvar="AGENTFLOW_NODE_ID", help="This node's id in the cluster.")
+CompressMinBytes = typer.Option(DEFAULT_COMPRESS_MIN_BYTES, "--compress-min-bytes", envvar="AGENTFLOW_COMPRESS_MIN_BYTES",
+                                help="Frames of this many bytes and more travel compressed (lz4) when that "
+                                     "saves an eighth; 0: never (e.g. every node on one fast LAN).")
 
 
 UNREACHABLE_FIX = ("is the cluster up? Start one with `agentflow up`, or point --master-url / "

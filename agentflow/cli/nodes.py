@@ -8,7 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from agentflow.cli.common import Advertise, BindHost, MasterUrl, NodeId, app, check_bind, curve_keys, fail
+from agentflow.cli.common import (Advertise, BindHost, CompressMinBytes, MasterUrl, NodeId, app, check_bind, curve_keys,
+                                  fail)
 
 def tune_gc_for_serving() -> None:
     """Collect less often in a long-running master or worker: it allocates a few objects per
@@ -67,6 +68,7 @@ def master(
                                                  envvar="AGENTFLOW_MAX_CONNECTIONS_PER_PEER",
                                                  help="TCP connections one IP address may hold open to this master; "
                                                       "past them a new one is closed at once."),
+    compress_min_bytes: int = CompressMinBytes,
 ) -> None:
     """Start a master (a member of the Raft group of the control plane)."""
     from agentflow.master import run_master
@@ -89,7 +91,8 @@ def master(
                           max_result_bytes=max_result_bytes, curve=keys, lock_max_waiters=lock_max_waiters,
                           max_tasks_per_workflow=max_tasks_per_workflow, max_pending_workflows=max_pending_workflows,
                           max_workflow_bytes=max_workflow_bytes,
-                          agent_history_size=agent_history_size, max_connections_per_peer=max_connections_per_peer)
+                          agent_history_size=agent_history_size, max_connections_per_peer=max_connections_per_peer,
+                          compress_min_bytes=compress_min_bytes)
     except ValueError as exc:
         fail(str(exc))
     except StorageError as exc:
@@ -129,6 +132,7 @@ def worker(
                                         help="Results kept here for later tasks placed here (data locality)."),
     http_port: Optional[int] = typer.Option(None, "--http-port", envvar="AGENTFLOW_HTTP_PORT",
                                             help="/metrics, /health, /stats. Default: PORT+10 with --port, else none; 0: none."),
+    compress_min_bytes: int = CompressMinBytes,
 ) -> None:
     """Start a worker that runs tasks for the cluster."""
     from agentflow.worker import run_worker
@@ -141,7 +145,8 @@ def worker(
                                 gpu_count=gpu_count, group=group, capabilities=capability,
                                 max_concurrent_tasks=max_concurrent_tasks, worker_id=worker_id,
                                 host=host, port=port, advertise=advertise, memory_pressure_mb=memory_pressure_mb,
-                                result_cache_mb=result_cache_mb, curve=keys, http_port=http_port))
+                                result_cache_mb=result_cache_mb, curve=keys, http_port=http_port,
+                                compress_min_bytes=compress_min_bytes))
 
 
 @app.command()

@@ -13,6 +13,9 @@ for a node's ROUTER, drawn (seeded, reproducible) from these categories:
 * ``header``: msgpack containers and strings whose length header claims gigabytes, unknown
   ext codes and record tags, wrong envelope shapes, wrong versions;
 * ``parts``: a message of the wrong number of parts;
+* ``compressed``: a real or mutated frame compressed (zlib or lz4), honestly (so hostile bytes
+  reach the codec through decompression) or not: a bomb, a wrong size, an unknown codec, a cut
+  or flipped body;
 * ``replay``: a real frame sent again unchanged (the replayed and reordered messages of a peer).
 
 Safety: strings that may end up in a task's shell ``command`` come from a short list of
@@ -27,7 +30,10 @@ import math
 import random
 import types
 import typing
+import zlib
 from typing import Any
+
+import lz4.block
 
 import msgpack
 
@@ -50,7 +56,10 @@ from protocols.names import (AGENT_HOST_ACTOR, AGENTS_ACTOR, LOCK_ACTOR, OBSERVE
 ACTORS = (RAFT_ACTOR, SCHEDULER_ACTOR, QUEUE_ACTOR, REGISTRY_ACTOR, LOCK_ACTOR, WORKER_ACTOR, AGENTS_ACTOR,
           AGENT_HOST_ACTOR, OBSERVER_ACTOR, "nobody", "")
 SAFE_COMMANDS = ("true", "exit 3", ":", "echo fuzz")
-CATEGORIES = {"random": 2, "mutated": 4, "record": 6, "value": 2, "header": 2, "parts": 1, "replay": 1}
+CATEGORIES = {"random": 2, "mutated": 4, "record": 6, "value": 2, "header": 2, "parts": 1, "replay": 1,
+              "compressed": 2}
+# 8 MiB of zeros in a few KB: bombs for the compressed category (made once).
+BOMBS = {wire.ZLIB: zlib.compress(bytes(8 << 20), 9), wire.LZ4: lz4.block.compress(bytes(8 << 20), store_size=False)}
 RECORD_CLASSES = [wire._tag_to_class[tag] for tag in sorted(wire._tag_to_class)]
 # Each record class's fields and their annotations, worked out once.
 _FIELDS = {cls: [(f.name, typing.get_type_hints(cls)[f.name]) for f in dataclasses.fields(cls)]
@@ -164,6 +173,29 @@ class HostileFrames:
 
     def _replay(self) -> list[bytes]:
         return [self.rng.choice(self.sent or self.corpus)]
+
+    def _compressed(self) -> list[bytes]:
+        rng = self.rng
+        codec = rng.choice((wire.ZLIB, wire.LZ4))
+        inner = rng.choice(self.corpus) if rng.random() < 0.5 else self._mutated()[0] or b"\x90"
+        size, body = len(inner), wire._COMPRESSORS[codec](inner)  # compressed whatever it saves
+        lie = rng.randrange(8)
+        if lie == 1:  # a bomb: small on the wire, 8 MiB inside, declaring less or more
+            size, body = rng.choice((1000, 1 << 20, 8 << 20, 64 << 20, 2**32 - 1)), BOMBS[codec]
+        elif lie == 2:
+            size = rng.choice((0, 1, size - 1, size + 1, size * 2, 2**32 - 1))
+        elif lie == 3:
+            codec = rng.choice((0, 3, 255))
+        elif lie == 4:
+            body = body[:rng.randrange(len(body) + 1)]
+        elif lie == 5 and body:
+            flipped = bytearray(body)
+            flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
+            body = bytes(flipped)
+        elif lie == 6:
+            body = rng.randbytes(rng.randrange(200))
+        head = bytes((wire.COMPRESSED, codec)) + size.to_bytes(4, "big")
+        return [(head + body)[:rng.choice((1, 3, 6, 10**9))] if lie == 7 else head + body]
 
     # ------------------------------------------------------------------ building blocks
 

@@ -26,6 +26,9 @@ QUICK = settings(max_examples=150, deadline=None, suppress_health_check=[HealthC
 LONG = settings(max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 FRAMES = corpus()
+# The same frames compressed (whatever it saves), with either codec: mutations reach decompression.
+COMPRESSED_FRAMES = [bytes((wire.COMPRESSED, codec)) + len(frame).to_bytes(4, "big") + wire._COMPRESSORS[codec](frame)
+                     for frame in FRAMES for codec in (wire.ZLIB, wire.LZ4)]
 
 
 def decodes_or_rejects(data: bytes) -> wire.Frame | None:
@@ -33,7 +36,8 @@ def decodes_or_rejects(data: bytes) -> wire.Frame | None:
     try:
         frame = wire.decode_frame(data)
     except wire.DecodeError as exc:
-        assert exc.reason in ("oversize", "bad_msgpack", "bad_shape", "bad_version", "unknown_record"), exc.reason
+        assert exc.reason in ("oversize", "bad_msgpack", "bad_shape", "bad_version", "unknown_record",
+                              "bad_compressed", "compressed_oversize"), exc.reason
         return None
     for envelope in frame.envelopes:
         assert envelope.kind in wire.KINDS
@@ -63,8 +67,8 @@ def check_record_types(value, depth: int = 0) -> None:
             check_record_types(item, depth + 1)
 
 
-def mutations():
-    return st.tuples(st.sampled_from(FRAMES), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255),
+def mutations(frames=FRAMES):
+    return st.tuples(st.sampled_from(frames), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255),
                                                                  st.sampled_from(("flip", "cut", "insert"))),
                                                        min_size=1, max_size=8))
 
@@ -95,6 +99,26 @@ def test_random_bytes_are_rejected_never_raised(data):
 @given(mutations())
 def test_mutated_frames_are_rejected_or_well_formed(mutation):
     decodes_or_rejects(mutate(*mutation))
+
+
+@QUICK
+@given(mutations(COMPRESSED_FRAMES))
+def test_mutated_compressed_frames_are_rejected_or_well_formed(mutation):
+    decodes_or_rejects(mutate(*mutation))
+
+
+def test_the_compressed_category_reaches_frames_through_decompression_and_every_refusal():
+    frames = HostileFrames(11)
+    outcomes = set()
+    for _ in range(400):
+        data = frames._compressed()[0]
+        try:
+            wire.decode_frame(data)
+            outcomes.add("decoded")
+        except wire.DecodeError as exc:
+            outcomes.add(exc.reason)
+    assert {"decoded", "bad_compressed", "compressed_oversize", "bad_msgpack"} <= outcomes, outcomes
+    assert all(frame == wire.decompress(compressed) for frame, compressed in zip(FRAMES, COMPRESSED_FRAMES[::2]))
 
 
 @QUICK
@@ -194,6 +218,14 @@ def test_long_random_bytes(data):
 @LONG
 @given(mutations())
 def test_long_mutated_frames(mutation):
+    decodes_or_rejects(mutate(*mutation))
+
+
+@pytest.mark.fuzz
+@pytest.mark.timeout(3600)
+@LONG
+@given(mutations(COMPRESSED_FRAMES))
+def test_long_mutated_compressed_frames(mutation):
     decodes_or_rejects(mutate(*mutation))
 
 
