@@ -29,6 +29,18 @@ class FrameCodec:
     def encode_frame(self, node_id: str, endpoint: str, envelopes: list[tuple]) -> bytes:
         return self._compressed(encode_frame(node_id, endpoint, envelopes))
 
+    def encode_frames(self, node_id: str, endpoint: str, envelopes: list[tuple]) -> list[tuple[list, bytes]]:
+        """``envelopes`` as frames, each with the envelopes it carries: one, or several when
+        together they would pass the receiver's cap (``max_frame_bytes``, before compression: it
+        bounds what the receiver decodes). Many Raft appends in flight to one follower, each
+        within its byte budget, are one batch. Raises EncodeError as ``encode_frame``."""
+        raw = encode_frame(node_id, endpoint, envelopes)
+        if len(raw) > self.max_frame_bytes and len(envelopes) > 1:
+            half = len(envelopes) // 2
+            return (self.encode_frames(node_id, endpoint, envelopes[:half])
+                    + self.encode_frames(node_id, endpoint, envelopes[half:]))
+        return [(envelopes, self._compressed(raw))]
+
     def encode(self, value: Any) -> bytes:
         return self._compressed(encode(value))
 

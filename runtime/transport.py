@@ -469,7 +469,7 @@ class Transport(threading.Thread):
         for start in range(0, len(envelopes), MAX_BATCH):
             chunk = envelopes[start:start + MAX_BATCH]
             try:
-                data = self.codec.encode_frame(self.node_id, self.endpoint, chunk)
+                frames = self.codec.encode_frames(self.node_id, self.endpoint, chunk)
             except EncodeError as exc:
                 # One bad body must not lose the rest of the batch: send the others one by one.
                 if len(chunk) > 1:
@@ -478,22 +478,23 @@ class Transport(threading.Thread):
                     continue
                 self._fail_unencodable(chunk[0], exc)
                 continue
-            try:
-                # copy=True: for frames this small, copying is cheaper than a zero-copy Frame.
-                if route is None:
-                    sock.send(data, zmq.NOBLOCK)
-                else:
-                    sock.send_multipart((route, data), zmq.NOBLOCK)
-            except zmq.Again:
-                counters["send_dropped_hwm"] += len(chunk)
-                continue
-            except zmq.ZMQError as exc:  # e.g. ROUTER route gone: EHOSTUNREACH
-                counters["send_errors"] += len(chunk)
-                log.debug("send failed: %s", exc)
-                continue
-            counters["frames_out"] += 1
-            counters["msgs_out"] += len(chunk)
-            counters["bytes_out"] += len(data)
+            for carried, data in frames:  # several only past the receiver's frame cap
+                try:
+                    # copy=True: for frames this small, copying is cheaper than a zero-copy Frame.
+                    if route is None:
+                        sock.send(data, zmq.NOBLOCK)
+                    else:
+                        sock.send_multipart((route, data), zmq.NOBLOCK)
+                except zmq.Again:
+                    counters["send_dropped_hwm"] += len(carried)
+                    continue
+                except zmq.ZMQError as exc:  # e.g. ROUTER route gone: EHOSTUNREACH
+                    counters["send_errors"] += len(carried)
+                    log.debug("send failed: %s", exc)
+                    continue
+                counters["frames_out"] += 1
+                counters["msgs_out"] += len(carried)
+                counters["bytes_out"] += len(data)
 
     def _fail_unencodable(self, envelope: tuple, exc: Exception) -> None:
         self.counters["encode_errors"] += 1

@@ -146,6 +146,17 @@ def test_the_node_codec_counts_frames_compressed_and_bytes_saved_both_ways():
         FrameCodec(wire.DEFAULT_MAX_FRAME_BYTES, -1)
 
 
+def test_a_batch_past_the_receivers_frame_cap_goes_as_several_frames_each_within_it():
+    codec = FrameCodec(10_000, 0)
+    envelopes = [(wire.TELL, "raft", "raft", 0, b"x" * 3_000) for _ in range(9)]
+    frames = codec.encode_frames("m1", "", envelopes)
+    assert len(frames) > 1 and all(len(data) <= 10_000 for _, data in frames)
+    assert [carried for carried, _ in frames] == [envelopes[:2], envelopes[2:4], envelopes[4:6], envelopes[6:]]
+    assert [e.body for _, data in frames for e in codec.decode_frame(data).envelopes] == [b"x" * 3_000] * 9
+    big = [(wire.TELL, "raft", "raft", 0, b"x" * 20_000)]  # one envelope past the cap is not split
+    assert codec.encode_frames("m1", "", big) == [(big, codec.encode_frame("m1", "", big))]
+
+
 # --------------------------------------------------------------------------- through real processes
 
 RESULT_WORKFLOW = """
