@@ -248,7 +248,7 @@ def curve_main(args, metrics: dict[str, tuple[str, str, bool]]) -> None:
                 agentflow_runs(args, runs[mode], 1, setups[mode], f"agentflow CURVE {mode}, run {run + 1}/{args.runs}")
     finally:
         shutil.rmtree(keys_dir, ignore_errors=True)
-    by_metric = {mode: {metrics[w][0]: values for w, values in workloads.items()} for mode, workloads in runs.items()}
+    by_metric = {mode: {metric: workloads[w] for w, (metric, _, _) in metrics.items()} for mode, workloads in runs.items()}
     curve_report("tasks", list(metrics.values()), by_metric, load_averages, args.json_path,
                  command=" ".join([Path(sys.executable).name, "bench/tasks.py", *sys.argv[1:]]))
 
