@@ -76,8 +76,10 @@ class RaftConfig:
     # A snapshot travels in chunks of at most this many bytes (snapshots.py), one in flight per
     # follower: well under a receiver's frame limit (64 MiB) whatever the state's size.
     max_bytes_per_snapshot_chunk: int = 4 * 1024 * 1024
-    # A follower refuses a snapshot transfer declaring more: what it assembles is held in memory.
-    max_snapshot_bytes: int = 1024 * 1024 * 1024
+    # A follower refuses a snapshot transfer declaring more: what it assembles is held in memory,
+    # and SQLite stores at most 10**9 bytes in one value (SQLITE_MAX_LENGTH), so no master could
+    # persist a larger snapshot anyway.
+    max_snapshot_bytes: int = 1_000_000_000
     pre_vote: bool = True
     check_quorum: bool = True
 
