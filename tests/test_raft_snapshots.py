@@ -37,7 +37,8 @@ def lagging_follower(net: Net, data: bytes) -> None:
 
 
 def record_deliveries(net: Net, drop=lambda message: False) -> list:
-    """Every message the net delivers from now on, in order; ``drop(message)`` True loses it."""
+    """Every message the net delivers from now on, in order; ``drop(message)`` True takes it off
+    the network (lost, or kept by the test to deliver later)."""
     delivered = []
     deliver = net.deliver
 
@@ -68,7 +69,14 @@ def until_received(net: Net, chunks: int) -> None:
 def leader_sending_to_a_silent_n3(net: Net) -> InstallSnapshot:
     """The first chunk n1 sends to n3, which never hears of it."""
     lost = []
-    record_deliveries(net, lambda m: type(m) is InstallSnapshot and not lost.append(m))
+
+    def lose_chunks(message) -> bool:
+        if type(message) is InstallSnapshot:
+            lost.append(message)
+            return True
+        return False
+
+    record_deliveries(net, lose_chunks)
     net.tick()
     assert len(lost) == 1
     return lost[0]
@@ -195,15 +203,22 @@ def test_a_newer_snapshot_taken_mid_transfer_does_not_change_the_bytes_being_sen
 
     net.disks["n3"].save = saving
     held: list = []
-    holding = []
-    record_deliveries(net, lambda m: bool(holding) and m.dst == "n3" and not held.append(m))
+    holding = [False]
+
+    def hold_for_n3(message) -> bool:
+        if holding[0] and message.dst == "n3":
+            held.append(message)
+            return True
+        return False
+
+    record_deliveries(net, hold_for_n3)
     until_received(net, 2)
-    holding.append(True)  # the third chunk waits while the leader commits more and compacts again
+    holding[0] = True  # the third chunk waits while the leader commits more and compacts again
     for i in range(5):
         leader.propose(b"more %d" % i)
     net.settle()
     leader.compact(leader.applied_index, b"B" * 30)
-    holding.clear()
+    holding[0] = False
     net.queue.extend(held)
     net.settle()
     net.tick()

@@ -4,8 +4,9 @@
 Role: a ``Progress`` per follower says how far its log is known to match the leader's and how
 the leader sends to it (``PROBE``: one append at a time until the match is known;
 ``REPLICATE``: pipelined appends, at most ``max_inflight_appends`` unacknowledged;
-``SNAPSHOT``: the snapshot is being sent, a chunk at a time). The functions below count votes, find the
-index a majority of voters has stored, and tell whether a majority was heard from recently.
+``SNAPSHOT``: the snapshot is being sent, a chunk at a time). The functions below count votes,
+find the index a majority of voters has stored, and tell whether a majority was heard from
+recently.
 
 Rules of this module: voters are visited in the configuration's (sorted) order; a node counts
 itself only for what it has made durable.

@@ -2,10 +2,10 @@
 
 Role: ``Replication`` is a mixin of ``RaftCore`` (core.py), which owns every attribute used here
 (as a Go type's methods may sit in several files of its package). The follower side takes
-appends and heartbeats from its leader (snapshots: ``snapshots.py``). The leader side sends them within each
-follower's flow control (``progress.py``), handles the answers, advances the commit index and
-does what a commit allows (pending reads, its own removal); its heartbeat timer also checks
-that a majority is still there.
+appends and heartbeats from its leader (snapshots: ``snapshots.py``). The leader side sends
+them within each follower's flow control (``progress.py``), handles the answers, advances the
+commit index and does what a commit allows (pending reads, its own removal); its heartbeat
+timer also checks that a majority is still there.
 
 Rules of this module:
 
@@ -99,12 +99,11 @@ class Replication:
             self._election_elapsed = 0
             if self.config.check_quorum:
                 self._abandon_silent_snapshot_transfers()  # before recent activity is reset
-            if self.config.check_quorum and not quorum_recently_active(self._members.voters, self._progress,
-                                                                       self._id):
-                logger.info("[raft] Node %s stepping down: no quorum heard from in term %d",
-                            self._id, self._term)
-                self._become_follower(self._term, None)
-                return
+                if not quorum_recently_active(self._members.voters, self._progress, self._id):
+                    logger.info("[raft] Node %s stepping down: no quorum heard from in term %d",
+                                self._id, self._term)
+                    self._become_follower(self._term, None)
+                    return
             if self._transferee is not None:
                 logger.info("[raft] Node %s aborting leadership transfer to %s", self._id, self._transferee)
                 self._transferee = None

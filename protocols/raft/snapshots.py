@@ -18,8 +18,9 @@ Rules of this module:
 * A transfer is one snapshot from one leader: (leader, term, snapshot index and term, size).
   The leader keeps the snapshot it is sending (``Progress.snapshot``) until it is installed,
   even if it compacts again meanwhile, so all of a transfer's chunks come from the same bytes;
-  a transfer that stalls for an election timeout starts over with the newest snapshot, and one
-  to a follower not heard from in that time is abandoned (the snapshot it kept released).
+  a transfer that stalls for an election timeout while a newer snapshot exists starts over with
+  the newest, and one to a follower not heard from in that time is abandoned (the snapshot it
+  kept released).
   The follower holds at most one partial transfer; a chunk of another transfer discards it (the
   current leader is sending something else), and so does a new term. A chunk that does not
   start where the follower stands is answered with where it stands (``reject`` if it is ahead);
