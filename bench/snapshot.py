@@ -4,7 +4,8 @@ snapshot of about --mb MB, and catches up from it, sent in chunks of --chunk-kib
     .venv/bin/python bench/snapshot.py [--mb 300] [--chunk-kib 4096] [--runs 3] [--port 19900] [--json FILE]
 
 Each run starts a fresh leader (one master, ``--snapshot-every 20``), fills its state with
-workflows of 1 MiB task commands (no worker runs them: they stay in the state), commits no-ops
+workflows of 1 MiB task commands of random base64 (no worker runs them: they stay in the
+state; lz4 cannot shrink them, as it would a repeated string), commits no-ops
 until the leader has just compacted (the snapshot covers it all, and the next compaction is
 not due during the measure), then starts a second master and adds it
 (``add_master``, as `agentflow cluster add` does). Timed from the add: the first chunk received,
@@ -17,6 +18,7 @@ while the snapshot fits a receiver's 64 MiB frame, so only measured below that.
 from __future__ import annotations
 
 import argparse
+import base64
 import math
 import os
 import sys
@@ -41,7 +43,10 @@ FRAME_LIMIT_BYTES = 64 * MIB
 
 
 def big_workflow(number: int) -> Workflow:
-    tasks = [TaskNode(f"t{i}", command="true " + f"{number:06d}{i:06d}" * (MIB // 12), resources=TaskResources(cpu=0.0))
+    """TASKS_PER_WORKFLOW tasks, each a 1 MiB command of random base64: the transport compresses
+    a frame of 64 KiB or more (lz4), and a state that compressed 100x would hide the transfer."""
+    tasks = [TaskNode(f"t{i}", command="true " + base64.b64encode(os.urandom(MIB * 3 // 4)).decode(),
+                      resources=TaskResources(cpu=0.0))
              for i in range(TASKS_PER_WORKFLOW)]
     return Workflow(f"snap-{number}-{uuid.uuid4().hex[:6]}", "snapshot", tasks)
 

@@ -14,7 +14,8 @@ Rules of this module:
   it holds (``SnapshotResponse.offset``), and the leader sends the next chunk on that answer.
   A chunk or its answer that is lost is sent again after an election timeout without progress
   (counted in heartbeat responses, so only while the follower is alive), from where the
-  follower stands: no transfer starts over because one message was lost.
+  follower stands: a lost message costs one chunk again, not the transfer (unless a newer
+  snapshot was taken meanwhile, below).
 * A transfer is one snapshot from one leader: (leader, term, snapshot index and term, size).
   The leader keeps the snapshot it is sending (``Progress.snapshot``) until it is installed,
   even if it compacts again meanwhile, so all of a transfer's chunks come from the same bytes;
