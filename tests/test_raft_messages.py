@@ -58,7 +58,7 @@ def test_hostile_and_malformed_messages_are_ignored_not_raised():
         InstallSnapshot("n1", "n2", term, SnapshotMeta(10**9, 1, [], []), 0, 9, b"not done", True),
         InstallSnapshot("n1", "n2", term, SnapshotMeta(10**9, 1, [], []), -1, 9, b"x", False),
         InstallSnapshot("n1", "n2", term, SnapshotMeta(10**9, 1, [], []), 0, 9, "text", False),
-        SnapshotResponse("n3", "n2", term, 1, 1, -5, False),  # and to a follower at that
+        SnapshotResponse("n3", "n2", term, 1, 1, -5, False),  # a negative offset (and to a follower)
         RequestVote("n3", "n2", term, None, 0, False, False),
         VoteResponse("n3", "n2", term, "yes", False),
         TimeoutNow("n1", "n2", term - 1),
