@@ -64,6 +64,8 @@ from runtime.tenancy import MasterGate
 
 log = get_logger("master")
 
+DEFAULT_SNAPSHOT_CHUNK_BYTES = RaftConfig().max_bytes_per_snapshot_chunk  # 4 MiB
+
 JOIN_RETRY_S = 0.2
 # A restarted master re-applies its log on the transport thread before it answers anything: with
 # 8,200 entries that took over a second on a loaded machine, and the 1 s ask made the master exit
@@ -96,7 +98,8 @@ class Master:
                  leader_url: str | None = None, data_dir: str | None = None, http_port: int | None = None,
                  pub_port: int | None = None, node_id: str | None = None, heartbeat_ms: int = 100,
                  election_timeout_ms: tuple[int, int] = (1000, 2000),
-                 snapshot_every_entries: int = SNAPSHOT_EVERY_ENTRIES, advertise: str | None = None,
+                 snapshot_every_entries: int = SNAPSHOT_EVERY_ENTRIES,
+                 snapshot_chunk_bytes: int = DEFAULT_SNAPSHOT_CHUNK_BYTES, advertise: str | None = None,
                  curve: CurveKeys | None = None, lock_max_waiters: int = DEFAULT_MAX_WAITERS,
                  retain_workflows: int = DEFAULT_RETAIN_WORKFLOWS, retain_s: float = DEFAULT_RETAIN_MS / 1000,
                  max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
@@ -116,7 +119,8 @@ class Master:
             raise ValueError("--retain-workflows and --retain-s must not be negative")
         if compress_min_bytes < 0:
             raise ValueError(f"--compress-min-bytes must be 0 (no compression) or more, not {compress_min_bytes}")
-        for option, value in (("--max-result-bytes", max_result_bytes), ("--max-tasks-per-workflow", max_tasks_per_workflow),
+        for option, value in (("--snapshot-chunk-bytes", snapshot_chunk_bytes),
+                              ("--max-result-bytes", max_result_bytes), ("--max-tasks-per-workflow", max_tasks_per_workflow),
                               ("--max-pending-workflows", max_pending_workflows),
                               ("--max-workflow-bytes", max_workflow_bytes),
                               ("--agent-history-size", agent_history_size),
@@ -131,6 +135,7 @@ class Master:
         os.makedirs(data_dir, exist_ok=True)
         self.storage_path = os.path.join(data_dir, f"{self.node_id.replace('/', '_').replace(':', '_')}.sqlite")
         raft_config, tick_s = raft_timing(heartbeat_ms, election_timeout_ms)  # bad options: before binding
+        raft_config.max_bytes_per_snapshot_chunk = snapshot_chunk_bytes
         fresh = not os.path.exists(self.storage_path)
         self.recovered = not fresh  # from a data file of an earlier run
         # Its own node is a member of the cluster: agents may be hosted on a master too.

@@ -140,7 +140,10 @@ class ControlState:
 
     @classmethod
     def from_snapshot(cls, data: bytes) -> ControlState:
-        snapshot = decode(data)
+        # Not held to the frame limit: a snapshot comes from this master's own disk or, in
+        # chunks, from the leader (bounded by RaftConfig.max_snapshot_bytes), and a state over
+        # 64 MiB (326 MB with the default retention) must load.
+        snapshot = decode(data, max_bytes=len(data))
         if snapshot.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"control snapshot version {snapshot.get('version')!r} is not {SNAPSHOT_VERSION}")
         state = cls()

@@ -81,10 +81,16 @@ class Faults:
     flap: float = 0.0
 
 
+# The simulated state machine's snapshot is 12-16 bytes: in chunks of 4, every transfer takes
+# several, lost, duplicated and reordered by the faults like any message.
+SNAPSHOT_CHUNK_BYTES = 4
+
+
 def sim_config() -> RaftConfig:
     # Small batches and windows so that batching, pipelining and flow control are exercised.
     return RaftConfig(election_ticks_min=10, election_ticks_max=20, heartbeat_ticks=2,
-                      max_entries_per_append=4, max_inflight_appends=3)
+                      max_entries_per_append=4, max_inflight_appends=3,
+                      max_bytes_per_snapshot_chunk=SNAPSHOT_CHUNK_BYTES)
 
 
 @dataclass
@@ -350,6 +356,10 @@ class Cluster:
                 kind = type(message).__name__
                 if kind == "AppendResponse" and message.reject:
                     kind = "AppendReject"
+                elif kind == "SnapshotResponse" and message.reject:
+                    kind = "SnapshotReject"
+                elif kind == "InstallSnapshot" and message.offset > 0:
+                    kind = "InstallSnapshotLaterChunk"
                 self.coverage[kind] += 1
                 if self.connected(message.src, message.dst):
                     self.send(message, lossless=not faulty)
@@ -357,6 +367,9 @@ class Cluster:
             if ready.snapshot is not None:
                 self.coverage["snapshot_installed"] += 1
                 machine.restore(ready.snapshot.data)
+                if machine.applied_index != ready.snapshot.meta.index:  # pieces of two snapshots
+                    self.fail(f"{node.node_id} installed a snapshot at {ready.snapshot.meta.index} "
+                              f"holding the state at {machine.applied_index}")
                 self.check_applied(node, ready.snapshot.meta.index, machine.digest)
             for entry in ready.committed_entries:
                 if entry.index != machine.applied_index + 1:
@@ -510,11 +523,11 @@ SCENARIOS = {
     "three_crashy": Scenario(3, 400, Faults(crash_leader=0.08, restart=0.3, crash_mid_ready=0.02,
                                             drop=0.1, crash_hint=0.8), RaftConfig(
         election_ticks_min=4, election_ticks_max=8, heartbeat_ticks=1, max_entries_per_append=1,
-        max_inflight_appends=2)),
+        max_inflight_appends=2, max_bytes_per_snapshot_chunk=SNAPSHOT_CHUNK_BYTES)),
     "five_crashy": Scenario(5, 400, Faults(crash_leader=0.08, restart=0.3, crash_mid_ready=0.02,
                                            drop=0.1, crash_hint=0.8), RaftConfig(
         election_ticks_min=4, election_ticks_max=8, heartbeat_ticks=1, max_entries_per_append=1,
-        max_inflight_appends=2)),
+        max_inflight_appends=2, max_bytes_per_snapshot_chunk=SNAPSHOT_CHUNK_BYTES)),
     # Everything at once: membership changes with joining servers while leaders crash.
     "five_chaos": Scenario(5, 500, Faults(membership=0.04, crash_leader=0.03, restart=0.2,
                                           partition=0.02, crash_mid_ready=0.01, crash_hint=0.8,
@@ -525,10 +538,15 @@ SCENARIOS = {
     # Only flapping links, nothing else goes wrong: the first leader must lead to the end.
     "three_flapping_only": Scenario(3, 400, Faults(drop=0.0, duplicate=0.0, crash=0.0, crash_mid_ready=0.0,
                                                    partition=0.0, transfer=0.0, flap=0.1)),
+    # Compaction all the time while followers are cut off and leaders crash: snapshot transfers
+    # are cut short by a new leader, a newer snapshot or a crash, their chunks lost and repeated.
+    "three_snapshots": Scenario(3, 400, Faults(compact=0.3, partition=0.03, heal=0.06, crash_leader=0.01,
+                                               drop=0.1, duplicate=0.05)),
     # The plain Raft paths: no pre-vote, no check-quorum, one entry per append, no pipelining.
     "three_plain": Scenario(3, 400, Faults(), RaftConfig(
         election_ticks_min=10, election_ticks_max=20, heartbeat_ticks=2, max_entries_per_append=1,
-        max_inflight_appends=1, pre_vote=False, check_quorum=False)),
+        max_inflight_appends=1, pre_vote=False, check_quorum=False,
+        max_bytes_per_snapshot_chunk=SNAPSHOT_CHUNK_BYTES)),
 }
 
 

@@ -60,6 +60,7 @@ def test_every_option_a_manifest_sets_comes_from_the_environment_and_flags_win(m
            "AGENTFLOW_ADVERTISE": "m1.svc", "AGENTFLOW_LEADER_URL": "m0.svc:7000", "AGENTFLOW_DATA_DIR": "/data",
            "AGENTFLOW_HTTP_PORT": "7010", "AGENTFLOW_NODE_ID": "m1", "AGENTFLOW_HEARTBEAT_MS": "200",
            "AGENTFLOW_ELECTION_TIMEOUT_MS": "2000-4000", "AGENTFLOW_SNAPSHOT_EVERY": "5000",
+           "AGENTFLOW_SNAPSHOT_CHUNK_BYTES": "65536",
            "AGENTFLOW_RETAIN_WORKFLOWS": "50", "AGENTFLOW_RETAIN_S": "600", "AGENTFLOW_MAX_RESULT_BYTES": "4096",
            "AGENTFLOW_LOCK_MAX_WAITERS": "50", "AGENTFLOW_MAX_TASKS_PER_WORKFLOW": "500",
            "AGENTFLOW_MAX_PENDING_WORKFLOWS": "20", "AGENTFLOW_AGENT_HISTORY_SIZE": "300",
@@ -70,7 +71,7 @@ def test_every_option_a_manifest_sets_comes_from_the_environment_and_flags_win(m
     assert seen == {"process": "master", "mode": "master", "port": 7000, "host": "0.0.0.0", "advertise": "m1.svc",
                     "leader_url": "m0.svc:7000", "data_dir": "/data", "http_port": 7010, "pub_port": None,
                     "node_id": "m1", "heartbeat_ms": 200, "election_timeout_ms": (2000, 4000),
-                    "snapshot_every_entries": 5000, "curve": None, "retain_workflows": 50, "retain_s": 600.0,
+                    "snapshot_every_entries": 5000, "snapshot_chunk_bytes": 65536, "curve": None, "retain_workflows": 50, "retain_s": 600.0,
                     "max_result_bytes": 4096, "lock_max_waiters": 50, "max_tasks_per_workflow": 500,
                     "max_pending_workflows": 20, "agent_history_size": 300, "max_workflow_bytes": 65536,
                     "max_connections_per_peer": 40, "compress_min_bytes": 32768}

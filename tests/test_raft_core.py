@@ -508,6 +508,6 @@ def test_must_sync_for_a_new_term_vote_entry_or_snapshot_not_for_the_commit_inde
     ready = follower.ready()
     assert ready.hard_state is None and [e.index for e in ready.entries] == [6] and ready.must_sync
     follower.advance(ready)
-    follower.step(InstallSnapshot("n3", "n2", 3, SnapshotMeta(9, 3, IDS, []), b"state"))
+    follower.step(InstallSnapshot("n3", "n2", 3, SnapshotMeta(9, 3, IDS, []), 0, 5, b"state", True))
     ready = follower.ready()
     assert ready.snapshot is not None and ready.must_sync

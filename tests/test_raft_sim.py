@@ -16,7 +16,8 @@ from tests.raftsim import SCENARIOS, Cluster, Faults, SafetyViolation, run_seed
 
 # scenario -> number of seeds in the CI slice
 CI_SLICE = {
-    "three": 120,
+    "three": 100,
+    "three_snapshots": 40,
     "five": 80,
     "three_membership": 60,
     "three_join": 60,
@@ -52,9 +53,26 @@ def test_simulation_exercises_the_interesting_paths():
     for seed in range(20):
         for key, count in run_seed(seed, "three_membership").coverage.items():
             coverage[key] = coverage.get(key, 0) + count
-    for key in ("AppendReject", "InstallSnapshot", "snapshot_installed", "TimeoutNow", "read_state",
-                "applied_kind1", "applied_kind2", "RequestVote"):
+    for key in ("AppendReject", "InstallSnapshot", "InstallSnapshotLaterChunk", "SnapshotResponse",
+                "snapshot_installed", "TimeoutNow", "read_state", "applied_kind1", "applied_kind2",
+                "RequestVote"):
         assert coverage.get(key, 0) > 0, key
+
+
+def test_snapshot_transfers_are_cut_short_and_their_chunks_lost_in_the_snapshot_scenario():
+    """Guards the snapshot scenario: transfers in several chunks, some abandoned unfinished (a new
+    leader, a newer snapshot), chunks resent after a loss and duplicates refused, on the way."""
+    stats, coverage = {}, {}
+    for seed in range(20):
+        cluster = run_seed(seed, "three_snapshots")
+        for key, count in cluster.coverage.items():
+            coverage[key] = coverage.get(key, 0) + count
+        for node in cluster.live():  # (a node's counters start again when it restarts)
+            for key, count in node.core.stats.items():
+                stats[key] = stats.get(key, 0) + count
+    assert coverage["InstallSnapshotLaterChunk"] > 2 * coverage["snapshot_installed"] > 0
+    for key in ("snapshot_transfer_abandoned", "snapshot_chunk_resent", "snapshot_chunk_duplicate"):
+        assert stats.get(key, 0) > 0, (key, stats)
 
 
 def test_a_flapping_link_never_deposes_a_healthy_leader():

@@ -6,7 +6,7 @@ send, apply); nothing in this package does I/O.
 
 The modules, bottom up (each imports only those above it):
 
-* ``messages``: the wire records (``Entry``, ``SnapshotMeta``, ``ConfChange``, the eight
+* ``messages``: the wire records (``Entry``, ``SnapshotMeta``, ``ConfChange``, the nine
   messages in ``MESSAGE_TYPES``), ``invalid_reason``, the shape check every message from the
   network passes before the core sees it, and ``numbers_in_range``, the caller's check that
   what it must store fits its storage.
@@ -19,15 +19,17 @@ The modules, bottom up (each imports only those above it):
 * ``reads``: ReadIndex, linearizable reads confirmed by a heartbeat quorum; ``ReadState``.
 * ``ready``: what the core hands its caller, ``Ready`` (with its ``SoftState`` and
   ``must_sync``) and ``HardState``, the roles, and the Ready obligations.
-* ``election`` and ``replication``: the mixins of ``RaftCore`` that campaign and vote (pre-vote
-  included), and that move entries to followers.
+* ``election``, ``replication`` and ``snapshots``: the mixins of ``RaftCore`` that campaign and
+  vote (pre-vote included), that move entries to followers, and that send a snapshot to a
+  follower in chunks (stop and wait, resent on a timeout, assembled in memory, bounded).
 * ``core``: ``RaftCore`` (tick, step, propose, propose_conf_change, read_index,
   transfer_leadership, forget_leader, campaign, compact, has_ready, ready, advance),
   ``RaftConfig``, ``NotLeader``.
 
-Limitations, on purpose: a snapshot travels as one message (the frame cap bounds it); pending
-ReadIndex requests are dropped when leadership is lost (the caller's deadline retries them);
-followers do not forward proposals or reads (``NotLeader.leader_hint`` says where to go).
+Limitations, on purpose: a snapshot is assembled in memory on the follower (at most
+``RaftConfig.max_snapshot_bytes``; the leader holds its own in memory too); pending ReadIndex
+requests are dropped when leadership is lost (the caller's deadline retries them); followers do
+not forward proposals or reads (``NotLeader.leader_hint`` says where to go).
 Client sessions (exactly-once commands) are replicated state, not Raft: ``protocols/sessions.py``.
 """
 
@@ -49,6 +51,7 @@ from protocols.raft.messages import (
     InstallSnapshot,
     RequestVote,
     SnapshotMeta,
+    SnapshotResponse,
     TimeoutNow,
     VoteResponse,
     numbers_in_range,
@@ -61,6 +64,6 @@ __all__ = [
     "ENTRY_CONF_CHANGE", "ENTRY_NOOP", "ENTRY_NORMAL", "MESSAGE_TYPES",
     "AppendEntries", "AppendResponse", "ConfChange", "ConfChangeRejected", "Entry", "HardState",
     "Heartbeat", "HeartbeatResponse", "InstallSnapshot", "NotLeader", "RaftConfig", "RaftCore",
-    "RaftLog", "ReadState", "Ready", "RequestVote", "SnapshotMeta", "Snapshot", "SoftState",
+    "RaftLog", "ReadState", "Ready", "RequestVote", "SnapshotMeta", "Snapshot", "SnapshotResponse", "SoftState",
     "TimeoutNow", "VoteResponse", "campaign_rank", "numbers_in_range",
 ]

@@ -15,9 +15,10 @@ Rules of this module:
   per Ready (a burst of proposals costs one round of messages).
 
 What a Ready holds, and what the caller must do with it, in which order: ``ready.py``. The core
-is one class in four files: this one (the events, the Ready protocol, roles, membership),
-``election.py`` (pre-vote, votes, taking over), ``replication.py`` (appends, heartbeats and
-snapshots, both sides) and the leaf modules it uses.
+is one class in five files: this one (the events, the Ready protocol, roles, membership),
+``election.py`` (pre-vote, votes, taking over), ``replication.py`` (appends and heartbeats,
+both sides), ``snapshots.py`` (the snapshot sent in chunks, both sides) and the leaf modules
+it uses.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from protocols.raft.messages import (
     Heartbeat,
     InstallSnapshot,
     RequestVote,
+    SnapshotResponse,
     TimeoutNow,
     VoteResponse,
     invalid_reason,
@@ -47,6 +49,7 @@ from protocols.raft.progress import Progress
 from protocols.raft.reads import PendingReads, ReadState
 from protocols.raft.ready import CANDIDATE, FOLLOWER, LEADER, LEARNER, PRE_CANDIDATE, HardState, Ready, SoftState
 from protocols.raft.replication import Replication
+from protocols.raft.snapshots import IncomingSnapshot, SnapshotTransfer
 from protocols.wire import encode
 
 if TYPE_CHECKING:  # only the type: randomness is always passed in
@@ -70,14 +73,23 @@ class RaftConfig:
     # than a receiver's frame limit, dropped on every try.
     max_bytes_per_append: int = 4 * 1024 * 1024
     max_inflight_appends: int = 64
+    # A snapshot travels in chunks of at most this many bytes (snapshots.py), one in flight per
+    # follower: well under a receiver's frame limit (64 MiB) whatever the state's size.
+    max_bytes_per_snapshot_chunk: int = 4 * 1024 * 1024
+    # A follower refuses a snapshot transfer declaring more: what it assembles is held in memory,
+    # and SQLite stores at most 10**9 bytes in one value (SQLITE_MAX_LENGTH), so no master could
+    # persist a larger snapshot anyway.
+    max_snapshot_bytes: int = 1_000_000_000
     pre_vote: bool = True
     check_quorum: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.heartbeat_ticks < self.election_ticks_min <= self.election_ticks_max:
             raise ValueError("need 0 < heartbeat_ticks < election_ticks_min <= election_ticks_max")
-        if self.max_entries_per_append < 1 or self.max_inflight_appends < 1 or self.max_bytes_per_append < 1:
-            raise ValueError("max_entries_per_append, max_bytes_per_append and max_inflight_appends must be >= 1")
+        if min(self.max_entries_per_append, self.max_inflight_appends, self.max_bytes_per_append,
+               self.max_bytes_per_snapshot_chunk, self.max_snapshot_bytes) < 1:
+            raise ValueError("max_entries_per_append, max_bytes_per_append, max_inflight_appends, "
+                             "max_bytes_per_snapshot_chunk and max_snapshot_bytes must be >= 1")
 
 
 class NotLeader(Exception):
@@ -88,7 +100,7 @@ class NotLeader(Exception):
         self.leader_hint = leader_hint
 
 
-class RaftCore(Replication, Election):
+class RaftCore(Replication, SnapshotTransfer, Election):
     """One Raft server. See ready.py for the Ready protocol."""
 
     def __init__(
@@ -129,6 +141,7 @@ class RaftCore(Replication, Election):
         self._reads_awaiting_commit: list[bytes] = []
         self._read_states: list[ReadState] = []
         self._messages: list[Any] = []
+        self._incoming_snapshot: IncomingSnapshot | None = None  # a snapshot arriving in chunks
 
         persisted = hard_state is not None or bool(entries) or snapshot is not None
         if persisted:
@@ -457,6 +470,8 @@ class RaftCore(Replication, Election):
             self._count("response_from_non_member")
         elif kind is AppendResponse:
             self._handle_append_response(m, self._progress[m.src])
+        elif kind is SnapshotResponse:
+            self._handle_snapshot_response(m, self._progress[m.src])
         else:
             self._handle_heartbeat_response(m, self._progress[m.src])
 
@@ -469,6 +484,7 @@ class RaftCore(Replication, Election):
         if term != self._term:
             self._term = term
             self._vote = None
+            self._drop_incoming_snapshot()  # a transfer belongs to one leader's term
         self._leader_id = None
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0

@@ -1,7 +1,7 @@
 """Raft's wire records, and the checks a message from the network passes before the core sees it.
 
 Role: the vocabulary of protocols/raft/: log entries (``Entry``), the snapshot's metadata, a
-membership change (``ConfChange``) and the eight messages peers exchange (``MESSAGE_TYPES``).
+membership change (``ConfChange``) and the nine messages peers exchange (``MESSAGE_TYPES``).
 
 Rules of this module:
 
@@ -112,13 +112,37 @@ class VoteResponse:
     pre_vote: bool
 
 
-@record("raft.snapshot")
+@record("raft.snapshot_chunk")
 class InstallSnapshot:
+    """One chunk of the leader's snapshot (the Raft paper's InstallSnapshot with offset and done):
+    ``data`` is the bytes from ``offset`` of a snapshot ``total`` bytes long, ``done`` on the
+    last chunk (exactly when ``offset + len(data) == total``). The chunks of one transfer share
+    ``src``, ``term``, ``meta`` and ``total`` (``snapshots.py``)."""
+
     src: str
     dst: str
     term: int
     meta: SnapshotMeta
+    offset: int
+    total: int
     data: bytes
+    done: bool
+
+
+@record("raft.snapshot_chunk_resp")
+class SnapshotResponse:
+    """A follower's answer to a chunk that did not complete the snapshot at (``index``,
+    ``snap_term``): it holds the first ``offset`` bytes of it. ``reject``: the chunk did not start
+    there (or began a transfer it does not hold), so the leader sends from ``offset``. A chunk
+    that completes it is answered, once installed, as an append is (``AppendResponse``)."""
+
+    src: str
+    dst: str
+    term: int
+    index: int
+    snap_term: int
+    offset: int
+    reject: bool
 
 
 @record("raft.heartbeat")
@@ -154,6 +178,7 @@ MESSAGE_TYPES = (
     RequestVote,
     VoteResponse,
     InstallSnapshot,
+    SnapshotResponse,
     Heartbeat,
     HeartbeatResponse,
     TimeoutNow,
@@ -205,6 +230,12 @@ def invalid_reason(m: Any, node_id: str) -> str | None:
                 or type(meta.voters) is not list or type(meta.learners) is not list
                 or not all(type(n) is str for n in meta.voters + meta.learners)):
             return "bad_snapshot"
+        if (not is_count(m.offset) or not is_count(m.total) or type(m.done) is not bool
+                or m.offset + len(m.data) > m.total or m.done != (m.offset + len(m.data) == m.total)):
+            return "bad_snapshot_chunk"  # data beyond the declared size, or done not at its end
+    elif kind is SnapshotResponse:
+        if not (is_count(m.index) and is_count(m.snap_term) and is_count(m.offset) and type(m.reject) is bool):
+            return "bad_snapshot_response"
     elif kind is Heartbeat:
         if not is_count(m.commit) or type(m.context) is not bytes:
             return "bad_heartbeat"

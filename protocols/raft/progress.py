@@ -4,8 +4,9 @@
 Role: a ``Progress`` per follower says how far its log is known to match the leader's and how
 the leader sends to it (``PROBE``: one append at a time until the match is known;
 ``REPLICATE``: pipelined appends, at most ``max_inflight_appends`` unacknowledged;
-``SNAPSHOT``: an InstallSnapshot is outstanding). The functions below count votes, find the
-index a majority of voters has stored, and tell whether a majority was heard from recently.
+``SNAPSHOT``: the snapshot is being sent, a chunk at a time). The functions below count votes,
+find the index a majority of voters has stored, and tell whether a majority was heard from
+recently.
 
 Rules of this module: voters are visited in the configuration's (sorted) order; a node counts
 itself only for what it has made durable.
@@ -15,10 +16,12 @@ from __future__ import annotations
 
 from collections import deque
 
+from protocols.raft.log import Snapshot
+
 # Replication states of a follower as seen by the leader (etcd's tracker.StateType).
 PROBE = "probe"  # one append at a time until the follower's match index is known
 REPLICATE = "replicate"  # optimistic pipelining: next_index runs ahead of acknowledgements
-SNAPSHOT = "snapshot"  # an InstallSnapshot is outstanding; no appends until it is acknowledged
+SNAPSHOT = "snapshot"  # the snapshot is being sent in chunks; no appends until it is installed
 
 # Outcomes of an election.
 WON = "won"
@@ -30,7 +33,7 @@ class Progress:
     """The leader's view of one follower (etcd's tracker.Progress)."""
 
     __slots__ = ("match", "next", "state", "paused", "inflight", "pending_snapshot",
-                 "recent_active", "snapshot_elapsed")
+                 "recent_active", "snapshot_elapsed", "snapshot", "snapshot_offset")
 
     def __init__(self, next_index: int) -> None:
         self.match = 0
@@ -40,7 +43,12 @@ class Progress:
         self.inflight: deque[int] = deque()  # replicate: last index of each unacknowledged append
         self.pending_snapshot = 0
         self.recent_active = True
-        self.snapshot_elapsed = 0
+        self.snapshot_elapsed = 0  # ticks since the snapshot's transfer last moved on
+        # snapshot: the one being sent, kept until it is installed even if the leader takes a
+        # newer one meanwhile (every chunk of a transfer comes from the same bytes);
+        # snapshot_offset: where the chunk in flight starts (what the follower holds of it).
+        self.snapshot: Snapshot | None = None
+        self.snapshot_offset = 0
 
     def become_probe(self) -> None:
         if self.state == SNAPSHOT:
@@ -51,6 +59,7 @@ class Progress:
         self.paused = False
         self.inflight.clear()
         self.pending_snapshot = 0
+        self.snapshot = None
 
     def become_replicate(self) -> None:
         self.state = REPLICATE
@@ -58,10 +67,13 @@ class Progress:
         self.paused = False
         self.inflight.clear()
         self.pending_snapshot = 0
+        self.snapshot = None
 
-    def become_snapshot(self, index: int) -> None:
+    def become_snapshot(self, snapshot: Snapshot) -> None:
         self.state = SNAPSHOT
-        self.pending_snapshot = index
+        self.pending_snapshot = snapshot.meta.index
+        self.snapshot = snapshot
+        self.snapshot_offset = 0
         self.snapshot_elapsed = 0
         self.inflight.clear()
 

@@ -2,10 +2,10 @@
 
 Role: ``Replication`` is a mixin of ``RaftCore`` (core.py), which owns every attribute used here
 (as a Go type's methods may sit in several files of its package). The follower side takes
-appends, heartbeats and snapshots from its leader. The leader side sends them within each
-follower's flow control (``progress.py``), handles the answers, advances the commit index and
-does what a commit allows (pending reads, its own removal); its heartbeat timer also checks
-that a majority is still there.
+appends and heartbeats from its leader (snapshots: ``snapshots.py``). The leader side sends
+them within each follower's flow control (``progress.py``), handles the answers, advances the
+commit index and does what a commit allows (pending reads, its own removal); its heartbeat
+timer also checks that a majority is still there.
 
 Rules of this module:
 
@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import logging
 
-from protocols.raft.log import Snapshot
 from protocols.raft.messages import (
     AppendEntries,
     AppendResponse,
     Entry,
     Heartbeat,
     HeartbeatResponse,
-    InstallSnapshot,
     TimeoutNow,
 )
 from protocols.raft.progress import (
@@ -92,23 +90,6 @@ class Replication:
             log.commit_to(min(m.commit, log.last_index))
         self._send(HeartbeatResponse(self._id, m.src, self._term, m.context))
 
-    def _handle_snapshot(self, m: InstallSnapshot) -> None:
-        meta, log = m.meta, self._log
-        if meta.index <= log.committed:
-            self._send(AppendResponse(self._id, m.src, self._term, log.committed, False, 0, 0))
-            return
-        if log.term_at(meta.index) == meta.term:
-            # We already have the log up to the snapshot: no need to replace the state.
-            log.commit_to(meta.index)
-            self._send(AppendResponse(self._id, m.src, self._term, meta.index, False, 0, 0))
-            return
-        logger.info("[raft] Node %s installing snapshot at index %d term %d from %s",
-                    self._id, meta.index, meta.term, m.src)
-        log.install(Snapshot(meta, m.data))
-        self._members.restore(meta)
-        self._config_changed()
-        self._send(AppendResponse(self._id, m.src, self._term, meta.index, False, 0, 0))
-
     # ------------------------------------------------------------------ leader side
 
     def _tick_leader(self) -> None:
@@ -116,12 +97,13 @@ class Replication:
         self._election_elapsed += 1
         if self._election_elapsed >= self.config.election_ticks_min:
             self._election_elapsed = 0
-            if self.config.check_quorum and not quorum_recently_active(self._members.voters, self._progress,
-                                                                       self._id):
-                logger.info("[raft] Node %s stepping down: no quorum heard from in term %d",
-                            self._id, self._term)
-                self._become_follower(self._term, None)
-                return
+            if self.config.check_quorum:
+                self._abandon_silent_snapshot_transfers()  # before recent activity is reset
+                if not quorum_recently_active(self._members.voters, self._progress, self._id):
+                    logger.info("[raft] Node %s stepping down: no quorum heard from in term %d",
+                                self._id, self._term)
+                    self._become_follower(self._term, None)
+                    return
             if self._transferee is not None:
                 logger.info("[raft] Node %s aborting leadership transfer to %s", self._id, self._transferee)
                 self._transferee = None
@@ -208,14 +190,6 @@ class Replication:
             progress.paused = True
         return True
 
-    def _send_snapshot(self, peer: str, progress: Progress) -> bool:
-        snapshot = self._log.snapshot
-        if not progress.recent_active or snapshot is None:
-            return False  # don't ship a snapshot to a peer that is probably down
-        progress.become_snapshot(snapshot.meta.index)
-        self._send(InstallSnapshot(self._id, peer, self._term, snapshot.meta, snapshot.data))
-        return True
-
     def _handle_append_response(self, m: AppendResponse, progress: Progress) -> None:
         progress.recent_active = True
         log = self._log
@@ -257,9 +231,7 @@ class Replication:
         progress.paused = False
         last_index = self._log.last_index
         if progress.state == SNAPSHOT:
-            progress.snapshot_elapsed += self.config.heartbeat_ticks
-            if progress.snapshot_elapsed >= self.config.election_ticks_min:
-                progress.become_probe()  # the snapshot was probably lost: send it again
+            self._snapshot_heard_alive(m.src, progress)
         if (progress.state == REPLICATE and progress.match < last_index
                 and len(progress.inflight) >= self.config.max_inflight_appends):
             progress.inflight.popleft()  # an append was probably lost: let one more through

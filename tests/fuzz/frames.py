@@ -83,6 +83,10 @@ def corpus() -> list[bytes]:
         (RAFT_ACTOR, protocols.raft.AppendEntries("master-2", "master-1", 1, 0, 0,
                                                   [protocols.raft.Entry(1, 1, 0, b"\x90")], 1)),
         (RAFT_ACTOR, protocols.raft.RequestVote("master-2", "master-1", 1, 0, 0, True, False)),
+        (RAFT_ACTOR, protocols.raft.InstallSnapshot("master-2", "master-1", 1,
+                                                    protocols.raft.SnapshotMeta(9, 1, ["master-1", "master-2"], []),
+                                                    0, 12, b"\x81\xa1a\x01", False)),
+        (RAFT_ACTOR, protocols.raft.SnapshotResponse("master-2", "master-1", 1, 9, 1, 4, False)),
     ]
     return [wire.encode_frame("fuzzer", "", [(wire.ASK, "fuzz", actor, position + 1, body)])
             for position, (actor, body) in enumerate(messages)]
