@@ -14,8 +14,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# Two pytest processes, about half the suite each: one long-lived test process degrades after about
+# ten minutes here (asks from it start to time out; docs/RELIABILITY.md, found and not fixed).
+TEST_FIRST_HALF := tests/chaos tests/fuzz $(wildcard tests/test_[a-m]*.py)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(TEST_FIRST_HALF)
+	$(BIN)/python -m pytest -q $(filter-out $(TEST_FIRST_HALF),$(wildcard tests/test_*.py))
 
 soak: $(STAMP)
 	$(BIN)/python -m pytest -q -m soak -p no:cacheprovider -o addopts=''

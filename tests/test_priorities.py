@@ -43,7 +43,7 @@ def wait_running(client, workflow_id: str, task_id: str) -> dict:
 
 @pytest.fixture(scope="module")
 def solo(tmp_path_factory):
-    with running_cluster(tmp_path_factory.mktemp("solo"), masters=3, workers=0, first_port=25000) as (local, client):
+    with running_cluster(tmp_path_factory.mktemp("solo"), masters=3, workers=0, first_port=16800) as (local, client):
         local.add_worker("solo", ["--max-concurrent-tasks", "1", "--cpu-cores", "1"])
         yield local, client
 
@@ -71,7 +71,7 @@ def test_dispatch_round_takes_queued_tasks_by_priority(solo, tmp_path):
 
 def test_a_task_requeued_after_a_worker_kill_9_takes_its_place_by_priority(tmp_path):
     log_path, gate = tmp_path / "order.log", tmp_path / "gate"
-    with running_cluster(tmp_path / "cluster", masters=3, workers=0, first_port=25100) as (local, client):
+    with running_cluster(tmp_path / "cluster", masters=3, workers=0, first_port=16900) as (local, client):
         doomed = local.add_worker("doomed", ["--max-concurrent-tasks", "1", "--cpu-cores", "1"])
         # Only the second attempt logs: the first one's process outlives its killed worker.
         submit(client, "wf-blocker", [{"task_id": "block", "priority": "urgent", "command":
@@ -92,7 +92,7 @@ def test_a_task_requeued_after_a_worker_kill_9_takes_its_place_by_priority(tmp_p
 def test_a_new_leader_rebuilds_the_queue_in_priority_order(tmp_path):
     log_path, gate = tmp_path / "order.log", tmp_path / "gate"
     with running_cluster(tmp_path / "cluster", client_timeout_s=20, masters=3, workers=0,
-                         first_port=25200) as (local, client):
+                         first_port=17900) as (local, client):
         local.add_worker("solo", ["--max-concurrent-tasks", "1", "--cpu-cores", "1"])
         submit(client, "wf-blocker", [{"task_id": "block", "command": blocker(gate)}])
         wait_running(client, "wf-blocker", "block")

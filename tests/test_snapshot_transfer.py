@@ -53,7 +53,9 @@ def test_a_master_joining_a_compacted_cluster_gets_the_snapshot_in_chunks_and_ca
         views, differed = wait_converged(client, [m.url for m in cluster.masters], timeout_s=60)
         assert views is not None, differed
         joined = views["master-4"]
-        assert joined["role"] == "follower" and "master-4" in joined["voters"]
+        assert "master-4" in joined["voters"]
+        # Its own role follows once it applies its promotion (the view above may be a moment older).
+        wait_for(lambda: client.status_of(joiner.url)["role"] == "follower", 30, what="master-4 to be a follower")
         # It was sent the snapshot, in chunks (the state is about 50 of them), not the log.
         chunks = joined["stats"].get("snapshot_chunks_received", 0)
         assert chunks >= 3 * 1024 * 1024 // CHUNK_BYTES, joined["stats"]

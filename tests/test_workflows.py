@@ -27,7 +27,7 @@ def workflow(text: str):
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """One cluster for the tests that do not kill anything: two CPU workers and a GPU worker."""
-    with running_cluster(tmp_path_factory.mktemp("shared"), masters=3, workers=2, first_port=21000) as (local, client):
+    with running_cluster(tmp_path_factory.mktemp("shared"), masters=3, workers=2, first_port=17200) as (local, client):
         local.add_worker("gpu-worker", ["--gpu-count", "1", "--max-concurrent-tasks", "2"])
         yield local, client
 
@@ -108,7 +108,7 @@ def test_gpu_tasks_run_only_on_the_gpu_worker_and_impossible_tasks_are_refused(s
 def test_a_retried_submit_is_logged_once_and_answered_with_the_first_result(tmp_path):
     """A client retries a submit whose answer is late (a big workflow takes longer to log than one
     try): the copies wait for the first commit instead of each being logged again."""
-    with running_cluster(tmp_path, masters=1, workers=0, first_port=24500) as (local, client):
+    with running_cluster(tmp_path, masters=1, workers=0, first_port=17400) as (local, client):
         big = Workflow("wf-big", "big", [TaskNode(f"t{i}", call="builtins:int") for i in range(3000)])
         command = client.next_command(None)
         request = SubmitWorkflowRequest(big, command.client_id, command.seq)
@@ -124,7 +124,7 @@ def test_a_retried_submit_is_logged_once_and_answered_with_the_first_result(tmp_
 
 
 def test_kill_9_of_a_worker_mid_task_the_task_completes_elsewhere(tmp_path):
-    with running_cluster(tmp_path, masters=3, workers=2, first_port=23000) as (local, client):
+    with running_cluster(tmp_path, masters=3, workers=2, first_port=17600) as (local, client):
         client.submit_workflow(workflow("""
             workflow:
               id: wf-lost-worker
@@ -141,7 +141,7 @@ def test_kill_9_of_a_worker_mid_task_the_task_completes_elsewhere(tmp_path):
 
 
 def test_kill_9_of_the_leader_mid_workflow_loses_no_task(tmp_path):
-    with running_cluster(tmp_path, client_timeout_s=20, masters=3, workers=2, first_port=24000) as (local, client):
+    with running_cluster(tmp_path, client_timeout_s=20, masters=3, workers=2, first_port=17800) as (local, client):
         tasks = "".join(f"""
                 - {{task_id: t{i}, command: "sleep 0.1", dependencies: [{f't{i - 2}' if i >= 2 else ''}]}}
         """ for i in range(16))
