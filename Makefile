@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# Two pytest processes, about half the suite each: one long-lived test process degrades after about
-# ten minutes here (asks from it start to time out; docs/RELIABILITY.md, found and not fixed).
+# Two pytest processes, about half the suite each: a long-lived test process degrades after some
+# minutes on this machine (asks from it start to time out; docs/RELIABILITY.md, found, not fixed).
 TEST_FIRST_HALF := tests/chaos tests/fuzz $(wildcard tests/test_[a-m]*.py)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(TEST_FIRST_HALF)
