@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agentflow.cluster import LocalCluster  # noqa: E402
 from bench.common import Result, report  # noqa: E402
+from bench.peers.child import read_line  # noqa: E402
 from bench.payloads import json_ish_result  # noqa: E402
 from protocols import wire  # noqa: E402
 from protocols.control import Batch  # noqa: E402
@@ -193,10 +194,15 @@ def serve() -> None:
     context = zmq.Context()
     sock = context.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
+    # A parent killed before its "quit" must not leave this process waiting for ever.
+    sock.setsockopt(zmq.RCVTIMEO, int(RECV_TIMEOUT_S * 1000))
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     print(f"tcp://127.0.0.1:{port}", flush=True)
     while True:
-        route, codec, size, data = sock.recv_multipart()
+        try:
+            route, codec, size, data = sock.recv_multipart()
+        except zmq.Again:
+            break
         if codec == b"quit":
             break
         if codec in (b"raw", b"agentflow"):  # wire.decode_frame decompresses what is compressed
@@ -219,7 +225,7 @@ def end_to_end(frame_names: list[str], codec_names: list[str], frames_per_run: i
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, int(RECV_TIMEOUT_S * 1000))
     try:
-        sock.connect(server.stdout.readline().strip())
+        sock.connect(read_line(server, RECV_TIMEOUT_S, "the compression benchmark's server", "tcp://"))
         out: dict = {}
         for frame_name in frame_names:
             raw = data[frame_name]
