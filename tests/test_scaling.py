@@ -19,10 +19,11 @@ pytestmark = pytest.mark.integration
 
 def chains(workflow_id: str, lanes: int, levels: int, gates: dict[int, Path] | None = None) -> str:
     """``lanes`` chains of ``levels`` short tasks; the tasks of a level in ``gates`` run until the
-    test creates that file (bounded by their timeout), so the workflow is surely running then."""
+    test creates that file (120 s at most, like their timeout: a loop a killed worker orphaned
+    must end by itself), so the workflow is surely running then."""
     def command(level: int) -> str:
         gate = (gates or {}).get(level)
-        return f"while [ ! -e {gate} ]; do sleep 0.05; done" if gate else "sleep 0.1"
+        return f"for i in $(seq 2400); do [ -e {gate} ] && break; sleep 0.05; done" if gate else "sleep 0.1"
 
     tasks = "".join(
         f"    - {{task_id: l{level}t{lane}, command: '{command(level)}', timeout_s: 120, "
