@@ -104,8 +104,12 @@ def test_big_workflows_print_a_summary_and_the_queue_and_reprioritize_work(pair,
     bad = runner.invoke(app, ["reprioritize", "wf-big", "nope", "high"], env=env)
     assert bad.exit_code == 1 and "unknown task" in bad.output
     gate.touch()
-    assert client.wait_workflow("wf-big", timeout_s=120)["state"] == "completed"
-    assert order.read_text().split()[0] == "t119"
+    finished = client.wait_workflow("wf-big", timeout_s=120)
+    assert finished["state"] == "completed" and len(order.read_text().split()) == 120
+    # Four slots free at once run four tasks side by side, so the order their echoes reach the file
+    # is a race; the leader's dispatch time is not: the urgent one left first.
+    started_ms = {task_id: task["started_ms"] for task_id, task in finished["tasks"].items()}
+    assert started_ms["t119"] <= min(started_ms[f"t{i:03}"] for i in range(119))
 
 
 def test_finished_workflows_beyond_the_retention_are_forgotten_and_status_says_so(pair):
