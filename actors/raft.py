@@ -128,6 +128,7 @@ class RaftActor(Actor):
         self._peer_refs: dict[str, tuple[str, Any]] = {}
         self._leading = False  # as the last Ready's soft state said
         self._in_ready = False
+        self._stopped = False  # on_stop closed the storage: later rounds' hooks must not write
         self.disk_failure: str | None = None  # why the last write failed, until one succeeds
         self._held: tuple[Any, list] | None = None  # (a Ready whose write failed, its messages to send)
         self._held_compaction: tuple[int, Snapshot] | None = None
@@ -164,6 +165,7 @@ class RaftActor(Actor):
     def on_stop(self) -> None:
         if self._timer_id is not None:
             self.node.cancel_timer(self._timer_id)
+        self._stopped = True
         self.storage.close()
 
     # ------------------------------------------------------------------ messages
@@ -179,6 +181,8 @@ class RaftActor(Actor):
             self._watchers.append(message)
             self._watch_routes = {}
             return None
+        if self._stopped:  # what arrives between on_stop and the transport's end: as if cut off
+            return Redirect(None, None) if kind in _CLIENT_REQUESTS else None
         if self.disk_failure is not None:
             return self._receive_with_a_failed_disk(message)
         if kind in _RAFT_MESSAGES:
@@ -337,8 +341,8 @@ class RaftActor(Actor):
     # ------------------------------------------------------------------ the Ready loop
 
     def _process_ready(self) -> None:
-        if self._in_ready:
-            return  # re-entered from inside the loop below: the outer loop picks the work up
+        if self._in_ready or self._stopped:
+            return  # re-entered from inside the loop below (the outer loop picks the work up), or stopped
         self._in_ready = True
         try:
             while True:

@@ -88,6 +88,34 @@ def test_a_master_whose_writes_fail_acknowledges_nothing_says_why_and_recovers(t
         master.stop()
 
 
+def test_a_raft_actor_stopped_mid_round_writes_nothing_more(tmp_path):
+    """Messages and ticks of the round in which a master stops still reach the core; the round's
+    end must not write them to the storage on_stop closed (a shutdown logged
+    "Cannot operate on a closed database" from the Ready loop once)."""
+    master = Master(mode="leader", port=16460, data_dir=str(tmp_path), node_id="m1")
+    try:
+        raft = master.node.actor(RAFT_ACTOR)
+        outcome: list = []
+        finished = threading.Event()
+
+        def stop_then_round() -> None:
+            try:
+                raft.on_stop()
+                raft.core.campaign()  # a new term: a Ready that must be written
+                raft._process_ready()
+                outcome.append(raft.receive(Noop("late")))
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                outcome.append(exc)
+            finally:
+                finished.set()
+
+        master.node.transport.call(stop_then_round)
+        assert finished.wait(10)
+        assert raft.disk_failure is None and len(outcome) == 1 and not isinstance(outcome[0], BaseException)
+    finally:
+        master.stop()
+
+
 # --------------------------------------------------------------------------- real masters, real disks
 
 def _loop_disk_unavailable() -> str | None:
