@@ -265,6 +265,9 @@ class ObserverActor(Actor):
         leader, term = raft["leader"], raft["term"]
         if raft.get("disk_error"):
             reason = f"cannot write its Raft log, so it neither votes nor acknowledges: {raft['disk_error']}"
+        elif raft.get("snapshot_error"):
+            reason = (f"cannot load the leader's {raft['snapshot_error']}, so it neither votes nor acknowledges; "
+                      "start it again to fetch a new snapshot")
         elif leader is None:
             reason = (f"no leader known in term {term}: an election is under way, "
                       "or this master is cut off from a majority of the masters")
@@ -277,7 +280,8 @@ class ObserverActor(Actor):
         agent_stats = self.sources.agent_stats()
         document = {
             "node_id": self.node.node_id, "kind": "master", "role": raft["role"], "leader": leader, "term": term,
-            "serving": leader is not None and not raft.get("disk_error"), "reason": reason,
+            "serving": leader is not None and not raft.get("disk_error") and not raft.get("snapshot_error"),
+            "reason": reason,
             "endpoint": self.node.endpoint, "pub_endpoint": self.node.pub_endpoint,
             "raft": raft, "counters": self.node.stats(), "connections": self.node.inbound_connections(),
             "tasks": tasks_by_state(state.workflows), "workflows": workflows_by_state(state.workflows),

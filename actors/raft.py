@@ -23,6 +23,9 @@ Rules:
   answers clients with a redirect, as if cut off; it says why in its status (``disk_error``,
   hence /health) and its log, tries the write again every ``DISK_RETRY_S``, and goes on from
   where it stopped once the disk takes it.
+* A snapshot from the leader that it cannot load (damaged bytes, another version's format)
+  stops it the same way, for good: nothing of it is written or acknowledged, /health and the
+  log say why once, and a restart fetches the leader's snapshot anew.
 * A proposal is answered only once its entry is applied; if another leader's entry takes its
   index, the proposer is told ``not_committed`` and retries (client sessions make that safe).
 * Other actors reach it only through the ``ControlPlane`` the master hands them: they propose,
@@ -130,6 +133,7 @@ class RaftActor(Actor):
         self._in_ready = False
         self._stopped = False  # on_stop closed the storage: later rounds' hooks must not write
         self.disk_failure: str | None = None  # why the last write failed, until one succeeds
+        self.snapshot_failure: str | None = None  # why the leader's snapshot could not be loaded
         self._held: tuple[Any, list] | None = None  # (a Ready whose write failed, its messages to send)
         self._held_compaction: tuple[int, Snapshot] | None = None
         self._timer_id: int | None = None
@@ -183,7 +187,7 @@ class RaftActor(Actor):
             return None
         if self._stopped:  # what arrives between on_stop and the transport's end: as if cut off
             return Redirect(None, None) if kind in _CLIENT_REQUESTS else None
-        if self.disk_failure is not None:
+        if self.disk_failure is not None or self.snapshot_failure is not None:
             return self._receive_with_a_failed_disk(message)
         if kind in _RAFT_MESSAGES:
             if not numbers_in_range(message, MAX_RAFT_NUMBER):
@@ -230,7 +234,7 @@ class RaftActor(Actor):
     def _on_disconnect(self, endpoint: str) -> None:
         core = self.core
         leader = core.leader_id
-        if (self.disk_failure is not None or leader is None or core.role == LEADER
+        if (self.disk_failure is not None or self.snapshot_failure is not None or leader is None or core.role == LEADER
                 or self.control.endpoint_of(leader) != endpoint):
             return
         core.forget_leader()
@@ -356,13 +360,18 @@ class RaftActor(Actor):
 
     def _ready_loop(self) -> None:
         core = self.core
-        while self.disk_failure is None and core.has_ready():
+        while self.disk_failure is None and self.snapshot_failure is None and core.has_ready():
             ready = core.ready()
             if ready.soft_state is not None:
                 self._leading = ready.soft_state.role == LEADER
                 self.control.leader_id = ready.soft_state.leader_id
             if ready.snapshot is not None:
-                self.state = self.control.state = ControlState.from_snapshot(ready.snapshot.data)
+                try:
+                    state = ControlState.from_snapshot(ready.snapshot.data)
+                except Exception as exc:  # noqa: BLE001 - damaged bytes or another version's format
+                    self._snapshot_unloadable(ready.snapshot.meta.index, exc)
+                    return
+                self.state = self.control.state = state
                 log.info("Node %s installed the leader's snapshot at index %d", self.node.node_id,
                          ready.snapshot.meta.index)
             later = ready.messages
@@ -435,6 +444,17 @@ class RaftActor(Actor):
             self.control.leader_id = None
         self._leading = False
         self.node.after(DISK_RETRY_S, self.node.lookup(self.address), DISK_RETRY_TIMER)
+
+    def _snapshot_unloadable(self, index: int, exc: Exception) -> None:
+        """The leader's snapshot cannot become this master's state: stop as a failed disk does
+        (the Ready is dropped unwritten), without retrying, since the core holds it as installed."""
+        self.snapshot_failure = f"snapshot at index {index}: {type(exc).__name__}: {exc}"
+        self.node.count("raft_snapshot_load_failures")
+        log.error("Node %s cannot load the leader's %s. It stops voting, acknowledging and serving; "
+                  "start it again to fetch the leader's snapshot anew", self.node.node_id, self.snapshot_failure)
+        if self.control.leader_id == self.node.node_id:
+            self.control.leader_id = None
+        self._leading = False
 
     def _retry_disk(self) -> None:
         try:
@@ -559,6 +579,7 @@ class RaftActor(Actor):
                         if node_id in core.voters or node_id in core.learners},
             "stats": dict(core.stats),
             "disk_error": self.disk_failure,
+            "snapshot_error": self.snapshot_failure,
         }
         if digest:
             status["state_digest"] = hashlib.blake2b(self.state.to_snapshot(), digest_size=16).hexdigest()

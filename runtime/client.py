@@ -490,7 +490,10 @@ class Client:
                 out.append({"id": node_id, "address": members[node_id], "role": None, "term": None,
                             "commit_index": None, "last_applied": None, "reachable": False})
             else:
-                out.append({"id": node_id, "address": view["address"], "role": view["role"], "term": view["term"],
+                # A master the leader has just added calls itself a follower until the leader's
+                # first append reaches it; the leader's configuration says what it is.
+                role = "learner" if leader is not None and node_id in leader["learners"] else view["role"]
+                out.append({"id": node_id, "address": view["address"], "role": role, "term": view["term"],
                             "commit_index": view["commit_index"], "last_applied": view["last_applied"],
                             "reachable": True})
         return {"leader": leader["id"] if leader else None,

@@ -23,7 +23,7 @@ import pytest
 from agentflow.master import Master
 from protocols.control import ClientCommand, Noop, TransferLeadership
 from protocols.names import RAFT_ACTOR
-from protocols.raft import ENTRY_NORMAL
+from protocols.raft import ENTRY_NORMAL, AppendEntries, InstallSnapshot, SnapshotMeta
 from protocols.wire import decode
 from runtime.client import Client, ClusterUnavailable
 from runtime.storage import RaftStorage, StorageError
@@ -112,6 +112,45 @@ def test_a_raft_actor_stopped_mid_round_writes_nothing_more(tmp_path):
         master.node.transport.call(stop_then_round)
         assert finished.wait(10)
         assert raft.disk_failure is None and len(outcome) == 1 and not isinstance(outcome[0], BaseException)
+    finally:
+        master.stop()
+
+
+def test_a_snapshot_the_master_cannot_load_stops_it_once_and_loudly_writing_nothing(tmp_path, caplog):
+    """A leader's snapshot that is not a state this master can load (damaged bytes, another
+    version's format) used to fail the Ready loop on every transport round, a traceback each."""
+    caplog.set_level(logging.INFO, logger="agentflow.raft")
+    # Not the first of its leader URL: it waits to be added and takes a leader's messages.
+    master = Master(mode="master", port=16480, leader_url="127.0.0.1:16495", data_dir=str(tmp_path), node_id="m2")
+    try:
+        raft = master.node.actor(RAFT_ACTOR)
+        meta = SnapshotMeta(index=50, term=3, voters=["m1", "m2", "m3"], learners=[])
+        damaged = b"\x93not a control snapshot"
+        finished = threading.Event()
+
+        def leader_sends() -> None:
+            try:
+                raft.receive(InstallSnapshot("m1", "m2", 3, meta, 0, len(damaged), damaged, True))
+                raft._process_ready()
+                for _ in range(3):  # later appends are dropped, not stepped
+                    raft.receive(AppendEntries("m1", "m2", 3, 50, 3, [], 50))
+                    raft._process_ready()
+            finally:
+                finished.set()
+
+        master.node.transport.call(leader_sends)
+        assert finished.wait(10)
+        status = raft.status()
+        assert status["snapshot_error"].startswith("snapshot at index 50") and status["disk_error"] is None
+        assert status["last_applied"] == 0
+        code, body = health(16490)
+        assert code == 503 and "cannot load the leader's snapshot at index 50" in body["reason"]
+        counters = master.node.stats()
+        assert counters["raft_snapshot_load_failures"] == 1 and counters["raft_dropped_disk_failed"] == 3
+        errors = [r for r in caplog.records if "cannot load the leader's snapshot" in r.getMessage()]
+        assert len(errors) == 1 and not any(r.exc_info for r in caplog.records)
+        with RaftStorage(raft.storage.path) as stored:
+            assert stored.load().snapshot is None  # nothing of it written, so a restart asks again
     finally:
         master.stop()
 
