@@ -71,6 +71,8 @@ JOIN_RETRY_S = 0.2
 # 8,200 entries that took over a second on a loaded machine, and the 1 s ask made the master exit
 # ("cannot start") in a chaos run. Start-up asks wait this long.
 RECOVERY_S = 120.0
+# A Raft log write running longer than this, while the node does not answer, is why /health says.
+STALLED_WRITE_S = 1.0
 BOOTSTRAP_CHECK_S = 1.0  # how long the first master of --leader-url asks the others for a leader
 
 
@@ -151,9 +153,11 @@ class Master:
         counts = functools.partial(self.stats, workflow_limit=0)
         self.metrics = MasterMetrics(counts)
         self.http: HttpServer | None = None
+        self._raft_storage = None  # the RaftActor's, once spawned (read by the HTTP thread)
         try:
             if self.http_port:  # bound now (a taken port fails before anything starts), served below
-                self.http = HttpServer(host, self.http_port, self.stats, self.metrics.registry, probe=counts)
+                self.http = HttpServer(host, self.http_port, self.stats, self.metrics.registry, probe=counts,
+                                       stalled=self._stalled_write)
             # The RaftActor publishes its state and leader in the control plane; the other actors
             # propose, read and watch through it (they are all pinned: one thread).
             control = ControlPlane(self.node, RAFT_ACTOR)
@@ -177,7 +181,10 @@ class Master:
             self._tell_caps()
             self.agents = self.node.spawn(AgentDirectoryActor, control, history_size=agent_history_size,
                                           name=AGENTS_ACTOR, pinned=True)
-            self.node.actor(RAFT_ACTOR).storage.on_commit_s = self.metrics.fsync.observe
+            storage = self.node.actor(RAFT_ACTOR).storage
+            storage.on_commit_s = self.metrics.fsync.observe
+            self.metrics.write_running.set_function(storage.write_running_s)
+            self._raft_storage = storage
             self.observer = self.node.spawn(ObserverActor, control, self._observer_sources(), self.metrics,
                                             name=OBSERVER_ACTOR, pinned=True)
         except BaseException:
@@ -238,6 +245,15 @@ class Master:
         rows, or None if the node's thread did not get to it within a second."""
         observer = self.node.actor(OBSERVER_ACTOR)
         return on_node_thread(self.node, lambda: observer.snapshot(workflow_limit))
+
+    def _stalled_write(self) -> str | None:
+        """Why the node's thread may not answer, seen from another thread: a Raft log write that
+        has not returned (a disk that hangs rather than fails)."""
+        storage = self._raft_storage
+        running_s = storage.write_running_s() if storage is not None else 0.0
+        if running_s < STALLED_WRITE_S:
+            return None
+        return f"its Raft log write has not returned for {running_s:.1f} s (a disk that hangs?)"
 
     def registered(self, status: dict) -> bool:
         """A voter whose committed member record, as applied here, has its current endpoint."""

@@ -13,6 +13,9 @@ thread (``on_node_thread``) and answers within a deadline, or None.
   it reads ``probe()`` where the node has a cheaper document than the whole snapshot.
 * ``/health/live``: liveness, 200 while the process and this thread run.
 * ``/stats``: the snapshot document itself (JSON), 503 when the node did not answer in time.
+
+When the node's thread does not answer, ``stalled()`` (if given) may say why from outside it
+(a Raft log write that has not returned: a disk that hangs), and the 503's reason says so.
 """
 
 from __future__ import annotations
@@ -56,9 +59,10 @@ def on_node_thread(node: Any, build: Callable[[], Any], timeout_s: float = SNAPS
         return None
 
 
-def health_document(snapshot: dict | None) -> tuple[int, dict]:
+def health_document(snapshot: dict | None, stalled: str | None = None) -> tuple[int, dict]:
     if snapshot is None:
-        return 503, {"status": "not serving", "reason": f"the node did not answer within {SNAPSHOT_TIMEOUT_S} s"}
+        reason = f"the node did not answer within {SNAPSHOT_TIMEOUT_S} s"
+        return 503, {"status": "not serving", "reason": f"{reason}: {stalled}" if stalled else reason}
     body = {"status": "serving" if snapshot.get("serving") else "not serving", "reason": snapshot.get("reason", "")}
     body.update({key: snapshot[key] for key in HEALTH_KEYS if key in snapshot})
     return (200 if snapshot.get("serving") else 503), body
@@ -66,7 +70,8 @@ def health_document(snapshot: dict | None) -> tuple[int, dict]:
 
 class HttpServer:
     def __init__(self, host: str, port: int, snapshot: Callable[[], dict | None],
-                 registry: CollectorRegistry | None = None, probe: Callable[[], dict | None] | None = None) -> None:
+                 registry: CollectorRegistry | None = None, probe: Callable[[], dict | None] | None = None,
+                 stalled: Callable[[], str | None] = lambda: None) -> None:
         registry = registry if registry is not None else CollectorRegistry()  # (an empty /metrics)
         probe = probe or snapshot
         class Handler(BaseHTTPRequestHandler):
@@ -76,12 +81,13 @@ class HttpServer:
                     if path == "/metrics":
                         self._send(200, CONTENT_TYPE, render(registry))
                     elif path == "/health":
-                        self._json(*health_document(probe()))
+                        document = probe()
+                        self._json(*health_document(document, stalled() if document is None else None))
                     elif path == "/health/live":
                         self._json(200, {"status": "alive"})
                     elif path == "/stats":
                         document = snapshot()
-                        self._json(200, document) if document is not None else self._json(*health_document(None))
+                        self._json(200, document) if document is not None else self._json(*health_document(None, stalled()))
                     else:
                         self._json(404, {"error": "not found", "paths": ["/metrics", "/health", "/health/live", "/stats"]})
                 except Exception as exc:  # a request must never take the node down

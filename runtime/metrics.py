@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
@@ -167,6 +167,10 @@ class MasterMetrics(_Metrics):
         self.commit = h("agentflow_raft_commit_duration_seconds",
                         "From a batch of proposals entering the leader's log to its commit", COMMIT_BUCKETS_S)
         self.fsync = h("agentflow_raft_fsync_duration_seconds", "Raft log commit (fsync) to SQLite", FSYNC_BUCKETS_S)
+        # Read at scrape time on the HTTP thread: it still moves while a hung disk holds the node's.
+        self.write_running = Gauge("agentflow_raft_write_running_seconds",
+                                   "How long the Raft log write under way has run (0 between writes)",
+                                   registry=self.registry)
         self.workflows_submitted = c("agentflow_workflows_submitted", "Workflows committed while this master led")
         self.workflows_finished = c("agentflow_workflows_finished", "Workflows that ended while this master led",
                                     ("state",))

@@ -154,6 +154,9 @@ class RaftStorage:
         self.path = os.fspath(path)
         # Called with the seconds each save's COMMIT (the fsync) took: the fsync histogram.
         self.on_commit_s: Callable[[float], None] | None = None
+        # When the write under way began (None between writes): read from other threads, so that
+        # a disk that hangs, and with it the thread that writes, can still be reported.
+        self._write_started_s: float | None = None
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per save.
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -265,6 +268,7 @@ class RaftStorage:
         _check_consecutive(rows)
         last_index = self._last_index
         db = self._db
+        self._write_started_s = time.monotonic()
         try:
             # BEGIN inside the try: a disk that fails there (an I/O error, a lock it cannot take)
             # must also come out as a StorageError, which the RaftActor holds and retries.
@@ -297,9 +301,16 @@ class RaftStorage:
             if isinstance(exc, sqlite3.DatabaseError):  # disk full, I/O error, corruption
                 raise StorageError(f"{self.path}: cannot write the Raft store ({exc})") from exc
             raise
+        finally:
+            self._write_started_s = None
         self._last_index = last_index
         if snapshot_row is not None:
             self._snapshot_index, self._snapshot_term = snapshot_row[0], snapshot_row[1]
+
+    def write_running_s(self) -> float:
+        """How long the write under way has run (0.0 if none): any thread may ask."""
+        started_s = self._write_started_s
+        return 0.0 if started_s is None else max(0.0, time.monotonic() - started_s)
 
     def compact(self, upto_index: int, snapshot: Any) -> None:
         """Store ``snapshot`` and delete the entries up to ``upto_index``, in one transaction.

@@ -155,6 +155,38 @@ def test_a_snapshot_the_master_cannot_load_stops_it_once_and_loudly_writing_noth
         master.stop()
 
 
+def test_a_write_that_hangs_is_named_by_health_and_metrics_while_the_node_cannot_answer(tmp_path):
+    """A disk that hangs (rather than fails) holds the thread that writes, and with it the node:
+    /health cannot ask the node, but it can say that its Raft log write has not returned."""
+    master = Master(mode="leader", port=16500, data_dir=str(tmp_path), node_id="m1")
+    client = Client(["127.0.0.1:16500"], timeout_s=10)
+    release = threading.Event()
+    try:
+        assert client.propose(Noop("before")) == "before"
+        storage = master.node.actor(RAFT_ACTOR).storage
+        observe = storage.on_commit_s
+        storage.on_commit_s = lambda seconds: (release.wait(30), observe(seconds))  # inside the write
+        answers: list = []
+        proposer = threading.Thread(target=lambda: answers.append(client.propose(Noop("held"), timeout_s=30)))
+        proposer.start()
+        code, body = wait_for(lambda: (answer := health(16510))[0] == 503 and "has not returned" in answer[1]["reason"]
+                              and answer, 15, what="/health to name the hung write")
+        assert "did not answer" in body["reason"] and "Raft log write" in body["reason"]
+        with urllib.request.urlopen("http://127.0.0.1:16510/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        running = [line for line in metrics.splitlines() if line.startswith("agentflow_raft_write_running_seconds ")]
+        assert running and float(running[0].split()[1]) >= 1.0
+        release.set()
+        proposer.join(30)
+        assert answers == ["held"]
+        assert wait_for(lambda: health(16510)[0] == 200, 10, what="the master to serve again")
+        assert storage.write_running_s() == 0.0
+    finally:
+        release.set()
+        client.close()
+        master.stop()
+
+
 # --------------------------------------------------------------------------- real masters, real disks
 
 def _loop_disk_unavailable() -> str | None:
