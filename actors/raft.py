@@ -164,6 +164,11 @@ class RaftActor(Actor):
         self._timer_id = self.node.every(self.tick_s, self.node.lookup(self.address), "raft")
         self.node.transport.add_end_of_round_hook(self._process_ready)
         self.node.transport.on_disconnect(self._on_disconnect)
+        if self.core.voters == [self.node.node_id]:
+            # The only voter is a quorum by itself: nobody else can win, so waiting out an
+            # election timeout (1-2 s) first would only delay the cluster (etcd advances its
+            # election ticks at boot for the same reason).
+            self.core.campaign()
         self._process_ready()
 
     def on_stop(self) -> None:
@@ -184,6 +189,8 @@ class RaftActor(Actor):
         if kind is Watch:
             self._watchers.append(message)
             self._watch_routes = {}
+            if self._leading:  # it started after this master took the lead: it must hear of it too
+                message.ref.tell(LeadershipChanged(True, self.core.term))
             return None
         if self._stopped:  # what arrives between on_stop and the transport's end: as if cut off
             return Redirect(None, None) if kind in _CLIENT_REQUESTS else None

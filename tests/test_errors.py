@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -29,8 +30,10 @@ def last_line(result: subprocess.CompletedProcess) -> str:
 
 
 def test_nothing_answering_at_the_master_url_says_how_to_start_a_cluster():
-    for command in (["status"], ["workers"], ["lock", "show", "k"], ["agents"]):
-        result = agentflow(*command, "--master-url", "127.0.0.1:1")
+    commands = (["status"], ["workers"], ["lock", "show", "k"], ["agents"])
+    with ThreadPoolExecutor(len(commands)) as pool:  # each waits out the client's deadline: side by side
+        results = list(pool.map(lambda command: agentflow(*command, "--master-url", "127.0.0.1:1"), commands))
+    for result in results:
         assert result.returncode == 1
         assert "no leader answered" in last_line(result) and "agentflow up" in last_line(result)
 
