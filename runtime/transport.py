@@ -66,11 +66,6 @@ log = get_logger("transport")
 
 MAX_BATCH = 256  # envelopes per frame; bounds a frame's size and one actor hand-off's work
 DRAIN_LIMIT = 4096  # frames read from one socket per wake-up, so one busy peer cannot starve the rest
-# A peer that comes back (a restarted master, a worker starting after its masters) is reached
-# within a quarter second, not libzmq's backoff to a full second; a peer that stays down costs
-# four connection attempts a second.
-RECONNECT_IVL_MS = 50
-RECONNECT_IVL_MAX_MS = 250
 
 # Outbound work items (first element says what to do).
 _TO_PEER = 0  # (_TO_PEER, endpoint, envelope)
@@ -512,8 +507,8 @@ class Transport(threading.Thread):
         sock = self._dealers.get(endpoint)
         if sock is None:
             sock = self._socket(zmq.DEALER)
-            sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+            sock.setsockopt(zmq.RECONNECT_IVL, 50)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 250)  # a peer back up is reached in 250 ms, not 1 s
             monitor = sock.get_monitor_socket(_WATCHED_EVENTS)
             if self.curve is not None:
                 self.curve.client_options(sock, self.server_keys.get(endpoint))
