@@ -272,3 +272,6 @@ def test_reservations_never_oversubscribe(steps):
             assert entry.free_cpu >= -1e-9 and entry.free_memory_mb >= 0 and entry.free_slots >= 0
             in_use = [i for r in entry.reservations.values() for i in r.gpu_indices]
             assert sorted(in_use + entry.free_gpus) == [0, 1]  # each GPU exactly once
+            # The kept sums are the reservations' sums (placement reads the sums, not the list).
+            assert entry.reserved_cpu == pytest.approx(sum(r.cpu for r in entry.reservations.values()), abs=1e-9)
+            assert entry.reserved_memory_mb == sum(r.memory_mb for r in entry.reservations.values())
