@@ -194,7 +194,7 @@ class RaftActor(Actor):
             return None
         if self._stopped:  # what arrives between on_stop and the transport's end: as if cut off
             return Redirect(None, None) if kind in _CLIENT_REQUESTS else None
-        if self.disk_failure is not None or self.snapshot_failure is not None:
+        if self._cut_off:
             return self._receive_with_a_failed_disk(message)
         if kind in _RAFT_MESSAGES:
             if not numbers_in_range(message, MAX_RAFT_NUMBER):
@@ -223,6 +223,11 @@ class RaftActor(Actor):
             return self._transfer(message.to)
         return ErrorRecord("unknown_message", type(message).__name__)
 
+    @property
+    def _cut_off(self) -> bool:
+        """It must neither acknowledge nor vote: its disk failed, or it could not load a snapshot."""
+        return self.disk_failure is not None or self.snapshot_failure is not None
+
     def _receive_with_a_failed_disk(self, message: Any) -> Any:
         """Like a master cut off from the others: nothing reaches the core until the disk is back."""
         kind = type(message)
@@ -241,7 +246,7 @@ class RaftActor(Actor):
     def _on_disconnect(self, endpoint: str) -> None:
         core = self.core
         leader = core.leader_id
-        if (self.disk_failure is not None or self.snapshot_failure is not None or leader is None or core.role == LEADER
+        if (self._cut_off or leader is None or core.role == LEADER
                 or self.control.endpoint_of(leader) != endpoint):
             return
         core.forget_leader()
@@ -367,7 +372,7 @@ class RaftActor(Actor):
 
     def _ready_loop(self) -> None:
         core = self.core
-        while self.disk_failure is None and self.snapshot_failure is None and core.has_ready():
+        while not self._cut_off and core.has_ready():
             ready = core.ready()
             if ready.soft_state is not None:
                 self._leading = ready.soft_state.role == LEADER
@@ -459,9 +464,6 @@ class RaftActor(Actor):
         self.node.count("raft_snapshot_load_failures")
         log.error("Node %s cannot load the leader's %s. It stops voting, acknowledging and serving; "
                   "start it again to fetch the leader's snapshot anew", self.node.node_id, self.snapshot_failure)
-        if self.control.leader_id == self.node.node_id:
-            self.control.leader_id = None
-        self._leading = False
 
     def _retry_disk(self) -> None:
         try:
