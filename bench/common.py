@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bench.peers.child import percentile  # noqa: F401 - the benchmarks' one percentile, also here
@@ -81,10 +82,10 @@ def report(benchmark: str, results: list[Result], json_path: str | None, **extra
         table.add_column(column)
     for r in results:
         ratio = r.ratio
-        table.add_row(
-            f"{r.metric} [{r.unit}]",
+        table.add_row(  # escaped: rich took "[us]" and a peer's "pip install -e '.[bench]'" for markup
+            escape(f"{r.metric} [{r.unit}]"),
             "not built" if r.agentflow is None else f"{r.agentflow:,.1f}",
-            r.peer,
+            escape(r.peer),
             "missing" if r.peer_value is None else f"{r.peer_value:,.1f}",
             "-" if ratio is None else f"{ratio:.2f}x",
         )

@@ -6,7 +6,11 @@
 Workloads, each run on every system in the same run:
 * ``noop_tasks_per_s``: N independent tasks calling a function that does nothing;
 * ``chain_ms_per_hop``: a chain of dependent tasks, wall time divided by its length;
-* ``fanout_5000_s``: one root, 5,000 children, one join, wall time.
+* ``fanout_5000_s``: one root, 5,000 children, one join, wall time;
+* ``cpu_us_per_task``: the CPU the no-op workload cost per task in all processes together: the
+  benchmark process (AgentFlow's client, a peer's driver) and every process under it (masters,
+  workers, task processes; a peer's scheduler, raylet and workers), read the same way for each
+  system (bench/peers/child.py ``tree_cpu_s``).
 Every AgentFlow completion is committed through Raft. Peers, each a child process under a
 deadline (bench/peers/): Ray with its defaults on 127.0.0.1 (one worker process per core), in
 its own venv (.venv-peers/ray, made through pip on first use); Dask LocalCluster(n_workers=2,
@@ -22,9 +26,9 @@ run to run, and reports ``METRIC_curve`` rows and a ``"curve"`` document (bench/
 (``noop_leader_cpu_us_per_task``, ...) and in libzmq's I/O threads, where CURVE's crypto runs
 (``noop_leader_zmq_io_cpu_us_per_task``, ...). Without ``--curve`` one cluster serves all runs.
 
-Every AgentFlow run also prints the CPU each workload cost per task by process kind (the leader,
-the followers, the workers, the workers' task processes; Linux's per-thread schedstat, in ns),
-and the document's ``cpu_us_per_task_by_process`` holds their medians.
+Every AgentFlow run also prints the CPU each workload cost per task by process kind (the client,
+the leader, the followers, the workers, the workers' task processes; Linux's per-thread
+schedstat, in ns), and the document's ``cpu_us_per_task_by_process`` holds their medians.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (PEERS, CurveSetup, Result, cpu_s_by_thread, cpu_us_per_item, curve_order,  # noqa: E402
                           curve_report, peer_python, report, run_child)
+from bench.peers.child import tree_cpu_s  # noqa: E402
 from protocols.workflow_spec import TaskNode, TaskResources, Workflow  # noqa: E402
 from runtime.client import Client  # noqa: E402
 from agentflow.cluster import LocalCluster  # noqa: E402
@@ -83,7 +88,7 @@ def agentflow_wall_s(client: Client, workflow: Workflow) -> float:
     return elapsed
 
 
-PROCESS_KINDS = ("leader", "followers", "workers", "task_processes")
+PROCESS_KINDS = ("client", "leader", "followers", "workers", "task_processes")
 
 
 def cpu_s_by_kind(local: LocalCluster, leader_id: str) -> dict[str, float]:
@@ -94,6 +99,8 @@ def cpu_s_by_kind(local: LocalCluster, leader_id: str) -> dict[str, float]:
 
     def add(kind: str, pid: int) -> None:
         totals[kind] += sum(cpu_s_by_thread(pid).values())
+
+    add("client", os.getpid())  # this process: the Client's threads, and libzmq's
 
     for master in local.masters:
         add("leader" if master.node_id == leader_id else "followers", master.proc.pid)
@@ -132,9 +139,12 @@ def agentflow_runs(args, runs: dict[str, list[float]], count: int, curve: CurveS
                                              ("fanout", "fanout", args.fanout)):
                     workflow = agentflow_workflow(kind, size)
                     cpu_before, kinds_before = cpu_s_by_thread(leader_pid), cpu_s_by_kind(local, leader_id)
+                    tree_before_s = tree_cpu_s()
                     wall_s = agentflow_wall_s(client, workflow)
+                    tree_us = (tree_cpu_s() - tree_before_s) * 1e6 / len(workflow.tasks)
                     cpu_us, zmq_io_cpu_us = cpu_us_per_item(cpu_before, cpu_s_by_thread(leader_pid), len(workflow.tasks))
                     kinds_after = cpu_s_by_kind(local, leader_id)
+                    runs.setdefault(f"{workload}_cpu_us_per_task", []).append(tree_us)
                     for kind in PROCESS_KINDS:
                         runs.setdefault(f"{workload}_cpu_{kind}", []).append(
                             (kinds_after[kind] - kinds_before[kind]) * 1e6 / len(workflow.tasks))
@@ -163,6 +173,7 @@ def agentflow_runs(args, runs: dict[str, list[float]], count: int, curve: CurveS
 
 PEER_RUN_TIMEOUT_S = 1800
 WORKLOADS = ("noop", "chain", "fanout")
+PEER_KEYS = (*WORKLOADS, "noop_cpu_us_per_task")  # what a peer's script reports
 
 
 def peer_runs(name: str, args) -> tuple[str, dict[str, list[float]]]:
@@ -178,11 +189,11 @@ def peer_runs(name: str, args) -> tuple[str, dict[str, list[float]]]:
             found = run_child([python, str(PEERS / f"{name}_tasks.py"), "--runs", str(args.runs), "--tasks",
                                str(args.tasks), "--chain", str(args.chain), "--fanout", str(args.fanout)],
                               PEER_RUN_TIMEOUT_S)
-            return found["peer"], {workload: found[workload] for workload in WORKLOADS}
+            return found["peer"], {key: found.get(key, []) for key in PEER_KEYS}
         except RuntimeError as exc:
             why = str(exc)
     print(f"{name}: {why}", file=sys.stderr)
-    return f"{name} ({why})", {workload: [] for workload in WORKLOADS}
+    return f"{name} ({why})", {key: [] for key in PEER_KEYS}
 
 
 def best_peer(peers: dict[str, tuple[str, dict]], workload: str, higher_is_better: bool) -> tuple[str, list[float]]:
@@ -222,6 +233,7 @@ def main() -> None:
 
     runs: dict[str, list[float]] = {workload: [] for workload in WORKLOADS}
     agentflow_runs(args, runs, args.runs)
+    metrics["noop_cpu_us_per_task"] = ("cpu_us_per_task", "us", False)
     peers = {name: peer_runs(name, args) for name in ("ray", "dask")}
     results = []
     for suffix, choose in (("", None), ("_vs_ray", "ray"), ("_vs_dask", "dask")):

@@ -68,6 +68,39 @@ def sequential_pairs(acquire: Callable[[], bool], release: Callable[[], bool], p
     return pairs / (time.perf_counter() - started), samples
 
 
+def tree_cpu_s(pid: int | None = None) -> float:
+    """CPU seconds used so far by process ``pid`` (default: this one) and every live descendant,
+    all threads, from Linux's per-thread schedstat (ns): the task benchmark's CPU per task, read
+    the same way for AgentFlow's processes and a peer's (its driver, and the servers and workers
+    it started). 0.0 where /proc has no schedstat."""
+    root = os.getpid() if pid is None else pid
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    total_ns, todo = 0, [root]
+    while todo:
+        process = todo.pop()
+        todo.extend(children.get(process, ()))
+        try:
+            threads = os.listdir(f"/proc/{process}/task")
+        except OSError:
+            continue
+        for thread in threads:
+            try:
+                with open(f"/proc/{process}/task/{thread}/schedstat") as schedstat:
+                    total_ns += int(schedstat.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return total_ns / 1e9
+
+
 def task_arguments() -> argparse.Namespace:
     """The task benchmark's workload sizes, as bench/tasks.py passes them to a peer's script."""
     parser = argparse.ArgumentParser()

@@ -17,7 +17,7 @@ import time
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from child import emit, task_arguments  # noqa: E402
+from child import emit, task_arguments, tree_cpu_s  # noqa: E402
 
 import dask  # noqa: E402
 from distributed import Client, LocalCluster, wait  # noqa: E402
@@ -32,16 +32,17 @@ def noop(*_args):
 def main() -> None:
     args = task_arguments()
     logging.getLogger("distributed").setLevel(logging.CRITICAL)  # its shutdown chatter is not a result
-    runs: dict[str, list[float]] = {"noop": [], "chain": [], "fanout": []}
+    runs: dict[str, list[float]] = {"noop": [], "chain": [], "fanout": [], "noop_cpu_us_per_task": []}
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                       host="127.0.0.1") as cluster, Client(cluster, timeout=60) as client:
         client.submit(noop, 0).result(timeout=TIMEOUT_S)
         for _ in range(args.runs):
-            started = time.perf_counter()
+            started, cpu_s = time.perf_counter(), tree_cpu_s()
             futures = client.map(noop, range(args.tasks), pure=False)
             wait(futures, timeout=TIMEOUT_S)
             client.gather(futures)
             runs["noop"].append(args.tasks / (time.perf_counter() - started))
+            runs["noop_cpu_us_per_task"].append((tree_cpu_s() - cpu_s) * 1e6 / args.tasks)  # client, scheduler, workers
 
             started = time.perf_counter()
             future = client.submit(noop, 0, pure=False)

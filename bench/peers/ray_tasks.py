@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from child import emit, ray_init, ray_local_only, task_arguments  # noqa: E402
+from child import emit, ray_init, ray_local_only, task_arguments, tree_cpu_s  # noqa: E402
 
 ray_local_only()
 import ray  # noqa: E402
@@ -32,13 +32,14 @@ def noop(*_args):
 def main() -> None:
     args = task_arguments()
     ray_init(ray)
-    runs: dict[str, list[float]] = {"noop": [], "chain": [], "fanout": []}
+    runs: dict[str, list[float]] = {"noop": [], "chain": [], "fanout": [], "noop_cpu_us_per_task": []}
     try:
         ray.get([noop.remote() for _ in range(200)], timeout=TIMEOUT_S)  # warm-up: worker processes up
         for _ in range(args.runs):
-            started = time.perf_counter()
+            started, cpu_s = time.perf_counter(), tree_cpu_s()
             ray.get([noop.remote() for _ in range(args.tasks)], timeout=TIMEOUT_S)
             runs["noop"].append(args.tasks / (time.perf_counter() - started))
+            runs["noop_cpu_us_per_task"].append((tree_cpu_s() - cpu_s) * 1e6 / args.tasks)  # driver, raylet, workers
 
             started = time.perf_counter()
             future = noop.remote(0)
