@@ -165,9 +165,8 @@ class RaftActor(Actor):
         self.node.transport.add_end_of_round_hook(self._process_ready)
         self.node.transport.on_disconnect(self._on_disconnect)
         if self.core.voters == [self.node.node_id]:
-            # The only voter is a quorum by itself: nobody else can win, so waiting out an
-            # election timeout (1-2 s) first would only delay the cluster (etcd advances its
-            # election ticks at boot for the same reason).
+            # A quorum by itself: waiting out an election timeout (1-2 s) would only delay the
+            # cluster (etcd advances its election ticks at boot for the same reason).
             self.core.campaign()
         self._process_ready()
 
