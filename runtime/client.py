@@ -286,10 +286,14 @@ class Client:
         deadline = time.monotonic() + timeout_s
         tried: list[str] = []
         turn = 0
+        refused = False  # the last try of every master found nothing listening
         while True:
             now = time.monotonic()
             remaining = deadline - now
             if remaining <= 0:
+                if refused:
+                    raise ClusterUnavailable(f"no leader answered within {timeout_s} s: nothing listens at "
+                                             f"{', '.join(self.masters)} (every connection refused)")
                 raise ClusterUnavailable(
                     f"no leader answered within {timeout_s} s (tried {', '.join(dict.fromkeys(tried)) or 'nothing'})")
             endpoint = self._leader_endpoint
@@ -304,7 +308,8 @@ class Client:
                 self._suspects[endpoint] = time.monotonic() + SUSPECT_S
                 self._leader_endpoint = None
                 now = time.monotonic()
-                if isinstance(exc, PeerUnreachable) and all(self._suspects.get(m, 0.0) > now for m in self.masters):
+                refused = isinstance(exc, PeerUnreachable) and all(self._suspects.get(m, 0.0) > now for m in self.masters)
+                if refused:
                     # Every master refused at once: without a pause a cluster that is down is asked
                     # in a tight loop, a new socket each time, until ZeroMQ runs out of sockets.
                     self._pause(deadline)
@@ -312,9 +317,11 @@ class Client:
             except RemoteError as exc:
                 if exc.kind != "not_committed":
                     raise
+                refused = False
                 self._pause(deadline)
                 continue
             self._suspects.pop(endpoint, None)
+            refused = False
             if isinstance(answer, Redirect):
                 target = answer.leader_endpoint
                 if target and target != endpoint and self._suspects.get(target, 0.0) <= time.monotonic():
