@@ -51,7 +51,7 @@ from protocols.raft import RaftConfig
 from protocols.retention import DEFAULT_RETAIN_MS, DEFAULT_RETAIN_WORKFLOWS, RetentionPolicy
 from protocols.rounds import workers_table
 from protocols.tenants import running_caps
-from protocols.wire import DEFAULT_COMPRESS_MIN_BYTES, ErrorRecord, Redirect
+from protocols.wire import DEFAULT_COMPRESS_MIN_BYTES, DEFAULT_MAX_FRAME_BYTES, ErrorRecord, Redirect
 from agentflow.addresses import advertised_address, parse_advertise, unresolved
 from runtime.client import parse_master_urls
 from runtime.future import AskTimeout, RemoteError
@@ -71,6 +71,9 @@ JOIN_RETRY_S = 0.2
 # 8,200 entries that took over a second on a loaded machine, and the 1 s ask made the master exit
 # ("cannot start") in a chaos run. Start-up asks wait this long.
 RECOVERY_S = 120.0
+# The most a workflow, a result or a snapshot chunk may be: what a frame carries, less room for the
+# message around it.
+MAX_MESSAGE_BYTES = DEFAULT_MAX_FRAME_BYTES - (1 << 20)
 # A Raft log write running longer than this, while the node does not answer, is why /health says.
 STALLED_WRITE_S = 1.0
 BOOTSTRAP_CHECK_S = 1.0  # how long the first master of --leader-url asks the others for a leader
@@ -129,6 +132,11 @@ class Master:
                               ("--max-connections-per-peer", max_connections_per_peer)):
             if value < 1:
                 raise ValueError(f"{option} must be at least 1, not {value}")
+        for option, value in (("--snapshot-chunk-bytes", snapshot_chunk_bytes), ("--max-result-bytes", max_result_bytes),
+                              ("--max-workflow-bytes", max_workflow_bytes)):
+            if value > MAX_MESSAGE_BYTES:  # it could never travel: every message is one frame
+                raise ValueError(f"{option} must be at most {MAX_MESSAGE_BYTES} ({MAX_MESSAGE_BYTES >> 20} MiB, what "
+                                 f"one message can carry), not {value}")
         self.mode = mode
         self.leader_endpoints = parse_master_urls(leader_url) if leader_url else []
         advertise_host, advertise_port = advertised_address(host, parse_advertise(advertise))

@@ -34,6 +34,15 @@ def submit(path, master_url: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
+def test_a_limit_no_message_could_carry_is_refused_at_start_naming_the_option(tmp_path):
+    for option in ("--max-workflow-bytes", "--max-result-bytes", "--snapshot-chunk-bytes"):
+        started = subprocess.run([sys.executable, "-m", "agentflow.cli", "master", "--port", "10160", "--data-dir",
+                                  str(tmp_path), option, str(100 * MIB)], capture_output=True, text=True, timeout=60)
+        lines = [line for line in started.stderr.splitlines() if line.startswith("agentflow: ")]
+        assert started.returncode == 2 and len(lines) == 1 and "Traceback" not in started.stderr, started.stderr
+        assert f"{option} must be at most {63 * MIB} (63 MiB, what one message can carry)" in lines[0]
+
+
 def test_a_master_refuses_workflows_over_its_limits_with_one_line_naming_the_option(tmp_path):
     options = ["--max-tasks-per-workflow", "3", "--max-pending-workflows", "1"]
     with running_cluster(tmp_path / "cluster", masters=1, workers=0, first_port=18950,
