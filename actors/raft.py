@@ -194,7 +194,7 @@ class RaftActor(Actor):
         if self._stopped:  # what arrives between on_stop and the transport's end: as if cut off
             return Redirect(None, None) if kind in _CLIENT_REQUESTS else None
         if self._cut_off:
-            return self._receive_with_a_failed_disk(message)
+            return self._receive_cut_off(message)
         if kind in _RAFT_MESSAGES:
             if not numbers_in_range(message, MAX_RAFT_NUMBER):
                 self.node.count("raft_out_of_range")
@@ -227,8 +227,8 @@ class RaftActor(Actor):
         """It must neither acknowledge nor vote: its disk failed, or it could not load a snapshot."""
         return self.disk_failure is not None or self.snapshot_failure is not None
 
-    def _receive_with_a_failed_disk(self, message: Any) -> Any:
-        """Like a master cut off from the others: nothing reaches the core until the disk is back."""
+    def _receive_cut_off(self, message: Any) -> Any:
+        """As if cut off: nothing reaches the core until the disk is back (for good after a bad snapshot)."""
         kind = type(message)
         if kind in _RAFT_MESSAGES:
             self.node.count("raft_dropped_disk_failed")

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bench.peers.child import percentile  # noqa: F401 - the benchmarks' one percentile, also here
+from bench.peers.child import percentile, thread_cpu_s  # noqa: F401 - the benchmarks' one percentile, also here
 
 
 @dataclass
@@ -181,18 +181,12 @@ class CurveSetup:
 
 
 def cpu_s_by_thread(pid: int) -> dict[str, float]:
-    """CPU seconds process ``pid``'s live threads have used so far: ``"zmq_io"`` in libzmq's I/O
-    threads (where CURVE encrypts and decrypts every frame), ``"other"`` in the rest (Python's).
-    From Linux's /proc/PID/task/TID/schedstat, in nanoseconds (the clock-tick times of ``stat``
-    and psutil are 10 ms: too coarse for a thread that runs 1 us per commit)."""
+    """CPU seconds process ``pid``'s live threads have used so far (bench/peers/child.py
+    ``thread_cpu_s``): ``"zmq_io"`` in libzmq's I/O threads (where CURVE encrypts and decrypts
+    every frame), ``"other"`` in the rest (Python's)."""
     totals = {"zmq_io": 0.0, "other": 0.0}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            name = (task / "comm").read_text().strip()
-            ran_ns = int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):  # the thread ended meanwhile
-            continue
-        totals["zmq_io" if name.startswith("ZMQbg/IO") else "other"] += ran_ns / 1e9
+    for name, seconds in thread_cpu_s(pid):
+        totals["zmq_io" if name.startswith("ZMQbg/IO") else "other"] += seconds
     return totals
 
 

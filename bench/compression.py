@@ -254,7 +254,7 @@ def end_to_end(frame_names: list[str], codec_names: list[str], frames_per_run: i
         context.term()
         if server.poll() is None:
             server.kill()
-            server.wait()
+            server.wait(timeout=10)
     return {frame: {way: round(statistics.median(samples), 1) for way, samples in ways.items()}
             for frame, ways in out.items()}
 

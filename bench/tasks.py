@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (PEERS, CurveSetup, Result, cpu_s_by_thread, cpu_us_per_item, curve_order,  # noqa: E402
                           curve_report, peer_python, report, run_child)
-from bench.peers.child import tree_cpu_s  # noqa: E402
+from bench.peers.child import thread_cpu_s, tree_cpu_s  # noqa: E402
 from protocols.workflow_spec import TaskNode, TaskResources, Workflow  # noqa: E402
 from runtime.client import Client  # noqa: E402
 from agentflow.cluster import LocalCluster  # noqa: E402
@@ -92,16 +92,15 @@ PROCESS_KINDS = ("client", "leader", "followers", "workers", "task_processes")
 
 
 def cpu_s_by_kind(local: LocalCluster, leader_id: str) -> dict[str, float]:
-    """CPU seconds used so far by the leader, the followers, the workers and the workers' task
-    processes (their live children, read from /proc like ``cpu_s_by_thread``; a task process
-    recycled during a workload takes its CPU with it, so that figure is a floor)."""
+    """CPU seconds used so far by this process (the client), the leader, the followers, the
+    workers and the workers' task processes (their live children; a task process recycled during
+    a workload takes its CPU with it, so that figure is a floor, as an ended one counts nothing)."""
     totals = dict.fromkeys(PROCESS_KINDS, 0.0)
 
     def add(kind: str, pid: int) -> None:
-        totals[kind] += sum(cpu_s_by_thread(pid).values())
+        totals[kind] += sum(seconds for _, seconds in thread_cpu_s(pid))
 
-    add("client", os.getpid())  # this process: the Client's threads, and libzmq's
-
+    add("client", os.getpid())  # the Client's threads, and libzmq's
     for master in local.masters:
         add("leader" if master.node_id == leader_id else "followers", master.proc.pid)
     for worker in local.workers:
@@ -111,10 +110,7 @@ def cpu_s_by_kind(local: LocalCluster, leader_id: str) -> dict[str, float]:
         except psutil.NoSuchProcess:
             children = []
         for child in children:
-            try:
-                add("task_processes", child.pid)
-            except FileNotFoundError:  # it ended meanwhile
-                pass
+            add("task_processes", child.pid)
     return totals
 
 

@@ -177,28 +177,24 @@ class QueueService:
             capped.cap(request.capped)
         if request.settle_round and request.settle_round == self._loan_round:
             self._settle(request.settle_return)
-        routed = bool(capped.queues)  # else every key is the main queue's: no routing per task
-        for key in request.remove:
-            if not (capped.of(key) if routed else queue).remove(key):
+        for key in request.remove:  # (without capped tenants, ``of`` is the main queue at once)
+            if not capped.of(key).remove(key):
                 self._loans.pop(key, None)  # lent right now: it will not come back
         for item in request.enqueue:
             self._loans.pop(item.candidate.key, None)  # queued again: the new entry wins
-            if routed:
-                capped.enqueue(item)
-            else:
-                queue.enqueue(item.candidate, item.priority, item.now_ms, retries=item.retries, key=item.candidate.key)
+            capped.enqueue(item)
         for key, priority in request.reprioritize:
-            if not (capped.of(key) if routed else queue).reprioritize(key, priority) and key in self._loans:
+            if not capped.of(key).reprioritize(key, priority) and key in self._loans:
                 old = self._loans[key]
                 self._loans[key] = QueueEntry(key, old.item, int(priority), old.enqueued_ms, old.retries, old.seq)
         reply = None
         if request.take_round:
             reply = QueueReply(request.added_through, request.take_round)
             reply.candidates, reply.held = self._lend(request)
-            reply.depth = len(queue) + len(capped) if routed else len(queue)
+            reply.depth = len(queue) + len(capped)
         if request.stats_token:
             reply = reply or QueueReply(request.added_through)
-            reply.depth = len(queue) + len(capped) if routed else len(queue)
+            reply.depth = len(queue) + len(capped)
             reply.stats_token = request.stats_token
             stats = self.stats(request.now_ms)
             reply.stats = {"total": stats.total, "by_priority": dict(stats.by_priority),

@@ -1,7 +1,10 @@
 """Functions that workflow tasks `call` in the integration tests."""
 
-import json
-import random
+import time
+
+# About ``size`` bytes (as JSON) of rows such as a task returns, the same on every call: the
+# benchmarks' payload, so that the compression tests and bench/compression.py compress alike.
+from bench.payloads import result_rows as rows  # noqa: F401 - called as tests.taskfuncs:rows
 
 
 def produce(n: int) -> list[int]:
@@ -26,22 +29,6 @@ def sizes(inputs: dict) -> dict:
 
 def timed(seconds: float) -> dict:
     """Take ``seconds`` (a task that runs a while); when it ran, on the machine's wall clock."""
-    import time
-
     start = time.time()
     time.sleep(seconds)
     return {"start": start, "end": time.time()}
-
-
-def rows(size: int) -> list[dict]:
-    """About ``size`` bytes (as JSON) of rows such as a task returns: ids, names, numbers, flags,
-    paths; compressible as real results are, and the same on every call."""
-    rng = random.Random(size)
-    out: list[dict] = []
-    total = 0
-    while total < size:
-        row = {"id": len(out), "user": f"user-{rng.randrange(100_000)}", "score": round(rng.random() * 100, 3),
-               "active": rng.random() < 0.7, "path": f"/data/shard-{rng.randrange(64):02d}/part-{rng.randrange(10_000):05d}"}
-        out.append(row)
-        total += len(json.dumps(row))
-    return out

@@ -68,11 +68,28 @@ def sequential_pairs(acquire: Callable[[], bool], release: Callable[[], bool], p
     return pairs / (time.perf_counter() - started), samples
 
 
+def thread_cpu_s(pid: int) -> list[tuple[str, float]]:
+    """(name, CPU seconds used so far) of each live thread of process ``pid``, from Linux's
+    per-thread schedstat (ns: the clock-tick times of ``stat`` and psutil are 10 ms, too coarse
+    for a thread that runs 1 us per commit); none for a process that has ended."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    found = []
+    for thread in threads:
+        try:
+            with open(f"/proc/{pid}/task/{thread}/comm") as comm, open(f"/proc/{pid}/task/{thread}/schedstat") as stat:
+                found.append((comm.read().strip(), int(stat.read().split()[0]) / 1e9))
+        except (OSError, ValueError, IndexError):  # the thread ended meanwhile
+            continue
+    return found
+
+
 def tree_cpu_s(pid: int | None = None) -> float:
     """CPU seconds used so far by process ``pid`` (default: this one) and every live descendant,
-    all threads, from Linux's per-thread schedstat (ns): the task benchmark's CPU per task, read
-    the same way for AgentFlow's processes and a peer's (its driver, and the servers and workers
-    it started). 0.0 where /proc has no schedstat."""
+    all threads (``thread_cpu_s``): the task benchmark's CPU per task, read the same way for
+    AgentFlow's processes and a peer's (its driver, and the servers and workers it started)."""
     root = os.getpid() if pid is None else pid
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -84,21 +101,12 @@ def tree_cpu_s(pid: int | None = None) -> float:
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(parent, []).append(int(entry))
-    total_ns, todo = 0, [root]
+    total_s, todo = 0.0, [root]
     while todo:
         process = todo.pop()
         todo.extend(children.get(process, ()))
-        try:
-            threads = os.listdir(f"/proc/{process}/task")
-        except OSError:
-            continue
-        for thread in threads:
-            try:
-                with open(f"/proc/{process}/task/{thread}/schedstat") as schedstat:
-                    total_ns += int(schedstat.read().split()[0])
-            except (OSError, ValueError, IndexError):
-                continue
-    return total_ns / 1e9
+        total_s += sum(seconds for _, seconds in thread_cpu_s(process))
+    return total_s
 
 
 def task_arguments() -> argparse.Namespace:
