@@ -155,7 +155,7 @@ class SchedulerActor(Actor):
         if message.is_leader:
             # Never behind the table's latest time (see the module docstring).
             self._clock_offset_ms += max(0, self.workflows.clock_ms - self.now_ms())
-        self.state.handle(events.LeadershipChanged(message.is_leader, self.control.state, self.now_ms()))
+        self.state.handle(events.LeadershipChanged(message.is_leader, self.control.state, self.now_ms(), message.term))
         if message.is_leader:
             log.info("Scheduler on %s leads: %d ready tasks queued, %d running tasks to be claimed",
                      self.node.node_id, self.state.queued, len(self.state.unclaimed))

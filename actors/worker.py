@@ -63,7 +63,7 @@ from protocols.tasks import (
     WorkerHeartbeat,
     WorkerHello,
     WorkerWelcome,
-    attempt_key,
+    cancel_item,
 )
 from protocols.wire import Redirect, Tick
 from runtime.actor import Actor
@@ -234,18 +234,32 @@ class WorkerActor(Actor):
         for task in message.tasks:
             if not isinstance(task, TaskAssignment):
                 continue
-            if task.key in self.unacked:
-                # Ran, and its report is on its way, yet assigned again: a leader lost the first
-                # dispatch (its report will be refused) and dispatched the same attempt number
-                # to us. Run it again once that report is answered (the first run may have used
-                # results the cluster never committed), or the task hangs.
-                self.rerun_after_ack[task.key] = task
+            key = task.key
+            if key in held:
+                # Held, yet assigned again by a later leader: the first dispatch never committed
+                # (its run may have used results the cluster never committed either; its report
+                # will be refused), and the same attempt number came back. Run it again once
+                # the run held has been reported and that report answered, or the task hangs.
+                # The same dispatch again is a duplicate: the attempt is already ours.
+                self._assigned_again(task)
                 continue
-            if task.key in held:
-                continue  # a duplicate assignment: the attempt is already ours
-            held.add(task.key)
+            held.add(key)
             self._take(task, refused)
         self._start_waiting(refused)
+
+    def _assigned_again(self, task: TaskAssignment) -> None:
+        key = task.key
+        for index, waiting in enumerate(self.waiting):
+            if waiting.key == key:  # not started: run the newer dispatch instead
+                if task.term > waiting.term:
+                    self.waiting[index] = task
+                return
+        held = self.unacked.get(key) or self.running.get(key)
+        if held is None:
+            return  # refused a moment ago (draining, inputs missing): that report answers it
+        planned = self.rerun_after_ack.get(key)
+        if task.term > held.term and (planned is None or task.term > planned.term):
+            self.rerun_after_ack[key] = task
 
     def _take(self, task: TaskAssignment, refused: list[TaskFinished]) -> None:
         """Queue an attempt to run, its local inputs filled in; or report it not run: draining,
@@ -300,13 +314,22 @@ class WorkerActor(Actor):
         self._send_reports()
 
     def _cancel(self, items: list) -> None:
-        keys = {key for key in map(attempt_key, items) if key is not None}
-        if not keys:
+        below = dict(cancel_item(item) for item in items)  # key -> cancel runs of terms below this
+        below.pop(None, None)
+        if not below:
             return
+
+        def cancelled(task: TaskAssignment) -> bool:
+            return task.key in below and task.term < below[task.key]
+
         # A cancelled attempt that has not started needs no report: the master gave it up.
-        self.waiting = collections.deque(task for task in self.waiting if task.key not in keys)
-        for key in keys:
-            if key in self.running and self.executor is not None:
+        self.waiting = collections.deque(task for task in self.waiting if not cancelled(task))
+        for key in below:
+            planned = self.rerun_after_ack.get(key)
+            if planned is not None and cancelled(planned):
+                del self.rerun_after_ack[key]
+            task = self.running.get(key)
+            if task is not None and cancelled(task) and self.executor is not None:
                 self.executor.cancel(key)
         self._check_drained()
 

@@ -81,8 +81,8 @@ def preferred_workers(graph, task: TaskNode, finishing: Finishing | None) -> tup
     return tuple(sorted(counts, key=lambda worker_id: -counts[worker_id]))  # stable: dependency order on ties
 
 
-def assignment(graph, task_id: str, attempt: int, worker_id: str, gpus: list, finishing: Finishing | None,
-               ship_all: bool = False) -> TaskAssignment:
+def assignment(graph, task_id: str, attempt: int, term: int, worker_id: str, gpus: list,
+               finishing: Finishing | None, ship_all: bool = False) -> TaskAssignment:
     task = graph.tasks[task_id]
     env = {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in gpus)} if gpus else {}
     results, runs = graph.results, graph.runs
@@ -98,7 +98,8 @@ def assignment(graph, task_id: str, attempt: int, worker_id: str, gpus: list, fi
         else:
             inputs[dependency] = result
     return TaskAssignment(graph.workflow_id, task_id, attempt, task.command, task.call, list(task.args),
-                          dict(task.kwargs), task.agent, task.timeout_s, env, inputs, task.agent_group, local_inputs)
+                          dict(task.kwargs), task.agent, task.timeout_s, env, inputs, task.agent_group, local_inputs,
+                          term)
 
 
 class ResultCache:
@@ -143,7 +144,7 @@ def finish_command(report: TaskFinished, now_ms: int, max_result_bytes: int) -> 
             error = (f"result too large: {size} bytes, above the limit of {max_result_bytes} "
                      "(--max-result-bytes on the masters); return a path or a key instead")
     return FinishTask(report.workflow_id, report.task_id, report.attempt, ok, now_ms, report.exit_code,
-                      result, error, report.stdout_tail, report.stderr_tail)
+                      result, error, report.stdout_tail, report.stderr_tail, report.term)
 
 
 def result_size(value: Any) -> int:

@@ -12,9 +12,10 @@ Rules:
 
 * Every change of a task's state is a committed command that this state proposes; it reacts
   to what they did (``Applied``). An assignment leaves with its DispatchTask proposal (one
-  commit less per hop); only the attempt the entry commits can complete the task. If the
-  leader dies before the entry commits, the next adopts the run when the worker reports it,
-  or runs the task again (at least once).
+  commit less per hop), so its run may start on a dependency's completion that never commits;
+  only the run of the dispatch the log commits, (attempt, leader's term), can complete the task.
+  If the leader dies before the entry commits, the next cancels that run and runs the task
+  again (at least once), even under the same attempt number: the term tells the runs apart.
 * Every dispatch takes the highest-ranked ready tasks that fit, in the queue's order
   (priority, aging, retry penalty, then FIFO), on every path: a round, the dispatch that leaves
   with a report's completion (the tasks it makes ready join the queue's order as *transient*
@@ -50,7 +51,7 @@ from protocols.registry import HealthCheckConfig
 from protocols.retention import RetentionPolicy
 from protocols.rounds import (DispatchRound, Queued, QueueDepthBound, QueueReply, QueueRequest, RegistryReply,
     RegistryRequest)
-from protocols.running import CANCEL, CLAIM, RunningIndex, held_attempts, requeue_commands, runs_elsewhere, runs_there
+from protocols.running import CANCEL, LOST, RunningIndex, held_attempts, requeue_commands, runs_elsewhere, runs_there
 from protocols.tenant_caps import TenantCaps
 from protocols.tasks import (ERROR_CANCELLED, ERROR_DRAINING, ERROR_INPUTS_MISSING, HeartbeatAck,
     ReportsAccepted, TaskAssignment, TaskFinished, WorkerWelcome, attempt_key)
@@ -81,6 +82,7 @@ class DispatchState:
     def __init__(self, config: DispatchConfig | None = None) -> None:
         self.config = config or DispatchConfig()
         self.is_leader = False
+        self.term = 0  # the Raft term this state leads in (stamped on its dispatches)
         self.control: Any = None
         self._next_id = 0
         self._queue_depth = QueueDepthBound()  # (a new leader's reset keeps its count)
@@ -201,7 +203,7 @@ class DispatchState:
         for reply in self.queries.values():
             self._out.append(Answer(reply, error=("not_leader", "leadership changed; retry")))
         self._reset()
-        self.is_leader = event.is_leader
+        self.is_leader, self.term = event.is_leader, event.term
         self.control = event.control
         self._to_queue().reset = True
         self._to_registry(event.now_ms).reset = True
@@ -322,17 +324,12 @@ class DispatchState:
             if verdict is CANCEL:
                 cancel.append([workflow_id, task_id, number])
                 continue
-            if verdict is CLAIM:
-                self.unclaimed.pop(key, None)
-                if key in self.released:
-                    continue  # a reported one's slot is free already
-            else:  # ADOPT
-                self._to_queue().remove.append(key)
-                self.dispatching[key] = (worker_id, number)
-                if self.caps is not None:
-                    self.caps.add(key)  # it runs already: counted, over its tenant's cap or not
-                self._out.append(Propose([DispatchTask(workflow_id, task_id, number, worker_id, now_ms)]))
-            request.claims[key] = (worker_id, self.shapes.of(graph.tasks[task_id]))
+            if verdict is LOST:  # (the same number, dispatched by this leader from now on, is spared)
+                cancel.append([workflow_id, task_id, number, self.term])
+                continue
+            self.unclaimed.pop(key, None)  # CLAIM
+            if key not in self.released:  # (a reported one's slot is free already)
+                request.claims[key] = (worker_id, self.shapes.of(graph.tasks[task_id]))
         self._out.append(Answer(event.reply, HeartbeatAck(True, cancel)))
         self._reconcile(worker_id, heartbeat.running, now_ms)
 
@@ -366,8 +363,11 @@ class DispatchState:
                 continue
             # The current attempt's slot is free now, before its completion commits (a run can
             # even report before its own DispatchTask is applied: a hop faster than a commit).
-            current = run is not None and (runs_there(run, worker_id, report.attempt)
-                                           or dispatching == (worker_id, report.attempt))
+            # A run of a deposed leader's dispatch of the same number is not current.
+            current = run is not None and (
+                (dispatching == (worker_id, report.attempt) and report.term == self.term)
+                or (dispatching is None and runs_there(run, worker_id, report.attempt)
+                    and report.term == run.dispatch_term))
             if current:
                 self._release(worker_id, key, now_ms)
                 self.released.add(key)
@@ -510,11 +510,11 @@ class DispatchState:
                 continue
             attempt = run.attempts + 1
             self.dispatching[key] = (placement.worker_id, attempt)
-            dispatches.append(DispatchTask(workflow_id, task_id, attempt, placement.worker_id, now_ms))
+            dispatches.append(DispatchTask(workflow_id, task_id, attempt, placement.worker_id, now_ms, self.term))
             if debug:
                 scheduler_log.debug("Task %s dispatched to %s", key, placement.worker_id)
             assignments.setdefault(placement.worker_id, []).append(
-                assignment(graph, task_id, attempt, placement.worker_id, placement.gpus,
+                assignment(graph, task_id, attempt, self.term, placement.worker_id, placement.gpus,
                            current.finishing.get(workflow_id), ship_all=key in self.ship_inputs))
             self.ship_inputs.discard(key)
         placed = {placement.key for placement in reply.placed}

@@ -24,6 +24,7 @@ class LeadershipChanged:
     is_leader: bool
     control: Any  # the replicated ControlState: ``workflows`` and ``sessions`` are read
     now_ms: int
+    term: int = 0  # the Raft term this master leads in (its dispatches carry it)
 
 
 @dataclass(slots=True)

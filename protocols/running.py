@@ -22,15 +22,17 @@ from protocols.workflow_spec import split_task_key, task_key
 from protocols.workflow_table import RequeueTask
 
 MISSING_HEARTBEATS = 2
-CLAIM, ADOPT, CANCEL = "claim", "adopt", "cancel"
+CLAIM, LOST, CANCEL = "claim", "lost", "cancel"
 
 
 def held_attempts(workflows: Any, worker_id: str, held: list, dispatching: dict) -> Iterator[tuple]:
     """(verdict, workflow id, task id, attempt, graph) for each attempt a heartbeat of
-    ``worker_id`` lists: CLAIM, the table runs that attempt there; ADOPT, the task is ready and
-    that is its next attempt (a previous leader sent the dispatch and lost it before it
-    committed); CANCEL, anything else not being dispatched (``dispatching``: key -> (worker,
-    attempt)) now. Malformed items are skipped."""
+    ``worker_id`` lists: CLAIM, the table runs that attempt there; LOST, the task is ready and
+    that is its next attempt: a previous leader sent the dispatch and lost it before it
+    committed (its run is cancelled, not adopted: it may have started on a dependency's
+    completion that never committed either, and this leader may reuse the number); CANCEL,
+    anything else not being dispatched (``dispatching``: key -> (worker, attempt)) now.
+    Malformed items are skipped."""
     for item in held:
         attempt = attempt_key(item)
         if attempt is None:
@@ -44,7 +46,7 @@ def held_attempts(workflows: Any, worker_id: str, held: list, dispatching: dict)
         elif key in dispatching:
             continue
         elif run is not None and run.state is TaskState.READY and run.attempts + 1 == number:
-            yield ADOPT, workflow_id, task_id, number, graph
+            yield LOST, workflow_id, task_id, number, graph
         else:
             yield CANCEL, workflow_id, task_id, number, graph
 

@@ -5,7 +5,11 @@ Rules of this module:
 * It is pure: records and small helpers only; the worker side is ``actors/worker.py`` (with
   ``runtime/executor.py`` doing the processes), the master side is the SchedulerActor.
 * An *attempt key* ``[workflow_id, task_id, attempt]`` names one run of one task; lists of them
-  travel in ``running``, ``cancel`` and ``CancelTasks.tasks``.
+  travel in ``running``, ``cancel`` and ``CancelTasks.tasks``. A leader that loses a dispatch
+  before it commits leaves the attempt number to the next leader, so an assignment also carries
+  the dispatching leader's ``term``, and its report the same: (attempt, term) is the dispatch.
+  A worker holding an attempt that a later term assigns again runs it again (for that term)
+  once the run it holds has been reported.
 * Scheduler -> worker: ``AssignTasks`` (tell, several tasks per message) and ``CancelTasks``
   (tell) to the actor named ``"worker"``; ``RunningQuery`` (ask) -> ``RunningTasks``.
 * Worker -> scheduler (the actor named ``"scheduler"`` on the leader), every one an ask:
@@ -60,6 +64,21 @@ def attempt_key(item: Any) -> AttemptKey | None:
     return (workflow_id, task_id, attempt)
 
 
+def cancel_item(item: Any) -> tuple[AttemptKey | None, float]:
+    """(attempt key, term) from an item of a cancel list: ``[workflow_id, task_id, attempt]``
+    cancels the attempt whatever dispatched it (term: infinity); ``[..., attempt, term]`` only a
+    run that a leader of an earlier term dispatched (a new leader's cancel of a lost dispatch
+    must not kill the same attempt number it has dispatched since). (None, 0) if malformed."""
+    if isinstance(item, (list, tuple)) and len(item) == 4:
+        term = item[3]
+        if isinstance(term, int) and not isinstance(term, bool):
+            key = attempt_key(item[:3])
+            return (key, term) if key is not None else (None, 0)
+        return None, 0
+    key = attempt_key(item)
+    return (key, float("inf")) if key is not None else (None, 0)
+
+
 # --------------------------------------------------------------------------- scheduler -> worker
 
 
@@ -87,6 +106,7 @@ class TaskAssignment:
     inputs: dict = field(default_factory=dict)
     agent_group: str | None = None
     local_inputs: list = field(default_factory=list)  # dependencies whose results this worker keeps
+    term: int = 0  # the dispatching leader's Raft term: with ``attempt``, which dispatch this run is
 
     @property
     def key(self) -> AttemptKey:
@@ -144,6 +164,7 @@ class TaskFinished:
     stdout_tail: str
     stderr_tail: str
     duration_ms: int
+    term: int = 0  # the assignment's: only a report of the committed dispatch completes its task
 
     @property
     def key(self) -> AttemptKey:
@@ -189,7 +210,7 @@ class WorkerHeartbeat:
 @record("worker.heartbeat_ack")
 class HeartbeatAck:
     """``known=False``: the master does not know the worker (send WorkerHello again).
-    ``cancel``: attempt keys the worker must kill."""
+    ``cancel``: attempts the worker must kill, as ``cancel_item`` reads them."""
 
     known: bool
     cancel: list = field(default_factory=list)

@@ -80,6 +80,7 @@ class TaskRun:
     ready_ms: int | None = None
     started_ms: int | None = None
     finished_ms: int | None = None
+    dispatch_term: int = 0  # the term of the leader whose dispatch of the current attempt committed
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in _TASK_RUN_FIELDS}
@@ -270,15 +271,17 @@ class TaskDependencyGraph:
 
     # ----------------------------------------------------------------- transitions
 
-    def dispatch(self, task_id: str, worker_id: str, now_ms: int = 0, attempt: int | None = None) -> int:
-        """``ready -> running`` on ``worker_id``; returns the new attempt number, or 0 if the task
-        is not ready (or ``attempt`` is given and is not the next attempt)."""
+    def dispatch(self, task_id: str, worker_id: str, now_ms: int = 0, attempt: int | None = None,
+                 term: int = 0) -> int:
+        """``ready -> running`` on ``worker_id`` by the leader of ``term``; returns the new attempt
+        number, or 0 if the task is not ready (or ``attempt`` is given and is not the next attempt)."""
         run = self.runs[task_id]
         if run.state is not TaskState.READY:
             return 0
         if attempt is not None and attempt != run.attempts + 1:
             return 0
         run.attempts += 1
+        run.dispatch_term = term
         run.worker_id = worker_id
         run.started_ms = now_ms
         run.finished_ms = None
@@ -298,13 +301,18 @@ class TaskDependencyGraph:
         error: str = "",
         stdout_tail: str = "",
         stderr_tail: str = "",
+        term: int | None = None,
     ) -> bool:
         """The current attempt of a running task ended. On success, dependents whose
         dependencies are now all complete become ready. On failure, the task goes back to
         ready while it has retries left, else it fails and everything downstream is skipped.
-        Returns False (and changes nothing) for a stale attempt or a task not running."""
+        Returns False (and changes nothing) for a stale attempt, a run of another dispatch of
+        the same attempt number (``term``, when given, is not the committed dispatch's), or a
+        task not running."""
         run = self.runs[task_id]
         if run.state is not TaskState.RUNNING or (attempt is not None and attempt != run.attempts):
+            return False
+        if term is not None and term != run.dispatch_term:
             return False
         run.exit_code = exit_code
         run.error = error

@@ -38,13 +38,15 @@ class SubmitWorkflow:
 
 @record("wf.dispatch")
 class DispatchTask:
-    """The leader placed a ready task on a worker; ``attempt`` is the attempt it starts."""
+    """The leader placed a ready task on a worker; ``attempt`` is the attempt it starts, ``term``
+    the leader's (a deposed leader's uncommitted dispatch may have used the same attempt number)."""
 
     workflow_id: str
     task_id: str
     attempt: int
     worker_id: str
     now_ms: int
+    term: int = 0
 
 
 @record("wf.finish")
@@ -59,6 +61,7 @@ class FinishTask:
     error: str = ""
     stdout_tail: str = ""
     stderr_tail: str = ""
+    term: int = 0  # the reported run's dispatch (TaskFinished.term): it must be the committed one
 
 
 @record("wf.requeue")
@@ -149,7 +152,8 @@ class WorkflowTable:
         if getattr(command, "task_id", None) is not None and command.task_id not in graph.tasks:
             return Applied(False, "unknown task")
         if isinstance(command, DispatchTask):
-            attempt = graph.dispatch(command.task_id, command.worker_id, command.now_ms, command.attempt)
+            attempt = graph.dispatch(command.task_id, command.worker_id, command.now_ms, command.attempt,
+                                     command.term)
             applied = Applied(attempt > 0, "" if attempt else "task is not ready or attempt is stale", attempt)
         elif isinstance(command, FinishTask):
             ok = graph.finish(
@@ -162,6 +166,7 @@ class WorkflowTable:
                 error=command.error,
                 stdout_tail=command.stdout_tail,
                 stderr_tail=command.stderr_tail,
+                term=command.term,
             )
             applied = Applied(ok, "" if ok else "task is not running or attempt is stale", command.attempt)
         elif isinstance(command, RequeueTask):

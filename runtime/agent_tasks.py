@@ -93,4 +93,4 @@ class AgentTaskRunner:
         self.on_finished([TaskFinished(
             worker_id=self.worker_id, workflow_id=assignment.workflow_id, task_id=assignment.task_id,
             attempt=assignment.attempt, ok=ok, exit_code=None, result=result, error=error, stdout_tail="",
-            stderr_tail="", duration_ms=int((time.monotonic() - started_s) * 1000))])
+            stderr_tail="", duration_ms=int((time.monotonic() - started_s) * 1000), term=assignment.term)])

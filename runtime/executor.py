@@ -80,7 +80,7 @@ def finished_now(worker_id: str, assignment: TaskAssignment, ok: bool, error: st
     return TaskFinished(
         worker_id=worker_id, workflow_id=assignment.workflow_id, task_id=assignment.task_id,
         attempt=assignment.attempt, ok=ok, exit_code=exit_code, result=result, error=error,
-        stdout_tail=stdout_tail, stderr_tail=stderr_tail, duration_ms=duration_ms,
+        stdout_tail=stdout_tail, stderr_tail=stderr_tail, duration_ms=duration_ms, term=assignment.term,
     )
 
 
@@ -312,6 +312,7 @@ class TaskExecutor:
         env["AGENTFLOW_WORKFLOW_ID"] = assignment.workflow_id
         env["AGENTFLOW_TASK_ID"] = assignment.task_id
         env["AGENTFLOW_ATTEMPT"] = str(assignment.attempt)
+        env["AGENTFLOW_DISPATCH_TERM"] = str(assignment.term)
         env["AGENTFLOW_INPUTS"] = json.dumps(assignment.inputs, default=_json_default)
         return env
 

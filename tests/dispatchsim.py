@@ -93,7 +93,13 @@ class DispatchSim:
         self.hold_queue_replies = False  # keep the queue's replies until release_replies()
         self.held_replies: list = []
         self.batching = False
-        self.handle(LeadershipChanged(True, self.control, self.now_ms))
+        self.term = 0
+        self.new_leader()
+
+    def new_leader(self) -> None:
+        """This state leads again, in the next term (a leader change seen from the new leader)."""
+        self.term += 1
+        self.handle(LeadershipChanged(True, self.control, self.now_ms, self.term))
 
     # ------------------------------------------------------------------ driving
 
@@ -244,15 +250,15 @@ class DispatchSim:
     def finish(self, worker_id: str, workflow_id: str, task_id: str, ok: bool = True, result: Any = None,
                error: str = "") -> Ask:
         """Report the attempt of ``task_id`` that ``worker_id`` was last given."""
-        attempt = self.attempt_on(worker_id, workflow_id, task_id)
-        return self.report(worker_id, [TaskFinished(worker_id, workflow_id, task_id, attempt, ok, 0 if ok else 1,
-                                                    result, error, "", "", 1)])
+        given = self.given(worker_id, workflow_id, task_id)
+        return self.report(worker_id, [TaskFinished(worker_id, workflow_id, task_id, given.attempt, ok,
+                                                    0 if ok else 1, result, error, "", "", 1, given.term)])
 
     def finish_all(self, worker_id: str) -> list[str]:
         """Report every attempt ``worker_id`` holds as succeeded, in one batch; their keys."""
         held = self.holding(worker_id)
         self.report(worker_id, [TaskFinished(worker_id, a.workflow_id, a.task_id, a.attempt, True, 0, None, "",
-                                             "", "", 1) for a in held])
+                                             "", "", 1, a.term) for a in held])
         return [task_key(a.workflow_id, a.task_id) for a in held]
 
     def workers(self) -> list[dict]:
@@ -267,10 +273,14 @@ class DispatchSim:
 
     # ------------------------------------------------------------------ looking
 
+    def given(self, worker_id: str, workflow_id: str, task_id: str) -> Any:
+        """The last assignment of ``task_id`` to ``worker_id``."""
+        given = [a for a in self.assigned[worker_id] if (a.workflow_id, a.task_id) == (workflow_id, task_id)]
+        assert given, f"{worker_id} was never given {workflow_id}/{task_id}"
+        return given[-1]
+
     def attempt_on(self, worker_id: str, workflow_id: str, task_id: str) -> int:
-        attempts = [a.attempt for a in self.assigned[worker_id] if (a.workflow_id, a.task_id) == (workflow_id, task_id)]
-        assert attempts, f"{worker_id} was never given {workflow_id}/{task_id}"
-        return attempts[-1]
+        return self.given(worker_id, workflow_id, task_id).attempt
 
     def holding(self, worker_id: str) -> list:
         """The attempts assigned to ``worker_id`` that are still running on it, as the log says."""

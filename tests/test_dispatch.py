@@ -7,6 +7,7 @@ from __future__ import annotations
 from protocols.dispatch import DispatchConfig
 from protocols.dispatch_messages import LeadershipChanged
 from protocols.registry import HealthCheckConfig
+from protocols.tasks import TaskFinished
 from tests.dispatchsim import DispatchSim, task
 
 RANKED = [("low", "low"), ("medium", "medium"), ("urgent", "urgent"), ("high", "high"), ("low2", "low")]
@@ -170,7 +171,7 @@ def test_a_new_leader_rebuilds_the_queue_in_priority_order():
     sim.submit("wf-blocker", [task("block")])
     sim.submit("wf", ranked())
     sim.handle(LeadershipChanged(False, sim.control, sim.now_ms))
-    sim.handle(LeadershipChanged(True, sim.control, sim.now_ms))
+    sim.new_leader()
     ack = sim.heartbeat("solo", running=[["wf-blocker", "block", 1]])
     assert ack.value.known is False
     sim.worker("solo", slots=1)
@@ -215,7 +216,7 @@ def test_a_draining_worker_gets_no_new_tasks_and_its_refusals_are_requeued_witho
     assert sorted(sim.running("leaving")) == ["wf/a", "wf/b"]
     sim.heartbeat("leaving", draining=True)
     attempt = sim.attempt_on("leaving", "wf", "b")
-    from protocols.tasks import ERROR_DRAINING, TaskFinished
+    from protocols.tasks import ERROR_DRAINING
 
     sim.report("leaving", [TaskFinished("leaving", "wf", "b", attempt, False, None, None, ERROR_DRAINING, "", "", 0)])
     assert sim.state_of("wf", "b") == "ready"
@@ -262,7 +263,7 @@ def test_a_new_leader_keeps_claimed_runs_and_requeues_the_unlisted_and_the_uncla
     sim.submit("wf", [task("claimed", capabilities=("y",)), task("lost", capabilities=("y",)),
                       task("orphan", capabilities=("x",))])
     assert sim.running("zz-gone") == ["wf/orphan"] and sorted(sim.running("w")) == ["wf/claimed", "wf/lost"]
-    sim.handle(LeadershipChanged(True, sim.control, sim.now_ms))
+    sim.new_leader()
     sim.worker("w", slots=2, capabilities=("y",))  # zz-gone never comes back
     attempts = lambda task_id: sim.control.workflows.get("wf").runs[task_id].attempts  # noqa: E731
     sim.heartbeat("w", running=[["wf", "claimed", 1]])
@@ -291,7 +292,6 @@ def test_a_task_its_worker_does_not_list_for_the_grace_is_requeued():
 
 
 def test_a_report_of_the_attempt_number_running_on_another_worker_does_not_finish_the_task():
-    from protocols.tasks import TaskFinished
     sim = DispatchSim()
     sim.worker("named", slots=1)
     sim.worker("other", slots=1)
@@ -317,7 +317,7 @@ def test_a_heartbeat_that_left_before_the_report_does_not_hold_the_slot_again():
     assert sim.workers()[0]["running"] == 0
 
 
-def test_a_new_leader_adopts_a_run_whose_dispatch_never_committed():
+def test_a_new_leader_cancels_the_run_of_a_dispatch_that_never_committed_and_runs_the_task_again():
     sim = DispatchSim()
     sim.auto_commit = False
     sim.worker("w", slots=1)
@@ -325,14 +325,49 @@ def test_a_new_leader_adopts_a_run_whose_dispatch_never_committed():
     sim.commit()  # the submission; its dispatch is proposed and sent, never committed
     assert sim.proposals and sim.state_of("wf", "t") == "ready"
     sim.proposals.clear()
+    lost = sim.given("w", "wf", "t")
     sim.auto_commit = True
-    sim.handle(LeadershipChanged(True, sim.control, sim.now_ms))
-    sim.worker("w", slots=1)
-    sim.heartbeat("w", running=[["wf", "t", 1]])
+    sim.new_leader()
+    with sim.one_batch():
+        sim.worker("w", slots=1)
+        ack = sim.heartbeat("w", running=[["wf", "t", 1]])
+    assert ack.value.cancel == [["wf", "t", 1, 2]]  # runs of attempt 1 dispatched before term 2
+    again = sim.given("w", "wf", "t")
+    assert (again.attempt, again.term, lost.term) == (1, 2, 1)
     assert sim.state_of("wf", "t") == "running"
-    assert sim.control.workflows.get("wf").runs["t"].attempts == 1
-    sim.finish("w", "wf", "t")
+    # The lost dispatch's run reports after all (it finished before the cancel): not the task's.
+    sim.report("w", [TaskFinished("w", "wf", "t", 1, True, 0, "lost", "", "", "", 1, lost.term)])
+    assert sim.state_of("wf", "t") == "running"
+    sim.finish("w", "wf", "t", result="again")
     assert sim.state_of("wf", "t") == "completed"
+    assert sim.control.workflows.get("wf").runs["t"].result == "again"
+
+
+def test_a_dependent_dispatched_with_its_dependencys_uncommitted_completion_is_run_again():
+    """A chain hop: a's completion and b's dispatch leave in one entry, and b's assignment with
+    it; the leader is deposed before the entry commits. The next leader commits a's completion
+    from the report sent again and dispatches b under the same attempt number: the run of the
+    lost dispatch (which used a's result before it was committed) must not complete b, even on
+    the same worker."""
+    sim = DispatchSim()
+    sim.worker("w", slots=1)
+    sim.submit("wf", [task("a"), task("b", ["a"])])
+    sim.auto_commit = False
+    sim.finish("w", "wf", "a", result="first")
+    lost = sim.given("w", "wf", "b")
+    assert lost.inputs == {"a": "first"} and sim.state_of("wf", "a") == "running"
+    sim.proposals.clear()  # never committed
+    sim.auto_commit = True
+    sim.new_leader()
+    sim.worker("w", slots=1)
+    sim.report("w", [TaskFinished("w", "wf", "a", 1, True, 0, "first", "", "", "", 1, 1)])  # sent again
+    assert sim.state_of("wf", "a") == "completed"
+    again = sim.given("w", "wf", "b")
+    assert (again.attempt, again.term) == (1, 2)
+    sim.report("w", [TaskFinished("w", "wf", "b", 1, True, 0, "stale", "", "", "", 1, lost.term)])
+    assert sim.state_of("wf", "b") == "running" and sim.running("w") == ["wf/b"]
+    sim.finish("w", "wf", "b", result="right")
+    assert sim.control.workflows.get("wf").runs["b"].result == "right"
 
 
 def test_a_follower_proposes_nothing():

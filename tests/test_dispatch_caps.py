@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 
-from protocols.dispatch_messages import LeadershipChanged
 from protocols.tenant_caps import CappedQueues, TenantCaps, tenant_of
 from protocols.queue import PriorityTaskQueue
 from protocols.rounds import Candidate, Queued
@@ -151,7 +150,7 @@ def test_a_new_leader_counts_the_tenants_running_tasks_from_the_log():
     sim.caps({"acme": 1})
     sim.submit("acme:wf", [task("a0"), task("a1")])
     held = sim.holding("w1")
-    sim.handle(LeadershipChanged(True, sim.control, sim.now_ms))  # a new leader, the same caps
+    sim.new_leader()  # a new leader, the same caps
     sim.worker("w2", slots=4)  # a worker that runs nothing of acme's comes first
     assert sim.running("w2") == []
     sim.worker("w1", slots=4)
@@ -199,45 +198,54 @@ def test_the_dispatch_counts_what_holds_a_slot_and_the_queue_lends_within_the_al
     assert len(queues) == 0 and [entry.key for entry in main.entries()] == ["acme:a/2", "acme:a/1", "acme:a/3"]
 
 
-def _lost_dispatch(sim: DispatchSim) -> None:
-    """acme (cap 1): a's dispatch was sent to w and never committed; b (higher) waits for a; a
-    new leader takes over, with both ready."""
+def _lost_dispatch(sim: DispatchSim) -> list:
+    """acme (cap 1): a's dispatch was sent to w and not committed (returned: it may commit
+    late); b (higher) waits for a; a new leader takes over, with both ready."""
     sim.auto_commit = False
     sim.worker("w", slots=2)
     sim.caps({"acme": 1})
     sim.submit("acme:wf", [task("a", priority="low")])
-    sim.commit()  # the submission; a's dispatch is proposed and sent, never committed
-    sim.proposals.clear()
+    sim.commit()  # the submission; a's dispatch is proposed and sent, not committed
+    late, sim.proposals = sim.proposals, []
     sim.submit("acme:wf2", [task("b", priority="high")])
     sim.commit()
     assert sim.proposals == [] and sim.state_of("acme:wf2", "b") == "ready"  # acme is at its cap
     sim.auto_commit = True
-    sim.handle(LeadershipChanged(True, sim.control, sim.now_ms))
+    sim.new_leader()
+    return late
 
 
-def test_a_run_a_new_leader_adopts_counts_toward_its_tenants_cap():
+def test_a_new_leader_cancels_the_run_of_a_lost_dispatch_and_dispatches_in_order_within_the_cap():
+    """The lost dispatch's run is cancelled, not adopted (it may have used results that never
+    committed); only runs of earlier terms, so the same attempt number dispatched again is spared."""
     sim = DispatchSim()
     _lost_dispatch(sim)
     with sim.one_batch():
         sim.worker("w", slots=2)
-        sim.heartbeat("w", running=[["acme:wf", "a", 1]])
+        ack = sim.heartbeat("w", running=[["acme:wf", "a", 1]])
+    assert ack.value.cancel == [["acme:wf", "a", 1, 2]]
     sim.worker("w2", slots=2)
-    assert running(sim, "w", "w2") == ["acme:wf/a"]
-    sim.finish("w", "acme:wf", "a")
-    assert running(sim, "w", "w2") == ["acme:wf2/b"]
+    assert running(sim, "w", "w2") == ["acme:wf2/b"]  # the higher first; a waits for the cap
+    [holder] = [worker for worker in ("w", "w2") if running(sim, worker)]
+    sim.finish(holder, "acme:wf2", "b")
+    [holder] = [worker for worker in ("w", "w2") if running(sim, worker)]
+    assert running(sim, holder) == ["acme:wf/a"] and sim.given(holder, "acme:wf", "a").term == 2
+    sim.finish(holder, "acme:wf", "a")
+    assert sim.state_of("acme:wf", "a") == "completed"
 
 
 def test_a_placement_whose_tenant_filled_up_during_its_round_goes_back_to_the_queue():
     sim = DispatchSim()
-    _lost_dispatch(sim)
+    late = _lost_dispatch(sim)
     sim.hold_queue_replies = True  # the round is in flight (it lent b) ...
     sim.worker("w", slots=2)
-    sim.heartbeat("w", running=[["acme:wf", "a", 1]])  # ... when a's run is adopted
+    sim.proposals = late
+    sim.commit()  # ... when the previous leader's dispatch of a commits after all
     sim.hold_queue_replies = False
     sim.release_replies()
     assert running(sim, "w") == ["acme:wf/a"] and sim.state_of("acme:wf2", "b") == "ready"
     assert sim.queue_stats()["total"] == 1
-    sim.finish("w", "acme:wf", "a")
+    sim.finish("w", "acme:wf", "a")  # the committed dispatch's run (term 1) completes it
     assert running(sim, "w") == ["acme:wf2/b"]
 
 
@@ -250,7 +258,7 @@ def test_a_previous_leaders_dispatch_that_commits_late_counts_toward_the_cap():
     sim.commit()  # the submission; a's dispatch is proposed and sent ...
     late = sim.proposals[:]
     sim.proposals.clear()
-    sim.handle(LeadershipChanged(True, sim.control, sim.now_ms))
+    sim.new_leader()
     sim.proposals = late
     sim.commit()  # ... and commits under the new leader
     sim.auto_commit = True

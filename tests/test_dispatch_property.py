@@ -9,7 +9,6 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocols.dispatch_messages import LeadershipChanged
 from protocols.queue import RETRY_PENALTY
 from protocols.registry import WorkerRegistry
 from tests.dispatchsim import DispatchSim, task
@@ -152,7 +151,7 @@ def test_no_dispatch_skips_a_higher_ranked_ready_task_that_fits(worker_specs, li
         elif kind == "pressure":
             sim.heartbeat(names[step[1] % len(names)], load={"memory_pressure": step[2]})
         else:
-            sim.handle(LeadershipChanged(True, sim.control, sim.now_ms))
+            sim.new_leader()
             for index, (slots, cpu, memory_mb, gpus, group, capabilities) in enumerate(worker_specs):
                 sim.worker(names[index], slots, cpu, memory_mb, gpus, group, capabilities)
                 sim.heartbeat(names[index])

@@ -13,11 +13,13 @@ import socket
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from protocols.tasks import (
+    ERROR_CANCELLED,
     ERROR_DRAINING,
     AssignTasks,
     CancelTasks,
@@ -113,6 +115,12 @@ class FakeScheduler(Actor):
     def report(self, task_id: str) -> TaskFinished | None:
         with self.lock:
             return next((r for r in self.reports.values() if r.task_id == task_id), None)
+
+    def reports_of(self, task_id: str) -> list[TaskFinished]:
+        """Every report of ``task_id`` the worker sent, in order, each once."""
+        with self.lock:
+            reports = [r for batch in self.report_batches for r in batch.reports if r.task_id == task_id]
+        return list({(r.attempt, r.term, r.error, r.ok): r for r in reports}.values())
 
 
 class Redirector(Actor):
@@ -275,21 +283,55 @@ def test_an_attempt_assigned_again_while_its_report_is_on_its_way_runs_again_aft
     dispatches the same attempt again: the worker must run it again once the first report is
     answered, or the task hangs (found by a chaos run: pause_leader seed 12). Reporting the
     first run instead would complete the task with a run that may have used results the
-    cluster never committed (a chaos run found that too)."""
+    cluster never committed (a chaos run found that too). The second run is the later
+    dispatch's (its term); the same dispatch assigned twice is run once."""
     node, scheduler = cluster.master(hold_reports=1)
     worker = cluster.worker([node.endpoint])
     endpoint = registered(scheduler, worker)
     ran = tmp_path / "ran"
-    again = task("again", command=f"echo ran >> {ran}")
+    again = task("again", command=f"echo $AGENTFLOW_DISPATCH_TERM >> {ran}", term=1)
     assign(node, endpoint, [again])
     wait_for(lambda: scheduler.held, 10.0, what="the first report, held")
-    assign(node, endpoint, [again])  # the same attempt, while its report is unacknowledged
-    node.ref(endpoint, "worker").ask(RunningQuery(), 5.0).get()  # answered after the assignment above
-    assert ran.read_text() == "ran\n"  # not run again yet
+    assign(node, endpoint, [again])  # the same dispatch again: a duplicate
+    assign(node, endpoint, [replace(again, term=2)])  # the same attempt from a later leader, its report unacknowledged
+    node.ref(endpoint, "worker").ask(RunningQuery(), 5.0).get()  # answered after the assignments above
+    assert ran.read_text() == "1\n"  # not run again yet
     scheduler.release_held()
     wait_for(lambda: scheduler.batches_carrying("again") >= 2, 10.0, what="the second run's report")
-    assert ran.read_text() == "ran\nran\n"
+    assert scheduler.reports_of("again")[-1].term == 2
     wait_for(lambda: scheduler.last_heartbeat().running == [], 5.0, what="the report to be let go")
+    assert ran.read_text() == "1\n2\n"
+
+
+def test_a_later_leaders_assignment_of_a_running_attempt_runs_it_again_and_its_cancel_spares_that_run(
+        cluster, tmp_path):
+    """A new leader finds a run of a dispatch lost before it committed: it cancels the runs of
+    that attempt dispatched before its term, and may dispatch the same attempt number itself.
+    The worker kills the old run, reports it, and runs the attempt for the new term; the same
+    cancel arriving again does not touch the new run."""
+    node, scheduler = cluster.master()
+    worker = cluster.worker([node.endpoint])
+    endpoint = registered(scheduler, worker)
+    gate, ran = tmp_path / "gate", tmp_path / "ran"
+    first = task("again", term=1, command=f"echo $AGENTFLOW_DISPATCH_TERM >> {ran}; "
+                                          f"while [ ! -e {gate} ]; do sleep 0.02; done")
+    assign(node, endpoint, [first])
+    wait_for(lambda: ran.exists(), 10.0, what="the first run to start")
+    assign(node, endpoint, [replace(first, term=2)])
+    node.ref(endpoint, "worker").ask(RunningQuery(), 5.0).get()  # answered after the assignment above
+    lost = [["wf", "again", 1, 2]]  # attempt 1's runs dispatched before term 2
+    with scheduler.lock:
+        scheduler.cancel_next = lost
+    wait_for(lambda: ran.read_text() == "1\n2\n", 10.0, what="the run for term 2")
+    assert scheduler.report("again").term == 1 and scheduler.report("again").error == ERROR_CANCELLED
+    with scheduler.lock:
+        scheduler.cancel_next = list(lost)
+        seen = len(scheduler.heartbeats)
+    wait_for(lambda: len(scheduler.heartbeats) > seen + 1, 5.0, what="the cancel to be answered")
+    assert [r.term for r in scheduler.reports_of("again")] == [1]  # the term-2 run still runs
+    gate.touch()
+    wait_for(lambda: len(scheduler.reports_of("again")) == 2, 10.0, what="the term-2 run's report")
+    assert scheduler.reports_of("again")[1].term == 2 and scheduler.reports_of("again")[1].ok
 
 
 def test_an_attempt_run_again_after_the_answer_takes_its_local_inputs_from_the_cache(cluster):
@@ -307,7 +349,7 @@ def test_an_attempt_run_again_after_the_answer_takes_its_local_inputs_from_the_c
     use = task("use", call="tests.taskfuncs:sizes", local_inputs=["make"])
     assign(node, endpoint, [use])
     wait_for(lambda: scheduler.held, 10.0, what="the first report, held")
-    assign(node, endpoint, [use])  # the same attempt, while its report is unacknowledged
+    assign(node, endpoint, [replace(use, term=1)])  # the same attempt again, while its report is unacknowledged
     node.ref(endpoint, "worker").ask(RunningQuery(), 5.0).get()  # answered after the assignment above
     scheduler.release_held()
     again = wait_report(scheduler, "use")  # the held one was not recorded: this is the second run's

@@ -242,19 +242,24 @@ def test_workflow_checker_accepts_a_good_run_and_finds_stale_completion_lost_tas
     ok = {"ok": True}
     commands = [(2, DispatchTask("wf", "a", 1, "w1", 10), ok), (3, FinishTask("wf", "a", 1, True, 100), ok),
                 (3, DispatchTask("wf", "b", 1, "w1", 100), ok), (4, FinishTask("wf", "b", 1, True, 200), ok)]
-    runs = {("wf", "a", 1): [{"pid": 1, "start": 11, "end": 90}], ("wf", "b", 1): [{"pid": 1, "start": 101, "end": 190}]}
+    runs = {("wf", "a", 1, 0): [{"pid": 1, "start": 11, "end": 90}],
+            ("wf", "b", 1, 0): [{"pid": 1, "start": 101, "end": 190}]}
     assert check_workflows([submit], {"wf": status}, {"wf": commands}, runs) == []
 
     # completed by attempt 1 after attempt 2 was dispatched (the planted bug's signature)
     stale = commands[:1] + [(3, DispatchTask("wf", "a", 2, "w2", 50), ok), (4, FinishTask("wf", "a", 1, True, 100), ok)]
     stale_status = {"state": "completed", "tasks": {"a": task(2, 50, 100, "w2"), "b": status["tasks"]["b"]}}
     problems = check_workflows([submit], {"wf": stale_status}, {"wf": stale + commands[2:]}, runs)
-    assert any("by attempt 1 while the current attempt was 2" in p for p in problems), problems
+    assert any("by attempt 1 (term 0) while the current attempt was 2 (term 0)" in p for p in problems), problems
+    # completed by the run of a lost dispatch of the same attempt number (an earlier term's)
+    reused = commands[:1] + [(3, DispatchTask("wf", "a", 1, "w1", 50, 2), ok), (4, FinishTask("wf", "a", 1, True, 100), ok)]
+    problems = check_workflows([submit], {"wf": status}, {"wf": reused + commands[2:]}, runs)
+    assert any("by attempt 1 (term 0) while the current attempt was 1 (term 2)" in p for p in problems), problems
 
     # acknowledged, then unknown to the cluster; a task that never ran; a dependent run too early
     assert check_workflows([submit], {"wf": None}, {}, {})[0].endswith("unknown to the cluster")
     assert any("no run had ended" in p for p in check_workflows([submit], {"wf": status}, {"wf": commands},
-                                                              {("wf", "b", 1): runs[("wf", "b", 1)]}))
-    early = {**runs, ("wf", "b", 1): [{"pid": 2, "start": 50, "end": 190}]}
+                                                              {("wf", "b", 1, 0): runs[("wf", "b", 1, 0)]}))
+    early = {**runs, ("wf", "b", 1, 0): [{"pid": 2, "start": 50, "end": 190}]}
     assert any("before a's completing run ended" in p
                for p in check_workflows([submit], {"wf": status}, {"wf": commands}, early))

@@ -9,12 +9,12 @@ Four records are read, each kept by someone else:
 * the committed log, replayed (``raftcheck.LogReplay.workflow_commands``): every applied
   DispatchTask, FinishTask and RequeueTask with its result;
 * the tasks' own run records (``tests/chaos/taskfuncs.py``): one line when a run starts and
-  one when it ends, with its attempt and process, on the machine's monotonic clock.
+  one when it ends, with its dispatch (attempt, term) and process, on the machine's monotonic clock.
 
 The rules checked: every acknowledged workflow exists and reached a final state, ``completed``
 (the workload's tasks never fail); no task of it is lost (every task completed and has a run
 record of its completing attempt that started and ended); each task's completion was applied
-exactly once, by its current attempt (the attempt of the last accepted dispatch), and nothing
+exactly once, by its current dispatch (the attempt and term of the last accepted dispatch), and nothing
 was accepted for it after it completed; the status agrees with the log; and every task started
 (by the leader's clock, and its completing run by its own record) after each of its
 dependencies' completing run ended. Runs that start after their task completed (a deposed
@@ -34,12 +34,12 @@ FINAL = ("completed", "failed", "cancelled")
 CLOCK_SLACK_MS = 2  # the leader stamps whole milliseconds
 
 
-def read_runs(path: Path) -> dict[tuple[str, str, int], list[dict]]:
-    """(workflow, task, attempt) -> its runs, each ``{"pid", "start": ms, "end": ms or None}``
-    from the run records, in file order (an end closes its process's open run). One attempt
-    number can run more than once: a deposed leader's dispatch leaves before its entry commits,
-    and the next leader reuses the number."""
-    runs: dict[tuple[str, str, int], list[dict]] = {}
+def read_runs(path: Path) -> dict[tuple[str, str, int, int], list[dict]]:
+    """(workflow, task, attempt, term) -> its runs, each ``{"pid", "start": ms, "end": ms or
+    None}`` from the run records, in file order (an end closes its process's open run). One
+    attempt number can run under several terms: a deposed leader's dispatch leaves before its
+    entry commits, and the next leader reuses the number."""
+    runs: dict[tuple[str, str, int, int], list[dict]] = {}
     if not path.exists():
         return runs
     for line in path.read_text().splitlines():
@@ -47,7 +47,7 @@ def read_runs(path: Path) -> dict[tuple[str, str, int], list[dict]]:
             record = json.loads(line)
         except ValueError:
             continue  # a line cut by a kill -9 mid-write
-        task_runs = runs.setdefault((record["wf"], record["task"], record["attempt"]), [])
+        task_runs = runs.setdefault((record["wf"], record["task"], record["attempt"], record.get("term", 0)), [])
         if record["event"] == "start":
             task_runs.append({"pid": record["pid"], "start": record["t"], "end": None})
             continue
@@ -59,7 +59,7 @@ def read_runs(path: Path) -> dict[tuple[str, str, int], list[dict]]:
 
 def completing_runs(runs: list[dict], finished_ms: float) -> list[dict]:
     """The runs that can have made the completion: started and ended before the leader took the
-    report (more than one when an attempt number ran twice)."""
+    report (more than one only if one dispatch ran twice)."""
     return [run for run in runs if run["start"] is not None and run["end"] is not None
             and run["end"] <= finished_ms + CLOCK_SLACK_MS]
 
@@ -68,7 +68,7 @@ def runs_after_completion(statuses: dict[str, dict | None], runs: dict) -> int:
     """Executions that started after their task had completed (at-least-once: a deposed
     leader's dispatch); counted, not a violation."""
     count = 0
-    for (workflow_id, task_id, _), task_runs in runs.items():
+    for (workflow_id, task_id, _, _), task_runs in runs.items():
         status = statuses.get(workflow_id)
         task = status["tasks"].get(task_id) if status and status.get("tasks") else None
         if task and task["state"] == "completed" and task.get("finished_ms") is not None:
@@ -77,7 +77,7 @@ def runs_after_completion(statuses: dict[str, dict | None], runs: dict) -> int:
 
 
 def check_workflows(submits: list, statuses: dict[str, dict | None], commands: dict[str, list],
-                    runs: dict[tuple[str, str, int], list[dict]]) -> list[str]:
+                    runs: dict[tuple[str, str, int, int], list[dict]]) -> list[str]:
     problems: list[str] = []
     for op in submits:
         workflow_id = op.args["workflow_id"]
@@ -108,35 +108,36 @@ def _check_one(tasks: dict[str, list[str]], status: dict, commands: list, runs: 
         per_task[command.task_id].append((index, command, result))
     completing: dict[str, list[dict]] = {}
     for task_id, task_status in status["tasks"].items():
-        attempt, worker, finished_by, after_done = 0, None, [], []
+        dispatch, worker, finished_by, after_done = (0, 0), None, [], []
         for index, command, result in per_task.get(task_id, []):
             ok = isinstance(result, dict) and result.get("ok")
             if finished_by and ok:
                 after_done.append(f"{type(command).__name__} of attempt {command.attempt} at {index}")
             if isinstance(command, DispatchTask) and ok:
-                attempt, worker = command.attempt, command.worker_id
+                dispatch, worker = (command.attempt, command.term), command.worker_id
             elif isinstance(command, FinishTask) and ok and command.succeeded:
-                finished_by.append((index, command.attempt, attempt))
+                finished_by.append((index, (command.attempt, command.term), dispatch))
+        attempt = dispatch[0]
         if task_status["state"] != "completed":
             continue
         if len(finished_by) != 1:
             problems.append(f"task {task_id}: completion applied {len(finished_by)} times {finished_by}")
-        for index, by_attempt, current in finished_by:
-            if by_attempt != current:
-                problems.append(f"task {task_id}: completed at index {index} by attempt {by_attempt} while the "
-                                f"current attempt was {current}")
+        for index, by, current in finished_by:
+            if by != current:
+                problems.append(f"task {task_id}: completed at index {index} by attempt {by[0]} (term {by[1]}) "
+                                f"while the current attempt was {current[0]} (term {current[1]})")
         if after_done:
             problems.append(f"task {task_id}: accepted after it completed: {after_done}")
         if task_status["attempts"] != attempt or (task_status["worker"] or "") != (worker or ""):
             problems.append(f"task {task_id}: status says attempt {task_status['attempts']} on "
                             f"{task_status['worker']}, the log attempt {attempt} on {worker}")
         if finished_by:
-            candidates = completing_runs(runs.get((workflow_id, task_id, finished_by[0][1]), []),
-                                         task_status["finished_ms"])
+            run_key = (workflow_id, task_id, *finished_by[0][1])
+            candidates = completing_runs(runs.get(run_key, []), task_status["finished_ms"])
             completing[task_id] = candidates
             if not candidates:
-                problems.append(f"task {task_id}: completed by attempt {finished_by[0][1]}, of which no run had "
-                                f"ended by then ({runs.get((workflow_id, task_id, finished_by[0][1]))})")
+                problems.append(f"task {task_id}: completed by attempt {run_key[2]} (term {run_key[3]}), of which "
+                                f"no run had ended by then ({runs.get(run_key)})")
     for task_id, dependencies in tasks.items():
         mine = status["tasks"].get(task_id)
         if mine is None or mine["state"] != "completed":
