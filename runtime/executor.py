@@ -14,7 +14,8 @@ Rules of this module:
   and the outcome travel as frames on pipes, never through the task's stdout.
 * A task's environment is the worker's plus the assignment's ``env`` (e.g.
   ``CUDA_VISIBLE_DEVICES``) plus ``AGENTFLOW_WORKFLOW_ID``, ``AGENTFLOW_TASK_ID``,
-  ``AGENTFLOW_ATTEMPT`` and ``AGENTFLOW_INPUTS`` (the dependencies' results as JSON); a pool
+  ``AGENTFLOW_ATTEMPT``, ``AGENTFLOW_DISPATCH_TERM`` (with the attempt, which dispatch this run
+  is) and ``AGENTFLOW_INPUTS`` (the dependencies' results as JSON); a pool
   process sets them for the task and restores its own afterwards. A shell task also gets
   ``AGENTFLOW_RESULT_FILE``: if it writes JSON there, that value is its result (text that is
   not JSON is taken as a string); otherwise its result is None. A call's result is what the
