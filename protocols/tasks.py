@@ -69,14 +69,13 @@ def cancel_item(item: Any) -> tuple[AttemptKey | None, float]:
     cancels the attempt whatever dispatched it (term: infinity); ``[..., attempt, term]`` only a
     run that a leader of an earlier term dispatched (a new leader's cancel of a lost dispatch
     must not kill the same attempt number it has dispatched since). (None, 0) if malformed."""
+    term: float = float("inf")
     if isinstance(item, (list, tuple)) and len(item) == 4:
-        term = item[3]
-        if isinstance(term, int) and not isinstance(term, bool):
-            key = attempt_key(item[:3])
-            return (key, term) if key is not None else (None, 0)
-        return None, 0
+        item, term = item[:3], item[3]
+        if not isinstance(term, int) or isinstance(term, bool):
+            return None, 0
     key = attempt_key(item)
-    return (key, float("inf")) if key is not None else (None, 0)
+    return (key, term) if key is not None else (None, 0)
 
 
 # --------------------------------------------------------------------------- scheduler -> worker

@@ -34,6 +34,7 @@ from protocols.tasks import (
     WorkerHeartbeat,
     WorkerHello,
     WorkerWelcome,
+    cancel_item,
     parse_master_urls,
 )
 from protocols.wire import Redirect
@@ -209,6 +210,13 @@ def wait_report(scheduler: FakeScheduler, task_id: str, timeout_s: float = 10.0)
 
 
 # ---------------------------------------------------------------- tests
+
+
+def test_cancel_items_name_an_attempt_and_which_terms_dispatches_of_it_die():
+    assert cancel_item(["wf", "t", 1]) == (("wf", "t", 1), float("inf"))  # whatever dispatched it
+    assert cancel_item(["wf", "t", 1, 2]) == (("wf", "t", 1), 2)  # only dispatches before term 2
+    for malformed in (["wf", "t", 1, True], ["wf", "t", 1, "2"], ["wf", 1, 1], "wf/t", None):
+        assert cancel_item(malformed) == (None, 0)
 
 
 def test_parse_master_urls():
