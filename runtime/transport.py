@@ -22,7 +22,8 @@ Rules of this module (docs/ARCHITECTURE.md §2 and §5 rule 7):
 * It watches each outbound connection (a socket monitor): when a peer's connection drops or is
   refused, the asks waiting on that peer fail at once with ``peer_unreachable`` (a dead process
   is known in milliseconds, not at a timeout), and so do new asks until it reconnects; listeners
-  hear of the drop (``on_disconnect``). Tells are queued and delivered on reconnection.
+  hear of the drop (``on_disconnect``). Tells are queued and delivered on reconnection, unless
+  the peer stays unreachable for a minute (runtime/dealers.py: its socket is closed).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from protocols.wire import (
     ASK,
@@ -49,6 +49,7 @@ from protocols.wire import (
     Tick,
 )
 from runtime.connections import InboundConnections
+from runtime.dealers import DOWN, OutboundConnections
 from runtime.faults import FaultInjector
 from runtime.framing import FrameCodec
 from runtime.future import AskTimeout, RemoteError, settle
@@ -75,10 +76,6 @@ _CALL = 3  # (_CALL, fn): run fn on the transport thread
 _ASK = 4  # (_ASK, endpoint, envelope, correlation_id, future)
 
 _correlation_ids = itertools.count(1)
-# What a connection's monitor reports: up, dropped, refused (and retried), or our key refused.
-_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-_WATCHED_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | _HANDSHAKE_FAILED
 
 
 def _bind(sock: zmq.Socket, host: str, port: int) -> int:
@@ -116,9 +113,6 @@ class Transport(threading.Thread):
         self._wake_pending = False
         self._wake_pipe = WakePipe()
         self._running = True
-        self._dealers: dict[str, zmq.Socket] = {}
-        self._monitors: dict[zmq.Socket, str] = {}  # monitor socket -> the endpoint it watches
-        self._unreachable: set[str] = set()  # endpoints whose connection is down
         self._asks: dict[int, Future] = {}
         self._ask_endpoints: dict[int, str] = {}  # correlation id -> endpoint, for asks in flight
         self._ask_deadlines: list[tuple[float, int]] = []
@@ -127,6 +121,7 @@ class Transport(threading.Thread):
         self._disconnect_listeners: list[Callable[[str], None]] = []
         self._bad_frame_log = LogThrottle()
         self._poller = zmq.Poller()
+        self.outbound = OutboundConnections(self._socket, self._poller, curve, self.server_keys, counters)
 
         self._router = self._socket(zmq.ROUTER)
         self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -216,7 +211,7 @@ class Transport(threading.Thread):
                             self._deliver(target, [event])
                     elif sock == self._wake_pipe.fileno:
                         self._wake_pipe.drain()
-                    elif sock in self._monitors:
+                    elif sock in self.outbound.monitors:
                         self._drain_monitor(sock)
                     elif sock is self.connections.monitor:
                         self.connections.drain()
@@ -245,9 +240,9 @@ class Transport(threading.Thread):
         for future in list(self._asks.values()):
             future.set_exception(AskTimeout("node stopped"))
         self._asks.clear()
-        for sock in [self._router, self._events.pub, self._sub, *self._monitors, *self._dealers.values()]:
+        for sock in (self._router, self._events.pub, self._sub):
             sock.close(linger=0)
-        self._dealers, self._monitors = {}, {}
+        self.outbound.close_all()
         self.connections.close()
         if self.gatekeeper is not None:
             self.gatekeeper.stop()
@@ -286,8 +281,7 @@ class Transport(threading.Thread):
             except zmq.Again:
                 break
             if len(parts) != 1:
-                peer = next((endpoint for endpoint, known in self._dealers.items() if known is sock), "?")
-                self._count_bad(peer, "bad_frame_count", "")
+                self._count_bad(self.outbound.endpoint_of(sock), "bad_frame_count", "")
                 continue
             self._handle_frame(parts[0], None, via=sock)
 
@@ -319,7 +313,7 @@ class Transport(threading.Thread):
             kind = env.kind
             if kind == REPLY or kind == ERROR:  # from the DEALER its ask went out on only: ids are guessable
                 asked = self._ask_endpoints.get(env.correlation_id)
-                if asked is not None and via is not None and self._dealers.get(asked) is via:
+                if asked is not None and via is not None and self.outbound.dealers.get(asked) is via:
                     settle(self._pop_ask(env.correlation_id), kind, env.body)
                 else:
                     counters["late_replies" if asked is None else "misrouted_replies"] += 1
@@ -432,7 +426,7 @@ class Transport(threading.Thread):
             _, endpoint, envelope, correlation_id, future = item
             if future.done():
                 return  # timed out before it was sent
-            if endpoint in self._unreachable:
+            if endpoint in self.outbound.unreachable:
                 future.set_exception(RemoteError("peer_unreachable", f"no connection to {endpoint}"))
                 return
             self._asks[correlation_id] = future
@@ -452,7 +446,7 @@ class Transport(threading.Thread):
         for endpoint, envelopes in to_peers.items():
             if faults is None or faults.let_through((nodes.get(endpoint, ""), endpoint), endpoint, envelopes):
                 try:
-                    sock = self._dealer(endpoint)
+                    sock = self.outbound.dealer(endpoint)
                 except zmq.ZMQError:  # an endpoint from the network (a Join, a member) libzmq refuses
                     self.counters["send_bad_endpoint"] += len(envelopes)
                     self._fail_asks_to(endpoint, "not an endpoint libzmq takes")
@@ -503,60 +497,20 @@ class Transport(threading.Thread):
         if future is not None:
             future.set_exception(exc)
 
-    def _dealer(self, endpoint: str) -> zmq.Socket:
-        sock = self._dealers.get(endpoint)
-        if sock is None:
-            sock = self._socket(zmq.DEALER)
-            sock.setsockopt(zmq.RECONNECT_IVL, 50)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 250)  # a peer back up is reached in 250 ms, not 1 s
-            monitor = sock.get_monitor_socket(_WATCHED_EVENTS)
-            if self.curve is not None:
-                self.curve.client_options(sock, self.server_keys.get(endpoint))
-            try:
-                sock.connect(endpoint)  # one bad endpoint once stopped a master's Raft loop (fuzzing)
-            except zmq.ZMQError:
-                monitor.close(linger=0)
-                sock.close(linger=0)
-                raise
-            self._dealers[endpoint] = sock
-            self._monitors[monitor] = endpoint
-            self._poller.register(sock, zmq.POLLIN)
-            self._poller.register(monitor, zmq.POLLIN)
-        return sock
-
     def _pop_ask(self, correlation_id: int) -> Future | None:
         self._ask_endpoints.pop(correlation_id, None)
         return self._asks.pop(correlation_id, None)
 
     def _drain_monitor(self, monitor: zmq.Socket) -> None:
-        endpoint = self._monitors[monitor]
-        while True:
-            try:
-                event = recv_monitor_message(monitor, zmq.NOBLOCK)["event"]
-            except zmq.Again:
-                return
-            if event == zmq.EVENT_CONNECTED:
-                self._unreachable.discard(endpoint)
-            elif event & _HANDSHAKE_FAILED:
-                # Drop the socket; a next message shakes hands again. Only AUTH is the ZAP's "no".
-                why = "refused_our_key" if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "handshake_broke_off"
-                self.counters[f"peer_{why}"] += 1
-                self._fail_asks_to(endpoint, f"{why.replace('_', ' ')} (CURVE)")
-                self._close_dealer(endpoint, monitor)
-                return
-            elif endpoint not in self._unreachable:
-                self._unreachable.add(endpoint)
-                self.counters["peer_unreachable"] += 1
-                self._fail_asks_to(endpoint)
-                for listener in self._disconnect_listeners:
-                    self._run_hook(lambda: listener(endpoint))
-
-    def _close_dealer(self, endpoint: str, monitor: zmq.Socket) -> None:
-        sock, _ = self._dealers.pop(endpoint), self._monitors.pop(monitor)
-        sock.disable_monitor()
-        for closing in (sock, monitor):
-            self._poller.unregister(closing)
-            closing.close(linger=0)
+        endpoint, news = self.outbound.drain(monitor)
+        if news == DOWN:
+            self.counters["peer_unreachable"] += 1
+            self._fail_asks_to(endpoint)
+            for listener in self._disconnect_listeners:
+                self._run_hook(lambda: listener(endpoint))
+        elif news is not None:  # the CURVE handshake failed
+            self.counters[f"peer_{news}"] += 1
+            self._fail_asks_to(endpoint, f"{news.replace('_', ' ')} (CURVE)")
 
     def _fail_asks_to(self, endpoint: str, why: str = "") -> None:
         lost = [cid for cid, asked in self._ask_endpoints.items() if asked == endpoint]
@@ -587,7 +541,7 @@ class Transport(threading.Thread):
         if self.faults is not None:
             for destination, envelopes in self.faults.due(now):
                 if isinstance(destination, str):
-                    self._send(self._dealer(destination), None, envelopes)
+                    self._send(self.outbound.dealer(destination), None, envelopes)
                 else:
                     self._send(self._router, destination, envelopes)
         for target, name in self._timers.pop_due(now):

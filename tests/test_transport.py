@@ -140,6 +140,30 @@ def test_direct_asks_to_a_dead_peer_keep_no_retrying_socket_and_reach_it_when_it
         direct.close()
 
 
+def test_a_peer_unreachable_for_long_has_its_socket_closed_and_is_reached_again_when_back(node, monkeypatch):
+    """A long-lived node keeps no retrying socket to every peer it ever talked to (each would
+    wake its transport a few times a second, and hold descriptors, for good); a later message
+    to the peer, back under the same address, goes out on a fresh socket."""
+    import runtime.dealers
+    from tests.nodeproc import EchoActor
+
+    monkeypatch.setattr(runtime.dealers, "DEAD_PEER_CLOSE_S", 0.3)
+    port = find_free_ports(1, offsets=(0,))[0]
+    endpoint = f"tcp://127.0.0.1:{port}"
+    ref = node.ref(endpoint, "echo")
+    with pytest.raises(RemoteError) as refused:
+        ref.ask("anyone?", timeout_s=5).get()
+    assert refused.value.kind == "peer_unreachable"
+    wait_for(lambda: node.stats().get("peer_sockets_closed", 0) >= 1, 5, what="the socket to the dead peer closed")
+    assert endpoint not in node.transport.outbound.dealers
+    peer = Node("back", port=port).start()
+    try:
+        peer.spawn(EchoActor, name="echo")
+        assert ref.ask("hello", timeout_s=5).get() == "hello"
+    finally:
+        peer.stop()
+
+
 def test_a_peer_that_comes_back_is_asked_again(node):
     port = find_free_ports(1, offsets=(0,))[0]
     first = NodeProcess("comes-back", port)
