@@ -275,6 +275,8 @@ class Transport(threading.Thread):
             self._handle_frame(data, route, key)
 
     def _drain_dealer(self, sock: zmq.Socket) -> None:
+        if sock.closed:
+            return  # its monitor's events of this same round closed it (runtime/dealers.py)
         for _ in range(DRAIN_LIMIT):
             try:
                 parts = sock.recv_multipart(zmq.NOBLOCK)
