@@ -191,14 +191,14 @@ class QueueService:
         if request.take_round:
             reply = QueueReply(request.added_through, request.take_round)
             reply.candidates, reply.held = self._lend(request)
-            reply.depth = len(queue) + len(capped)
         if request.stats_token:
             reply = reply or QueueReply(request.added_through)
-            reply.depth = len(queue) + len(capped)
             reply.stats_token = request.stats_token
             stats = self.stats(request.now_ms)
             reply.stats = {"total": stats.total, "by_priority": dict(stats.by_priority),
                            "oldest_wait_ms": stats.oldest_wait_ms, "oldest_task": stats.oldest_key}
+        if reply is not None:
+            reply.depth = len(queue) + len(capped)
         return reply
 
     def _lend(self, request: QueueRequest) -> tuple[list[Candidate], int]:

@@ -155,8 +155,8 @@ class DirectAsks:
         # By endpoint and key: an agent's directory entry names both, and a connection made with
         # another entry's key must not carry this one's asks (runtime/tenancy.py).
         connection = connections.get((endpoint, server_key))
-        if connection is not None and connection.failure(endpoint) is not None:
-            self._discard((endpoint, server_key))  # its peer went away while it was idle
+        if connection is not None and connection.went_away(endpoint):
+            self._discard((endpoint, server_key))
             connection = None
         if connection is None:
             connection = connections[endpoint, server_key] = _Connection(self._context, endpoint, self._curve,
@@ -220,6 +220,11 @@ class _Connection:
                                        "or --curve-server-key is not the masters' key)")
             if event & _LOST:
                 return PeerUnreachable(f"the connection to {endpoint} dropped or was refused")
+
+    def went_away(self, endpoint: str) -> bool:
+        """Whether its peer went away while it sat idle. This runs before every ask: a look at the
+        monitor's readiness first (4 us) instead of a read that fails (8 us)."""
+        return bool(self.monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN) and self.failure(endpoint) is not None
 
     def close(self) -> None:
         if self.sock.closed:  # closed by DirectAsks.close() already (this runs again from __del__)

@@ -36,7 +36,7 @@ def test_nothing_answering_at_the_master_url_says_how_to_start_a_cluster():
     for result in results:
         assert result.returncode == 1
         assert "no leader answered" in last_line(result) and "agentflow up" in last_line(result)
-        # Every connection refused: said so, without waiting out the client's whole deadline.
+        # Every connection refused: said so when the client's deadline passes.
         assert "nothing listens at tcp://127.0.0.1:1" in last_line(result), last_line(result)
 
 

@@ -322,7 +322,7 @@ def test_a_later_leaders_assignment_of_a_running_attempt_runs_it_again_and_its_c
     endpoint = registered(scheduler, worker)
     gate, ran = tmp_path / "gate", tmp_path / "ran"
     first = task("again", term=1, command=f"echo $AGENTFLOW_DISPATCH_TERM >> {ran}; "
-                                          f"while [ ! -e {gate} ]; do sleep 0.02; done")
+                                          f"for i in $(seq 500); do [ -e {gate} ] && break; sleep 0.02; done")  # 10 s at most
     assign(node, endpoint, [first])
     wait_for(lambda: ran.exists(), 10.0, what="the first run to start")
     assign(node, endpoint, [replace(first, term=2)])
