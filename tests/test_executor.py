@@ -49,7 +49,9 @@ def whoami(text=""):
     print(f"err-{text}", file=sys.stderr)
     names = ("AGENTFLOW_TASK_ID", "EXTRA_SETTING", "LEAKED_BY_A_TASK", "CUDA_VISIBLE_DEVICES")
     seen = {name: os.environ.get(name) for name in names}
+    seen["PYTHONPATH set"] = "PYTHONPATH" in os.environ  # the pool's own environment has it
     os.environ["LEAKED_BY_A_TASK"] = "yes"  # must not reach the next task
+    os.environ.pop("PYTHONPATH", None)  # must be back for the next task
     return {"pid": os.getpid(), "env": seen}
 
 
@@ -305,9 +307,11 @@ def test_one_pool_process_serves_consecutive_calls_with_their_own_env_and_output
         assert executor.pool.started == 1
         # Each task sees its own identity and env; nothing the first one set or changed remains.
         assert first.result["env"] == {"AGENTFLOW_TASK_ID": "first", "EXTRA_SETTING": "x",
-                                       "LEAKED_BY_A_TASK": None, "CUDA_VISIBLE_DEVICES": None}
+                                       "LEAKED_BY_A_TASK": None, "CUDA_VISIBLE_DEVICES": None,
+                                       "PYTHONPATH set": True}
         assert second.result["env"] == {"AGENTFLOW_TASK_ID": "second", "EXTRA_SETTING": None,
-                                        "LEAKED_BY_A_TASK": None, "CUDA_VISIBLE_DEVICES": None}
+                                        "LEAKED_BY_A_TASK": None, "CUDA_VISIBLE_DEVICES": None,
+                                        "PYTHONPATH set": True}
         # Each report carries only its own task's output (a shorter one, or none, included).
         assert (first.stdout_tail, first.stderr_tail) == ("one\n", "err-one\n")
         assert (second.stdout_tail, second.stderr_tail) == ("2\n", "err-2\n")
