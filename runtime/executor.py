@@ -16,7 +16,7 @@ Rules of this module:
   ``CUDA_VISIBLE_DEVICES``) plus ``AGENTFLOW_WORKFLOW_ID``, ``AGENTFLOW_TASK_ID``,
   ``AGENTFLOW_ATTEMPT``, ``AGENTFLOW_DISPATCH_TERM`` (with the attempt, which dispatch this run
   is) and ``AGENTFLOW_INPUTS`` (the dependencies' results as JSON); a pool
-  process sets them for the task and restores its own afterwards. A shell task also gets
+  process gives each task its own start-up environment with them on top. A shell task also gets
   ``AGENTFLOW_RESULT_FILE``: if it writes JSON there, that value is its result (text that is
   not JSON is taken as a string); otherwise its result is None. A call's result is what the
   function returned.
