@@ -72,7 +72,8 @@ class OutboundConnections:
         return next((endpoint for endpoint, known in self.dealers.items() if known is sock), "?")
 
     def drain(self, monitor: zmq.Socket) -> tuple[str, str | None]:
-        """(the monitor's endpoint, ``DOWN``, a handshake failure's reason or None)."""
+        """The monitor's endpoint, and what the transport must act on: ``DOWN``, a handshake
+        failure's reason, or None."""
         endpoint = self.monitors[monitor]
         news = None
         while True:
